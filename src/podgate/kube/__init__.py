@@ -1,0 +1,1 @@
+"""The Kubernetes seam: API client, informers, events. Policy above it sees plain dicts."""

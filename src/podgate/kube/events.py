@@ -1,0 +1,80 @@
+"""Kubernetes Events, as ``kubectl describe`` shows them.
+
+Repeats of the same (object, reason, message) are folded into one Event with a count, as
+client-go's recorder does, so a pod stuck in a loop does not flood etcd.  Recording never
+raises: an Event is a courtesy and must not break the work that emits it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from podgate.kube.client import call
+
+log = logging.getLogger(__name__)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_micro() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class EventRecorder:
+    def __init__(self, api: client.ApiClient, component: str, host: str | None = None) -> None:
+        self._core = client.CoreV1Api(api)
+        self._component = component
+        self._host = host
+        self._seen: dict[tuple[str, str, str, str], tuple[str, int, float]] = {}
+
+    async def emit(
+        self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        meta = obj["metadata"]
+        ns = meta.get("namespace") or "default"
+        key = (str(meta.get("uid")), reason, message, type_)
+        now = now_rfc3339()
+        try:
+            prior = self._seen.get(key)
+            if prior is not None and time.monotonic() - prior[2] < 600:
+                name, count, _ = prior
+                await call(
+                    self._core.patch_namespaced_event, name, ns, {"count": count + 1, "lastTimestamp": now}
+                )
+                self._seen[key] = (name, count + 1, time.monotonic())
+                return
+            name = f"{meta['name']}.{uuid.uuid4().hex[:16]}"
+            body = {
+                "metadata": {"name": name, "namespace": ns},
+                "involvedObject": {
+                    "kind": kind,
+                    "namespace": meta.get("namespace"),
+                    "name": meta["name"],
+                    "uid": meta.get("uid"),
+                    "apiVersion": obj.get("apiVersion", "v1"),
+                    "resourceVersion": meta.get("resourceVersion"),
+                },
+                "reason": reason,
+                "message": message,
+                "type": type_,
+                "source": {"component": self._component, **({"host": self._host} if self._host else {})},
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+                "reportingComponent": self._component,
+            }
+            await call(self._core.create_namespaced_event, ns, body)
+            self._seen[key] = (name, 1, time.monotonic())
+            if len(self._seen) > 10000:
+                self._seen.clear()
+        except Exception as e:  # an Event must never break the caller
+            log.debug("event %s on %s/%s not recorded: %s", reason, ns, meta.get("name"), e)

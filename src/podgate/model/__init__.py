@@ -1,0 +1,1 @@
+"""The functional core: pure decisions, table-tested without I/O."""

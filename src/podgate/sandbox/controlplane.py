@@ -1,0 +1,503 @@
+"""The sandbox: a real Kubernetes control plane and a load balancer on one machine.
+
+etcd, kube-apiserver (RBAC on) and kube-controller-manager (every controller but node
+lifecycle) from the cached binaries, HAProxy in master-worker mode with its runtime and master
+sockets, and podgate's node agent standing in for the kubelet.  All state lives in one
+directory; ``up`` is idempotent (it starts only what is not running) and ``down`` stops what it
+started, by PID.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from podgate.model.addresses import loopback_network, overlaps
+from podgate.sandbox import pki, processes
+from podgate.sandbox.binaries import KubeBinaries, Progress, default_binaries
+
+HOST = "127.0.0.1"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "podgate" / "sandbox"
+
+
+class SandboxError(RuntimeError):
+    """Something the user has to act on; the message says what."""
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Addresses and names of one sandbox; persisted in its state directory on first ``up``."""
+
+    port_offset: int = 0
+    node_name: str = "podgate-node"
+    pod_cidr: str = "127.100.0.0/16"
+    lb_cidr: str = "127.200.0.0/16"
+    service_cidr: str = "10.96.0.0/16"
+
+    def port(self, base: int) -> int:
+        return base + self.port_offset
+
+    @property
+    def etcd_port(self) -> int:
+        return self.port(2379)
+
+    @property
+    def apiserver_port(self) -> int:
+        return self.port(6443)
+
+    @property
+    def haproxy_health_port(self) -> int:
+        return self.port(8404)
+
+    @property
+    def agent_healthz_port(self) -> int:
+        return self.port(10248)
+
+    def validate(self) -> None:
+        loopback_network(self.pod_cidr)
+        loopback_network(self.lb_cidr)
+        if overlaps(self.pod_cidr, self.lb_cidr):
+            raise SandboxError(f"pod CIDR {self.pod_cidr} overlaps load-balancer CIDR {self.lb_cidr}")
+        if not 0 <= self.port_offset <= 50000:
+            raise SandboxError(f"port offset {self.port_offset} is out of range 0..50000")
+
+
+@dataclass
+class Component:
+    name: str
+    marker: str
+    argv: list[str]
+    health: Callable[[], bool]
+    env: dict[str, str] | None = None
+    needs: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool
+    log: str
+
+
+def _get(
+    url: str, token: str | None = None, timeout: float = 2.0, insecure: bool = False
+) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context()
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(
+            req, timeout=timeout, context=ctx if url.startswith("https") else None
+        ) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (OSError, ssl.SSLError):
+        return 0, b""
+
+
+class Sandbox:
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        config: SandboxConfig | None = None,
+        binaries: KubeBinaries | None = None,
+    ) -> None:
+        self.state_dir = (state_dir or default_state_dir()).resolve()
+        self.binaries = binaries or default_binaries()
+        saved = self.state_dir / "sandbox.json"
+        if config is None and saved.exists():
+            config = SandboxConfig(**json.loads(saved.read_text()))
+        self.config = config or SandboxConfig()
+        self.config.validate()
+
+    # -- paths -----------------------------------------------------------------------------
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def haproxy_dir(self) -> Path:
+        return self.state_dir / "haproxy"
+
+    @property
+    def haproxy_runtime_socket(self) -> Path:
+        return self.haproxy_dir / "runtime.sock"
+
+    @property
+    def haproxy_master_socket(self) -> Path:
+        return self.haproxy_dir / "master.sock"
+
+    @property
+    def haproxy_config(self) -> Path:
+        return self.haproxy_dir / "haproxy.cfg"
+
+    def log_of(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://{HOST}:{self.config.apiserver_port}"
+
+    # -- state -------------------------------------------------------------------------------
+    def _pids(self) -> dict[str, int]:
+        path = self.state_dir / "pids.json"
+        return {k: int(v) for k, v in json.loads(path.read_text()).items()} if path.exists() else {}
+
+    def _save_pid(self, name: str, pid: int | None) -> None:
+        pids = self._pids()
+        if pid is None:
+            pids.pop(name, None)
+        else:
+            pids[name] = pid
+        (self.state_dir / "pids.json").write_text(json.dumps(pids, indent=1))
+
+    def _tokens(self) -> dict[str, str]:
+        path = self.pki_dir / "tokens.json"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        tokens = {user: secrets.token_hex(24) for user in ("admin", "controller-manager", "node-agent")}
+        path.write_text(json.dumps(tokens))
+        path.chmod(0o600)
+        return tokens
+
+    def admin_token(self) -> str:
+        return self._tokens()["admin"]
+
+    def _prepare(self) -> None:
+        """Certificates, tokens and kubeconfigs: made once, kept across ``down``/``up``."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "sandbox.json").write_text(json.dumps(asdict(self.config), indent=1))
+        self.log_dir.mkdir(exist_ok=True)
+        self.haproxy_dir.mkdir(exist_ok=True)
+        ca = pki.ensure_ca(self.pki_dir)
+        pki.ensure_serving_cert(
+            self.pki_dir,
+            "apiserver",
+            ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+            [HOST, _first_host(self.config.service_cidr)],
+            ca,
+        )
+        pki.ensure_keypair(self.pki_dir, "service-account")
+        tokens = self._tokens()
+        # Control-plane components are trusted parts of the cluster here: system:masters.
+        # podgate's own controller gets a least-privilege ServiceAccount, not one of these.
+        lines = [
+            f'{tokens["admin"]},admin,uid-admin,"system:masters"',
+            f'{tokens["controller-manager"]},system:kube-controller-manager,uid-kcm,"system:masters"',
+            f'{tokens["node-agent"]},system:node:{self.config.node_name},uid-node,"system:nodes,system:masters"',
+        ]
+        (self.pki_dir / "tokens.csv").write_text("\n".join(lines) + "\n")
+        for name, user in (
+            ("kubeconfig", "admin"),
+            ("controller-manager.kubeconfig", "controller-manager"),
+            ("node-agent.kubeconfig", "node-agent"),
+        ):
+            path = self.state_dir / name
+            path.write_text(yaml.safe_dump(self._kubeconfig(user, tokens[user])))
+            path.chmod(0o600)
+        if not self.haproxy_config.exists():
+            self.haproxy_config.write_text(self.base_haproxy_config())
+
+    def _kubeconfig(self, user: str, token: str) -> dict[str, object]:
+        ca = base64.b64encode((self.pki_dir / "ca.crt").read_bytes()).decode()
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "podgate-sandbox",
+                    "cluster": {"server": self.apiserver_url, "certificate-authority-data": ca},
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [
+                {
+                    "name": "podgate-sandbox",
+                    "context": {"cluster": "podgate-sandbox", "user": user, "namespace": "default"},
+                }
+            ],
+            "current-context": "podgate-sandbox",
+        }
+
+    def base_haproxy_config(self) -> str:
+        """The load balancer before any Service exists: sockets and a health frontend only."""
+        return (
+            "global\n"
+            f"    stats socket {self.haproxy_runtime_socket} mode 600 level admin expose-fd listeners\n"
+            "    stats timeout 30s\n"
+            "defaults\n"
+            "    mode http\n"
+            "    timeout connect 2s\n"
+            "    timeout client 30s\n"
+            "    timeout server 30s\n"
+            "frontend podgate-sandbox-health\n"
+            f"    bind {HOST}:{self.config.haproxy_health_port}\n"
+            "    monitor-uri /healthz\n"
+        )
+
+    # -- components ------------------------------------------------------------------------
+    def components(self) -> list[Component]:
+        c, b, p = self.config, self.binaries, self.pki_dir
+        token = self._tokens()["admin"] if (p / "tokens.json").exists() else ""
+        etcd_url = f"http://{HOST}:{c.etcd_port}"
+        return [
+            Component(
+                "etcd",
+                f"--name podgate-sandbox-{c.port_offset}",
+                [
+                    shutil.which("etcd") or "/usr/bin/etcd",
+                    "--name",
+                    f"podgate-sandbox-{c.port_offset}",
+                    "--data-dir",
+                    str(self.state_dir / "etcd"),
+                    "--listen-client-urls",
+                    etcd_url,
+                    "--advertise-client-urls",
+                    etcd_url,
+                    "--listen-peer-urls",
+                    f"http://{HOST}:{c.port(2380)}",
+                    "--initial-advertise-peer-urls",
+                    f"http://{HOST}:{c.port(2380)}",
+                    "--initial-cluster",
+                    f"podgate-sandbox-{c.port_offset}=http://{HOST}:{c.port(2380)}",
+                    "--quota-backend-bytes",
+                    str(4 * 1024**3),
+                    "--snapshot-count",
+                    "10000",
+                ],
+                lambda: _get(f"{etcd_url}/health")[0] == 200,
+            ),
+            Component(
+                "kube-apiserver",
+                str(b.path("kube-apiserver")),
+                [
+                    str(b.path("kube-apiserver")),
+                    f"--etcd-servers={etcd_url}",
+                    f"--secure-port={c.apiserver_port}",
+                    f"--bind-address={HOST}",
+                    f"--advertise-address={HOST}",
+                    "--insecure-port=0",
+                    "--authorization-mode=RBAC",
+                    f"--token-auth-file={p / 'tokens.csv'}",
+                    f"--client-ca-file={p / 'ca.crt'}",
+                    f"--tls-cert-file={p / 'apiserver.crt'}",
+                    f"--tls-private-key-file={p / 'apiserver.key'}",
+                    "--service-account-issuer=https://kubernetes.default.svc",
+                    f"--service-account-key-file={p / 'service-account.pub'}",
+                    f"--service-account-signing-key-file={p / 'service-account.key'}",
+                    f"--service-cluster-ip-range={c.service_cidr}",
+                    # No kubelet mounts token volumes: admitting pods without them keeps manifests as written.
+                    "--disable-admission-plugins=ServiceAccount",
+                    # Endpoints may not hold loopback addresses; the apiserver's own would be rejected.
+                    "--endpoint-reconciler-type=none",
+                    "--allow-privileged=true",
+                    "--profiling=false",
+                    "--v=1",
+                ],
+                lambda: _get(f"{self.apiserver_url}/readyz", token, insecure=True)[0] == 200,
+                needs=["etcd"],
+            ),
+            Component(
+                "kube-controller-manager",
+                str(b.path("kube-controller-manager")),
+                [
+                    str(b.path("kube-controller-manager")),
+                    f"--kubeconfig={self.state_dir / 'controller-manager.kubeconfig'}",
+                    f"--authentication-kubeconfig={self.state_dir / 'controller-manager.kubeconfig'}",
+                    f"--authorization-kubeconfig={self.state_dir / 'controller-manager.kubeconfig'}",
+                    "--controllers=*,-nodelifecycle",
+                    "--leader-elect=false",
+                    "--port=0",
+                    f"--secure-port={c.port(10257)}",
+                    f"--bind-address={HOST}",
+                    f"--cert-dir={self.state_dir / 'kcm-certs'}",
+                    f"--service-account-private-key-file={p / 'service-account.key'}",
+                    f"--root-ca-file={p / 'ca.crt'}",
+                    f"--cluster-signing-cert-file={p / 'ca.crt'}",
+                    f"--cluster-signing-key-file={p / 'ca.key'}",
+                    f"--service-cluster-ip-range={c.service_cidr}",
+                    "--v=1",
+                ],
+                lambda: _get(f"https://{HOST}:{c.port(10257)}/healthz", insecure=True)[0] == 200,
+                needs=["kube-apiserver"],
+            ),
+            Component(
+                "haproxy",
+                str(self.haproxy_master_socket),
+                [
+                    shutil.which("haproxy") or "/usr/sbin/haproxy",
+                    "-W",
+                    "-S",
+                    f"{self.haproxy_master_socket},mode,600",
+                    "-f",
+                    str(self.haproxy_config),
+                ],
+                lambda: _get(f"http://{HOST}:{c.haproxy_health_port}/healthz")[0] == 200,
+            ),
+            Component(
+                "node-agent",
+                f"podgate.sandbox.nodeagent --kubeconfig {self.state_dir}",
+                [
+                    sys.executable,
+                    "-m",
+                    "podgate.sandbox.nodeagent",
+                    "--kubeconfig",
+                    str(self.state_dir / "node-agent.kubeconfig"),
+                    "--node-name",
+                    c.node_name,
+                    "--pod-cidr",
+                    c.pod_cidr,
+                    "--healthz-port",
+                    str(c.agent_healthz_port),
+                ],
+                lambda: _get(f"http://{HOST}:{c.agent_healthz_port}/healthz")[0] == 200,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                needs=["kube-apiserver"],
+            ),
+        ]
+
+    # -- commands ----------------------------------------------------------------------------
+    def up(self, progress: Progress | None = None, timeout: float = 60.0) -> None:
+        progress = progress or Progress()
+        missing = self.binaries.broken()
+        if missing:
+            raise SandboxError(
+                f"Kubernetes binaries missing or broken: {', '.join(missing)}. Run `make setup` "
+                "(or `podgate sandbox install`) to build them."
+            )
+        self._prepare()
+        pids = self._pids()
+        started: dict[str, float] = {}
+        pending = self.components()
+        running = {
+            comp.name
+            for comp in pending
+            if comp.name in pids and processes.alive(pids[comp.name], comp.marker)
+        }
+        healthy: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while pending:
+            for comp in list(pending):
+                if comp.name in healthy:
+                    pending.remove(comp)
+                    continue
+                if not all(dep in healthy for dep in comp.needs):
+                    continue
+                if comp.name not in running and comp.name not in started:
+                    self._check_ports(comp.name)
+                    pid = processes.spawn(comp.argv, self.log_of(comp.name), env=comp.env)
+                    self._save_pid(comp.name, pid)
+                    started[comp.name] = time.monotonic()
+                    progress.say(f"started {comp.name} (pid {pid})")
+                if comp.health():
+                    healthy.add(comp.name)
+                    pending.remove(comp)
+                    since: float | None = started.get(comp.name)
+                    progress.say(
+                        f"{comp.name} healthy" + (f" after {time.monotonic() - since:.1f}s" if since else "")
+                    )
+                    continue
+                current = self._pids().get(comp.name)
+                if comp.name in started and current is not None and not processes.alive(current, comp.marker):
+                    raise SandboxError(
+                        f"{comp.name} exited during start-up; see {self.log_of(comp.name)}:\n"
+                        + _tail(self.log_of(comp.name))
+                    )
+            if time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise SandboxError(f"not healthy after {timeout:.0f}s: {names}; logs in {self.log_dir}")
+            if pending:
+                time.sleep(0.1)
+
+    def _check_ports(self, name: str) -> None:
+        c = self.config
+        ports = {
+            "etcd": [c.etcd_port, c.port(2380)],
+            "kube-apiserver": [c.apiserver_port],
+            "kube-controller-manager": [c.port(10257)],
+            "haproxy": [c.haproxy_health_port],
+            "node-agent": [c.agent_healthz_port],
+        }[name]
+        for port in ports:
+            if processes.port_in_use(HOST, port):
+                raise SandboxError(
+                    f"{HOST}:{port} (needed by {name}) is already in use by another process; "
+                    "stop it, or use another --state-dir with --port-offset"
+                )
+
+    def status(self) -> list[ComponentStatus]:
+        pids = self._pids()
+        out = []
+        for comp in self.components():
+            pid = pids.get(comp.name)
+            running = pid is not None and processes.alive(pid, comp.marker)
+            out.append(
+                ComponentStatus(
+                    comp.name,
+                    pid if running else None,
+                    running,
+                    running and comp.health(),
+                    str(self.log_of(comp.name)),
+                )
+            )
+        return out
+
+    def down(self) -> list[str]:
+        """Stop every component we started, dependants first; returns the names stopped."""
+        pids = self._pids()
+        stopped = []
+        for comp in reversed(self.components()):
+            pid = pids.get(comp.name)
+            if pid is not None and processes.stop(
+                pid, comp.marker, grace=15.0 if comp.name == "node-agent" else 10.0
+            ):
+                stopped.append(comp.name)
+            self._save_pid(comp.name, None)
+        return stopped
+
+    def env(self) -> str:
+        return f"export KUBECONFIG={self.kubeconfig}\nexport PATH={self.binaries.bin_dir}:$PATH\n"
+
+
+def _first_host(cidr: str) -> str:
+    """The ``kubernetes`` Service's ClusterIP: the first address of the service range."""
+    import ipaddress
+
+    return str(next(ipaddress.ip_network(cidr).hosts()))
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

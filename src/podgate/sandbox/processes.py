@@ -1,0 +1,106 @@
+"""Starting, finding and stopping the sandbox's background processes, by PID.
+
+Each process runs in its own session (it outlives the ``podgate sandbox up`` that started it),
+logs to a file, and is recorded with a marker string from its command line so a PID reused by
+an unrelated process is never mistaken for ours, let alone killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def alive(pid: int, marker: str) -> bool:
+    """The process exists, is not a zombie, and its command line carries our marker."""
+    _reap(pid)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        return False
+    return marker in cmdline(pid)
+
+
+def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+def stop(pid: int, marker: str, grace: float = 10.0) -> bool:
+    """SIGTERM the process group, SIGKILL after ``grace``; True if it was running."""
+    if not alive(pid, marker):
+        return False
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not alive(pid, marker):
+                return True
+            time.sleep(0.05)
+    return True
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def listeners_in(pids: set[int]) -> list[str]:
+    """Listening TCP sockets (``ip:port``) owned by any of ``pids`` (from /proc)."""
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        fd_dir = Path(f"/proc/{pid}/fd")
+        with contextlib.suppress(OSError):
+            for fd in fd_dir.iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes[target[8:-1]] = pid
+    return [addr for addr, inode in tcp_listeners() if inode in inodes]
+
+
+def tcp_listeners() -> list[tuple[str, str]]:
+    """Every listening IPv4 TCP socket on the host as (``ip:port``, inode)."""
+    out = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            ip = ".".join(str(int(hex_ip[i : i + 2], 16)) for i in (6, 4, 2, 0))
+            out.append((f"{ip}:{int(hex_port, 16)}", fields[9]))
+    return out
