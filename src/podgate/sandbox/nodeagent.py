@@ -525,11 +525,7 @@ class NodeAgent:
     def _allocate(self, pod: Obj) -> str:
         used = {w.ip for w in self.workers.values()}
         previous = (pod.get("status") or {}).get("podIP")
-        if (
-            previous
-            and previous not in used
-            and addresses.contains(self.net, previous)
-        ):
+        if previous and previous not in used and addresses.contains(self.net, previous):
             return str(previous)
         used |= {ip for p in self.informer.cache.values() if (ip := (p.get("status") or {}).get("podIP"))}
         ip = addresses.allocate(self.net, used, self._next_ip)

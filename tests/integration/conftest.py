@@ -1,0 +1,144 @@
+"""A real sandbox for the integration tests: started once per test session, stopped after.
+
+It runs beside any sandbox a developer has up, on its own state directory, ports (offset) and
+loopback ranges, through the real ``podgate sandbox`` CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from podgate.sandbox.binaries import default_binaries
+
+T = TypeVar("T")
+PODGATE = [sys.executable, "-m", "podgate"]
+OFFSET = 10000
+POD_CIDR = "127.101.0.0/16"
+LB_CIDR = "127.201.0.0/16"
+
+
+@dataclass
+class SandboxHandle:
+    state_dir: Path
+    kubeconfig: Path
+    kubectl_path: Path
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> str:
+        proc = subprocess.run(
+            [str(self.kubectl_path), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc.stdout if check else proc.stdout + proc.stderr
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json"))
+
+    def apply(self, manifest: dict[str, Any] | str, namespace: str | None = None) -> None:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        self.kubectl("apply", *(["-n", namespace] if namespace else []), "-f", "-", input=text)
+
+
+def podgate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PODGATE, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2) -> T:
+    """Poll ``fn`` until it returns something truthy; fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last seen: {last!r}")
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]:
+    state = tmp_path_factory.mktemp("sandbox")
+    up = podgate(
+        "sandbox",
+        "up",
+        "--state-dir",
+        str(state),
+        "--port-offset",
+        str(OFFSET),
+        "--pod-cidr",
+        POD_CIDR,
+        "--lb-cidr",
+        LB_CIDR,
+    )
+    handle = SandboxHandle(state, state / "kubeconfig", default_binaries().path("kubectl"))
+    try:
+        assert up.returncode == 0, f"sandbox up failed:\n{up.stdout}\n{up.stderr}"
+        wait_for(
+            "the node to be Ready",
+            lambda: (
+                "True"
+                in handle.kubectl(
+                    "get", "node", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}"
+                )
+            ),
+        )
+        wait_for(
+            "the default ServiceAccount",
+            lambda: "default" in handle.kubectl("get", "serviceaccount", "-n", "default", check=False),
+        )
+        yield handle
+    finally:
+        podgate("sandbox", "down", "--state-dir", str(state))
+
+
+@pytest.fixture
+def namespace(sandbox: SandboxHandle) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    sandbox.kubectl("create", "namespace", name)
+    wait_for(
+        "the namespace's default ServiceAccount",
+        lambda: "default" in sandbox.kubectl("get", "serviceaccount", "-n", name, check=False),
+    )
+    yield name
+    sandbox.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    for c in (pod.get("status") or {}).get("conditions") or ():
+        if c["type"] == ctype:
+            return dict(c)
+    return None
+
+
+def wide_row(sandbox: SandboxHandle, namespace: str, pod: str) -> dict[str, str]:
+    """``kubectl get pod -o wide`` as the user reads it: column name → value."""
+    out = sandbox.kubectl("get", "pod", pod, "-n", namespace, "-o", "wide").splitlines()
+    header, row = out[0], out[1]
+    starts = [
+        i
+        for i, ch in enumerate(header)
+        if ch != " " and (i == 0 or (header[i - 1] == " " and header[i - 2] == " "))
+    ]
+    starts = [0] + [i for i in starts if i > 0]
+    cols = {}
+    for n, s in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else None
+        cols[header[s:end].strip()] = row[s:end].strip()
+    return cols

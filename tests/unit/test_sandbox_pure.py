@@ -1,0 +1,77 @@
+"""Pure pieces of the sandbox: apt source derivation, addresses, app settings, preStop sleeps."""
+
+from __future__ import annotations
+
+import pytest
+
+from podgate.model import addresses
+from podgate.sandbox.app import AppConfigError, AppSettings
+from podgate.sandbox.binaries import deb_src_sources
+from podgate.sandbox.nodeagent import sleep_seconds
+
+
+def test_deb_src_from_one_line_and_deb822() -> None:
+    one_line = (
+        "deb [signed-by=/k.gpg] http://mirror.invalid/debian bookworm main contrib\n# deb http://x y z\n"
+    )
+    deb822 = (
+        "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        "Types: deb\nURIs: http://other.invalid/x\nSuites: s\nComponents: c\nEnabled: no\n"
+    )
+    out = deb_src_sources(one_line, [deb822])
+    stanzas = out.strip().split("\n\n")
+    assert len(stanzas) == 2  # the disabled entry is skipped, the comment ignored
+    assert stanzas[0].splitlines() == [
+        "Types: deb-src",
+        "URIs: http://mirror.invalid/debian",
+        "Suites: bookworm",
+        "Components: main contrib",
+        "Signed-By: /k.gpg",
+    ]
+    assert stanzas[1].startswith(
+        "Types: deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates"
+    )
+
+
+def test_addresses_stay_in_loopback_and_do_not_collide() -> None:
+    net = addresses.loopback_network("127.100.0.0/30")
+    assert addresses.allocate(net, []) == "127.100.0.1"
+    assert addresses.allocate(net, ["127.100.0.1"]) == "127.100.0.2"
+    assert addresses.allocate(net, [], hint=1) == "127.100.0.2"
+    with pytest.raises(addresses.AddressPoolError, match="no free address"):
+        addresses.allocate(net, ["127.100.0.1", "127.100.0.2"])
+    with pytest.raises(addresses.AddressPoolError, match=r"not inside 127\.0\.0\.0/8"):
+        addresses.loopback_network("10.0.0.0/16")
+    with pytest.raises(addresses.AddressPoolError, match="not an IPv4 CIDR"):
+        addresses.loopback_network("banana")
+    assert addresses.overlaps("127.100.0.0/16", "127.100.5.0/24")
+    assert not addresses.overlaps("127.100.0.0/16", "127.200.0.0/16")
+    assert addresses.offset(net, "127.100.0.2") == 1
+
+
+def test_app_settings_from_env() -> None:
+    s = AppSettings.from_env(
+        {"PODGATE_APP_STARTUP_DELAY": "1.5", "PODGATE_APP_EXIT_AFTER": "3", "PODGATE_APP_EXIT_CODE": "2"}
+    )
+    assert (s.startup_delay, s.shutdown_delay, s.exit_after, s.exit_code) == (1.5, 0.0, 3.0, 2)
+    with pytest.raises(AppConfigError, match="PODGATE_APP_STARTUP_DELAY='soon' is not a number"):
+        AppSettings.from_env({"PODGATE_APP_STARTUP_DELAY": "soon"})
+    with pytest.raises(AppConfigError, match="must not be negative"):
+        AppSettings.from_env({"PODGATE_APP_SHUTDOWN_DELAY": "-1"})
+
+
+@pytest.mark.parametrize(
+    ("command", "want"),
+    [
+        (["sleep", "5"], 5.0),
+        (["/bin/sleep", "2.5"], 2.5),
+        (["sh", "-c", "sleep 10"], 10.0),
+        (["/bin/sh", "-c", "exec sleep 3"], 3.0),
+        (["sh", "-c", "nginx -s quit; sleep 3"], None),
+        (["curl", "localhost"], None),
+    ],
+)
+def test_prestop_sleep_recognised(command: list[str], want: float | None) -> None:
+    assert sleep_seconds(command) == want
