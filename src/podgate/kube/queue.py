@@ -1,0 +1,131 @@
+"""A work queue with client-go's semantics, for asyncio.
+
+- dedup: a key waiting in the queue is there once, however often it is added;
+- a key being processed is never handed to a second worker; if it is added meanwhile it is
+  processed once more after ``done``;
+- ``add_rate_limited``: per-key exponential back-off with a cap (failures), combined with a
+  global token bucket (so a burst of failing keys cannot hammer the API or a load balancer);
+- ``add_after``: delayed adds (periodic re-checks) that bypass the rate limiter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+
+    def reserve(self) -> float:
+        """Take a token; return how long to wait until it is really available."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        base_delay: float = 0.05,
+        max_delay: float = 30.0,
+        rate: float = 50.0,
+        burst: int = 200,
+        name: str = "queue",
+    ) -> None:
+        self.name = name
+        self._base, self._max = base_delay, max_delay
+        self._bucket = TokenBucket(rate, burst)
+        self._queue: deque[str] = deque()
+        self._queued: set[str] = set()
+        self._processing: set[str] = set()
+        self._dirty: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._delayed: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._added_at: dict[str, float] = {}
+        self._nonempty = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self.adds = 0
+        self.retries = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, key: str) -> None:
+        self.adds += 1
+        if key in self._processing:
+            self._dirty.add(key)
+            return
+        if key in self._queued:
+            return
+        self._queued.add(key)
+        self._added_at.setdefault(key, time.monotonic())
+        self._queue.append(key)
+        self._notify()
+
+    def add_after(self, key: str, delay: float) -> None:
+        if delay <= 0:
+            self.add(key)
+            return
+        heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
+        self._arm()
+
+    def add_rate_limited(self, key: str) -> None:
+        """Re-add after a failure: per-key exponential back-off, and the global rate limit."""
+        n = self._failures.get(key, 0)
+        self._failures[key] = n + 1
+        self.retries += 1
+        delay = max(min(self._base * 2**n, self._max), self._bucket.reserve())
+        self.add_after(key, delay)
+
+    def forget(self, key: str) -> None:
+        """The key succeeded: its back-off starts over."""
+        self._failures.pop(key, None)
+
+    def failures(self, key: str) -> int:
+        return self._failures.get(key, 0)
+
+    async def get(self) -> tuple[str, float]:
+        """Next key and how long it waited in the queue."""
+        while not self._queue:
+            self._nonempty.clear()
+            await self._nonempty.wait()
+        key = self._queue.popleft()
+        self._queued.discard(key)
+        self._processing.add(key)
+        return key, time.monotonic() - self._added_at.pop(key, time.monotonic())
+
+    def done(self, key: str) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+    def _notify(self) -> None:
+        self._nonempty.set()
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self._delayed:
+            self._timer = None
+            return
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + max(self._delayed[0][0] - time.monotonic(), 0.0), self._fire)
+
+    def _fire(self) -> None:
+        now = time.monotonic()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, key = heapq.heappop(self._delayed)
+            self.add(key)
+        self._timer = None
+        self._arm()

@@ -1,0 +1,97 @@
+"""Gate names, the contract's labels and annotations, and the injection decision.
+
+Pure: the webhook hands in the pod and the Services of its namespace and gets back a JSONPatch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+DOMAIN = "podgate.dev"
+SERVICE_GATE_PREFIX = "service.readiness.podgate.dev/"
+CHECK_GATE_PREFIX = "check.podgate.dev/"
+INJECT_LABEL = f"{DOMAIN}/pod-readiness-gate-inject"
+PROVIDER_ANNOTATION = f"{DOMAIN}/load-balancer-provider"
+#: Gate prefixes of the controllers podgate replaces; injection can remove them (migration).
+VENDOR_PREFIXES = ("target-health.elbv2.k8s.aws/", "service.readiness.alibabacloud.com/")
+
+_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def service_gate(service: str) -> str:
+    return SERVICE_GATE_PREFIX + service
+
+
+def service_of_gate(condition_type: str) -> str | None:
+    """The Service a podgate service gate is for, or None for any other condition type."""
+    if condition_type.startswith(SERVICE_GATE_PREFIX):
+        return condition_type[len(SERVICE_GATE_PREFIX) :] or None
+    return None
+
+
+def condition_type_errors(value: str) -> list[str]:
+    """Why ``value`` is not a valid condition type (a qualified name), or [] when it is."""
+    errors = []
+    prefix, slash, name = value.rpartition("/")
+    if not slash:
+        prefix, name = "", value
+    if not name:
+        errors.append("name part must not be empty")
+    elif len(name) > 63:
+        errors.append("name part must be no more than 63 characters")
+    elif not _NAME.match(name):
+        errors.append(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+            "with an alphanumeric character"
+        )
+    if slash:
+        if not prefix:
+            errors.append("prefix part must not be empty")
+        elif len(prefix) > 253 or not all(_DNS_LABEL.match(label) for label in prefix.split(".")):
+            errors.append("prefix part must be a lowercase RFC 1123 subdomain")
+    return errors
+
+
+def selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str] | None) -> bool:
+    """A Service's selector against a pod's labels; an empty selector matches nothing."""
+    if not selector:
+        return False
+    labels = labels or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def services_for_pod(
+    pod_labels: Mapping[str, str] | None,
+    services: Iterable[Mapping[str, Any]],
+    handled: Callable[[Mapping[str, Any]], bool],
+) -> list[str]:
+    """Names of the handled Services whose selector matches, sorted for stable patches."""
+    return sorted(
+        s["metadata"]["name"]
+        for s in services
+        if handled(s) and selector_matches((s.get("spec") or {}).get("selector"), pod_labels)
+    )
+
+
+def injection_patch(
+    pod: Mapping[str, Any],
+    service_names: Sequence[str],
+    remove_prefixes: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """JSONPatch adding one gate per Service (never twice) and dropping gates with given prefixes.
+
+    An empty list means "leave the pod as it is".
+    """
+    spec = pod.get("spec") or {}
+    current = [g for g in spec.get("readinessGates") or () if isinstance(g, Mapping)]
+    kept = [g for g in current if not str(g.get("conditionType", "")).startswith(tuple(remove_prefixes))]
+    present = {g.get("conditionType") for g in kept}
+    wanted = [service_gate(n) for n in service_names if service_gate(n) not in present]
+    if not wanted and len(kept) == len(current):
+        return []
+    gates = [dict(g) for g in kept] + [{"conditionType": t} for t in wanted]
+    op = "replace" if "readinessGates" in spec else "add"
+    return [{"op": op, "path": "/spec/readinessGates", "value": gates}]

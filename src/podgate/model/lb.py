@@ -1,0 +1,316 @@
+"""Load-balancer policy as pure functions: which Services are handled and how, which targets a
+pool should hold, and which gate condition follows from what the load balancer says."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from podgate.model import conditions as c
+from podgate.model.gates import DOMAIN, PROVIDER_ANNOTATION, selector_matches
+from podgate.model.probes import ProbeSpecError, resolve_port
+from podgate.model.types import Condition
+
+HC_PATH = f"{DOMAIN}/health-check-path"
+HC_PROTOCOL = f"{DOMAIN}/health-check-protocol"
+HC_INTERVAL = f"{DOMAIN}/health-check-interval"
+HC_HEALTHY = f"{DOMAIN}/healthy-threshold"
+HC_UNHEALTHY = f"{DOMAIN}/unhealthy-threshold"
+HAPROXY_BACKEND = f"{DOMAIN}/haproxy-backend"
+
+NONE = "none"
+
+
+class ServiceConfigError(ValueError):
+    """A Service annotation podgate cannot honour; the message names the annotation."""
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """The load balancer's own check of a target: podgate's gate waits for its verdict."""
+
+    path: str | None = None  # None: a TCP connect check
+    interval: float = 2.0
+    healthy_threshold: int = 3
+    unhealthy_threshold: int = 3
+
+    @property
+    def minimum_to_healthy(self) -> float:
+        """The load balancer's own floor from registration to healthy (rise × inter)."""
+        return self.interval * self.healthy_threshold
+
+
+def provider_for(service: Mapping[str, Any], default: str, configured: Iterable[str]) -> str | None:
+    """The provider handling this Service, or None when podgate leaves it alone."""
+    annotations = (service.get("metadata") or {}).get("annotations") or {}
+    chosen: str | None = annotations.get(PROVIDER_ANNOTATION)
+    if chosen is not None:
+        chosen = chosen.strip()
+        if chosen == NONE:
+            return None
+        if chosen not in set(configured):
+            raise ServiceConfigError(
+                f"annotation {PROVIDER_ANNOTATION}={chosen!r} names no configured provider "
+                f"(configured: {', '.join(sorted(configured)) or 'none'})"
+            )
+        return chosen
+    if (service.get("spec") or {}).get("type") == "LoadBalancer":
+        return default
+    return None
+
+
+def health_check(annotations: Mapping[str, str] | None) -> HealthCheck:
+    a = annotations or {}
+
+    def number(key: str, default: float, integer: bool = False) -> float:
+        raw = a.get(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if integer else float(raw.removesuffix("s"))
+        except ValueError:
+            kind = "an integer" if integer else "a number of seconds"
+            raise ServiceConfigError(f"annotation {key}={raw!r} is not {kind}") from None
+        if value <= 0 or (not integer and value < 0.1):
+            raise ServiceConfigError(f"annotation {key}={raw!r} is too small")
+        return value
+
+    protocol = a.get(HC_PROTOCOL, "").upper()
+    path = a.get(HC_PATH)
+    if protocol not in ("", "TCP", "HTTP"):
+        raise ServiceConfigError(f"annotation {HC_PROTOCOL}={a[HC_PROTOCOL]!r} is not TCP or HTTP")
+    if path is not None and not path.startswith("/"):
+        raise ServiceConfigError(f"annotation {HC_PATH}={path!r} must start with '/'")
+    if path is not None and any(ch.isspace() for ch in path):
+        raise ServiceConfigError(f"annotation {HC_PATH}={path!r} must not contain spaces")
+    if protocol == "HTTP" and path is None:
+        path = "/"
+    if protocol == "TCP":
+        path = None
+    return HealthCheck(
+        path=path,
+        interval=number(HC_INTERVAL, 2.0),
+        healthy_threshold=int(number(HC_HEALTHY, 3, integer=True)),
+        unhealthy_threshold=int(number(HC_UNHEALTHY, 3, integer=True)),
+    )
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """One load-balancer pool: a Service port and how its targets are checked."""
+
+    namespace: str
+    service: str
+    port: int
+    port_name: str
+    target_port: int | str
+    protocol: str
+    health: HealthCheck
+    attach_backend: str | None = None  # attach mode: a backend of the user's own HAProxy
+
+    @property
+    def service_key(self) -> str:
+        return f"{self.namespace}/{self.service}"
+
+
+def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
+    meta, spec = service["metadata"], service.get("spec") or {}
+    annotations = meta.get("annotations") or {}
+    hc = health_check(annotations)
+    pools = []
+    for p in spec.get("ports") or ():
+        protocol = p.get("protocol") or "TCP"
+        if protocol != "TCP":
+            continue  # HAProxy balances TCP/HTTP only; other protocols get no pool
+        pools.append(
+            PoolSpec(
+                namespace=meta["namespace"],
+                service=meta["name"],
+                port=int(p["port"]),
+                port_name=p.get("name") or "",
+                target_port=p.get("targetPort") or p["port"],
+                protocol=protocol,
+                health=hc,
+                attach_backend=annotations.get(HAPROXY_BACKEND),
+            )
+        )
+    return pools
+
+
+@dataclass(frozen=True, order=True)
+class Target:
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+class Membership(enum.Enum):
+    ACTIVE = "active"  # registered, receives traffic once healthy
+    DRAIN = "drain"  # leaving: no new connections, removed once drained
+
+
+def _true(pod: Mapping[str, Any], ctype: str) -> bool:
+    cond = c.find((pod.get("status") or {}).get("conditions"), ctype)
+    return cond is not None and cond.get("status") == c.TRUE
+
+
+def membership(pod: Mapping[str, Any], selector: Mapping[str, str] | None) -> Membership | None:
+    """ACTIVE for matching pods that are ContainersReady (or Ready) and not terminating; DRAIN
+    for pods that were eligible and no longer are; None for pods that never were targets."""
+    meta = pod.get("metadata") or {}
+    if not (pod.get("status") or {}).get("podIP"):
+        return None
+    eligible = (_true(pod, c.CONTAINERS_READY) or _true(pod, c.READY)) and not meta.get("deletionTimestamp")
+    if eligible and selector_matches(selector, meta.get("labels")):
+        return Membership.ACTIVE
+    return Membership.DRAIN
+
+
+def target_of(pod: Mapping[str, Any], target_port: int | str) -> Target | None:
+    """The pod's address for a Service targetPort (a number, or a named container port)."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    if isinstance(target_port, int) or str(target_port).isdigit():
+        return Target(ip, int(target_port))
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        try:
+            return Target(ip, resolve_port(target_port, container))
+        except ProbeSpecError:
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """What the pool should hold: active targets and targets to drain, each with its pod key."""
+
+    active: dict[Target, str] = field(default_factory=dict)
+    drain: dict[Target, str] = field(default_factory=dict)
+
+
+def plan_targets(
+    pool: PoolSpec, selector: Mapping[str, str] | None, pods: Iterable[Mapping[str, Any]]
+) -> TargetPlan:
+    plan = TargetPlan()
+    for pod in pods:
+        meta = pod["metadata"]
+        if meta.get("namespace") != pool.namespace:
+            continue
+        member = membership(pod, selector)
+        target = target_of(pod, pool.target_port) if member else None
+        if target is None:
+            continue
+        key = f"{meta['namespace']}/{meta['name']}"
+        if member is Membership.ACTIVE:
+            plan.active[target] = key
+            plan.drain.pop(target, None)
+        elif target not in plan.active:
+            plan.drain[target] = key
+    return plan
+
+
+@dataclass(frozen=True)
+class Diff:
+    add: list[Target]
+    drain: list[Target]
+    remove: list[Target]
+
+
+def diff_targets(plan: TargetPlan, present: Mapping[Target, str], drained: Iterable[Target] = ()) -> Diff:
+    """Level-triggered diff of the pool: ``present`` maps each server to its admin state
+    (``ready``/``drain``/``maint``); ``drained`` lists draining targets with no connections left."""
+    drained = set(drained)
+    add = sorted(t for t in plan.active if t not in present)
+    drain = sorted(t for t, state in present.items() if t not in plan.active and state == "ready")
+    remove = sorted(
+        t
+        for t, state in present.items()
+        if t not in plan.active
+        and (t not in plan.drain or state == "maint" or (state == "drain" and t in drained))
+    )
+    return Diff(add, [t for t in drain if t not in remove], remove)
+
+
+class Health(enum.Enum):
+    UNREGISTERED = "unregistered"
+    INITIAL = "initial"  # registered, the check has not yet passed `rise` times
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # the check passed before, or is failing
+    DRAINING = "draining"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class TargetHealth:
+    health: Health
+    detail: str  # the load balancer's own words, quoted in the condition message
+    where: str = ""  # which pool / load balancer said it
+
+
+REASONS = {
+    Health.UNREGISTERED: "RegistrationInProgress",
+    Health.INITIAL: "InitialHealthChecking",
+    Health.UNHEALTHY: "HealthCheckFailing",
+    Health.DRAINING: "TargetDraining",
+    Health.UNKNOWN: "ProviderError",
+}
+HEALTHY_REASON = "TargetHealthy"
+SERVICE_NOT_FOUND = "ServiceNotFound"
+NOT_LOAD_BALANCED = "ServiceNotLoadBalanced"
+SERVICE_CONFIG_ERROR = "ServiceConfigInvalid"
+PROVIDER_ERROR = "ProviderError"
+
+
+def gate_condition(gate: str, healths: Sequence[TargetHealth]) -> Condition:
+    """The gate's condition from the target's health in every pool of the Service.
+
+    True only when there is at least one pool and every pool says healthy; otherwise False
+    with the reason of the first pool that is not, quoting its load balancer.
+    """
+    if not healths:
+        return {
+            "type": gate,
+            "status": c.FALSE,
+            "reason": REASONS[Health.UNREGISTERED],
+            "message": "the pod is not a target of the load balancer yet",
+        }
+    for h in healths:
+        if h.health is not Health.HEALTHY:
+            return {"type": gate, "status": c.FALSE, "reason": REASONS[h.health], "message": _message(h)}
+    return {
+        "type": gate,
+        "status": c.TRUE,
+        "reason": HEALTHY_REASON,
+        "message": "; ".join(_message(h) for h in healths),
+    }
+
+
+def _message(h: TargetHealth) -> str:
+    return f"{h.where}: {h.detail}" if h.where else h.detail
+
+
+def failure_condition(gate: str, reason: str, message: str) -> Condition:
+    return {"type": gate, "status": c.FALSE, "reason": reason, "message": message}
+
+
+def next_condition(
+    current: Mapping[str, Any] | None, desired: Condition, sticky: bool, now: str
+) -> Condition | None:
+    """What to write, or None for no write.
+
+    Sticky (default) mode keeps a gate True once set: the load balancer itself stops routing to
+    an unhealthy target, and flapping readiness would only make the Deployment controller churn.
+    ``lastTransitionTime`` is carried over unless the status changes.
+    """
+    if current is not None and current.get("status") == c.TRUE and sticky and desired["status"] != c.TRUE:
+        return None
+    if current is not None and all(current.get(k) == desired.get(k) for k in ("status", "reason", "message")):
+        return None
+    cond = c.with_transition_times([desired], [current] if current else [], now)[0]
+    cond.pop("lastProbeTime", None)
+    return cond

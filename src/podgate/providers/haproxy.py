@@ -1,0 +1,252 @@
+"""The HAProxy provider: provisioned load balancers (the sandbox's "cloud") or attach mode.
+
+Provisioning: the controller owns the configuration file.  Structure (frontends, backends,
+health checks) is rendered from every handled Service and applied with a validated, seamless
+reload through the master CLI; targets go through the runtime API with no reload.  A reload or
+restart starts a worker with none of the dynamic servers: :meth:`generation` changes and the
+controller re-syncs every Service from desired state.
+
+Attach: the user's own HAProxy (an HA pair, say) in front of a bare-metal cluster.  A Service
+annotation names an existing backend; podgate adds and removes only its own servers (named
+``podgate-IP-PORT``), on every runtime address configured, and a target is healthy only when
+every HAProxy says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
+from podgate.providers import haproxy_config as cfg
+from podgate.providers.base import AdminState, ProviderError, TargetState
+from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat
+
+log = logging.getLogger(__name__)
+
+_CHECK_OK = ("L4OK", "L6OK", "L7OK", "L7OKC")
+
+
+def server_health(stat: ServerStat, where: str) -> tuple[AdminState, TargetHealth]:
+    """Admin state and health from HAProxy's own status words (verified on 2.6)."""
+    status, check = stat.status, stat.check_status
+    detail = f"server {stat.name} is {status}, check {check or 'none'}"
+    if stat.check_desc and check not in ("", "INI"):
+        detail += f" ({stat.check_desc}" + (f": {stat.last_check})" if stat.last_check else ")")
+    if status.startswith("MAINT"):
+        return "maint", TargetHealth(Health.UNREGISTERED, detail, where)
+    if status.startswith("DRAIN") or status.startswith("NOLB"):
+        return "drain", TargetHealth(Health.DRAINING, detail, where)
+    if status.startswith("UP"):
+        return "ready", TargetHealth(Health.HEALTHY, detail, where)
+    if status.startswith("DOWN") and (check in ("", "INI") or check in _CHECK_OK):
+        return "ready", TargetHealth(Health.INITIAL, detail, where)
+    if status.startswith("DOWN"):
+        return "ready", TargetHealth(Health.UNHEALTHY, detail, where)
+    return "ready", TargetHealth(Health.UNKNOWN, detail, where)
+
+
+def combine(states: Sequence[TargetState]) -> TargetState:
+    """One target seen by several HAProxy processes: the least healthy view wins."""
+    order = [
+        Health.UNKNOWN,
+        Health.UNREGISTERED,
+        Health.UNHEALTHY,
+        Health.INITIAL,
+        Health.DRAINING,
+        Health.HEALTHY,
+    ]
+    worst = min(states, key=lambda s: order.index(s.health.health))
+    admin: AdminState = "drain" if any(s.admin == "drain" for s in states) else worst.admin
+    return TargetState(admin, worst.health, sum(s.connections for s in states))
+
+
+class HAProxyProvider:
+    def __init__(
+        self,
+        runtime_addresses: Sequence[str],
+        *,
+        name: str = "haproxy",
+        master_address: str | None = None,
+        config_path: Path | None = None,
+        base_config: str = "",
+        validate: bool = True,
+    ) -> None:
+        if not runtime_addresses:
+            raise ValueError("HAProxy provider needs at least one runtime API address")
+        self.name = name
+        self.runtimes = [Runtime(a) for a in runtime_addresses]
+        self.master = Master(master_address) if master_address else None
+        self.config_path = config_path
+        self.base_config = base_config
+        self.validate = validate
+        self._services: dict[str, cfg.ServiceLB] = {}
+        self._lock = asyncio.Lock()
+        self._initialised = False
+        self.reloads = 0
+
+    @property
+    def provisioning(self) -> bool:
+        return self.master is not None and self.config_path is not None
+
+    # -- structure ----------------------------------------------------------------------------
+    async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
+        if any(p.attach_backend for p in pools):
+            missing = [p.attach_backend for p in pools if p.attach_backend]
+            backends = set(await self.runtimes[0].backends())
+            absent = [b for b in missing if b not in backends]
+            if absent:
+                raise ProviderError(f"HAProxy has no backend {', '.join(map(repr, absent))} to attach to")
+            return None
+        if not self.provisioning:
+            raise ProviderError(
+                "this HAProxy provider is in attach mode: annotate the Service with "
+                "podgate.dev/haproxy-backend naming an existing backend"
+            )
+        if address is None:
+            raise ProviderError("no load-balancer address for the Service")
+        async with self._lock:
+            self._services[service_key] = cfg.ServiceLB(address, list(pools))
+            await self._apply()
+        return address
+
+    async def release(self, service_key: str) -> None:
+        if not self.provisioning:
+            return
+        async with self._lock:
+            if self._services.pop(service_key, None) is not None or not self._initialised:
+                await self._apply()
+
+    async def sync_all(self, services: dict[str, cfg.ServiceLB]) -> None:
+        """Set the whole structure at once (controller start): no Service flickers out while
+        the others are reconciled one by one."""
+        if not self.provisioning:
+            return
+        async with self._lock:
+            self._services = dict(services)
+            await self._apply()
+
+    async def provisioned(self) -> set[str]:
+        if not self.provisioning:
+            return set()
+        names = await self.runtimes[0].backends()
+        return {key for n in names if (key := cfg.service_of_backend(n))}
+
+    async def _apply(self) -> None:
+        assert self.config_path is not None and self.master is not None
+        text = cfg.render(self.base_config, self._services)
+        try:
+            current = self.config_path.read_text()
+        except OSError:
+            current = ""
+        self._initialised = True
+        if text == current:
+            return
+        await self._validate(text)
+        tmp = self.config_path.with_suffix(".new")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+        before = await self._identity()
+        await self.master.reload()
+        self.reloads += 1
+        await self._await_new_worker(before)
+        log.info("HAProxy reloaded with %d Services", len(self._services))
+
+    async def _validate(self, text: str) -> None:
+        if not self.validate:
+            return
+        with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as f:
+            f.write(text)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "haproxy",
+                "-c",
+                "-q",
+                "-f",
+                f.name,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            out, _ = await proc.communicate()
+        finally:
+            os.unlink(f.name)
+        if proc.returncode != 0:
+            raise ProviderError(
+                f"rendered HAProxy configuration is invalid: {out.decode(errors='replace')[-500:]}"
+            )
+
+    async def _identity(self) -> str:
+        with contextlib.suppress(ProviderError):
+            return await self.runtimes[0].identity()
+        return ""
+
+    async def _await_new_worker(self, before: str, timeout: float = 10.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            now = await self._identity()
+            if now and now != before:
+                return
+            await asyncio.sleep(0.05)
+        raise ProviderError(f"HAProxy did not start a new worker within {timeout:.0f}s of the reload")
+
+    async def generation(self) -> str:
+        ids = []
+        for rt in self.runtimes:
+            ids.append(await rt.identity())
+        return ",".join(ids)
+
+    # -- targets ------------------------------------------------------------------------------
+    async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
+        be = cfg.backend_name(pool)
+        views: dict[Target, list[TargetState]] = {}
+        stats = await asyncio.gather(*(rt.servers(be) for rt in self.runtimes))
+        for rt, rows in zip(self.runtimes, stats, strict=True):
+            where = (
+                f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
+            )
+            for row in rows:
+                target = cfg.target_of_server(row.name, row.address)
+                if target is None:
+                    continue
+                admin, health = server_health(row, where)
+                views.setdefault(target, []).append(TargetState(admin, health, row.sessions))
+        out = {}
+        for target, states in views.items():
+            if len(states) < len(self.runtimes):  # missing on one HAProxy of the pair
+                states = [
+                    *states,
+                    TargetState(
+                        "maint", TargetHealth(Health.UNREGISTERED, "not registered on every HAProxy")
+                    ),
+                ]
+            out[target] = combine(states)
+        return out
+
+    async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        be, options = cfg.backend_name(pool), cfg.server_options(pool.health)
+        for rt in self.runtimes:
+            present = {cfg.target_of_server(s.name, s.address) for s in await rt.servers(be)}
+            for t in targets:
+                if t not in present:
+                    await rt.add_server(be, cfg.server_name(t), str(t), options)
+
+    async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        be = cfg.backend_name(pool)
+        for rt in self.runtimes:
+            for t in targets:
+                with contextlib.suppress(ProviderError):  # already gone on this one
+                    await rt.drain(be, cfg.server_name(t))
+
+    async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        be = cfg.backend_name(pool)
+        for rt in self.runtimes:
+            present = {s.name for s in await rt.servers(be)}
+            for t in targets:
+                if cfg.server_name(t) in present:
+                    await rt.remove(be, cfg.server_name(t))

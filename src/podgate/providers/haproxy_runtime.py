@@ -1,0 +1,166 @@
+"""The HAProxy seam: its runtime API (stats socket) and master CLI, as plain async calls.
+
+Nothing above this module builds a socket line.  Addresses are a unix socket path or
+``host:port`` for a TCP stats socket; each command uses its own connection (non-interactive
+mode: HAProxy answers and closes), so a reload never strands a half-read answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+from dataclasses import dataclass
+
+from podgate.providers.base import ProviderError
+
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def check_name(name: str) -> str:
+    """Proxy and server names go into command lines verbatim: refuse anything but HAProxy's
+    own name characters (no '/', no spaces, no ';')."""
+    if not _NAME.match(name):
+        raise ProviderError(f"{name!r} is not a valid HAProxy name")
+    return name
+
+
+async def _connect(address: str, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if address.startswith("/") or address.startswith("unix@"):
+        path = address.removeprefix("unix@")
+        return await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    host, _, port = address.removeprefix("ipv4@").rpartition(":")
+    return await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+
+
+async def send(address: str, line: str, timeout: float = 5.0, half_close: bool = False) -> str:
+    """One command, its whole answer.  The master CLI answers only after the client's
+    half-close (shutdown of its write side); the runtime API answers either way."""
+    try:
+        reader, writer = await _connect(address, timeout)
+    except (OSError, TimeoutError) as e:
+        raise ProviderError(f"HAProxy at {address} unreachable: {e or type(e).__name__}") from None
+    try:
+        writer.write(line.encode() + b"\n")
+        await writer.drain()
+        if half_close and writer.can_write_eof():
+            writer.write_eof()
+        return (await asyncio.wait_for(reader.read(), timeout)).decode(errors="replace")
+    except (OSError, TimeoutError) as e:
+        raise ProviderError(
+            f"HAProxy at {address}: {line.split()[0]} failed: {e or type(e).__name__}"
+        ) from None
+    finally:
+        writer.close()
+
+
+@dataclass(frozen=True)
+class ServerStat:
+    """One row of ``show stat``: a server as HAProxy reports it."""
+
+    backend: str
+    name: str
+    address: str
+    status: str  # UP, DOWN, UP 1/3, DOWN 2/3, MAINT, DRAIN, NOLB, no check
+    check_status: str  # L4OK, L7OK, L4CON, L7STS, INI, ... ('* ' = check in progress stripped)
+    check_desc: str
+    last_check: str
+    sessions: int
+
+
+def parse_stat(text: str) -> list[ServerStat]:
+    """Servers (not FRONTEND/BACKEND rows) of a ``show stat`` CSV answer."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines or not lines[0].startswith("#"):
+        if lines and ("Unknown" in lines[0] or "No such" in lines[0]):
+            raise ProviderError(f"HAProxy: {lines[0].strip()}")
+        return []
+    header = lines[0].lstrip("# ").split(",")
+    out = []
+    for row in csv.reader(io.StringIO("\n".join(lines[1:]))):
+        d = dict(zip(header, row, strict=False))
+        if d.get("svname") in ("FRONTEND", "BACKEND") or not d.get("svname"):
+            continue
+        out.append(
+            ServerStat(
+                backend=d.get("pxname", ""),
+                name=d["svname"],
+                address=d.get("addr", ""),
+                status=d.get("status", ""),
+                check_status=d.get("check_status", "").removeprefix("* "),
+                check_desc=d.get("check_desc", ""),
+                last_check=d.get("last_chk", ""),
+                sessions=int(d.get("scur") or 0),
+            )
+        )
+    return out
+
+
+class Runtime:
+    """One HAProxy process's runtime API."""
+
+    def __init__(self, address: str, timeout: float = 5.0) -> None:
+        self.address, self.timeout = address, timeout
+
+    async def command(self, line: str) -> str:
+        answer = await send(self.address, line, self.timeout)
+        first = answer.strip().splitlines()[0] if answer.strip() else ""
+        if first.startswith(("Unknown", "No such", "Require", "Permission denied")):
+            raise ProviderError(
+                f"HAProxy refused {line.split()[0]} {line.split()[1] if ' ' in line else ''}: {first}"
+            )
+        return answer
+
+    async def servers(self, backend: str) -> list[ServerStat]:
+        return parse_stat(await self.command(f"show stat {check_name(backend)} 4 -1"))
+
+    async def backends(self) -> list[str]:
+        answer = await self.command("show backend")
+        return [ln.strip() for ln in answer.splitlines() if ln.strip() and not ln.startswith("#")]
+
+    async def identity(self) -> str:
+        """``pid/start`` of the worker answering: changes on every reload and restart."""
+        info = dict(ln.split(": ", 1) for ln in (await self.command("show info")).splitlines() if ": " in ln)
+        return f"{info.get('Pid', '?')}/{info.get('Start_time_sec') or info.get('Uptime_sec', '?')}"
+
+    async def add_server(self, backend: str, server: str, address: str, options: str) -> None:
+        """Add a server that starts DOWN and turns UP only after ``rise`` passing checks.
+
+        The order matters (verified on HAProxy 2.6): ``enable server`` reports UP before any
+        check ran unless the health is forced down *after* it.
+        """
+        ref = f"{check_name(backend)}/{check_name(server)}"
+        answer = await self.command(f"add server {ref} {address} {options}")
+        if "New server registered" not in answer and "Already exists" not in answer:
+            raise ProviderError(f"HAProxy add server {ref}: {answer.strip()}")
+        await self.command(f"enable health {ref}")
+        await self.command(f"enable server {ref}")
+        await self.command(f"set server {ref} health down")
+
+    async def drain(self, backend: str, server: str) -> None:
+        await self.command(f"set server {check_name(backend)}/{check_name(server)} state drain")
+
+    async def remove(self, backend: str, server: str) -> None:
+        ref = f"{check_name(backend)}/{check_name(server)}"
+        await self.command(f"set server {ref} state maint")
+        answer = await self.command(f"del server {ref}")
+        if "Server deleted" not in answer:
+            # Connections remain: cut them (the target is leaving anyway) and try once more.
+            await self.command(f"shutdown sessions server {ref}")
+            answer = await self.command(f"del server {ref}")
+            if "Server deleted" not in answer:
+                raise ProviderError(f"HAProxy del server {ref}: {answer.strip()}")
+
+
+class Master:
+    """The master CLI of an HAProxy in master-worker mode (``-W -S SOCKET``)."""
+
+    def __init__(self, address: str, timeout: float = 10.0) -> None:
+        self.address, self.timeout = address, timeout
+
+    async def command(self, line: str) -> str:
+        return await send(self.address, line, self.timeout, half_close=True)
+
+    async def reload(self) -> None:
+        await self.command("reload")

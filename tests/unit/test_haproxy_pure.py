@@ -1,0 +1,94 @@
+"""HAProxy: reading its status words, and the configuration podgate renders (checked by haproxy -c)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
+from podgate.providers import haproxy_config as cfg
+from podgate.providers.haproxy import server_health
+from podgate.providers.haproxy_runtime import ServerStat, parse_stat
+
+STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie
+be,podgate-127.100.0.4-80,0,0,2,0,,0,0,0,,0,,0,0,0,0,UP,1,1,0,0,1,1,1,,1,3,1,,0,,2,0,,0,L7OK,200,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,Layer7 check passed,,3,3,0,,,,127.100.0.4:80,
+be,podgate-127.100.0.9-80,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN,1,1,0,0,1,0,0,,1,3,2,,0,,2,0,,0,L4CON,,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,Connection refused,,0,0,0,0,,,,Layer4 connection problem,,3,3,0,,,,127.100.0.9:80,
+be,BACKEND,0,0,0,0,,0,0,0,,0,,0,0,0,0,UP,1,1,0,0,1,0,0,,1,3,0,,0,,1,0,,0,,,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,,,,,,,,,,
+"""
+
+
+def test_parse_stat() -> None:
+    rows = parse_stat(STAT)
+    assert [r.name for r in rows] == ["podgate-127.100.0.4-80", "podgate-127.100.0.9-80"]
+    assert rows[0].status == "UP" and rows[0].check_status == "L7OK" and rows[0].sessions == 2
+    assert rows[1].address == "127.100.0.9:80" and rows[1].last_check == "Connection refused"
+
+
+def stat(status: str, check: str, desc: str = "", last: str = "") -> ServerStat:
+    return ServerStat("be", "podgate-127.0.0.2-80", "127.0.0.2:80", status, check, desc, last, 0)
+
+
+@pytest.mark.parametrize(
+    ("row", "admin", "health"),
+    [
+        (stat("UP", "L7OK"), "ready", Health.HEALTHY),
+        (stat("UP 2/3", "L7STS"), "ready", Health.HEALTHY),  # going down, still in rotation
+        (stat("DOWN", "INI"), "ready", Health.INITIAL),
+        (stat("DOWN 1/3", "L4OK"), "ready", Health.INITIAL),  # rising
+        (
+            stat("DOWN", "L7STS", "Layer7 wrong status", "HTTP status check returned code <503>"),
+            "ready",
+            Health.UNHEALTHY,
+        ),
+        (stat("DOWN", "L4CON", "Layer4 connection problem", "Connection refused"), "ready", Health.UNHEALTHY),
+        (stat("MAINT", "L4OK"), "maint", Health.UNREGISTERED),
+        (stat("DRAIN", "L7OK"), "drain", Health.DRAINING),
+    ],
+)
+def test_server_health(row: ServerStat, admin: str, health: Health) -> None:
+    got_admin, got = server_health(row, "haproxy backend be")
+    assert (got_admin, got.health) == (admin, health)
+    assert row.status in got.detail and got.where == "haproxy backend be"
+
+
+def test_failing_detail_quotes_haproxy() -> None:
+    _, h = server_health(
+        stat("DOWN", "L7STS", "Layer7 wrong status", "HTTP status check returned code <503>"), "w"
+    )
+    assert h.detail == (
+        "server podgate-127.0.0.2-80 is DOWN, check L7STS (Layer7 wrong status: HTTP status check returned code <503>)"
+    )
+
+
+def test_names_round_trip() -> None:
+    pool = PoolSpec("shop", "web", 443, "https", 8443, "TCP", HealthCheck())
+    assert cfg.backend_name(pool) == "podgate.shop.web.443"
+    assert cfg.service_of_backend("podgate.shop.web.443") == "shop/web"
+    assert cfg.service_of_backend("user_backend") is None
+    t = Target("127.100.0.7", 8443)
+    assert cfg.target_of_server(cfg.server_name(t), "127.100.0.7:8443") == t
+    assert cfg.target_of_server("web1", "10.0.0.1:80") is None  # the user's own server: not ours
+
+
+def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
+    base = (
+        f"global\n    stats socket {tmp_path}/rt.sock mode 600 level admin\ndefaults\n    timeout connect 2s\n"
+        "    timeout client 30s\n    timeout server 30s\n"
+    )
+    http = PoolSpec("shop", "web", 80, "http", "http", "TCP", HealthCheck("/healthz", 1.0, 2, 3))
+    tcp = PoolSpec("shop", "db", 5432, "", 5432, "TCP", HealthCheck())
+    text = cfg.render(
+        base,
+        {"shop/web": cfg.ServiceLB("127.200.0.1", [http]), "shop/db": cfg.ServiceLB("127.200.0.2", [tcp])},
+    )
+    assert "bind 127.200.0.1:80" in text and "option httpchk GET /healthz" in text
+    assert text.index("service shop/db") < text.index("service shop/web")  # stable order
+    path = tmp_path / "h.cfg"
+    path.write_text(text)
+    check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert cfg.server_options(HealthCheck(None, 1.0, 2, 3)) == (
+        "check inter 1000 fastinter 1000 downinter 1000 rise 2 fall 3"
+    )

@@ -1,0 +1,57 @@
+"""The work queue: dedup, one worker per key, back-off with a cap, delayed adds."""
+
+from __future__ import annotations
+
+import asyncio
+
+from podgate.kube.queue import TokenBucket, WorkQueue
+
+
+async def test_dedup_and_order() -> None:
+    q = WorkQueue()
+    for key in ("a", "b", "a", "c", "b"):
+        q.add(key)
+    assert len(q) == 3
+    got = [(await q.get())[0] for _ in range(3)]
+    assert got == ["a", "b", "c"]
+
+
+async def test_key_in_progress_is_requeued_once_after_done() -> None:
+    q = WorkQueue()
+    q.add("a")
+    key, _ = await q.get()
+    q.add("a")
+    q.add("a")
+    assert len(q) == 0, "not handed to a second worker while processing"
+    q.done(key)
+    assert len(q) == 1
+    assert (await q.get())[0] == "a"
+
+
+async def test_rate_limited_backoff_grows_and_caps() -> None:
+    q = WorkQueue(base_delay=0.01, max_delay=0.04, rate=1000, burst=1000)
+    for _ in range(5):
+        q.add_rate_limited("a")
+    assert q.failures("a") == 5
+    delays = [d for d, _, _ in q._delayed]
+    spread = max(delays) - min(delays)
+    assert 0.025 <= spread <= 0.045, "delays 0.01, 0.02, 0.04 (capped), 0.04, 0.04"
+    q.forget("a")
+    assert q.failures("a") == 0
+    key, _ = await asyncio.wait_for(q.get(), 1)
+    assert key == "a"
+
+
+async def test_add_after_delivers_later() -> None:
+    q = WorkQueue()
+    q.add_after("later", 0.05)
+    assert len(q) == 0
+    key, _ = await asyncio.wait_for(q.get(), 1)
+    assert key == "later"
+
+
+def test_token_bucket_limits_bursts() -> None:
+    bucket = TokenBucket(rate=10, burst=2)
+    waits = [bucket.reserve() for _ in range(4)]
+    assert waits[:2] == [0.0, 0.0]
+    assert 0.09 <= waits[2] <= 0.11 and 0.19 <= waits[3] <= 0.21
