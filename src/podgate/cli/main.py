@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from podgate.cli import controller_cmd
 from podgate.sandbox.binaries import ensure_binaries
 from podgate.sandbox.controlplane import Sandbox, SandboxConfig, SandboxError
 
@@ -29,7 +30,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         return 0
     sb = _sandbox(args, for_up=args.action == "up")
     if args.action == "up":
-        sb.up()
+        sb.up(with_controller=not args.without_controller)
         print(f"sandbox up; state in {sb.state_dir}")
         print("to use kubectl with it:")
         print(
@@ -69,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--port-offset", type=int, help="added to every sandbox port (run a second sandbox)")
     sb.add_argument("--pod-cidr", help="loopback range for pod IPs (default 127.100.0.0/16)")
     sb.add_argument("--lb-cidr", help="loopback range for load-balancer addresses (default 127.200.0.0/16)")
+    sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
     sb.set_defaults(func=cmd_sandbox)
+    ctl = sub.add_parser("controller", help="run the podgate controller and admission webhook")
+    controller_cmd.add_arguments(ctl)
+    ctl.set_defaults(func=controller_cmd.cmd_controller)
     return parser
 
 

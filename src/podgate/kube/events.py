@@ -7,6 +7,8 @@ raises: an Event is a courtesy and must not break the work that emits it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -35,6 +37,25 @@ class EventRecorder:
         self._component = component
         self._host = host
         self._seen: dict[tuple[str, str, str, str], tuple[str, int, float]] = {}
+        self._pending: asyncio.Queue[tuple[Mapping[str, Any], str, str, str, str]] = asyncio.Queue(
+            maxsize=5000
+        )
+
+    def emit_later(
+        self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        """Queue an Event for :meth:`run` to send: the caller never waits on the API for it.
+        When the queue is full (an API outage), Events are dropped rather than memory grown."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._pending.put_nowait((obj, kind, reason, message, type_))
+
+    async def run(self, senders: int = 2) -> None:
+        async def sender() -> None:
+            while True:
+                obj, kind, reason, message, type_ = await self._pending.get()
+                await self.emit(obj, kind, reason, message, type_)
+
+        await asyncio.gather(*(sender() for _ in range(senders)))
 
     async def emit(
         self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"

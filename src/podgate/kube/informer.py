@@ -68,6 +68,14 @@ class Informer:
     def get(self, key: str) -> Obj | None:
         return self.cache.get(key)
 
+    def update_if_newer(self, obj: Obj) -> None:
+        """Put an object we just wrote (the API's answer) into the cache ahead of its watch
+        event, so decisions made before the event arrives do not write the same change twice."""
+        key = key_of(obj)
+        cached = self.cache.get(key)
+        if cached is None or _rv(obj) > _rv(cached):
+            self.cache[key] = obj
+
     def _emit(self, kind: EventType, obj: Obj, old: Obj | None) -> None:
         for handler in self._handlers:
             try:
@@ -162,6 +170,13 @@ class Informer:
         else:
             self.cache[key] = obj
             self._emit("ADDED" if old is None else "MODIFIED", obj, old)
+
+
+def _rv(obj: Obj) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 def _short(e: BaseException) -> str:

@@ -101,7 +101,9 @@ def with_transition_times(
     out: list[Condition] = []
     current = list(current or ())
     for cond in desired:
-        stamped: Condition = {**cond}
+        # Explicit nulls: a strategic merge keeps keys the patch leaves out, so a condition
+        # going True must say "no reason, no message" or it keeps the False one's words.
+        stamped: Condition = {"reason": None, "message": None, **cond}
         old = find(current, cond["type"])
         if old is not None and old.get("status") == cond["status"] and old.get("lastTransitionTime"):
             stamped["lastTransitionTime"] = old["lastTransitionTime"]

@@ -19,6 +19,7 @@ HC_INTERVAL = f"{DOMAIN}/health-check-interval"
 HC_HEALTHY = f"{DOMAIN}/healthy-threshold"
 HC_UNHEALTHY = f"{DOMAIN}/unhealthy-threshold"
 HAPROXY_BACKEND = f"{DOMAIN}/haproxy-backend"
+DRAIN_DELAY = f"{DOMAIN}/deregistration-delay"
 
 NONE = "none"
 
@@ -97,6 +98,19 @@ def health_check(annotations: Mapping[str, str] | None) -> HealthCheck:
     )
 
 
+def _seconds(annotations: Mapping[str, str], key: str, default: float, minimum: float) -> float:
+    raw = annotations.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.removesuffix("s"))
+    except ValueError:
+        raise ServiceConfigError(f"annotation {key}={raw!r} is not a number of seconds") from None
+    if value < minimum:
+        raise ServiceConfigError(f"annotation {key}={raw!r} must be at least {minimum:g}")
+    return value
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     """One load-balancer pool: a Service port and how its targets are checked."""
@@ -109,6 +123,8 @@ class PoolSpec:
     protocol: str
     health: HealthCheck
     attach_backend: str | None = None  # attach mode: a backend of the user's own HAProxy
+    #: seconds a leaving target stays draining (if its pod still exists) before removal
+    drain_delay: float = 5.0
 
     @property
     def service_key(self) -> str:
@@ -119,6 +135,7 @@ def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
     meta, spec = service["metadata"], service.get("spec") or {}
     annotations = meta.get("annotations") or {}
     hc = health_check(annotations)
+    drain_delay = _seconds(annotations, DRAIN_DELAY, 5.0, minimum=0.0)
     pools = []
     for p in spec.get("ports") or ():
         protocol = p.get("protocol") or "TCP"
@@ -134,6 +151,7 @@ def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
                 protocol=protocol,
                 health=hc,
                 attach_backend=annotations.get(HAPROXY_BACKEND),
+                drain_delay=drain_delay,
             )
         )
     return pools
@@ -223,7 +241,8 @@ class Diff:
 
 def diff_targets(plan: TargetPlan, present: Mapping[Target, str], drained: Iterable[Target] = ()) -> Diff:
     """Level-triggered diff of the pool: ``present`` maps each server to its admin state
-    (``ready``/``drain``/``maint``); ``drained`` lists draining targets with no connections left."""
+    (``ready``/``drain``/``maint``); ``drained`` lists draining targets that are done (no
+    connections left and the drain delay passed).  A target whose pod is gone is removed at once."""
     drained = set(drained)
     add = sorted(t for t in plan.active if t not in present)
     drain = sorted(t for t, state in present.items() if t not in plan.active and state == "ready")

@@ -8,7 +8,7 @@ from typing import NotRequired, TypedDict
 class Condition(TypedDict):
     type: str
     status: str
-    reason: NotRequired[str]
-    message: NotRequired[str]
+    reason: NotRequired[str | None]
+    message: NotRequired[str | None]
     lastTransitionTime: NotRequired[str | None]
     lastProbeTime: NotRequired[str | None]

@@ -30,6 +30,12 @@ CLIENT_PACKAGE = "kubernetes-client"
 #: The upstream version inside Debian bookworm's package; the cache is keyed by it.
 KUBE_VERSION = "1.20.2"
 SERVER_BINARIES = ("kube-apiserver", "kube-controller-manager")
+#: Bumped whenever the build recipe changes what the binaries are; older caches are rebuilt.
+RECIPE = 2
+#: The tree vendors modern-go/reflect2 1.0.1, whose map iteration faults under Go ≥ 1.18 (seen:
+#: kube-apiserver dies with SIGSEGV in mapiterinit when a mutating webhook returns a patch).
+#: Debian packages 1.0.2, which fixes it; it replaces the vendored copy before the build.
+REFLECT2_PACKAGE = "golang-github-modern-go-reflect2-dev"
 ALL_BINARIES = (*SERVER_BINARIES, "kubectl")
 
 
@@ -52,9 +58,17 @@ class KubeBinaries:
     def path(self, name: str) -> Path:
         return self.bin_dir / name
 
+    @property
+    def stamp(self) -> Path:
+        return self.root / "recipe"
+
     def broken(self) -> list[str]:
-        """Names of binaries that are missing or do not answer ``--version``."""
-        return [name for name in ALL_BINARIES if not _runs(self.path(name))]
+        """Names of binaries that are missing, do not answer ``--version``, or were built by an
+        older recipe."""
+        stale = not self.stamp.exists() or self.stamp.read_text().strip() != str(RECIPE)
+        return [
+            name for name in ALL_BINARIES if not _runs(self.path(name)) or (stale and name in SERVER_BINARIES)
+        ]
 
 
 def default_binaries() -> KubeBinaries:
@@ -174,6 +188,7 @@ def ensure_binaries(binaries: KubeBinaries | None = None, progress: Progress | N
         _fetch_kubectl(binaries, work, apt_args, progress)
     if any(name in broken for name in SERVER_BINARIES):
         _build_servers(binaries, work, apt_args, progress)
+    binaries.stamp.write_text(f"{RECIPE}\n")
     still = binaries.broken()
     if still:
         raise RuntimeError(f"after the build these binaries still do not run: {', '.join(still)}")
@@ -236,6 +251,39 @@ def _fetch_kubectl(binaries: KubeBinaries, work: Path, apt_args: list[str], prog
     shutil.rmtree(dl, ignore_errors=True)
 
 
+def _apply_debian_patches(src: Path, tree: Path, progress: Progress) -> None:
+    """Debian's own patches to the tree (a CVE fix among them), in their series order."""
+    debian = next(src.glob("*.debian.tar.*"))
+    unpacked = src / "debian-unpacked"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    unpacked.mkdir()
+    progress.run("unpack Debian's packaging", ["tar", "-xf", str(debian), "-C", str(unpacked)])
+    patches = unpacked / "debian" / "patches"
+    series = (patches / "series").read_text().split() if (patches / "series").exists() else []
+    for name in series:
+        progress.run(
+            f"apply Debian patch {name}", ["patch", "-p1", "-N", "-i", str(patches / name)], cwd=tree
+        )
+    shutil.rmtree(unpacked, ignore_errors=True)
+
+
+def _replace_reflect2(work: Path, tree: Path, apt_args: list[str], progress: Progress) -> None:
+    dl = work / "reflect2"
+    shutil.rmtree(dl, ignore_errors=True)
+    dl.mkdir(parents=True)
+    progress.run(
+        f"apt-get download {REFLECT2_PACKAGE}", ["apt-get", *apt_args, "download", REFLECT2_PACKAGE], cwd=dl
+    )
+    deb = next(dl.glob("*.deb"))
+    progress.run(f"unpack {REFLECT2_PACKAGE}", ["dpkg-deb", "-x", str(deb), str(dl / "root")])
+    source = dl / "root" / "usr" / "share" / "gocode" / "src" / "github.com" / "modern-go" / "reflect2"
+    vendored = tree / "vendor" / "github.com" / "modern-go" / "reflect2"
+    shutil.rmtree(vendored)
+    shutil.copytree(source, vendored, ignore=shutil.ignore_patterns("*_test.go", "test*"))
+    shutil.rmtree(dl, ignore_errors=True)
+    progress.say("replaced vendored modern-go/reflect2 with Debian's 1.0.2 (Go 1.19 map iteration fix)")
+
+
 def _build_servers(binaries: KubeBinaries, work: Path, apt_args: list[str], progress: Progress) -> None:
     src = work / "source"
     tree = work / "gopath" / "src" / "k8s.io" / "kubernetes"
@@ -251,6 +299,8 @@ def _build_servers(binaries: KubeBinaries, work: Path, apt_args: list[str], prog
     shutil.rmtree(work / "gopath", ignore_errors=True)
     tree.mkdir(parents=True)
     progress.run("unpack the source tree", ["tar", "-xf", str(orig), "-C", str(tree), "--strip-components=1"])
+    _apply_debian_patches(src, tree, progress)
+    _replace_reflect2(work, tree, apt_args, progress)
     env = {
         **os.environ,
         "GOPATH": str(work / "gopath"),

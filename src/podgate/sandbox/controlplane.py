@@ -15,6 +15,7 @@ import os
 import secrets
 import shutil
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import yaml
 
+from podgate.kube import pki
 from podgate.model.addresses import loopback_network, overlaps
-from podgate.sandbox import pki, processes
+from podgate.sandbox import processes
 from podgate.sandbox.binaries import KubeBinaries, Progress, default_binaries
 
 HOST = "127.0.0.1"
@@ -87,6 +89,8 @@ class Component:
     health: Callable[[], bool]
     env: dict[str, str] | None = None
     needs: list[str] = field(default_factory=list)
+    before_start: Callable[[], None] | None = None
+    ports: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,14 @@ class Sandbox:
     def haproxy_config(self) -> Path:
         return self.haproxy_dir / "haproxy.cfg"
 
+    @property
+    def haproxy_base_config(self) -> Path:
+        return self.haproxy_dir / "base.cfg"
+
+    @property
+    def webhook_url(self) -> str:
+        return f"https://{HOST}:{self.config.port(9443)}/mutate-pods"
+
     def log_of(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
@@ -184,8 +196,13 @@ class Sandbox:
     def _tokens(self) -> dict[str, str]:
         path = self.pki_dir / "tokens.json"
         if path.exists():
-            return dict(json.loads(path.read_text()))
-        tokens = {user: secrets.token_hex(24) for user in ("admin", "controller-manager", "node-agent")}
+            tokens = dict(json.loads(path.read_text()))
+            if "controller" in tokens:
+                return tokens
+        tokens = {
+            user: secrets.token_hex(24)
+            for user in ("admin", "controller-manager", "node-agent", "controller")
+        }
         path.write_text(json.dumps(tokens))
         path.chmod(0o600)
         return tokens
@@ -215,16 +232,21 @@ class Sandbox:
             f'{tokens["admin"]},admin,uid-admin,"system:masters"',
             f'{tokens["controller-manager"]},system:kube-controller-manager,uid-kcm,"system:masters"',
             f'{tokens["node-agent"]},system:node:{self.config.node_name},uid-node,"system:nodes,system:masters"',
+            # podgate itself gets only what sandbox/rbac.yaml grants.
+            f'{tokens["controller"]},podgate-controller,uid-podgate,"podgate:controllers"',
         ]
         (self.pki_dir / "tokens.csv").write_text("\n".join(lines) + "\n")
         for name, user in (
             ("kubeconfig", "admin"),
             ("controller-manager.kubeconfig", "controller-manager"),
             ("node-agent.kubeconfig", "node-agent"),
+            ("controller.kubeconfig", "controller"),
         ):
             path = self.state_dir / name
             path.write_text(yaml.safe_dump(self._kubeconfig(user, tokens[user])))
             path.chmod(0o600)
+        # The controller renders haproxy.cfg as base.cfg plus one frontend/backend per Service.
+        self.haproxy_base_config.write_text(self.base_haproxy_config())
         if not self.haproxy_config.exists():
             self.haproxy_config.write_text(self.base_haproxy_config())
 
@@ -384,10 +406,63 @@ class Sandbox:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 needs=["kube-apiserver"],
             ),
+            Component(
+                "podgate-controller",
+                f"podgate controller --kubeconfig {self.state_dir}",
+                [
+                    sys.executable,
+                    "-m",
+                    "podgate",
+                    "controller",
+                    "--kubeconfig",
+                    str(self.state_dir / "controller.kubeconfig"),
+                    "--haproxy-runtime-socket",
+                    str(self.haproxy_runtime_socket),
+                    "--haproxy-master-socket",
+                    str(self.haproxy_master_socket),
+                    "--haproxy-config",
+                    str(self.haproxy_config),
+                    "--haproxy-base-config",
+                    str(self.haproxy_base_config),
+                    "--lb-cidr",
+                    c.lb_cidr,
+                    "--webhook-bind",
+                    HOST,
+                    "--webhook-port",
+                    str(c.port(9443)),
+                    "--webhook-url",
+                    self.webhook_url,
+                    "--webhook-cert-dir",
+                    str(self.state_dir / "webhook-certs"),
+                    "--health-bind",
+                    HOST,
+                    "--health-port",
+                    str(c.port(8081)),
+                ],
+                lambda: _get(f"http://{HOST}:{c.port(8081)}/readyz")[0] == 200,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                needs=["kube-apiserver", "haproxy"],
+                before_start=self._apply_controller_rbac,
+                ports=[c.port(9443), c.port(8081)],
+            ),
         ]
 
+    def _apply_controller_rbac(self) -> None:
+        rbac = Path(__file__).with_name("rbac.yaml")
+        out = subprocess.run(
+            [str(self.binaries.path("kubectl")), "apply", "-f", str(rbac)],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SandboxError(f"could not grant the controller its RBAC rules: {out.stderr.strip()}")
+
     # -- commands ----------------------------------------------------------------------------
-    def up(self, progress: Progress | None = None, timeout: float = 60.0) -> None:
+    def up(
+        self, progress: Progress | None = None, timeout: float = 60.0, with_controller: bool = True
+    ) -> None:
         progress = progress or Progress()
         missing = self.binaries.broken()
         if missing:
@@ -398,7 +473,7 @@ class Sandbox:
         self._prepare()
         pids = self._pids()
         started: dict[str, float] = {}
-        pending = self.components()
+        pending = [comp for comp in self.components() if with_controller or comp.name != "podgate-controller"]
         running = {
             comp.name
             for comp in pending
@@ -414,7 +489,9 @@ class Sandbox:
                 if not all(dep in healthy for dep in comp.needs):
                     continue
                 if comp.name not in running and comp.name not in started:
-                    self._check_ports(comp.name)
+                    self._check_ports(comp)
+                    if comp.before_start is not None:
+                        comp.before_start()
                     pid = processes.spawn(comp.argv, self.log_of(comp.name), env=comp.env)
                     self._save_pid(comp.name, pid)
                     started[comp.name] = time.monotonic()
@@ -439,7 +516,7 @@ class Sandbox:
             if pending:
                 time.sleep(0.1)
 
-    def _check_ports(self, name: str) -> None:
+    def _check_ports(self, comp: Component) -> None:
         c = self.config
         ports = {
             "etcd": [c.etcd_port, c.port(2380)],
@@ -447,11 +524,11 @@ class Sandbox:
             "kube-controller-manager": [c.port(10257)],
             "haproxy": [c.haproxy_health_port],
             "node-agent": [c.agent_healthz_port],
-        }[name]
+        }.get(comp.name, comp.ports)
         for port in ports:
             if processes.port_in_use(HOST, port):
                 raise SandboxError(
-                    f"{HOST}:{port} (needed by {name}) is already in use by another process; "
+                    f"{HOST}:{port} (needed by {comp.name}) is already in use by another process; "
                     "stop it, or use another --state-dir with --port-offset"
                 )
 

@@ -356,7 +356,6 @@ class NodeAgent:
         self._binding: set[str] = set()
         self._deleting: set[str] = set()
         self._status_writers = status_writers
-        self._events: asyncio.Queue[tuple[Obj, str, str, str]] = asyncio.Queue(maxsize=2000)
         self._background: set[asyncio.Task[Any]] = set()
         self._next_ip = 0
         self.registered = asyncio.Event()
@@ -690,13 +689,7 @@ class NodeAgent:
 
     # -- events and plumbing ------------------------------------------------------------------
     def event(self, pod: Obj, reason: str, message: str, type_: str = "Normal") -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self._events.put_nowait((pod, reason, message, type_))
-
-    async def _event_sender(self) -> None:
-        while True:
-            pod, reason, message, type_ = await self._events.get()
-            await self.recorder.emit(pod, "Pod", reason, message, type_)
+        self.recorder.emit_later(pod, "Pod", reason, message, type_)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -717,8 +710,7 @@ class NodeAgent:
                 self._heartbeat(),
                 self.informer.run(),
                 *(self._status_writer() for _ in range(self._status_writers)),
-                self._event_sender(),
-                self._event_sender(),
+                self.recorder.run(),
             ]
             await asyncio.gather(*loops)
         finally:

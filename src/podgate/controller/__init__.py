@@ -1,0 +1,1 @@
+"""The controller: informers → work queue keyed by Service → level-triggered reconcile."""

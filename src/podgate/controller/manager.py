@@ -1,0 +1,264 @@
+"""Wiring: informers, the work queue, reconcile workers, load-balancer watchers, the webhook.
+
+The order at start matters: caches sync first, then the whole load-balancer structure is set in
+one step (a restarted controller must not drop the Services it has not reconciled yet), then
+every Service is queued, and only then do the workers run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from podgate.controller.reconciler import ServiceReconciler, services_for_event
+from podgate.controller.settings import ControllerSettings
+from podgate.kube.events import EventRecorder
+from podgate.kube.informer import EventType, Informer, Obj, key_of
+from podgate.kube.queue import WorkQueue
+from podgate.model import conditions as cond
+from podgate.model import gates, lb
+from podgate.providers import haproxy_config
+from podgate.providers.base import Provider, ProviderError
+from podgate.providers.haproxy import HAProxyProvider
+from podgate.webhook import server as webhook
+from podgate.webhook.admission import InjectionPolicy
+
+log = logging.getLogger(__name__)
+
+
+def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
+    providers: dict[str, Provider] = {}
+    for h in settings.haproxy:
+        base = h.base_config_path.read_text() if h.base_config_path else ""
+        providers[h.name] = HAProxyProvider(
+            list(h.runtime_sockets),
+            name=h.name,
+            master_address=h.master_socket,
+            config_path=h.config_path,
+            base_config=base,
+        )
+    return providers
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        api: client.ApiClient,
+        providers: Mapping[str, Provider] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        core = client.CoreV1Api(api)
+        self.pods = Informer(core.list_pod_for_all_namespaces, name="pods")
+        self.services = Informer(core.list_service_for_all_namespaces, name="services")
+        self.namespaces = Informer(core.list_namespace, name="namespaces")
+        self.providers = dict(providers) if providers is not None else build_providers(settings)
+        self.recorder = EventRecorder(api, "podgate")
+        self.reconciler = ServiceReconciler(
+            api,
+            self.pods,
+            self.services,
+            self.namespaces,
+            self.providers,
+            settings.default_provider,
+            self.recorder,
+            lb_cidr=settings.lb_cidr,
+            sticky=not settings.continuous,
+        )
+        self.queue = WorkQueue(name="services")
+        self.pods.add_handler(self._on_pod)
+        self.services.add_handler(self._on_service)
+        self.namespaces.add_handler(self._on_namespace)
+        self.ready = asyncio.Event()
+        self.reconciles = 0
+        self.reconcile_errors = 0
+
+    # -- event handlers: enqueue keys, nothing else --------------------------------------------
+    def _on_pod(self, kind: EventType, pod: Obj, old: Obj | None) -> None:
+        if old is not None and kind == "MODIFIED" and not _pod_change_matters(pod, old):
+            return
+        for key in services_for_event(pod, old, self.services.cache.values()):
+            self.queue.add(key)
+
+    def _on_service(self, kind: EventType, svc: Obj, old: Obj | None) -> None:
+        if (
+            old is not None
+            and kind == "MODIFIED"
+            and old.get("spec") == svc.get("spec")
+            and old["metadata"].get("annotations") == svc["metadata"].get("annotations")
+        ):
+            return  # a status-only change (ours): nothing to do
+        self.queue.add(key_of(svc))
+
+    def _on_namespace(self, kind: EventType, ns: Obj, old: Obj | None) -> None:
+        name = ns["metadata"]["name"]
+        for key, svc in self.services.cache.items():
+            if svc["metadata"].get("namespace") == name:
+                self.queue.add(key)
+
+    # -- run ----------------------------------------------------------------------------------
+    async def run(self) -> None:
+        tasks = [
+            asyncio.create_task(i.run(), name=f"informer {i.name}")
+            for i in (self.pods, self.services, self.namespaces)
+        ]
+        tasks.append(asyncio.create_task(self.recorder.run(), name="events"))
+        try:
+            await asyncio.gather(*(i.synced.wait() for i in (self.pods, self.services, self.namespaces)))
+            log.info(
+                "caches synced: %d pods, %d services, %d namespaces",
+                len(self.pods.cache),
+                len(self.services.cache),
+                len(self.namespaces.cache),
+            )
+            await self._sync_structure()
+            self.enqueue_all()
+            tasks += [
+                asyncio.create_task(self._worker(), name=f"worker {i}") for i in range(self.settings.workers)
+            ]
+            tasks += [
+                asyncio.create_task(self._watch_generation(name, p), name=f"generation {name}")
+                for name, p in self.providers.items()
+            ]
+            tasks.append(asyncio.create_task(self._resync(), name="resync"))
+            self.ready.set()
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def enqueue_all(self) -> None:
+        for key in self.services.cache:
+            self.queue.add(key)
+        for pod in self.pods.cache.values():
+            for g in cond.readiness_gates(pod.get("spec") or {}):
+                svc = gates.service_of_gate(g)
+                if svc:
+                    self.queue.add(f"{pod['metadata']['namespace']}/{svc}")
+
+    async def _sync_structure(self) -> None:
+        """Render every provisioned load balancer at once (one reload at most) before the workers
+        run, and drop those whose Service is gone: the controller converges from the cluster."""
+        for name, provider in self.providers.items():
+            if not isinstance(provider, HAProxyProvider) or not provider.provisioning:
+                continue
+            wanted: dict[str, haproxy_config.ServiceLB] = {}
+            for key, svc in self.services.cache.items():
+                try:
+                    if lb.provider_for(svc, self.settings.default_provider, self.providers) != name:
+                        continue
+                    pools = lb.pools_for(svc)
+                except lb.ServiceConfigError:
+                    continue
+                if pools and not any(p.attach_backend for p in pools):
+                    address = self.reconciler.address_for(key, svc)
+                    assert address is not None
+                    wanted[key] = haproxy_config.ServiceLB(address, pools)
+            while True:
+                try:
+                    await provider.sync_all(wanted)
+                    break
+                except ProviderError as e:
+                    log.warning("provider %s not ready at start: %s; retrying", name, e)
+                    await asyncio.sleep(1.0)
+
+    async def _worker(self) -> None:
+        while True:
+            key, _ = await self.queue.get()
+            try:
+                outcome = await self.reconciler.reconcile(key)
+                self.queue.forget(key)
+                if outcome.poll:
+                    self.queue.add_after(key, self.settings.poll_period)
+            except Exception as e:
+                self.reconcile_errors += 1
+                level = logging.WARNING if isinstance(e, ProviderError) else logging.ERROR
+                log.log(level, "reconcile %s failed: %s", key, e, exc_info=not isinstance(e, ProviderError))
+                self.queue.add_rate_limited(key)
+            finally:
+                self.reconciles += 1
+                self.queue.done(key)
+
+    async def _watch_generation(self, name: str, provider: Provider) -> None:
+        """A reload or restart empties the load balancer's dynamic state: re-sync every Service."""
+        last: str | None = None
+        while True:
+            try:
+                gen = await provider.generation()
+            except ProviderError:
+                gen = "unreachable"
+            if last is not None and gen != last and gen != "unreachable":
+                log.info("load balancer %s changed generation (%s → %s): re-syncing", name, last, gen)
+                self.enqueue_all()
+            last = gen
+            await asyncio.sleep(1.0)
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_period)
+            self.enqueue_all()
+
+
+def _pod_change_matters(pod: Obj, old: Obj) -> bool:
+    """Pod updates that can change targets or gates; skips e.g. our own gate writes' echoes
+    only when nothing else moved."""
+
+    def view(p: Obj) -> tuple[Any, ...]:
+        st = p.get("status") or {}
+        conds = {
+            c["type"]: c.get("status")
+            for c in st.get("conditions") or ()
+            if c["type"] in (cond.CONTAINERS_READY, cond.READY)
+            or c["type"].startswith(gates.SERVICE_GATE_PREFIX)
+        }
+        return (
+            p["metadata"].get("labels"),
+            p["metadata"].get("deletionTimestamp"),
+            st.get("podIP"),
+            sorted(conds.items()),
+            (p.get("spec") or {}).get("readinessGates"),
+        )
+
+    return view(pod) != view(old)
+
+
+async def serve(settings: ControllerSettings, controller: Controller) -> list[web.AppRunner]:
+    """The webhook (HTTPS) and health (HTTP) servers; registers the webhook configuration."""
+    runners = []
+    policy = InjectionPolicy(settings.inject, settings.remove_gate_prefixes, settings.skip_label_value)
+    app = webhook.make_app(controller.services, controller.reconciler.handled, policy)
+    hosts = ["localhost"]
+    if settings.webhook_service:
+        ns, name = settings.webhook_service.split("/", 1)
+        hosts += [f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
+    ctx, ca = webhook.serving_context(
+        settings.webhook_cert_dir,
+        settings.webhook_cert_file,
+        settings.webhook_key_file,
+        hosts,
+        [settings.webhook_bind, "127.0.0.1"],
+    )
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.webhook_bind, settings.webhook_port, ssl_context=ctx).start()
+    runners.append(runner)
+    service_ref = None
+    if settings.webhook_service:
+        ns, name = settings.webhook_service.split("/", 1)
+        service_ref = (ns, name, 443)
+    if settings.webhook_url or service_ref:
+        body = webhook.webhook_configuration(
+            settings.webhook_config_name,
+            ca,
+            url=settings.webhook_url,
+            service=service_ref,
+            skip_label_value=settings.skip_label_value,
+        )
+        await webhook.register(controller.api, body)
+    return runners

@@ -1,0 +1,386 @@
+"""Reconcile one Service: its load-balancer pools, their targets, and its pods' gates.
+
+Level-triggered: it reads only the informer caches (desired state) and the load balancer
+(actual state), so running it again, or after a restart, converges to the same place.  It
+writes a gate condition only when it changes, and never True because something failed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from podgate.kube.client import MERGE_PATCH, STRATEGIC_MERGE, ApiException, call
+from podgate.kube.events import EventRecorder, now_rfc3339
+from podgate.kube.informer import Informer, Obj
+from podgate.model import addresses, gates, lb
+from podgate.model import conditions as cond
+from podgate.model.types import Condition
+from podgate.providers.base import Provider, ProviderError, TargetState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    """What one reconcile leaves behind: whether to look again soon."""
+
+    poll: bool = False
+    writes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class ServiceReconciler:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        pods: Informer,
+        services: Informer,
+        namespaces: Informer,
+        providers: Mapping[str, Provider],
+        default_provider: str,
+        recorder: EventRecorder,
+        *,
+        lb_cidr: str | None,
+        sticky: bool = True,
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.pods, self.services, self.namespaces = pods, services, namespaces
+        self.providers = providers
+        self.default_provider = default_provider
+        self.recorder = recorder
+        self.net = addresses.loopback_network(lb_cidr) if lb_cidr else None
+        self.sticky = sticky
+        self._addresses: dict[str, str] | None = None
+        self._missing_gate_counts: dict[str, int] = {}
+        #: when podgate first saw each target draining: removal waits for the pool's drain delay
+        self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
+        self.writes = 0
+        #: when each (pod uid, gate) was first seen pending, for time-to-ready
+        self.pending_since: dict[tuple[str, str], float] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def handled(self, service: Mapping[str, Any]) -> bool:
+        try:
+            return lb.provider_for(service, self.default_provider, self.providers) is not None
+        except lb.ServiceConfigError:
+            return True  # handled, and its pods must hear why it cannot be served
+
+    def pods_in(self, namespace: str) -> list[Obj]:
+        return [p for p in self.pods.cache.values() if p["metadata"].get("namespace") == namespace]
+
+    def injection_enabled(self, namespace: str) -> bool:
+        ns = self.namespaces.get(namespace)
+        labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
+        return labels.get(gates.INJECT_LABEL) == "enabled"
+
+    def address_for(self, key: str, service: Mapping[str, Any]) -> str | None:
+        """The Service's load-balancer address: kept from its status, else the next free one."""
+        if self.net is None:
+            return None
+        if self._addresses is None:
+            self._addresses = {}
+            for k, s in self.services.cache.items():
+                ip = _ingress_ip(s)
+                if ip and addresses.contains(self.net, ip):
+                    self._addresses[k] = ip
+        if key not in self._addresses:
+            current = _ingress_ip(service)
+            if current and addresses.contains(self.net, current) and current not in self._addresses.values():
+                self._addresses[key] = current
+            else:
+                self._addresses[key] = addresses.allocate(self.net, self._addresses.values())
+        return self._addresses[key]
+
+    # -- reconcile ----------------------------------------------------------------------------
+    async def reconcile(self, key: str) -> Outcome:
+        namespace, name = key.split("/", 1)
+        gate = gates.service_gate(name)
+        service = self.services.get(key)
+        gated = [
+            p
+            for p in self.pods_in(namespace)
+            if gate in cond.readiness_gates(p.get("spec") or {})
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+        out = Outcome()
+        if service is None:
+            await self._release(key)
+            for pod in gated:
+                await self.set_gate(
+                    pod,
+                    lb.failure_condition(
+                        gate, lb.SERVICE_NOT_FOUND, f"Service {namespace}/{name} does not exist"
+                    ),
+                    out,
+                )
+            return out
+        try:
+            provider_name = lb.provider_for(service, self.default_provider, self.providers)
+            pools = lb.pools_for(service) if provider_name else []
+        except lb.ServiceConfigError as e:
+            self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
+            for pod in gated:
+                await self.set_gate(pod, lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e)), out)
+            return out
+        if provider_name is None:
+            await self._release(key, service)
+            for pod in gated:
+                await self.set_gate(
+                    pod,
+                    lb.failure_condition(
+                        gate,
+                        lb.NOT_LOAD_BALANCED,
+                        f"Service {namespace}/{name} is not load-balanced "
+                        f"(type {service['spec'].get('type')}, "
+                        f"no {gates.PROVIDER_ANNOTATION} annotation)",
+                    ),
+                    out,
+                )
+            return out
+        provider = self.providers[provider_name]
+        try:
+            await self._reconcile_pools(key, service, provider, pools, gated, gate, out)
+        except ProviderError as e:
+            self.recorder_emit(service, "Service", "LoadBalancerError", str(e), "Warning")
+            for pod in gated:
+                await self.set_gate(pod, lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e)), out)
+            raise
+        await self._report_pods_without_gate(key, service, gate)
+        return out
+
+    async def _reconcile_pools(
+        self,
+        key: str,
+        service: Obj,
+        provider: Provider,
+        pools: list[lb.PoolSpec],
+        gated: list[Obj],
+        gate: str,
+        out: Outcome,
+    ) -> None:
+        namespace = service["metadata"]["namespace"]
+        address = await provider.provision(
+            key, pools, self.address_for(key, service) if not any(p.attach_backend for p in pools) else None
+        )
+        if address:
+            await self._publish_address(service, address)
+        selector = (service.get("spec") or {}).get("selector") or {}
+        pods = self.pods_in(namespace)
+        healths: dict[str, list[lb.TargetHealth]] = {}
+        for pool in pools:
+            plan = lb.plan_targets(pool, selector, pods)
+            present = await provider.targets(pool)
+            drained = self._drained(key, pool, present)
+            diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
+            if diff.add:
+                await provider.register(pool, diff.add)
+            if diff.drain:
+                await provider.drain(pool, diff.drain)
+            if diff.remove:
+                await provider.deregister(pool, diff.remove)
+            if diff.add or diff.drain or diff.remove:
+                log.info(
+                    "%s port %d: +%d drain %d -%d",
+                    key,
+                    pool.port,
+                    len(diff.add),
+                    len(diff.drain),
+                    len(diff.remove),
+                )
+                present = await provider.targets(pool)
+            if any(st.admin == "drain" for st in present.values()):
+                out.poll = True  # remove drained targets as soon as their connections end
+            for target, pod_key in plan.active.items():
+                st = present.get(target)
+                healths.setdefault(pod_key, []).append(
+                    st.health
+                    if st
+                    else lb.TargetHealth(lb.Health.UNREGISTERED, f"{target} is being registered")
+                )
+        for pod in gated:
+            pod_key = f"{namespace}/{pod['metadata']['name']}"
+            mine = healths.get(pod_key)
+            if mine is None:
+                desired = lb.failure_condition(
+                    gate, lb.REASONS[lb.Health.UNREGISTERED], _why_not_target(pod, selector)
+                )
+            elif len(mine) < len(pools):
+                desired = lb.failure_condition(
+                    gate,
+                    lb.REASONS[lb.Health.UNREGISTERED],
+                    "the pod is not a target of every port of the Service yet",
+                )
+            else:
+                desired = lb.gate_condition(gate, mine)
+                if desired["status"] != cond.TRUE:
+                    out.poll = True
+            await self.set_gate(pod, desired, out)
+
+    def _drained(
+        self, key: str, pool: lb.PoolSpec, present: Mapping[lb.Target, TargetState]
+    ) -> list[lb.Target]:
+        now = time.monotonic()
+        done = []
+        for target, st in present.items():
+            marker = (key, pool.port, target)
+            if st.admin != "drain":
+                self._draining_since.pop(marker, None)
+                continue
+            since = self._draining_since.setdefault(marker, now)
+            if st.connections == 0 and now - since >= pool.drain_delay:
+                done.append(target)
+                self._draining_since.pop(marker, None)
+        return done
+
+    async def _publish_address(self, service: Obj, address: str) -> None:
+        if _ingress_ip(service) == address:
+            return
+        meta = service["metadata"]
+        updated = await call(
+            self.core.patch_namespaced_service_status,
+            meta["name"],
+            meta["namespace"],
+            {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}},
+            _content_type=MERGE_PATCH,
+        )
+        self.services.update_if_newer(updated)
+        self.recorder_emit(service, "Service", "EnsuredLoadBalancer", f"Load balancer at {address}")
+
+    async def _release(self, key: str, service: Obj | None = None) -> None:
+        for provider in self.providers.values():
+            await provider.release(key)
+        if self._addresses is not None:
+            self._addresses.pop(key, None)
+        ip = _ingress_ip(service) if service else None
+        if service is not None and ip and self.net is not None and addresses.contains(self.net, ip):
+            meta = service["metadata"]
+            updated = await call(
+                self.core.patch_namespaced_service_status,
+                meta["name"],
+                meta["namespace"],
+                {"status": {"loadBalancer": {"ingress": None}}},
+                _content_type=MERGE_PATCH,
+            )
+            self.services.update_if_newer(updated)
+
+    async def _report_pods_without_gate(self, key: str, service: Obj, gate: str) -> None:
+        """Pods created before their Service get no gate (injection happens at creation only):
+        say so on the Service, once per change of the count."""
+        namespace = service["metadata"]["namespace"]
+        if not self.injection_enabled(namespace):
+            return
+        selector = (service.get("spec") or {}).get("selector")
+        missing = [
+            p
+            for p in self.pods_in(namespace)
+            if gates.selector_matches(selector, p["metadata"].get("labels"))
+            and not p["metadata"].get("deletionTimestamp")
+            and gate not in cond.readiness_gates(p.get("spec") or {})
+        ]
+        if len(missing) != self._missing_gate_counts.get(key, 0):
+            self._missing_gate_counts[key] = len(missing)
+            if missing:
+                self.recorder_emit(
+                    service,
+                    "Service",
+                    "PodsWithoutReadinessGate",
+                    f"{len(missing)} matching pod(s) were created before this Service "
+                    f"and have no {gate} gate; "
+                    "restart them (kubectl rollout restart) so rollouts wait for the load balancer",
+                    "Warning",
+                )
+
+    # -- gate writes --------------------------------------------------------------------------
+    async def set_gate(self, pod: Obj, desired: Condition, out: Outcome) -> None:
+        meta = pod["metadata"]
+        current = cond.find((pod.get("status") or {}).get("conditions"), desired["type"])
+        write = lb.next_condition(current, desired, self.sticky, now_rfc3339())
+        marker = (meta["uid"], desired["type"])
+        if desired["status"] != cond.TRUE and marker not in self.pending_since:
+            self.pending_since[marker] = time.monotonic()
+        if write is None:
+            return
+        try:
+            updated = await call(
+                self.core.patch_namespaced_pod_status,
+                meta["name"],
+                meta["namespace"],
+                {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [write]}},
+                _content_type=STRATEGIC_MERGE,
+            )
+        except ApiException as e:
+            if e.status in (404, 409, 422):  # pod gone or replaced: the next event brings the truth
+                return
+            raise
+        self.pods.update_if_newer(updated)
+        out.writes += 1
+        self.writes += 1
+        changed = current is None or current.get("status") != write["status"]
+        if write["status"] == cond.TRUE:
+            since = self.pending_since.pop(marker, None)
+            took = f" after {time.monotonic() - since:.1f}s" if since else ""
+            self.recorder_emit(
+                pod,
+                "Pod",
+                "ReadinessGateTrue",
+                f"{desired['type']} is True{took}: {write.get('message', '')}",
+            )
+        elif changed or write.get("reason") != (current or {}).get("reason"):
+            kind = (
+                "Warning"
+                if write.get("reason")
+                in (lb.SERVICE_NOT_FOUND, lb.PROVIDER_ERROR, lb.SERVICE_CONFIG_ERROR, "HealthCheckFailing")
+                else "Normal"
+            )
+            self.recorder_emit(
+                pod,
+                "Pod",
+                write.get("reason") or "ReadinessGateFalse",
+                f"{desired['type']} is False: {write.get('message', '')}",
+                kind,
+            )
+
+    def recorder_emit(self, obj: Obj, kind: str, reason: str, message: str, type_: str = "Normal") -> None:
+        self.recorder.emit_later(obj, kind, reason, message, type_)
+
+
+def _ingress_ip(service: Mapping[str, Any] | None) -> str | None:
+    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ip = ingress[0].get("ip") if ingress else None
+    try:
+        return str(ipaddress.IPv4Address(ip)) if ip else None
+    except ValueError:
+        return None
+
+
+def _why_not_target(pod: Obj, selector: Mapping[str, str]) -> str:
+    if not gates.selector_matches(selector, pod["metadata"].get("labels")):
+        return "the Service's selector does not match this pod, so the load balancer will not get it"
+    if not (pod.get("status") or {}).get("podIP"):
+        return "waiting for the pod's IP"
+    return "waiting for the pod's containers to be ready before registering it with the load balancer"
+
+
+def services_for_event(pod: Obj, old: Obj | None, services: Iterable[Obj]) -> set[str]:
+    """Service keys a pod event concerns: matching selectors (before or after) and gates."""
+    ns = pod["metadata"].get("namespace")
+    keys = set()
+    label_sets = [pod["metadata"].get("labels")] + ([old["metadata"].get("labels")] if old else [])
+    for s in services:
+        if s["metadata"].get("namespace") != ns:
+            continue
+        sel = (s.get("spec") or {}).get("selector")
+        if any(gates.selector_matches(sel, labels) for labels in label_sets):
+            keys.add(f"{ns}/{s['metadata']['name']}")
+    for g in cond.readiness_gates(pod.get("spec") or {}):
+        svc = gates.service_of_gate(g)
+        if svc:
+            keys.add(f"{ns}/{svc}")
+    return keys

@@ -1,0 +1,68 @@
+"""Controller settings: one frozen value built from flags, validated at start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """Invalid configuration; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class HAProxySettings:
+    name: str = "haproxy"
+    runtime_sockets: tuple[str, ...] = ()
+    master_socket: str | None = None
+    config_path: Path | None = None
+    base_config_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    kubeconfig: str | None = None
+    default_provider: str = "haproxy"
+    haproxy: tuple[HAProxySettings, ...] = ()
+    lb_cidr: str | None = None
+    continuous: bool = False
+    workers: int = 4
+    poll_period: float = 0.1
+    resync_period: float = 300.0
+    # webhook
+    webhook_port: int = 9443
+    webhook_bind: str = "127.0.0.1"
+    webhook_url: str | None = None  # registered by URL (sandbox, out-of-cluster)
+    webhook_service: str | None = None  # NAMESPACE/NAME of the Service in front of the webhook
+    webhook_cert_dir: Path | None = None
+    webhook_cert_file: Path | None = None
+    webhook_key_file: Path | None = None
+    webhook_config_name: str = "podgate"
+    inject: bool = True
+    remove_gate_prefixes: tuple[str, ...] = ()
+    skip_label_value: str = "disabled"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        names = [h.name for h in self.haproxy]
+        if len(set(names)) != len(names):
+            raise SettingsError("--haproxy-name: provider names must be unique")
+        if self.default_provider not in names:
+            raise SettingsError(f"--default-provider={self.default_provider!r} is not a configured provider")
+        for h in self.haproxy:
+            if not h.runtime_sockets:
+                raise SettingsError(f"--haproxy-runtime-socket: provider {h.name!r} needs at least one")
+            if (h.master_socket is None) != (h.config_path is None):
+                raise SettingsError(
+                    "--haproxy-master-socket and --haproxy-config go together (provisioning mode)"
+                )
+            if h.master_socket and not self.lb_cidr:
+                raise SettingsError("--lb-cidr is required when HAProxy provisions load balancers")
+        if not 0.01 <= self.poll_period <= 5:
+            raise SettingsError("--poll-period must be between 0.01 and 5 seconds")
+        if self.workers < 1:
+            raise SettingsError("--workers must be at least 1")
+        if (self.webhook_cert_file is None) != (self.webhook_key_file is None):
+            raise SettingsError("--webhook-cert-file and --webhook-key-file go together")
+        if self.webhook_url and self.webhook_service:
+            raise SettingsError("--webhook-url and --webhook-service are alternatives; give one")

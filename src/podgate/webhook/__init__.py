@@ -1,0 +1,1 @@
+"""The mutating admission webhook that injects readiness gates into new pods."""

@@ -1,0 +1,135 @@
+"""The webhook's HTTPS server (aiohttp) and its registration with the API server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from podgate.kube import pki
+from podgate.kube.client import ApiException, call
+from podgate.kube.informer import Informer
+from podgate.model import gates
+from podgate.webhook.admission import BadReview, InjectionPolicy, parse_review, review_response
+
+log = logging.getLogger(__name__)
+PATH = "/mutate-pods"
+
+
+def make_app(
+    services: Informer, handled: Callable[[Mapping[str, Any]], bool], policy: InjectionPolicy
+) -> web.Application:
+    async def mutate(request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            review = parse_review(raw)
+        except BadReview as e:
+            log.warning("webhook: bad AdmissionReview from %s: %s", request.remote, e)
+            return web.Response(status=400, text=f"bad AdmissionReview: {e}\n")
+        if not services.synced.is_set():
+            # Answering from an empty cache would admit pods ungated: wait a moment for it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(services.synced.wait(), 3.0)
+        return web.json_response(review_response(review, services.cache.values(), handled, policy))
+
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app.router.add_post(PATH, mutate)
+    return app
+
+
+def serving_context(
+    cert_dir: Path | None, cert_file: Path | None, key_file: Path | None, hosts: list[str], ips: list[str]
+) -> tuple[ssl.SSLContext, bytes]:
+    """TLS for the webhook: given files (cert-manager), or a generated CA and certificate.
+    Returns the context and the CA bundle to register."""
+    if cert_file and key_file:
+        ca = cert_file.read_bytes()
+        crt, key = cert_file, key_file
+    else:
+        assert cert_dir is not None
+        ca_pair = pki.ensure_ca(cert_dir, "podgate-webhook-ca")
+        crt, key = pki.ensure_serving_cert(cert_dir, "webhook", hosts, ips, ca_pair)
+        ca = ca_pair[0].read_bytes()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(crt), str(key))
+    return ctx, ca
+
+
+def webhook_configuration(
+    name: str,
+    ca_bundle: bytes,
+    *,
+    url: str | None,
+    service: tuple[str, str, int] | None,
+    skip_label_value: str = "disabled",
+    timeout_seconds: int = 5,
+) -> dict[str, Any]:
+    """MutatingWebhookConfiguration for pod CREATE in opted-in namespaces (pure)."""
+    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
+    if url:
+        client_config["url"] = url
+    elif service:
+        client_config["service"] = {
+            "namespace": service[0],
+            "name": service[1],
+            "port": service[2],
+            "path": PATH,
+        }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "podgate"}},
+        "webhooks": [
+            {
+                "name": "readiness-gates.podgate.dev",
+                "admissionReviewVersions": ["v1"],
+                "clientConfig": client_config,
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {"matchLabels": {gates.INJECT_LABEL: "enabled"}},
+                "objectSelector": {
+                    "matchExpressions": [
+                        {"key": gates.INJECT_LABEL, "operator": "NotIn", "values": [skip_label_value]}
+                    ]
+                },
+                # An outage of podgate must never block pod creation: pods then start ungated.
+                "failurePolicy": "Ignore",
+                "sideEffects": "None",
+                "timeoutSeconds": timeout_seconds,
+                "reinvocationPolicy": "IfNeeded",
+            }
+        ],
+    }
+
+
+async def register(api: client.ApiClient, body: dict[str, Any]) -> None:
+    adm = client.AdmissionregistrationV1Api(api)
+    name = body["metadata"]["name"]
+    try:
+        current = await call(adm.read_mutating_webhook_configuration, name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        await call(adm.create_mutating_webhook_configuration, body)
+        log.info("registered MutatingWebhookConfiguration %s", name)
+        return
+    body = {
+        **body,
+        "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+    }
+    await call(adm.replace_mutating_webhook_configuration, name, body)

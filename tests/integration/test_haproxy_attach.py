@@ -1,0 +1,101 @@
+"""Attach mode against a real HA pair: two HAProxy processes with the user's own backend."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
+from podgate.providers.base import ProviderError
+from podgate.providers.haproxy import HAProxyProvider
+from podgate.providers.haproxy_runtime import Runtime
+
+TARGET_IP = "127.77.0.10"
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[list[str]]:
+    procs, sockets = [], []
+    for i in range(2):
+        sock = tmp_path / f"rt{i}.sock"
+        cfg = tmp_path / f"h{i}.cfg"
+        cfg.write_text(
+            f"global\n    stats socket {sock} mode 600 level admin\n"
+            "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n"
+            f"frontend fe\n    bind 127.77.0.{i + 1}:18080\n    default_backend app\n"
+            "backend app\n    balance roundrobin\n    option httpchk GET /healthz\n"
+            "    server users-own 127.77.0.99:8080 check\n"
+        )
+        procs.append(
+            subprocess.Popen(
+                ["haproxy", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+        sockets.append(str(sock))
+    for sock in sockets:
+        for _ in range(100):
+            if Path(sock).exists():
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+    yield sockets
+    for p in procs:
+        p.terminate()
+        p.wait(5)
+
+
+@pytest.fixture
+async def app_server() -> AsyncIterator[None]:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, TARGET_IP, 8080).start()
+    yield
+    await runner.cleanup()
+
+
+POOL = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck("/healthz", 0.2, 2, 2), attach_backend="app")
+
+
+async def wait_health(provider: HAProxyProvider, want: Health) -> Health:
+    got = None
+    for _ in range(60):
+        states = await provider.targets(POOL)
+        got = states[Target(TARGET_IP, 8080)].health.health if states else None
+        if got is want:
+            return got
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"health stayed {got}, wanted {want}")
+
+
+async def test_ha_pair_attach(pair: list[str], app_server: None) -> None:
+    provider = HAProxyProvider(pair)
+    assert await provider.provision("shop/web", [POOL], None) is None  # attach: no address of ours
+    missing = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck(), attach_backend="nope")
+    with pytest.raises(ProviderError, match="no backend 'nope'"):
+        await provider.provision("shop/web", [missing], None)
+
+    target = Target(TARGET_IP, 8080)
+    await provider.register(POOL, [target])
+    first = await provider.targets(POOL)
+    assert first[target].health.health in (Health.INITIAL, Health.HEALTHY)
+    await wait_health(provider, Health.HEALTHY)
+    # The user's own server is neither reported as ours nor touched.
+    assert set(await provider.targets(POOL)) == {target}
+
+    # One HAProxy of the pair drains it: the pair as a whole no longer calls it healthy.
+    await Runtime(pair[1]).drain("app", "podgate-127.77.0.10-8080")
+    assert await wait_health(provider, Health.DRAINING) is Health.DRAINING
+
+    await provider.deregister(POOL, [target])
+    for sock in pair:
+        names = [s.name for s in await Runtime(sock).servers("app")]
+        assert names == ["users-own"]

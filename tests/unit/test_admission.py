@@ -1,0 +1,125 @@
+"""The webhook's AdmissionReview handling: answers, patches, and clear errors for bad input."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from podgate.webhook.admission import BadReview, InjectionPolicy, parse_review, review_response
+
+SERVICES = [
+    {
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}},
+    },
+    {
+        "metadata": {"name": "web", "namespace": "other"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}},
+    },
+    {
+        "metadata": {"name": "internal", "namespace": "shop"},
+        "spec": {"type": "ClusterIP", "selector": {"app": "web"}},
+    },
+]
+
+
+def handled(s: dict[str, Any]) -> bool:
+    return bool(s["spec"]["type"] == "LoadBalancer")
+
+
+def review(
+    labels: dict[str, str], gates: list[str] | None = None, operation: str = "CREATE"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "c"}]}
+    if gates is not None:
+        spec["readinessGates"] = [{"conditionType": g} for g in gates]
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "abc",
+            "operation": operation,
+            "namespace": "shop",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "object": {"metadata": {"generateName": "web-", "labels": labels}, "spec": spec},
+        },
+    }
+
+
+def patch_of(resp: dict[str, Any]) -> list[dict[str, Any]] | None:
+    r = resp["response"]
+    assert r["uid"] == "abc" and r["allowed"] is True
+    if "patch" not in r:
+        return None
+    assert r["patchType"] == "JSONPatch"
+    return list(json.loads(base64.b64decode(r["patch"])))
+
+
+def test_injects_one_gate_per_handled_service_of_the_namespace() -> None:
+    resp = review_response(review({"app": "web"}), SERVICES, handled, InjectionPolicy())
+    assert patch_of(resp) == [
+        {
+            "op": "add",
+            "path": "/spec/readinessGates",
+            "value": [{"conditionType": "service.readiness.podgate.dev/web"}],
+        }
+    ]
+    assert resp["apiVersion"] == "admission.k8s.io/v1" and resp["kind"] == "AdmissionReview"
+
+
+@pytest.mark.parametrize(
+    ("rev", "policy"),
+    [
+        (review({"app": "api"}), InjectionPolicy()),  # no Service selects it
+        (review({"app": "web"}, ["service.readiness.podgate.dev/web"]), InjectionPolicy()),  # already there
+        (review({"app": "web"}), InjectionPolicy(enabled=False)),  # injection turned off
+        (review({"app": "web", "podgate.dev/pod-readiness-gate-inject": "disabled"}), InjectionPolicy()),
+        (review({"app": "web"}, operation="UPDATE"), InjectionPolicy()),
+    ],
+)
+def test_passes_unchanged(rev: dict[str, Any], policy: InjectionPolicy) -> None:
+    assert patch_of(review_response(rev, SERVICES, handled, policy)) is None
+
+
+def test_removes_vendor_gates_when_migrating() -> None:
+    rev = review({"app": "web"}, ["target-health.elbv2.k8s.aws/k8s-shop-web"])
+    policy = InjectionPolicy(remove_prefixes=("target-health.elbv2.k8s.aws/",))
+    assert patch_of(review_response(rev, SERVICES, handled, policy)) == [
+        {
+            "op": "replace",
+            "path": "/spec/readinessGates",
+            "value": [{"conditionType": "service.readiness.podgate.dev/web"}],
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"{", "request body is not JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"kind": "Pod"}', "kind is 'Pod'"),
+        (b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}', "has no request"),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {}}',
+            "request.uid is missing",
+        ),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
+            b'"request": {"uid": "u", "object": 3}}',
+            "request.object is missing or not an object",
+        ),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
+            b'"request": {"uid": "u", "object": {"spec": []}}}',
+            "request.object.spec is not an object",
+        ),
+    ],
+)
+def test_bad_reviews_are_explained(raw: bytes, error: str) -> None:
+    with pytest.raises(BadReview, match=error):
+        parse_review(raw)
