@@ -164,6 +164,26 @@ def test_automatic_flow(sandbox: SandboxHandle, namespace: str) -> None:
     assert seen == {p["metadata"]["name"] for p in ready}
 
 
+def test_reload_for_another_service_keeps_targets_healthy(sandbox: SandboxHandle, namespace: str) -> None:
+    sandbox.apply(lb_service("steady", "steady"), namespace)
+    sandbox.apply(deployment("steady", 2, gates=[gate("steady")]), namespace)
+    wait_for("Ready", lambda: all_ready(sandbox, namespace, "steady", 2), 30)
+    be = f"podgate.{namespace}.steady.80"
+    wait_for("both UP", lambda: len([s for s in servers(sandbox, be) if s.status == "UP"]) == 2)
+    before = (sandbox.state_dir / "haproxy" / "haproxy.cfg").read_text().split("\n", 1)[0]
+    # Another Service changes HAProxy's structure: a reload, which must not reset health.
+    sandbox.apply(lb_service("other", "other"), namespace)
+    wait_for(
+        "the reload",
+        lambda: (sandbox.state_dir / "haproxy" / "haproxy.cfg").read_text().split("\n", 1)[0] != before,
+    )
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        states = [s.status for s in servers(sandbox, be)]
+        assert states == ["UP", "UP"], f"targets lost their state across the reload: {states}"
+        time.sleep(0.05)
+
+
 def test_manual_flow_gate_in_template(sandbox: SandboxHandle, namespace: str) -> None:
     # Not labelled: no injection; the gate is written in the template by the user.
     sandbox.apply(lb_service("api", "api"), namespace)

@@ -89,6 +89,23 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
     path.write_text(text)
     check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+    with_state = cfg.render(
+        base,
+        {"shop/web": cfg.ServiceLB("127.200.0.1", [http])},
+        {"podgate.shop.web.80": [("podgate-127.100.0.9-8080", "127.100.0.9:8080")]},
+        str(tmp_path / "state"),
+    )
+    assert "server-state-file" in with_state and "load-server-state-from-file global" in with_state
+    assert "    server podgate-127.100.0.9-8080 127.100.0.9:8080 check inter 1000" in with_state
+    path.write_text(with_state)
+    check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Targets do not count as structure: only Service changes call for a reload.
+    one = {"shop/web": cfg.ServiceLB("127.200.0.1", [http])}
+    assert cfg.structure_id(base, one) == cfg.structure_id(base, dict(one))
+    assert cfg.structure_id(base, one) != cfg.structure_id(
+        base, {**one, "shop/db": cfg.ServiceLB("127.200.0.2", [tcp])}
+    )
     assert cfg.server_options(HealthCheck(None, 1.0, 2, 3)) == (
         "check inter 1000 fastinter 1000 downinter 1000 rise 2 fall 3"
     )

@@ -106,7 +106,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="plain-HTTP /healthz and /readyz",
     )
     p.add_argument("--health-bind", default=env("HEALTH_BIND", "0.0.0.0"))
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=env("LOG_LEVEL") == "DEBUG",
+        help="debug logging [PODGATE_LOG_LEVEL=DEBUG]",
+    )
 
 
 def settings_from(args: argparse.Namespace) -> ControllerSettings:

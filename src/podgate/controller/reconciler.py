@@ -187,12 +187,19 @@ class ServiceReconciler:
                 await provider.deregister(pool, diff.remove)
             if diff.add or diff.drain or diff.remove:
                 log.info(
-                    "%s port %d: +%d drain %d -%d",
+                    "%s port %d: register %s, drain %s, remove %s",
                     key,
                     pool.port,
-                    len(diff.add),
-                    len(diff.drain),
-                    len(diff.remove),
+                    _targets(diff.add),
+                    _targets(diff.drain),
+                    _targets(diff.remove),
+                )
+                log.debug(
+                    "%s port %d: plan %s; present %s",
+                    key,
+                    pool.port,
+                    plan,
+                    {str(t): st.admin for t, st in present.items()},
                 )
                 present = await provider.targets(pool)
             if any(st.admin == "drain" for st in present.values()):
@@ -349,6 +356,10 @@ class ServiceReconciler:
 
     def recorder_emit(self, obj: Obj, kind: str, reason: str, message: str, type_: str = "Normal") -> None:
         self.recorder.emit_later(obj, kind, reason, message, type_)
+
+
+def _targets(targets: Iterable[lb.Target]) -> str:
+    return ",".join(map(str, targets)) or "-"
 
 
 def _ingress_ip(service: Mapping[str, Any] | None) -> str | None:

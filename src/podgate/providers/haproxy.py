@@ -139,14 +139,30 @@ class HAProxyProvider:
 
     async def _apply(self) -> None:
         assert self.config_path is not None and self.master is not None
-        text = cfg.render(self.base_config, self._services)
+        mark = cfg.STRUCTURE_MARK + cfg.structure_id(self.base_config, self._services)
         try:
-            current = self.config_path.read_text()
+            current = self.config_path.read_text().split("\n", 1)[0]
         except OSError:
             current = ""
         self._initialised = True
-        if text == current:
+        if current == mark:
             return
+        # Carry the registered targets and their state across the reload.
+        servers: dict[str, list[tuple[str, str]]] = {}
+        rt = self.runtimes[0]
+        for service_lb in self._services.values():
+            for pool in service_lb.pools:
+                be = cfg.backend_name(pool)
+                with contextlib.suppress(ProviderError):  # a new backend has no servers yet
+                    servers[be] = [
+                        (s.name, s.address)
+                        for s in await rt.servers(be)
+                        if cfg.target_of_server(s.name, s.address)
+                    ]
+        state_file = self.config_path.with_name("server-state")
+        with contextlib.suppress(ProviderError):
+            state_file.write_text(await rt.command("show servers state"))
+        text = mark + "\n" + cfg.render(self.base_config, self._services, servers, str(state_file))
         await self._validate(text)
         tmp = self.config_path.with_suffix(".new")
         tmp.write_text(text)
