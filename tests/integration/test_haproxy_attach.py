@@ -94,6 +94,9 @@ async def test_ha_pair_attach(pair: list[str], app_server: None) -> None:
     # One HAProxy of the pair drains it: the pair as a whole no longer calls it healthy.
     await Runtime(pair[1]).drain("app", "podgate-127.77.0.10-8080")
     assert await wait_health(provider, Health.DRAINING) is Health.DRAINING
+    # Registering again takes it back into rotation on both.
+    await provider.register(POOL, [target])
+    assert await wait_health(provider, Health.HEALTHY) is Health.HEALTHY
 
     await provider.deregister(POOL, [target])
     for sock in pair:

@@ -42,7 +42,14 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
     try:
         assert first.returncode == 0, first.stderr
         pids = json.loads((state / "pids.json").read_text())
-        assert set(pids) == {"etcd", "kube-apiserver", "kube-controller-manager", "haproxy", "node-agent"}
+        assert set(pids) == {
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "haproxy",
+            "node-agent",
+            "podgate-controller",
+        }
         commands = {name: cmdline(pid) for name, pid in pids.items()}
         assert all(commands.values())
 
@@ -74,7 +81,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         v = json.loads(version.stdout)
         assert v["clientVersion"]["gitVersion"] == v["serverVersion"]["gitVersion"] == "v1.20.2"
 
-        ports = {2379 + OFFSET, 2380 + OFFSET, 6443 + OFFSET, 10257 + OFFSET, 8404 + OFFSET, 10248 + OFFSET}
+        ports = {p + OFFSET for p in (2379, 2380, 6443, 10257, 8404, 10248, 9443, 8081)}
         assert len(listeners_on(ports)) >= len(ports)
         # a pod, so that down also has pod listeners to remove
         subprocess.run(
@@ -92,7 +99,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         assert not alive(pid, commands[name]), f"{name} (pid {pid}) still running"
     assert listeners_on(ports) == []
     status = podgate("sandbox", "status", *args)
-    assert status.returncode == 1 and status.stdout.count("stopped") == 5
+    assert status.returncode == 1 and status.stdout.count("stopped") == 6
 
 
 def test_up_reports_a_busy_port(tmp_path: Path) -> None:

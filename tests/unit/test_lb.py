@@ -119,10 +119,10 @@ def test_empty_selector_matches_nothing() -> None:
 
 def test_diff_targets() -> None:
     t = [lb.Target(f"127.0.0.{i}", 80) for i in range(10)]
-    plan = lb.TargetPlan(active={t[0]: "a", t[1]: "b"}, drain={t[2]: "c", t[3]: "d", t[4]: "e"})
-    present = {t[1]: "ready", t[2]: "ready", t[3]: "drain", t[4]: "drain", t[5]: "ready"}
+    plan = lb.TargetPlan(active={t[0]: "a", t[1]: "b", t[6]: "g"}, drain={t[2]: "c", t[3]: "d", t[4]: "e"})
+    present = {t[1]: "ready", t[2]: "ready", t[3]: "drain", t[4]: "drain", t[5]: "ready", t[6]: "drain"}
     d = lb.diff_targets(plan, present, drained=[t[4]])
-    assert d.add == [t[0]]  # new target
+    assert d.add == [t[0], t[6]]  # a new target, and one whose pod is ready again after a drain
     assert d.drain == [t[2]]  # leaving, still taking traffic: drain first
     assert d.remove == [t[4], t[5]]  # drained, and one whose pod is gone entirely
 

@@ -201,6 +201,17 @@ class ServiceReconciler:
                     plan,
                     {str(t): st.admin for t, st in present.items()},
                 )
+                for t in diff.drain:
+                    pk = plan.drain.get(t)
+                    p = self.pods.get(pk) if pk else None
+                    if p:
+                        log.debug(
+                            "drain %s: rv %s del %s conds %s",
+                            pk,
+                            p["metadata"].get("resourceVersion"),
+                            p["metadata"].get("deletionTimestamp"),
+                            [(c["type"], c["status"]) for c in p["status"].get("conditions", [])],
+                        )
                 present = await provider.targets(pool)
             if any(st.admin == "drain" for st in present.values()):
                 out.poll = True  # remove drained targets as soon as their connections end

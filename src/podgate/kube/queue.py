@@ -91,6 +91,9 @@ class WorkQueue:
         """The key succeeded: its back-off starts over."""
         self._failures.pop(key, None)
 
+    def processing(self, key: str) -> bool:
+        return key in self._processing
+
     def failures(self, key: str) -> int:
         return self._failures.get(key, 0)
 

@@ -244,7 +244,9 @@ def diff_targets(plan: TargetPlan, present: Mapping[Target, str], drained: Itera
     (``ready``/``drain``/``maint``); ``drained`` lists draining targets that are done (no
     connections left and the drain delay passed).  A target whose pod is gone is removed at once."""
     drained = set(drained)
-    add = sorted(t for t in plan.active if t not in present)
+    # Active targets not taking traffic are (re-)registered: absent, or left draining when their
+    # pod lost readiness for a moment and got it back.
+    add = sorted(t for t in plan.active if present.get(t) != "ready")
     drain = sorted(t for t, state in present.items() if t not in plan.active and state == "ready")
     remove = sorted(
         t

@@ -40,7 +40,8 @@ class Provider(Protocol):
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         """The pool's targets managed by podgate, with admin state and health."""
 
-    async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None: ...
+    async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        """Make the targets active: add the absent ones, take draining ones back into rotation."""
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None: ...
 

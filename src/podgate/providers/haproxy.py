@@ -247,10 +247,12 @@ class HAProxyProvider:
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be, options = cfg.backend_name(pool), cfg.server_options(pool.health)
         for rt in self.runtimes:
-            present = {cfg.target_of_server(s.name, s.address) for s in await rt.servers(be)}
+            present = {cfg.target_of_server(s.name, s.address): s.status for s in await rt.servers(be)}
             for t in targets:
                 if t not in present:
                     await rt.add_server(be, cfg.server_name(t), str(t), options)
+                elif present[t].startswith(("DRAIN", "MAINT", "NOLB")):
+                    await rt.set_ready(be, cfg.server_name(t))
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)

@@ -138,6 +138,10 @@ class Runtime:
         await self.command(f"enable server {ref}")
         await self.command(f"set server {ref} health down")
 
+    async def set_ready(self, backend: str, server: str) -> None:
+        """Back into rotation from drain; health checks never stopped, so its state is current."""
+        await self.command(f"set server {check_name(backend)}/{check_name(server)} state ready")
+
     async def drain(self, backend: str, server: str) -> None:
         await self.command(f"set server {check_name(backend)}/{check_name(server)} state drain")
 

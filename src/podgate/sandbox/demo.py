@@ -1,8 +1,8 @@
-"""``make demo``: the sandbox story, on a real control plane.
+"""``make demo``: podgate's story on the sandbox, as the cloud vendors' guides tell theirs.
 
-Until the controller lands this shows the platform the gates run on: the sandbox comes up, a
-Deployment becomes available, its pods answer HTTP on their loopback IPs, and a pod with a
-readiness gate waits at READINESS GATES 0/1 until the gate's condition is set.
+Label a namespace, create a LoadBalancer Service and see its EXTERNAL-IP, create a Deployment
+and watch READINESS GATES go 0/1 → 1/1 as HAProxy's own health check passes, then send
+traffic through the load balancer's address.
 """
 
 from __future__ import annotations
@@ -13,20 +13,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from typing import Any
 
 from podgate.sandbox.binaries import Progress
 from podgate.sandbox.controlplane import Sandbox
 
 NS = "podgate-demo"
-GATE = "example.com/load-balancer-ready"
 
 
 def main() -> None:
     progress = Progress(sys.stdout)
     sb = Sandbox()
     progress.say(
-        "bringing the sandbox up (etcd, kube-apiserver, kube-controller-manager, HAProxy, node agent)"
+        "bringing the sandbox up: etcd, kube-apiserver, kube-controller-manager, HAProxy, "
+        "node agent, podgate controller"
     )
     sb.up(progress)
     env = {**os.environ, "KUBECONFIG": str(sb.kubeconfig)}
@@ -38,13 +39,53 @@ def main() -> None:
         out = subprocess.run(
             [kubectl, *args], input=input, env=env, capture_output=True, text=True, check=True
         )
-        if show:
+        if show and out.stdout.strip():
             print(out.stdout.rstrip(), flush=True)
         return out.stdout
 
     k("get", "nodes", "-o", "wide")
-    if NS not in k("get", "namespaces", "-o", "name", show=False):
-        k("create", "namespace", NS)
+    if NS in k("get", "namespaces", "-o", "name", show=False):
+        progress.say(f"removing the previous demo's namespace {NS}")
+        k("delete", "namespace", NS, "--timeout=120s", show=False)
+    k("create", "namespace", NS)
+    print("\n1. Opt the namespace in: new pods get one readiness gate per load-balanced Service.")
+    k("label", "namespace", NS, "podgate.dev/pod-readiness-gate-inject=enabled")
+
+    print("\n2. A LoadBalancer Service; HAProxy checks GET /healthz every second, 3 passes to turn healthy.")
+    service: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "web",
+            "namespace": NS,
+            "annotations": {
+                "podgate.dev/health-check-path": "/healthz",
+                "podgate.dev/health-check-interval": "1",
+                "podgate.dev/healthy-threshold": "3",
+            },
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "web"},
+            "ports": [{"port": 80, "targetPort": "http"}],
+        },
+    }
+    k("apply", "-f", "-", input=json.dumps(service))
+    ip = _wait(
+        lambda: k(
+            "get",
+            "service",
+            "web",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            show=False,
+        ).strip()
+    )
+    k("get", "service", "web", "-n", NS)
+
+    print("\n3. A Deployment: watch READINESS GATES go 0/1 -> 1/1 once HAProxy says healthy.")
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -55,101 +96,61 @@ def main() -> None:
             "template": {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
-                    "containers": [{"name": "nginx", "image": "nginx:1.25", "ports": [{"containerPort": 80}]}]
+                    "containers": [
+                        {
+                            "name": "nginx",
+                            "image": "nginx:1.25",
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                        }
+                    ]
                 },
             },
         },
     }
     k("apply", "-f", "-", input=json.dumps(deployment))
-    k("rollout", "status", "deployment/web", "-n", NS, "--timeout=120s")
-    k("get", "pods", "-n", NS, "-o", "wide")
-    pods = json.loads(k("get", "pods", "-n", NS, "-l", "app=web", "-o", "json", show=False))["items"]
-    for pod in pods:
-        ip = pod["status"]["podIP"]
-        with urllib.request.urlopen(f"http://{ip}/", timeout=5) as r:
-            print(f"$ curl http://{ip}/  ->  {r.status} {r.read().decode().strip()}")
+    t0 = time.monotonic()
+    last = ""
+    while time.monotonic() - t0 < 60:
+        out = k("get", "pods", "-n", NS, "-o", "wide", show=False)
+        rows = [ln for ln in out.splitlines()[1:] if ln.strip()]
+        if out != last and rows:
+            print(f"\n[{time.monotonic() - t0:4.1f}s]\n" + out.rstrip(), flush=True)
+            last = out
+        if len(rows) == 3 and all(ln.split()[-1] == "1/1" for ln in rows):
+            break
+        time.sleep(0.5)
+    pod = json.loads(k("get", "pods", "-n", NS, "-o", "json", show=False))["items"][0]
+    gate = next(c for c in pod["status"]["conditions"] if c["type"].startswith("service.readiness"))
+    print(
+        f"\n{pod['metadata']['name']}: {gate['type']}={gate['status']} ({gate['reason']}): {gate['message']}"
+    )
 
-    gated: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "gated", "namespace": NS},
-        "spec": {
-            "readinessGates": [{"conditionType": GATE}],
-            "containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 80}]}],
-        },
-    }
-    k("delete", "pod", "gated", "-n", NS, "--ignore-not-found", "--wait=true", show=False)
-    k("apply", "-f", "-", input=json.dumps(gated))
-    _wait(
-        lambda: (
-            "True"
-            in k(
-                "get",
-                "pod",
-                "gated",
-                "-n",
-                NS,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='ContainersReady')].status}",
-                show=False,
-            )
-        )
-    )
-    print("\nThe containers are ready, but the readiness gate has no condition yet: the pod is not Ready.")
-    k("get", "pod", "gated", "-n", NS, "-o", "wide")
-    print("\nSetting the gate's condition through the status subresource, as a gate controller does:")
-    patch = {"status": {"conditions": [{"type": GATE, "status": "True", "reason": "Demo"}]}}
-    _patch_status(sb, NS, "gated", patch)
-    _wait(
-        lambda: (
-            "True"
-            in k(
-                "get",
-                "pod",
-                "gated",
-                "-n",
-                NS,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-                show=False,
-            )
-        )
-    )
-    k("get", "pod", "gated", "-n", NS, "-o", "wide")
+    print(f"\n4. Traffic through the load balancer's address http://{ip}/:")
+    seen: Counter[str] = Counter()
+    for _ in range(30):
+        with urllib.request.urlopen(f"http://{ip}/", timeout=5) as r:
+            seen[r.headers["X-Pod-Name"]] += 1
+    for name, n in sorted(seen.items()):
+        print(f"  {n:3d} responses from {name}")
+
     print(
         "\nThe sandbox keeps running. Explore it with:\n"
         '  eval "$(.venv/bin/podgate sandbox env)"\n'
         f"  kubectl get pods -n {NS} -o wide\n"
+        f"  kubectl describe pod -n {NS}      # the gate's Events\n"
         "  .venv/bin/podgate sandbox status\n"
         "Stop it with:\n"
         "  .venv/bin/podgate sandbox down"
     )
 
 
-def _patch_status(sb: Sandbox, namespace: str, name: str, patch: dict[str, Any]) -> None:
-    """kubectl 1.20 has no --subresource: PATCH pods/status directly, as a controller would."""
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=str(sb.pki_dir / "ca.crt"))
-    req = urllib.request.Request(
-        f"{sb.apiserver_url}/api/v1/namespaces/{namespace}/pods/{name}/status",
-        data=json.dumps(patch).encode(),
-        method="PATCH",
-        headers={
-            "Content-Type": "application/strategic-merge-patch+json",
-            "Authorization": f"Bearer {sb.admin_token()}",
-        },
-    )
-    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-        r.read()
-
-
-def _wait(predicate: Any, timeout: float = 60.0) -> None:
+def _wait(fn: Any, timeout: float = 60.0) -> Any:
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := fn()):
         if time.monotonic() > deadline:
             raise SystemExit("demo: timed out waiting; see `podgate sandbox status` and its logs")
         time.sleep(0.3)
+    return value
 
 
 if __name__ == "__main__":

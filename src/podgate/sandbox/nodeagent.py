@@ -32,6 +32,7 @@ from podgate import __version__
 from podgate.kube.client import STRATEGIC_MERGE, ApiException, api_client, call, status_of
 from podgate.kube.events import EventRecorder, now_rfc3339
 from podgate.kube.informer import EventType, Informer, Obj, key_of
+from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
 from podgate.model.podstatus import ContainerView, State, desired_status, needs_write
 from podgate.model.probes import ProbeSpec, ProbeSpecError, ProbeState, observe, parse_probe, resolve_port
@@ -258,7 +259,7 @@ class PodWorker:
                     137 if slot.state == "running" else 0,
                     "Error" if slot.state == "running" else "ContainerStatusUnknown",
                 )
-        await self.agent.write_status_now(self)
+        await self.agent.write_final_status(self)
         await self.agent.delete_pod(self.pod)
 
     async def _stop_container(self, slot: ContainerSlot, deadline: float) -> None:
@@ -351,8 +352,9 @@ class NodeAgent:
         self.informer = Informer(self.core.list_pod_for_all_namespaces, name="pods")
         self.informer.add_handler(self._on_pod)
         self.recorder = EventRecorder(api, COMPONENT, node_name)
-        self._dirty: asyncio.Queue[str] = asyncio.Queue()
-        self._dirty_set: set[str] = set()
+        # Dedup, and one writer per pod at a time: two concurrent PATCHes of one pod could land
+        # out of order and leave an older status (seen: ContainersReady flapping back to False).
+        self._dirty = WorkQueue(base_delay=1.0, max_delay=10.0, rate=500, burst=1000, name="pod-status")
         self._binding: set[str] = set()
         self._deleting: set[str] = set()
         self._status_writers = status_writers
@@ -608,29 +610,33 @@ class NodeAgent:
 
     # -- status -------------------------------------------------------------------------------
     def mark_dirty(self, key: str) -> None:
-        if key not in self._dirty_set:
-            self._dirty_set.add(key)
-            self._dirty.put_nowait(key)
+        self._dirty.add(key)
 
     async def _status_writer(self) -> None:
         while True:
-            key = await self._dirty.get()
-            self._dirty_set.discard(key)
-            worker = self.workers.get(key)
-            if worker is None:
-                continue
+            key, _ = await self._dirty.get()
             try:
-                await self.write_status_now(worker)
+                worker = self.workers.get(key)
+                if worker is not None:
+                    await self.write_status_now(worker)
+                self._dirty.forget(key)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 if status_of(e) != 404:
                     log.warning("status of %s not written (%s); retrying", key, e)
-                    self._spawn(self._retry_dirty(key))
+                    self._dirty.add_rate_limited(key)
+            finally:
+                self._dirty.done(key)
 
-    async def _retry_dirty(self, key: str) -> None:
-        await asyncio.sleep(1.0)
-        self.mark_dirty(key)
+    async def write_final_status(self, worker: PodWorker) -> None:
+        """The terminated status before the final delete, after any write in flight for the pod."""
+        for _ in range(100):
+            if not self._dirty.processing(worker.key):
+                break
+            await asyncio.sleep(0.02)
+        with contextlib.suppress(ApiException):
+            await self.write_status_now(worker)
 
     async def write_status_now(self, worker: PodWorker) -> None:
         views, init_views = worker.views()
