@@ -50,6 +50,7 @@ demo: setup
 
 bench: setup
 	$(PY) bench/sandbox_bench.py
+	$(PY) bench/gate_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

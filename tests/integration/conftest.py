@@ -86,6 +86,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]
         POD_CIDR,
         "--lb-cidr",
         LB_CIDR,
+        "--run-commands",
     )
     handle = SandboxHandle(state, state / "kubeconfig", default_binaries().path("kubectl"))
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import urllib.request
 from typing import Any
@@ -423,3 +424,69 @@ def test_node_and_lease(sandbox: SandboxHandle) -> None:
     lease = sandbox.get("lease", "podgate-node", "-n", "kube-node-lease")
     assert lease["spec"]["holderIdentity"] == "podgate-node"
     assert lease["spec"]["renewTime"]
+
+
+def test_explicit_command_runs_as_a_local_process(sandbox: SandboxHandle, namespace: str) -> None:
+    # The sandbox under test runs with --run-commands: a command is a real process, with the
+    # pod's env and $(VAR) expansion, and SIGTERM on deletion.
+    containers = [
+        {
+            "name": "py",
+            "image": "python",
+            "ports": [{"containerPort": 8080}],
+            "command": ["python3", "-m", "http.server", "--bind", "$(POD_IP)", "8080"],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+        }
+    ]
+    sandbox.apply(pod_manifest("proc", containers=containers), namespace)
+    pod = wait_for(
+        "Ready",
+        lambda: (
+            (p := sandbox.get("pod", "proc", "-n", namespace))
+            and (condition(p, "Ready") or {}).get("status") == "True"
+            and p
+        ),
+        30,
+    )
+    ip = pod["status"]["podIP"]
+    status, body = http_get(ip, 8080)
+    assert status == 200 and "Directory listing" in body  # python's server, not the built-in app
+    sandbox.kubectl("delete", "pod", "proc", "-n", namespace, "--wait=false")
+    wait_for(
+        "the pod gone",
+        lambda: "NotFound" in sandbox.kubectl("get", "pod", "proc", "-n", namespace, check=False),
+        20,
+    )
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((ip, 8080), timeout=1)
+
+
+def test_prestop_http_get_is_called_before_sigterm(sandbox: SandboxHandle, namespace: str) -> None:
+    containers = [
+        {
+            "name": "app",
+            "image": "nginx",
+            "ports": [{"containerPort": 8080}],
+            "env": [{"name": "PODGATE_APP_SHUTDOWN_DELAY", "value": "3"}],
+            "lifecycle": {"preStop": {"httpGet": {"path": "/prestop", "port": 8080}}},
+        }
+    ]
+    sandbox.apply(pod_manifest("hook", containers=containers, terminationGracePeriodSeconds=10), namespace)
+    pod = wait_for(
+        "Ready",
+        lambda: (
+            (p := sandbox.get("pod", "hook", "-n", namespace))
+            and (condition(p, "Ready") or {}).get("status") == "True"
+            and p
+        ),
+    )
+    ip = pod["status"]["podIP"]
+
+    def prestop_calls() -> int:
+        return int(json.loads(http_get(ip, 8080, "/control/stats")[1])["requests"].get("/prestop", 0))
+
+    assert prestop_calls() == 0
+    sandbox.kubectl("delete", "pod", "hook", "-n", namespace, "--wait=false")
+    # The app keeps serving for its shutdown delay after SIGTERM: the hook's GET is visible.
+    assert wait_for("the preStop GET", prestop_calls, 3, 0.05) == 1

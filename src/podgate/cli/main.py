@@ -14,12 +14,15 @@ from podgate.sandbox.controlplane import Sandbox, SandboxConfig, SandboxError
 def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
     state = Path(args.state_dir) if args.state_dir else None
     config = None
-    if for_up and any(v is not None for v in (args.port_offset, args.pod_cidr, args.lb_cidr)):
+    if for_up and (
+        args.run_commands or any(v is not None for v in (args.port_offset, args.pod_cidr, args.lb_cidr))
+    ):
         defaults = SandboxConfig()
         config = SandboxConfig(
             port_offset=args.port_offset if args.port_offset is not None else defaults.port_offset,
             pod_cidr=args.pod_cidr or defaults.pod_cidr,
             lb_cidr=args.lb_cidr or defaults.lb_cidr,
+            run_commands=args.run_commands,
         )
     return Sandbox(state, config)
 
@@ -70,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--port-offset", type=int, help="added to every sandbox port (run a second sandbox)")
     sb.add_argument("--pod-cidr", help="loopback range for pod IPs (default 127.100.0.0/16)")
     sb.add_argument("--lb-cidr", help="loopback range for load-balancer addresses (default 127.200.0.0/16)")
+    sb.add_argument(
+        "--run-commands",
+        action="store_true",
+        help="up: run containers' explicit `command` as local processes, as root, with no isolation",
+    )
     sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
     sb.set_defaults(func=cmd_sandbox)
     ctl = sub.add_parser("controller", help="run the podgate controller and admission webhook")

@@ -16,8 +16,9 @@ Behaviour is tuned with container env vars (documented in the README):
 ``PODGATE_APP_MESSAGE``        text included in every ``/`` response                 empty
 =============================  ====================================================  =======
 
-Endpoints: ``/healthz`` (200, or the code set with ``POST /control/health?status=N``), and any
-other path answers 200 with the pod's name, namespace, IP and port.
+Endpoints: ``/healthz`` (200, or the code set with ``POST /control/health?status=N``),
+``/control/stats`` (requests counted by path, as JSON), and any other path answers 200 with the
+pod's name, namespace, IP and port.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class ContainerApp:
         self.pod, self.namespace, self.container = pod, namespace, container
         self.ip, self.ports, self.settings = ip, ports, settings
         self.health_status = 200
-        self.requests = 0
+        self.requests: dict[str, int] = {}
         self._server = web.Server(self._handle, access_log=None)
         self._listeners: list[asyncio.Server] = []
         self.listening = asyncio.Event()
@@ -145,13 +146,15 @@ class ContainerApp:
             await self._server.shutdown(timeout=1.0)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        self.requests += 1
+        self.requests[request.path] = self.requests.get(request.path, 0) + 1
         if self.settings.response_delay:
             await asyncio.sleep(self.settings.response_delay)
         if request.path == "/healthz":
             return web.Response(
                 status=self.health_status, text="ok\n" if self.health_status < 400 else "unhealthy\n"
             )
+        if request.path == "/control/stats":
+            return web.json_response({"requests": self.requests, "health_status": self.health_status})
         if request.path == "/control/health" and request.method == "POST":
             try:
                 self.health_status = int(request.query.get("status", "200"))

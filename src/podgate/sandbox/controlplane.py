@@ -52,6 +52,8 @@ class SandboxConfig:
     pod_cidr: str = "127.100.0.0/16"
     lb_cidr: str = "127.200.0.0/16"
     service_cidr: str = "10.96.0.0/16"
+    #: the node agent runs containers' explicit commands as local processes (no isolation)
+    run_commands: bool = False
 
     def port(self, base: int) -> int:
         return base + self.port_offset
@@ -401,6 +403,7 @@ class Sandbox:
                     c.pod_cidr,
                     "--healthz-port",
                     str(c.agent_healthz_port),
+                    *(["--run-commands"] if c.run_commands else []),
                 ],
                 lambda: _get(f"http://{HOST}:{c.agent_healthz_port}/healthz")[0] == 200,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

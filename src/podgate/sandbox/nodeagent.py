@@ -157,7 +157,9 @@ class PodWorker:
         spec, meta = slot.spec, self.pod["metadata"]
         env = self.env_of(spec)
         command = (
-            list(spec.get("command") or ()) + list(spec.get("args") or ()) if spec.get("command") else []
+            [_expand(str(a), env) for a in [*spec.get("command", ()), *(spec.get("args") or ())]]
+            if spec.get("command")
+            else []
         )
         if command and self.agent.run_commands:
             log_path = self.agent.log_dir / "pods" / f"{meta.get('namespace')}_{meta['name']}_{slot.name}.log"
