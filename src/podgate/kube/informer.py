@@ -70,7 +70,10 @@ class Informer:
 
     def update_if_newer(self, obj: Obj) -> None:
         """Put an object we just wrote (the API's answer) into the cache ahead of its watch
-        event, so decisions made before the event arrives do not write the same change twice."""
+        event, so decisions made before the event arrives do not write the same change twice.
+
+        resourceVersions are compared as integers: etcd's revisions, which is what this
+        project's API server uses (client-go treats them as opaque; a cache here may not)."""
         key = key_of(obj)
         cached = self.cache.get(key)
         if cached is None or _rv(obj) > _rv(cached):
@@ -167,6 +170,9 @@ class Informer:
         if kind == "DELETED":
             self.cache.pop(key, None)
             self._emit("DELETED", obj, old)
+        elif old is not None and _rv(obj) < _rv(old):
+            # Older than what we hold: our own write's answer (update_if_newer) got here first.
+            return
         else:
             self.cache[key] = obj
             self._emit("ADDED" if old is None else "MODIFIED", obj, old)
