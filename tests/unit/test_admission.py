@@ -123,3 +123,34 @@ def test_removes_vendor_gates_when_migrating() -> None:
 def test_bad_reviews_are_explained(raw: bytes, error: str) -> None:
     with pytest.raises(BadReview, match=error):
         parse_review(raw)
+
+
+def test_prestop_delay_is_injected_for_load_balanced_pods_only() -> None:
+    policy = InjectionPolicy(prestop_delay=3)
+    ops = patch_of(review_response(review({"app": "web"}), SERVICES, handled, policy)) or []
+    assert {
+        "op": "add",
+        "path": "/spec/containers/0/lifecycle",
+        "value": {"preStop": {"exec": {"command": ["sleep", "3"]}}},
+    } in ops
+    assert patch_of(review_response(review({"app": "api"}), SERVICES, handled, policy)) is None
+
+
+def test_prestop_delay_annotation_and_own_hooks() -> None:
+    rev = review({"app": "web"})
+    pod = rev["request"]["object"]
+    pod["metadata"]["annotations"] = {"podgate.dev/prestop-delay": "1.5"}
+    pod["spec"]["containers"] = [
+        {"name": "a"},
+        {"name": "b", "lifecycle": {"postStart": {}}},
+        {"name": "c", "lifecycle": {"preStop": {"exec": {"command": ["/drain"]}}}},
+    ]
+    ops = patch_of(review_response(rev, SERVICES, handled, InjectionPolicy())) or []
+    hook = {"exec": {"command": ["sleep", "1.5"]}}
+    assert ops[1:] == [
+        {"op": "add", "path": "/spec/containers/0/lifecycle", "value": {"preStop": hook}},
+        {"op": "add", "path": "/spec/containers/1/lifecycle/preStop", "value": hook},
+    ]
+    pod["metadata"]["annotations"] = {"podgate.dev/prestop-delay": "0"}
+    ops = patch_of(review_response(rev, SERVICES, handled, InjectionPolicy(prestop_delay=5))) or []
+    assert [op["path"] for op in ops] == ["/spec/readinessGates"]  # 0 turns it off for this pod

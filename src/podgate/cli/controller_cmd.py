@@ -100,6 +100,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="remove gates with this prefix at injection (migration from another controller)",
     )
     p.add_argument(
+        "--prestop-delay",
+        type=float,
+        default=float(env("PRESTOP_DELAY", "0") or 0),
+        help="seconds of preStop sleep injected into load-balanced pods without a preStop hook, so the load "
+        "balancer drains them before SIGTERM; per pod: annotation podgate.dev/prestop-delay "
+        "(default 0: none)",
+    )
+    p.add_argument(
         "--health-port",
         type=int,
         default=int(env("HEALTH_PORT", "8081") or 8081),
@@ -149,6 +157,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         webhook_key_file=Path(args.webhook_key_file) if args.webhook_key_file else None,
         inject=not args.no_inject,
         remove_gate_prefixes=tuple(args.remove_gate_prefix),
+        prestop_delay=args.prestop_delay,
     )
     settings.validate()
     return settings

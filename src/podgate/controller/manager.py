@@ -231,7 +231,9 @@ def _pod_change_matters(pod: Obj, old: Obj) -> bool:
 async def serve(settings: ControllerSettings, controller: Controller) -> list[web.AppRunner]:
     """The webhook (HTTPS) and health (HTTP) servers; registers the webhook configuration."""
     runners = []
-    policy = InjectionPolicy(settings.inject, settings.remove_gate_prefixes, settings.skip_label_value)
+    policy = InjectionPolicy(
+        settings.inject, settings.remove_gate_prefixes, settings.skip_label_value, settings.prestop_delay
+    )
     app = webhook.make_app(controller.services, controller.reconciler.handled, policy)
     hosts = ["localhost"]
     if settings.webhook_service:

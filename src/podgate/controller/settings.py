@@ -41,6 +41,7 @@ class ControllerSettings:
     inject: bool = True
     remove_gate_prefixes: tuple[str, ...] = ()
     skip_label_value: str = "disabled"
+    prestop_delay: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -60,6 +61,8 @@ class ControllerSettings:
                 raise SettingsError("--lb-cidr is required when HAProxy provisions load balancers")
         if not 0.01 <= self.poll_period <= 5:
             raise SettingsError("--poll-period must be between 0.01 and 5 seconds")
+        if not 0 <= self.prestop_delay <= 3600:
+            raise SettingsError("--prestop-delay must be between 0 and 3600 seconds")
         if self.workers < 1:
             raise SettingsError("--workers must be at least 1")
         if (self.webhook_cert_file is None) != (self.webhook_key_file is None):

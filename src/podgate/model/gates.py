@@ -14,6 +14,7 @@ SERVICE_GATE_PREFIX = "service.readiness.podgate.dev/"
 CHECK_GATE_PREFIX = "check.podgate.dev/"
 INJECT_LABEL = f"{DOMAIN}/pod-readiness-gate-inject"
 PROVIDER_ANNOTATION = f"{DOMAIN}/load-balancer-provider"
+PRESTOP_ANNOTATION = f"{DOMAIN}/prestop-delay"
 #: Gate prefixes of the controllers podgate replaces; injection can remove them (migration).
 VENDOR_PREFIXES = ("target-health.elbv2.k8s.aws/", "service.readiness.alibabacloud.com/")
 
@@ -95,3 +96,33 @@ def injection_patch(
     gates = [dict(g) for g in kept] + [{"conditionType": t} for t in wanted]
     op = "replace" if "readinessGates" in spec else "add"
     return [{"op": op, "path": "/spec/readinessGates", "value": gates}]
+
+
+def prestop_delay(pod: Mapping[str, Any], default: float) -> float:
+    """The preStop delay for a pod: its annotation, else the setting.  A value that is not a
+    non-negative number of seconds counts as the setting (the webhook must not fail a pod)."""
+    raw = (((pod.get("metadata") or {}).get("annotations")) or {}).get(PRESTOP_ANNOTATION)
+    if raw is None:
+        return default
+    try:
+        value = float(str(raw).removesuffix("s"))
+    except ValueError:
+        return default
+    return value if 0 <= value <= 3600 else default
+
+
+def prestop_patch(pod: Mapping[str, Any], delay: float) -> list[dict[str, Any]]:
+    """JSONPatch giving each container without a preStop hook ``sleep DELAY``, so the load
+    balancer has drained the pod before its process gets SIGTERM.  A container's own hook wins.
+    (``exec sleep`` needs a sleep binary in the image; the sandbox's node agent honours it.)"""
+    if delay <= 0:
+        return []
+    hook = {"exec": {"command": ["sleep", f"{delay:g}"]}}
+    ops: list[dict[str, Any]] = []
+    for i, container in enumerate((pod.get("spec") or {}).get("containers") or ()):
+        lifecycle = container.get("lifecycle")
+        if lifecycle is None:
+            ops.append({"op": "add", "path": f"/spec/containers/{i}/lifecycle", "value": {"preStop": hook}})
+        elif not lifecycle.get("preStop"):
+            ops.append({"op": "add", "path": f"/spec/containers/{i}/lifecycle/preStop", "value": hook})
+    return ops

@@ -24,6 +24,7 @@ class InjectionPolicy:
     enabled: bool = True
     remove_prefixes: Sequence[str] = ()
     skip_label_value: str = "disabled"
+    prestop_delay: float = 0.0  # seconds of preStop sleep for load-balanced pods; 0 = none
 
 
 def parse_review(raw: bytes) -> dict[str, Any]:
@@ -70,9 +71,10 @@ def review_response(
     if policy.enabled and is_pod_create and labels.get(gates.INJECT_LABEL) != policy.skip_label_value:
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace")
         in_ns = [s for s in services if s["metadata"].get("namespace") == namespace]
-        patch = gates.injection_patch(
-            pod, gates.services_for_pod(labels, in_ns, handled), policy.remove_prefixes
-        )
+        names = gates.services_for_pod(labels, in_ns, handled)
+        patch = gates.injection_patch(pod, names, policy.remove_prefixes)
+        if names:
+            patch += gates.prestop_patch(pod, gates.prestop_delay(pod, policy.prestop_delay))
         if patch:
             response["patchType"] = "JSONPatch"
             response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()

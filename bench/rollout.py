@@ -1,0 +1,140 @@
+"""Rollout benchmark: rolling updates under steady load, with and without podgate, side by side.
+
+Its own sandbox (ports, loopback ranges), a Deployment of ``--replicas`` behind a LoadBalancer
+Service per scenario (see ``podgate.sandbox.rollout``), ``--rate`` requests/s through the
+EXTERNAL-IP during each of ``--rounds`` rollout restarts, the scenarios interleaved round by
+round so machine noise hits them alike.  JSON and Markdown go to bench/results/.
+
+    .venv/bin/python bench/rollout.py [--rounds 10] [--replicas 6] [--rate 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from podgate.kube.client import api_client
+from podgate.sandbox.controlplane import Sandbox, SandboxConfig
+from podgate.sandbox.rollout import RolloutLab, RoundResult, summarise
+
+RESULTS = Path(__file__).parent / "results"
+CONFIG = SandboxConfig(port_offset=17000, pod_cidr="127.112.0.0/16", lb_cidr="127.212.0.0/16")
+
+
+async def run(sb: Sandbox, args: argparse.Namespace) -> tuple[dict[str, Any], list[RoundResult]]:
+    api = await api_client(str(sb.kubeconfig))
+    lab = RolloutLab(
+        api,
+        str(sb.haproxy_runtime_socket),
+        replicas=args.replicas,
+        interval=args.interval,
+        rise=args.rise,
+        rate=args.rate,
+    )
+    names = args.scenarios.split(",")
+    try:
+        ips = {n: await lab.prepare(n) for n in names}
+        rounds = []
+        for r in range(args.rounds):
+            for n in names:
+                res = await lab.round(n, ips[n], r)
+                rounds.append(res)
+                print(
+                    f"round {r + 1}/{args.rounds} {n:16s} requests {res.requests:5d} failed {res.failed:4d} "
+                    f"rollout {res.rollout_s:5.1f}s",
+                    flush=True,
+                )
+        return summarise(rounds, lab.lb_minimum), rounds
+    finally:
+        await lab.close()
+        await api.close()
+
+
+def markdown(res: dict[str, Any]) -> str:
+    s = res["scenarios"]
+    lines = [
+        "# Rollout benchmark",
+        "",
+        f"{res['machine']}; {res['rounds']} rounds of `rollout restart` per scenario (interleaved); "
+        f"{res['replicas']} replicas; {res['rate']:g} requests/s through the EXTERNAL-IP; HAProxy checks "
+        f"every {res['interval']:g} s, {res['rise']} passes to turn healthy "
+        f"(minimum {res['lb_minimum_s']:g} s); "
+        f"{res['date']}.",
+        "",
+        "| scenario | requests | failed | rounds with failures | failures by kind "
+        "| rollout p50 | rollout max |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, e in s.items():
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(e["failed_by_kind"].items())) or "-"
+        lines.append(
+            f"| {name} ({res['titles'][name]}) | {e['requests']} | {e['failed']} | "
+            f"{e['rounds_with_failures']}/{e['rounds']} | {kinds} | {e['rollout_s']['p50']:.1f} s | "
+            f"{e['rollout_s']['max']:.1f} s |"
+        )
+    lines += ["", "| ratio | value | target |", "|---|---|---|"]
+    if "podgate" in s and "workaround" in s:
+        ratio = s["podgate"]["rollout_s"]["p50"] / s["workaround"]["rollout_s"]["p50"]
+        lines.append(f"| podgate rollout / workaround rollout (p50) | {ratio:.2f} | ≤ 0.6 |")
+    for name in ("podgate", "podgate-prestop"):
+        if name in s and "gate_ratio" in s[name]:
+            g, q = s[name]["gate_latency_s"], s[name]["gate_ratio"]
+            lines.append(
+                f"| {name}: ContainersReady → gate True / LB minimum, p50 | {q['p50']:.3f} "
+                f"({g['p50']:.2f} s) | ≤ 1.05 |"
+            )
+            lines.append(f"| {name}: same, p99 (n = {g['n']}) | {q['p99']:.3f} ({g['p99']:.2f} s) | ≤ 1.2 |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--replicas", type=int, default=6)
+    parser.add_argument("--rate", type=float, default=250.0)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--rise", type=int, default=3)
+    parser.add_argument("--scenarios", default="plain,workaround,podgate,podgate-prestop")
+    parser.add_argument("--out", default=str(RESULTS / "rollout"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="podgate-bench-") as tmp:
+        sb = Sandbox(Path(tmp), CONFIG)
+        sb.up()
+        try:
+            summary, rounds = asyncio.run(run(sb, args))
+        finally:
+            sb.down()
+    from podgate.sandbox.rollout import scenarios
+
+    res = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "rounds": args.rounds,
+        "replicas": args.replicas,
+        "rate": args.rate,
+        "interval": args.interval,
+        "rise": args.rise,
+        "lb_minimum_s": args.interval * args.rise,
+        "titles": {n: s.title for n, s in scenarios(args.interval, args.rise).items()},
+        "scenarios": summary,
+        "per_round": [
+            {k: v for k, v in asdict(r).items() if k not in ("healthy", "outcomes")} for r in rounds
+        ],
+    }
+    Path(args.out + ".json").write_text(json.dumps(res, indent=2) + "\n")
+    Path(args.out + ".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

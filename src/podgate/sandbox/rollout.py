@@ -1,0 +1,313 @@
+"""Rolling updates under load, side by side: what podgate changes, measured on the sandbox.
+
+Scenarios (one namespace, LoadBalancer Service and Deployment each; same app, probe and load):
+
+- ``plain``: a readiness probe only — what users have without podgate;
+- ``workaround``: the common fix — ``minReadySeconds`` ≥ the load balancer's rise × interval,
+  plus a preStop sleep;
+- ``podgate``: podgate's readiness gates (namespace opted in), no preStop delay;
+- ``podgate-prestop``: the gates plus a preStop delay injected by the webhook.
+
+Each round restarts the Deployment while a load generator sends a steady request rate through
+the Service's EXTERNAL-IP, and records every request, the load balancer's healthy targets over
+time, the rollout's duration, and (gated scenarios) each new pod's ContainersReady → gate True.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from podgate.kube.client import call
+from podgate.kube.informer import Informer
+from podgate.providers.haproxy_config import target_of_server
+from podgate.providers.haproxy_runtime import Runtime
+from podgate.sandbox.loadgen import LoadGenerator, LoadResult
+
+GATE_PREFIX = "service.readiness.podgate.dev/"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    gated: bool = False
+    min_ready_seconds: int = 0
+    prestop_sleep: float = 0.0  # an explicit preStop sleep in the template
+    prestop_delay: float = 0.0  # podgate's injected preStop delay (annotation)
+
+
+def scenarios(interval: float, rise: int) -> dict[str, Scenario]:
+    minimum = interval * rise
+    return {
+        s.name: s
+        for s in (
+            Scenario("plain", "readiness probe only"),
+            Scenario(
+                "workaround",
+                f"minReadySeconds {math.ceil(minimum) + 1} + preStop sleep",
+                min_ready_seconds=math.ceil(minimum) + 1,
+                prestop_sleep=minimum,
+            ),
+            Scenario("podgate", "podgate readiness gates", gated=True),
+            Scenario(
+                "podgate-prestop", "podgate gates + injected preStop delay", gated=True, prestop_delay=2.0
+            ),
+        )
+    }
+
+
+@dataclass
+class RoundResult:
+    scenario: str
+    requests: int
+    failed: int
+    failures: dict[str, int]
+    rollout_s: float
+    gate_latency_s: list[float] = field(default_factory=list)
+    #: for plots: (t, healthy targets) and the load's (t, kind) relative to the restart
+    healthy: list[tuple[float, int]] = field(default_factory=list)
+    outcomes: list[tuple[float, str]] = field(default_factory=list)
+    end_s: float = 0.0
+
+
+class Watch:
+    """ContainersReady and gate-True times of the namespace's pods."""
+
+    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+        self.informer = Informer(
+            lambda **kw: core.list_namespaced_pod(namespace, **kw), name=f"rollout {namespace}"
+        )
+        self.containers_ready: dict[str, float] = {}
+        self.gate_true: dict[str, float] = {}
+        self.informer.add_handler(self._on)
+
+    def _on(self, kind: str, pod: dict[str, Any], old: dict[str, Any] | None) -> None:
+        now, name = time.monotonic(), pod["metadata"]["name"]
+        for c in (pod.get("status") or {}).get("conditions") or ():
+            if c.get("status") != "True":
+                continue
+            if c["type"] == "ContainersReady":
+                self.containers_ready.setdefault(name, now)
+            elif c["type"].startswith(GATE_PREFIX):
+                self.gate_true.setdefault(name, now)
+
+
+class RolloutLab:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        runtime_socket: str,
+        *,
+        replicas: int = 6,
+        interval: float = 1.0,
+        rise: int = 3,
+        rate: float = 250.0,
+    ) -> None:
+        self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
+        self.runtime = Runtime(runtime_socket)
+        self.replicas, self.interval, self.rise, self.rate = replicas, interval, rise, rate
+        self.scenarios = scenarios(interval, rise)
+        self._watches: dict[str, Watch] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def lb_minimum(self) -> float:
+        return self.interval * self.rise
+
+    async def prepare(self, name: str) -> str:
+        """Namespace, Service and Deployment for a scenario; returns the EXTERNAL-IP once every
+        target is UP in the load balancer."""
+        s, ns = self.scenarios[name], f"rollout-{name}"
+        labels = {"podgate.dev/pod-readiness-gate-inject": "enabled"} if s.gated else {}
+        await call(self.core.create_namespace, {"metadata": {"name": ns, "labels": labels}})
+        watch = Watch(self.core, ns)
+        self._watches[name] = watch
+        self._tasks.append(asyncio.create_task(watch.informer.run()))
+        await call(
+            self.core.create_namespaced_service,
+            ns,
+            {
+                "metadata": {
+                    "name": "web",
+                    "annotations": {
+                        "podgate.dev/health-check-path": "/healthz",
+                        "podgate.dev/health-check-interval": f"{self.interval:g}",
+                        "podgate.dev/healthy-threshold": str(self.rise),
+                        "podgate.dev/unhealthy-threshold": "3",
+                    },
+                },
+                "spec": {
+                    "type": "LoadBalancer",
+                    "selector": {"app": "web"},
+                    "ports": [{"port": 80, "targetPort": "http"}],
+                },
+            },
+        )
+        container: dict[str, Any] = {
+            "name": "app",
+            "image": "nginx",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+        }
+        if s.prestop_sleep:
+            container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{s.prestop_sleep:g}"]}}}
+        template: dict[str, Any] = {
+            "metadata": {
+                "labels": {"app": "web"},
+                "annotations": {"podgate.dev/prestop-delay": f"{s.prestop_delay:g}"},
+            },
+            "spec": {"containers": [container], "terminationGracePeriodSeconds": 30},
+        }
+        await call(
+            self.apps.create_namespaced_deployment,
+            ns,
+            {
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": self.replicas,
+                    "minReadySeconds": s.min_ready_seconds,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": template,
+                },
+            },
+        )
+        ip = await self._until(lambda: self._external_ip(ns), 60)
+        await self._until(lambda: self._complete(ns), 120)
+        await self._until(lambda: self._all_up(ns), 60)
+        return str(ip)
+
+    async def round(self, name: str, ip: str, number: int) -> RoundResult:
+        ns = f"rollout-{name}"
+        watch = self._watches[name]
+        load = LoadGenerator(f"http://{ip}/", rate=self.rate, max_seconds=300)
+        healthy: list[tuple[float, int]] = []
+        load_task = asyncio.create_task(load.run())
+        sampler = asyncio.create_task(self._sample(ns, healthy))
+        await asyncio.sleep(1.0)
+        before = set(watch.containers_ready)
+        t0 = time.monotonic()
+        patch = {
+            "spec": {"template": {"metadata": {"annotations": {"podgate.dev/rollout-round": str(number)}}}}
+        }
+        await call(self.apps.patch_namespaced_deployment, "web", ns, patch)
+        await asyncio.sleep(0.5)
+        await self._until(lambda: self._complete(ns), 300)
+        rollout = time.monotonic() - t0
+        await self._until(lambda: self._old_pods_gone(ns), 120)
+        await asyncio.sleep(1.0)
+        load.stop()
+        result: LoadResult = await load_task
+        sampler.cancel()
+        end = time.monotonic() - t0
+        window = result.between(t0 - 1.0, time.monotonic())
+        new = [n for n in watch.containers_ready if n not in before]
+        gate = [watch.gate_true[n] - watch.containers_ready[n] for n in new if n in watch.gate_true]
+        return RoundResult(
+            scenario=name,
+            requests=window.total,
+            failed=window.failed,
+            failures={k: v for k, v in window.by_kind().items() if k != "ok"},
+            rollout_s=rollout,
+            gate_latency_s=gate,
+            healthy=[(t - t0, n) for t, n in healthy],
+            outcomes=[(t - t0, kind) for t, kind, _ in window.outcomes],
+            end_s=end,
+        )
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+
+    # -- helpers --------------------------------------------------------------------------
+    async def _until(self, fn: Any, limit: float) -> Any:
+        deadline = time.monotonic() + limit
+        while True:
+            value = await fn()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{getattr(fn, '__name__', 'condition')} not reached within {limit:.0f}s")
+            await asyncio.sleep(0.1)
+
+    async def _external_ip(self, ns: str) -> str | None:
+        svc = await call(self.core.read_namespaced_service, "web", ns)
+        ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+        return ingress[0].get("ip") if ingress else None
+
+    async def _complete(self, ns: str) -> bool:
+        d = await call(self.apps.read_namespaced_deployment, "web", ns)
+        st, n = d.get("status") or {}, self.replicas
+        return bool(
+            st.get("observedGeneration", 0) >= d["metadata"]["generation"]
+            and st.get("updatedReplicas") == n
+            and st.get("availableReplicas") == n
+            and st.get("replicas") == n
+        )
+
+    async def _old_pods_gone(self, ns: str) -> bool:
+        pods = (await call(self.core.list_namespaced_pod, ns)).get("items") or []
+        return len(pods) == self.replicas and not any(p["metadata"].get("deletionTimestamp") for p in pods)
+
+    async def _all_up(self, ns: str) -> bool:
+        return await self._healthy(ns) == self.replicas
+
+    async def _healthy(self, ns: str) -> int:
+        rows = await self.runtime.servers(f"podgate.{ns}.web.80")
+        return sum(1 for r in rows if target_of_server(r.name, r.address) and r.status.startswith("UP"))
+
+    async def _sample(self, ns: str, out: list[tuple[float, int]]) -> None:
+        while True:
+            try:
+                out.append((time.monotonic(), await self._healthy(ns)))
+            except Exception:
+                out.append((time.monotonic(), 0))
+            await asyncio.sleep(0.1)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def summarise(rounds: list[RoundResult], lb_minimum: float) -> dict[str, Any]:
+    """Per scenario: requests, failures (total, by kind, rounds with any), rollout durations,
+    gate latency and its ratio to the load balancer's minimum."""
+    out: dict[str, Any] = {}
+    for name in dict.fromkeys(r.scenario for r in rounds):
+        rs = [r for r in rounds if r.scenario == name]
+        kinds: dict[str, int] = {}
+        for r in rs:
+            for k, v in r.failures.items():
+                kinds[k] = kinds.get(k, 0) + v
+        gate = [g for r in rs for g in r.gate_latency_s]
+        entry: dict[str, Any] = {
+            "rounds": len(rs),
+            "requests": sum(r.requests for r in rs),
+            "failed": sum(r.failed for r in rs),
+            "failed_by_kind": kinds,
+            "rounds_with_failures": sum(1 for r in rs if r.failed),
+            "failed_per_round": [r.failed for r in rs],
+            "rollout_s": {
+                "p50": statistics.median(r.rollout_s for r in rs),
+                "max": max(r.rollout_s for r in rs),
+            },
+        }
+        if gate:
+            entry["gate_latency_s"] = {
+                "n": len(gate),
+                "p50": statistics.median(gate),
+                "p99": percentile(gate, 99),
+            }
+            entry["gate_ratio"] = {
+                "p50": statistics.median(gate) / lb_minimum,
+                "p99": percentile(gate, 99) / lb_minimum,
+            }
+        out[name] = entry
+    return out
