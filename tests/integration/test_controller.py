@@ -384,3 +384,49 @@ def test_pods_created_before_their_service_are_reported(sandbox: SandboxHandle, 
         60,
     )
     assert all(condition(p, gate("early"))["status"] == "True" for p in ready)  # type: ignore[index]
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"no sample of {name} {labels}"
+    return total
+
+
+def test_metrics_and_readiness_endpoints(sandbox: SandboxHandle, namespace: str) -> None:
+    port = 8081 + 10000
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    sandbox.apply(lb_service("metered", "metered"), namespace)
+    sandbox.apply(deployment("metered", 2), namespace)
+    wait_for("Ready", lambda: all_ready(sandbox, namespace, "metered", 2), 30)
+    assert scrape(port, "/readyz") == (200, "ready\n")
+    assert scrape(port, "/healthz")[0] == 200
+    status, text = scrape(port)
+    assert status == 200
+    assert metric(text, "podgate_gate_transitions_total", status="True", reason="TargetHealthy") >= 2
+    assert metric(text, "podgate_time_to_ready_seconds_count", phase="health_checking") >= 2
+    assert metric(text, "podgate_time_to_ready_ratio_count") >= 2
+    assert metric(text, "controller_runtime_reconcile_total", controller="service", result="success") > 0
+    assert metric(text, "controller_runtime_reconcile_time_seconds_count", controller="service") > 0
+    assert metric(text, "workqueue_adds_total", name="services") > 0
+    assert metric(text, "workqueue_depth", name="services") >= 0
+    assert metric(text, "workqueue_queue_duration_seconds_count", name="services") > 0
+    assert metric(text, "podgate_provider_calls_total", provider="haproxy", operation="register") >= 2
+    assert metric(text, "podgate_provider_call_duration_seconds_count", operation="targets") > 0
+    assert metric(text, "podgate_webhook_requests_total", result="patched") >= 2
+    assert metric(text, "podgate_leader") == 1
+    assert "podgate_pending_gates" in text

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from podgate.controller import metrics
 from podgate.controller.manager import Controller, serve
 from podgate.controller.settings import ControllerSettings, HAProxySettings, SettingsError
 from podgate.kube.client import api_client
@@ -121,6 +127,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=env("LOG_LEVEL") == "DEBUG",
         help="debug logging [PODGATE_LOG_LEVEL=DEBUG]",
     )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=env("LOG_FORMAT", "text"),
+        help="human-readable lines, or one JSON object per line [PODGATE_LOG_FORMAT]",
+    )
+    p.add_argument(
+        "--config",
+        default=env("CONFIG"),
+        help="YAML file of settings named like the flags (e.g. lb-cidr: 127.200.0.0/16); "
+        "flags win over it, it wins over PODGATE_* variables [PODGATE_CONFIG]",
+    )
+
+
+def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Load ``--config`` (if any) as the parser's defaults, so flags still override it."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=env("CONFIG"))
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    try:
+        data = yaml.safe_load(Path(known.config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SettingsError(f"--config {known.config}: {e}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"--config {known.config}: expected a mapping of setting: value")
+    dests = {a.dest: a for a in parser._actions}
+    defaults = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in dests or dest in ("help", "config"):
+            raise SettingsError(f"--config {known.config}: unknown setting {key!r}")
+        action = dests[dest]
+        if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
+            value = [value]
+        if callable(action.type) and not isinstance(value, list):
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError):
+                raise SettingsError(
+                    f"--config {known.config}: setting {key!r}: invalid value {value!r}"
+                ) from None
+        defaults[dest] = value
+    parser.set_defaults(**defaults)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC), level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(verbose: bool, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
+    # The API client's own debug output may carry request details: never below INFO.
+    for noisy in ("kubernetes_asyncio", "aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
 
 
 def settings_from(args: argparse.Namespace) -> ControllerSettings:
@@ -168,12 +247,27 @@ async def _health(controller: Controller, bind: str, port: int) -> web.AppRunner
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        ok = controller.ready.is_set()
-        return web.Response(status=200 if ok else 503, text="ready\n" if ok else "caches not synced\n")
+        problems = [
+            f"informer {i.name} not synced"
+            for i in (controller.pods, controller.services, controller.namespaces)
+            if not i.synced.is_set()
+        ]
+        problems += [f"load balancer {n} unreachable" for n, ok in controller.provider_ok.items() if not ok]
+        if not controller.ready.is_set():
+            problems.append("controller starting")
+        if problems:
+            return web.Response(status=503, text="\n".join(problems) + "\n")
+        return web.Response(text="ready\n")
+
+    async def metrics_handler(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, bind, port).start()
@@ -183,6 +277,7 @@ async def _health(controller: Controller, bind: str, port: int) -> web.AppRunner
 async def run(settings: ControllerSettings, health_bind: str, health_port: int) -> None:
     api = await api_client(settings.kubeconfig)
     controller = Controller(settings, api)
+    metrics.watch(controller)
     main = asyncio.create_task(controller.run(), name="controller")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -204,14 +299,11 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.verbose, args.log_format)
     try:
         settings = settings_from(args)
     except SettingsError as e:
-        print(f"podgate controller: invalid configuration: {e}")
+        print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
         return 2
     asyncio.run(run(settings, args.health_bind, args.health_port))
     return 0

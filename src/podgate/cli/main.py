@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from podgate.cli import controller_cmd
+from podgate.cli import controller_cmd, gates_cmd
+from podgate.controller.settings import SettingsError
 from podgate.sandbox.binaries import ensure_binaries
 from podgate.sandbox.controlplane import Sandbox, SandboxConfig, SandboxError
 
@@ -57,6 +59,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return 0 if all(r.healthy for r in rows) else 1
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podgate", description="Pod readiness gates that follow the load balancer."
@@ -80,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
     sb.set_defaults(func=cmd_sandbox)
+    gates_cmd.add_commands(sub, os.environ.get("KUBECONFIG"))
     ctl = sub.add_parser("controller", help="run the podgate controller and admission webhook")
     controller_cmd.add_arguments(ctl)
     ctl.set_defaults(func=controller_cmd.cmd_controller)
@@ -87,9 +97,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    try:
+        if argv[:1] == ["controller"]:
+            controller_cmd.apply_config_file(_subparser(parser, "controller"), argv[1:])
+    except SettingsError as e:
+        print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
+        sys.exit(2)
+    args = parser.parse_args(argv)
     try:
         sys.exit(args.func(args))
+    except gates_cmd.CommandError as e:
+        print(f"podgate: {e}", file=sys.stderr)
+        sys.exit(2)
     except SandboxError as e:
         print(f"podgate: {e}", file=sys.stderr)
         sys.exit(2)

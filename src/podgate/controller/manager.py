@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from kubernetes_asyncio import client
 
+from podgate.controller import metrics
 from podgate.controller.reconciler import ServiceReconciler, services_for_event
 from podgate.controller.settings import ControllerSettings
 from podgate.kube.events import EventRecorder
@@ -60,12 +62,15 @@ class Controller:
         self.namespaces = Informer(core.list_namespace, name="namespaces")
         self.providers = dict(providers) if providers is not None else build_providers(settings)
         self.recorder = EventRecorder(api, "podgate")
+        instrumented: dict[str, Provider] = {
+            n: metrics.InstrumentedProvider(p) for n, p in self.providers.items()
+        }
         self.reconciler = ServiceReconciler(
             api,
             self.pods,
             self.services,
             self.namespaces,
-            self.providers,
+            instrumented,
             settings.default_provider,
             self.recorder,
             lb_cidr=settings.lb_cidr,
@@ -76,8 +81,10 @@ class Controller:
         self.services.add_handler(self._on_service)
         self.namespaces.add_handler(self._on_namespace)
         self.ready = asyncio.Event()
-        self.reconciles = 0
-        self.reconcile_errors = 0
+        #: leader election sets this; without it, this replica is the only one and reconciles
+        self.is_leader = True
+        #: whether each provider answered its last generation check (for /readyz)
+        self.provider_ok: dict[str, bool] = {}
 
     # -- event handlers: enqueue keys, nothing else --------------------------------------------
     def _on_pod(self, kind: EventType, pod: Obj, old: Obj | None) -> None:
@@ -170,19 +177,27 @@ class Controller:
 
     async def _worker(self) -> None:
         while True:
-            key, _ = await self.queue.get()
+            key, waited = await self.queue.get()
+            metrics.QUEUE_DURATION.labels(self.queue.name).observe(waited)
+            t0 = time.monotonic()
             try:
                 outcome = await self.reconciler.reconcile(key)
                 self.queue.forget(key)
                 if outcome.poll:
                     self.queue.add_after(key, self.settings.poll_period)
+                    metrics.RECONCILE_TOTAL.labels("service", "requeue_after").inc()
+                else:
+                    metrics.RECONCILE_TOTAL.labels("service", "success").inc()
             except Exception as e:
-                self.reconcile_errors += 1
+                metrics.RECONCILE_TOTAL.labels("service", "error").inc()
+                metrics.RECONCILE_ERRORS.labels("service").inc()
                 level = logging.WARNING if isinstance(e, ProviderError) else logging.ERROR
                 log.log(level, "reconcile %s failed: %s", key, e, exc_info=not isinstance(e, ProviderError))
                 self.queue.add_rate_limited(key)
             finally:
-                self.reconciles += 1
+                took = time.monotonic() - t0
+                metrics.RECONCILE_TIME.labels("service").observe(took)
+                metrics.WORK_DURATION.labels(self.queue.name).observe(took)
                 self.queue.done(key)
 
     async def _watch_generation(self, name: str, provider: Provider) -> None:
@@ -191,7 +206,11 @@ class Controller:
         while True:
             try:
                 gen = await provider.generation()
-            except ProviderError:
+                self.provider_ok[name] = True
+            except ProviderError as e:
+                if self.provider_ok.get(name, True):
+                    log.warning("load balancer %s unreachable: %s", name, e)
+                self.provider_ok[name] = False
                 gen = "unreachable"
             if last is not None and gen != last and gen != "unreachable":
                 log.info("load balancer %s changed generation (%s → %s): re-syncing", name, last, gen)
@@ -234,7 +253,12 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
     policy = InjectionPolicy(
         settings.inject, settings.remove_gate_prefixes, settings.skip_label_value, settings.prestop_delay
     )
-    app = webhook.make_app(controller.services, controller.reconciler.handled, policy)
+
+    def observe(result: str, seconds: float) -> None:
+        metrics.WEBHOOK_REQUESTS.labels(result).inc()
+        metrics.WEBHOOK_LATENCY.observe(seconds)
+
+    app = webhook.make_app(controller.services, controller.reconciler.handled, policy, observe)
     hosts = ["localhost"]
     if settings.webhook_service:
         ns, name = settings.webhook_service.split("/", 1)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from podgate.controller import metrics
 from podgate.kube.client import MERGE_PATCH, STRATEGIC_MERGE, ApiException, call
 from podgate.kube.events import EventRecorder, now_rfc3339
 from podgate.kube.informer import Informer, Obj
@@ -62,8 +63,10 @@ class ServiceReconciler:
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
         self.writes = 0
-        #: when each (pod uid, gate) was first seen pending, for time-to-ready
+        #: when each (pod uid, gate) was first seen pending, and first seen registered in the
+        #: load balancer: the phases of time-to-ready
         self.pending_since: dict[tuple[str, str], float] = {}
+        self.registered_at: dict[tuple[str, str], float] = {}
 
     # -- helpers ------------------------------------------------------------------------------
     def handled(self, service: Mapping[str, Any]) -> bool:
@@ -239,7 +242,9 @@ class ServiceReconciler:
                 desired = lb.gate_condition(gate, mine)
                 if desired["status"] != cond.TRUE:
                     out.poll = True
-            await self.set_gate(pod, desired, out)
+                if all(h.health is not lb.Health.UNREGISTERED for h in mine):
+                    self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())
+            await self.set_gate(pod, desired, out, pools[0].health.minimum_to_healthy if pools else 0.0)
 
     def _drained(
         self, key: str, pool: lb.PoolSpec, present: Mapping[lb.Target, TargetState]
@@ -316,7 +321,9 @@ class ServiceReconciler:
                 )
 
     # -- gate writes --------------------------------------------------------------------------
-    async def set_gate(self, pod: Obj, desired: Condition, out: Outcome) -> None:
+    async def set_gate(self, pod: Obj, desired: Condition, out: Outcome, minimum: float = 0.0) -> None:
+        """Write the gate condition if it changed; ``minimum`` is the load balancer's own floor
+        (rise × interval) for the time-to-ready ratio metric."""
         meta = pod["metadata"]
         current = cond.find((pod.get("status") or {}).get("conditions"), desired["type"])
         write = lb.next_condition(current, desired, self.sticky, now_rfc3339())
@@ -341,9 +348,19 @@ class ServiceReconciler:
         out.writes += 1
         self.writes += 1
         changed = current is None or current.get("status") != write["status"]
+        metrics.GATE_TRANSITIONS.labels(write["status"], write.get("reason") or "").inc()
         if write["status"] == cond.TRUE:
             since = self.pending_since.pop(marker, None)
-            took = f" after {time.monotonic() - since:.1f}s" if since else ""
+            registered = self.registered_at.pop(marker, None)
+            now = time.monotonic()
+            if since is not None:
+                metrics.TIME_TO_READY.labels("total").observe(now - since)
+                if registered is not None:
+                    metrics.TIME_TO_READY.labels("registration").observe(max(registered - since, 0.0))
+                    metrics.TIME_TO_READY.labels("health_checking").observe(now - registered)
+                    if minimum:
+                        metrics.TIME_TO_READY_RATIO.observe((now - registered) / minimum)
+            took = f" after {now - since:.1f}s" if since else ""
             self.recorder_emit(
                 pod,
                 "Pod",

@@ -7,17 +7,22 @@ traffic through the load balancer's address.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+from podgate.kube.client import api_client
 from podgate.sandbox.binaries import Progress
 from podgate.sandbox.controlplane import Sandbox
+from podgate.sandbox.rollout import RolloutLab
 
 NS = "podgate-demo"
 
@@ -133,6 +138,8 @@ def main() -> None:
     for name, n in sorted(seen.items()):
         print(f"  {n:3d} responses from {name}")
 
+    asyncio.run(_rollouts(sb, progress, k))
+
     print(
         "\nThe sandbox keeps running. Explore it with:\n"
         '  eval "$(.venv/bin/podgate sandbox env)"\n'
@@ -142,6 +149,42 @@ def main() -> None:
         "Stop it with:\n"
         "  .venv/bin/podgate sandbox down"
     )
+
+
+async def _rollouts(sb: Sandbox, progress: Progress, k: Any) -> None:
+    """A rollout under load, without and with podgate, side by side."""
+    from podgate.sandbox.plots import timeline
+
+    print("\n5. Rolling updates under a steady 250 requests/s through each Service's EXTERNAL-IP.")
+    names = ["plain", "workaround", "podgate"]
+    for name in names:
+        if f"rollout-{name}" in k("get", "namespaces", "-o", "name", show=False):
+            k("delete", "namespace", f"rollout-{name}", "--timeout=120s", show=False)
+    api = await api_client(str(sb.kubeconfig))
+    lab = RolloutLab(api, str(sb.haproxy_runtime_socket), replicas=6, interval=1.0, rise=3)
+    results = {}
+    try:
+        for name in names:
+            progress.say(f"{name}: {lab.scenarios[name].title}: deploying 6 replicas behind a LoadBalancer")
+            ip = await lab.prepare(name)
+            progress.say(f"{name}: rollout restart under load through http://{ip}/ ...")
+            results[name] = await lab.round(name, ip, 1)
+            r = results[name]
+            progress.say(f"{name}: {r.requests} requests, {r.failed} failed, rollout {r.rollout_s:.1f} s")
+    finally:
+        await lab.close()
+        await api.close()
+    print(f"\n{'scenario':<40}{'requests':>9}{'failed':>8}{'rollout':>10}  gate latency / LB minimum")
+    for name, r in results.items():
+        ratio = (
+            f"{statistics.median(r.gate_latency_s) / lab.lb_minimum:.2f} (p50)" if r.gate_latency_s else "-"
+        )
+        title = f"{name} ({lab.scenarios[name].title})"
+        print(f"{title:<40.40}{r.requests:>9}{r.failed:>8}{r.rollout_s:>9.1f}s  {ratio}")
+    out = Path("demo-output")
+    for name, r in results.items():
+        path = timeline(r, f"{name}: {lab.scenarios[name].title}", out / f"rollout-{name}.png", lab.replicas)
+        print(f"timeline: {path}")
 
 
 def _wait(fn: Any, timeout: float = 60.0) -> Any:

@@ -7,6 +7,7 @@ import base64
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,20 +26,29 @@ PATH = "/mutate-pods"
 
 
 def make_app(
-    services: Informer, handled: Callable[[Mapping[str, Any]], bool], policy: InjectionPolicy
+    services: Informer,
+    handled: Callable[[Mapping[str, Any]], bool],
+    policy: InjectionPolicy,
+    observe: Callable[[str, float], None] = lambda result, seconds: None,
 ) -> web.Application:
+    """The webhook app; ``observe(result, seconds)`` is told about every request (metrics)."""
+
     async def mutate(request: web.Request) -> web.Response:
+        t0 = time.monotonic()
         raw = await request.read()
         try:
             review = parse_review(raw)
         except BadReview as e:
             log.warning("webhook: bad AdmissionReview from %s: %s", request.remote, e)
+            observe("bad_request", time.monotonic() - t0)
             return web.Response(status=400, text=f"bad AdmissionReview: {e}\n")
         if not services.synced.is_set():
             # Answering from an empty cache would admit pods ungated: wait a moment for it.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(services.synced.wait(), 3.0)
-        return web.json_response(review_response(review, services.cache.values(), handled, policy))
+        answer = review_response(review, services.cache.values(), handled, policy)
+        observe("patched" if "patch" in answer["response"] else "unchanged", time.monotonic() - t0)
+        return web.json_response(answer)
 
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app.router.add_post(PATH, mutate)

@@ -1,0 +1,175 @@
+"""``podgate status`` and ``podgate gate set``: why a pod is 0/1, and setting a gate by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes_asyncio import client
+
+from podgate.kube.client import STRATEGIC_MERGE, ApiException, api_client, call
+from podgate.kube.events import now_rfc3339
+from podgate.model import conditions as c
+from podgate.model import gates, lb, report
+
+
+class CommandError(Exception):
+    """A user error: printed as ``podgate: message`` with exit status 2."""
+
+
+def _namespace(args: argparse.Namespace) -> str:
+    if args.namespace:
+        return str(args.namespace)
+    try:
+        cfg = yaml.safe_load(Path(args.kubeconfig).read_text()) if args.kubeconfig else None
+    except OSError:
+        cfg = None
+    if cfg:
+        current = next(
+            (x for x in cfg.get("contexts") or () if x.get("name") == cfg.get("current-context")), None
+        )
+        ns = ((current or {}).get("context") or {}).get("namespace")
+        if ns:
+            return str(ns)
+    return "default"
+
+
+async def _status(args: argparse.Namespace) -> list[dict[str, Any]]:
+    api = await api_client(args.kubeconfig)
+    try:
+        core = client.CoreV1Api(api)
+        if args.pod:
+            try:
+                pods = [await call(core.read_namespaced_pod, args.pod, _namespace(args))]
+            except ApiException as e:
+                if e.status == 404:
+                    raise CommandError(f"pod {_namespace(args)}/{args.pod} not found") from None
+                raise
+        elif args.all_namespaces:
+            pods = (await call(core.list_pod_for_all_namespaces)).get("items") or []
+        else:
+            pods = (await call(core.list_namespaced_pod, _namespace(args))).get("items") or []
+    finally:
+        await api.close()
+    now = datetime.now(UTC)
+    return [row for pod in pods for row in report.gate_rows(pod, now)]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = asyncio.run(_status(args))
+    if args.output == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    if args.output == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False), end="")
+        return 0
+    if not rows:
+        print("no pods with readiness gates" + ("" if args.pod else " here"))
+        return 0
+    cols = (["NAMESPACE"] if args.all_namespaces else []) + [
+        "POD",
+        "GATE",
+        "STATUS",
+        "REASON",
+        "PENDING",
+        "MESSAGE",
+    ]
+    table = [
+        [
+            *([r["namespace"]] if args.all_namespaces else []),
+            r["pod"],
+            r["gate"],
+            r["status"],
+            r["reason"],
+            report.duration(r["pending_seconds"]),
+            r["message"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *table, strict=False)]
+    for line in [cols, *table]:
+        cells = [str(x).ljust(w) for x, w in zip(line[:-1], widths[:-1], strict=False)]
+        print("   ".join([*cells, str(line[-1])]))
+    return 0
+
+
+async def _gate_set(args: argparse.Namespace) -> str:
+    errors = gates.condition_type_errors(args.condition_type)
+    if errors:
+        raise CommandError(f"{args.condition_type!r} is not a valid condition type: {'; '.join(errors)}")
+    if args.status not in (c.TRUE, c.FALSE):
+        raise CommandError(
+            f"status must be True or False (capitalised, as the kubelet reads it), not {args.status!r}"
+        )
+    ns = _namespace(args)
+    api = await api_client(args.kubeconfig)
+    try:
+        core = client.CoreV1Api(api)
+        try:
+            pod = await call(core.read_namespaced_pod, args.pod, ns)
+        except ApiException as e:
+            if e.status == 404:
+                raise CommandError(f"pod {ns}/{args.pod} not found") from None
+            raise
+        wanted = c.readiness_gates(pod.get("spec") or {})
+        if args.condition_type not in wanted and not args.force:
+            have = ", ".join(wanted) or "none"
+            raise CommandError(
+                f"pod {ns}/{args.pod} has no readiness gate {args.condition_type} (its gates: {have}); "
+                "--force sets the condition anyway"
+            )
+        desired: Any = {
+            "type": args.condition_type,
+            "status": args.status,
+            "reason": args.reason or ("SetByHand" if args.status == c.TRUE else "SetFalseByHand"),
+            "message": args.message or "set with podgate gate set",
+        }
+        current = c.find((pod.get("status") or {}).get("conditions"), args.condition_type)
+        write = lb.next_condition(current, desired, sticky=False, now=now_rfc3339())
+        if write is None:
+            return f"pod/{args.pod} {args.condition_type} is already {args.status}: unchanged"
+        await call(
+            core.patch_namespaced_pod_status,
+            args.pod,
+            ns,
+            {"metadata": {"uid": pod["metadata"]["uid"]}, "status": {"conditions": [write]}},
+            _content_type=STRATEGIC_MERGE,
+        )
+        return f"pod/{args.pod} {args.condition_type}={args.status} (reason {write['reason']})"
+    finally:
+        await api.close()
+
+
+def cmd_gate_set(args: argparse.Namespace) -> int:
+    print(asyncio.run(_gate_set(args)))
+    return 0
+
+
+def add_commands(sub: Any, kubeconfig_default: str | None) -> None:
+    st = sub.add_parser(
+        "status",
+        help="each pod's readiness gates: status, reason, how long pending, the load balancer's words",
+    )
+    st.add_argument("pod", nargs="?", help="one pod (default: every pod with gates in the namespace)")
+    st.add_argument("-n", "--namespace")
+    st.add_argument("-A", "--all-namespaces", action="store_true")
+    st.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    st.add_argument("--kubeconfig", default=kubeconfig_default)
+    st.set_defaults(func=cmd_status)
+    gate = sub.add_parser("gate", help="set a readiness gate condition by hand")
+    gsub = gate.add_subparsers(dest="gate_command", required=True)
+    gs = gsub.add_parser("set", help="strategic-merge patch of pods/status with only this condition")
+    gs.add_argument("pod")
+    gs.add_argument("condition_type", metavar="CONDITION_TYPE")
+    gs.add_argument("status", metavar="True|False")
+    gs.add_argument("--reason")
+    gs.add_argument("--message")
+    gs.add_argument("-n", "--namespace")
+    gs.add_argument("--force", action="store_true", help="set it even if the pod has no such gate")
+    gs.add_argument("--kubeconfig", default=kubeconfig_default)
+    gs.set_defaults(func=cmd_gate_set)

@@ -1,0 +1,193 @@
+"""Prometheus metrics of the controller and webhook.
+
+Work-queue and reconcile metrics use controller-runtime's names, so existing dashboards and
+alerts work.  Most gauges are computed at scrape time from the controller's own state (custom
+collector) instead of being updated on hot paths.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter as Tally
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from podgate.model import conditions as c
+from podgate.model import gates
+from podgate.model.lb import PoolSpec, Target
+from podgate.providers.base import Provider, TargetState
+
+if TYPE_CHECKING:
+    from podgate.controller.manager import Controller
+
+REGISTRY = CollectorRegistry()
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
+
+GATE_TRANSITIONS = Counter(
+    "podgate_gate_transitions_total",
+    "Gate condition writes, by status and reason",
+    ["status", "reason"],
+    registry=REGISTRY,
+)
+TIME_TO_READY = Histogram(
+    "podgate_time_to_ready_seconds",
+    "From a gate first pending to True, split by phase (registration: until the load "
+    "balancer has the target; health_checking: from then to True; total)",
+    ["phase"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+TIME_TO_READY_RATIO = Histogram(
+    "podgate_time_to_ready_ratio",
+    "Health-checking phase over the load balancer's own minimum (rise x interval)",
+    buckets=(0.9, 1.0, 1.02, 1.05, 1.1, 1.2, 1.5, 2, 3, 5, 10),
+    registry=REGISTRY,
+)
+RECONCILE_TOTAL = Counter(
+    "controller_runtime_reconcile_total", "Reconciliations", ["controller", "result"], registry=REGISTRY
+)
+RECONCILE_ERRORS = Counter(
+    "controller_runtime_reconcile_errors_total", "Reconciliation errors", ["controller"], registry=REGISTRY
+)
+RECONCILE_TIME = Histogram(
+    "controller_runtime_reconcile_time_seconds",
+    "Reconcile duration",
+    ["controller"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+QUEUE_DURATION = Histogram(
+    "workqueue_queue_duration_seconds",
+    "Time a key waits in the queue",
+    ["name"],
+    buckets=(0.0001, 0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 10),
+    registry=REGISTRY,
+)
+WORK_DURATION = Histogram(
+    "workqueue_work_duration_seconds",
+    "Time processing a key",
+    ["name"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+WEBHOOK_REQUESTS = Counter(
+    "podgate_webhook_requests_total", "AdmissionReview requests, by result", ["result"], registry=REGISTRY
+)
+WEBHOOK_LATENCY = Histogram(
+    "podgate_webhook_request_duration_seconds",
+    "AdmissionReview handling time",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+    registry=REGISTRY,
+)
+PROVIDER_CALLS = Counter(
+    "podgate_provider_calls_total", "Load-balancer API calls", ["provider", "operation"], registry=REGISTRY
+)
+PROVIDER_ERRORS = Counter(
+    "podgate_provider_errors_total",
+    "Failed load-balancer API calls",
+    ["provider", "operation"],
+    registry=REGISTRY,
+)
+PROVIDER_LATENCY = Histogram(
+    "podgate_provider_call_duration_seconds",
+    "Load-balancer API call time",
+    ["provider", "operation"],
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10),
+    registry=REGISTRY,
+)
+
+
+class StateCollector:
+    """Gauges read from the controller at scrape time."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        ctl = self.controller
+        q = ctl.queue
+        depth = GaugeMetricFamily("workqueue_depth", "Keys waiting in the queue", labels=["name"])
+        depth.add_metric([q.name], len(q))
+        yield depth
+        adds = GaugeMetricFamily("workqueue_adds_total", "Keys added to the queue", labels=["name"])
+        adds.add_metric([q.name], q.adds)
+        yield adds
+        retries = GaugeMetricFamily("workqueue_retries_total", "Rate-limited re-adds", labels=["name"])
+        retries.add_metric([q.name], q.retries)
+        yield retries
+        pending = GaugeMetricFamily(
+            "podgate_pending_gates", "podgate gates not True, by reason", labels=["reason"]
+        )
+        tally: Tally[str] = Tally()
+        for pod in ctl.pods.cache.values():
+            if pod["metadata"].get("deletionTimestamp"):
+                continue
+            for gate in c.readiness_gates(pod.get("spec") or {}):
+                if gates.service_of_gate(gate) is None:
+                    continue
+                cond = c.find((pod.get("status") or {}).get("conditions"), gate)
+                if cond is None or cond.get("status") != c.TRUE:
+                    tally[(cond or {}).get("reason") or "NoCondition"] += 1
+        for reason, n in sorted(tally.items()):
+            pending.add_metric([reason], n)
+        yield pending
+        leader = GaugeMetricFamily("podgate_leader", "1 when this replica is the leader and reconciles")
+        leader.add_metric([], 1.0 if ctl.is_leader else 0.0)
+        yield leader
+
+
+def watch(controller: Controller) -> None:
+    REGISTRY.register(StateCollector(controller))
+
+
+class InstrumentedProvider:
+    """A provider wrapped with call counts, errors and latency (the seam stays one Protocol)."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def _timed(self, op: str, coro: Any) -> Any:
+        PROVIDER_CALLS.labels(self.name, op).inc()
+        t0 = time.monotonic()
+        try:
+            return await coro
+        except Exception:
+            PROVIDER_ERRORS.labels(self.name, op).inc()
+            raise
+        finally:
+            PROVIDER_LATENCY.labels(self.name, op).observe(time.monotonic() - t0)
+
+    async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
+        result: str | None = await self._timed("provision", self.inner.provision(service_key, pools, address))
+        return result
+
+    async def release(self, service_key: str) -> None:
+        await self._timed("release", self.inner.release(service_key))
+
+    async def provisioned(self) -> set[str]:
+        result: set[str] = await self._timed("provisioned", self.inner.provisioned())
+        return result
+
+    async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
+        result: dict[Target, TargetState] = await self._timed("targets", self.inner.targets(pool))
+        return result
+
+    async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        await self._timed("register", self.inner.register(pool, targets))
+
+    async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        await self._timed("drain", self.inner.drain(pool, targets))
+
+    async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        await self._timed("deregister", self.inner.deregister(pool, targets))
+
+    async def generation(self) -> str:
+        result: str = await self._timed("generation", self.inner.generation())
+        return result
