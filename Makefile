@@ -51,6 +51,7 @@ demo: setup
 bench: setup
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/gate_latency.py
+	$(PY) bench/rollout.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -128,6 +129,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="debug logging [PODGATE_LOG_LEVEL=DEBUG]",
     )
     p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=env("LEADER_ELECT") == "true",
+        help="run as one of several replicas: only the holder of a Lease reconciles; every "
+        "replica serves the webhook [PODGATE_LEADER_ELECT=true]",
+    )
+    p.add_argument(
+        "--leader-election-namespace",
+        default=env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", "kube-system")),
+    )
+    p.add_argument(
+        "--leader-election-id",
+        default=env("LEADER_ELECTION_ID", "podgate-controller"),
+        help="name of the Lease",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=float(env("LEASE_DURATION", "15") or 15),
+        help="seconds a leader's Lease lasts without renewal: the longest failover",
+    )
+    p.add_argument(
         "--log-format",
         choices=["text", "json"],
         default=env("LOG_FORMAT", "text"),
@@ -237,6 +260,11 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         inject=not args.no_inject,
         remove_gate_prefixes=tuple(args.remove_gate_prefix),
         prestop_delay=args.prestop_delay,
+        leader_elect=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_name=args.leader_election_id,
+        identity=f"{socket.gethostname()}-{os.getpid()}",
+        lease_duration=args.lease_duration,
     )
     settings.validate()
     return settings

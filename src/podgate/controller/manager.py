@@ -8,6 +8,7 @@ every Service is queued, and only then do the workers run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from podgate.controller.reconciler import ServiceReconciler, services_for_event
 from podgate.controller.settings import ControllerSettings
 from podgate.kube.events import EventRecorder
 from podgate.kube.informer import EventType, Informer, Obj, key_of
+from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
@@ -77,6 +79,19 @@ class Controller:
             sticky=not settings.continuous,
         )
         self.queue = WorkQueue(name="services")
+        self.elector = (
+            LeaderElector(
+                api,
+                settings.leader_election_namespace,
+                settings.leader_election_name,
+                settings.identity,
+                lease_duration=settings.lease_duration,
+                renew_deadline=settings.lease_duration * 2 / 3,
+                retry_period=settings.lease_duration / 7.5,
+            )
+            if settings.leader_elect
+            else None
+        )
         self.pods.add_handler(self._on_pod)
         self.services.add_handler(self._on_service)
         self.namespaces.add_handler(self._on_namespace)
@@ -124,20 +139,45 @@ class Controller:
                 len(self.services.cache),
                 len(self.namespaces.cache),
             )
-            await self._sync_structure()
-            self.enqueue_all()
-            tasks += [
-                asyncio.create_task(self._worker(), name=f"worker {i}") for i in range(self.settings.workers)
-            ]
-            tasks += [
-                asyncio.create_task(self._watch_generation(name, p), name=f"generation {name}")
-                for name, p in self.providers.items()
-            ]
-            tasks.append(asyncio.create_task(self._resync(), name="resync"))
+            # Every replica serves the webhook from warm caches; only the leader reconciles.
             self.ready.set()
+            if self.elector is None:
+                tasks.append(asyncio.create_task(self._lead(), name="lead"))
+            else:
+                self.is_leader = False
+                lost = asyncio.Event()
+
+                def started() -> None:
+                    self.is_leader = True
+                    tasks.append(asyncio.create_task(self._lead(), name="lead"))
+
+                def stopped() -> None:
+                    self.is_leader = False
+                    lost.set()
+
+                tasks.append(asyncio.create_task(self.elector.run(started, stopped), name="election"))
+                tasks.append(asyncio.create_task(_raise_when(lost), name="stepped down"))
             await asyncio.gather(*tasks)
         finally:
             for t in tasks:
+                t.cancel()
+            if self.elector is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.elector.release(), 3.0)
+
+    async def _lead(self) -> None:
+        await self._sync_structure()
+        self.enqueue_all()
+        work = [asyncio.create_task(self._worker(), name=f"worker {i}") for i in range(self.settings.workers)]
+        work += [
+            asyncio.create_task(self._watch_generation(name, p), name=f"generation {name}")
+            for name, p in self.providers.items()
+        ]
+        work.append(asyncio.create_task(self._resync(), name="resync"))
+        try:
+            await asyncio.gather(*work)
+        finally:
+            for t in work:
                 t.cancel()
 
     def enqueue_all(self) -> None:
@@ -222,6 +262,15 @@ class Controller:
         while True:
             await asyncio.sleep(self.settings.resync_period)
             self.enqueue_all()
+
+
+class SteppedDown(RuntimeError):
+    """Leadership lost: the process stops (and is restarted) rather than risk a second writer."""
+
+
+async def _raise_when(event: asyncio.Event) -> None:
+    await event.wait()
+    raise SteppedDown("lost the leader lease; stopping so no two replicas ever reconcile at once")
 
 
 def _pod_change_matters(pod: Obj, old: Obj) -> bool:

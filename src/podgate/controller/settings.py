@@ -42,6 +42,11 @@ class ControllerSettings:
     remove_gate_prefixes: tuple[str, ...] = ()
     skip_label_value: str = "disabled"
     prestop_delay: float = 0.0
+    leader_elect: bool = False
+    leader_election_namespace: str = "kube-system"
+    leader_election_name: str = "podgate-controller"
+    identity: str = "podgate"
+    lease_duration: float = 15.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -63,6 +68,8 @@ class ControllerSettings:
             raise SettingsError("--poll-period must be between 0.01 and 5 seconds")
         if not 0 <= self.prestop_delay <= 3600:
             raise SettingsError("--prestop-delay must be between 0 and 3600 seconds")
+        if not 3 <= self.lease_duration <= 300:
+            raise SettingsError("--lease-duration must be between 3 and 300 seconds")
         if self.workers < 1:
             raise SettingsError("--workers must be at least 1")
         if (self.webhook_cert_file is None) != (self.webhook_key_file is None):

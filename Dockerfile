@@ -1,0 +1,14 @@
+# podgate controller + webhook.   docker build -t podgate:0.1.0 .
+# (Not built by the tests: no container engine runs on the development machines.)
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels podgate && rm -rf /wheels
+USER 65532:65532
+ENTRYPOINT ["podgate"]
+CMD ["controller", "--help"]

@@ -1,0 +1,159 @@
+"""Leader election on a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
+
+The leader renews the Lease every ``retry_period``; a candidate takes it over once
+``renewTime + leaseDurationSeconds`` has passed without renewal.  Updates carry the Lease's
+resourceVersion, so two candidates can never both win the same round.  A leader that cannot
+renew within ``renew_deadline`` steps down (the caller stops reconciling at once): a deposed
+leader must never keep writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from podgate.kube.client import ApiException, call
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(ts: str | None) -> float:
+    if not ts:
+        return 0.0
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        *,
+        lease_duration: float = 15.0,
+        renew_deadline: float = 10.0,
+        retry_period: float = 2.0,
+    ) -> None:
+        if not retry_period < renew_deadline < lease_duration:
+            raise ValueError("need retry_period < renew_deadline < lease_duration")
+        self.coord = client.CoordinationV1Api(api)
+        self.namespace, self.name, self.identity = namespace, name, identity
+        self.lease_duration, self.renew_deadline, self.retry_period = (
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        )
+        self.is_leader = False
+        self.transitions = 0
+
+    async def run(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
+        """Campaign forever; calls ``on_started`` on winning and ``on_stopped`` on losing."""
+        while True:
+            if await self._try_acquire_or_renew():
+                if not self.is_leader:
+                    self.is_leader = True
+                    log.info("became leader (%s/%s as %s)", self.namespace, self.name, self.identity)
+                    on_started()
+                await self._renew_loop()
+                self.is_leader = False
+                log.warning("lost leadership (%s/%s)", self.namespace, self.name)
+                on_stopped()
+            await asyncio.sleep(self.retry_period)
+
+    async def _renew_loop(self) -> None:
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.retry_period)
+            if await self._try_acquire_or_renew():
+                last_ok = time.monotonic()
+            elif time.monotonic() - last_ok > self.renew_deadline:
+                return
+
+    async def _try_acquire_or_renew(self) -> bool:
+        try:
+            lease = await call(self.coord.read_namespaced_lease, self.name, self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                log.warning("reading lease %s/%s: %s", self.namespace, self.name, e.status)
+                return False
+            return await self._create()
+        except Exception as e:
+            log.warning("reading lease %s/%s: %s", self.namespace, self.name, e)
+            return False
+        spec: dict[str, Any] = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        expires = _parse(spec.get("renewTime")) + float(
+            spec.get("leaseDurationSeconds") or self.lease_duration
+        )
+        if holder and holder != self.identity and time.time() < expires:
+            return False
+        now = _now()
+        new_spec = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": int(self.lease_duration),
+            "renewTime": now,
+            "acquireTime": spec.get("acquireTime") if holder == self.identity else now,
+            "leaseTransitions": int(spec.get("leaseTransitions") or 0)
+            + (0 if holder == self.identity else 1),
+        }
+        body = {
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "resourceVersion": lease["metadata"]["resourceVersion"],
+            },
+            "spec": new_spec,
+        }
+        try:
+            await call(self.coord.replace_namespaced_lease, self.name, self.namespace, body)
+        except Exception as e:  # 409: someone else won this round
+            log.debug("lease update lost: %s", e)
+            return False
+        if holder != self.identity:
+            self.transitions += 1
+        return True
+
+    async def release(self) -> None:
+        """Give the Lease up at shutdown, so a successor need not wait for it to expire."""
+        if not self.is_leader:
+            return
+        self.is_leader = False
+        try:
+            lease = await call(self.coord.read_namespaced_lease, self.name, self.namespace)
+            if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
+                return
+            lease["spec"].update(holderIdentity="", leaseDurationSeconds=1, renewTime=_now())
+            await call(self.coord.replace_namespaced_lease, self.name, self.namespace, lease)
+            log.info("released the leader lease")
+        except Exception as e:
+            log.warning("could not release the leader lease: %s", e)
+
+    async def _create(self) -> bool:
+        now = _now()
+        body = {
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": int(self.lease_duration),
+                "acquireTime": now,
+                "renewTime": now,
+                "leaseTransitions": 0,
+            },
+        }
+        try:
+            await call(self.coord.create_namespaced_lease, self.namespace, body)
+        except Exception as e:
+            log.debug("lease create lost: %s", e)
+            return False
+        return True
