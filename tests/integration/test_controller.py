@@ -394,16 +394,16 @@ def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
+def metric(text: str, metric_name: str, **labels: str) -> float:
+    """Sum of the samples of ``metric_name`` whose labels include ``labels``."""
     total, found = 0.0, False
     for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
+        if not line.startswith(metric_name + "{") and not line.startswith(metric_name + " "):
             continue
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
             found = True
-    assert found, f"no sample of {name} {labels}"
+    assert found, f"no sample of {metric_name} {labels}"
     return total
 
 
@@ -430,3 +430,16 @@ def test_metrics_and_readiness_endpoints(sandbox: SandboxHandle, namespace: str)
     assert metric(text, "podgate_webhook_requests_total", result="patched") >= 2
     assert metric(text, "podgate_leader") == 1
     assert "podgate_pending_gates" in text
+
+
+def test_no_credential_in_any_log(sandbox: SandboxHandle) -> None:
+    tokens = json.loads((sandbox.state_dir / "pki" / "tokens.json").read_text()).values()
+    keys = [p.read_text() for p in (sandbox.state_dir / "pki").glob("*.key")]
+    logs = list((sandbox.state_dir / "logs").glob("*.log"))
+    assert any(p.name == "podgate-controller.log" for p in logs)
+    for log in logs:
+        text = log.read_text(errors="replace")
+        for secret in tokens:
+            assert secret not in text, f"a token appears in {log.name}"
+        for key in keys:
+            assert key.splitlines()[1] not in text, f"a private key appears in {log.name}"

@@ -3,6 +3,7 @@ within the lease duration and gates keep converging."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,8 +14,10 @@ import urllib.request
 
 import pytest
 
+from podgate.kube.client import api_client
+from podgate.sandbox.rollout import RolloutLab
+
 from .conftest import SandboxHandle, condition, podgate, wait_for
-from .test_controller import all_ready, deployment, gate, lb_service
 
 pytestmark = pytest.mark.sandbox
 SANDBOX_HEALTH = 8081 + 10000
@@ -30,7 +33,7 @@ def leader(port: int) -> float | None:
     return next(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("podgate_leader "))
 
 
-def test_failover(sandbox: SandboxHandle, namespace: str) -> None:
+async def test_failover_during_a_rollout_under_load(sandbox: SandboxHandle) -> None:
     state = sandbox.state_dir
     second = subprocess.Popen(
         [
@@ -53,7 +56,7 @@ def test_failover(sandbox: SandboxHandle, namespace: str) -> None:
             "--webhook-bind",
             "127.0.0.1",
             "--webhook-port",
-            str(9543 + 10000),
+            str(9445 + 10000),  # the webhook front door's second replica slot
             "--webhook-cert-dir",
             str(state / "webhook-certs"),
             "--health-bind",
@@ -69,29 +72,45 @@ def test_failover(sandbox: SandboxHandle, namespace: str) -> None:
         start_new_session=True,
     )
     try:
-        wait_for("the second replica up", lambda: leader(SECOND_HEALTH) is not None, 20)
-        time.sleep(2)
+        await asyncio.to_thread(
+            wait_for, "the second replica up", lambda: leader(SECOND_HEALTH) is not None, 20
+        )
+        await asyncio.sleep(2)
         assert (leader(SANDBOX_HEALTH), leader(SECOND_HEALTH)) == (1.0, 0.0), "one leader, one follower"
 
-        sandbox.apply(lb_service("ha", "ha"), namespace)
-        sandbox.apply(deployment("ha", 1, gates=[gate("ha")]), namespace)
-        wait_for("Ready under the first leader", lambda: all_ready(sandbox, namespace, "ha", 1), 30)
-
-        # The leader dies without a word (no lease release): the follower waits out the lease.
+        # A rollout under load, and the leader dies in the middle of it, without a word (no lease
+        # release): the follower waits out the lease and takes over; no request fails.
         pid = json.loads((state / "pids.json").read_text())["podgate-controller"]
-        killed = time.monotonic()
-        os.killpg(pid, signal.SIGKILL)
-        wait_for("the follower to lead", lambda: leader(SECOND_HEALTH) == 1.0, 15, 0.2)
-        took = time.monotonic() - killed
-        assert took <= 6 + 2 + 1, f"failover took {took:.1f}s, lease is 6s"
+        failover: list[float] = []
 
-        sandbox.kubectl("scale", "deployment/ha", "-n", namespace, "--replicas=3")
-        ready = wait_for(
-            "new pods Ready under the new leader", lambda: all_ready(sandbox, namespace, "ha", 3), 30
+        async def kill_leader() -> None:
+            await asyncio.sleep(1.0)
+            killed = time.monotonic()
+            os.killpg(pid, signal.SIGKILL)
+            while await asyncio.to_thread(leader, SECOND_HEALTH) != 1.0:
+                await asyncio.sleep(0.2)
+            failover.append(time.monotonic() - killed)
+
+        api = await api_client(str(sandbox.kubeconfig))
+        lab = RolloutLab(
+            api, str(state / "haproxy" / "runtime.sock"), replicas=4, interval=0.5, rise=3, prefix="ha"
         )
-        assert all((condition(p, gate("ha")) or {}).get("status") == "True" for p in ready)
+        try:
+            ip = await lab.prepare("podgate")
+            result = await lab.round("podgate", ip, 1, during=kill_leader)
+        finally:
+            await lab.close()
+            await api.close()
+        assert failover and failover[0] <= 6 + 2, f"failover took {failover}, the lease is 6 s"
+        assert result.requests >= 200
+        assert result.failed == 0, result.failures
+        assert len(result.gate_latency_s) == 4, "every new pod's gate converged"
+        pods = sandbox.get("pods", "-n", lab.namespace("podgate"))["items"]
+        assert all((condition(p, "Ready") or {}).get("status") == "True" for p in pods)
     finally:
         second.terminate()
         second.wait(15)
         assert podgate("sandbox", "up", "--state-dir", str(state)).returncode == 0
-        wait_for("the sandbox's controller leading again", lambda: leader(SANDBOX_HEALTH) == 1.0, 20)
+        await asyncio.to_thread(
+            wait_for, "the sandbox's controller leading again", lambda: leader(SANDBOX_HEALTH) == 1.0, 20
+        )

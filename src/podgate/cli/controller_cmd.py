@@ -86,6 +86,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="register the webhook by Service NAMESPACE/NAME (in-cluster)",
     )
     p.add_argument(
+        "--webhook-config-name",
+        default=env("WEBHOOK_CONFIG_NAME", "podgate"),
+        help="name of the MutatingWebhookConfiguration podgate registers",
+    )
+    p.add_argument(
         "--webhook-cert-dir",
         default=env("WEBHOOK_CERT_DIR", "/tmp/podgate-webhook-certs"),
         help="where a generated CA and serving certificate are kept",
@@ -254,6 +259,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         webhook_bind=args.webhook_bind,
         webhook_url=args.webhook_url,
         webhook_service=args.webhook_service,
+        webhook_config_name=args.webhook_config_name,
         webhook_cert_dir=Path(args.webhook_cert_dir) if args.webhook_cert_dir else None,
         webhook_cert_file=Path(args.webhook_cert_file) if args.webhook_cert_file else None,
         webhook_key_file=Path(args.webhook_key_file) if args.webhook_key_file else None,

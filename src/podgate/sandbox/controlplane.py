@@ -274,7 +274,10 @@ class Sandbox:
         }
 
     def base_haproxy_config(self) -> str:
-        """The load balancer before any Service exists: sockets and a health frontend only."""
+        """The load balancer before any Service exists: sockets, a health frontend, and the
+        webhook's front door (TLS passed through to every controller replica, as a cluster's
+        Service would: the API server keeps reaching a webhook while one replica is down)."""
+        c = self.config
         return (
             "global\n"
             f"    stats socket {self.haproxy_runtime_socket} mode 600 level admin expose-fd listeners\n"
@@ -285,8 +288,18 @@ class Sandbox:
             "    timeout client 30s\n"
             "    timeout server 30s\n"
             "frontend podgate-sandbox-health\n"
-            f"    bind {HOST}:{self.config.haproxy_health_port}\n"
+            f"    bind {HOST}:{c.haproxy_health_port}\n"
             "    monitor-uri /healthz\n"
+            "frontend podgate-webhook\n"
+            "    mode tcp\n"
+            f"    bind {HOST}:{c.port(9443)}\n"
+            "    default_backend podgate-webhook\n"
+            "backend podgate-webhook\n"
+            "    mode tcp\n"
+            "    retries 3\n"
+            "    option redispatch 1\n"
+            f"    server replica-0 {HOST}:{c.port(9444)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-1 {HOST}:{c.port(9445)} check inter 1s fall 2 rise 1\n"
         )
 
     # -- components ------------------------------------------------------------------------
@@ -432,7 +445,7 @@ class Sandbox:
                     "--webhook-bind",
                     HOST,
                     "--webhook-port",
-                    str(c.port(9443)),
+                    str(c.port(9444)),
                     "--webhook-url",
                     self.webhook_url,
                     "--webhook-cert-dir",
@@ -444,12 +457,15 @@ class Sandbox:
                     "--leader-elect",
                     "--lease-duration",
                     "6",
+                    # its own name, so a cluster's "podgate" (deploy/) can sit beside it
+                    "--webhook-config-name",
+                    "podgate-sandbox",
                 ],
                 lambda: _get(f"http://{HOST}:{c.port(8081)}/readyz")[0] == 200,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 needs=["kube-apiserver", "haproxy"],
                 before_start=self._apply_controller_rbac,
-                ports=[c.port(9443), c.port(8081)],
+                ports=[c.port(9444), c.port(8081)],
             ),
         ]
 

@@ -158,7 +158,7 @@ async def _rollouts(sb: Sandbox, progress: Progress, k: Any) -> None:
     print("\n5. Rolling updates under a steady 250 requests/s through each Service's EXTERNAL-IP.")
     names = ["plain", "workaround", "podgate"]
     for name in names:
-        if f"rollout-{name}" in k("get", "namespaces", "-o", "name", show=False):
+        if f"namespace/rollout-{name}\n" in k("get", "namespaces", "-o", "name", show=False):
             k("delete", "namespace", f"rollout-{name}", "--timeout=120s", show=False)
     api = await api_client(str(sb.kubeconfig))
     lab = RolloutLab(api, str(sb.haproxy_runtime_socket), replicas=6, interval=1.0, rise=3)

@@ -19,6 +19,7 @@ import asyncio
 import math
 import statistics
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,13 +110,18 @@ class RolloutLab:
         interval: float = 1.0,
         rise: int = 3,
         rate: float = 250.0,
+        prefix: str = "rollout",
     ) -> None:
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
         self.runtime = Runtime(runtime_socket)
         self.replicas, self.interval, self.rise, self.rate = replicas, interval, rise, rate
+        self.prefix = prefix
         self.scenarios = scenarios(interval, rise)
         self._watches: dict[str, Watch] = {}
         self._tasks: list[asyncio.Task[None]] = []
+
+    def namespace(self, scenario: str) -> str:
+        return f"{self.prefix}-{scenario}"
 
     @property
     def lb_minimum(self) -> float:
@@ -124,7 +130,7 @@ class RolloutLab:
     async def prepare(self, name: str) -> str:
         """Namespace, Service and Deployment for a scenario; returns the EXTERNAL-IP once every
         target is UP in the load balancer."""
-        s, ns = self.scenarios[name], f"rollout-{name}"
+        s, ns = self.scenarios[name], self.namespace(name)
         labels = {"podgate.dev/pod-readiness-gate-inject": "enabled"} if s.gated else {}
         await call(self.core.create_namespace, {"metadata": {"name": ns, "labels": labels}})
         watch = Watch(self.core, ns)
@@ -183,8 +189,12 @@ class RolloutLab:
         await self._until(lambda: self._all_up(ns), 60)
         return str(ip)
 
-    async def round(self, name: str, ip: str, number: int) -> RoundResult:
-        ns = f"rollout-{name}"
+    async def round(
+        self, name: str, ip: str, number: int, during: Callable[[], Coroutine[Any, Any, None]] | None = None
+    ) -> RoundResult:
+        """One rollout restart under load; ``during`` runs alongside once the rollout began
+        (e.g. killing the leading controller in the middle of it)."""
+        ns = self.namespace(name)
         watch = self._watches[name]
         load = LoadGenerator(f"http://{ip}/", rate=self.rate, max_seconds=300)
         healthy: list[tuple[float, int]] = []
@@ -197,12 +207,15 @@ class RolloutLab:
             "spec": {"template": {"metadata": {"annotations": {"podgate.dev/rollout-round": str(number)}}}}
         }
         await call(self.apps.patch_namespaced_deployment, "web", ns, patch)
+        side: asyncio.Task[None] | None = asyncio.create_task(during()) if during else None
         await asyncio.sleep(0.5)
         await self._until(lambda: self._complete(ns), 300)
         rollout = time.monotonic() - t0
         await self._until(lambda: self._old_pods_gone(ns), 120)
         await asyncio.sleep(1.0)
         load.stop()
+        if side is not None:
+            await side
         result: LoadResult = await load_task
         sampler.cancel()
         end = time.monotonic() - t0
