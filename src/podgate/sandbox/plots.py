@@ -23,7 +23,7 @@ def timeline(result: RoundResult, title: str, path: Path, replicas: int) -> Path
         top.step(xs, ys, where="post", color="tab:green", label="targets healthy in HAProxy")
     top.set_ylim(-0.2, replicas * 1.7 + 0.5)
     top.set_ylabel("healthy targets")
-    top.legend(loc="upper right", fontsize=8)
+    top.legend(loc="lower left", fontsize=8)
 
     ok: Counter[int] = Counter()
     bad: Counter[int] = Counter()
@@ -50,7 +50,7 @@ def timeline(result: RoundResult, title: str, path: Path, replicas: int) -> Path
     )
     bottom.set_ylabel("requests / s")
     bottom.set_xlabel("seconds since `kubectl rollout restart`")
-    bottom.legend(loc="upper right", fontsize=8)
+    bottom.legend(loc="lower left", fontsize=8)
     for ax in (top, bottom):
         ax.axvline(0, color="black", linestyle="--", linewidth=1)
         ax.axvline(result.rollout_s, color="black", linestyle=":", linewidth=1)
