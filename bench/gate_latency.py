@@ -17,9 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,25 +24,16 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from common import RESULTS, summary, write
 from podgate.kube.client import api_client, call
 from podgate.kube.informer import Informer
 from podgate.providers.haproxy_config import target_of_server
 from podgate.providers.haproxy_runtime import Runtime
 from podgate.sandbox.controlplane import Sandbox, SandboxConfig
 
-RESULTS = Path(__file__).parent / "results"
 CONFIG = SandboxConfig(port_offset=16000, pod_cidr="127.111.0.0/16", lb_cidr="127.211.0.0/16")
 NS = "latency"
 GATE = "service.readiness.podgate.dev/web"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": statistics.median(values), "p99": pct(values, 99), "max": max(values)}
 
 
 class Timeline:
@@ -234,13 +222,7 @@ def main() -> None:
             res = asyncio.run(run(sb, args))
         finally:
             sb.down()
-    res.update(
-        date=time.strftime("%Y-%m-%d"),
-        machine=f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-    )
-    Path(args.out + ".json").write_text(json.dumps(res, indent=2) + "\n")
-    Path(args.out + ".md").write_text(markdown(res))
-    print(markdown(res))
+    write(args.out, res, markdown)
 
 
 if __name__ == "__main__":

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from common import RESULTS, write
 from podgate.kube.client import api_client
 from podgate.sandbox.controlplane import Sandbox, SandboxConfig
 from podgate.sandbox.rollout import RolloutLab, RoundResult, summarise
 
-RESULTS = Path(__file__).parent / "results"
 CONFIG = SandboxConfig(port_offset=17000, pod_cidr="127.112.0.0/16", lb_cidr="127.212.0.0/16")
 
 
@@ -117,8 +113,6 @@ def main() -> None:
     from podgate.sandbox.rollout import scenarios
 
     res = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
         "rounds": args.rounds,
         "replicas": args.replicas,
         "rate": args.rate,
@@ -131,9 +125,7 @@ def main() -> None:
             {k: v for k, v in asdict(r).items() if k not in ("healthy", "outcomes")} for r in rounds
         ],
     }
-    Path(args.out + ".json").write_text(json.dumps(res, indent=2) + "\n")
-    Path(args.out + ".md").write_text(markdown(res))
-    print(markdown(res))
+    write(args.out, res, markdown)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,22 +20,13 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
+from common import RESULTS, summary, write
 from podgate.kube.client import api_client, call
 from podgate.kube.informer import Informer
 from podgate.sandbox.controlplane import Sandbox, SandboxConfig
 
-RESULTS = Path(__file__).parent / "results"
 CONFIG = SandboxConfig(port_offset=15000, pod_cidr="127.110.0.0/16", lb_cidr="127.210.0.0/16")
 GATE = "bench.podgate.dev/gate"
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"n": len(values), "p50": statistics.median(values), "p99": pct(values, 99), "max": max(values)}
 
 
 def podgate(*args: str) -> None:
@@ -300,17 +290,8 @@ def main() -> None:
             res.update(asyncio.run(run_cluster_benches(sb, args)))
         finally:
             sb.down()
-    import os
-    import platform
-
-    res.update(
-        rounds=args.rounds,
-        date=time.strftime("%Y-%m-%d"),
-        machine=f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-    )
-    Path(args.out + ".json").write_text(json.dumps(res, indent=2) + "\n")
-    Path(args.out + ".md").write_text(markdown(res))
-    print(markdown(res))
+    res["rounds"] = args.rounds
+    write(args.out, res, markdown)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""What the benchmarks share: percentiles, the machine line, writing JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from podgate.sandbox.rollout import percentile
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """n, median, nearest-rank p99 and max of a sample."""
+    return {
+        "n": len(values),
+        "p50": statistics.median(values),
+        "p99": percentile(values, 99),
+        "max": max(values),
+    }
+
+
+def write(out: str, res: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> None:
+    """Stamp the results with date and machine, write ``out``.json and ``out``.md, print the table."""
+    res.setdefault("date", time.strftime("%Y-%m-%d"))
+    res.setdefault(
+        "machine", f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+    )
+    Path(out + ".json").write_text(json.dumps(res, indent=2) + "\n")
+    Path(out + ".md").write_text(markdown(res))
+    print(markdown(res))
