@@ -16,9 +16,9 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from podgate.controller import metrics
-from podgate.kube.client import MERGE_PATCH, STRATEGIC_MERGE, ApiException, call
-from podgate.kube.events import EventRecorder, now_rfc3339
+from podgate.controller.gatewriter import GateWriter
+from podgate.kube.client import MERGE_PATCH, call
+from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer, Obj
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
@@ -62,11 +62,7 @@ class ServiceReconciler:
         self._missing_gate_counts: dict[str, int] = {}
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
-        self.writes = 0
-        #: when each (pod uid, gate) was first seen pending, and first seen registered in the
-        #: load balancer: the phases of time-to-ready
-        self.pending_since: dict[tuple[str, str], float] = {}
-        self.registered_at: dict[tuple[str, str], float] = {}
+        self.gates = GateWriter(api, pods, recorder)
 
     # -- helpers ------------------------------------------------------------------------------
     def handled(self, service: Mapping[str, Any]) -> bool:
@@ -243,7 +239,7 @@ class ServiceReconciler:
                 if desired["status"] != cond.TRUE:
                     out.poll = True
                 if all(h.health is not lb.Health.UNREGISTERED for h in mine):
-                    self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())
+                    self.gates.registered(pod, gate)
             await self.set_gate(pod, desired, out, pools[0].health.minimum_to_healthy if pools else 0.0)
 
     def _drained(
@@ -322,65 +318,8 @@ class ServiceReconciler:
 
     # -- gate writes --------------------------------------------------------------------------
     async def set_gate(self, pod: Obj, desired: Condition, out: Outcome, minimum: float = 0.0) -> None:
-        """Write the gate condition if it changed; ``minimum`` is the load balancer's own floor
-        (rise × interval) for the time-to-ready ratio metric."""
-        meta = pod["metadata"]
-        current = cond.find((pod.get("status") or {}).get("conditions"), desired["type"])
-        write = lb.next_condition(current, desired, self.sticky, now_rfc3339())
-        marker = (meta["uid"], desired["type"])
-        if desired["status"] != cond.TRUE and marker not in self.pending_since:
-            self.pending_since[marker] = time.monotonic()
-        if write is None:
-            return
-        try:
-            updated = await call(
-                self.core.patch_namespaced_pod_status,
-                meta["name"],
-                meta["namespace"],
-                {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [write]}},
-                _content_type=STRATEGIC_MERGE,
-            )
-        except ApiException as e:
-            if e.status in (404, 409, 422):  # pod gone or replaced: the next event brings the truth
-                return
-            raise
-        self.pods.update_if_newer(updated)
-        out.writes += 1
-        self.writes += 1
-        changed = current is None or current.get("status") != write["status"]
-        metrics.GATE_TRANSITIONS.labels(write["status"], write.get("reason") or "").inc()
-        if write["status"] == cond.TRUE:
-            since = self.pending_since.pop(marker, None)
-            registered = self.registered_at.pop(marker, None)
-            now = time.monotonic()
-            if since is not None:
-                metrics.TIME_TO_READY.labels("total").observe(now - since)
-                if registered is not None:
-                    metrics.TIME_TO_READY.labels("registration").observe(max(registered - since, 0.0))
-                    metrics.TIME_TO_READY.labels("health_checking").observe(now - registered)
-                    if minimum:
-                        metrics.TIME_TO_READY_RATIO.observe((now - registered) / minimum)
-            took = f" after {now - since:.1f}s" if since else ""
-            self.recorder_emit(
-                pod,
-                "Pod",
-                "ReadinessGateTrue",
-                f"{desired['type']} is True{took}: {write.get('message', '')}",
-            )
-        elif changed or write.get("reason") != (current or {}).get("reason"):
-            kind = (
-                "Warning"
-                if write.get("reason")
-                in (lb.SERVICE_NOT_FOUND, lb.PROVIDER_ERROR, lb.SERVICE_CONFIG_ERROR, "HealthCheckFailing")
-                else "Normal"
-            )
-            self.recorder_emit(
-                pod,
-                "Pod",
-                write.get("reason") or "ReadinessGateFalse",
-                f"{desired['type']} is False: {write.get('message', '')}",
-                kind,
-            )
+        if await self.gates.write(pod, desired, sticky=self.sticky, minimum=minimum):
+            out.writes += 1
 
     def recorder_emit(self, obj: Obj, kind: str, reason: str, message: str, type_: str = "Normal") -> None:
         self.recorder.emit_later(obj, kind, reason, message, type_)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 
 class ProbeSpecError(ValueError):
@@ -88,8 +88,19 @@ class ProbeState:
     run: int = 0
 
 
-def observe(state: ProbeState, spec: ProbeSpec, success: bool) -> ProbeState:
-    """Fold one probe result into the state (kubelet's worker.doProbe)."""
+class Thresholds(Protocol):
+    """What the state machine needs of a probe or a check."""
+
+    @property
+    def success_threshold(self) -> int: ...
+
+    @property
+    def failure_threshold(self) -> int: ...
+
+
+def observe(state: ProbeState, spec: Thresholds, success: bool) -> ProbeState:
+    """Fold one probe result into the state (kubelet's worker.doProbe); check gates use the
+    same rule for their success and failure thresholds."""
     run = state.run + 1 if state.last_result == success else 1
     state = replace(state, last_result=success, run=run)
     threshold = spec.success_threshold if success else spec.failure_threshold
