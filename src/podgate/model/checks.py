@@ -77,9 +77,8 @@ def parse_check(obj: Mapping[str, Any]) -> CheckSpec:
     meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
     kinds = [k for k in ("httpGet", "tcpSocket", "prometheus") if spec.get(k) is not None]
     if len(kinds) != 1:
-        raise CheckSpecError(
-            f"spec must have exactly one of httpGet, tcpSocket, prometheus (has {kinds or 'none'})"
-        )
+        has = ", ".join(kinds) or "none"
+        raise CheckSpecError(f"spec must have exactly one of httpGet, tcpSocket, prometheus (has {has})")
     check: HttpCheck | TcpCheck | PrometheusCheck
     if kinds[0] == "httpGet":
         h = spec["httpGet"]
@@ -152,10 +151,7 @@ def render_query(query: str, pod: Mapping[str, Any]) -> str:
 
     def sub(m: re.Match[str]) -> str:
         key = m.group(1).strip()
-        if key.startswith("labels."):
-            value = labels.get(key[len("labels.") :])
-        else:
-            value = values.get(key)
+        value = labels.get(key[len("labels.") :]) if key.startswith("labels.") else values.get(key)
         if value is None:
             raise CheckSpecError(f"query placeholder {{{{{key}}}}} has no value for this pod")
         return str(value).replace("\\\\", "\\\\\\\\").replace('"', '\\\\"')
