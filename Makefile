@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := golang-go etcd-server haproxy rsync make patch ca-certificates
+DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: setup system venv binaries test lint unit integration demo bench clean

@@ -96,6 +96,12 @@ def test_rbac_is_what_the_controller_runs_with(sandbox: SandboxHandle) -> None:
         assert "*" not in resources and "*" not in verbs and "delete" not in verbs
 
 
+def test_crd_is_the_one_the_sandbox_installs() -> None:
+    assert (ROOT / "deploy/base/readinesscheck-crd.yaml").read_text() == (
+        ROOT / "src/podgate/crds/readinesscheck.yaml"
+    ).read_text()
+
+
 def test_pods_are_hardened_and_never_gated(sandbox: SandboxHandle) -> None:
     docs = render(sandbox, "deploy/base")
     dep = next(d for d in docs if d["kind"] == "Deployment")

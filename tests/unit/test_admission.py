@@ -154,3 +154,26 @@ def test_prestop_delay_annotation_and_own_hooks() -> None:
     pod["metadata"]["annotations"] = {"podgate.dev/prestop-delay": "0"}
     ops = patch_of(review_response(rev, SERVICES, handled, InjectionPolicy(prestop_delay=5))) or []
     assert [op["path"] for op in ops] == ["/spec/readinessGates"]  # 0 turns it off for this pod
+
+
+def test_check_gates_injected_for_selected_pods() -> None:
+    from podgate.model.checks import CheckSpec, TcpCheck
+
+    checks = [
+        CheckSpec("warm", "shop", {"matchLabels": {"app": "web"}}, TcpCheck(8080)),
+        CheckSpec("other-ns", "else", {"matchLabels": {"app": "web"}}, TcpCheck(8080)),
+        CheckSpec("api-only", "shop", {"matchLabels": {"app": "api"}}, TcpCheck(8080)),
+    ]
+    ops = (
+        patch_of(review_response(review({"app": "web"}), SERVICES, handled, InjectionPolicy(), checks)) or []
+    )
+    assert ops == [
+        {
+            "op": "add",
+            "path": "/spec/readinessGates",
+            "value": [
+                {"conditionType": "service.readiness.podgate.dev/web"},
+                {"conditionType": "check.podgate.dev/warm"},
+            ],
+        }
+    ]

@@ -122,4 +122,4 @@ def test_injection_patch(
     spec: dict[str, Any] = {"containers": [{"name": "a"}]}
     if existing is not None:
         spec["readinessGates"] = existing
-    assert g.injection_patch({"spec": spec}, services, remove) == want
+    assert g.injection_patch({"spec": spec}, [g.service_gate(s) for s in services], remove) == want

@@ -18,6 +18,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from podgate.controller import metrics
+from podgate.controller.checks import CheckRunner, checks_informer, parsed_checks
 from podgate.controller.reconciler import ServiceReconciler, services_for_event
 from podgate.controller.settings import ControllerSettings
 from podgate.kube.events import EventRecorder
@@ -62,6 +63,7 @@ class Controller:
         self.pods = Informer(core.list_pod_for_all_namespaces, name="pods")
         self.services = Informer(core.list_service_for_all_namespaces, name="services")
         self.namespaces = Informer(core.list_namespace, name="namespaces")
+        self.checks = checks_informer(api)
         self.providers = dict(providers) if providers is not None else build_providers(settings)
         self.recorder = EventRecorder(api, "podgate")
         instrumented: dict[str, Provider] = {
@@ -78,6 +80,7 @@ class Controller:
             lb_cidr=settings.lb_cidr,
             sticky=not settings.continuous,
         )
+        self.check_runner = CheckRunner(api, self.pods, self.checks, self.reconciler.gates, self.recorder)
         self.queue = WorkQueue(name="services")
         self.elector = (
             LeaderElector(
@@ -126,9 +129,11 @@ class Controller:
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self) -> None:
+        # The ReadinessCheck informer does not hold up readiness: without the CRD installed it
+        # retries in the background and check gates simply have no checks.
         tasks = [
             asyncio.create_task(i.run(), name=f"informer {i.name}")
-            for i in (self.pods, self.services, self.namespaces)
+            for i in (self.pods, self.services, self.namespaces, self.checks)
         ]
         tasks.append(asyncio.create_task(self.recorder.run(), name="events"))
         try:
@@ -174,6 +179,7 @@ class Controller:
             for name, p in self.providers.items()
         ]
         work.append(asyncio.create_task(self._resync(), name="resync"))
+        work.append(asyncio.create_task(self.check_runner.run(), name="check gates"))
         try:
             await asyncio.gather(*work)
         finally:
@@ -307,7 +313,13 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         metrics.WEBHOOK_REQUESTS.labels(result).inc()
         metrics.WEBHOOK_LATENCY.observe(seconds)
 
-    app = webhook.make_app(controller.services, controller.reconciler.handled, policy, observe)
+    app = webhook.make_app(
+        controller.services,
+        controller.reconciler.handled,
+        policy,
+        observe,
+        lambda: parsed_checks(controller.checks),
+    )
     hosts = ["localhost"]
     if settings.webhook_service:
         ns, name = settings.webhook_service.split("/", 1)

@@ -154,7 +154,7 @@ def render_query(query: str, pod: Mapping[str, Any]) -> str:
         value = labels.get(key[len("labels.") :]) if key.startswith("labels.") else values.get(key)
         if value is None:
             raise CheckSpecError(f"query placeholder {{{{{key}}}}} has no value for this pod")
-        return str(value).replace("\\\\", "\\\\\\\\").replace('"', '\\\\"')
+        return str(value).replace("\\", "\\\\").replace('"', '\\"')
 
     return re.sub(r"\{\{\s*([A-Za-z0-9_./-]+)\s*\}\}", sub, query)
 

@@ -79,10 +79,10 @@ def services_for_pod(
 
 def injection_patch(
     pod: Mapping[str, Any],
-    service_names: Sequence[str],
+    gate_types: Sequence[str],
     remove_prefixes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """JSONPatch adding one gate per Service (never twice) and dropping gates with given prefixes.
+    """JSONPatch adding the gates (never twice) and dropping gates with the given prefixes.
 
     An empty list means "leave the pod as it is".
     """
@@ -90,7 +90,7 @@ def injection_patch(
     current = [g for g in spec.get("readinessGates") or () if isinstance(g, Mapping)]
     kept = [g for g in current if not str(g.get("conditionType", "")).startswith(tuple(remove_prefixes))]
     present = {g.get("conditionType") for g in kept}
-    wanted = [service_gate(n) for n in service_names if service_gate(n) not in present]
+    wanted = [t for t in gate_types if t not in present]
     if not wanted and len(kept) == len(current):
         return []
     gates = [dict(g) for g in kept] + [{"conditionType": t} for t in wanted]

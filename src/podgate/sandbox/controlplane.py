@@ -470,9 +470,11 @@ class Sandbox:
         ]
 
     def _apply_controller_rbac(self) -> None:
+        """The controller's RBAC rules and the ReadinessCheck CRD, before the controller starts."""
         rbac = Path(__file__).with_name("rbac.yaml")
+        crd = Path(__file__).parent.parent / "crds" / "readinesscheck.yaml"
         out = subprocess.run(
-            [str(self.binaries.path("kubectl")), "apply", "-f", str(rbac)],
+            [str(self.binaries.path("kubectl")), "apply", "-f", str(rbac), "-f", str(crd)],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             capture_output=True,
             text=True,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podgate.model import gates
+from podgate.model.checks import CheckSpec, check_gates_for_pod
 
 
 class BadReview(ValueError):
@@ -56,8 +57,10 @@ def review_response(
     services: Iterable[Mapping[str, Any]],
     handled: Callable[[Mapping[str, Any]], bool],
     policy: InjectionPolicy,
+    checks: Iterable[CheckSpec] = (),
 ) -> dict[str, Any]:
-    """The AdmissionReview answer: always allowed, with a JSONPatch when gates change."""
+    """The AdmissionReview answer: always allowed, with a JSONPatch when gates change: one gate
+    per handled Service and per ReadinessCheck of the namespace that selects the pod."""
     request = review["request"]
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
     pod = request.get("object") or {}
@@ -72,7 +75,10 @@ def review_response(
         namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace")
         in_ns = [s for s in services if s["metadata"].get("namespace") == namespace]
         names = gates.services_for_pod(labels, in_ns, handled)
-        patch = gates.injection_patch(pod, names, policy.remove_prefixes)
+        check_gates = check_gates_for_pod(labels, [c for c in checks if c.namespace == namespace])
+        patch = gates.injection_patch(
+            pod, [gates.service_gate(n) for n in names] + check_gates, policy.remove_prefixes
+        )
         if names:
             patch += gates.prestop_patch(pod, gates.prestop_delay(pod, policy.prestop_delay))
         if patch:

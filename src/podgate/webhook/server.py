@@ -8,7 +8,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from podgate.kube import pki
 from podgate.kube.client import ApiException, call
 from podgate.kube.informer import Informer
 from podgate.model import gates
+from podgate.model.checks import CheckSpec
 from podgate.webhook.admission import BadReview, InjectionPolicy, parse_review, review_response
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def make_app(
     handled: Callable[[Mapping[str, Any]], bool],
     policy: InjectionPolicy,
     observe: Callable[[str, float], None] = lambda result, seconds: None,
+    checks: Callable[[], Iterable[CheckSpec]] = lambda: (),
 ) -> web.Application:
     """The webhook app; ``observe(result, seconds)`` is told about every request (metrics)."""
 
@@ -46,7 +48,7 @@ def make_app(
             # Answering from an empty cache would admit pods ungated: wait a moment for it.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(services.synced.wait(), 3.0)
-        answer = review_response(review, services.cache.values(), handled, policy)
+        answer = review_response(review, services.cache.values(), handled, policy, checks())
         observe("patched" if "patch" in answer["response"] else "unchanged", time.monotonic() - t0)
         return web.json_response(answer)
 

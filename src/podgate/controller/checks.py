@@ -1,0 +1,272 @@
+"""Check gates: run each ReadinessCheck against the pods that carry its gate, write the gate.
+
+One asyncio task per (check, pod), its first run spread over the period by a hash of the pair
+(no thundering herd), all bounded by one semaphore, stopped when the pod terminates or goes or
+the check changes or goes.  The tasks share nothing with the load-balancer work queue, so a
+slow check never delays a load-balancer gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio import client
+
+from podgate.controller.gatewriter import GateWriter
+from podgate.kube.client import MERGE_PATCH, call
+from podgate.kube.events import EventRecorder, now_rfc3339
+from podgate.kube.informer import EventType, Informer, Obj
+from podgate.model import checks as chk
+from podgate.model import conditions as cond
+from podgate.model.probes import ProbeSpecError, ProbeState, observe, resolve_port
+
+log = logging.getLogger(__name__)
+Pair = tuple[str, str]  # (check key, pod key)
+
+
+def checks_informer(api: client.ApiClient) -> Informer:
+    custom = client.CustomObjectsApi(api)
+
+    def list_checks(**kw: Any) -> Any:
+        return custom.list_cluster_custom_object(chk.GROUP, chk.VERSION, chk.PLURAL, **kw)
+
+    return Informer(list_checks, name="readinesschecks")
+
+
+def parsed_checks(informer: Informer) -> list[chk.CheckSpec]:
+    """Every usable ReadinessCheck in the cache (for the webhook's injection)."""
+    out = []
+    for obj in informer.cache.values():
+        with contextlib.suppress(chk.CheckSpecError, KeyError, TypeError, ValueError):
+            out.append(chk.parse_check(obj))
+    return out
+
+
+class CheckRunner:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        pods: Informer,
+        checks: Informer,
+        gates: GateWriter,
+        recorder: EventRecorder,
+        concurrency: int = 64,
+    ) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.pods, self.checks, self.gates, self.recorder = pods, checks, gates, recorder
+        self.sem = asyncio.Semaphore(concurrency)
+        self.tasks: dict[Pair, tuple[str, asyncio.Task[None]]] = {}  # pair → (check version, task)
+        self.ready: dict[Pair, bool] = {}
+        self._dirty = asyncio.Event()
+        self._status_written: dict[str, tuple[int, int, str]] = {}
+        self.http: aiohttp.ClientSession | None = None
+        pods.add_handler(self._on_change)
+        checks.add_handler(self._on_change)
+
+    def _on_change(self, kind: EventType, obj: Obj, old: Obj | None) -> None:
+        self._dirty.set()
+
+    async def run(self) -> None:
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        try:
+            status = asyncio.create_task(self._status_loop())
+            while True:
+                await self._sync()
+                self._dirty.clear()
+                await self._dirty.wait()
+        finally:
+            status.cancel()
+            for _, task in self.tasks.values():
+                task.cancel()
+            await self.http.close()
+
+    async def _sync(self) -> None:
+        """Start a task per wanted (check, pod); stop the unwanted; report gates whose check is gone."""
+        wanted: dict[Pair, str] = {}
+        for pod_key, pod in list(self.pods.cache.items()):
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") or not (pod.get("status") or {}).get("podIP"):
+                continue
+            for gate in cond.readiness_gates(pod.get("spec") or {}):
+                name = chk.check_of_gate(gate)
+                if name is None:
+                    continue
+                check_key = f"{meta['namespace']}/{name}"
+                obj = self.checks.get(check_key)
+                if obj is None:
+                    await self.gates.write(
+                        pod,
+                        {
+                            "type": gate,
+                            "status": cond.FALSE,
+                            "reason": "CheckNotFound",
+                            "message": f"ReadinessCheck {check_key} does not exist",
+                        },
+                        sticky=True,
+                    )
+                    continue
+                try:
+                    chk.parse_check(obj)
+                except (chk.CheckSpecError, KeyError, TypeError, ValueError) as e:
+                    await self.gates.write(
+                        pod,
+                        {
+                            "type": gate,
+                            "status": cond.FALSE,
+                            "reason": "CheckInvalid",
+                            "message": f"ReadinessCheck {check_key}: {e}",
+                        },
+                        sticky=True,
+                    )
+                    continue
+                wanted[(check_key, pod_key)] = str(
+                    obj["metadata"].get("generation") or obj["metadata"].get("resourceVersion")
+                )
+        for pair, (version, task) in list(self.tasks.items()):
+            if wanted.get(pair) != version or task.done():
+                task.cancel()
+                del self.tasks[pair]
+                self.ready.pop(pair, None)
+        for pair, version in wanted.items():
+            if pair not in self.tasks:
+                self.tasks[pair] = (version, asyncio.create_task(self._loop(pair), name=f"check {pair}"))
+
+    async def _loop(self, pair: Pair) -> None:
+        check_key, pod_key = pair
+        spec = chk.parse_check(self.checks.cache[check_key])
+        pod = self.pods.cache[pod_key]
+        offset = int(hashlib.sha1(f"{pair}{pod['metadata']['uid']}".encode()).hexdigest()[:8], 16) % 1000
+        await asyncio.sleep(spec.period * offset / 1000)
+        state, sticky = ProbeState(), spec.mode == "startup"
+        while True:
+            pod = self.pods.get(pod_key) or {}
+            if not pod or pod["metadata"].get("deletionTimestamp"):
+                return
+            async with self.sem:
+                ok, detail = await self._run(spec, pod)
+            state = observe(state, spec, ok)
+            self.ready[pair] = state.ready
+            desired = chk.condition_for(spec.gate, state.ready, True, detail)
+            await self.gates.write(pod, desired, sticky=sticky)
+            if sticky and state.ready:
+                return  # startup mode: True stays True, nothing more to check
+            await asyncio.sleep(spec.period)
+
+    async def _run(self, spec: chk.CheckSpec, pod: Mapping[str, Any]) -> tuple[bool, str]:
+        """One check; (passed, what it saw in words)."""
+        ip = (pod.get("status") or {}).get("podIP")
+        check = spec.check
+        try:
+            if isinstance(check, chk.PrometheusCheck):
+                return await self._prometheus(check, spec.timeout, pod)
+            port = _port(check.port, pod)
+            if isinstance(check, chk.TcpCheck):
+                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), spec.timeout)
+                writer.close()
+                return True, f"TCP connect to {ip}:{port} succeeded"
+            url = f"{check.scheme.lower()}://{ip}:{port}{check.path}"
+            assert self.http is not None
+            async with self.http.get(
+                url, timeout=aiohttp.ClientTimeout(total=spec.timeout), ssl=False, allow_redirects=False
+            ) as resp:
+                body = (await resp.content.read(65536)).decode(errors="replace")
+                ok, words = chk.http_verdict(check, resp.status, body)
+                return ok, f"GET {url} {words}"
+        except TimeoutError:
+            return False, f"no answer within {spec.timeout:g}s"
+        except (OSError, aiohttp.ClientError, ProbeSpecError, chk.CheckSpecError) as e:
+            return False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+    async def _prometheus(
+        self, check: chk.PrometheusCheck, timeout: float, pod: Mapping[str, Any]
+    ) -> tuple[bool, str]:
+        query = chk.render_query(check.query, pod)
+        assert self.http is not None
+        async with self.http.get(
+            f"{check.url}/api/v1/query", params={"query": query}, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            body = await resp.json(content_type=None)
+        if resp.status != 200 or body.get("status") != "success":
+            return False, f"query `{query}` failed: {body.get('error') or resp.status}"
+        data: dict[str, Any] = body.get("data") or {}
+        result: Any = data.get("result")
+        if data.get("resultType") == "scalar":
+            raw = result[1]
+        elif data.get("resultType") == "vector" and result:
+            raw = result[0]["value"][1]
+        else:
+            return False, f"query `{query}` returned no samples"
+        value = float(raw)
+        ok = chk.compare(value, check.operator, check.value)
+        need = f"needs {check.operator} {check.value:g}"
+        return ok, f"query `{query}` returned {value:g}, {need}"
+
+    async def _status_loop(self) -> None:
+        """Keep each ReadinessCheck's status (passing, pending, Usable) current, writing on change."""
+        while True:
+            await asyncio.sleep(1.0)
+            for key, obj in list(self.checks.cache.items()):
+                with contextlib.suppress(Exception):
+                    await self._write_status(key, obj)
+
+    async def _write_status(self, key: str, obj: Obj) -> None:
+        ns, name = key.split("/", 1)
+        gate = chk.check_gate(name)
+        passing = pending = 0
+        for pod in self.pods.cache.values():
+            if pod["metadata"].get("namespace") != ns or gate not in cond.readiness_gates(
+                pod.get("spec") or {}
+            ):
+                continue
+            c = cond.find((pod.get("status") or {}).get("conditions"), gate)
+            if c is not None and c.get("status") == cond.TRUE:
+                passing += 1
+            else:
+                pending += 1
+        try:
+            chk.parse_check(obj)
+            usable = {
+                "type": "Usable",
+                "status": "True",
+                "reason": "SpecValid",
+                "message": "the check can run",
+            }
+        except (chk.CheckSpecError, KeyError, TypeError, ValueError) as e:
+            usable = {"type": "Usable", "status": "False", "reason": "InvalidSpec", "message": str(e)}
+        mark = (passing, pending, usable["status"] + usable["message"])
+        if self._status_written.get(key) == mark:
+            return
+        old: dict[str, Any] = next(
+            (c for c in (obj.get("status") or {}).get("conditions") or () if c.get("type") == "Usable"), {}
+        )
+        usable["lastTransitionTime"] = (
+            str(old.get("lastTransitionTime")) if old.get("status") == usable["status"] else now_rfc3339()
+        )
+        await call(
+            self.custom.patch_namespaced_custom_object_status,
+            chk.GROUP,
+            chk.VERSION,
+            ns,
+            chk.PLURAL,
+            name,
+            {"status": {"passing": passing, "pending": pending, "conditions": [usable]}},
+            _content_type=MERGE_PATCH,
+        )
+        self._status_written[key] = mark
+        if usable["status"] == "False":
+            self.recorder.emit_later(obj, "ReadinessCheck", "InvalidSpec", usable["message"], "Warning")
+
+
+def _port(port: int | str, pod: Mapping[str, Any]) -> int:
+    if isinstance(port, int) or str(port).isdigit():
+        return int(port)
+    for container in (pod.get("spec") or {}).get("containers") or ():
+        with contextlib.suppress(ProbeSpecError):
+            return resolve_port(port, container)
+    raise chk.CheckSpecError(f"no container of the pod has a port named {port!r}")
