@@ -41,7 +41,8 @@ def test_config_file_with_flags_winning(tmp_path: Path) -> None:
         ),
         (["--haproxy-runtime-socket", "/s", "--poll-period", "30"], "--poll-period"),
         (["--haproxy-runtime-socket", "/s", "--prestop-delay", "-1"], "--prestop-delay"),
-        ([], "--default-provider='haproxy' is not a configured provider"),
+        ([], "no load balancer configured"),
+        (["--aws-provider", "aws"], "--default-provider='haproxy' is not a configured provider"),
     ],
 )
 def test_invalid_settings_name_the_setting(argv: list[str], error: str) -> None:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from podgate.controller import metrics
 from podgate.controller.manager import Controller, serve
-from podgate.controller.settings import ControllerSettings, HAProxySettings, SettingsError
+from podgate.controller.settings import AwsSettings, ControllerSettings, HAProxySettings, SettingsError
 from podgate.kube.client import api_client
 
 
@@ -60,6 +60,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--haproxy-base-config",
         default=env("HAPROXY_BASE_CONFIG"),
         help="global/defaults sections the rendered configuration starts with",
+    )
+    p.add_argument(
+        "--aws-provider",
+        default=env("AWS_PROVIDER"),
+        metavar="NAME",
+        help="enable the AWS ELBv2 provider under this name (Services pick it with "
+        "podgate.dev/load-balancer-provider and bind a target group with "
+        "podgate.dev/aws-target-group-arn); credentials and AWS_ENDPOINT_URL from the "
+        "standard chain [PODGATE_AWS_PROVIDER]",
+    )
+    p.add_argument("--aws-region", default=env("AWS_REGION", os.environ.get("AWS_REGION")))
+    p.add_argument(
+        "--aws-rate",
+        type=float,
+        default=float(env("AWS_RATE", "10") or 10),
+        help="AWS API calls per second at most (token bucket), throttling retried with back-off",
     )
     p.add_argument(
         "--lb-cidr", default=env("LB_CIDR"), help="loopback range for provisioned load-balancer addresses"
@@ -247,10 +263,12 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         if sockets
         else ()
     )
+    aws = (AwsSettings(args.aws_provider, args.aws_region, args.aws_rate),) if args.aws_provider else ()
     settings = ControllerSettings(
         kubeconfig=args.kubeconfig,
         default_provider=args.default_provider,
         haproxy=haproxy,
+        aws=aws,
         lb_cidr=args.lb_cidr,
         continuous=args.continuous,
         workers=args.workers,

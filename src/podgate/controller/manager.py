@@ -28,6 +28,7 @@ from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
 from podgate.providers import haproxy_config
+from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.webhook import server as webhook
@@ -47,6 +48,8 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             config_path=h.config_path,
             base_config=base,
         )
+    for a in settings.aws:
+        providers[a.name] = AwsElbv2Provider(a.name, a.region, rate=a.rate)
     return providers
 
 

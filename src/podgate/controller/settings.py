@@ -20,10 +20,18 @@ class HAProxySettings:
 
 
 @dataclass(frozen=True)
+class AwsSettings:
+    name: str = "aws"
+    region: str | None = None
+    rate: float = 10.0  # API calls per second (token bucket per provider and region)
+
+
+@dataclass(frozen=True)
 class ControllerSettings:
     kubeconfig: str | None = None
     default_provider: str = "haproxy"
     haproxy: tuple[HAProxySettings, ...] = ()
+    aws: tuple[AwsSettings, ...] = ()
     lb_cidr: str | None = None
     continuous: bool = False
     workers: int = 4
@@ -50,9 +58,13 @@ class ControllerSettings:
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        names = [h.name for h in self.haproxy]
+        names = [h.name for h in self.haproxy] + [a.name for a in self.aws]
         if len(set(names)) != len(names):
             raise SettingsError("--haproxy-name: provider names must be unique")
+        if not names:
+            raise SettingsError(
+                "no load balancer configured: give --haproxy-runtime-socket and/or --aws-provider"
+            )
         if self.default_provider not in names:
             raise SettingsError(f"--default-provider={self.default_provider!r} is not a configured provider")
         for h in self.haproxy:

@@ -20,6 +20,7 @@ HC_HEALTHY = f"{DOMAIN}/healthy-threshold"
 HC_UNHEALTHY = f"{DOMAIN}/unhealthy-threshold"
 HAPROXY_BACKEND = f"{DOMAIN}/haproxy-backend"
 DRAIN_DELAY = f"{DOMAIN}/deregistration-delay"
+AWS_TARGET_GROUP = f"{DOMAIN}/aws-target-group-arn"
 
 NONE = "none"
 
@@ -125,6 +126,8 @@ class PoolSpec:
     attach_backend: str | None = None  # attach mode: a backend of the user's own HAProxy
     #: seconds a leaving target stays draining (if its pod still exists) before removal
     drain_delay: float = 5.0
+    #: AWS: the existing IP-type target group the Service port is bound to
+    target_group_arn: str | None = None
 
     @property
     def service_key(self) -> str:
@@ -152,6 +155,7 @@ def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
                 health=hc,
                 attach_backend=annotations.get(HAPROXY_BACKEND),
                 drain_delay=drain_delay,
+                target_group_arn=annotations.get(AWS_TARGET_GROUP),
             )
         )
     return pools
@@ -271,6 +275,9 @@ class TargetHealth:
     health: Health
     detail: str  # the load balancer's own words, quoted in the condition message
     where: str = ""  # which pool / load balancer said it
+    #: the load balancer's own reason code (e.g. ELB's ``Elb.InitialHealthChecking``): when set,
+    #: the condition carries it verbatim instead of podgate's generic reason
+    reason: str | None = None
 
 
 REASONS = {
@@ -302,7 +309,12 @@ def gate_condition(gate: str, healths: Sequence[TargetHealth]) -> Condition:
         }
     for h in healths:
         if h.health is not Health.HEALTHY:
-            return {"type": gate, "status": c.FALSE, "reason": REASONS[h.health], "message": _message(h)}
+            return {
+                "type": gate,
+                "status": c.FALSE,
+                "reason": h.reason or REASONS[h.health],
+                "message": _message(h),
+            }
     return {
         "type": gate,
         "status": c.TRUE,
