@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from podgate.kube.queue import TokenBucket, WorkQueue
+import pytest
+
+from podgate.kube.queue import WorkQueue
+from podgate.model.ratelimit import TokenBucket
 
 
 async def test_dedup_and_order() -> None:
@@ -51,7 +54,10 @@ async def test_add_after_delivers_later() -> None:
 
 
 def test_token_bucket_limits_bursts() -> None:
-    bucket = TokenBucket(rate=10, burst=2)
+    now = [100.0]
+    bucket = TokenBucket(rate=10, burst=2, clock=lambda: now[0])
     waits = [bucket.reserve() for _ in range(4)]
     assert waits[:2] == [0.0, 0.0]
-    assert 0.09 <= waits[2] <= 0.11 and 0.19 <= waits[3] <= 0.21
+    assert waits[2:] == pytest.approx([0.1, 0.2])  # a fixed clock: the exact schedule
+    now[0] += 0.3  # time passes: three tokens back, less the two owed
+    assert bucket.reserve() == pytest.approx(0.0, abs=1e-9)

@@ -16,20 +16,7 @@ import itertools
 import time
 from collections import deque
 
-
-class TokenBucket:
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self._tokens = float(burst)
-        self._last = time.monotonic()
-
-    def reserve(self) -> float:
-        """Take a token; return how long to wait until it is really available."""
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        self._tokens -= 1
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+from podgate.model.ratelimit import TokenBucket
 
 
 class WorkQueue:

@@ -17,8 +17,8 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from podgate.kube.queue import TokenBucket
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
+from podgate.model.ratelimit import TokenBucket
 from podgate.providers.base import AdminState, ProviderError, TargetState
 
 THROTTLING = frozenset(
