@@ -122,21 +122,26 @@ def controller_with_aws(sandbox: SandboxHandle) -> subprocess.Popen[bytes]:
     )
 
 
-def gate_of(sandbox: SandboxHandle, ns: str) -> tuple[str, str, str] | None:
-    pods = [
+def pod_names(sandbox: SandboxHandle, ns: str) -> set[str]:
+    return {p["metadata"]["name"] for p in sandbox.get("pods", "-n", ns, "-l", "app=web")["items"]}
+
+
+def gate_of(sandbox: SandboxHandle, ns: str, known: set[str]) -> tuple[str, str, str] | None:
+    """The gate of the one pod not in ``known`` (the one the step under test created)."""
+    new = [
         p
         for p in sandbox.get("pods", "-n", ns, "-l", "app=web")["items"]
-        if not p["metadata"].get("deletionTimestamp")
+        if p["metadata"]["name"] not in known and not p["metadata"].get("deletionTimestamp")
     ]
-    c = condition(pods[-1], GATE) if pods else None
+    c = condition(new[0], GATE) if len(new) == 1 else None
     return (c["status"], c.get("reason", ""), c.get("message", "")) if c else None
 
 
 async def wait_gate(
-    sandbox: SandboxHandle, ns: str, what: str, pred: Any, limit: float = 30
+    sandbox: SandboxHandle, ns: str, known: set[str], what: str, pred: Any, limit: float = 30
 ) -> tuple[str, str, str]:
     return await asyncio.to_thread(
-        wait_for, what, lambda: (g := gate_of(sandbox, ns)) and pred(g) and g, limit, 0.1
+        wait_for, what, lambda: (g := gate_of(sandbox, ns, known)) and pred(g) and g, limit, 0.1
     )
 
 
@@ -180,27 +185,34 @@ async def test_gates_follow_elb_target_health(
 
         # Healthy after N polls: the gate waits through ELB's initial health checking.
         double.script.default_initial_polls = 15
+        known: set[str] = set()
         sandbox.apply(dep, namespace)
         first = await wait_gate(
-            sandbox, namespace, "initial health checking", lambda g: g[1] == "Elb.InitialHealthChecking"
+            sandbox,
+            namespace,
+            known,
+            "initial health checking",
+            lambda g: g[1] == "Elb.InitialHealthChecking",
         )
         assert first[0] == "False" and "Initial health checks in progress" in first[2]
-        done = await wait_gate(sandbox, namespace, "healthy", lambda g: g[0] == "True")
+        done = await wait_gate(sandbox, namespace, known, "healthy", lambda g: g[0] == "True")
         assert done[1] == "TargetHealthy"
         assert double.script.polls >= 15
 
         # Throttled: the provider backs off and gets through; nothing opens early.
         double.script.default_initial_polls = 0
         double.script.throttle_next = 4
+        known = pod_names(sandbox, namespace)
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=2")
-        await wait_gate(sandbox, namespace, "healthy despite throttling", lambda g: g[0] == "True")
+        await wait_gate(sandbox, namespace, known, "healthy despite throttling", lambda g: g[0] == "True")
         assert double.script.throttled == 4
 
         # Unhealthy: the gate stays False with ELB's reason and words.
         double.script.new_targets_unhealthy = True
+        known = pod_names(sandbox, namespace)
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=3")
         bad = await wait_gate(
-            sandbox, namespace, "unhealthy", lambda g: g[1] == "Target.ResponseCodeMismatch"
+            sandbox, namespace, known, "unhealthy", lambda g: g[1] == "Target.ResponseCodeMismatch"
         )
         assert bad[0] == "False" and "Health checks failed with these codes: [503]" in bad[2]
         double.script.new_targets_unhealthy = False
@@ -208,13 +220,18 @@ async def test_gates_follow_elb_target_health(
 
         # API down: the gate of a new pod never opens while the ELB API is unreachable.
         await double.stop()
+        known = pod_names(sandbox, namespace)
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
-        down = await wait_gate(sandbox, namespace, "provider error", lambda g: g[1] == "ProviderError", 40)
+        down = await wait_gate(
+            sandbox, namespace, known, "provider error", lambda g: g[1] == "ProviderError", 40
+        )
         assert down[0] == "False"
         await asyncio.sleep(2)
-        assert (gate_of(sandbox, namespace) or ("",))[0] == "False"
+        assert (gate_of(sandbox, namespace, known) or ("",))[0] == "False"
         await double.start("127.0.0.1", DOUBLE_PORT)
-        await wait_gate(sandbox, namespace, "healthy once the API is back", lambda g: g[0] == "True", 60)
+        await wait_gate(
+            sandbox, namespace, known, "healthy once the API is back", lambda g: g[0] == "True", 60
+        )
     finally:
         ctl.terminate()
         ctl.wait(15)

@@ -169,9 +169,15 @@ class Controller:
         finally:
             for t in tasks:
                 t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # let them close their sessions
             if self.elector is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.elector.release(), 3.0)
+            for provider in self.providers.values():
+                close = getattr(provider, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
 
     async def _lead(self) -> None:
         await self._sync_structure()
@@ -188,6 +194,7 @@ class Controller:
         finally:
             for t in work:
                 t.cancel()
+            await asyncio.gather(*work, return_exceptions=True)
 
     def enqueue_all(self) -> None:
         for key in self.services.cache:
