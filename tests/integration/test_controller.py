@@ -443,3 +443,15 @@ def test_no_credential_in_any_log(sandbox: SandboxHandle) -> None:
             assert secret not in text, f"a token appears in {log.name}"
         for key in keys:
             assert key.splitlines()[1] not in text, f"a private key appears in {log.name}"
+
+
+def test_adopted_vendor_gate(sandbox: SandboxHandle, namespace: str) -> None:
+    # A manifest written for Alibaba Cloud's controller: the sandbox's podgate adopts that
+    # prefix (--adopt-gate-prefix), so the pod is gated on HAProxy without editing it.
+    vendor = "service.readiness.alibabacloud.com/mig"
+    sandbox.apply(lb_service("mig", "mig"), namespace)
+    sandbox.apply(deployment("mig", 1, gates=[vendor]), namespace)
+    pod = wait_for("Ready", lambda: all_ready(sandbox, namespace, "mig", 1), 30)[0]
+    cond = condition(pod, vendor)
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == "TargetHealthy"
+    assert condition(pod, gate("mig")) is None, "only the gate the pod asked for is written"

@@ -23,6 +23,9 @@ def test_names() -> None:
     assert g.service_of_gate("service.readiness.podgate.dev/web") == "web"
     assert g.service_of_gate("check.podgate.dev/warm") is None
     assert g.service_of_gate("service.readiness.podgate.dev/") is None
+    alibaba = "service.readiness.alibabacloud.com/"
+    assert g.service_of_gate(alibaba + "web") is None  # not adopted: someone else's gate
+    assert g.service_of_gate(alibaba + "web", (alibaba,)) == "web"
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the webhook passes every pod unchanged",
     )
     p.add_argument(
+        "--adopt-gate-prefix",
+        action="append",
+        default=[x for x in (env("ADOPT_GATE_PREFIXES") or "").split(",") if x],
+        help="manage gates with this prefix + <service name> as podgate's own, e.g. "
+        "service.readiness.alibabacloud.com/ (switch controllers without editing manifests)",
+    )
+    p.add_argument(
         "--remove-gate-prefix",
         action="append",
         default=[],
@@ -283,6 +290,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         webhook_key_file=Path(args.webhook_key_file) if args.webhook_key_file else None,
         inject=not args.no_inject,
         remove_gate_prefixes=tuple(args.remove_gate_prefix),
+        adopt_gate_prefixes=tuple(args.adopt_gate_prefix),
         prestop_delay=args.prestop_delay,
         leader_elect=args.leader_elect,
         leader_election_namespace=args.leader_election_namespace,

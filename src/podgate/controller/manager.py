@@ -82,6 +82,7 @@ class Controller:
             self.recorder,
             lb_cidr=settings.lb_cidr,
             sticky=not settings.continuous,
+            adopted_prefixes=settings.adopt_gate_prefixes,
         )
         self.check_runner = CheckRunner(api, self.pods, self.checks, self.reconciler.gates, self.recorder)
         self.queue = WorkQueue(name="services")
@@ -111,7 +112,9 @@ class Controller:
     def _on_pod(self, kind: EventType, pod: Obj, old: Obj | None) -> None:
         if old is not None and kind == "MODIFIED" and not _pod_change_matters(pod, old):
             return
-        for key in services_for_event(pod, old, self.services.cache.values()):
+        for key in services_for_event(
+            pod, old, self.services.cache.values(), self.settings.adopt_gate_prefixes
+        ):
             self.queue.add(key)
 
     def _on_service(self, kind: EventType, svc: Obj, old: Obj | None) -> None:
@@ -201,7 +204,7 @@ class Controller:
             self.queue.add(key)
         for pod in self.pods.cache.values():
             for g in cond.readiness_gates(pod.get("spec") or {}):
-                svc = gates.service_of_gate(g)
+                svc = gates.service_of_gate(g, self.settings.adopt_gate_prefixes)
                 if svc:
                     self.queue.add(f"{pod['metadata']['namespace']}/{svc}")
 

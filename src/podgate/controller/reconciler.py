@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ class ServiceReconciler:
         *,
         lb_cidr: str | None,
         sticky: bool = True,
+        adopted_prefixes: Sequence[str] = (),
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.pods, self.services, self.namespaces = pods, services, namespaces
@@ -58,6 +59,8 @@ class ServiceReconciler:
         self.recorder = recorder
         self.net = addresses.loopback_network(lb_cidr) if lb_cidr else None
         self.sticky = sticky
+        #: other controllers' gate prefixes podgate manages as its own (migration)
+        self.adopted_prefixes = tuple(adopted_prefixes)
         self._addresses: dict[str, str] | None = None
         self._missing_gate_counts: dict[str, int] = {}
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
@@ -105,8 +108,7 @@ class ServiceReconciler:
         gated = [
             p
             for p in self.pods_in(namespace)
-            if gate in cond.readiness_gates(p.get("spec") or {})
-            and not p["metadata"].get("deletionTimestamp")
+            if self._gate_types_on(p, name) and not p["metadata"].get("deletionTimestamp")
         ]
         out = Outcome()
         if service is None:
@@ -301,7 +303,7 @@ class ServiceReconciler:
             for p in self.pods_in(namespace)
             if gates.selector_matches(selector, p["metadata"].get("labels"))
             and not p["metadata"].get("deletionTimestamp")
-            and gate not in cond.readiness_gates(p.get("spec") or {})
+            and not self._gate_types_on(p, service["metadata"]["name"])
         ]
         if len(missing) != self._missing_gate_counts.get(key, 0):
             self._missing_gate_counts[key] = len(missing)
@@ -317,9 +319,22 @@ class ServiceReconciler:
                 )
 
     # -- gate writes --------------------------------------------------------------------------
+    def _gate_types_on(self, pod: Obj, service: str) -> list[str]:
+        """The pod's gates for this Service: podgate's own and any adopted vendor's."""
+        return [
+            g
+            for g in cond.readiness_gates(pod.get("spec") or {})
+            if gates.service_of_gate(g, self.adopted_prefixes) == service
+        ]
+
     async def set_gate(self, pod: Obj, desired: Condition, out: Outcome, minimum: float = 0.0) -> None:
-        if await self.gates.write(pod, desired, sticky=self.sticky, minimum=minimum):
-            out.writes += 1
+        """Write the Service's gate condition under each gate type the pod carries for it."""
+        service = gates.service_of_gate(desired["type"]) or ""
+        for gate_type in self._gate_types_on(pod, service) or [desired["type"]]:
+            current = self.pods.get(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}") or pod
+            typed: Condition = {**desired, "type": gate_type}
+            if await self.gates.write(current, typed, sticky=self.sticky, minimum=minimum):
+                out.writes += 1
 
     def recorder_emit(self, obj: Obj, kind: str, reason: str, message: str, type_: str = "Normal") -> None:
         self.recorder.emit_later(obj, kind, reason, message, type_)
@@ -346,7 +361,9 @@ def _why_not_target(pod: Obj, selector: Mapping[str, str]) -> str:
     return "waiting for the pod's containers to be ready before registering it with the load balancer"
 
 
-def services_for_event(pod: Obj, old: Obj | None, services: Iterable[Obj]) -> set[str]:
+def services_for_event(
+    pod: Obj, old: Obj | None, services: Iterable[Obj], adopted_prefixes: Sequence[str] = ()
+) -> set[str]:
     """Service keys a pod event concerns: matching selectors (before or after) and gates."""
     ns = pod["metadata"].get("namespace")
     keys = set()
@@ -358,7 +375,7 @@ def services_for_event(pod: Obj, old: Obj | None, services: Iterable[Obj]) -> se
         if any(gates.selector_matches(sel, labels) for labels in label_sets):
             keys.add(f"{ns}/{s['metadata']['name']}")
     for g in cond.readiness_gates(pod.get("spec") or {}):
-        svc = gates.service_of_gate(g)
+        svc = gates.service_of_gate(g, adopted_prefixes)
         if svc:
             keys.add(f"{ns}/{svc}")
     return keys

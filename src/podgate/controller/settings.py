@@ -48,6 +48,7 @@ class ControllerSettings:
     webhook_config_name: str = "podgate"
     inject: bool = True
     remove_gate_prefixes: tuple[str, ...] = ()
+    adopt_gate_prefixes: tuple[str, ...] = ()
     skip_label_value: str = "disabled"
     prestop_delay: float = 0.0
     leader_elect: bool = False

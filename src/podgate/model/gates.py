@@ -26,10 +26,12 @@ def service_gate(service: str) -> str:
     return SERVICE_GATE_PREFIX + service
 
 
-def service_of_gate(condition_type: str) -> str | None:
-    """The Service a podgate service gate is for, or None for any other condition type."""
-    if condition_type.startswith(SERVICE_GATE_PREFIX):
-        return condition_type[len(SERVICE_GATE_PREFIX) :] or None
+def service_of_gate(condition_type: str, adopted_prefixes: Sequence[str] = ()) -> str | None:
+    """The Service a service gate is for (podgate's own, or another controller's whose prefix
+    podgate adopts), or None for any other condition type."""
+    for prefix in (SERVICE_GATE_PREFIX, *adopted_prefixes):
+        if condition_type.startswith(prefix):
+            return condition_type[len(prefix) :] or None
     return None
 
 

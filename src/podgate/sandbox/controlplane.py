@@ -460,6 +460,9 @@ class Sandbox:
                     # its own name, so a cluster's "podgate" (deploy/) can sit beside it
                     "--webhook-config-name",
                     "podgate-sandbox",
+                    # pods written for Alibaba Cloud's controller are gated here as they are
+                    "--adopt-gate-prefix",
+                    "service.readiness.alibabacloud.com/",
                 ],
                 lambda: _get(f"http://{HOST}:{c.port(8081)}/readyz")[0] == 200,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
