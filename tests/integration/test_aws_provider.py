@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
+from podgate.sandbox.controlplane import Sandbox
+
 from .conftest import SandboxHandle, condition, podgate, wait_for
 from .elb_double import ElbDouble
 
@@ -75,46 +77,12 @@ async def elb(tmp_path: Path) -> AsyncIterator[tuple[ElbDouble, str]]:
 
 
 def controller_with_aws(sandbox: SandboxHandle) -> subprocess.Popen[bytes]:
-    """The sandbox's controller, restarted with the AWS provider configured as well."""
+    """The sandbox's controller replaced by one with the AWS provider configured as well."""
     state = sandbox.state_dir
     pid = json.loads((state / "pids.json").read_text())["podgate-controller"]
     os.killpg(pid, signal.SIGTERM)  # releases the lease: the new one leads at once
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "podgate",
-            "controller",
-            "--kubeconfig",
-            str(state / "controller.kubeconfig"),
-            "--haproxy-runtime-socket",
-            str(state / "haproxy" / "runtime.sock"),
-            "--haproxy-master-socket",
-            str(state / "haproxy" / "master.sock"),
-            "--haproxy-config",
-            str(state / "haproxy" / "haproxy.cfg"),
-            "--haproxy-base-config",
-            str(state / "haproxy" / "base.cfg"),
-            "--lb-cidr",
-            "127.201.0.0/16",
-            "--aws-provider",
-            "aws",
-            "--aws-rate",
-            "50",
-            "--webhook-bind",
-            "127.0.0.1",
-            "--webhook-port",
-            str(9445 + 10000),
-            "--webhook-cert-dir",
-            str(state / "webhook-certs"),
-            "--health-bind",
-            "127.0.0.1",
-            "--health-port",
-            str(8281 + 10000),
-            "--leader-elect",
-            "--lease-duration",
-            "6",
-        ],
+        Sandbox(state).controller_argv(1, "--aws-provider", "aws", "--aws-rate", "50"),
         env={**os.environ, **AWS_ENV},
         stdout=subprocess.DEVNULL,
         stderr=open(state / "logs" / "aws-controller.log", "w"),

@@ -8,13 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 
 from podgate.kube.client import api_client
+from podgate.sandbox.controlplane import Sandbox
 from podgate.sandbox.rollout import RolloutLab
 
 from .conftest import SandboxHandle, condition, podgate, wait_for
@@ -36,37 +36,7 @@ def leader(port: int) -> float | None:
 async def test_failover_during_a_rollout_under_load(sandbox: SandboxHandle) -> None:
     state = sandbox.state_dir
     second = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "podgate",
-            "controller",
-            "--kubeconfig",
-            str(state / "controller.kubeconfig"),
-            "--haproxy-runtime-socket",
-            str(state / "haproxy" / "runtime.sock"),
-            "--haproxy-master-socket",
-            str(state / "haproxy" / "master.sock"),
-            "--haproxy-config",
-            str(state / "haproxy" / "haproxy.cfg"),
-            "--haproxy-base-config",
-            str(state / "haproxy" / "base.cfg"),
-            "--lb-cidr",
-            "127.201.0.0/16",
-            "--webhook-bind",
-            "127.0.0.1",
-            "--webhook-port",
-            str(9445 + 10000),  # the webhook front door's second replica slot
-            "--webhook-cert-dir",
-            str(state / "webhook-certs"),
-            "--health-bind",
-            "127.0.0.1",
-            "--health-port",
-            str(SECOND_HEALTH),
-            "--leader-elect",
-            "--lease-duration",
-            "6",
-        ],
+        Sandbox(state).controller_argv(replica=1),
         stdout=subprocess.DEVNULL,
         stderr=open(state / "logs" / "second-controller.log", "w"),  # noqa: SIM115
         start_new_session=True,

@@ -425,45 +425,7 @@ class Sandbox:
             Component(
                 "podgate-controller",
                 f"podgate controller --kubeconfig {self.state_dir}",
-                [
-                    sys.executable,
-                    "-m",
-                    "podgate",
-                    "controller",
-                    "--kubeconfig",
-                    str(self.state_dir / "controller.kubeconfig"),
-                    "--haproxy-runtime-socket",
-                    str(self.haproxy_runtime_socket),
-                    "--haproxy-master-socket",
-                    str(self.haproxy_master_socket),
-                    "--haproxy-config",
-                    str(self.haproxy_config),
-                    "--haproxy-base-config",
-                    str(self.haproxy_base_config),
-                    "--lb-cidr",
-                    c.lb_cidr,
-                    "--webhook-bind",
-                    HOST,
-                    "--webhook-port",
-                    str(c.port(9444)),
-                    "--webhook-url",
-                    self.webhook_url,
-                    "--webhook-cert-dir",
-                    str(self.state_dir / "webhook-certs"),
-                    "--health-bind",
-                    HOST,
-                    "--health-port",
-                    str(c.port(8081)),
-                    "--leader-elect",
-                    "--lease-duration",
-                    "6",
-                    # its own name, so a cluster's "podgate" (deploy/) can sit beside it
-                    "--webhook-config-name",
-                    "podgate-sandbox",
-                    # pods written for Alibaba Cloud's controller are gated here as they are
-                    "--adopt-gate-prefix",
-                    "service.readiness.alibabacloud.com/",
-                ],
+                self.controller_argv(replica=0),
                 lambda: _get(f"http://{HOST}:{c.port(8081)}/readyz")[0] == 200,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 needs=["kube-apiserver", "haproxy"],
@@ -471,6 +433,50 @@ class Sandbox:
                 ports=[c.port(9444), c.port(8081)],
             ),
         ]
+
+    def controller_argv(self, replica: int = 0, *extra: str) -> list[str]:
+        """``podgate controller`` for this sandbox.  Replica 0 is the one ``up`` starts; replica 1
+        (tests, failover) takes the webhook front door's second slot and its own health port."""
+        c = self.config
+        argv = [
+            sys.executable,
+            "-m",
+            "podgate",
+            "controller",
+            "--kubeconfig",
+            str(self.state_dir / "controller.kubeconfig"),
+            "--haproxy-runtime-socket",
+            str(self.haproxy_runtime_socket),
+            "--haproxy-master-socket",
+            str(self.haproxy_master_socket),
+            "--haproxy-config",
+            str(self.haproxy_config),
+            "--haproxy-base-config",
+            str(self.haproxy_base_config),
+            "--lb-cidr",
+            c.lb_cidr,
+            "--webhook-bind",
+            HOST,
+            "--webhook-port",
+            str(c.port(9444 + replica)),
+            "--webhook-cert-dir",
+            str(self.state_dir / "webhook-certs"),
+            "--health-bind",
+            HOST,
+            "--health-port",
+            str(c.port(8081 + 100 * replica)),
+            "--leader-elect",
+            "--lease-duration",
+            "6",
+            # pods written for Alibaba Cloud's controller are gated here as they are
+            "--adopt-gate-prefix",
+            "service.readiness.alibabacloud.com/",
+        ]
+        if replica == 0:
+            # registers the webhook (front door URL) under its own name, so a cluster's
+            # "podgate" (deploy/) can sit beside it
+            argv += ["--webhook-url", self.webhook_url, "--webhook-config-name", "podgate-sandbox"]
+        return argv + list(extra)
 
     def _apply_controller_rbac(self) -> None:
         """The controller's RBAC rules and the ReadinessCheck CRD, before the controller starts."""
