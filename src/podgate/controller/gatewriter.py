@@ -42,7 +42,6 @@ class GateWriter:
         #: load balancer: the phases of time-to-ready
         self.pending_since: dict[tuple[str, str], float] = {}
         self.registered_at: dict[tuple[str, str], float] = {}
-        self.writes = 0
 
     def registered(self, pod: Obj, gate: str) -> None:
         self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())
@@ -71,7 +70,6 @@ class GateWriter:
                 return False
             raise
         self.pods.update_if_newer(updated)
-        self.writes += 1
         metrics.GATE_TRANSITIONS.labels(write["status"], write.get("reason") or "").inc()
         if write["status"] == cond.TRUE:
             self._ready(pod, marker, desired, write, minimum)

@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -33,8 +33,6 @@ class Outcome:
     """What one reconcile leaves behind: whether to look again soon."""
 
     poll: bool = False
-    writes: int = 0
-    errors: list[str] = field(default_factory=list)
 
 
 class ServiceReconciler:
@@ -119,7 +117,6 @@ class ServiceReconciler:
                     lb.failure_condition(
                         gate, lb.SERVICE_NOT_FOUND, f"Service {namespace}/{name} does not exist"
                     ),
-                    out,
                 )
             return out
         try:
@@ -128,7 +125,7 @@ class ServiceReconciler:
         except lb.ServiceConfigError as e:
             self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
             for pod in gated:
-                await self.set_gate(pod, lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e)), out)
+                await self.set_gate(pod, lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e)))
             return out
         if provider_name is None:
             await self._release(key, service)
@@ -142,7 +139,6 @@ class ServiceReconciler:
                         f"(type {service['spec'].get('type')}, "
                         f"no {gates.PROVIDER_ANNOTATION} annotation)",
                     ),
-                    out,
                 )
             return out
         provider = self.providers[provider_name]
@@ -151,7 +147,7 @@ class ServiceReconciler:
         except ProviderError as e:
             self.recorder_emit(service, "Service", "LoadBalancerError", str(e), "Warning")
             for pod in gated:
-                await self.set_gate(pod, lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e)), out)
+                await self.set_gate(pod, lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e)))
             raise
         await self._report_pods_without_gate(key, service, gate)
         return out
@@ -242,7 +238,7 @@ class ServiceReconciler:
                     out.poll = True
                 if all(h.health is not lb.Health.UNREGISTERED for h in mine):
                     self.gates.registered(pod, gate)
-            await self.set_gate(pod, desired, out, pools[0].health.minimum_to_healthy if pools else 0.0)
+            await self.set_gate(pod, desired, pools[0].health.minimum_to_healthy if pools else 0.0)
 
     def _drained(
         self, key: str, pool: lb.PoolSpec, present: Mapping[lb.Target, TargetState]
@@ -327,14 +323,13 @@ class ServiceReconciler:
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
 
-    async def set_gate(self, pod: Obj, desired: Condition, out: Outcome, minimum: float = 0.0) -> None:
+    async def set_gate(self, pod: Obj, desired: Condition, minimum: float = 0.0) -> None:
         """Write the Service's gate condition under each gate type the pod carries for it."""
         service = gates.service_of_gate(desired["type"]) or ""
         for gate_type in self._gate_types_on(pod, service) or [desired["type"]]:
             current = self.pods.get(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}") or pod
             typed: Condition = {**desired, "type": gate_type}
-            if await self.gates.write(current, typed, sticky=self.sticky, minimum=minimum):
-                out.writes += 1
+            await self.gates.write(current, typed, sticky=self.sticky, minimum=minimum)
 
     def recorder_emit(self, obj: Obj, kind: str, reason: str, message: str, type_: str = "Normal") -> None:
         self.recorder.emit_later(obj, kind, reason, message, type_)
