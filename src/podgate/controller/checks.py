@@ -100,30 +100,12 @@ class CheckRunner:
                 check_key = f"{meta['namespace']}/{name}"
                 obj = self.checks.get(check_key)
                 if obj is None:
-                    await self.gates.write(
-                        pod,
-                        {
-                            "type": gate,
-                            "status": cond.FALSE,
-                            "reason": "CheckNotFound",
-                            "message": f"ReadinessCheck {check_key} does not exist",
-                        },
-                        sticky=True,
-                    )
+                    await self._fail(pod, gate, "CheckNotFound", f"ReadinessCheck {check_key} does not exist")
                     continue
                 try:
                     chk.parse_check(obj)
                 except (chk.CheckSpecError, KeyError, TypeError, ValueError) as e:
-                    await self.gates.write(
-                        pod,
-                        {
-                            "type": gate,
-                            "status": cond.FALSE,
-                            "reason": "CheckInvalid",
-                            "message": f"ReadinessCheck {check_key}: {e}",
-                        },
-                        sticky=True,
-                    )
+                    await self._fail(pod, gate, "CheckInvalid", f"ReadinessCheck {check_key}: {e}")
                     continue
                 wanted[(check_key, pod_key)] = str(
                     obj["metadata"].get("generation") or obj["metadata"].get("resourceVersion")
@@ -136,6 +118,12 @@ class CheckRunner:
         for pair, version in wanted.items():
             if pair not in self.tasks:
                 self.tasks[pair] = (version, asyncio.create_task(self._loop(pair), name=f"check {pair}"))
+
+    async def _fail(self, pod: Obj, gate: str, reason: str, message: str) -> None:
+        """A gate whose check cannot run: False with why (sticky: a True gate stays True)."""
+        await self.gates.write(
+            pod, {"type": gate, "status": cond.FALSE, "reason": reason, "message": message}, sticky=True
+        )
 
     async def _loop(self, pair: Pair) -> None:
         check_key, pod_key = pair
