@@ -76,7 +76,7 @@ class Informer:
         project's API server uses (client-go treats them as opaque; a cache here may not)."""
         key = key_of(obj)
         cached = self.cache.get(key)
-        if cached is None or _rv(obj) > _rv(cached):
+        if cached is None or resource_version(obj) > resource_version(cached):
             self.cache[key] = obj
 
     def _emit(self, kind: EventType, obj: Obj, old: Obj | None) -> None:
@@ -170,7 +170,7 @@ class Informer:
         if kind == "DELETED":
             self.cache.pop(key, None)
             self._emit("DELETED", obj, old)
-        elif old is not None and _rv(obj) < _rv(old):
+        elif old is not None and resource_version(obj) < resource_version(old):
             # Older than what we hold: our own write's answer (update_if_newer) got here first.
             return
         else:
@@ -178,7 +178,8 @@ class Informer:
             self._emit("ADDED" if old is None else "MODIFIED", obj, old)
 
 
-def _rv(obj: Obj) -> int:
+def resource_version(obj: Obj) -> int:
+    """An object's resourceVersion as a number (etcd's revision), 0 if absent or opaque."""
     try:
         return int(obj["metadata"].get("resourceVersion") or 0)
     except ValueError:

@@ -30,8 +30,8 @@ from kubernetes_asyncio import client
 
 from podgate import __version__
 from podgate.kube.client import STRATEGIC_MERGE, ApiException, api_client, call, status_of
-from podgate.kube.events import EventRecorder, now_rfc3339
-from podgate.kube.informer import EventType, Informer, Obj, key_of
+from podgate.kube.events import EventRecorder, now_micro, now_rfc3339
+from podgate.kube.informer import EventType, Informer, Obj, key_of, resource_version
 from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
 from podgate.model.podstatus import ContainerView, State, desired_status, needs_write
@@ -109,7 +109,7 @@ class PodWorker:
 
     # -- informer side ----------------------------------------------------------------------
     def update(self, pod: Obj) -> None:
-        if _rv(pod) >= _rv(self.pod):
+        if resource_version(pod) >= resource_version(self.pod):
             self.pod = pod
         if pod["metadata"].get("deletionTimestamp"):
             self.terminating.set()
@@ -327,13 +327,6 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
 
 
-def _rv(obj: Obj) -> int:
-    try:
-        return int(obj["metadata"].get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
 class NodeAgent:
     def __init__(
         self,
@@ -457,7 +450,7 @@ class NodeAgent:
                     "spec": {
                         "holderIdentity": self.node_name,
                         "leaseDurationSeconds": 40,
-                        "renewTime": _micro_now(),
+                        "renewTime": now_micro(),
                     },
                 }
                 try:
@@ -662,7 +655,9 @@ class NodeAgent:
             {"metadata": {"uid": meta["uid"]}, "status": desired},
             _content_type=STRATEGIC_MERGE,
         )
-        if worker.uid == updated["metadata"]["uid"] and _rv(updated) > _rv(worker.pod):
+        if worker.uid == updated["metadata"]["uid"] and resource_version(updated) > resource_version(
+            worker.pod
+        ):
             worker.pod = updated
 
     # -- probes -------------------------------------------------------------------------------
@@ -739,12 +734,6 @@ def _meminfo_kib() -> int:
     except OSError:
         pass
     return 8 * 1024 * 1024
-
-
-def _micro_now() -> str:
-    from podgate.kube.events import now_micro
-
-    return now_micro()
 
 
 async def _serve_healthz(agent: NodeAgent, port: int) -> web.AppRunner:
