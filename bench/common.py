@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from podgate.sandbox.controlplane import Sandbox, SandboxConfig
 from podgate.sandbox.rollout import percentile
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,3 +38,18 @@ def write(out: str, res: dict[str, Any], markdown: Callable[[dict[str, Any]], st
     Path(out + ".json").write_text(json.dumps(res, indent=2) + "\n")
     Path(out + ".md").write_text(markdown(res))
     print(markdown(res))
+
+
+@contextlib.contextmanager
+def sandbox(config: SandboxConfig, state: Path | None = None) -> Iterator[Sandbox]:
+    """A sandbox of the benchmark's own (ports and loopback ranges in ``config``), up for the
+    block and down after it, in a temporary state directory unless one is given."""
+    with contextlib.ExitStack() as stack:
+        if state is None:
+            state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="podgate-bench-")))
+        sb = Sandbox(state, config)
+        sb.up()
+        try:
+            yield sb
+        finally:
+            sb.down()

@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
 
-from common import RESULTS, summary, write
+from common import RESULTS, sandbox, summary, write
 from podgate.kube.client import api_client, call
 from podgate.kube.informer import Informer
 from podgate.providers.haproxy_config import target_of_server
@@ -215,13 +214,8 @@ def main() -> None:
     parser.add_argument("--idle-window", type=float, default=10.0)
     parser.add_argument("--out", default=str(RESULTS / "gate_latency"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="podgate-bench-") as tmp:
-        sb = Sandbox(Path(tmp), CONFIG)
-        sb.up()
-        try:
-            res = asyncio.run(run(sb, args))
-        finally:
-            sb.down()
+    with sandbox(CONFIG) as sb:
+        res = asyncio.run(run(sb, args))
     write(args.out, res, markdown)
 
 

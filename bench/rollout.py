@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from common import RESULTS, write
+from common import RESULTS, sandbox, write
 from podgate.kube.client import api_client
 from podgate.sandbox.controlplane import Sandbox, SandboxConfig
 from podgate.sandbox.rollout import RolloutLab, RoundResult, summarise
@@ -103,13 +101,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="plain,workaround,podgate,podgate-prestop")
     parser.add_argument("--out", default=str(RESULTS / "rollout"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="podgate-bench-") as tmp:
-        sb = Sandbox(Path(tmp), CONFIG)
-        sb.up()
-        try:
-            summary, rounds = asyncio.run(run(sb, args))
-        finally:
-            sb.down()
+    with sandbox(CONFIG) as sb:
+        summary, rounds = asyncio.run(run(sb, args))
     from podgate.sandbox.rollout import scenarios
 
     res = {

@@ -20,7 +20,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from common import RESULTS, summary, write
+from common import RESULTS, sandbox, summary, write
 from podgate.kube.client import api_client, call
 from podgate.kube.informer import Informer
 from podgate.sandbox.controlplane import Sandbox, SandboxConfig
@@ -284,12 +284,8 @@ def main() -> None:
         state = Path(tmp)
         print("sandbox up/down rounds ...", flush=True)
         res: dict[str, Any] = {"up": bench_up(state, args.rounds)}
-        sb = Sandbox(state / "main", CONFIG)
-        sb.up()
-        try:
+        with sandbox(CONFIG, state / "main") as sb:
             res.update(asyncio.run(run_cluster_benches(sb, args)))
-        finally:
-            sb.down()
     res["rounds"] = args.rounds
     write(args.out, res, markdown)
 
