@@ -4,11 +4,12 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# the cloud providers' SDKs are extras: the image carries both, so one image serves every provider
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[aws,alibaba]"
 
 FROM python:3.11-slim
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links /wheels podgate && rm -rf /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels "podgate[aws,alibaba]" && rm -rf /wheels
 USER 65532:65532
 ENTRYPOINT ["podgate"]
 CMD ["controller", "--help"]

@@ -6,8 +6,11 @@ loopback ranges, through the real ``podgate sandbox`` CLI.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from podgate.sandbox.binaries import default_binaries
+from podgate.sandbox.controlplane import Sandbox
 
 T = TypeVar("T")
 PODGATE = [sys.executable, "-m", "podgate"]
@@ -143,3 +147,61 @@ def wide_row(sandbox: SandboxHandle, namespace: str, pod: str) -> dict[str, str]
         end = starts[n + 1] if n + 1 < len(starts) else None
         cols[header[s:end].strip()] = row[s:end].strip()
     return cols
+
+
+@contextlib.contextmanager
+def controller_replaced(sandbox: SandboxHandle, *flags: str, env: dict[str, str], log: str) -> Iterator[None]:
+    """The sandbox's controller replaced by one with extra flags (a cloud provider and its
+    endpoint) and environment (its credentials); the sandbox's own comes back after."""
+    state = sandbox.state_dir
+    pid = json.loads((state / "pids.json").read_text())["podgate-controller"]
+    os.killpg(pid, signal.SIGTERM)  # releases the lease: the new one leads at once
+    with open(state / "logs" / log, "w") as err:
+        ctl = subprocess.Popen(
+            Sandbox(state).controller_argv(1, *flags),
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    try:
+        yield
+    finally:
+        ctl.terminate()
+        ctl.wait(15)
+        time.sleep(0.5)
+        assert podgate("sandbox", "up", "--state-dir", str(state)).returncode == 0
+
+
+class GateWatch:
+    """The gate of the one pod a test step created, as ``kubectl get`` shows it: each step
+    remembers the pods before it (``mark``) and then reads the new pod's gate condition."""
+
+    def __init__(self, sandbox: SandboxHandle, namespace: str, gate: str, label: str) -> None:
+        self.sandbox, self.namespace, self.gate, self.label = sandbox, namespace, gate, label
+        self.known: set[str] = set()
+
+    def pods(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.sandbox.get("pods", "-n", self.namespace, "-l", self.label)[
+            "items"
+        ]
+        return items
+
+    def mark(self) -> None:
+        self.known = {p["metadata"]["name"] for p in self.pods()}
+
+    def gate_of_new_pod(self) -> tuple[str, str, str] | None:
+        new = [
+            p
+            for p in self.pods()
+            if p["metadata"]["name"] not in self.known and not p["metadata"].get("deletionTimestamp")
+        ]
+        c = condition(new[0], self.gate) if len(new) == 1 else None
+        return (c["status"], c.get("reason", ""), c.get("message", "")) if c else None
+
+    async def wait(
+        self, what: str, pred: Callable[[tuple[str, str, str]], bool], limit: float = 30
+    ) -> tuple[str, str, str]:
+        return await asyncio.to_thread(
+            wait_for, what, lambda: (g := self.gate_of_new_pod()) and pred(g) and g, limit, 0.1
+        )

@@ -4,12 +4,8 @@ real SDK over real HTTP) behind a scripted front for the states moto does not mo
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +13,7 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
-from podgate.sandbox.controlplane import Sandbox
-
-from .conftest import SandboxHandle, condition, podgate, wait_for
+from .conftest import GateWatch, SandboxHandle, controller_replaced
 from .elb_double import ElbDouble
 
 pytestmark = pytest.mark.sandbox
@@ -76,49 +70,14 @@ async def elb(tmp_path: Path) -> AsyncIterator[tuple[ElbDouble, str]]:
         moto.wait(10)
 
 
-def controller_with_aws(sandbox: SandboxHandle) -> subprocess.Popen[bytes]:
-    """The sandbox's controller replaced by one with the AWS provider configured as well."""
-    state = sandbox.state_dir
-    pid = json.loads((state / "pids.json").read_text())["podgate-controller"]
-    os.killpg(pid, signal.SIGTERM)  # releases the lease: the new one leads at once
-    return subprocess.Popen(
-        Sandbox(state).controller_argv(1, "--aws-provider", "aws", "--aws-rate", "50"),
-        env={**os.environ, **AWS_ENV},
-        stdout=subprocess.DEVNULL,
-        stderr=open(state / "logs" / "aws-controller.log", "w"),
-        start_new_session=True,
-    )
-
-
-def pod_names(sandbox: SandboxHandle, ns: str) -> set[str]:
-    return {p["metadata"]["name"] for p in sandbox.get("pods", "-n", ns, "-l", "app=web")["items"]}
-
-
-def gate_of(sandbox: SandboxHandle, ns: str, known: set[str]) -> tuple[str, str, str] | None:
-    """The gate of the one pod not in ``known`` (the one the step under test created)."""
-    new = [
-        p
-        for p in sandbox.get("pods", "-n", ns, "-l", "app=web")["items"]
-        if p["metadata"]["name"] not in known and not p["metadata"].get("deletionTimestamp")
-    ]
-    c = condition(new[0], GATE) if len(new) == 1 else None
-    return (c["status"], c.get("reason", ""), c.get("message", "")) if c else None
-
-
-async def wait_gate(
-    sandbox: SandboxHandle, ns: str, known: set[str], what: str, pred: Any, limit: float = 30
-) -> tuple[str, str, str]:
-    return await asyncio.to_thread(
-        wait_for, what, lambda: (g := gate_of(sandbox, ns, known)) and pred(g) and g, limit, 0.1
-    )
-
-
 async def test_gates_follow_elb_target_health(
     sandbox: SandboxHandle, namespace: str, elb: tuple[ElbDouble, str]
 ) -> None:
     double, arn = elb
-    ctl = controller_with_aws(sandbox)
-    try:
+    watch = GateWatch(sandbox, namespace, GATE, "app=web")
+    with controller_replaced(
+        sandbox, "--aws-provider", "aws", "--aws-rate", "50", env=AWS_ENV, log="aws-controller.log"
+    ):
         sandbox.apply(
             {
                 "apiVersion": "v1",
@@ -153,55 +112,40 @@ async def test_gates_follow_elb_target_health(
 
         # Healthy after N polls: the gate waits through ELB's initial health checking.
         double.script.default_initial_polls = 15
-        known: set[str] = set()
         sandbox.apply(dep, namespace)
-        first = await wait_gate(
-            sandbox,
-            namespace,
-            known,
+        first = await watch.wait(
             "initial health checking",
             lambda g: g[1] == "Elb.InitialHealthChecking",
         )
         assert first[0] == "False" and "Initial health checks in progress" in first[2]
-        done = await wait_gate(sandbox, namespace, known, "healthy", lambda g: g[0] == "True")
+        done = await watch.wait("healthy", lambda g: g[0] == "True")
         assert done[1] == "TargetHealthy"
         assert double.script.polls >= 15
 
         # Throttled: the provider backs off and gets through; nothing opens early.
         double.script.default_initial_polls = 0
         double.script.throttle_next = 4
-        known = pod_names(sandbox, namespace)
+        watch.mark()
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=2")
-        await wait_gate(sandbox, namespace, known, "healthy despite throttling", lambda g: g[0] == "True")
+        await watch.wait("healthy despite throttling", lambda g: g[0] == "True")
         assert double.script.throttled == 4
 
         # Unhealthy: the gate stays False with ELB's reason and words.
         double.script.new_targets_unhealthy = True
-        known = pod_names(sandbox, namespace)
+        watch.mark()
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=3")
-        bad = await wait_gate(
-            sandbox, namespace, known, "unhealthy", lambda g: g[1] == "Target.ResponseCodeMismatch"
-        )
+        bad = await watch.wait("unhealthy", lambda g: g[1] == "Target.ResponseCodeMismatch")
         assert bad[0] == "False" and "Health checks failed with these codes: [503]" in bad[2]
         double.script.new_targets_unhealthy = False
         double.script.unhealthy = set()
 
         # API down: the gate of a new pod never opens while the ELB API is unreachable.
         await double.stop()
-        known = pod_names(sandbox, namespace)
+        watch.mark()
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
-        down = await wait_gate(
-            sandbox, namespace, known, "provider error", lambda g: g[1] == "ProviderError", 40
-        )
+        down = await watch.wait("provider error", lambda g: g[1] == "ProviderError", 40)
         assert down[0] == "False"
         await asyncio.sleep(2)
-        assert (gate_of(sandbox, namespace, known) or ("",))[0] == "False"
+        assert (watch.gate_of_new_pod() or ("",))[0] == "False"
         await double.start("127.0.0.1", DOUBLE_PORT)
-        await wait_gate(
-            sandbox, namespace, known, "healthy once the API is back", lambda g: g[0] == "True", 60
-        )
-    finally:
-        ctl.terminate()
-        ctl.wait(15)
-        time.sleep(0.5)
-        assert podgate("sandbox", "up", "--state-dir", str(sandbox.state_dir)).returncode == 0
+        await watch.wait("healthy once the API is back", lambda g: g[0] == "True", 60)

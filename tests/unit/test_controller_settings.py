@@ -30,6 +30,9 @@ def test_config_file_with_flags_winning(tmp_path: Path) -> None:
     assert s.continuous is True and s.poll_period == 0.2  # the file
 
 
+ALI = ["--alibaba-provider", "ali", "--default-provider", "ali"]
+
+
 @pytest.mark.parametrize(
     ("argv", "error"),
     [
@@ -43,11 +46,42 @@ def test_config_file_with_flags_winning(tmp_path: Path) -> None:
         (["--haproxy-runtime-socket", "/s", "--prestop-delay", "-1"], "--prestop-delay"),
         ([], "no load balancer configured"),
         (["--aws-provider", "aws"], "--default-provider='haproxy' is not a configured provider"),
+        (ALI, "--alibaba-region is required"),
+        (
+            [*ALI, "--alibaba-region", "cn-hangzhou", "--alibaba-nlb-endpoint", "ftp://x"],
+            "--alibaba-nlb-endpoint='ftp://x' is not http",
+        ),
+        (
+            ["--alibaba-provider", "haproxy", "--haproxy-runtime-socket", "/s", "--alibaba-region", "r"],
+            "provider names must be unique",
+        ),
     ],
 )
 def test_invalid_settings_name_the_setting(argv: list[str], error: str) -> None:
     with pytest.raises(SettingsError, match=error):
         parse(argv)
+
+
+def test_alibaba_settings() -> None:
+    s = parse(
+        [
+            *ALI,
+            "--alibaba-region",
+            "cn-beijing",
+            "--alibaba-clb-endpoint",
+            "http://127.0.0.1:1",
+            "--alibaba-rate",
+            "3",
+        ]
+    )
+    (a,) = s.alibaba
+    assert (a.name, a.region, a.rate, a.clb_endpoint, a.nlb_endpoint) == (
+        "ali",
+        "cn-beijing",
+        3.0,
+        "http://127.0.0.1:1",
+        None,
+    )
 
 
 def test_bad_config_file(tmp_path: Path) -> None:

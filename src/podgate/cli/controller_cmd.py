@@ -19,7 +19,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from podgate.controller import metrics
 from podgate.controller.manager import Controller, serve
-from podgate.controller.settings import AwsSettings, ControllerSettings, HAProxySettings, SettingsError
+from podgate.controller.settings import (
+    AlibabaSettings,
+    AwsSettings,
+    ControllerSettings,
+    HAProxySettings,
+    SettingsError,
+)
 from podgate.kube.client import api_client
 
 
@@ -77,6 +83,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=float(env("AWS_RATE", "10") or 10),
         help="AWS API calls per second at most (token bucket), throttling retried with back-off",
     )
+    p.add_argument(
+        "--alibaba-provider",
+        default=env("ALIBABA_PROVIDER"),
+        metavar="NAME",
+        help="enable the Alibaba Cloud provider under this name (Services pick it with "
+        "podgate.dev/load-balancer-provider and bind a group with "
+        "podgate.dev/alibaba-nlb-server-group-id or podgate.dev/alibaba-clb-vserver-group-id); "
+        "credentials from the SDK's default chain (ALIBABA_CLOUD_* variables, RRSA, profile, "
+        "RAM role) [PODGATE_ALIBABA_PROVIDER]",
+    )
+    p.add_argument(
+        "--alibaba-region",
+        default=env("ALIBABA_REGION", os.environ.get("ALIBABA_CLOUD_REGION_ID")),
+        help="region of the load balancers [PODGATE_ALIBABA_REGION, ALIBABA_CLOUD_REGION_ID]",
+    )
+    p.add_argument(
+        "--alibaba-rate",
+        type=float,
+        default=float(env("ALIBABA_RATE", "10") or 10),
+        help="Alibaba Cloud API calls per second at most (token bucket), throttling retried with back-off",
+    )
+    for product, name in (("clb", "CLB (SLB)"), ("nlb", "NLB"), ("ecs", "ECS (ENI look-ups for CLB)")):
+        p.add_argument(
+            f"--alibaba-{product}-endpoint",
+            default=env(f"ALIBABA_{product.upper()}_ENDPOINT"),
+            metavar="URL",
+            help=f"{name} API endpoint, HOST[:PORT] or http(s)://HOST[:PORT] (default: the "
+            f"region's public endpoint) [PODGATE_ALIBABA_{product.upper()}_ENDPOINT]",
+        )
     p.add_argument(
         "--lb-cidr", default=env("LB_CIDR"), help="loopback range for provisioned load-balancer addresses"
     )
@@ -271,11 +306,26 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         else ()
     )
     aws = (AwsSettings(args.aws_provider, args.aws_region, args.aws_rate),) if args.aws_provider else ()
+    alibaba = (
+        (
+            AlibabaSettings(
+                args.alibaba_provider,
+                args.alibaba_region,
+                args.alibaba_rate,
+                clb_endpoint=args.alibaba_clb_endpoint,
+                nlb_endpoint=args.alibaba_nlb_endpoint,
+                ecs_endpoint=args.alibaba_ecs_endpoint,
+            ),
+        )
+        if args.alibaba_provider
+        else ()
+    )
     settings = ControllerSettings(
         kubeconfig=args.kubeconfig,
         default_provider=args.default_provider,
         haproxy=haproxy,
         aws=aws,
+        alibaba=alibaba,
         lb_cidr=args.lb_cidr,
         continuous=args.continuous,
         workers=args.workers,

@@ -28,6 +28,7 @@ from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
 from podgate.providers import haproxy_config
+from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError
 from podgate.providers.haproxy import HAProxyProvider
@@ -50,6 +51,15 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
         )
     for a in settings.aws:
         providers[a.name] = AwsElbv2Provider(a.name, a.region, rate=a.rate)
+    for ali in settings.alibaba:
+        providers[ali.name] = AlibabaProvider(
+            ali.name,
+            ali.region or "",
+            clb_endpoint=ali.clb_endpoint,
+            nlb_endpoint=ali.nlb_endpoint,
+            ecs_endpoint=ali.ecs_endpoint,
+            rate=ali.rate,
+        )
     return providers
 
 

@@ -27,11 +27,23 @@ class AwsSettings:
 
 
 @dataclass(frozen=True)
+class AlibabaSettings:
+    name: str = "alibaba"
+    region: str | None = None
+    rate: float = 10.0  # API calls per second (token bucket per provider and region)
+    #: host[:port] or http(s)://host[:port]; None: the SDK's public endpoint for the region
+    clb_endpoint: str | None = None
+    nlb_endpoint: str | None = None
+    ecs_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
 class ControllerSettings:
     kubeconfig: str | None = None
     default_provider: str = "haproxy"
     haproxy: tuple[HAProxySettings, ...] = ()
     aws: tuple[AwsSettings, ...] = ()
+    alibaba: tuple[AlibabaSettings, ...] = ()
     lb_cidr: str | None = None
     continuous: bool = False
     workers: int = 4
@@ -59,13 +71,22 @@ class ControllerSettings:
     extra: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
-        names = [h.name for h in self.haproxy] + [a.name for a in self.aws]
+        names = [h.name for h in self.haproxy] + [a.name for a in self.aws] + [a.name for a in self.alibaba]
         if len(set(names)) != len(names):
             raise SettingsError("--haproxy-name: provider names must be unique")
         if not names:
             raise SettingsError(
-                "no load balancer configured: give --haproxy-runtime-socket and/or --aws-provider"
+                "no load balancer configured: give --haproxy-runtime-socket, --aws-provider "
+                "and/or --alibaba-provider"
             )
+        for a in self.alibaba:
+            if not a.region:
+                raise SettingsError("--alibaba-region is required with --alibaba-provider")
+            for flag, url in (("clb", a.clb_endpoint), ("nlb", a.nlb_endpoint), ("ecs", a.ecs_endpoint)):
+                if url and "://" in url and not url.startswith(("http://", "https://")):
+                    raise SettingsError(f"--alibaba-{flag}-endpoint={url!r} is not http(s)://HOST[:PORT]")
+            if a.rate <= 0:
+                raise SettingsError("--alibaba-rate must be positive")
         if self.default_provider not in names:
             raise SettingsError(f"--default-provider={self.default_provider!r} is not a configured provider")
         for h in self.haproxy:

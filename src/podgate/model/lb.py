@@ -4,6 +4,7 @@ pool should hold, and which gate condition follows from what the load balancer s
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,8 @@ HC_UNHEALTHY = f"{DOMAIN}/unhealthy-threshold"
 HAPROXY_BACKEND = f"{DOMAIN}/haproxy-backend"
 DRAIN_DELAY = f"{DOMAIN}/deregistration-delay"
 AWS_TARGET_GROUP = f"{DOMAIN}/aws-target-group-arn"
+ALIBABA_CLB_GROUP = f"{DOMAIN}/alibaba-clb-vserver-group-id"
+ALIBABA_NLB_GROUP = f"{DOMAIN}/alibaba-nlb-server-group-id"
 
 NONE = "none"
 
@@ -113,6 +116,65 @@ def _seconds(annotations: Mapping[str, str], key: str, default: float, minimum: 
 
 
 @dataclass(frozen=True)
+class ServerGroup:
+    """Alibaba Cloud: the existing server group a Service port is bound to (``clb`` vServer
+    group or ``nlb`` server group)."""
+
+    product: str
+    group_id: str
+
+
+_GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+
+
+def server_groups(annotations: Mapping[str, str], ports: Sequence[int]) -> dict[int, ServerGroup]:
+    """The Alibaba server group of each Service port, from ``podgate.dev/alibaba-clb-vserver-
+    group-id`` or ``podgate.dev/alibaba-nlb-server-group-id``.
+
+    The value is one group id (a Service with one port) or ``id:port,id:port`` naming a group
+    per port, like the Alibaba cloud controller's own vgroup-port annotation.  One group per
+    port and every port named: podgate treats the pod targets of a group as its own, so two
+    ports sharing a group would each remove the other's targets.
+    """
+    given = ((ALIBABA_CLB_GROUP, "clb"), (ALIBABA_NLB_GROUP, "nlb"))
+    present = [(key, product) for key, product in given if annotations.get(key, "").strip()]
+    if not present:
+        return {}
+    if len(present) > 1:
+        raise ServiceConfigError(
+            f"annotations {ALIBABA_CLB_GROUP} and {ALIBABA_NLB_GROUP} exclude each other"
+        )
+    key, product = present[0]
+    raw = annotations[key].strip()
+    out: dict[int, ServerGroup] = {}
+    if ":" not in raw and "," not in raw:
+        if not _GROUP_ID.match(raw):
+            raise ServiceConfigError(f"annotation {key}={raw!r} is not a server group id")
+        if len(ports) > 1:
+            raise ServiceConfigError(
+                f"annotation {key}={raw!r}: the Service has {len(ports)} ports; name a group per "
+                "port as ID:PORT,ID:PORT"
+            )
+        return {p: ServerGroup(product, raw) for p in ports}
+    for item in raw.split(","):
+        gid, sep, port = item.strip().rpartition(":")
+        if not sep or not _GROUP_ID.match(gid) or not port.isdigit():
+            raise ServiceConfigError(f"annotation {key}={raw!r}: {item.strip()!r} is not ID:PORT")
+        if int(port) not in ports:
+            raise ServiceConfigError(f"annotation {key}={raw!r}: the Service has no port {port}")
+        if int(port) in out:
+            raise ServiceConfigError(f"annotation {key}={raw!r}: port {port} is named twice")
+        out[int(port)] = ServerGroup(product, gid)
+    missing = sorted(set(ports) - set(out))
+    if missing:
+        raise ServiceConfigError(f"annotation {key}={raw!r} names no group for port(s) {missing}")
+    groups = [g.group_id for g in out.values()]
+    if len(set(groups)) != len(groups):
+        raise ServiceConfigError(f"annotation {key}={raw!r}: each port needs its own group")
+    return out
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     """One load-balancer pool: a Service port and how its targets are checked."""
 
@@ -128,6 +190,8 @@ class PoolSpec:
     drain_delay: float = 5.0
     #: AWS: the existing IP-type target group the Service port is bound to
     target_group_arn: str | None = None
+    #: Alibaba Cloud: the existing CLB vServer group or NLB server group of the Service port
+    server_group: ServerGroup | None = None
 
     @property
     def service_key(self) -> str:
@@ -139,11 +203,11 @@ def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
     annotations = meta.get("annotations") or {}
     hc = health_check(annotations)
     drain_delay = _seconds(annotations, DRAIN_DELAY, 5.0, minimum=0.0)
+    ports = [p for p in spec.get("ports") or () if (p.get("protocol") or "TCP") == "TCP"]
+    groups = server_groups(annotations, [int(p["port"]) for p in ports])
     pools = []
-    for p in spec.get("ports") or ():
-        protocol = p.get("protocol") or "TCP"
-        if protocol != "TCP":
-            continue  # HAProxy balances TCP/HTTP only; other protocols get no pool
+    for p in ports:
+        protocol = "TCP"  # HAProxy balances TCP/HTTP only; other protocols get no pool
         pools.append(
             PoolSpec(
                 namespace=meta["namespace"],
@@ -156,6 +220,7 @@ def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
                 attach_backend=annotations.get(HAPROXY_BACKEND),
                 drain_delay=drain_delay,
                 target_group_arn=annotations.get(AWS_TARGET_GROUP),
+                server_group=groups.get(int(p["port"])),
             )
         )
     return pools
