@@ -183,14 +183,17 @@ class AlibabaProvider:
         max_retries: int = 6,
         base_delay: float = 0.2,
         timeout: float = 10.0,
+        credential: Any = None,
     ) -> None:
+        """``credential``: an ``alibabacloud_credentials`` client; None is the SDK's default
+        chain (which reads its environment variables once, when first imported)."""
         self.name, self.region = name, region
         self.endpoints = {"clb": clb_endpoint, "nlb": nlb_endpoint, "ecs": ecs_endpoint}
         self.bucket = TokenBucket(rate, burst)
         self.max_retries, self.base_delay, self.timeout = max_retries, base_delay, timeout
         self.throttled = 0
         self._clients: dict[str, Any] = {}
-        self._credential: Any = None
+        self._credential: Any = credential
         self._discovered: dict[str, _Discovered] = {}
         #: the group's pod backends as last read: {target: backend as the API gave it}
         self._seen: dict[str, dict[Target, dict[str, Any]]] = {}
@@ -539,8 +542,7 @@ def _describe(e: BaseException) -> str:
     """The SDK's exception in one line: the cloud's code and message, or why it was not reached."""
     code = getattr(e, "code", None)
     if code:
-        message = str(getattr(e, "message", "") or e)
-        return f"{code}: {message}"
-    inner = getattr(e, "inner_exception", None) or getattr(e, "ex", None) or e.__cause__
-    text = str(inner or e) or type(inner or e).__name__
+        return f"{code}: {getattr(e, 'message', None) or e}"
+    inner = getattr(e, "inner_exception", None) or e.__cause__ or e
+    text = getattr(inner, "message", None) or str(inner) or type(inner).__name__
     return f"cannot reach the API: {text}"

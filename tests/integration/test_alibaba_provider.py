@@ -1,0 +1,194 @@
+"""The Alibaba Cloud provider on the sandbox: pods gated on NLB and CLB health answers from a
+local double of the OpenAPI, reached by the official SDK over real HTTP with signed requests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from .alibaba_double import AlibabaDouble, eni_for
+from .conftest import GateWatch, SandboxHandle, controller_replaced, wait_for
+
+pytestmark = pytest.mark.sandbox
+PORT = 15630
+ENDPOINT = f"http://127.0.0.1:{PORT}"
+ENV = {
+    "ALIBABA_CLOUD_ACCESS_KEY_ID": "podgate-test-ak",
+    "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "podgate-test-secret",
+}
+FLAGS = (
+    "--alibaba-provider",
+    "alibaba",
+    "--alibaba-region",
+    "cn-hangzhou",
+    "--alibaba-rate",
+    "50",
+    *(f"--alibaba-{product}-endpoint={ENDPOINT}" for product in ("clb", "nlb", "ecs")),
+)
+
+
+@pytest.fixture
+async def cloud() -> AsyncIterator[AlibabaDouble]:
+    """The double with an NLB (listener lsn-web on port 80 → Ip server group sgp-web) and a CLB
+    (listener 80 → vServer group rsp-shop)."""
+    double = AlibabaDouble("cn-hangzhou")
+    double.add_nlb("nlb-1", {"lsn-web": (80, "sgp-web")})
+    double.add_clb("lb-1", {80: "rsp-shop"})
+    await double.start("127.0.0.1", PORT)
+    try:
+        yield double
+    finally:
+        await double.stop()
+
+
+def service(name: str, annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "podgate.dev/load-balancer-provider": "alibaba",
+                "podgate.dev/deregistration-delay": "1",
+                **annotations,
+            },
+        },
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+
+
+def deployment(name: str, replicas: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "readinessGates": [{"conditionType": f"service.readiness.podgate.dev/{name}"}],
+                    "containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}],
+                },
+            },
+        },
+    }
+
+
+def live_pod_ips(sandbox: SandboxHandle, namespace: str, app: str) -> set[str]:
+    pods = sandbox.get("pods", "-n", namespace, "-l", f"app={app}")["items"]
+    return {
+        p["status"]["podIP"]
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp") and (p.get("status") or {}).get("podIP")
+    }
+
+
+async def test_gates_follow_nlb_server_health(
+    sandbox: SandboxHandle, namespace: str, cloud: AlibabaDouble
+) -> None:
+    watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/web", "app=web")
+    with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log"):
+        sandbox.apply(service("web", {"podgate.dev/alibaba-nlb-server-group-id": "sgp-web"}), namespace)
+
+        # Healthy after N polls: the gate waits through the add job and the initial checks.
+        cloud.script.initial_polls = 10
+        sandbox.apply(deployment("web"), namespace)
+        first = await watch.wait("initial checks", lambda g: g[1] == "Initial")
+        assert first[0] == "False" and "listener lsn-web" in first[2]
+        done = await watch.wait("healthy", lambda g: g[0] == "True")
+        assert done[1] == "TargetHealthy" and "NLB server group sgp-web" in done[2]
+        assert cloud.script.health_polls >= 10
+        (ip,) = live_pod_ips(sandbox, namespace, "web")
+        assert cloud.nlb_servers("sgp-web") == {f"{ip}:8080": ("Available", 100)}
+        assert "AddServersToServerGroup" in cloud.script.calls
+
+        # Throttled: the provider backs off and gets through; nothing opens early.
+        cloud.script.initial_polls = 0
+        cloud.script.throttle_next = 4
+        watch.mark()
+        sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=2")
+        await watch.wait("healthy despite throttling", lambda g: g[0] == "True")
+        assert cloud.script.throttled == 4
+
+        # Unhealthy: the gate stays False with the NLB's reason code.
+        cloud.script.new_targets_unhealthy = True
+        watch.mark()
+        sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=3")
+        bad = await watch.wait("unhealthy", lambda g: g[1] == "CONNECT_FAILED")
+        assert bad[0] == "False" and "Unhealthy: CONNECT_FAILED on listener lsn-web" in bad[2]
+        cloud.script.new_targets_unhealthy = False
+
+        # API down: the gate of a new pod never opens while the API is unreachable.
+        await cloud.stop()
+        watch.mark()
+        sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
+        down = await watch.wait("provider error", lambda g: g[1] == "ProviderError", 40)
+        assert down[0] == "False" and "cannot reach the API" in down[2]
+        await asyncio.sleep(2)
+        assert (watch.gate_of_new_pod() or ("",))[0] == "False"
+        await cloud.start("127.0.0.1", PORT)
+        await watch.wait("healthy once the API is back", lambda g: g[0] == "True", 60)
+
+        # Scale down: the leaving pods' servers are drained (weight 0), then removed.
+        sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=1")
+        await asyncio.to_thread(
+            wait_for,
+            "only the remaining pod in the server group",
+            lambda: (
+                set(cloud.nlb_servers("sgp-web"))
+                == {f"{i}:8080" for i in live_pod_ips(sandbox, namespace, "web")}
+                and len(cloud.nlb_servers("sgp-web")) == 1
+            ),
+            60,
+        )
+        assert "UpdateServerGroupServersAttribute" in cloud.script.calls  # weight 0 before removal
+        assert "RemoveServersFromServerGroup" in cloud.script.calls
+
+
+async def test_gates_follow_clb_backend_health(
+    sandbox: SandboxHandle, namespace: str, cloud: AlibabaDouble
+) -> None:
+    watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/shop", "app=shop")
+    with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log"):
+        sandbox.apply(service("shop", {"podgate.dev/alibaba-clb-vserver-group-id": "rsp-shop"}), namespace)
+
+        # Healthy after N polls; the pod is an ENI backend (the ENI found through ECS).
+        cloud.script.initial_polls = 6
+        sandbox.apply(deployment("shop"), namespace)
+        first = await watch.wait("not yet checked", lambda g: g[1] == "unavailable")
+        assert first[0] == "False" and "ServerHealthStatus unavailable on listener 80" in first[2]
+        done = await watch.wait("healthy", lambda g: g[0] == "True")
+        assert done[1] == "TargetHealthy" and "CLB lb-1 vServer group rsp-shop" in done[2]
+        (ip,) = live_pod_ips(sandbox, namespace, "shop")
+        assert cloud.clb_backends("rsp-shop") == {f"{ip}:8080": 100}
+        assert "DescribeNetworkInterfaces" in cloud.script.calls
+        assert eni_for(ip).startswith("eni-")
+
+        # Unhealthy: the gate stays False with the CLB's own status.
+        cloud.script.initial_polls = 0
+        cloud.script.new_targets_unhealthy = True
+        watch.mark()
+        sandbox.kubectl("scale", "deployment/shop", "-n", namespace, "--replicas=2")
+        bad = await watch.wait("abnormal", lambda g: g[1] == "abnormal")
+        assert bad[0] == "False" and "ServerHealthStatus abnormal on listener 80" in bad[2]
+        cloud.script.new_targets_unhealthy = False
+
+        # Scale down: drained at weight 0, then removed; the healthy pod stays.
+        sandbox.kubectl("scale", "deployment/shop", "-n", namespace, "--replicas=1")
+        await asyncio.to_thread(
+            wait_for,
+            "only the remaining pod in the vServer group",
+            lambda: (
+                set(cloud.clb_backends("rsp-shop"))
+                == {f"{i}:8080" for i in live_pod_ips(sandbox, namespace, "shop")}
+                and len(cloud.clb_backends("rsp-shop")) == 1
+            ),
+            60,
+        )
+        assert "SetVServerGroupAttribute" in cloud.script.calls
+        assert "RemoveVServerGroupBackendServers" in cloud.script.calls
