@@ -78,6 +78,8 @@ class Script:
     throttled: int = 0  # how many were throttled
     health_polls: int = 0  # DescribeHealthStatus + GetListenerHealthStatus calls answered
     without_eni: set[str] = field(default_factory=set)  # private IPs no ENI holds (not ENI networking)
+    nlb_check_interval: int = 1  # NLB server groups' HealthCheckInterval (seconds), as ListServerGroups says
+    nlb_healthy_threshold: int = 2  # and their HealthyThreshold
     calls: list[str] = field(default_factory=list)  # every action in order of arrival (after auth)
 
 
@@ -208,6 +210,7 @@ class _NlbGroup:
     group_type: str
     load_balancer_ids: list[str]
     servers: dict[str, _NlbServer] = field(default_factory=dict)  # "ip:port" → server
+    any_port: bool = False  # all-port forwarding: servers have port 0
 
 
 @dataclass
@@ -243,6 +246,7 @@ class AlibabaDouble:
             ("RemoveVServerGroupBackendServers", CLB_VERSION): self._remove_vserver_group_backend_servers,
             ("SetVServerGroupAttribute", CLB_VERSION): self._set_vserver_group_attribute,
             ("DescribeHealthStatus", CLB_VERSION): self._describe_health_status,
+            ("DescribeVServerGroups", CLB_VERSION): self._describe_vserver_groups,
             ("ListServerGroups", NLB_VERSION): self._list_server_groups,
             ("ListListeners", NLB_VERSION): self._list_listeners,
             ("ListServerGroupServers", NLB_VERSION): self._list_server_group_servers,
@@ -278,11 +282,17 @@ class AlibabaDouble:
             self._clb_listeners.setdefault(load_balancer_id, []).append(_ClbListener(port, group_id))
 
     def add_nlb(
-        self, load_balancer_id: str, listeners: dict[str, tuple[int, str]], server_group_type: str = "Ip"
+        self,
+        load_balancer_id: str,
+        listeners: dict[str, tuple[int, str]],
+        server_group_type: str = "Ip",
+        any_port: bool = False,
     ) -> None:
         """An NLB instance whose listeners (id → (port, server group id)) use new, empty groups."""
         for listener_id, (port, group_id) in listeners.items():
-            group = self._nlb_groups.setdefault(group_id, _NlbGroup(group_id, server_group_type, []))
+            group = self._nlb_groups.setdefault(
+                group_id, _NlbGroup(group_id, server_group_type, [], any_port=any_port)
+            )
             if load_balancer_id not in group.load_balancer_ids:
                 group.load_balancer_ids.append(load_balancer_id)
             self._nlb_listeners[listener_id] = _NlbListener(listener_id, port, load_balancer_id, group_id)
@@ -290,6 +300,10 @@ class AlibabaDouble:
     def clb_backends(self, group_id: str) -> dict[str, int]:
         """The vServer group's backends: "ip:port" → weight."""
         return {key: b.weight for key, b in self._clb_groups[group_id].backends.items()}
+
+    def clb_server_ids(self, group_id: str) -> dict[str, str]:
+        """The vServer group's backends: "ip:port" → ServerId (the ENI)."""
+        return {key: b.server_id for key, b in self._clb_groups[group_id].backends.items()}
 
     def nlb_servers(self, group_id: str) -> dict[str, tuple[str, int]]:
         """The server group's servers: "ip:port" → (status, weight); reading polls nothing."""
@@ -633,6 +647,31 @@ class AlibabaDouble:
             }
         }
 
+    def _describe_vserver_groups(self, params: Params) -> Answer:
+        load_balancer_id = params.get("LoadBalancerId")
+        if not load_balancer_id:
+            raise _missing("LoadBalancerId")
+        if load_balancer_id not in self._clb_listeners:
+            raise ApiError(
+                404, "InvalidLoadBalancerId.NotFound", "The specified LoadBalancerId does not exist."
+            )
+        with_listeners = params.get("IncludeListener", "false").lower() == "true"
+        groups = [g for g in self._clb_groups.values() if g.load_balancer_id == load_balancer_id]
+        out = []
+        for g in groups:
+            item: Answer = {
+                "VServerGroupId": g.group_id,
+                "VServerGroupName": g.name,
+                "ServerCount": len(g.backends),
+            }
+            if with_listeners:
+                ports = [x for x in self._clb_listeners[load_balancer_id] if x.group_id == g.group_id]
+                item["AssociatedObjects"] = {
+                    "Listeners": {"Listener": [{"Port": x.port, "Protocol": x.protocol} for x in ports]}
+                }
+            out.append(item)
+        return {"VServerGroups": {"VServerGroup": out}}
+
     # -- NLB --------------------------------------------------------------------------------------
     def _nlb_group(self, params: Params) -> _NlbGroup:
         group_id = params.get("ServerGroupId")
@@ -681,7 +720,13 @@ class AlibabaDouble:
                 "ServerCount": len(g.servers),
                 "RegionId": self.region,
                 "VpcId": "vpc-podgatedouble",
-                "HealthCheck": {"HealthCheckEnabled": True, "HealthCheckType": "TCP"},
+                "AnyPortEnabled": g.any_port,
+                "HealthCheck": {
+                    "HealthCheckEnabled": True,
+                    "HealthCheckType": "TCP",
+                    "HealthCheckInterval": self.script.nlb_check_interval,
+                    "HealthyThreshold": self.script.nlb_healthy_threshold,
+                },
             }
             for g in groups
         ]
@@ -869,6 +914,9 @@ class AlibabaDouble:
                         "Reason": {"ReasonCode": "CONNECT_FAILED"},
                     }
                 )
+        # Paged over the non-normal servers (MaxResults 1 to 100, 20 by default), as the API
+        # pages them: a client that reads only the first page misses unhealthy servers.
+        page, meta = self._page(params, not_normal)
         return {
             "ListenerHealthStatus": [
                 {
@@ -879,12 +927,12 @@ class AlibabaDouble:
                         {
                             "ServerGroupId": group.group_id,
                             "HeathCheckEnabled": True,
-                            "NonNormalServers": not_normal,
+                            "NonNormalServers": page,
                         }
                     ],
                 }
             ],
-            "TotalCount": 1,
+            **meta,
         }
 
     # -- ECS --------------------------------------------------------------------------------------

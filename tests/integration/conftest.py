@@ -202,6 +202,14 @@ class GateWatch:
     async def wait(
         self, what: str, pred: Callable[[tuple[str, str, str]], bool], limit: float = 30
     ) -> tuple[str, str, str]:
-        return await asyncio.to_thread(
-            wait_for, what, lambda: (g := self.gate_of_new_pod()) and pred(g) and g, limit, 0.1
-        )
+        seen: list[Any] = [None]
+
+        def check() -> tuple[str, str, str] | None:
+            g = self.gate_of_new_pod()
+            seen[0] = g or [(p["metadata"]["name"], p.get("status")) for p in self.pods()]
+            return g if g and pred(g) else None
+
+        try:
+            return await asyncio.to_thread(wait_for, what, check, limit, 0.1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the new pod's gate was {seen[0]!r}") from None

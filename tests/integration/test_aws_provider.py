@@ -76,7 +76,15 @@ async def test_gates_follow_elb_target_health(
     double, arn = elb
     watch = GateWatch(sandbox, namespace, GATE, "app=web")
     with controller_replaced(
-        sandbox, "--aws-provider", "aws", "--aws-rate", "50", env=AWS_ENV, log="aws-controller.log"
+        sandbox,
+        "--aws-provider",
+        "aws",
+        "--aws-rate",
+        "50",
+        "--aws-poll-period",
+        "0.5",
+        env=AWS_ENV,
+        log="aws-controller.log",
     ):
         sandbox.apply(
             {

@@ -10,7 +10,7 @@ import pytest
 
 from podgate.model import lb
 from podgate.model.lb import Health, ServerGroup, ServiceConfigError, server_groups
-from podgate.providers.alibaba import clb_target, endpoint, nlb_target
+from podgate.providers.alibaba import ListenerReport, clb_target, endpoint, nlb_target, retryable
 
 GATE = "service.readiness.podgate.dev/web"
 WHERE = "CLB lb-1 vServer group rsp-1"
@@ -21,22 +21,42 @@ def check(status: str, listener: int = 80) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("weight", "checks", "admin", "health", "cond_status", "cond_reason", "words"),
+    ("weight", "checks", "ports", "admin", "health", "cond_status", "cond_reason", "words"),
     [
-        (100, [check("normal")], "ready", Health.HEALTHY, "True", "TargetHealthy", "normal on listener 80"),
+        (
+            100,
+            [check("normal")],
+            [80],
+            "ready",
+            Health.HEALTHY,
+            "True",
+            "TargetHealthy",
+            "normal on listener 80",
+        ),
         (
             100,
             [check("normal", 80), check("normal", 443)],
+            [80, 443],
             "ready",
             Health.HEALTHY,
             "True",
             "TargetHealthy",
             "listener 80, 443",
         ),
-        (100, [check("abnormal")], "ready", Health.UNHEALTHY, "False", "abnormal", "abnormal on listener 80"),
+        (
+            100,
+            [check("abnormal")],
+            [80],
+            "ready",
+            Health.UNHEALTHY,
+            "False",
+            "abnormal",
+            "abnormal on listener 80",
+        ),
         (
             100,
             [check("normal", 80), check("abnormal", 443)],
+            [80, 443],
             "ready",
             Health.UNHEALTHY,
             "False",
@@ -46,19 +66,43 @@ def check(status: str, listener: int = 80) -> dict[str, Any]:
         (
             100,
             [check("unavailable")],
+            [80],
             "ready",
             Health.UNKNOWN,
             "False",
             "unavailable",
             "ServerHealthStatus unavailable",
         ),
-        (100, [], "ready", Health.INITIAL, "False", "NoHealthStatus", "no listener reports"),
-        (0, [check("normal")], "drain", Health.DRAINING, "False", "TargetDraining", "weight 0"),
+        # a listener of this group that has not reported the backend yet: not healthy
+        (
+            100,
+            [check("normal", 80)],
+            [80, 443],
+            "ready",
+            Health.INITIAL,
+            "False",
+            "NoHealthStatus",
+            "listener 443 reports no health",
+        ),
+        # another group's listener saying normal does not count
+        (
+            100,
+            [check("normal", 8080)],
+            [80],
+            "ready",
+            Health.INITIAL,
+            "False",
+            "NoHealthStatus",
+            "listener 80",
+        ),
+        (100, [check("normal")], [], "ready", Health.UNKNOWN, "False", "NoListener", "no listener forwards"),
+        (0, [check("normal")], [80], "drain", Health.DRAINING, "False", "TargetDraining", "weight 0"),
     ],
 )
 def test_clb_health_mapping(
     weight: int,
     checks: list[dict[str, Any]],
+    ports: list[int],
     admin: str,
     health: Health,
     cond_status: str,
@@ -66,7 +110,7 @@ def test_clb_health_mapping(
     words: str,
 ) -> None:
     backend = {"ServerId": "eni-1", "ServerIp": "10.0.0.5", "Port": 8080, "Type": "eni", "Weight": weight}
-    st = clb_target(backend, checks, WHERE)
+    st = clb_target(backend, checks, ports, WHERE)
     assert (st.admin, st.health.health) == (admin, health)
     cond = lb.gate_condition(GATE, [st.health])
     assert (cond["status"], cond["reason"]) == (cond_status, cond_reason)
@@ -78,18 +122,34 @@ def bad(status: str, code: str | None = None) -> dict[str, Any]:
     return {"ServerIp": "10.0.0.5", "Port": 8080, "Status": status, **reason, "_listener": "lsn-1"}
 
 
+REPORT = ListenerReport(("lsn-1",), floor=2.0)
+
+
 @pytest.mark.parametrize(
-    ("status", "weight", "listeners", "non_normal", "admin", "health", "cond_status", "cond_reason"),
+    (
+        "status",
+        "weight",
+        "report",
+        "non_normal",
+        "available_for",
+        "admin",
+        "health",
+        "cond_status",
+        "cond_reason",
+    ),
     [
-        ("Available", 100, ["lsn-1"], None, "ready", Health.HEALTHY, "True", "TargetHealthy"),
-        ("Adding", 100, ["lsn-1"], None, "ready", Health.INITIAL, "False", "Adding"),
-        ("Configuring", 100, ["lsn-1"], None, "ready", Health.INITIAL, "False", "Configuring"),
-        ("Available", 100, ["lsn-1"], bad("Initial"), "ready", Health.INITIAL, "False", "Initial"),
+        ("Available", 100, REPORT, None, 5.0, "ready", Health.HEALTHY, "True", "TargetHealthy"),
+        # absent from the list, but not yet long enough for the first checks to have passed
+        ("Available", 100, REPORT, None, 1.0, "ready", Health.INITIAL, "False", "Initial"),
+        ("Adding", 100, REPORT, None, 0.0, "ready", Health.INITIAL, "False", "Adding"),
+        ("Configuring", 100, REPORT, None, 5.0, "ready", Health.INITIAL, "False", "Configuring"),
+        ("Available", 100, REPORT, bad("Initial"), 5.0, "ready", Health.INITIAL, "False", "Initial"),
         (
             "Available",
             100,
-            ["lsn-1"],
+            REPORT,
             bad("Unhealthy", "CONNECT_FAILED"),
+            5.0,
             "ready",
             Health.UNHEALTHY,
             "False",
@@ -98,24 +158,38 @@ def bad(status: str, code: str | None = None) -> dict[str, Any]:
         (
             "Available",
             100,
-            ["lsn-1"],
+            REPORT,
             bad("Unhealthy", "HTTP_CODE_NOT_MATCH"),
+            5.0,
             "ready",
             Health.UNHEALTHY,
             "False",
             "HTTP_CODE_NOT_MATCH",
         ),
-        ("Available", 100, ["lsn-1"], bad("Unhealthy"), "ready", Health.UNHEALTHY, "False", "Unhealthy"),
-        ("Available", 100, ["lsn-1"], bad("Unavailable"), "ready", Health.UNKNOWN, "False", "Unavailable"),
-        ("Available", 100, [], None, "ready", Health.UNKNOWN, "False", "NoListener"),
-        ("Available", 0, ["lsn-1"], None, "drain", Health.DRAINING, "False", "TargetDraining"),
+        ("Available", 100, REPORT, bad("Unhealthy"), 5.0, "ready", Health.UNHEALTHY, "False", "Unhealthy"),
+        ("Available", 100, REPORT, bad("Unavailable"), 5.0, "ready", Health.UNKNOWN, "False", "Unavailable"),
+        ("Available", 100, ListenerReport(), None, 5.0, "ready", Health.UNKNOWN, "False", "NoListener"),
+        # a listener answered without this group (re-pointed, stopped): nothing says healthy
+        (
+            "Available",
+            100,
+            ListenerReport(("lsn-1", "lsn-2"), silent=("lsn-2",)),
+            None,
+            5.0,
+            "ready",
+            Health.UNKNOWN,
+            "False",
+            "NoHealthStatus",
+        ),
+        ("Available", 0, REPORT, None, 5.0, "drain", Health.DRAINING, "False", "TargetDraining"),
     ],
 )
 def test_nlb_health_mapping(
     status: str,
     weight: int,
-    listeners: list[str],
+    report: ListenerReport,
     non_normal: dict[str, Any] | None,
+    available_for: float,
     admin: str,
     health: Health,
     cond_status: str,
@@ -128,7 +202,9 @@ def test_nlb_health_mapping(
         "Status": status,
         "Weight": weight,
     }
-    st = nlb_target(server, listeners, {"10.0.0.5:8080": non_normal} if non_normal else {}, "NLB sgp-1")
+    if non_normal:
+        report = ListenerReport(report.listeners, report.silent, {"10.0.0.5:8080": non_normal}, report.floor)
+    st = nlb_target(server, report, available_for, "NLB sgp-1")
     assert (st.admin, st.health.health) == (admin, health)
     cond = lb.gate_condition(GATE, [st.health])
     assert (cond["status"], cond["reason"]) == (cond_status, cond_reason)
@@ -137,8 +213,17 @@ def test_nlb_health_mapping(
 
 def test_nlb_reason_code_is_quoted_with_the_listener() -> None:
     server = {"ServerIp": "10.0.0.5", "Port": 8080, "Status": "Available", "Weight": 100}
-    st = nlb_target(server, ["lsn-1"], {"10.0.0.5:8080": bad("Unhealthy", "CONNECT_TIMEOUT")}, "NLB sgp-1")
-    assert st.health.detail == "Unhealthy: CONNECT_TIMEOUT on listener lsn-1"
+    report = ListenerReport(("lsn-1",), non_normal={"10.0.0.5:8080": bad("Unhealthy", "CONNECT_TIMEOUT")})
+    assert (
+        nlb_target(server, report, 9.0, "NLB sgp-1").health.detail
+        == "Unhealthy: CONNECT_TIMEOUT on listener lsn-1"
+    )
+
+
+def test_retryable_codes() -> None:
+    assert retryable("Throttling.User") and retryable("Throttling") and retryable("Rejected.Throttling")
+    assert retryable("IncorrectStatus.serverGroup") and retryable("Conflict.Lock")
+    assert not retryable("SignatureDoesNotMatch") and not retryable("ResourceNotFound.serverGroup")
 
 
 def test_server_group_annotations() -> None:

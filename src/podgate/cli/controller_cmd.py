@@ -84,6 +84,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="AWS API calls per second at most (token bucket), throttling retried with back-off",
     )
     p.add_argument(
+        "--aws-poll-period",
+        type=float,
+        default=float(env("AWS_POLL_PERIOD", "1") or 1),
+        help="seconds between target-health reads of a target group with pending gates",
+    )
+    p.add_argument(
         "--alibaba-provider",
         default=env("ALIBABA_PROVIDER"),
         metavar="NAME",
@@ -103,6 +109,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=float(env("ALIBABA_RATE", "10") or 10),
         help="Alibaba Cloud API calls per second at most (token bucket), throttling retried with back-off",
+    )
+    p.add_argument(
+        "--alibaba-poll-period",
+        type=float,
+        default=float(env("ALIBABA_POLL_PERIOD", "1") or 1),
+        help="seconds between health reads of a server group with pending gates",
     )
     for product, name in (("clb", "CLB (SLB)"), ("nlb", "NLB"), ("ecs", "ECS (ENI look-ups for CLB)")):
         p.add_argument(
@@ -305,13 +317,18 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         if sockets
         else ()
     )
-    aws = (AwsSettings(args.aws_provider, args.aws_region, args.aws_rate),) if args.aws_provider else ()
+    aws = (
+        (AwsSettings(args.aws_provider, args.aws_region, args.aws_rate, args.aws_poll_period),)
+        if args.aws_provider
+        else ()
+    )
     alibaba = (
         (
             AlibabaSettings(
                 args.alibaba_provider,
                 args.alibaba_region,
                 args.alibaba_rate,
+                args.alibaba_poll_period,
                 clb_endpoint=args.alibaba_clb_endpoint,
                 nlb_endpoint=args.alibaba_nlb_endpoint,
                 ecs_endpoint=args.alibaba_ecs_endpoint,

@@ -50,7 +50,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             base_config=base,
         )
     for a in settings.aws:
-        providers[a.name] = AwsElbv2Provider(a.name, a.region, rate=a.rate)
+        providers[a.name] = AwsElbv2Provider(a.name, a.region, rate=a.rate, poll_interval=a.poll_period)
     for ali in settings.alibaba:
         providers[ali.name] = AlibabaProvider(
             ali.name,
@@ -59,6 +59,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             nlb_endpoint=ali.nlb_endpoint,
             ecs_endpoint=ali.ecs_endpoint,
             rate=ali.rate,
+            poll_interval=ali.poll_period,
         )
     return providers
 
@@ -253,7 +254,7 @@ class Controller:
                 outcome = await self.reconciler.reconcile(key)
                 self.queue.forget(key)
                 if outcome.poll:
-                    self.queue.add_after(key, self.settings.poll_period)
+                    self.queue.add_after(key, max(self.settings.poll_period, outcome.interval))
                     metrics.RECONCILE_TOTAL.labels("service", "requeue_after").inc()
                 else:
                     metrics.RECONCILE_TOTAL.labels("service", "success").inc()

@@ -152,6 +152,7 @@ class InstrumentedProvider:
     def __init__(self, inner: Provider) -> None:
         self.inner = inner
         self.name = inner.name
+        self.poll_interval = inner.poll_interval
 
     async def _timed(self, op: str, coro: Any) -> Any:
         PROVIDER_CALLS.labels(self.name, op).inc()

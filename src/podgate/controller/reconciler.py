@@ -33,6 +33,8 @@ class Outcome:
     """What one reconcile leaves behind: whether to look again soon."""
 
     poll: bool = False
+    #: the provider's own least interval between health reads (a cloud API is metered)
+    interval: float = 0.0
 
 
 class ServiceReconciler:
@@ -142,6 +144,7 @@ class ServiceReconciler:
                 )
             return out
         provider = self.providers[provider_name]
+        out.interval = provider.poll_interval
         try:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, out)
         except ProviderError as e:
@@ -176,12 +179,18 @@ class ServiceReconciler:
             present = await provider.targets(pool)
             drained = self._drained(key, pool, present)
             diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
+            failed: ProviderError | None = None
             if diff.add:
-                await provider.register(pool, diff.add)
+                try:
+                    await provider.register(pool, diff.add)
+                except ProviderError as e:
+                    failed = e  # leaving pods must still leave: report after draining/removing
             if diff.drain:
                 await provider.drain(pool, diff.drain)
             if diff.remove:
                 await provider.deregister(pool, diff.remove)
+            if failed is not None:
+                raise failed
             if diff.add or diff.drain or diff.remove:
                 log.info(
                     "%s port %d: register %s, drain %s, remove %s",

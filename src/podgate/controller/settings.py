@@ -24,6 +24,7 @@ class AwsSettings:
     name: str = "aws"
     region: str | None = None
     rate: float = 10.0  # API calls per second (token bucket per provider and region)
+    poll_period: float = 1.0  # seconds between target-health reads of a pool with pending gates
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class AlibabaSettings:
     name: str = "alibaba"
     region: str | None = None
     rate: float = 10.0  # API calls per second (token bucket per provider and region)
+    poll_period: float = 1.0  # seconds between health reads of a pool with pending gates
     #: host[:port] or http(s)://host[:port]; None: the SDK's public endpoint for the region
     clb_endpoint: str | None = None
     nlb_endpoint: str | None = None
@@ -87,6 +89,9 @@ class ControllerSettings:
                     raise SettingsError(f"--alibaba-{flag}-endpoint={url!r} is not http(s)://HOST[:PORT]")
             if a.rate <= 0:
                 raise SettingsError("--alibaba-rate must be positive")
+        for flag, cloud in [("aws", a) for a in self.aws] + [("alibaba", a) for a in self.alibaba]:
+            if not 0.01 <= cloud.poll_period <= 60:
+                raise SettingsError(f"--{flag}-poll-period must be between 0.01 and 60 seconds")
         if self.default_provider not in names:
             raise SettingsError(f"--default-provider={self.default_provider!r} is not a configured provider")
         for h in self.haproxy:

@@ -1,37 +1,44 @@
 """Alibaba Cloud provider: a Service port bound to an existing CLB vServer group or NLB server
 group, through the official SDK packages (``alibabacloud_slb20140515``,
-``alibabacloud_nlb20220430``, ``alibabacloud_tea_openapi``).
+``alibabacloud_nlb20220430``, and their core client ``alibabacloud_tea_openapi``).
 
 - NLB server groups of type ``Ip`` take pod IPs as they are (``ServerType: Ip``).  Health is the
-  listener's: ``GetListenerHealthStatus`` lists only the servers that are *not* normal
-  (``Initial``, ``Unhealthy`` with a ``ReasonCode``, ``Unavailable``), so a server that is
-  ``Available`` in its group, checked by at least one listener and absent from that list is
-  healthy.  Adding a server is an asynchronous job: the server is ``Adding`` until it is done.
-- CLB vServer groups take pods as ``eni`` backends (``ServerId`` the ENI that holds the pod IP,
+  listeners': ``GetListenerHealthStatus`` lists only the servers that are *not* normal
+  (``Initial``, ``Unhealthy`` with a ``ReasonCode``, ``Unavailable``), paged.  So a server is
+  healthy only when it is ``Available`` in its group, every listener forwarding to the group
+  answered *for that group* (all pages read) without listing it, and it has been ``Available``
+  for at least the group's health-check interval × healthy threshold (the soonest a new server
+  can pass: absence from the list must not be mistaken for a verdict before the first checks).
+- CLB vServer groups take pods as ``eni`` backends (``ServerId`` the ENI holding the pod IP,
   ``ServerIp`` the pod IP), which is how ENI-mode (Terway) pods are load-balanced; podgate finds
-  each pod IP's ENI with ECS ``DescribeNetworkInterfaces``.  Health is
-  ``DescribeHealthStatus`` of the group's load balancer: ``normal``, ``abnormal`` or
-  ``unavailable`` per listener.
+  each pod IP's ENI with ECS ``DescribeNetworkInterfaces``.  Health is ``DescribeHealthStatus``
+  of the group's load balancer, counted only for the listeners that forward to this group:
+  ``normal`` on every one of them, or not healthy.
 
 The cloud's own words are the gate's reason: NLB's ``ReasonCode`` or status, CLB's
 ``ServerHealthStatus``.  Draining is weight 0 (no new connections, existing ones run on) until
-the pool's drain delay has passed; then the backend is removed.  podgate manages only the pod
-backends of a group (NLB ``Ip`` servers, CLB ``eni`` backends); ECS instances someone added by
-hand are left alone.  Credentials come from the SDK's default chain (environment variables,
-RRSA's OIDC token, the CLI profile, the ECS RAM role).  Every call takes a token from a bucket
-per provider and region; throttling answers back off exponentially with jitter; any other
-error is a ProviderError, which never opens a gate.
+the pool's drain delay has passed; then the backend is removed.  Like the AWS provider's target
+groups, the group belongs to the Service that names it: every pod-type backend in it (NLB
+``Ip`` servers, CLB ``eni`` backends) is podgate's to add and remove, while ECS instances in the
+same group are left alone; two Services naming one group is refused.
+
+Every call takes a token from a bucket per provider and region and runs the SDK's synchronous
+client in a thread (its asyncio client builds a TLS context per request on the event loop),
+with a deadline.  Throttling and "busy" answers (an earlier asynchronous job on the group still
+running) back off exponentially with jitter; any other error is a ProviderError, which never
+opens a gate.  Credentials come from the SDK's default chain (environment variables, RRSA's OIDC
+token, the CLI profile, the ECS RAM role).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import random
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,20 +46,35 @@ from podgate.model.lb import Health, PoolSpec, ServerGroup, Target, TargetHealth
 from podgate.model.ratelimit import TokenBucket
 from podgate.providers.base import ProviderError, TargetState
 
-log = logging.getLogger(__name__)
-
-#: error codes that mean "slow down and try again" rather than "this request is wrong"
-RETRYABLE = frozenset({"ServiceUnavailable", "SystemBusy", "Conflict.Lock"})
+#: error codes that mean "try again shortly" rather than "this request is wrong": the API is
+#: busy, or an earlier asynchronous job on the same group has not finished
+RETRYABLE = frozenset(
+    {
+        "Rejected.Throttling",
+        "ServiceUnavailable",
+        "SystemBusy",
+        "OperationBusy",
+        "Conflict.Lock",
+        "IncorrectStatus.serverGroup",
+        "OperationFailed.ResourceIsConfiguring",
+        "ServiceIsConfiguring",
+        "BackendServer.configuring",
+        "VServerGroupProcessing",
+    }
+)
 CLB_BATCH = 20  # backend servers per CLB call: the API's limit
 NLB_BATCH = 200  # servers per NLB call: the API's limit
+NLB_LB_IDS = 20  # load balancer ids per ListListeners call: the API's limit
 ENI_BATCH = 100  # private IPs per DescribeNetworkInterfaces call
+PAGE = 100  # MaxResults of NLB list calls (1 to 100)
 DISCOVERY_TTL = 30.0  # seconds a group's load balancer / listeners are trusted before a re-read
 WEIGHT = 100
-ECS_VERSION = "2014-05-26"
+MAX_RETRY_AFTER = 30.0
 
 #: SDK method of each action (the SDK's own snake_case names)
 _METHODS = {
     "DescribeVServerGroupAttribute": "describe_vserver_group_attribute",
+    "DescribeVServerGroups": "describe_vserver_groups",
     "AddVServerGroupBackendServers": "add_vserver_group_backend_servers",
     "RemoveVServerGroupBackendServers": "remove_vserver_group_backend_servers",
     "SetVServerGroupAttribute": "set_vserver_group_attribute",
@@ -63,62 +85,90 @@ _METHODS = {
     "AddServersToServerGroup": "add_servers_to_server_group",
     "RemoveServersFromServerGroup": "remove_servers_from_server_group",
     "UpdateServerGroupServersAttribute": "update_server_group_servers_attribute",
-    "GetListenerHealthStatus": "get_listener_health_status",
 }
+#: actions sent through the core client: ECS (no product SDK needed for one call), and NLB's
+#: GetListenerHealthStatus, whose SDK request model (4.1.3) lacks the API's paging parameters
+_GENERIC = {"DescribeNetworkInterfaces": "2014-05-26", "GetListenerHealthStatus": "2022-04-30"}
 
 
 # -- the cloud's answers → podgate's view (pure) ----------------------------------------------
-def clb_target(backend: Mapping[str, Any], checks: Sequence[Mapping[str, Any]], where: str) -> TargetState:
-    """A CLB vServer group backend and the ``DescribeHealthStatus`` entries for it (one per
-    listener that forwards to the group) → admin state and health.
+def _draining(where: str) -> TargetState:
+    return TargetState("drain", TargetHealth(Health.DRAINING, "weight 0: no new connections", where))
 
-    Healthy only when every listener says ``normal``; the first other status is the reason.
+
+def clb_target(
+    backend: Mapping[str, Any],
+    checks: Sequence[Mapping[str, Any]],
+    listener_ports: Sequence[int],
+    where: str,
+) -> TargetState:
+    """A CLB vServer group backend, the ports of the listeners forwarding to its group, and the
+    ``DescribeHealthStatus`` entries for it → admin state and health.
+
+    Healthy only when every one of those listeners reports it ``normal``; the first listener
+    that does not (or reports nothing yet) gives the reason.
     """
     if int(backend.get("Weight") or 0) == 0:
-        return TargetState("drain", TargetHealth(Health.DRAINING, "weight 0: no new connections", where))
-    statuses = [str(c.get("ServerHealthStatus") or "unavailable") for c in checks]
-    if not statuses:
+        return _draining(where)
+    if not listener_ports:
         return TargetState(
             "ready",
             TargetHealth(
-                Health.INITIAL,
-                "no listener reports this backend's health yet "
-                "(is a listener forwarding to the vServer group?)",
+                Health.UNKNOWN,
+                "no listener forwards to this vServer group, so nothing checks it",
                 where,
-                "NoHealthStatus",
+                "NoListener",
             ),
         )
-    for check, status in zip(checks, statuses, strict=True):
-        if status == "normal":
-            continue
-        health = Health.UNHEALTHY if status == "abnormal" else Health.UNKNOWN
-        listener = check.get("ListenerPort")
-        return TargetState(
-            "ready",
-            TargetHealth(health, f"ServerHealthStatus {status} on listener {listener}", where, status),
-        )
-    listeners = ", ".join(str(c.get("ListenerPort")) for c in checks)
+    by_port = {int(c["ListenerPort"]): c for c in checks if c.get("ListenerPort") is not None}
+    for port in listener_ports:
+        check = by_port.get(port)
+        if check is None:
+            return TargetState(
+                "ready",
+                TargetHealth(
+                    Health.INITIAL,
+                    f"listener {port} reports no health for this backend yet",
+                    where,
+                    "NoHealthStatus",
+                ),
+            )
+        status = str(check.get("ServerHealthStatus") or "unavailable")
+        if status != "normal":
+            health = Health.UNHEALTHY if status == "abnormal" else Health.UNKNOWN
+            return TargetState(
+                "ready",
+                TargetHealth(health, f"ServerHealthStatus {status} on listener {port}", where, status),
+            )
+    ports = ", ".join(map(str, listener_ports))
     return TargetState(
-        "ready", TargetHealth(Health.HEALTHY, f"ServerHealthStatus normal on listener {listeners}", where)
+        "ready", TargetHealth(Health.HEALTHY, f"ServerHealthStatus normal on listener {ports}", where)
     )
 
 
+@dataclass(frozen=True)
+class ListenerReport:
+    """What the listeners forwarding to one NLB server group said in one round of reads."""
+
+    listeners: tuple[str, ...] = ()  # forwarding to the group
+    silent: tuple[str, ...] = ()  # answered, but not for this group (re-pointed, stopped)
+    non_normal: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # "ip:port" → entry
+    floor: float = 0.0  # health-check interval × healthy threshold: the soonest a server can pass
+
+
 def nlb_target(
-    server: Mapping[str, Any],
-    listeners: Sequence[str],
-    non_normal: Mapping[str, Mapping[str, Any]],
-    where: str,
+    server: Mapping[str, Any], report: ListenerReport, available_for: float, where: str
 ) -> TargetState:
-    """An NLB server group server, the listeners forwarding to its group, and the servers those
-    listeners report as not normal (keyed ``ip:port``) → admin state and health."""
+    """An NLB server group server, what the group's listeners report, and how long the server has
+    been ``Available`` (as podgate saw it) → admin state and health."""
     status = str(server.get("Status") or "")
     if int(server.get("Weight") or 0) == 0:
-        return TargetState("drain", TargetHealth(Health.DRAINING, "weight 0: no new connections", where))
+        return _draining(where)
     if status in ("Adding", "Configuring"):
         return TargetState(
             "ready", TargetHealth(Health.INITIAL, f"server is {status} (the NLB job runs)", where, status)
         )
-    if not listeners:
+    if not report.listeners:
         return TargetState(
             "ready",
             TargetHealth(
@@ -128,18 +178,38 @@ def nlb_target(
                 "NoListener",
             ),
         )
-    bad = non_normal.get(f"{server.get('ServerIp')}:{server.get('Port')}")
-    if bad is None:
+    if report.silent:
         return TargetState(
             "ready",
-            TargetHealth(Health.HEALTHY, f"healthy on listener {', '.join(listeners)}", where),
+            TargetHealth(
+                Health.UNKNOWN,
+                f"listener {', '.join(report.silent)} reports nothing for this server group",
+                where,
+                "NoHealthStatus",
+            ),
         )
-    state = str(bad.get("Status") or "Unavailable")
-    code = (bad.get("Reason") or {}).get("ReasonCode")
-    health = {"Initial": Health.INITIAL, "Unhealthy": Health.UNHEALTHY}.get(state, Health.UNKNOWN)
-    words = f"{state}: {code}" if code else state
+    bad = report.non_normal.get(f"{server.get('ServerIp') or server.get('ServerId')}:{server.get('Port')}")
+    if bad is not None:
+        state = str(bad.get("Status") or "Unavailable")
+        code = (bad.get("Reason") or {}).get("ReasonCode")
+        health = {"Initial": Health.INITIAL, "Unhealthy": Health.UNHEALTHY}.get(state, Health.UNKNOWN)
+        words = f"{state}: {code}" if code else state
+        return TargetState(
+            "ready", TargetHealth(health, f"{words} on listener {bad.get('_listener')}", where, code or state)
+        )
+    if available_for < report.floor:
+        return TargetState(
+            "ready",
+            TargetHealth(
+                Health.INITIAL,
+                f"available for {available_for:.1f}s; the first checks take {report.floor:g}s "
+                "(interval × healthy threshold)",
+                where,
+                "Initial",
+            ),
+        )
     return TargetState(
-        "ready", TargetHealth(health, f"{words} on listener {bad['_listener']}", where, code or state)
+        "ready", TargetHealth(Health.HEALTHY, f"healthy on listener {', '.join(report.listeners)}", where)
     )
 
 
@@ -155,6 +225,10 @@ def endpoint(url: str | None) -> tuple[str | None, str | None]:
     return parts.netloc, parts.scheme
 
 
+def retryable(code: str) -> bool:
+    return code.startswith("Throttling") or code in RETRYABLE
+
+
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -166,7 +240,9 @@ class _Discovered:
 
     at: float
     load_balancer: str | None = None  # CLB: the vServer group's load balancer
+    listener_ports: tuple[int, ...] = ()  # CLB: ports of the listeners forwarding to the group
     listeners: tuple[str, ...] = ()  # NLB: listeners forwarding to the server group
+    floor: float = 0.0  # NLB: health-check interval × healthy threshold
 
 
 class AlibabaProvider:
@@ -183,6 +259,7 @@ class AlibabaProvider:
         max_retries: int = 6,
         base_delay: float = 0.2,
         timeout: float = 10.0,
+        poll_interval: float = 1.0,
         credential: Any = None,
     ) -> None:
         """``credential``: an ``alibabacloud_credentials`` client; None is the SDK's default
@@ -191,78 +268,98 @@ class AlibabaProvider:
         self.endpoints = {"clb": clb_endpoint, "nlb": nlb_endpoint, "ecs": ecs_endpoint}
         self.bucket = TokenBucket(rate, burst)
         self.max_retries, self.base_delay, self.timeout = max_retries, base_delay, timeout
+        #: cloud health checks run every few seconds: reading them faster only spends API quota
+        self.poll_interval = poll_interval
         self.throttled = 0
         self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()  # clients are made in the calls' threads
         self._credential: Any = credential
         self._discovered: dict[str, _Discovered] = {}
-        #: the group's pod backends as last read: {target: backend as the API gave it}
+        self._owners: dict[str, str] = {}  # group id → the Service key that names it
+        #: the group's pod backends as last read: register/drain/remove need their ServerId
+        #: (CLB: the ENI) and whether they are already there (at weight 0) or absent
         self._seen: dict[str, dict[Target, dict[str, Any]]] = {}
-        self._enis: dict[str, str] = {}  # pod IP → ENI id (CLB); an IP keeps its ENI for the pod's life
+        self._removing: dict[str, set[Target]] = {}  # NLB servers whose removal job runs
+        self._available_since: dict[tuple[str, Target], float] = {}
+        self._enis: dict[str, str] = {}  # pod IP → ENI id (CLB); dropped when the backend goes
 
     # -- SDK plumbing ---------------------------------------------------------------------------
     def _client(self, product: str) -> Any:
-        if product not in self._clients:
-            from alibabacloud_credentials.client import Client as CredentialClient
-            from alibabacloud_tea_openapi import utils_models as openapi
+        with self._lock:
+            if product not in self._clients:
+                self._clients[product] = self._make_client(product)
+            return self._clients[product]
 
-            if self._credential is None:
-                self._credential = CredentialClient()  # the default chain: env, RRSA, profile, RAM role
-            host, protocol = endpoint(self.endpoints[product])
-            config = openapi.Config(
-                credential=self._credential,
-                region_id=self.region,
-                endpoint=host,
-                protocol=protocol or "https",
-                connect_timeout=int(self.timeout * 1000),
-                read_timeout=int(self.timeout * 1000),
-            )
-            if product == "clb":
-                from alibabacloud_slb20140515.client import Client as Slb
+    def _make_client(self, product: str) -> Any:
+        from alibabacloud_credentials.client import Client as CredentialClient
+        from alibabacloud_tea_openapi import utils_models as openapi
 
-                self._clients[product] = Slb(config)
-            elif product == "nlb":
-                from alibabacloud_nlb20220430.client import Client as Nlb
+        if self._credential is None:
+            self._credential = CredentialClient()  # the default chain: env, RRSA, profile, RAM role
+        host, protocol = endpoint(self.endpoints[product])
+        config = openapi.Config(
+            credential=self._credential,
+            region_id=self.region,
+            endpoint=host,
+            protocol=protocol or "https",
+            connect_timeout=int(self.timeout * 1000),
+            read_timeout=int(self.timeout * 1000),
+        )
+        if product == "clb":
+            from alibabacloud_slb20140515.client import Client as Slb
 
-                self._clients[product] = Nlb(config)
-            else:
-                from alibabacloud_tea_openapi.client import Client as OpenApi
+            return Slb(config)
+        if product == "nlb":
+            from alibabacloud_nlb20220430.client import Client as Nlb
 
-                config.endpoint = host or f"ecs.{self.region}.aliyuncs.com"
-                self._clients[product] = OpenApi(config)
-        return self._clients[product]
+            return Nlb(config)
+        from alibabacloud_tea_openapi.client import Client as OpenApi
+
+        config.endpoint = host or f"ecs.{self.region}.aliyuncs.com"
+        return OpenApi(config)
 
     async def close(self) -> None:
         self._clients.clear()
 
     async def _call(self, product: str, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """One API call with the region filled in, rate-limited, throttling retried; the
-        answer's body as the API spells it."""
+        """One API call with the region filled in, rate-limited, throttling and busy answers
+        retried; the answer's body as the API spells it."""
+        from alibabacloud_credentials.exceptions import CredentialException
+        from Tea.exceptions import TeaException
+
         for attempt in range(self.max_retries + 1):
             wait = self.bucket.reserve()
             if wait:
                 await asyncio.sleep(wait)
             try:
-                return await self._send(product, action, {"RegionId": self.region, **params})
-            except Exception as e:  # the SDK raises many kinds; each becomes a ProviderError
+                return await asyncio.wait_for(
+                    asyncio.to_thread(self._send, product, action, {"RegionId": self.region, **params}),
+                    2 * self.timeout + 1,
+                )
+            except (TeaException, CredentialException, OSError, TimeoutError) as e:
                 code = str(getattr(e, "code", "") or "")
-                retry = code.startswith("Throttling") or code in RETRYABLE
-                if retry and attempt < self.max_retries:
+                if retryable(code) and attempt < self.max_retries:
                     self.throttled += 1
                     delay = self.base_delay * 2**attempt
-                    await asyncio.sleep(delay / 2 + random.random() * delay / 2)
+                    delay = delay / 2 + random.random() * delay / 2
+                    after = getattr(e, "retry_after", None)  # x-acs-retry-after, milliseconds
+                    if isinstance(after, int | float) and after > 0:
+                        delay = max(delay, min(after / 1000, MAX_RETRY_AFTER))
+                    await asyncio.sleep(delay)
                     continue
                 raise ProviderError(f"Alibaba Cloud {action}: {_describe(e)}") from None
         raise ProviderError(f"Alibaba Cloud {action}: still throttled after {self.max_retries} retries")
 
-    async def _send(self, product: str, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _send(self, product: str, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The SDK call itself (synchronous, in a worker thread)."""
         client = self._client(product)
-        if product == "ecs":
+        if action in _GENERIC:
             from alibabacloud_tea_openapi import utils_models
             from darabonba.runtime import RuntimeOptions
 
             api = utils_models.Params(
                 action=action,
-                version=ECS_VERSION,
+                version=_GENERIC[action],
                 protocol="HTTPS",
                 pathname="/",
                 method="POST",
@@ -272,14 +369,17 @@ class AlibabaProvider:
                 body_type="json",
             )
             request = utils_models.OpenApiRequest(query={k: str(v) for k, v in params.items()})
-            answer = await client.call_api_async(api, request, RuntimeOptions())
+            answer = client.call_api(api, request, RuntimeOptions())
             return dict(answer.get("body") or {})
         if product == "clb":
             import alibabacloud_slb20140515.models as models
         else:
             import alibabacloud_nlb20220430.models as models
         request = getattr(models, f"{action}Request")().from_map(dict(params))
-        response = await getattr(client, f"{_METHODS[action]}_async")(request)
+        dropped = set(params) - set(request.to_map())
+        if dropped:  # from_map ignores names it does not know: say so rather than send less
+            raise ProviderError(f"Alibaba Cloud {action}: the SDK's request has no {sorted(dropped)}")
+        response = getattr(client, _METHODS[action])(request)
         return dict(response.body.to_map())
 
     # -- the Provider seam ----------------------------------------------------------------------
@@ -293,51 +393,90 @@ class AlibabaProvider:
         return pool.server_group
 
     async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
-        """Check each group exists (and is an ``Ip`` group, for NLB) and find what it is attached
-        to; nothing is created: the groups and load balancers are the user's."""
+        """Check each group exists, suits podgate, and is named by this Service only; find what
+        it is attached to.  Nothing is created: the groups and load balancers are the user's."""
         for pool in pools:
-            await self._discover(self._group(pool))
+            group = self._group(pool)
+            owner = self._owners.setdefault(group.group_id, service_key)
+            if owner != service_key:
+                raise ProviderError(
+                    f"server group {group.group_id} is already bound to Service {owner}; "
+                    "each group belongs to one Service port"
+                )
+            await self._discover(group)
         return None
 
-    async def _discover(self, group: ServerGroup, refresh: bool = False) -> _Discovered:
+    async def _discover(self, group: ServerGroup) -> _Discovered:
         known = self._discovered.get(group.group_id)
-        if known is not None and not refresh and time.monotonic() - known.at < DISCOVERY_TTL:
+        if known is not None and time.monotonic() - known.at < DISCOVERY_TTL:
             return known
-        if group.product == "clb":
-            attr = await self._call(
-                "clb", "DescribeVServerGroupAttribute", {"VServerGroupId": group.group_id}
-            )
-            found = _Discovered(time.monotonic(), load_balancer=attr.get("LoadBalancerId"))
-        else:
-            answer = await self._call("nlb", "ListServerGroups", {"ServerGroupIds": [group.group_id]})
-            matches = [
-                g for g in answer.get("ServerGroups") or () if g.get("ServerGroupId") == group.group_id
-            ]
-            if not matches:
-                raise ProviderError(f"NLB server group {group.group_id} does not exist in {self.region}")
-            kind = matches[0].get("ServerGroupType")
-            if kind != "Ip":
-                raise ProviderError(
-                    f"NLB server group {group.group_id} has ServerGroupType {kind!r}; "
-                    "podgate adds pod IPs and needs an 'Ip' server group"
-                )
-            balancers = list(matches[0].get("RelatedLoadBalancerIds") or ())
-            listeners: list[str] = []
-            if balancers:
-                answer = await self._call(
-                    "nlb", "ListListeners", {"LoadBalancerIds": balancers, "MaxResults": 100}
-                )
-                listeners = [
-                    str(li["ListenerId"])
-                    for li in answer.get("Listeners") or ()
-                    if li.get("ServerGroupId") == group.group_id
-                ]
-            found = _Discovered(time.monotonic(), listeners=tuple(sorted(listeners)))
+        found = await (self._discover_clb(group) if group.product == "clb" else self._discover_nlb(group))
         self._discovered[group.group_id] = found
         return found
 
+    async def _discover_clb(self, group: ServerGroup) -> _Discovered:
+        attr = await self._call("clb", "DescribeVServerGroupAttribute", {"VServerGroupId": group.group_id})
+        lb_id = attr.get("LoadBalancerId")
+        ports: list[int] = []
+        if lb_id:
+            answer = await self._call(
+                "clb", "DescribeVServerGroups", {"LoadBalancerId": lb_id, "IncludeListener": True}
+            )
+            for g in (answer.get("VServerGroups") or {}).get("VServerGroup") or ():
+                if g.get("VServerGroupId") == group.group_id:
+                    listeners = ((g.get("AssociatedObjects") or {}).get("Listeners") or {}).get(
+                        "Listener"
+                    ) or ()
+                    ports = [int(li["Port"]) for li in listeners if li.get("Port") is not None]
+        return _Discovered(time.monotonic(), load_balancer=lb_id, listener_ports=tuple(sorted(set(ports))))
+
+    async def _discover_nlb(self, group: ServerGroup) -> _Discovered:
+        answer = await self._call("nlb", "ListServerGroups", {"ServerGroupIds": [group.group_id]})
+        matches = [g for g in answer.get("ServerGroups") or () if g.get("ServerGroupId") == group.group_id]
+        if not matches:
+            raise ProviderError(f"NLB server group {group.group_id} does not exist in {self.region}")
+        info = matches[0]
+        if info.get("ServerGroupType") != "Ip":
+            raise ProviderError(
+                f"NLB server group {group.group_id} has ServerGroupType {info.get('ServerGroupType')!r}; "
+                "podgate adds pod IPs and needs an 'Ip' server group"
+            )
+        if info.get("AnyPortEnabled"):
+            raise ProviderError(
+                f"NLB server group {group.group_id} forwards all ports (AnyPortEnabled); podgate adds "
+                "pod IP and port pairs and needs a group with ports"
+            )
+        check = info.get("HealthCheck") or {}
+        floor = float(check.get("HealthCheckInterval") or 0) * float(check.get("HealthyThreshold") or 0)
+        balancers = list(info.get("RelatedLoadBalancerIds") or ())
+        listeners: list[str] = []
+        for chunk in _batches(balancers, NLB_LB_IDS):
+            token: str | None = None
+            while True:
+                page = await self._call(
+                    "nlb",
+                    "ListListeners",
+                    {
+                        "LoadBalancerIds": list(chunk),
+                        "MaxResults": PAGE,
+                        **({"NextToken": token} if token else {}),
+                    },
+                )
+                listeners += [
+                    str(li["ListenerId"])
+                    for li in page.get("Listeners") or ()
+                    if li.get("ServerGroupId") == group.group_id
+                ]
+                token = page.get("NextToken")
+                if not token:
+                    break
+        return _Discovered(time.monotonic(), listeners=tuple(sorted(set(listeners))), floor=floor)
+
     async def release(self, service_key: str) -> None:
-        """The groups are the user's: nothing of podgate's to remove."""
+        """The groups are the user's: nothing to remove but podgate's claim on them."""
+        for gid in [g for g, owner in self._owners.items() if owner == service_key]:
+            del self._owners[gid]
+            self._discovered.pop(gid, None)
 
     async def provisioned(self) -> set[str]:
         return set()
@@ -356,57 +495,95 @@ class AlibabaProvider:
             if b.get("Type") == "eni" and b.get("ServerIp")
         }
         self._seen[group.group_id] = backends
-        lb_id = attr.get("LoadBalancerId")
-        where = f"CLB {lb_id} vServer group {group.group_id}"
+        found = await self._discover(group)
+        where = f"CLB {found.load_balancer} vServer group {group.group_id}"
         checks: dict[Target, list[dict[str, Any]]] = {}
-        if backends and lb_id:
-            health = await self._call("clb", "DescribeHealthStatus", {"LoadBalancerId": lb_id})
+        if backends and found.load_balancer and found.listener_ports:
+            health = await self._call("clb", "DescribeHealthStatus", {"LoadBalancerId": found.load_balancer})
             for entry in (health.get("BackendServers") or {}).get("BackendServer") or ():
                 if entry.get("ServerIp") and entry.get("Port") is not None:
-                    checks.setdefault(Target(str(entry["ServerIp"]), int(entry["Port"])), []).append(entry)
-        return {t: clb_target(b, checks.get(t, []), where) for t, b in backends.items()}
+                    target = Target(str(entry["ServerIp"]), int(entry["Port"]))
+                    mine = backends.get(target)
+                    # another group's backend on the same IP and port is not this one
+                    if mine is not None and entry.get("ServerId") in (None, mine.get("ServerId")):
+                        checks.setdefault(target, []).append(entry)
+        return {t: clb_target(b, checks.get(t, []), found.listener_ports, where) for t, b in backends.items()}
 
     async def _nlb_targets(self, group: ServerGroup) -> dict[Target, TargetState]:
+        gid = group.group_id
         servers: dict[Target, dict[str, Any]] = {}
+        removing: set[Target] = set()
         token: str | None = None
         while True:
             page = await self._call(
                 "nlb",
                 "ListServerGroupServers",
-                {
-                    "ServerGroupId": group.group_id,
-                    "MaxResults": 100,
-                    **({"NextToken": token} if token else {}),
-                },
+                {"ServerGroupId": gid, "MaxResults": PAGE, **({"NextToken": token} if token else {})},
             )
             for s in page.get("Servers") or ():
-                # a server being removed is on its way out: neither a target nor to remove again
-                if s.get("ServerType") == "Ip" and s.get("Status") != "Removing" and s.get("ServerIp"):
-                    servers[Target(str(s["ServerIp"]), int(s.get("Port") or 0))] = s
+                if s.get("ServerType") != "Ip" or not s.get("ServerIp"):
+                    continue
+                target = Target(str(s["ServerIp"]), int(s.get("Port") or 0))
+                if s.get("Status") == "Removing":
+                    removing.add(target)  # on its way out: neither a target nor to remove again
+                else:
+                    servers[target] = s
             token = page.get("NextToken")
             if not token:
                 break
-        self._seen[group.group_id] = servers
+        self._seen[gid], self._removing[gid] = servers, removing
+        now = time.monotonic()
+        for target, s in servers.items():
+            if s.get("Status") == "Available":
+                self._available_since.setdefault((gid, target), now)
+            else:
+                self._available_since.pop((gid, target), None)
+        for key in [k for k in self._available_since if k[0] == gid and k[1] not in servers]:
+            del self._available_since[key]
         found = await self._discover(group)
+        report = await self._listener_report(gid, found) if servers else ListenerReport()
+        where = f"NLB server group {gid}"
+        return {
+            t: nlb_target(s, report, now - self._available_since.get((gid, t), now), where)
+            for t, s in servers.items()
+        }
+
+    async def _listener_report(self, gid: str, found: _Discovered) -> ListenerReport:
+        """Every page of every forwarding listener's health, for this group only."""
         non_normal: dict[str, dict[str, Any]] = {}
-        if servers:
-            for listener in found.listeners:
-                answer = await self._call("nlb", "GetListenerHealthStatus", {"ListenerId": listener})
+        reported: set[str] = set()
+        for listener in found.listeners:
+            token: str | None = None
+            while True:
+                answer = await self._call(
+                    "nlb",
+                    "GetListenerHealthStatus",
+                    {"ListenerId": listener, "MaxResults": PAGE, **({"NextToken": token} if token else {})},
+                )
                 for status in answer.get("ListenerHealthStatus") or ():
                     for info in status.get("ServerGroupInfos") or ():
-                        if info.get("ServerGroupId") != group.group_id:
+                        if info.get("ServerGroupId") != gid:
                             continue
+                        reported.add(listener)
                         for bad in info.get("NonNormalServers") or ():
-                            key = f"{bad.get('ServerIp')}:{bad.get('Port')}"
+                            key = f"{bad.get('ServerIp') or bad.get('ServerId')}:{bad.get('Port')}"
                             non_normal.setdefault(key, {**bad, "_listener": listener})
-        where = f"NLB server group {group.group_id}"
-        return {t: nlb_target(s, found.listeners, non_normal, where) for t, s in servers.items()}
+                token = answer.get("NextToken")
+                if not token:
+                    break
+        silent = tuple(li for li in found.listeners if li not in reported)
+        if silent:
+            self._discovered.pop(gid, None)  # re-read what the group is attached to next time
+        return ListenerReport(found.listeners, silent, non_normal, found.floor)
 
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        """Absent targets are added at full weight; draining ones (weight 0) get it back.  An NLB
+        server still being removed is left until its removal job ends, then added."""
         group = self._group(pool)
         seen = self._seen.get(group.group_id, {})
-        back = [t for t in targets if t in seen]  # draining ones: weight back up
-        new = [t for t in targets if t not in seen]
+        removing = self._removing.get(group.group_id, set())
+        back = [t for t in targets if t in seen]
+        new = [t for t in targets if t not in seen and t not in removing]
         if back:
             await self._set_weight(pool, back, WEIGHT)
         if not new:
@@ -430,8 +607,7 @@ class AlibabaProvider:
                 )
             return
         enis = await self._enis_of({t.ip for t in new})
-        ready = [t for t in new if t.ip in enis]
-        for chunk in _batches(ready, CLB_BATCH):
+        for chunk in _batches([t for t in new if t.ip in enis], CLB_BATCH):
             servers = [
                 {
                     "ServerId": enis[t.ip],
@@ -443,11 +619,16 @@ class AlibabaProvider:
                 }
                 for t in chunk
             ]
-            await self._call(
-                "clb",
-                "AddVServerGroupBackendServers",
-                {"VServerGroupId": group.group_id, "BackendServers": json.dumps(servers)},
-            )
+            try:
+                await self._call(
+                    "clb",
+                    "AddVServerGroupBackendServers",
+                    {"VServerGroupId": group.group_id, "BackendServers": json.dumps(servers)},
+                )
+            except ProviderError:
+                for t in chunk:  # the IP may have moved to another ENI: look it up again next time
+                    self._enis.pop(t.ip, None)
+                raise
         missing = sorted({t.ip for t in new} - set(enis))
         if missing:
             raise ProviderError(
@@ -456,21 +637,28 @@ class AlibabaProvider:
             )
 
     async def _enis_of(self, ips: set[str]) -> dict[str, str]:
+        """Pod IP → the ENI holding it: secondary IPs in batches, then primary IPs one by one
+        (exclusive-ENI pods), each answer kept until the backend is removed."""
         todo = sorted(ips - set(self._enis))
         for chunk in _batches(todo, ENI_BATCH):
             params = {f"PrivateIpAddress.{i}": ip for i, ip in enumerate(chunk, 1)}
-            answer = await self._call("ecs", "DescribeNetworkInterfaces", {**params, "MaxResults": 500})
-            for eni in (answer.get("NetworkInterfaceSets") or {}).get("NetworkInterfaceSet") or ():
-                owned = [
-                    p.get("PrivateIpAddress")
-                    for p in (eni.get("PrivateIpSets") or {}).get("PrivateIpSet") or ()
-                ]
-                for ip in [eni.get("PrivateIpAddress"), *owned]:
-                    if ip in chunk:
-                        self._enis[str(ip)] = str(eni["NetworkInterfaceId"])
-        if len(self._enis) > 50_000:  # pod IPs are reused; bound the cache, keep what is asked now
-            self._enis = {ip: self._enis[ip] for ip in ips if ip in self._enis}
+            self._learn_enis(
+                await self._call("ecs", "DescribeNetworkInterfaces", {**params, "MaxResults": 500}), chunk
+            )
+        for ip in sorted(ips - set(self._enis)):
+            self._learn_enis(
+                await self._call("ecs", "DescribeNetworkInterfaces", {"PrimaryIpAddress": ip}), [ip]
+            )
         return {ip: self._enis[ip] for ip in ips if ip in self._enis}
+
+    def _learn_enis(self, answer: Mapping[str, Any], wanted: Sequence[str]) -> None:
+        for eni in (answer.get("NetworkInterfaceSets") or {}).get("NetworkInterfaceSet") or ():
+            owned = [
+                p.get("PrivateIpAddress") for p in (eni.get("PrivateIpSets") or {}).get("PrivateIpSet") or ()
+            ]
+            for ip in [eni.get("PrivateIpAddress"), *owned]:
+                if ip in wanted:
+                    self._enis[str(ip)] = str(eni["NetworkInterfaceId"])
 
     async def _set_weight(self, pool: PoolSpec, targets: Sequence[Target], weight: int) -> None:
         group = self._group(pool)
@@ -533,6 +721,8 @@ class AlibabaProvider:
                 "RemoveVServerGroupBackendServers",
                 {"VServerGroupId": group.group_id, "BackendServers": json.dumps(servers)},
             )
+            for t in chunk:  # the pod is gone; its IP may come back on another ENI
+                self._enis.pop(t.ip, None)
 
     async def generation(self) -> str:
         return self.name  # nothing of podgate's state is lost on the cloud's side
@@ -543,6 +733,8 @@ def _describe(e: BaseException) -> str:
     code = getattr(e, "code", None)
     if code:
         return f"{code}: {getattr(e, 'message', None) or e}"
+    if isinstance(e, TimeoutError):
+        return "no answer within the deadline"
     inner = getattr(e, "inner_exception", None) or e.__cause__ or e
     text = getattr(inner, "message", None) or str(inner) or type(inner).__name__
     return f"cannot reach the API: {text}"

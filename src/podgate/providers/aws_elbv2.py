@@ -57,8 +57,11 @@ class AwsElbv2Provider:
         burst: int = 20,
         max_retries: int = 6,
         base_delay: float = 0.2,
+        poll_interval: float = 1.0,
     ) -> None:
         self.name, self.region = name, region
+        #: ELB checks every 5 s at the least: reading target health faster only spends API quota
+        self.poll_interval = poll_interval
         self.bucket = TokenBucket(rate, burst)
         self.max_retries, self.base_delay = max_retries, base_delay
         self._client: Any = None

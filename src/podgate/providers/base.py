@@ -26,6 +26,9 @@ class TargetState:
 
 class Provider(Protocol):
     name: str
+    #: seconds between health reads of a pool with pending gates, at least (the controller's
+    #: --poll-period is the floor): a cloud API is metered, HAProxy's socket is not
+    poll_interval: float
 
     async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
         """Make sure the Service's pools exist (and its frontends, where the provider makes them);

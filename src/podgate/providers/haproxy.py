@@ -80,6 +80,7 @@ class HAProxyProvider:
         if not runtime_addresses:
             raise ValueError("HAProxy provider needs at least one runtime API address")
         self.name = name
+        self.poll_interval = 0.0  # the runtime socket is local and cheap: the controller's period
         self.runtimes = [Runtime(a) for a in runtime_addresses]
         self.master = Master(master_address) if master_address else None
         self.config_path = config_path
