@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from .alibaba_double import AlibabaDouble, eni_for
+from podgate.sandbox.alibaba_double import AlibabaDouble, eni_for
+
 from .conftest import GateWatch, SandboxHandle, controller_replaced, wait_for
 
 pytestmark = pytest.mark.sandbox

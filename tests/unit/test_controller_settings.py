@@ -75,13 +75,21 @@ def test_alibaba_settings() -> None:
         ]
     )
     (a,) = s.alibaba
-    assert (a.name, a.region, a.rate, a.clb_endpoint, a.nlb_endpoint) == (
+    assert (a.name, a.region, a.rate, a.poll_period, a.clb_endpoint, a.nlb_endpoint) == (
         "ali",
         "cn-beijing",
         3.0,
+        1.0,
         "http://127.0.0.1:1",
         None,
     )
+
+
+def test_cloud_poll_periods() -> None:
+    s = parse([*ALI, "--alibaba-region", "r", "--alibaba-poll-period", "2.5", "--aws-provider", "aws"])
+    assert (s.alibaba[0].poll_period, s.aws[0].poll_period) == (2.5, 1.0)
+    with pytest.raises(SettingsError, match="--aws-poll-period must be between"):
+        parse([*ALI, "--alibaba-region", "r", "--aws-provider", "aws", "--aws-poll-period", "0"])
 
 
 def test_bad_config_file(tmp_path: Path) -> None:

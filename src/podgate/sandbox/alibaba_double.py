@@ -8,6 +8,9 @@ from the documented algorithms (ACS3-HMAC-SHA256, the SDK's default, and the old
 that ``Config(signature_algorithm='v2')`` selects) recomputed from what arrived, rejects a reused
 nonce, answers in the JSON the SDK's models parse, and fails in Alibaba's documented error codes.
 
+It lives in the sandbox (not only in the tests) because the benchmarks drive it too: the
+sandbox is "all of it on one machine, no cloud", and this is the cloud's part.
+
 Behind it is a small model of the resources podgate touches: CLB vServer groups of ``eni``
 backends, NLB server groups (``Ip`` or ``Instance``) and listeners, and ENIs that own pod IPs.
 A :class:`Script` says what the model cannot know: how long a new backend stays unchecked, which
@@ -33,6 +36,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -81,6 +85,7 @@ class Script:
     nlb_check_interval: int = 1  # NLB server groups' HealthCheckInterval (seconds), as ListServerGroups says
     nlb_healthy_threshold: int = 2  # and their HealthyThreshold
     calls: list[str] = field(default_factory=list)  # every action in order of arrival (after auth)
+    call_times: list[float] = field(default_factory=list)  # time.monotonic() of each of those calls
 
 
 class ApiError(Exception):
@@ -321,6 +326,7 @@ class AlibabaDouble:
         try:
             self._authenticate(request, body, params)
             self.script.calls.append(action)
+            self.script.call_times.append(time.monotonic())
             if self.script.throttle_next > 0:
                 self.script.throttle_next -= 1
                 self.script.throttled += 1
