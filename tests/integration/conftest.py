@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -151,26 +150,9 @@ def wide_row(sandbox: SandboxHandle, namespace: str, pod: str) -> dict[str, str]
 
 @contextlib.contextmanager
 def controller_replaced(sandbox: SandboxHandle, *flags: str, env: dict[str, str], log: str) -> Iterator[None]:
-    """The sandbox's controller replaced by one with extra flags (a cloud provider and its
-    endpoint) and environment (its credentials); the sandbox's own comes back after."""
-    state = sandbox.state_dir
-    pid = json.loads((state / "pids.json").read_text())["podgate-controller"]
-    os.killpg(pid, signal.SIGTERM)  # releases the lease: the new one leads at once
-    with open(state / "logs" / log, "w") as err:
-        ctl = subprocess.Popen(
-            Sandbox(state).controller_argv(1, *flags),
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-        )
-    try:
+    """The sandbox's controller replaced by one with a cloud provider's flags and credentials."""
+    with Sandbox(sandbox.state_dir).controller_replaced(*flags, env=env, log=log):
         yield
-    finally:
-        ctl.terminate()
-        ctl.wait(15)
-        time.sleep(0.5)
-        assert podgate("sandbox", "up", "--state-dir", str(state)).returncode == 0
 
 
 class GateWatch:

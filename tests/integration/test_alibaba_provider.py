@@ -152,6 +152,12 @@ async def test_gates_follow_nlb_server_health(
         calls = cloud.script.calls
         assert calls.index("UpdateServerGroupServersAttribute") < calls.index("RemoveServersFromServerGroup")
 
+        # The Service is deleted: its pods leave the server group, which stays (it is the user's).
+        sandbox.kubectl("delete", "service", "web", "-n", namespace)
+        await asyncio.to_thread(
+            wait_for, "an empty server group", lambda: not cloud.nlb_servers("sgp-web"), 30
+        )
+
 
 async def test_gates_follow_clb_backend_health(
     sandbox: SandboxHandle, namespace: str, cloud: AlibabaDouble

@@ -160,6 +160,20 @@ async def test_a_group_belongs_to_one_service(cloud: AlibabaDouble) -> None:
     await p.provision("ns/other", [pool("nlb", "sgp-1")], None)
 
 
+async def test_release_takes_the_services_pods_out_of_its_groups(cloud: AlibabaDouble) -> None:
+    p, clb, nlb = provider(), pool("clb", "rsp-1"), pool("nlb", "sgp-1")
+    await p.provision("ns/web", [clb], None)
+    await p.provision("ns/api", [nlb], None)
+    for each in (clb, nlb):
+        await p.targets(each)
+        await p.register(each, ips(3))
+    await p.release("ns/web")
+    assert cloud.clb_backends("rsp-1") == {}
+    assert len(cloud.nlb_servers("sgp-1")) == 3  # another Service's group is untouched
+    await p.release("ns/web")  # nothing left to do: no call
+    assert cloud.script.calls[-1] == "RemoveVServerGroupBackendServers"
+
+
 async def test_nlb_group_must_be_ip_and_exist(cloud: AlibabaDouble) -> None:
     p = provider()
     with pytest.raises(ProviderError, match=r"ServerGroupType 'Instance'.*needs an 'Ip' server group"):

@@ -25,6 +25,19 @@ AWS_ENV = {
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{DOUBLE_PORT}",
 }
 GATE = "service.readiness.podgate.dev/web"
+MOTO_KW: dict[str, Any] = {
+    "region_name": "us-east-1",
+    "endpoint_url": f"http://127.0.0.1:{MOTO_PORT}",
+    "aws_access_key_id": "testing",
+    "aws_secret_access_key": "testing",
+}
+
+
+async def registered(arn: str) -> list[str]:
+    """The target group's targets as moto holds them (read past the scripted front)."""
+    async with get_session().create_client("elbv2", **MOTO_KW) as elbv2:
+        answer = await elbv2.describe_target_health(TargetGroupArn=arn)
+    return sorted(f"{d['Target']['Id']}:{d['Target']['Port']}" for d in answer["TargetHealthDescriptions"])
 
 
 @pytest.fixture
@@ -39,12 +52,7 @@ async def elb(tmp_path: Path) -> AsyncIterator[tuple[ElbDouble, str]]:
     try:
         await double.start("127.0.0.1", DOUBLE_PORT)
         session = get_session()
-        kw: dict[str, Any] = {
-            "region_name": "us-east-1",
-            "endpoint_url": f"http://127.0.0.1:{MOTO_PORT}",
-            "aws_access_key_id": "testing",
-            "aws_secret_access_key": "testing",
-        }
+        kw = MOTO_KW
         for _ in range(50):
             try:
                 async with session.create_client("ec2", **kw) as ec2:
@@ -157,3 +165,12 @@ async def test_gates_follow_elb_target_health(
         assert (watch.gate_of_new_pod() or ("",))[0] == "False"
         await double.start("127.0.0.1", DOUBLE_PORT)
         await watch.wait("healthy once the API is back", lambda g: g[0] == "True", 60)
+
+        # The Service is deleted: its pods leave the target group, which stays (it is the user's).
+        assert len(await registered(arn)) == 4
+        sandbox.kubectl("delete", "service", "web", "-n", namespace)
+        for _ in range(100):
+            if not await registered(arn):
+                break
+            await asyncio.sleep(0.2)
+        assert await registered(arn) == []

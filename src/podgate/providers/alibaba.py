@@ -275,7 +275,7 @@ class AlibabaProvider:
         self._lock = threading.Lock()  # clients are made in the calls' threads
         self._credential: Any = credential
         self._discovered: dict[str, _Discovered] = {}
-        self._owners: dict[str, str] = {}  # group id → the Service key that names it
+        self._owners: dict[str, tuple[str, ServerGroup]] = {}  # group id → (Service key, group)
         #: the group's pod backends as last read: register/drain/remove need their ServerId
         #: (CLB: the ENI) and whether they are already there (at weight 0) or absent
         self._seen: dict[str, dict[Target, dict[str, Any]]] = {}
@@ -397,7 +397,7 @@ class AlibabaProvider:
         it is attached to.  Nothing is created: the groups and load balancers are the user's."""
         for pool in pools:
             group = self._group(pool)
-            owner = self._owners.setdefault(group.group_id, service_key)
+            owner, _ = self._owners.setdefault(group.group_id, (service_key, group))
             if owner != service_key:
                 raise ProviderError(
                     f"server group {group.group_id} is already bound to Service {owner}; "
@@ -473,8 +473,13 @@ class AlibabaProvider:
         return _Discovered(time.monotonic(), listeners=tuple(sorted(set(listeners))), floor=floor)
 
     async def release(self, service_key: str) -> None:
-        """The groups are the user's: nothing to remove but podgate's claim on them."""
-        for gid in [g for g, owner in self._owners.items() if owner == service_key]:
+        """The Service is gone or no longer podgate's: its pods leave its groups (the groups
+        themselves are the user's and stay), and podgate's claim on them ends."""
+        for gid, (owner, group) in list(self._owners.items()):
+            if owner != service_key:
+                continue
+            present = await self.targets_of(group)
+            await self._remove(group, list(present))
             del self._owners[gid]
             self._discovered.pop(gid, None)
 
@@ -482,7 +487,9 @@ class AlibabaProvider:
         return set()
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
-        group = self._group(pool)
+        return await self.targets_of(self._group(pool))
+
+    async def targets_of(self, group: ServerGroup) -> dict[Target, TargetState]:
         if group.product == "clb":
             return await self._clb_targets(group)
         return await self._nlb_targets(group)
@@ -697,7 +704,9 @@ class AlibabaProvider:
         await self._set_weight(pool, targets, 0)
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
-        group = self._group(pool)
+        await self._remove(self._group(pool), targets)
+
+    async def _remove(self, group: ServerGroup, targets: Sequence[Target]) -> None:
         seen = self._seen.get(group.group_id, {})
         known = [t for t in targets if t in seen]
         if group.product == "nlb":

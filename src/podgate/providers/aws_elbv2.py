@@ -65,6 +65,7 @@ class AwsElbv2Provider:
         self.bucket = TokenBucket(rate, burst)
         self.max_retries, self.base_delay = max_retries, base_delay
         self._client: Any = None
+        self._owners: dict[str, str] = {}  # target group ARN → the Service key that names it
         self._stack = contextlib.AsyncExitStack()
         self.throttled = 0
 
@@ -116,6 +117,13 @@ class AwsElbv2Provider:
 
     async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
         arns = sorted({self._arn(p) for p in pools})
+        for arn in arns:
+            owner = self._owners.setdefault(arn, service_key)
+            if owner != service_key:
+                raise ProviderError(
+                    f"target group {arn} is already bound to Service {owner}; "
+                    "each target group belongs to one Service port"
+                )
         answer = await self._call("describe_target_groups", TargetGroupArns=arns)
         for tg in answer.get("TargetGroups") or ():
             if tg.get("TargetType") != "ip":
@@ -126,7 +134,20 @@ class AwsElbv2Provider:
         return None
 
     async def release(self, service_key: str) -> None:
-        """The target group is the user's: nothing of podgate's to remove."""
+        """The Service is gone or no longer podgate's: its pods leave its target groups (the
+        groups themselves are the user's and stay), and podgate's claim on them ends."""
+        for arn, owner in list(self._owners.items()):
+            if owner != service_key:
+                continue
+            answer = await self._call("describe_target_health", TargetGroupArn=arn)
+            present = [
+                {"Id": str(t["Id"]), "Port": int(t["Port"])}
+                for d in answer.get("TargetHealthDescriptions") or ()
+                if "Port" in (t := d.get("Target") or {})
+            ]
+            for i in range(0, len(present), BATCH):
+                await self._call("deregister_targets", TargetGroupArn=arn, Targets=present[i : i + BATCH])
+            del self._owners[arn]
 
     async def provisioned(self) -> set[str]:
         return set()

@@ -10,6 +10,7 @@ started, by PID.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -20,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -581,6 +582,30 @@ class Sandbox:
                 )
             )
         return out
+
+    @contextlib.contextmanager
+    def controller_replaced(self, *flags: str, env: Mapping[str, str], log: str) -> Iterator[None]:
+        """The sandbox's controller swapped, for the block, for replica 1 with extra flags (a
+        cloud provider and its endpoint) and environment (its credentials); the sandbox's own
+        comes back after.  Stopping it first releases its lease, so the swap leads at once."""
+        comp = next(c for c in self.components() if c.name == "podgate-controller")
+        pid = self._pids().get(comp.name)
+        if pid is not None:
+            processes.stop(pid, comp.marker)
+        with open(self.state_dir / "logs" / log, "w") as err:
+            swap = subprocess.Popen(
+                self.controller_argv(1, *flags),
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+        try:
+            yield
+        finally:
+            swap.terminate()
+            swap.wait(15)
+            self.up()
 
     def down(self) -> list[str]:
         """Stop every component we started, dependants first; returns the names stopped."""
