@@ -52,6 +52,7 @@ bench: setup
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/gate_latency.py
 	$(PY) bench/rollout.py
+	$(PY) bench/cloud_calls.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -220,6 +220,14 @@ def test_nlb_reason_code_is_quoted_with_the_listener() -> None:
     )
 
 
+def test_waiting_words_do_not_change_between_reads() -> None:
+    """A condition message that changed at every read would be rewritten at every read (and each
+    write is a pod event that triggers the next read)."""
+    server = {"ServerIp": "10.0.0.5", "Port": 8080, "Status": "Available", "Weight": 100}
+    early, later = (nlb_target(server, REPORT, t, "NLB sgp-1") for t in (0.3, 1.7))
+    assert early == later and early.health.health is Health.INITIAL
+
+
 def test_retryable_codes() -> None:
     assert retryable("Throttling.User") and retryable("Throttling") and retryable("Rejected.Throttling")
     assert retryable("IncorrectStatus.serverGroup") and retryable("Conflict.Lock")

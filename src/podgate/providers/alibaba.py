@@ -202,8 +202,9 @@ def nlb_target(
             "ready",
             TargetHealth(
                 Health.INITIAL,
-                f"available for {available_for:.1f}s; the first checks take {report.floor:g}s "
-                "(interval × healthy threshold)",
+                # no elapsed time in the words: a message that changes at every read would
+                # rewrite the gate condition at every read
+                f"added; the first checks take {report.floor:g}s (interval × healthy threshold)",
                 where,
                 "Initial",
             ),
