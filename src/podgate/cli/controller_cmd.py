@@ -33,6 +33,37 @@ def env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"PODGATE_{name}", default)
 
 
+def add_cloud_arguments(
+    p: argparse.ArgumentParser, cloud: str, label: str, provider_help: str, region_variable: str
+) -> None:
+    """A cloud provider's flags: its name, region, API rate and poll period (each with its
+    PODGATE_* variable; the region also from the cloud's own variable)."""
+    var = cloud.upper()
+    p.add_argument(
+        f"--{cloud}-provider",
+        default=env(f"{var}_PROVIDER"),
+        metavar="NAME",
+        help=f"{provider_help} [PODGATE_{var}_PROVIDER]",
+    )
+    p.add_argument(
+        f"--{cloud}-region",
+        default=env(f"{var}_REGION", os.environ.get(region_variable)),
+        help=f"region of the load balancers [PODGATE_{var}_REGION, {region_variable}]",
+    )
+    p.add_argument(
+        f"--{cloud}-rate",
+        type=float,
+        default=float(env(f"{var}_RATE", "10") or 10),
+        help=f"{label} API calls per second at most (token bucket), throttling retried with back-off",
+    )
+    p.add_argument(
+        f"--{cloud}-poll-period",
+        type=float,
+        default=float(env(f"{var}_POLL_PERIOD", "1") or 1),
+        help="seconds between health reads of a pool with pending gates (a cloud API is metered)",
+    )
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kubeconfig",
@@ -67,54 +98,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=env("HAPROXY_BASE_CONFIG"),
         help="global/defaults sections the rendered configuration starts with",
     )
-    p.add_argument(
-        "--aws-provider",
-        default=env("AWS_PROVIDER"),
-        metavar="NAME",
-        help="enable the AWS ELBv2 provider under this name (Services pick it with "
+    add_cloud_arguments(
+        p,
+        "aws",
+        "AWS",
+        "enable the AWS ELBv2 provider under this name (Services pick it with "
         "podgate.dev/load-balancer-provider and bind a target group with "
         "podgate.dev/aws-target-group-arn); credentials and AWS_ENDPOINT_URL from the "
-        "standard chain [PODGATE_AWS_PROVIDER]",
+        "standard chain",
+        region_variable="AWS_REGION",
     )
-    p.add_argument("--aws-region", default=env("AWS_REGION", os.environ.get("AWS_REGION")))
-    p.add_argument(
-        "--aws-rate",
-        type=float,
-        default=float(env("AWS_RATE", "10") or 10),
-        help="AWS API calls per second at most (token bucket), throttling retried with back-off",
-    )
-    p.add_argument(
-        "--aws-poll-period",
-        type=float,
-        default=float(env("AWS_POLL_PERIOD", "1") or 1),
-        help="seconds between target-health reads of a target group with pending gates",
-    )
-    p.add_argument(
-        "--alibaba-provider",
-        default=env("ALIBABA_PROVIDER"),
-        metavar="NAME",
-        help="enable the Alibaba Cloud provider under this name (Services pick it with "
+    add_cloud_arguments(
+        p,
+        "alibaba",
+        "Alibaba Cloud",
+        "enable the Alibaba Cloud provider under this name (Services pick it with "
         "podgate.dev/load-balancer-provider and bind a group with "
         "podgate.dev/alibaba-nlb-server-group-id or podgate.dev/alibaba-clb-vserver-group-id); "
         "credentials from the SDK's default chain (ALIBABA_CLOUD_* variables, RRSA, profile, "
-        "RAM role) [PODGATE_ALIBABA_PROVIDER]",
-    )
-    p.add_argument(
-        "--alibaba-region",
-        default=env("ALIBABA_REGION", os.environ.get("ALIBABA_CLOUD_REGION_ID")),
-        help="region of the load balancers [PODGATE_ALIBABA_REGION, ALIBABA_CLOUD_REGION_ID]",
-    )
-    p.add_argument(
-        "--alibaba-rate",
-        type=float,
-        default=float(env("ALIBABA_RATE", "10") or 10),
-        help="Alibaba Cloud API calls per second at most (token bucket), throttling retried with back-off",
-    )
-    p.add_argument(
-        "--alibaba-poll-period",
-        type=float,
-        default=float(env("ALIBABA_POLL_PERIOD", "1") or 1),
-        help="seconds between health reads of a server group with pending gates",
+        "RAM role)",
+        region_variable="ALIBABA_CLOUD_REGION_ID",
     )
     for product, name in (("clb", "CLB (SLB)"), ("nlb", "NLB"), ("ecs", "ECS (ENI look-ups for CLB)")):
         p.add_argument(

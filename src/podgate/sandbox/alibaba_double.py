@@ -133,6 +133,14 @@ def _int(value: Any, error: ApiError) -> int:
         raise error from None
 
 
+def _weight(server: dict[str, Any], default: int, error: ApiError) -> int:
+    """A backend's Weight (0 to 100; CLB's examples pass it as a string), or ``error``."""
+    weight = _int(server.get("Weight", default), error)
+    if not 0 <= weight <= 100:
+        raise error
+    return weight
+
+
 def _percent(text: str) -> str:
     """RFC 3986 percent-encoding as both signature versions specify it (space %20, ``~`` kept)."""
     return quote(text, safe="~")
@@ -556,13 +564,6 @@ class AlibabaDouble:
         return server_id, ip, port
 
     @staticmethod
-    def _clb_weight(server: dict[str, Any], default: int) -> int:
-        weight = _int(server.get("Weight", default), _invalid("Weight"))
-        if not 0 <= weight <= 100:
-            raise _invalid("Weight")
-        return weight
-
-    @staticmethod
     def _clb_listed(group: _VServerGroup) -> Answer:
         return {
             "VServerGroupId": group.group_id,
@@ -582,7 +583,7 @@ class AlibabaDouble:
         new: dict[str, _ClbBackend] = {}
         for server in self._clb_servers(params):
             server_id, ip, port = self._clb_key(server)
-            weight = self._clb_weight(server, 100)
+            weight = _weight(server, 100, _invalid("Weight"))
             key = f"{ip}:{port}"
             if key not in group.backends and key not in new:
                 description = server.get("Description")
@@ -609,7 +610,9 @@ class AlibabaDouble:
             key = f"{ip}:{port}"
             if key not in group.backends:
                 raise _invalid("BackendServers")
-            changes.append((group.backends[key], self._clb_weight(server, group.backends[key].weight)))
+            changes.append(
+                (group.backends[key], _weight(server, group.backends[key].weight, _invalid("Weight")))
+            )
         for backend, weight in changes:
             backend.weight = weight
         if params.get("VServerGroupName"):
@@ -828,13 +831,6 @@ class AlibabaDouble:
         return out
 
     @staticmethod
-    def _nlb_weight(server: dict[str, str], default: int) -> int:
-        weight = _int(server.get("Weight", default), _nlb_illegal("Weight"))
-        if not 0 <= weight <= 100:
-            raise _nlb_illegal("Weight")
-        return weight
-
-    @staticmethod
     def _job(group: _NlbGroup) -> Answer:
         return {"ServerGroupId": group.group_id, "JobId": str(uuid.uuid4())}
 
@@ -842,7 +838,7 @@ class AlibabaDouble:
         group = self._nlb_group(params)
         new = []
         for key, server in self._nlb_servers(params, group):
-            weight = self._nlb_weight(server, 100)
+            weight = _weight(server, 100, _nlb_illegal("Weight"))
             if key not in group.servers:
                 ip, _, port = key.rpartition(":")
                 server_id, kind, description = (
@@ -876,7 +872,8 @@ class AlibabaDouble:
         servers = self._nlb_servers(params, group)
         self._require_members(group, [key for key, _ in servers])
         changes = [
-            (group.servers[key], self._nlb_weight(s, group.servers[key].weight), s) for key, s in servers
+            (group.servers[key], _weight(s, group.servers[key].weight, _nlb_illegal("Weight")), s)
+            for key, s in servers
         ]
         for server_state, weight, server in changes:
             server_state.weight = weight
