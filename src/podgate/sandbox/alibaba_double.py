@@ -619,7 +619,7 @@ class AlibabaDouble:
             group.name = params["VServerGroupName"]
         return {"VServerGroupName": group.name, **self._clb_listed(group)}
 
-    def _describe_health_status(self, params: Params) -> Answer:
+    def _clb_load_balancer(self, params: Params) -> str:
         load_balancer_id = params.get("LoadBalancerId")
         if not load_balancer_id:
             raise _missing("LoadBalancerId")
@@ -627,6 +627,10 @@ class AlibabaDouble:
             raise ApiError(
                 404, "InvalidLoadBalancerId.NotFound", "The specified LoadBalancerId does not exist."
             )
+        return load_balancer_id
+
+    def _describe_health_status(self, params: Params) -> Answer:
+        load_balancer_id = self._clb_load_balancer(params)
         port = params.get("ListenerPort")
         listeners = [
             listener
@@ -657,13 +661,7 @@ class AlibabaDouble:
         }
 
     def _describe_vserver_groups(self, params: Params) -> Answer:
-        load_balancer_id = params.get("LoadBalancerId")
-        if not load_balancer_id:
-            raise _missing("LoadBalancerId")
-        if load_balancer_id not in self._clb_listeners:
-            raise ApiError(
-                404, "InvalidLoadBalancerId.NotFound", "The specified LoadBalancerId does not exist."
-            )
+        load_balancer_id = self._clb_load_balancer(params)
         with_listeners = params.get("IncludeListener", "false").lower() == "true"
         groups = [g for g in self._clb_groups.values() if g.load_balancer_id == load_balancer_id]
         out = []
