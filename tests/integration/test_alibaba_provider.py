@@ -200,3 +200,15 @@ async def test_gates_follow_clb_backend_health(
         )
         calls = cloud.script.calls
         assert calls.index("SetVServerGroupAttribute") < calls.index("RemoveVServerGroupBackendServers")
+
+        # A pod the CLB cannot take (its IP is on no ENI) says why, and does not stop others
+        # from leaving the group.
+        cloud.script.eni_networking = False
+        watch.mark()
+        sandbox.kubectl("scale", "deployment/shop", "-n", namespace, "--replicas=2")
+        stuck = await watch.wait("no ENI", lambda g: "no ENI in cn-hangzhou holds pod IP" in g[2])
+        assert stuck[:2] == ("False", "ProviderError") and "Terway" in stuck[2]
+        sandbox.kubectl("delete", "pod", "-n", namespace, *(watch.known), "--wait=false")
+        await asyncio.to_thread(
+            wait_for, "the deleted pod's backend gone", lambda: not cloud.clb_backends("rsp-shop"), 30
+        )

@@ -82,6 +82,7 @@ class Script:
     throttled: int = 0  # how many were throttled
     health_polls: int = 0  # DescribeHealthStatus + GetListenerHealthStatus calls answered
     without_eni: set[str] = field(default_factory=set)  # private IPs no ENI holds (not ENI networking)
+    eni_networking: bool = True  # False: no private IP is on an ENI (pods on an overlay network)
     nlb_check_interval: int = 1  # NLB server groups' HealthCheckInterval (seconds), as ListServerGroups says
     nlb_healthy_threshold: int = 2  # and their HealthyThreshold
     calls: list[str] = field(default_factory=list)  # every action in order of arrival (after auth)
@@ -952,7 +953,7 @@ class AlibabaDouble:
                 "PrivateIpSets": {"PrivateIpSet": [{"PrivateIpAddress": ip, "Primary": True}]},
             }
             for ip in ips
-            if ip not in self.script.without_eni
+            if ip not in self.script.without_eni and self.script.eni_networking
         ]
         return {
             "TotalCount": len(sets),
