@@ -9,11 +9,20 @@ from typing import Any
 import pytest
 import yaml
 
+from podgate.cli import controller_cmd
+from podgate.cli.main import _subparser, build_parser
+
 from .conftest import SandboxHandle, wait_for
 
 pytestmark = pytest.mark.sandbox
 ROOT = Path(__file__).resolve().parents[2]
-KUSTOMIZATIONS = ["deploy/base", "deploy/overlays/cert-manager", "deploy/overlays/servicemonitor"]
+KUSTOMIZATIONS = [
+    "deploy/base",
+    "deploy/overlays/cert-manager",
+    "deploy/overlays/servicemonitor",
+    "deploy/overlays/aws",
+    "deploy/overlays/alibaba",
+]
 
 STUB_CRDS = [
     ("cert-manager.io", "Certificate", "certificates"),
@@ -125,3 +134,44 @@ def test_pods_are_hardened_and_never_gated(sandbox: SandboxHandle) -> None:
     assert hook["failurePolicy"] == "Ignore" and hook["sideEffects"] == "None"
     assert hook["objectSelector"]["matchExpressions"][0]["values"] == ["disabled"]
     assert hook["namespaceSelector"]["matchLabels"] == {"podgate.dev/pod-readiness-gate-inject": "enabled"}
+
+
+@pytest.mark.parametrize(
+    ("path", "provider", "credentials"),
+    [
+        ("deploy/overlays/aws", "aws", ("ServiceAccount", "eks.amazonaws.com/role-arn")),
+        ("deploy/overlays/alibaba", "alibaba", ("ServiceAccount", "pod-identity.alibabacloud.com/role-name")),
+    ],
+)
+def test_cloud_overlays_configure_their_provider(
+    sandbox: SandboxHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    path: str,
+    provider: str,
+    credentials: tuple[str, str],
+) -> None:
+    """The overlay's environment and arguments, read by podgate's own settings parser: the cloud
+    provider is the default and the only one, and the workload identity is wired."""
+    docs = render(sandbox, path)
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
+        0
+    ]
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    for e in container["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    parser = build_parser()
+    argv = container["args"]
+    controller_cmd.apply_config_file(_subparser(parser, "controller"), argv[1:])
+    settings = controller_cmd.settings_from(parser.parse_args(argv))
+    settings.validate()
+    assert settings.default_provider == provider and settings.haproxy == ()
+    assert [p.name for p in (settings.aws if provider == "aws" else settings.alibaba)] == [provider]
+    kind, annotation = credentials
+    assert annotation in next(d for d in docs if d["kind"] == kind)["metadata"]["annotations"]
+    if provider == "alibaba":
+        assert settings.adopt_gate_prefixes == ("service.readiness.alibabacloud.com/",)
+        namespace = next(d for d in docs if d["kind"] == "Namespace")
+        assert namespace["metadata"]["labels"]["pod-identity.alibabacloud.com/injection"] == "on"
+    else:
+        assert settings.remove_gate_prefixes == ("target-health.elbv2.k8s.aws/",)

@@ -176,13 +176,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[x for x in (env("ADOPT_GATE_PREFIXES") or "").split(",") if x],
         help="manage gates with this prefix + <service name> as podgate's own, e.g. "
-        "service.readiness.alibabacloud.com/ (switch controllers without editing manifests)",
+        "service.readiness.alibabacloud.com/ (switch controllers without editing manifests) "
+        "[PODGATE_ADOPT_GATE_PREFIXES, comma-separated]",
     )
     p.add_argument(
         "--remove-gate-prefix",
         action="append",
-        default=[],
-        help="remove gates with this prefix at injection (migration from another controller)",
+        default=[x for x in (env("REMOVE_GATE_PREFIXES") or "").split(",") if x],
+        help="remove gates with this prefix at injection (migration from another controller) "
+        "[PODGATE_REMOVE_GATE_PREFIXES, comma-separated]",
     )
     p.add_argument(
         "--prestop-delay",
