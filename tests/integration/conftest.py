@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -194,4 +196,34 @@ class GateWatch:
         try:
             return await asyncio.to_thread(wait_for, what, check, limit, 0.1)
         except AssertionError as e:
-            raise AssertionError(f"{e}; the new pod's gate was {seen[0]!r}") from None
+            pods = [
+                (
+                    p["metadata"]["name"],
+                    p["metadata"].get("deletionTimestamp"),
+                    (p.get("status") or {}).get("podIP"),
+                    [(c["type"], c["status"]) for c in (p.get("status") or {}).get("conditions") or ()],
+                )
+                for p in self.pods()
+            ]
+            raise AssertionError(f"{e}; the new pod's gate was {seen[0]!r}; pods now: {pods}") from None
+
+
+def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, metric_name: str, **labels: str) -> float:
+    """Sum of the samples of ``metric_name`` whose labels include ``labels``."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(metric_name + "{") and not line.startswith(metric_name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    assert found, f"no sample of {metric_name} {labels}"
+    return total

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from podgate.sandbox.alibaba_double import AlibabaDouble, eni_for
+from podgate.sandbox.controlplane import Sandbox
 
-from .conftest import GateWatch, SandboxHandle, controller_replaced, wait_for
+from .conftest import GateWatch, SandboxHandle, controller_replaced, metric, scrape, wait_for
 
 pytestmark = pytest.mark.sandbox
 PORT = 15630
@@ -117,6 +118,8 @@ async def test_gates_follow_nlb_server_health(
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=2")
         await watch.wait("healthy despite throttling", lambda g: g[0] == "True")
         assert cloud.script.throttled == 4
+        status, text = scrape(Sandbox(sandbox.state_dir).config.port(8181))  # replica 1's health port
+        assert status == 200 and metric(text, "podgate_provider_throttled_total", provider="alibaba") == 4
 
         # Unhealthy: the gate stays False with the NLB's reason code.
         cloud.script.new_targets_unhealthy = True

@@ -16,7 +16,7 @@ import pytest
 
 from podgate.providers.haproxy_runtime import Runtime, ServerStat
 
-from .conftest import SandboxHandle, condition, podgate, wait_for, wide_row
+from .conftest import SandboxHandle, condition, metric, podgate, scrape, wait_for, wide_row
 
 pytestmark = pytest.mark.sandbox
 INJECT = "podgate.dev/pod-readiness-gate-inject"
@@ -384,27 +384,6 @@ def test_pods_created_before_their_service_are_reported(sandbox: SandboxHandle, 
         60,
     )
     assert all(condition(p, gate("early"))["status"] == "True" for p in ready)  # type: ignore[index]
-
-
-def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(text: str, metric_name: str, **labels: str) -> float:
-    """Sum of the samples of ``metric_name`` whose labels include ``labels``."""
-    total, found = 0.0, False
-    for line in text.splitlines():
-        if not line.startswith(metric_name + "{") and not line.startswith(metric_name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-            found = True
-    assert found, f"no sample of {metric_name} {labels}"
-    return total
 
 
 def test_metrics_and_readiness_endpoints(sandbox: SandboxHandle, namespace: str) -> None:

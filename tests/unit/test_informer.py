@@ -96,3 +96,28 @@ async def test_update_if_newer_never_goes_back() -> None:
     inf.add_handler(lambda kind, obj, old: seen.append(kind))
     inf._apply({"type": "MODIFIED", "object": pod("a", "5")})  # the watch catching up
     assert inf.cache["ns/a"]["metadata"]["resourceVersion"] == "6" and seen == []
+
+
+async def test_a_change_that_arrives_in_our_own_writes_answer_is_emitted_once() -> None:
+    """Another writer's update (RV 6) lands between our read (RV 5) and our write (answer RV 7):
+    its watch event comes after our answer is cached and is dropped as older, so the answer's
+    caching is what tells the handlers; the watch's RV 7 then tells them nothing new."""
+
+    async def never(**kw: Any) -> Response:
+        raise AssertionError("not called")
+
+    inf = Informer(never, name="pods")
+    inf.cache["ns/a"] = {**pod("a", "5"), "status": {"ready": False}}
+    seen: list[tuple[str, str, str | None]] = []
+    inf.add_handler(
+        lambda kind, obj, old: seen.append(
+            (kind, obj["metadata"]["resourceVersion"], old and old["metadata"]["resourceVersion"])
+        )
+    )
+    answer = {**pod("a", "7"), "status": {"ready": True, "gate": True}}
+    inf.update_if_newer(answer)
+    assert seen == [("MODIFIED", "7", "5")]
+    inf._apply({"type": "MODIFIED", "object": {**pod("a", "6"), "status": {"ready": True}}})
+    inf._apply({"type": "MODIFIED", "object": answer})
+    assert inf.cache["ns/a"] is answer
+    assert seen == [("MODIFIED", "7", "5"), ("MODIFIED", "7", "7")]

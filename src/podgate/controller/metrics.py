@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from podgate.model import conditions as c
 from podgate.model import gates
@@ -137,6 +137,16 @@ class StateCollector:
         for reason, n in sorted(tally.items()):
             pending.add_metric([reason], n)
         yield pending
+        retried = CounterMetricFamily(
+            "podgate_provider_throttled",
+            "Cloud API calls answered 'throttled' or 'busy' and retried after a back-off",
+            labels=["provider"],
+        )
+        for name, provider in sorted(ctl.providers.items()):
+            count = getattr(getattr(provider, "inner", provider), "throttled", None)
+            if isinstance(count, int):
+                retried.add_metric([name], count)
+        yield retried
         leader = GaugeMetricFamily("podgate_leader", "1 when this replica is the leader and reconciles")
         leader.add_metric([], 1.0 if ctl.is_leader else 0.0)
         yield leader

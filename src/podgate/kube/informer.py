@@ -72,12 +72,18 @@ class Informer:
         """Put an object we just wrote (the API's answer) into the cache ahead of its watch
         event, so decisions made before the event arrives do not write the same change twice.
 
+        The answer can carry more than our own change: another writer's update that the watch
+        has not delivered yet (the kubelet's ContainersReady, say).  Once the answer is cached,
+        that update's event is older than the cache and is dropped, so the change is emitted
+        here, to the same handlers: every change the cache takes is emitted exactly once.
+
         resourceVersions are compared as integers: etcd's revisions, which is what this
         project's API server uses (client-go treats them as opaque; a cache here may not)."""
         key = key_of(obj)
         cached = self.cache.get(key)
         if cached is None or resource_version(obj) > resource_version(cached):
             self.cache[key] = obj
+            self._emit("ADDED" if cached is None else "MODIFIED", obj, cached)
 
     def _emit(self, kind: EventType, obj: Obj, old: Obj | None) -> None:
         for handler in self._handlers:
