@@ -227,6 +227,7 @@ def endpoint(url: str | None) -> tuple[str | None, str | None]:
 
 
 def retryable(code: str) -> bool:
+    """Whether an error code means "the same request may succeed shortly" (back off, retry)."""
     return code.startswith("Throttling") or code in RETRYABLE
 
 
@@ -247,6 +248,10 @@ class _Discovered:
 
 
 class AlibabaProvider:
+    """One Alibaba Cloud account and region: CLB and NLB groups named by Services (see the
+    module's docstring); the state it keeps is a cache of what the cloud said, never a record
+    the cloud does not also hold."""
+
     def __init__(
         self,
         name: str = "alibaba",
