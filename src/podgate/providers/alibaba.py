@@ -249,8 +249,9 @@ class _Discovered:
 
 class AlibabaProvider:
     """One Alibaba Cloud account and region: CLB and NLB groups named by Services (see the
-    module's docstring); the state it keeps is a cache of what the cloud said, never a record
-    the cloud does not also hold."""
+    module's docstring).  All it keeps is derived from the cloud's answers and the Services, so
+    a restart loses nothing the next reads do not rebuild (a new server's first-check floor
+    only starts again, which errs on the closed side)."""
 
     def __init__(
         self,
