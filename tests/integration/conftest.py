@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from podgate.sandbox.binaries import default_binaries
-from podgate.sandbox.controlplane import Sandbox
+from podgate.sandbox.controlplane import ControllerSwap, Sandbox
 
 T = TypeVar("T")
 PODGATE = [sys.executable, "-m", "podgate"]
@@ -151,10 +151,12 @@ def wide_row(sandbox: SandboxHandle, namespace: str, pod: str) -> dict[str, str]
 
 
 @contextlib.contextmanager
-def controller_replaced(sandbox: SandboxHandle, *flags: str, env: dict[str, str], log: str) -> Iterator[None]:
+def controller_replaced(
+    sandbox: SandboxHandle, *flags: str, env: dict[str, str], log: str
+) -> Iterator[ControllerSwap]:
     """The sandbox's controller replaced by one with a cloud provider's flags and credentials."""
-    with Sandbox(sandbox.state_dir).controller_replaced(*flags, env=env, log=log):
-        yield
+    with Sandbox(sandbox.state_dir).controller_replaced(*flags, env=env, log=log) as swap:
+        yield swap
 
 
 class GateWatch:

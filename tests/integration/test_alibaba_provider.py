@@ -96,7 +96,7 @@ async def test_gates_follow_nlb_server_health(
     sandbox: SandboxHandle, namespace: str, cloud: AlibabaDouble
 ) -> None:
     watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/web", "app=web")
-    with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log"):
+    with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log") as swap:
         sandbox.apply(service("web", {"podgate.dev/alibaba-nlb-server-group-id": "sgp-web"}), namespace)
 
         # Healthy after N polls: the gate waits through the add job and the initial checks.
@@ -155,10 +155,24 @@ async def test_gates_follow_nlb_server_health(
         calls = cloud.script.calls
         assert calls.index("UpdateServerGroupServersAttribute") < calls.index("RemoveServersFromServerGroup")
 
-        # The Service is deleted: its pods leave the server group, which stays (it is the user's).
-        sandbox.kubectl("delete", "service", "web", "-n", namespace)
+        # The Service is deleted while no podgate runs: podgate's finalizer holds it until podgate
+        # is back and has taken its pods out of the server group (which stays: it is the user's).
+        svc = sandbox.get("service", "web", "-n", namespace)
+        assert "podgate.dev/load-balancer-targets" in svc["metadata"]["finalizers"]
+        swap.stop()
+        sandbox.kubectl("delete", "service", "web", "-n", namespace, "--wait=false")
+        await asyncio.sleep(2)
+        assert sandbox.get("service", "web", "-n", namespace)["metadata"]["deletionTimestamp"]
+        assert len(cloud.nlb_servers("sgp-web")) == 1
+        swap.start()
         await asyncio.to_thread(
             wait_for, "an empty server group", lambda: not cloud.nlb_servers("sgp-web"), 30
+        )
+        await asyncio.to_thread(
+            wait_for,
+            "the Service gone",
+            lambda: "NotFound" in sandbox.kubectl("get", "service", "web", "-n", namespace, check=False),
+            30,
         )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
-from .conftest import GateWatch, SandboxHandle, controller_replaced
+from .conftest import GateWatch, SandboxHandle, controller_replaced, wait_for
 from .elb_double import ElbDouble
 
 pytestmark = pytest.mark.sandbox
@@ -166,11 +166,21 @@ async def test_gates_follow_elb_target_health(
         await double.start("127.0.0.1", DOUBLE_PORT)
         await watch.wait("healthy once the API is back", lambda g: g[0] == "True", 60)
 
-        # The Service is deleted: its pods leave the target group, which stays (it is the user's).
+        # The Service is deleted: podgate's finalizer holds it until its pods have left the
+        # target group, which stays (it is the user's).  (--wait=false: the ELB front runs on
+        # this test's event loop, which a waiting kubectl would block.)
         assert len(await registered(arn)) == 4
-        sandbox.kubectl("delete", "service", "web", "-n", namespace)
+        svc = sandbox.get("service", "web", "-n", namespace)
+        assert "podgate.dev/load-balancer-targets" in svc["metadata"]["finalizers"]
+        sandbox.kubectl("delete", "service", "web", "-n", namespace, "--wait=false")
         for _ in range(100):
             if not await registered(arn):
                 break
             await asyncio.sleep(0.2)
         assert await registered(arn) == []
+        await asyncio.to_thread(
+            wait_for,
+            "the Service gone",
+            lambda: "NotFound" in sandbox.kubectl("get", "service", "web", "-n", namespace, check=False),
+            30,
+        )

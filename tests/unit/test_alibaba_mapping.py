@@ -287,3 +287,17 @@ def test_endpoint(url: str | None, expected: tuple[str | None, str | None]) -> N
 def test_endpoint_rejects_other_schemes() -> None:
     with pytest.raises(ValueError, match="not an http"):
         endpoint("ftp://example")
+
+
+def test_finalizer_patch_keeps_other_finalizers_and_the_resource_version() -> None:
+    svc = {"metadata": {"resourceVersion": "7", "finalizers": ["example.com/other"]}}
+    add = lb.finalizers_patch(svc, True)
+    assert add == {
+        "metadata": {"finalizers": ["example.com/other", lb.TARGETS_FINALIZER], "resourceVersion": "7"}
+    }
+    assert lb.finalizers_patch(svc, False) is None  # not there: nothing to remove
+    held = {"metadata": {"resourceVersion": "8", "finalizers": [lb.TARGETS_FINALIZER, "example.com/other"]}}
+    assert lb.finalizers_patch(held, True) is None
+    assert lb.finalizers_patch(held, False) == {
+        "metadata": {"finalizers": ["example.com/other"], "resourceVersion": "8"}
+    }

@@ -134,6 +134,7 @@ class Controller:
             and kind == "MODIFIED"
             and old.get("spec") == svc.get("spec")
             and old["metadata"].get("annotations") == svc["metadata"].get("annotations")
+            and old["metadata"].get("deletionTimestamp") == svc["metadata"].get("deletionTimestamp")
         ):
             return  # a status-only change (ours): nothing to do
         self.queue.add(key_of(svc))

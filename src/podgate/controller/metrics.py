@@ -163,6 +163,7 @@ class InstrumentedProvider:
         self.inner = inner
         self.name = inner.name
         self.poll_interval = inner.poll_interval
+        self.binds_user_groups = inner.binds_user_groups
 
     async def _timed(self, op: str, coro: Any) -> Any:
         PROVIDER_CALLS.labels(self.name, op).inc()

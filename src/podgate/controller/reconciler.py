@@ -121,23 +121,34 @@ class ServiceReconciler:
                     ),
                 )
             return out
+        deleting = bool(service["metadata"].get("deletionTimestamp"))
         try:
             provider_name = lb.provider_for(service, self.default_provider, self.providers)
             pools = lb.pools_for(service) if provider_name else []
         except lb.ServiceConfigError as e:
             self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
+            if deleting:  # podgate cannot tell which group: never hold a deletion forever
+                await self._set_finalizer(service, False)
             for pod in gated:
                 await self.set_gate(pod, lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e)))
             return out
-        if provider_name is None:
+        if provider_name is None or deleting:
+            binding = self.providers[provider_name] if provider_name else None
+            if deleting and binding is not None and binding.binds_user_groups:
+                # After a restart the provider may not know the Service's groups yet: bind them
+                # again so that releasing takes the pods out (a cloud error keeps the finalizer)
+                await binding.provision(key, pools, None)
             await self._release(key, service)
+            await self._set_finalizer(service, False)
             for pod in gated:
                 await self.set_gate(
                     pod,
                     lb.failure_condition(
                         gate,
-                        lb.NOT_LOAD_BALANCED,
-                        f"Service {namespace}/{name} is not load-balanced "
+                        lb.SERVICE_NOT_FOUND if deleting else lb.NOT_LOAD_BALANCED,
+                        f"Service {namespace}/{name} is being deleted"
+                        if deleting
+                        else f"Service {namespace}/{name} is not load-balanced "
                         f"(type {service['spec'].get('type')}, "
                         f"no {gates.PROVIDER_ANNOTATION} annotation)",
                     ),
@@ -145,6 +156,8 @@ class ServiceReconciler:
             return out
         provider = self.providers[provider_name]
         out.interval = provider.poll_interval
+        if provider.binds_user_groups:
+            service = await self._set_finalizer(service, True)  # before any pod goes in
         try:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, out)
         except ProviderError as e:
@@ -264,6 +277,23 @@ class ServiceReconciler:
                 done.append(target)
                 self._draining_since.pop(marker, None)
         return done
+
+    async def _set_finalizer(self, service: Obj, present: bool) -> Obj:
+        """Add or remove podgate's finalizer (see ``lb.TARGETS_FINALIZER``); the Service as it
+        is afterwards."""
+        patch = lb.finalizers_patch(service, present)
+        if patch is None:
+            return service
+        meta = service["metadata"]
+        updated: Obj = await call(
+            self.core.patch_namespaced_service,
+            meta["name"],
+            meta["namespace"],
+            patch,
+            _content_type=MERGE_PATCH,
+        )
+        self.services.update_if_newer(updated)
+        return updated
 
     async def _publish_address(self, service: Obj, address: str) -> None:
         if _ingress_ip(service) == address:

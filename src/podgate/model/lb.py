@@ -26,6 +26,9 @@ ALIBABA_CLB_GROUP = f"{DOMAIN}/alibaba-clb-vserver-group-id"
 ALIBABA_NLB_GROUP = f"{DOMAIN}/alibaba-nlb-server-group-id"
 
 NONE = "none"
+#: held on a Service whose pods podgate put into a group the user owns (a cloud target group or
+#: server group): deleting the Service waits until podgate has taken them out again
+TARGETS_FINALIZER = f"{DOMAIN}/load-balancer-targets"
 
 
 class ServiceConfigError(ValueError):
@@ -64,6 +67,18 @@ def provider_for(service: Mapping[str, Any], default: str, configured: Iterable[
     if (service.get("spec") or {}).get("type") == "LoadBalancer":
         return default
     return None
+
+
+def finalizers_patch(service: Mapping[str, Any], present: bool) -> dict[str, Any] | None:
+    """The merge patch that adds (``present``) or removes podgate's finalizer, or None when
+    there is nothing to do.  It carries the resourceVersion: a merge patch replaces the whole
+    list, so a concurrent change by another controller must fail (409) rather than be lost."""
+    meta = service.get("metadata") or {}
+    current = list(meta.get("finalizers") or ())
+    if (TARGETS_FINALIZER in current) == present:
+        return None
+    wanted = [*current, TARGETS_FINALIZER] if present else [f for f in current if f != TARGETS_FINALIZER]
+    return {"metadata": {"finalizers": wanted, "resourceVersion": meta.get("resourceVersion")}}
 
 
 def health_check(annotations: Mapping[str, str] | None) -> HealthCheck:

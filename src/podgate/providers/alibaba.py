@@ -277,6 +277,7 @@ class AlibabaProvider:
         self.max_retries, self.base_delay, self.timeout = max_retries, base_delay, timeout
         #: cloud health checks run every few seconds: reading them faster only spends API quota
         self.poll_interval = poll_interval
+        self.binds_user_groups = True
         self.throttled = 0
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()  # clients are made in the calls' threads

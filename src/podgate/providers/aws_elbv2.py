@@ -62,6 +62,7 @@ class AwsElbv2Provider:
         self.name, self.region = name, region
         #: ELB checks every 5 s at the least: reading target health faster only spends API quota
         self.poll_interval = poll_interval
+        self.binds_user_groups = True
         self.bucket = TokenBucket(rate, burst)
         self.max_retries, self.base_delay = max_retries, base_delay
         self._client: Any = None

@@ -29,6 +29,9 @@ class Provider(Protocol):
     #: seconds between health reads of a pool with pending gates, at least (the controller's
     #: --poll-period is the floor): a cloud API is metered, HAProxy's socket is not
     poll_interval: float
+    #: the provider puts pods into groups the user owns (cloud target/server groups): only
+    #: podgate can take them out, so the Service is held by a finalizer until it has
+    binds_user_groups: bool
 
     async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
         """Make sure the Service's pools exist (and its frontends, where the provider makes them);

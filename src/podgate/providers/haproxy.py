@@ -81,6 +81,8 @@ class HAProxyProvider:
             raise ValueError("HAProxy provider needs at least one runtime API address")
         self.name = name
         self.poll_interval = 0.0  # the runtime socket is local and cheap: the controller's period
+        #: provisioned backends are podgate's own and found again at start (provisioned())
+        self.binds_user_groups = False
         self.runtimes = [Runtime(a) for a in runtime_addresses]
         self.master = Master(master_address) if master_address else None
         self.config_path = config_path

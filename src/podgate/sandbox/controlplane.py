@@ -584,7 +584,7 @@ class Sandbox:
         return out
 
     @contextlib.contextmanager
-    def controller_replaced(self, *flags: str, env: Mapping[str, str], log: str) -> Iterator[None]:
+    def controller_replaced(self, *flags: str, env: Mapping[str, str], log: str) -> Iterator[ControllerSwap]:
         """The sandbox's controller swapped, for the block, for replica 1 with extra flags (a
         cloud provider and its endpoint) and environment (its credentials); the sandbox's own
         comes back after.  Stopping it first releases its lease, so the swap leads at once."""
@@ -592,19 +592,14 @@ class Sandbox:
         pid = self._pids().get(comp.name)
         if pid is not None:
             processes.stop(pid, comp.marker)
-        with open(self.state_dir / "logs" / log, "w") as err:
-            swap = subprocess.Popen(
-                self.controller_argv(1, *flags),
-                env={**os.environ, **env},
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-            )
+        swap = ControllerSwap(
+            self.controller_argv(1, *flags), {**os.environ, **env}, self.state_dir / "logs" / log
+        )
+        swap.start()
         try:
-            yield
+            yield swap
         finally:
-            swap.terminate()
-            swap.wait(15)
+            swap.stop()
             self.up()
 
     def down(self) -> list[str]:
@@ -622,6 +617,28 @@ class Sandbox:
 
     def env(self) -> str:
         return f"export KUBECONFIG={self.kubeconfig}\nexport PATH={self.binaries.bin_dir}:$PATH\n"
+
+
+class ControllerSwap:
+    """The stand-in controller of :meth:`Sandbox.controller_replaced`; a test may stop it and
+    start it again (e.g. to change the cluster while no controller runs)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.argv, self.env, self.log = argv, env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "a") as err:
+            self.process = subprocess.Popen(
+                self.argv, env=self.env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+            )
+
+    def stop(self) -> None:
+        """SIGTERM and wait: the controller releases its lease on the way out."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(15)
+            self.process = None
 
 
 def _first_host(cidr: str) -> str:
