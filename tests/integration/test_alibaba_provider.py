@@ -183,6 +183,29 @@ async def test_gates_follow_clb_backend_health(
     with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log"):
         sandbox.apply(service("shop", {"podgate.dev/alibaba-clb-vserver-group-id": "rsp-shop"}), namespace)
 
+        # A Service naming the provider but no group is told why and never held: no finalizer,
+        # so deleting it does not wait for podgate.
+        sandbox.apply(service("bare", {}), namespace)
+        await asyncio.to_thread(
+            wait_for,
+            "a Warning naming the missing annotation",
+            lambda: (
+                "needs the annotation podgate.dev/alibaba-nlb-server-group-id"
+                in sandbox.kubectl(
+                    "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=bare"
+                )
+            ),
+            30,
+        )
+        assert "finalizers" not in sandbox.get("service", "bare", "-n", namespace)["metadata"]
+        sandbox.kubectl("delete", "service", "bare", "-n", namespace, "--wait=false")
+        await asyncio.to_thread(
+            wait_for,
+            "the bare Service gone",
+            lambda: "NotFound" in sandbox.kubectl("get", "service", "bare", "-n", namespace, check=False),
+            10,
+        )
+
         # Healthy after N polls; the pod is an ENI backend (the ENI found through ECS).
         cloud.script.initial_polls = 6
         sandbox.apply(deployment("shop"), namespace)

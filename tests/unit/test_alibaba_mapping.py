@@ -289,15 +289,13 @@ def test_endpoint_rejects_other_schemes() -> None:
         endpoint("ftp://example")
 
 
-def test_finalizer_patch_keeps_other_finalizers_and_the_resource_version() -> None:
+def test_finalizer_patch_adds_and_removes_only_podgates() -> None:
+    """Strategic merge: the list is merged item by item, so other finalizers are never named."""
     svc = {"metadata": {"resourceVersion": "7", "finalizers": ["example.com/other"]}}
-    add = lb.finalizers_patch(svc, True)
-    assert add == {
-        "metadata": {"finalizers": ["example.com/other", lb.TARGETS_FINALIZER], "resourceVersion": "7"}
-    }
+    assert lb.finalizers_patch(svc, True) == {"metadata": {"finalizers": [lb.TARGETS_FINALIZER]}}
     assert lb.finalizers_patch(svc, False) is None  # not there: nothing to remove
-    held = {"metadata": {"resourceVersion": "8", "finalizers": [lb.TARGETS_FINALIZER, "example.com/other"]}}
+    held = {"metadata": {"finalizers": [lb.TARGETS_FINALIZER, "example.com/other"]}}
     assert lb.finalizers_patch(held, True) is None
     assert lb.finalizers_patch(held, False) == {
-        "metadata": {"finalizers": ["example.com/other"], "resourceVersion": "8"}
+        "metadata": {"$deleteFromPrimitiveList/finalizers": [lb.TARGETS_FINALIZER]}
     }

@@ -74,6 +74,12 @@ def test_services_for_pod_keeps_handled_matching_services_sorted() -> None:
     assert g.services_for_pod({"app": "web", "tier": "fe"}, services, handled) == ["all", "web"]
 
 
+def test_a_service_being_deleted_gives_new_pods_no_gate() -> None:
+    leaving = svc("web", {"app": "web"})
+    leaving["metadata"]["deletionTimestamp"] = "2026-11-22T00:00:00Z"
+    assert g.services_for_pod({"app": "web"}, [leaving, svc("next", {"app": "web"})], handled) == ["next"]
+
+
 @pytest.mark.parametrize(
     ("existing", "services", "remove", "want"),
     [

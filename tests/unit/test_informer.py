@@ -98,26 +98,41 @@ async def test_update_if_newer_never_goes_back() -> None:
     assert inf.cache["ns/a"]["metadata"]["resourceVersion"] == "6" and seen == []
 
 
-async def test_a_change_that_arrives_in_our_own_writes_answer_is_emitted_once() -> None:
+async def test_a_change_that_arrives_in_our_own_writes_answer_is_emitted() -> None:
     """Another writer's update (RV 6) lands between our read (RV 5) and our write (answer RV 7):
-    its watch event comes after our answer is cached and is dropped as older, so the answer's
-    caching is what tells the handlers; the watch's RV 7 then tells them nothing new."""
+    its watch event comes after our answer is cached and is dropped as older, so caching the
+    answer is what tells the handlers of the change."""
 
     async def never(**kw: Any) -> Response:
         raise AssertionError("not called")
 
     inf = Informer(never, name="pods")
     inf.cache["ns/a"] = {**pod("a", "5"), "status": {"ready": False}}
-    seen: list[tuple[str, str, str | None]] = []
-    inf.add_handler(
-        lambda kind, obj, old: seen.append(
-            (kind, obj["metadata"]["resourceVersion"], old and old["metadata"]["resourceVersion"])
-        )
-    )
+    seen: list[tuple[str, str, Any]] = []
+    inf.add_handler(lambda kind, obj, old: seen.append((kind, obj["metadata"]["resourceVersion"], old)))
     answer = {**pod("a", "7"), "status": {"ready": True, "gate": True}}
     inf.update_if_newer(answer)
-    assert seen == [("MODIFIED", "7", "5")]
+    assert [(k, rv, old["status"]) for k, rv, old in seen] == [("MODIFIED", "7", {"ready": False})]
     inf._apply({"type": "MODIFIED", "object": {**pod("a", "6"), "status": {"ready": True}}})
-    inf._apply({"type": "MODIFIED", "object": answer})
-    assert inf.cache["ns/a"] is answer
-    assert seen == [("MODIFIED", "7", "5"), ("MODIFIED", "7", "7")]
+    assert len(seen) == 1  # the older event is dropped: the change was told once
+    assert inf.cache["ns/a"]["status"] == {"ready": True, "gate": True}
+
+
+async def test_our_answer_never_brings_back_what_the_watch_deleted() -> None:
+    """Removing the last finalizer deletes the object: its DELETED event and our write's answer
+    race; whichever comes first, the cache must not hold the object afterwards."""
+
+    async def never(**kw: Any) -> Response:
+        raise AssertionError("not called")
+
+    gone = {**pod("a", "9"), "metadata": {**pod("a", "9")["metadata"], "deletionTimestamp": "now"}}
+    for order in ("deleted first", "answer first"):
+        inf = Informer(never, name="services")
+        inf.cache["ns/a"] = pod("a", "8")
+        if order == "deleted first":
+            inf._apply({"type": "DELETED", "object": gone})
+            inf.update_if_newer(gone)
+        else:
+            inf.update_if_newer(gone)
+            inf._apply({"type": "DELETED", "object": gone})
+        assert "ns/a" not in inf.cache, order

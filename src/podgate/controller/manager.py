@@ -305,8 +305,8 @@ async def _raise_when(event: asyncio.Event) -> None:
 
 
 def _pod_change_matters(pod: Obj, old: Obj) -> bool:
-    """Pod updates that can change targets or gates; skips e.g. our own gate writes' echoes
-    only when nothing else moved."""
+    """Pod updates that can change targets or gates.  A gate status podgate wrote itself counts
+    too (its answer is emitted by the informer): one more pass, which writes nothing new."""
 
     def view(p: Obj) -> tuple[Any, ...]:
         st = p.get("status") or {}

@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from podgate.controller.gatewriter import GateWriter
-from podgate.kube.client import MERGE_PATCH, call
+from podgate.kube.client import MERGE_PATCH, STRATEGIC_MERGE, call
 from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer, Obj
 from podgate.model import addresses, gates, lb
@@ -133,13 +133,7 @@ class ServiceReconciler:
                 await self.set_gate(pod, lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e)))
             return out
         if provider_name is None or deleting:
-            binding = self.providers[provider_name] if provider_name else None
-            if deleting and binding is not None and binding.binds_user_groups:
-                # After a restart the provider may not know the Service's groups yet: bind them
-                # again so that releasing takes the pods out (a cloud error keeps the finalizer)
-                await binding.provision(key, pools, None)
-            await self._release(key, service)
-            await self._set_finalizer(service, False)
+            await self._let_go(key, service, self.providers[provider_name] if provider_name else None, pools)
             for pod in gated:
                 await self.set_gate(
                     pod,
@@ -156,8 +150,6 @@ class ServiceReconciler:
             return out
         provider = self.providers[provider_name]
         out.interval = provider.poll_interval
-        if provider.binds_user_groups:
-            service = await self._set_finalizer(service, True)  # before any pod goes in
         try:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, out)
         except ProviderError as e:
@@ -182,6 +174,9 @@ class ServiceReconciler:
         address = await provider.provision(
             key, pools, self.address_for(key, service) if not any(p.attach_backend for p in pools) else None
         )
+        if provider.binds_user_groups:
+            # the groups exist and are this Service's: hold it before any pod goes in
+            service = await self._set_finalizer(service, True)
         if address:
             await self._publish_address(service, address)
         selector = (service.get("spec") or {}).get("selector") or {}
@@ -278,6 +273,38 @@ class ServiceReconciler:
                 self._draining_since.pop(marker, None)
         return done
 
+    async def _let_go(
+        self, key: str, service: Obj, binding: Provider | None, pools: Sequence[lb.PoolSpec]
+    ) -> None:
+        """The Service is being deleted or no longer names a provider: its pods leave the load
+        balancer, then podgate's finalizer goes.  A transient cloud error keeps the finalizer
+        (retried, with a Warning saying how to let go); a permanent one (the group is gone or
+        never suited) lets go with a Warning, so no deletion waits for ever."""
+        held = lb.TARGETS_FINALIZER in (service["metadata"].get("finalizers") or ())
+        deleting = bool(service["metadata"].get("deletionTimestamp"))
+        try:
+            if held and deleting and binding is not None and binding.binds_user_groups:
+                # after a restart the provider may not know the groups yet: bind them again
+                await binding.provision(key, pools, None)
+            await self._release(key, service)
+        except ProviderError as e:
+            if not held:
+                raise
+            # a deleting Service that names no provider (any more) is the user letting go
+            if not e.permanent and not (deleting and binding is None):
+                self.recorder_emit(
+                    service,
+                    "Service",
+                    "CleanupFailed",
+                    f"{e}; retrying (to let go without clean-up, annotate {gates.PROVIDER_ANNOTATION}=none)",
+                    "Warning",
+                )
+                raise
+            self.recorder_emit(
+                service, "Service", "CleanupSkipped", f"{e}; nothing podgate can take out", "Warning"
+            )
+        await self._set_finalizer(service, False)
+
     async def _set_finalizer(self, service: Obj, present: bool) -> Obj:
         """Add or remove podgate's finalizer (see ``lb.TARGETS_FINALIZER``); the Service as it
         is afterwards."""
@@ -290,7 +317,7 @@ class ServiceReconciler:
             meta["name"],
             meta["namespace"],
             patch,
-            _content_type=MERGE_PATCH,
+            _content_type=STRATEGIC_MERGE,
         )
         self.services.update_if_newer(updated)
         return updated

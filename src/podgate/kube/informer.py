@@ -81,9 +81,14 @@ class Informer:
         project's API server uses (client-go treats them as opaque; a cache here may not)."""
         key = key_of(obj)
         cached = self.cache.get(key)
-        if cached is None or resource_version(obj) > resource_version(cached):
+        if cached is None:
+            return  # we only write what we read: the watch has already seen it go
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            return  # our write let it go (the last finalizer): its DELETED event is on the way
+        if resource_version(obj) > resource_version(cached):
             self.cache[key] = obj
-            self._emit("ADDED" if cached is None else "MODIFIED", obj, cached)
+            self._emit("MODIFIED", obj, cached)
 
     def _emit(self, kind: EventType, obj: Obj, old: Obj | None) -> None:
         for handler in self._handlers:

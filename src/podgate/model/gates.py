@@ -71,11 +71,14 @@ def services_for_pod(
     services: Iterable[Mapping[str, Any]],
     handled: Callable[[Mapping[str, Any]], bool],
 ) -> list[str]:
-    """Names of the handled Services whose selector matches, sorted for stable patches."""
+    """Names of the handled Services whose selector matches, sorted for stable patches; a
+    Service being deleted gives new pods no gate (it may wait on podgate's finalizer a while)."""
     return sorted(
         s["metadata"]["name"]
         for s in services
-        if handled(s) and selector_matches((s.get("spec") or {}).get("selector"), pod_labels)
+        if handled(s)
+        and not s["metadata"].get("deletionTimestamp")
+        and selector_matches((s.get("spec") or {}).get("selector"), pod_labels)
     )
 
 

@@ -70,15 +70,16 @@ def provider_for(service: Mapping[str, Any], default: str, configured: Iterable[
 
 
 def finalizers_patch(service: Mapping[str, Any], present: bool) -> dict[str, Any] | None:
-    """The merge patch that adds (``present``) or removes podgate's finalizer, or None when
-    there is nothing to do.  It carries the resourceVersion: a merge patch replaces the whole
-    list, so a concurrent change by another controller must fail (409) rather than be lost."""
-    meta = service.get("metadata") or {}
-    current = list(meta.get("finalizers") or ())
+    """The strategic-merge patch that adds (``present``) or removes podgate's finalizer, or None
+    when there is nothing to do.  Strategic merge adds to and deletes from the list item by
+    item (``finalizers`` merges as a set), so other controllers' finalizers are never touched
+    and a concurrent change to them is no conflict."""
+    current = list((service.get("metadata") or {}).get("finalizers") or ())
     if (TARGETS_FINALIZER in current) == present:
         return None
-    wanted = [*current, TARGETS_FINALIZER] if present else [f for f in current if f != TARGETS_FINALIZER]
-    return {"metadata": {"finalizers": wanted, "resourceVersion": meta.get("resourceVersion")}}
+    if present:
+        return {"metadata": {"finalizers": [TARGETS_FINALIZER]}}
+    return {"metadata": {"$deleteFromPrimitiveList/finalizers": [TARGETS_FINALIZER]}}
 
 
 def health_check(annotations: Mapping[str, str] | None) -> HealthCheck:

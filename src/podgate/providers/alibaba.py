@@ -355,7 +355,8 @@ class AlibabaProvider:
                         delay = max(delay, min(after / 1000, MAX_RETRY_AFTER))
                     await asyncio.sleep(delay)
                     continue
-                raise ProviderError(f"Alibaba Cloud {action}: {_describe(e)}") from None
+                gone = "NotFound" in code or "NotExist" in code
+                raise ProviderError(f"Alibaba Cloud {action}: {_describe(e)}", permanent=gone) from None
         raise ProviderError(f"Alibaba Cloud {action}: still throttled after {self.max_retries} retries")
 
     def _send(self, product: str, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,7 +397,8 @@ class AlibabaProvider:
         if pool.server_group is None:
             raise ProviderError(
                 f"Service {pool.service_key} port {pool.port} needs the annotation "
-                "podgate.dev/alibaba-nlb-server-group-id or podgate.dev/alibaba-clb-vserver-group-id"
+                "podgate.dev/alibaba-nlb-server-group-id or podgate.dev/alibaba-clb-vserver-group-id",
+                permanent=True,
             )
         return pool.server_group
 
@@ -409,7 +411,8 @@ class AlibabaProvider:
             if owner != service_key:
                 raise ProviderError(
                     f"server group {group.group_id} is already bound to Service {owner}; "
-                    "each group belongs to one Service port"
+                    "each group belongs to one Service port",
+                    permanent=True,
                 )
             await self._discover(group)
         return None
@@ -442,17 +445,21 @@ class AlibabaProvider:
         answer = await self._call("nlb", "ListServerGroups", {"ServerGroupIds": [group.group_id]})
         matches = [g for g in answer.get("ServerGroups") or () if g.get("ServerGroupId") == group.group_id]
         if not matches:
-            raise ProviderError(f"NLB server group {group.group_id} does not exist in {self.region}")
+            raise ProviderError(
+                f"NLB server group {group.group_id} does not exist in {self.region}", permanent=True
+            )
         info = matches[0]
         if info.get("ServerGroupType") != "Ip":
             raise ProviderError(
                 f"NLB server group {group.group_id} has ServerGroupType {info.get('ServerGroupType')!r}; "
-                "podgate adds pod IPs and needs an 'Ip' server group"
+                "podgate adds pod IPs and needs an 'Ip' server group",
+                permanent=True,
             )
         if info.get("AnyPortEnabled"):
             raise ProviderError(
                 f"NLB server group {group.group_id} forwards all ports (AnyPortEnabled); podgate adds "
-                "pod IP and port pairs and needs a group with ports"
+                "pod IP and port pairs and needs a group with ports",
+                permanent=True,
             )
         check = info.get("HealthCheck") or {}
         floor = float(check.get("HealthCheckInterval") or 0) * float(check.get("HealthyThreshold") or 0)

@@ -102,7 +102,9 @@ class AwsElbv2Provider:
                     delay = self.base_delay * 2**attempt
                     await asyncio.sleep(delay / 2 + random.random() * delay / 2)
                     continue
-                raise ProviderError(f"AWS {operation}: {code}: {message}") from None
+                raise ProviderError(
+                    f"AWS {operation}: {code}: {message}", permanent="NotFound" in code
+                ) from None
             except BotoCoreError as e:
                 raise ProviderError(f"AWS {operation}: {e}") from None
         raise ProviderError(f"AWS {operation}: still throttled after {self.max_retries} retries")
@@ -112,7 +114,8 @@ class AwsElbv2Provider:
         if not pool.target_group_arn:
             raise ProviderError(
                 f"Service {pool.service_key} needs the annotation "
-                "podgate.dev/aws-target-group-arn naming an IP-type target group"
+                "podgate.dev/aws-target-group-arn naming an IP-type target group",
+                permanent=True,
             )
         return pool.target_group_arn
 
@@ -123,14 +126,16 @@ class AwsElbv2Provider:
             if owner != service_key:
                 raise ProviderError(
                     f"target group {arn} is already bound to Service {owner}; "
-                    "each target group belongs to one Service port"
+                    "each target group belongs to one Service port",
+                    permanent=True,
                 )
         answer = await self._call("describe_target_groups", TargetGroupArns=arns)
         for tg in answer.get("TargetGroups") or ():
             if tg.get("TargetType") != "ip":
                 raise ProviderError(
                     f"target group {tg.get('TargetGroupArn')} has TargetType "
-                    f"{tg.get('TargetType')!r}; podgate registers pod IPs and needs 'ip'"
+                    f"{tg.get('TargetType')!r}; podgate registers pod IPs and needs 'ip'",
+                    permanent=True,
                 )
         return None
 

@@ -12,7 +12,14 @@ AdminState = Literal["ready", "drain", "maint"]
 
 
 class ProviderError(RuntimeError):
-    """The load balancer could not be read or changed; never a reason to open a gate."""
+    """The load balancer could not be read or changed; never a reason to open a gate.
+
+    ``permanent``: retrying cannot help (no group named, the group does not exist or does not
+    suit); a deleting Service then lets go instead of waiting for ever."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
