@@ -4,7 +4,7 @@ local double of the OpenAPI, reached by the official SDK over real HTTP with sig
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -92,6 +92,31 @@ def live_pod_ips(sandbox: SandboxHandle, namespace: str, app: str) -> set[str]:
     }
 
 
+async def scale_down_to_one(
+    sandbox: SandboxHandle,
+    namespace: str,
+    cloud: AlibabaDouble,
+    app: str,
+    members: Callable[[], dict[str, Any]],
+    what: str,
+    weight_then_remove: tuple[str, str],
+) -> None:
+    """Scale to one pod: only it stays in the group, and the leaving pods' backends went to
+    weight 0 (draining) before they were removed."""
+    sandbox.kubectl("scale", f"deployment/{app}", "-n", namespace, "--replicas=1")
+    await asyncio.to_thread(
+        wait_for,
+        f"only the remaining pod in the {what}",
+        lambda: (
+            set(members()) == {f"{i}:8080" for i in live_pod_ips(sandbox, namespace, app)}
+            and len(members()) == 1
+        ),
+        60,
+    )
+    weight, remove = weight_then_remove
+    assert cloud.script.calls.index(weight) < cloud.script.calls.index(remove)
+
+
 async def test_gates_follow_nlb_server_health(
     sandbox: SandboxHandle, namespace: str, cloud: AlibabaDouble
 ) -> None:
@@ -141,19 +166,15 @@ async def test_gates_follow_nlb_server_health(
         await watch.wait("healthy once the API is back", lambda g: g[0] == "True", 60)
 
         # Scale down: the leaving pods' servers are drained (weight 0), then removed.
-        sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=1")
-        await asyncio.to_thread(
-            wait_for,
-            "only the remaining pod in the server group",
-            lambda: (
-                set(cloud.nlb_servers("sgp-web"))
-                == {f"{i}:8080" for i in live_pod_ips(sandbox, namespace, "web")}
-                and len(cloud.nlb_servers("sgp-web")) == 1
-            ),
-            60,
+        await scale_down_to_one(
+            sandbox,
+            namespace,
+            cloud,
+            "web",
+            lambda: cloud.nlb_servers("sgp-web"),
+            "server group",
+            ("UpdateServerGroupServersAttribute", "RemoveServersFromServerGroup"),
         )
-        calls = cloud.script.calls
-        assert calls.index("UpdateServerGroupServersAttribute") < calls.index("RemoveServersFromServerGroup")
 
         # The Service is deleted while no podgate runs: podgate's finalizer holds it until podgate
         # is back and has taken its pods out of the server group (which stays: it is the user's).
@@ -227,19 +248,15 @@ async def test_gates_follow_clb_backend_health(
         cloud.script.new_targets_unhealthy = False
 
         # Scale down: drained at weight 0, then removed; the healthy pod stays.
-        sandbox.kubectl("scale", "deployment/shop", "-n", namespace, "--replicas=1")
-        await asyncio.to_thread(
-            wait_for,
-            "only the remaining pod in the vServer group",
-            lambda: (
-                set(cloud.clb_backends("rsp-shop"))
-                == {f"{i}:8080" for i in live_pod_ips(sandbox, namespace, "shop")}
-                and len(cloud.clb_backends("rsp-shop")) == 1
-            ),
-            60,
+        await scale_down_to_one(
+            sandbox,
+            namespace,
+            cloud,
+            "shop",
+            lambda: cloud.clb_backends("rsp-shop"),
+            "vServer group",
+            ("SetVServerGroupAttribute", "RemoveVServerGroupBackendServers"),
         )
-        calls = cloud.script.calls
-        assert calls.index("SetVServerGroupAttribute") < calls.index("RemoveVServerGroupBackendServers")
 
         # A pod the CLB cannot take (its IP is on no ENI) says why, and does not stop others
         # from leaving the group.
