@@ -112,12 +112,11 @@ async def nlb_not_normal(client: NlbClient) -> dict[str, tuple[str, str | None]]
     }
 
 
-async def ecs_enis(endpoint: str, ips: list[str], **kw: Any) -> dict[str, Any]:
-    """DescribeNetworkInterfaces through the generic client, as there is no ECS SDK package."""
-    client = OpenApiClient(config(endpoint, **kw))
-    params = openapi.Params(
-        action="DescribeNetworkInterfaces",
-        version="2014-05-26",
+def rpc(action: str, version: str) -> Any:
+    """An RPC-style action for the generic client, as the product SDKs describe theirs."""
+    return openapi.Params(
+        action=action,
+        version=version,
         protocol="HTTPS",
         pathname="/",
         method="POST",
@@ -126,6 +125,12 @@ async def ecs_enis(endpoint: str, ips: list[str], **kw: Any) -> dict[str, Any]:
         req_body_type="formData",
         body_type="json",
     )
+
+
+async def ecs_enis(endpoint: str, ips: list[str], **kw: Any) -> dict[str, Any]:
+    """DescribeNetworkInterfaces through the generic client, as there is no ECS SDK package."""
+    client = OpenApiClient(config(endpoint, **kw))
+    params = rpc("DescribeNetworkInterfaces", "2014-05-26")
     request = openapi.OpenApiRequest(query=Utils.query({"RegionId": REGION, "PrivateIpAddress": ips}))
     answer = await client.call_api_async(params, request, RuntimeOptions())
     return dict(answer["body"])
@@ -497,17 +502,7 @@ async def test_throttle_next_answers_throttling_user(cloud: tuple[AlibabaDouble,
 async def test_unknown_action_region_and_unsigned_request(cloud: tuple[AlibabaDouble, str]) -> None:
     double, endpoint = cloud
     client = OpenApiClient(config(endpoint))
-    params = openapi.Params(
-        action="DescribeNothing",
-        version="2014-05-15",
-        protocol="HTTPS",
-        pathname="/",
-        method="POST",
-        auth_type="AK",
-        style="RPC",
-        req_body_type="formData",
-        body_type="json",
-    )
+    params = rpc("DescribeNothing", "2014-05-15")
     request = openapi.OpenApiRequest(query={"RegionId": REGION})
     e = await refused(client.call_api_async(params, request, RuntimeOptions()))
     assert (e.status_code, e.code) == (404, "InvalidAction.NotFound")
