@@ -3,9 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv binaries test lint unit integration demo bench clean
+.PHONY: setup system venv binaries test lint unit contract e2e demo bench clean
 
 setup: system venv binaries
 
@@ -19,10 +19,12 @@ system:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Two distributions from one tree: podgate (the product, what the image holds) and
+# podgate-sandbox (sandbox/pyproject.toml: control plane, node agent, lab, cloud API doubles).
+$(STAMP): pyproject.toml sandbox/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,demo]'
+	$(PY) -m pip install -q -e '.[test]' -e './sandbox[demo]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 # kube-apiserver and kube-controller-manager built from Debian's source package, kubectl from
@@ -36,17 +38,22 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# tests/unit: no processes; tests/contract: real HAProxy, pip, the API doubles, no cluster;
+# tests/e2e: the sandbox (one control plane per session). Markers follow the directory.
 unit: setup
 	$(VENV)/bin/pytest -q tests/unit
 
-integration: setup
-	$(VENV)/bin/pytest -q tests/integration
+contract: setup
+	$(VENV)/bin/pytest -q tests/contract
+
+e2e: setup
+	$(VENV)/bin/pytest -q tests/e2e
 
 test: lint
 	$(VENV)/bin/pytest -q
 
 demo: setup
-	$(PY) -m podgate.sandbox.demo
+	$(PY) -m podgate_sandbox.demo
 
 bench: setup
 	$(PY) bench/sandbox_bench.py

@@ -27,8 +27,8 @@ from kubernetes_asyncio import client
 
 from common import RESULTS, sandbox, write
 from podgate.kube.client import api_client, call
-from podgate.sandbox.alibaba_double import AlibabaDouble
-from podgate.sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.doubles.alibaba import AlibabaDouble
 
 CONFIG = SandboxConfig(port_offset=18000, pod_cidr="127.121.0.0/16", lb_cidr="127.221.0.0/16")
 PORT = 18630

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from podgate.sandbox.controlplane import Sandbox, SandboxConfig
-from podgate.sandbox.rollout import percentile
+from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.rollout import percentile
 
 RESULTS = Path(__file__).parent / "results"
 

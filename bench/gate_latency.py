@@ -28,7 +28,7 @@ from podgate.kube.client import api_client, call
 from podgate.kube.informer import Informer
 from podgate.providers.haproxy_config import target_of_server
 from podgate.providers.haproxy_runtime import Runtime
-from podgate.sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.controlplane import Sandbox, SandboxConfig
 
 CONFIG = SandboxConfig(port_offset=16000, pod_cidr="127.111.0.0/16", lb_cidr="127.211.0.0/16")
 NS = "latency"

@@ -1,7 +1,7 @@
 """Rollout benchmark: rolling updates under steady load, with and without podgate, side by side.
 
 Its own sandbox (ports, loopback ranges), a Deployment of ``--replicas`` behind a LoadBalancer
-Service per scenario (see ``podgate.sandbox.rollout``), ``--rate`` requests/s through the
+Service per scenario (see ``podgate_sandbox.rollout``), ``--rate`` requests/s through the
 EXTERNAL-IP during each of ``--rounds`` rollout restarts, the scenarios interleaved round by
 round so machine noise hits them alike.  JSON and Markdown go to bench/results/.
 
@@ -17,8 +17,8 @@ from typing import Any
 
 from common import RESULTS, sandbox, write
 from podgate.kube.client import api_client
-from podgate.sandbox.controlplane import Sandbox, SandboxConfig
-from podgate.sandbox.rollout import RolloutLab, RoundResult, summarise
+from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.rollout import RolloutLab, RoundResult, summarise
 
 CONFIG = SandboxConfig(port_offset=17000, pod_cidr="127.112.0.0/16", lb_cidr="127.212.0.0/16")
 
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     with sandbox(CONFIG) as sb:
         summary, rounds = asyncio.run(run(sb, args))
-    from podgate.sandbox.rollout import scenarios
+    from podgate_sandbox.rollout import scenarios
 
     res = {
         "rounds": args.rounds,

@@ -23,7 +23,7 @@ from kubernetes_asyncio import client
 from common import RESULTS, sandbox, summary, write
 from podgate.kube.client import api_client, call
 from podgate.kube.informer import Informer
-from podgate.sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.controlplane import Sandbox, SandboxConfig
 
 CONFIG = SandboxConfig(port_offset=15000, pod_cidr="127.110.0.0/16", lb_cidr="127.210.0.0/16")
 GATE = "bench.podgate.dev/gate"

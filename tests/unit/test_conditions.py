@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from podgate.model import conditions as c
+from podgate_sandbox import podstatus as kubelet
 
 GATE = "service.readiness.podgate.dev/web"
 OTHER = "check.podgate.dev/warm"
@@ -47,11 +48,11 @@ OTHER = "check.podgate.dev/warm"
     ],
 )
 def test_containers_ready(names: list[str], ready: dict[str, bool], phase: str, want: dict[str, str]) -> None:
-    assert c.containers_ready(names, ready, phase) == want
+    assert kubelet.containers_ready(names, ready, phase) == want
 
 
-CR_TRUE = c.containers_ready(["a"], {"a": True}, "Running")
-CR_FALSE = c.containers_ready(["a"], {"a": False}, "Running")
+CR_TRUE = kubelet.containers_ready(["a"], {"a": True}, "Running")
+CR_FALSE = kubelet.containers_ready(["a"], {"a": False}, "Running")
 
 
 @pytest.mark.parametrize(
@@ -127,7 +128,7 @@ def test_pod_ready(
     reason: str | None,
     message: str | None,
 ) -> None:
-    got = c.pod_ready(cr, gates, conds)
+    got = kubelet.pod_ready(cr, gates, conds)
     assert got["type"] == "Ready"
     assert got["status"] == status
     assert got.get("reason") == reason

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from podgate.model.podstatus import ContainerView, desired_status, needs_write, phase
+from podgate_sandbox.podstatus import ContainerView, desired_status, needs_write, phase
 
 RUN = ContainerView("a", "nginx", "running", None, started_at="T0", ready=True)
 WAIT = ContainerView("a", "nginx")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from podgate.model import addresses
-from podgate.sandbox.app import AppConfigError, AppSettings
-from podgate.sandbox.binaries import deb_src_sources
-from podgate.sandbox.nodeagent import sleep_seconds
+from podgate_sandbox.app import AppConfigError, AppSettings
+from podgate_sandbox.binaries import deb_src_sources
+from podgate_sandbox.nodeagent import sleep_seconds
 
 
 def test_deb_src_from_one_line_and_deb822() -> None:

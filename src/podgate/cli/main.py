@@ -1,62 +1,21 @@
-"""``podgate``: the sandbox commands (and, as they land, the controller and gate commands)."""
+"""``podgate`` / ``kubectl podgate``: controller, status and gate commands, plus plugged-in ones.
+
+Other distributions add commands through the ``podgate.commands`` entry-point group (a callable
+taking the sub-parsers object): the sandbox's ``podgate sandbox …`` comes that way, so the
+product's CLI never imports sandbox code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from pathlib import Path
+from importlib.metadata import entry_points
 
 from podgate.cli import controller_cmd, gates_cmd
 from podgate.controller.settings import SettingsError
-from podgate.sandbox.binaries import ensure_binaries
-from podgate.sandbox.controlplane import Sandbox, SandboxConfig, SandboxError
 
-
-def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
-    state = Path(args.state_dir) if args.state_dir else None
-    config = None
-    if for_up and (
-        args.run_commands or any(v is not None for v in (args.port_offset, args.pod_cidr, args.lb_cidr))
-    ):
-        defaults = SandboxConfig()
-        config = SandboxConfig(
-            port_offset=args.port_offset if args.port_offset is not None else defaults.port_offset,
-            pod_cidr=args.pod_cidr or defaults.pod_cidr,
-            lb_cidr=args.lb_cidr or defaults.lb_cidr,
-            run_commands=args.run_commands,
-        )
-    return Sandbox(state, config)
-
-
-def cmd_sandbox(args: argparse.Namespace) -> int:
-    if args.action == "install":
-        ensure_binaries()
-        return 0
-    sb = _sandbox(args, for_up=args.action == "up")
-    if args.action == "up":
-        sb.up(with_controller=not args.without_controller)
-        print(f"sandbox up; state in {sb.state_dir}")
-        print("to use kubectl with it:")
-        print(
-            '  eval "$(podgate sandbox env'
-            + (f" --state-dir {args.state_dir}" if args.state_dir else "")
-            + ')"'
-        )
-        return 0
-    if args.action == "down":
-        stopped = sb.down()
-        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-        return 0
-    if args.action == "env":
-        sys.stdout.write(sb.env())
-        return 0
-    rows = sb.status()
-    print(f"{'COMPONENT':<26}{'PID':<9}{'HEALTH':<11}LOG")
-    for row in rows:
-        health = "healthy" if row.healthy else ("unhealthy" if row.running else "stopped")
-        print(f"{row.name:<26}{row.pid or '-':<9}{health:<11}{row.log}")
-    return 0 if all(r.healthy for r in rows) else 1
+PLUGIN_GROUP = "podgate.commands"
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
@@ -71,28 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="podgate", description="Pod readiness gates that follow the load balancer."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sb = sub.add_parser("sandbox", help="a local Kubernetes control plane, node agent and HAProxy")
-    sb.add_argument(
-        "action",
-        choices=["up", "down", "status", "env", "install"],
-        help="up: start (idempotent); down: stop; status: components; env: shell exports; "
-        "install: build/fetch the Kubernetes binaries into the cache",
-    )
-    sb.add_argument("--state-dir", help="where the sandbox keeps its state (default: XDG state dir)")
-    sb.add_argument("--port-offset", type=int, help="added to every sandbox port (run a second sandbox)")
-    sb.add_argument("--pod-cidr", help="loopback range for pod IPs (default 127.100.0.0/16)")
-    sb.add_argument("--lb-cidr", help="loopback range for load-balancer addresses (default 127.200.0.0/16)")
-    sb.add_argument(
-        "--run-commands",
-        action="store_true",
-        help="up: run containers' explicit `command` as local processes, as root, with no isolation",
-    )
-    sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
-    sb.set_defaults(func=cmd_sandbox)
     gates_cmd.add_commands(sub, os.environ.get("KUBECONFIG"))
     ctl = sub.add_parser("controller", help="run the podgate controller and admission webhook")
     controller_cmd.add_arguments(ctl)
     ctl.set_defaults(func=controller_cmd.cmd_controller)
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        plugin.load()(sub)
     return parser
 
 
@@ -109,9 +52,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sys.exit(args.func(args))
     except gates_cmd.CommandError as e:
-        print(f"podgate: {e}", file=sys.stderr)
-        sys.exit(2)
-    except SandboxError as e:
         print(f"podgate: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

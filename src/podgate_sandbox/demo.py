@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from podgate.kube.client import api_client
-from podgate.sandbox.binaries import Progress
-from podgate.sandbox.controlplane import Sandbox
-from podgate.sandbox.rollout import RolloutLab
+from podgate_sandbox.binaries import Progress
+from podgate_sandbox.controlplane import Sandbox
+from podgate_sandbox.rollout import RolloutLab
 
 NS = "podgate-demo"
 
@@ -153,7 +153,7 @@ def main() -> None:
 
 async def _rollouts(sb: Sandbox, progress: Progress, k: Any) -> None:
     """A rollout under load, without and with podgate, side by side."""
-    from podgate.sandbox.plots import timeline
+    from podgate_sandbox.plots import timeline
 
     print("\n5. Rolling updates under a steady 250 requests/s through each Service's EXTERNAL-IP.")
     names = ["plain", "workaround", "podgate"]

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
+from podgate_sandbox.doubles.elb import ElbDouble
+
 from .conftest import GateWatch, SandboxHandle, controller_replaced, wait_for
-from .elb_double import ElbDouble
 
 pytestmark = pytest.mark.sandbox
 MOTO_PORT, DOUBLE_PORT = 15600, 15601

@@ -13,7 +13,7 @@ from alibabacloud_credentials.models import Config
 from podgate.model.lb import Health, HealthCheck, PoolSpec, ServerGroup, Target
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.base import ProviderError
-from podgate.sandbox.alibaba_double import AlibabaDouble, eni_for
+from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
 
 PORT = 15635
 ENDPOINT = f"http://127.0.0.1:{PORT}"

@@ -34,10 +34,10 @@ from podgate.kube.events import EventRecorder, now_micro, now_rfc3339
 from podgate.kube.informer import EventType, Informer, Obj, key_of, resource_version
 from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
-from podgate.model.podstatus import ContainerView, State, desired_status, needs_write
 from podgate.model.probes import ProbeSpec, ProbeSpecError, ProbeState, observe, parse_probe, resolve_port
-from podgate.sandbox import runtime
-from podgate.sandbox.app import AppConfigError
+from podgate_sandbox import runtime
+from podgate_sandbox.app import AppConfigError
+from podgate_sandbox.podstatus import ContainerView, State, desired_status, needs_write
 
 log = logging.getLogger("podgate.nodeagent")
 

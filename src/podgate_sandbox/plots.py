@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
 
-from podgate.sandbox.rollout import RoundResult
+from podgate_sandbox.rollout import RoundResult
 
 BUCKET = 0.25  # seconds per bar of the request rate
 

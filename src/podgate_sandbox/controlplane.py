@@ -23,14 +23,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
 
 from podgate.kube import pki
 from podgate.model.addresses import loopback_network, overlaps
-from podgate.sandbox import processes
-from podgate.sandbox.binaries import KubeBinaries, Progress, default_binaries
+from podgate_sandbox import processes
+from podgate_sandbox.binaries import KubeBinaries, Progress, default_binaries
 
 HOST = "127.0.0.1"
 
@@ -404,11 +405,11 @@ class Sandbox:
             ),
             Component(
                 "node-agent",
-                f"podgate.sandbox.nodeagent --kubeconfig {self.state_dir}",
+                f"podgate_sandbox.nodeagent --kubeconfig {self.state_dir}",
                 [
                     sys.executable,
                     "-m",
-                    "podgate.sandbox.nodeagent",
+                    "podgate_sandbox.nodeagent",
                     "--kubeconfig",
                     str(self.state_dir / "node-agent.kubeconfig"),
                     "--node-name",
@@ -481,8 +482,8 @@ class Sandbox:
 
     def _apply_controller_rbac(self) -> None:
         """The controller's RBAC rules and the ReadinessCheck CRD, before the controller starts."""
-        rbac = Path(__file__).with_name("rbac.yaml")
-        crd = Path(__file__).parent.parent / "crds" / "readinesscheck.yaml"
+        rbac = resources.files("podgate_sandbox").joinpath("rbac.yaml")
+        crd = resources.files("podgate").joinpath("crds", "readinesscheck.yaml")
         out = subprocess.run(
             [str(self.binaries.path("kubectl")), "apply", "-f", str(rbac), "-f", str(crd)],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},

@@ -1,18 +1,91 @@
 """The pod status the node agent writes, computed from what its containers are doing.
 
+The Ready rule mirrors ``pkg/kubelet/status/generate.go`` (Kubernetes 1.20) reason for reason
+and message for message, so tools that parse the kubelet's wording read the sandbox the same way.
+
 Pure: the agent turns its runtime into :class:`ContainerView` values, and this module decides
 phase, container statuses and the kubelet-owned conditions, and whether anything changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from podgate.model import conditions as c
+from podgate.model.types import Condition
+
+#: The conditions the kubelet (and so the node agent) owns; every other type belongs to
+#: someone else (readiness gates, controllers) and is never written or dropped by the agent.
+KUBELET_CONDITIONS = (c.POD_SCHEDULED, c.INITIALIZED, c.CONTAINERS_READY, c.READY)
 
 State = Literal["waiting", "running", "terminated"]
+
+
+def _go_list(names: Sequence[str]) -> str:
+    """Format a list of names as Go's ``%s`` prints a []string."""
+    return "[" + " ".join(names) + "]"
+
+
+def containers_ready(
+    container_names: Sequence[str], ready_by_name: Mapping[str, bool], phase: str
+) -> Condition:
+    """ContainersReady: every declared container has a status and is ready."""
+    unknown = [n for n in container_names if n not in ready_by_name]
+    unready = [n for n in container_names if n in ready_by_name and not ready_by_name[n]]
+    if phase == "Succeeded" and not unknown:
+        return {"type": c.CONTAINERS_READY, "status": c.FALSE, "reason": "PodCompleted"}
+    messages = []
+    if unknown:
+        messages.append(f"containers with unknown status: {_go_list(unknown)}")
+    if unready:
+        messages.append(f"containers with unready status: {_go_list(unready)}")
+    if messages:
+        return {
+            "type": c.CONTAINERS_READY,
+            "status": c.FALSE,
+            "reason": "ContainersNotReady",
+            "message": ", ".join(messages),
+        }
+    return {"type": c.CONTAINERS_READY, "status": c.TRUE}
+
+
+def pod_ready(
+    containers_ready_condition: Condition,
+    readiness_gates: Sequence[str],
+    conditions: Iterable[Mapping[str, Any]] | None,
+) -> Condition:
+    """Ready: ContainersReady is True and every readiness gate's condition is exactly "True"."""
+    if containers_ready_condition["status"] != c.TRUE:
+        cond: Condition = {"type": c.READY, "status": containers_ready_condition["status"]}
+        for key in ("reason", "message"):
+            if key in containers_ready_condition:
+                cond[key] = containers_ready_condition[key]
+        return cond
+    unready = []
+    conditions = list(conditions or ())
+    for gate in readiness_gates:
+        found = c.find(conditions, gate)
+        if found is None:
+            unready.append(f"corresponding condition of pod readiness gate {_quote(gate)} does not exist.")
+        elif found.get("status") != c.TRUE:
+            unready.append(
+                f'the status of pod readiness gate {_quote(gate)} is not "True", but {found.get("status")}'
+            )
+    if unready:
+        return {
+            "type": c.READY,
+            "status": c.FALSE,
+            "reason": "ReadinessGatesNotReady",
+            "message": ", ".join(unready),
+        }
+    return {"type": c.READY, "status": c.TRUE}
+
+
+def _quote(s: str) -> str:
+    """Go's %q for the plain strings condition types are."""
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass(frozen=True)
@@ -112,11 +185,11 @@ def desired_status(
     ph = phase(spec.get("restartPolicy") or "Always", views, current.get("phase"))
     names = [ctr["name"] for ctr in spec.get("containers") or ()]
     ready_by_name = {v.name: v.ready for v in views}
-    cr = c.containers_ready(names, ready_by_name, ph)
+    cr = containers_ready(names, ready_by_name, ph)
     initialized: dict[str, Any] = {"type": c.INITIALIZED, "status": c.TRUE}
     desired = [
         initialized,
-        c.pod_ready(cr, c.readiness_gates(spec), current.get("conditions")),
+        pod_ready(cr, c.readiness_gates(spec), current.get("conditions")),
         cr,
         {"type": c.POD_SCHEDULED, "status": c.TRUE},
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from podgate.kube.client import api_client
-from podgate.sandbox.rollout import RolloutLab, summarise
+from podgate_sandbox.rollout import RolloutLab, summarise
 
 from .conftest import SandboxHandle
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from podgate.sandbox.alibaba_double import AlibabaDouble, eni_for
-from podgate.sandbox.controlplane import Sandbox
+from podgate_sandbox.controlplane import Sandbox
+from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
 
 from .conftest import GateWatch, SandboxHandle, controller_replaced, metric, scrape, wait_for
 

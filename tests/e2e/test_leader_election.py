@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 
 from podgate.kube.client import api_client
-from podgate.sandbox.controlplane import Sandbox
-from podgate.sandbox.rollout import RolloutLab
+from podgate_sandbox.controlplane import Sandbox
+from podgate_sandbox.rollout import RolloutLab
 
 from .conftest import SandboxHandle, condition, podgate, wait_for
 

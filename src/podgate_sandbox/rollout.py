@@ -29,7 +29,7 @@ from podgate.kube.client import call
 from podgate.kube.informer import Informer
 from podgate.providers.haproxy_config import target_of_server
 from podgate.providers.haproxy_runtime import Runtime
-from podgate.sandbox.loadgen import LoadGenerator, LoadResult
+from podgate_sandbox.loadgen import LoadGenerator, LoadResult
 
 GATE_PREFIX = "service.readiness.podgate.dev/"
 

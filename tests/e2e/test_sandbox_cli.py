@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from podgate.sandbox.processes import alive, cmdline, tcp_listeners
+from podgate_sandbox.processes import alive, cmdline, tcp_listeners
 
 from .conftest import podgate, wait_for
 

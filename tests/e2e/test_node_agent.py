@@ -12,7 +12,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from podgate.kube.client import api_client
-from podgate.sandbox.processes import tcp_listeners
+from podgate_sandbox.processes import tcp_listeners
 
 from .conftest import SandboxHandle, condition, wait_for, wide_row
 

@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 from typing import Protocol
 
-from podgate.sandbox.app import AppSettings, ContainerApp
+from podgate_sandbox.app import AppSettings, ContainerApp
 
 
 class Runtime(Protocol):

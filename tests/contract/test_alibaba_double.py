@@ -29,7 +29,7 @@ from darabonba.core import DaraCore
 from darabonba.exceptions import UnretryableException
 from darabonba.runtime import RuntimeOptions
 
-from podgate.sandbox.alibaba_double import AlibabaDouble, eni_for
+from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
 
 PORT = 15620
 REGION = "cn-hangzhou"

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from podgate.sandbox.binaries import default_binaries
-from podgate.sandbox.controlplane import ControllerSwap, Sandbox
+from podgate_sandbox.binaries import default_binaries
+from podgate_sandbox.controlplane import ControllerSwap, Sandbox
 
 T = TypeVar("T")
 PODGATE = [sys.executable, "-m", "podgate"]

@@ -1,0 +1,3 @@
+from podgate_sandbox.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""``podgate sandbox …``: the sandbox's command, plugged into the ``podgate`` CLI.
+
+It is registered under the ``podgate.commands`` entry-point group by the podgate-sandbox
+distribution, so the command users type stays ``podgate sandbox up`` while the product's CLI
+never imports sandbox code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from podgate_sandbox.binaries import ensure_binaries
+from podgate_sandbox.controlplane import Sandbox, SandboxConfig, SandboxError
+
+
+def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
+    state = Path(args.state_dir) if args.state_dir else None
+    config = None
+    if for_up and (
+        args.run_commands or any(v is not None for v in (args.port_offset, args.pod_cidr, args.lb_cidr))
+    ):
+        defaults = SandboxConfig()
+        config = SandboxConfig(
+            port_offset=args.port_offset if args.port_offset is not None else defaults.port_offset,
+            pod_cidr=args.pod_cidr or defaults.pod_cidr,
+            lb_cidr=args.lb_cidr or defaults.lb_cidr,
+            run_commands=args.run_commands,
+        )
+    return Sandbox(state, config)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except SandboxError as e:
+        print(f"podgate: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.action == "install":
+        ensure_binaries()
+        return 0
+    sb = _sandbox(args, for_up=args.action == "up")
+    if args.action == "up":
+        sb.up(with_controller=not args.without_controller)
+        print(f"sandbox up; state in {sb.state_dir}")
+        print("to use kubectl with it:")
+        print(
+            '  eval "$(podgate sandbox env'
+            + (f" --state-dir {args.state_dir}" if args.state_dir else "")
+            + ')"'
+        )
+        return 0
+    if args.action == "down":
+        stopped = sb.down()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        return 0
+    if args.action == "env":
+        sys.stdout.write(sb.env())
+        return 0
+    rows = sb.status()
+    print(f"{'COMPONENT':<26}{'PID':<9}{'HEALTH':<11}LOG")
+    for row in rows:
+        health = "healthy" if row.healthy else ("unhealthy" if row.running else "stopped")
+        print(f"{row.name:<26}{row.pid or '-':<9}{health:<11}{row.log}")
+    return 0 if all(r.healthy for r in rows) else 1
+
+
+def add_commands(sub: Any) -> None:
+    """Entry point (``podgate.commands``): add ``sandbox`` to the ``podgate`` parser."""
+    sb = sub.add_parser("sandbox", help="a local Kubernetes control plane, node agent and HAProxy")
+    sb.add_argument(
+        "action",
+        choices=["up", "down", "status", "env", "install"],
+        help="up: start (idempotent); down: stop; status: components; env: shell exports; "
+        "install: build/fetch the Kubernetes binaries into the cache",
+    )
+    sb.add_argument("--state-dir", help="where the sandbox keeps its state (default: XDG state dir)")
+    sb.add_argument("--port-offset", type=int, help="added to every sandbox port (run a second sandbox)")
+    sb.add_argument("--pod-cidr", help="loopback range for pod IPs (default 127.100.0.0/16)")
+    sb.add_argument("--lb-cidr", help="loopback range for load-balancer addresses (default 127.200.0.0/16)")
+    sb.add_argument(
+        "--run-commands",
+        action="store_true",
+        help="up: run containers' explicit `command` as local processes, as root, with no isolation",
+    )
+    sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
+    sb.set_defaults(func=cmd_sandbox)
+
+
+def main() -> None:
+    """``python -m podgate_sandbox``: the sandbox command without the podgate CLI around it."""
+    parser = argparse.ArgumentParser(prog="podgate")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args()
+    sys.exit(args.func(args))

@@ -1,0 +1,1 @@
+"""The cloud API doubles: each speaks a cloud's real wire protocol to its real SDK, on loopback."""
