@@ -100,7 +100,7 @@ def test_rbac_is_what_the_controller_runs_with(sandbox: SandboxHandle) -> None:
         )
 
     # The sandbox's controller passes every controller test with exactly these rules.
-    assert rules(ROOT / "deploy/base/rbac.yaml") == rules(ROOT / "src/podgate/sandbox/rbac.yaml")
+    assert rules(ROOT / "deploy/base/rbac.yaml") == rules(ROOT / "src/podgate_sandbox/rbac.yaml")
     for _groups, resources, verbs in rules(ROOT / "deploy/base/rbac.yaml"):
         assert "*" not in resources and "*" not in verbs and "delete" not in verbs
 
