@@ -3,7 +3,8 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY src ./src
+# the product only: src/podgate_sandbox (the sandbox distribution) never enters the image
+COPY src/podgate ./src/podgate
 # the cloud providers' SDKs are extras: the image carries both, so one image serves every provider
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[aws,alibaba]"
 
