@@ -21,6 +21,7 @@ from podgate.controller.settings import (
     HAProxySettings,
     SettingsError,
 )
+from podgate_sandbox.controlplane import Sandbox
 
 
 @pytest.fixture(autouse=True)
@@ -172,6 +173,24 @@ def test_defaults() -> None:
         "0.0.0.0",
         False,
         "text",
+    )
+
+
+@pytest.mark.parametrize("replica", [0, 1])
+def test_the_sandboxs_command_line(replica: int, tmp_path: Path) -> None:
+    """What podgate_sandbox.controlplane passes (with a cloud provider, as the e2e tests swap in)."""
+    argv = Sandbox(tmp_path).controller_argv(replica, "--alibaba-provider", "alibaba", "--alibaba-region")
+    s = parse([*argv[argv.index("controller") + 1 :], "cn-hangzhou", "--alibaba-rate", "50"])
+    assert (s.haproxy[0].name, s.lb_cidr, s.leader_elect, s.lease_duration) == (
+        "haproxy",
+        "127.200.0.0/16",
+        True,
+        6.0,
+    )
+    assert s.adopt_gate_prefixes == ("service.readiness.alibabacloud.com/",)
+    assert s.alibaba == (AlibabaSettings("alibaba", "cn-hangzhou", rate=50.0),)
+    assert (s.webhook_config_name, s.webhook_url is not None) == (
+        ("podgate-sandbox", True) if replica == 0 else ("podgate", False)
     )
 
 
@@ -370,7 +389,14 @@ def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.parametrize(
-    "argv", [["status", "--help"], ["gate", "--help"], ["gate", "set", "--help"], ["controller", "--help"]]
+    "argv",
+    [
+        ["status", "--help"],
+        ["gate", "--help"],
+        ["gate", "set", "--help"],
+        ["sandbox", "--help"],  # the podgate-sandbox plug-in, installed for the tests
+        ["controller", "--help"],
+    ],
 )
 def test_other_commands_never_read_controller_settings(
     argv: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
