@@ -436,6 +436,15 @@ def test_settings_that_do_not_fit_together(argv: list[str], error: str) -> None:
         parse(argv)
 
 
+def test_settings_that_do_not_fit_together_name_their_variables_too() -> None:
+    with pytest.raises(SettingsError) as error:
+        parse([*HAPROXY, "--haproxy-master-socket", "/m"])
+    assert str(error.value) == (
+        "--haproxy-master-socket and --haproxy-config go together (provisioning mode) "
+        "[PODGATE_HAPROXY_MASTER_SOCKET, PODGATE_HAPROXY_CONFIG]"
+    )
+
+
 def test_accepted_forms() -> None:
     s = parse(
         [

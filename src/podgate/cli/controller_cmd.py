@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -390,8 +391,20 @@ def settings_from(values: declared.Values) -> ControllerSettings:
         identity=f"{socket.gethostname()}-{os.getpid()}",
         **fields[""],
     )
-    settings.validate()
+    try:
+        settings.validate()
+    except SettingsError as e:
+        raise SettingsError(_with_variables(str(e))) from None
     return settings
+
+
+def _with_variables(message: str) -> str:
+    """A message about settings that do not fit together names their flags; the user may have
+    given them as variables, so name those too."""
+    by_flag = {s.flag: s for s in SETTINGS}
+    flags = dict.fromkeys(re.findall(r"--[a-z0-9-]+", message))
+    variables = [by_flag[f].env_name for f in flags if f in by_flag]
+    return f"{message} [{', '.join(variables)}]" if variables else message
 
 
 def controller_settings(argv: Sequence[str], environ: Mapping[str, str]) -> ControllerSettings:
