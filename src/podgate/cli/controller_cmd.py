@@ -1,4 +1,8 @@
-"""``podgate controller``: run the controller and webhook (flags, with environment fallbacks)."""
+"""``podgate controller``: run the controller and webhook.
+
+Its settings are declared once, in ``SETTINGS``: each gives a flag, a ``PODGATE_*`` variable and a
+config-file key (podgate.cli.declared), read only when this command runs.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,32 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import sys
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from podgate.cli import declared
+from podgate.cli.declared import (
+    BOOLEAN,
+    Setting,
+    checked,
+    choice,
+    integer,
+    path,
+    pattern,
+    positive,
+    seconds,
+    words,
+)
 from podgate.controller import metrics
 from podgate.controller.manager import Controller, serve
 from podgate.controller.settings import (
@@ -27,79 +47,129 @@ from podgate.controller.settings import (
     SettingsError,
 )
 from podgate.kube.client import api_client
+from podgate.model import addresses
+
+#: what Kubernetes accepts as a namespace (a DNS label) and as most object names (a DNS subdomain)
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+DNS_SUBDOMAIN = rf"(?=.{{1,253}}$){DNS_LABEL}(\.{DNS_LABEL})*"
+PROVIDER_NAME = pattern("a provider name (lower-case letters, digits and '-')", DNS_LABEL)
+REGION = pattern("a region id such as us-east-1 or cn-hangzhou", r"[a-z]{2,}(-[a-z0-9]+)+")
+#: the host part of a listening address: an IPv4/IPv6 address or a host name
+BIND = pattern("an IP address or host name", r"[0-9A-Za-z.:\-\[\]]+")
+GATE_PREFIX = pattern("a condition type prefix such as example.com/", r"[A-Za-z0-9][-A-Za-z0-9_./]*")
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"PODGATE_{name}", default)
+def _haproxy_address(raw: str) -> None:
+    """Where haproxy_runtime connects: a unix path (``/…`` or ``unix@…``) or ``[ipv4@]HOST:PORT``."""
+    if raw.startswith("/") or (raw.startswith("unix@") and len(raw) > len("unix@")):
+        return
+    host, _, port = raw.removeprefix("ipv4@").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(raw)
 
 
-def add_cloud_arguments(
-    p: argparse.ArgumentParser, cloud: str, label: str, provider_help: str, region_variable: str
-) -> None:
-    """A cloud provider's flags: its name, region, API rate and poll period (each with its
-    PODGATE_* variable; the region also from the cloud's own variable)."""
-    var = cloud.upper()
-    p.add_argument(
-        f"--{cloud}-provider",
-        default=env(f"{var}_PROVIDER"),
-        metavar="NAME",
-        help=f"{provider_help} [PODGATE_{var}_PROVIDER]",
-    )
-    p.add_argument(
-        f"--{cloud}-region",
-        default=env(f"{var}_REGION", os.environ.get(region_variable)),
-        help=f"region of the load balancers [PODGATE_{var}_REGION, {region_variable}]",
-    )
-    p.add_argument(
-        f"--{cloud}-rate",
-        type=float,
-        default=float(env(f"{var}_RATE", "10") or 10),
-        help=f"{label} API calls per second at most (token bucket), throttling retried with back-off",
-    )
-    p.add_argument(
-        f"--{cloud}-poll-period",
-        type=float,
-        default=float(env(f"{var}_POLL_PERIOD", "1") or 1),
-        help="seconds between health reads of a pool with pending gates (a cloud API is metered)",
-    )
+def _webhook_url(raw: str) -> None:
+    url = urlsplit(raw)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(raw)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _endpoint(raw: str) -> None:
+    if "://" in raw and not raw.startswith(("http://", "https://")):
+        raise ValueError(raw)
+
+
+HAPROXY_ADDRESS = checked("a unix socket path or HOST:PORT", _haproxy_address)
+
+
+def _cloud_settings(cloud: str, label: str, provider_help: str, region_variable: str) -> list[Setting]:
+    """A cloud provider's settings: its name (which enables it), region, API rate and poll period."""
+    return [
+        Setting(
+            f"--{cloud}-provider",
+            PROVIDER_NAME,
+            None,
+            provider_help,
+            metavar="NAME",
+            field=f"{cloud}.name",
+        ),
+        Setting(
+            f"--{cloud}-region",
+            REGION,
+            None,
+            "region of the load balancers",
+            ambient_env=region_variable,
+            field=f"{cloud}.region",
+        ),
+        Setting(
+            f"--{cloud}-rate",
+            positive("calls per second"),
+            10.0,
+            f"{label} API calls per second at most (token bucket), throttling retried with back-off",
+            field=f"{cloud}.rate",
+        ),
+        Setting(
+            f"--{cloud}-poll-period",
+            seconds(0.01, 60),
+            1.0,
+            "seconds between health reads of a pool with pending gates (a cloud API is metered)",
+            field=f"{cloud}.poll_period",
+        ),
+    ]
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
         "--kubeconfig",
-        default=env("KUBECONFIG", os.environ.get("KUBECONFIG")),
-        help="kubeconfig file (default: in-cluster service account) [PODGATE_KUBECONFIG]",
-    )
-    p.add_argument(
+        pattern("a kubeconfig file path", r".*\S.*"),
+        None,
+        "kubeconfig file (default: in-cluster service account)",
+        ambient_env="KUBECONFIG",
+    ),
+    Setting(
         "--default-provider",
-        default=env("DEFAULT_PROVIDER", "haproxy"),
-        help="provider for type LoadBalancer Services without the provider annotation",
-    )
-    p.add_argument(
-        "--haproxy-name", default=env("HAPROXY_NAME", "haproxy"), help="name of the HAProxy provider"
-    )
-    p.add_argument(
+        PROVIDER_NAME,
+        "haproxy",
+        "provider for type LoadBalancer Services without the provider annotation",
+    ),
+    Setting(
+        "--haproxy-name",
+        PROVIDER_NAME,
+        "haproxy",
+        "name of the HAProxy provider",
+        field="haproxy.name",
+    ),
+    Setting(
         "--haproxy-runtime-socket",
-        action="append",
-        default=None,
-        help="HAProxy runtime API address (unix path or host:port); repeat for an HA pair "
-        "[PODGATE_HAPROXY_RUNTIME_SOCKETS, comma-separated]",
-    )
-    p.add_argument(
+        HAPROXY_ADDRESS,
+        (),
+        "HAProxy runtime API address; repeat for an HA pair",
+        env="HAPROXY_RUNTIME_SOCKETS",
+        repeated=True,
+        field="haproxy.runtime_sockets",
+    ),
+    Setting(
         "--haproxy-master-socket",
-        default=env("HAPROXY_MASTER_SOCKET"),
-        help="master CLI socket: podgate provisions frontends/backends and reloads through it",
-    )
-    p.add_argument(
-        "--haproxy-config", default=env("HAPROXY_CONFIG"), help="configuration file podgate renders"
-    )
-    p.add_argument(
+        HAPROXY_ADDRESS,
+        None,
+        "master CLI socket: podgate provisions frontends/backends and reloads through it",
+        field="haproxy.master_socket",
+    ),
+    Setting(
+        "--haproxy-config",
+        path("a file"),
+        None,
+        "configuration file podgate renders",
+        field="haproxy.config_path",
+    ),
+    Setting(
         "--haproxy-base-config",
-        default=env("HAPROXY_BASE_CONFIG"),
-        help="global/defaults sections the rendered configuration starts with",
-    )
-    add_cloud_arguments(
-        p,
+        path("a file"),
+        None,
+        "global/defaults sections the rendered configuration starts with",
+        field="haproxy.base_config_path",
+    ),
+    *_cloud_settings(
         "aws",
         "AWS",
         "enable the AWS ELBv2 provider under this name (Services pick it with "
@@ -107,9 +177,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "podgate.dev/aws-target-group-arn); credentials and AWS_ENDPOINT_URL from the "
         "standard chain",
         region_variable="AWS_REGION",
-    )
-    add_cloud_arguments(
-        p,
+    ),
+    *_cloud_settings(
         "alibaba",
         "Alibaba Cloud",
         "enable the Alibaba Cloud provider under this name (Services pick it with "
@@ -118,163 +187,163 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "credentials from the SDK's default chain (ALIBABA_CLOUD_* variables, RRSA, profile, "
         "RAM role)",
         region_variable="ALIBABA_CLOUD_REGION_ID",
-    )
-    for product, name in (("clb", "CLB (SLB)"), ("nlb", "NLB"), ("ecs", "ECS (ENI look-ups for CLB)")):
-        p.add_argument(
+    ),
+    *(
+        Setting(
             f"--alibaba-{product}-endpoint",
-            default=env(f"ALIBABA_{product.upper()}_ENDPOINT"),
+            checked("HOST[:PORT] or http(s)://HOST[:PORT]", _endpoint),
+            None,
+            f"{name} API endpoint (default: the region's public endpoint)",
             metavar="URL",
-            help=f"{name} API endpoint, HOST[:PORT] or http(s)://HOST[:PORT] (default: the "
-            f"region's public endpoint) [PODGATE_ALIBABA_{product.upper()}_ENDPOINT]",
+            field=f"alibaba.{product}_endpoint",
         )
-    p.add_argument(
-        "--lb-cidr", default=env("LB_CIDR"), help="loopback range for provisioned load-balancer addresses"
-    )
-    p.add_argument(
+        for product, name in (("clb", "CLB (SLB)"), ("nlb", "NLB"), ("ecs", "ECS (ENI look-ups for CLB)"))
+    ),
+    Setting(
+        "--lb-cidr",
+        checked("an IPv4 CIDR inside 127.0.0.0/8 with at least 4 addresses", addresses.loopback_network),
+        None,
+        "loopback range for provisioned load-balancer addresses",
+    ),
+    Setting(
         "--continuous",
-        action="store_true",
-        default=env("CONTINUOUS") == "true",
-        help="gates follow the load balancer back to False (default: True once set stays True)",
-    )
-    p.add_argument("--workers", type=int, default=int(env("WORKERS", "4") or 4))
-    p.add_argument(
+        BOOLEAN,
+        False,
+        "gates follow the load balancer back to False (default: True once set stays True)",
+        flag_sets=True,
+    ),
+    Setting("--workers", integer(1), 4, "reconcile workers"),
+    Setting(
         "--poll-period",
-        type=float,
-        default=float(env("POLL_PERIOD", "0.1") or 0.1),
-        help="seconds between health reads of pools with pending gates",
-    )
-    p.add_argument("--webhook-port", type=int, default=int(env("WEBHOOK_PORT", "9443") or 9443))
-    p.add_argument("--webhook-bind", default=env("WEBHOOK_BIND", "0.0.0.0"))
-    p.add_argument("--webhook-url", default=env("WEBHOOK_URL"), help="register the webhook by this URL")
-    p.add_argument(
+        seconds(0.01, 5),
+        0.1,
+        "seconds between health reads of pools with pending gates",
+    ),
+    Setting("--webhook-port", integer(1, 65535), 9443, "port the admission webhook listens on"),
+    Setting("--webhook-bind", BIND, "0.0.0.0", "address the admission webhook listens on"),
+    Setting(
+        "--webhook-url", checked("an http(s):// URL", _webhook_url), None, "register the webhook by this URL"
+    ),
+    Setting(
         "--webhook-service",
-        default=env("WEBHOOK_SERVICE"),
-        help="register the webhook by Service NAMESPACE/NAME (in-cluster)",
-    )
-    p.add_argument(
+        pattern("NAMESPACE/NAME", f"{DNS_LABEL}/{DNS_SUBDOMAIN}"),
+        None,
+        "register the webhook by the Service in front of it (in-cluster)",
+    ),
+    Setting(
         "--webhook-config-name",
-        default=env("WEBHOOK_CONFIG_NAME", "podgate"),
-        help="name of the MutatingWebhookConfiguration podgate registers",
-    )
-    p.add_argument(
+        pattern("a Kubernetes object name", DNS_SUBDOMAIN),
+        "podgate",
+        "name of the MutatingWebhookConfiguration podgate registers",
+    ),
+    Setting(
         "--webhook-cert-dir",
-        default=env("WEBHOOK_CERT_DIR", "/tmp/podgate-webhook-certs"),
-        help="where a generated CA and serving certificate are kept",
-    )
-    p.add_argument(
-        "--webhook-cert-file", default=env("WEBHOOK_CERT_FILE"), help="serving certificate (cert-manager)"
-    )
-    p.add_argument("--webhook-key-file", default=env("WEBHOOK_KEY_FILE"))
-    p.add_argument(
+        path("a directory"),
+        Path("/tmp/podgate-webhook-certs"),
+        "where a generated CA and serving certificate are kept",
+    ),
+    Setting("--webhook-cert-file", path("a file"), None, "serving certificate (cert-manager)"),
+    Setting("--webhook-key-file", path("a file"), None, "serving certificate's private key"),
+    Setting(
         "--no-inject",
-        action="store_true",
-        default=env("INJECT") == "false",
-        help="the webhook passes every pod unchanged",
-    )
-    p.add_argument(
+        BOOLEAN,
+        True,
+        "the webhook passes every pod unchanged",
+        env="INJECT",
+        flag_sets=False,
+        field="inject",
+    ),
+    Setting(
         "--adopt-gate-prefix",
-        action="append",
-        default=[x for x in (env("ADOPT_GATE_PREFIXES") or "").split(",") if x],
-        help="manage gates with this prefix + <service name> as podgate's own, e.g. "
-        "service.readiness.alibabacloud.com/ (switch controllers without editing manifests) "
-        "[PODGATE_ADOPT_GATE_PREFIXES, comma-separated]",
-    )
-    p.add_argument(
+        GATE_PREFIX,
+        (),
+        "manage gates with this prefix + <service name> as podgate's own, e.g. "
+        "service.readiness.alibabacloud.com/ (switch controllers without editing manifests)",
+        env="ADOPT_GATE_PREFIXES",
+        repeated=True,
+        field="adopt_gate_prefixes",
+    ),
+    Setting(
         "--remove-gate-prefix",
-        action="append",
-        default=[x for x in (env("REMOVE_GATE_PREFIXES") or "").split(",") if x],
-        help="remove gates with this prefix at injection (migration from another controller) "
-        "[PODGATE_REMOVE_GATE_PREFIXES, comma-separated]",
-    )
-    p.add_argument(
+        GATE_PREFIX,
+        (),
+        "remove gates with this prefix at injection (migration from another controller)",
+        env="REMOVE_GATE_PREFIXES",
+        repeated=True,
+        field="remove_gate_prefixes",
+    ),
+    Setting(
         "--prestop-delay",
-        type=float,
-        default=float(env("PRESTOP_DELAY", "0") or 0),
-        help="seconds of preStop sleep injected into load-balanced pods without a preStop hook, so the load "
-        "balancer drains them before SIGTERM; per pod: annotation podgate.dev/prestop-delay "
-        "(default 0: none)",
-    )
-    p.add_argument(
+        seconds(0, 3600),
+        0.0,
+        "seconds of preStop sleep injected into load-balanced pods without a preStop hook, so the load "
+        "balancer drains them before SIGTERM; per pod: annotation podgate.dev/prestop-delay",
+    ),
+    Setting(
         "--health-port",
-        type=int,
-        default=int(env("HEALTH_PORT", "8081") or 8081),
-        help="plain-HTTP /healthz and /readyz",
-    )
-    p.add_argument("--health-bind", default=env("HEALTH_BIND", "0.0.0.0"))
-    p.add_argument(
-        "-v",
+        integer(1, 65535),
+        8081,
+        "plain-HTTP /healthz, /readyz and /metrics port",
+        field=None,
+    ),
+    Setting(
+        "--health-bind",
+        BIND,
+        "0.0.0.0",
+        "address /healthz, /readyz and /metrics listen on",
+        field=None,
+    ),
+    Setting(
         "--verbose",
-        action="store_true",
-        default=env("LOG_LEVEL") == "DEBUG",
-        help="debug logging [PODGATE_LOG_LEVEL=DEBUG]",
-    )
-    p.add_argument(
+        words({"DEBUG": True, "INFO": False}),
+        False,
+        "debug logging",
+        env="LOG_LEVEL",
+        flag_sets=True,
+        short="-v",
+        field=None,
+    ),
+    Setting(
         "--leader-elect",
-        action="store_true",
-        default=env("LEADER_ELECT") == "true",
-        help="run as one of several replicas: only the holder of a Lease reconciles; every "
-        "replica serves the webhook [PODGATE_LEADER_ELECT=true]",
-    )
-    p.add_argument(
+        BOOLEAN,
+        False,
+        "run as one of several replicas: only the holder of a Lease reconciles; every replica serves "
+        "the webhook",
+        flag_sets=True,
+    ),
+    Setting(
         "--leader-election-namespace",
-        default=env("LEADER_ELECTION_NAMESPACE", os.environ.get("POD_NAMESPACE", "kube-system")),
-    )
-    p.add_argument(
+        pattern("a namespace name", DNS_LABEL),
+        "kube-system",
+        "namespace of the Lease",
+        ambient_env="POD_NAMESPACE",
+    ),
+    Setting(
         "--leader-election-id",
-        default=env("LEADER_ELECTION_ID", "podgate-controller"),
-        help="name of the Lease",
-    )
-    p.add_argument(
+        pattern("a Lease name", DNS_SUBDOMAIN),
+        "podgate-controller",
+        "name of the Lease",
+        field="leader_election_name",
+    ),
+    Setting(
         "--lease-duration",
-        type=float,
-        default=float(env("LEASE_DURATION", "15") or 15),
-        help="seconds a leader's Lease lasts without renewal: the longest failover",
-    )
-    p.add_argument(
+        seconds(3, 300),
+        15.0,
+        "seconds a leader's Lease lasts without renewal: the longest failover",
+    ),
+    Setting(
         "--log-format",
-        choices=["text", "json"],
-        default=env("LOG_FORMAT", "text"),
-        help="human-readable lines, or one JSON object per line [PODGATE_LOG_FORMAT]",
-    )
-    p.add_argument(
-        "--config",
-        default=env("CONFIG"),
-        help="YAML file of settings named like the flags (e.g. lb-cidr: 127.200.0.0/16); "
-        "flags win over it, it wins over PODGATE_* variables [PODGATE_CONFIG]",
-    )
+        choice("text", "json"),
+        "text",
+        "human-readable lines, or one JSON object per line",
+        field=None,
+    ),
+)
+"""Every setting of ``podgate controller``, declared once (see podgate.cli.declared)."""
 
 
-def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """Load ``--config`` (if any) as the parser's defaults, so flags still override it."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", default=env("CONFIG"))
-    known, _ = pre.parse_known_args(argv)
-    if not known.config:
-        return
-    try:
-        data = yaml.safe_load(Path(known.config).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise SettingsError(f"--config {known.config}: {e}") from None
-    if not isinstance(data, dict):
-        raise SettingsError(f"--config {known.config}: expected a mapping of setting: value")
-    dests = {a.dest: a for a in parser._actions}
-    defaults = {}
-    for key, value in data.items():
-        dest = str(key).replace("-", "_")
-        if dest not in dests or dest in ("help", "config"):
-            raise SettingsError(f"--config {known.config}: unknown setting {key!r}")
-        action = dests[dest]
-        if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
-            value = [value]
-        if callable(action.type) and not isinstance(value, list):
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError):
-                raise SettingsError(
-                    f"--config {known.config}: setting {key!r}: invalid value {value!r}"
-                ) from None
-        defaults[dest] = value
-    parser.set_defaults(**defaults)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    declared.add_arguments(p, SETTINGS)
 
 
 class JsonFormatter(logging.Formatter):
@@ -305,73 +374,45 @@ def setup_logging(verbose: bool, fmt: str) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO)
 
 
-def settings_from(args: argparse.Namespace) -> ControllerSettings:
-    sockets = args.haproxy_runtime_socket or [
-        s for s in (env("HAPROXY_RUNTIME_SOCKETS") or "").split(",") if s
-    ]
-    haproxy = (
-        (
-            HAProxySettings(
-                name=args.haproxy_name,
-                runtime_sockets=tuple(sockets),
-                master_socket=args.haproxy_master_socket,
-                config_path=Path(args.haproxy_config) if args.haproxy_config else None,
-                base_config_path=Path(args.haproxy_base_config) if args.haproxy_base_config else None,
-            ),
-        )
-        if sockets
-        else ()
-    )
-    aws = (
-        (AwsSettings(args.aws_provider, args.aws_region, args.aws_rate, args.aws_poll_period),)
-        if args.aws_provider
-        else ()
-    )
-    alibaba = (
-        (
-            AlibabaSettings(
-                args.alibaba_provider,
-                args.alibaba_region,
-                args.alibaba_rate,
-                args.alibaba_poll_period,
-                clb_endpoint=args.alibaba_clb_endpoint,
-                nlb_endpoint=args.alibaba_nlb_endpoint,
-                ecs_endpoint=args.alibaba_ecs_endpoint,
-            ),
-        )
-        if args.alibaba_provider
-        else ()
-    )
+def settings_from(values: declared.Values) -> ControllerSettings:
+    """The controller's settings from resolved values, each put where its ``Setting.field`` says;
+    a provider group exists once its enabling setting is given (HAProxy: a runtime socket, a cloud:
+    its provider name).  Checked as a whole before it is returned."""
+    fields: dict[str, dict[str, Any]] = {"": {}, "haproxy": {}, "aws": {}, "alibaba": {}}
+    for s in SETTINGS:
+        if s.target is not None:
+            group, _, name = s.target.rpartition(".")
+            fields[group][name] = values[s.dest]
+    haproxy, aws, alibaba = fields["haproxy"], fields["aws"], fields["alibaba"]
     settings = ControllerSettings(
-        kubeconfig=args.kubeconfig,
-        default_provider=args.default_provider,
-        haproxy=haproxy,
-        aws=aws,
-        alibaba=alibaba,
-        lb_cidr=args.lb_cidr,
-        continuous=args.continuous,
-        workers=args.workers,
-        poll_period=args.poll_period,
-        webhook_port=args.webhook_port,
-        webhook_bind=args.webhook_bind,
-        webhook_url=args.webhook_url,
-        webhook_service=args.webhook_service,
-        webhook_config_name=args.webhook_config_name,
-        webhook_cert_dir=Path(args.webhook_cert_dir) if args.webhook_cert_dir else None,
-        webhook_cert_file=Path(args.webhook_cert_file) if args.webhook_cert_file else None,
-        webhook_key_file=Path(args.webhook_key_file) if args.webhook_key_file else None,
-        inject=not args.no_inject,
-        remove_gate_prefixes=tuple(args.remove_gate_prefix),
-        adopt_gate_prefixes=tuple(args.adopt_gate_prefix),
-        prestop_delay=args.prestop_delay,
-        leader_elect=args.leader_elect,
-        leader_election_namespace=args.leader_election_namespace,
-        leader_election_name=args.leader_election_id,
+        haproxy=(HAProxySettings(**haproxy),) if haproxy["runtime_sockets"] else (),
+        aws=(AwsSettings(**aws),) if aws["name"] else (),
+        alibaba=(AlibabaSettings(**alibaba),) if alibaba["name"] else (),
         identity=f"{socket.gethostname()}-{os.getpid()}",
-        lease_duration=args.lease_duration,
+        **fields[""],
     )
-    settings.validate()
+    try:
+        settings.validate()
+    except SettingsError as e:
+        raise SettingsError(_with_variables(str(e))) from None
     return settings
+
+
+def _with_variables(message: str) -> str:
+    """A message about settings that do not fit together names their flags; the user may have
+    given them as variables, so name those too."""
+    by_flag = {s.flag: s for s in SETTINGS}
+    flags = dict.fromkeys(re.findall(r"--[a-z0-9-]+", message))
+    variables = [by_flag[f].env_name for f in flags if f in by_flag]
+    return f"{message} [{', '.join(variables)}]" if variables else message
+
+
+def controller_settings(argv: Sequence[str], environ: Mapping[str, str]) -> ControllerSettings:
+    """What ``podgate controller ARGV...`` would run with in ``environ``: for tests and for checking
+    a deployment's arguments and environment without starting anything."""
+    parser = argparse.ArgumentParser(prog="podgate controller")
+    add_arguments(parser)
+    return settings_from(declared.resolve(SETTINGS, parser.parse_args(argv), environ))
 
 
 async def _health(controller: Controller, bind: str, port: int) -> web.AppRunner:
@@ -431,11 +472,12 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose, args.log_format)
     try:
-        settings = settings_from(args)
+        values = declared.resolve(SETTINGS, args, os.environ)
+        settings = settings_from(values)
     except SettingsError as e:
         print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
         return 2
-    asyncio.run(run(settings, args.health_bind, args.health_port))
+    setup_logging(values["verbose"], values["log_format"])
+    asyncio.run(run(settings, values["health_bind"], values["health_port"]))
     return 0

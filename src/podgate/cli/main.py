@@ -2,7 +2,8 @@
 
 Other distributions add commands through the ``podgate.commands`` entry-point group (a callable
 taking the sub-parsers object): the sandbox's ``podgate sandbox …`` comes that way, so the
-product's CLI never imports sandbox code.
+product's CLI never imports sandbox code.  Building the parser reads no ``PODGATE_*`` setting:
+``podgate controller`` reads them when it runs, so a bad one never breaks another command.
 """
 
 from __future__ import annotations
@@ -13,16 +14,8 @@ import sys
 from importlib.metadata import entry_points
 
 from podgate.cli import controller_cmd, gates_cmd
-from podgate.controller.settings import SettingsError
 
 PLUGIN_GROUP = "podgate.commands"
-
-
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices[name]  # type: ignore[no-any-return]
-    raise KeyError(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    try:
-        if argv[:1] == ["controller"]:
-            controller_cmd.apply_config_file(_subparser(parser, "controller"), argv[1:])
-    except SettingsError as e:
-        print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
-        sys.exit(2)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         sys.exit(args.func(args))
     except gates_cmd.CommandError as e:
