@@ -3,6 +3,7 @@ least-privilege RBAC equal to what the sandbox's controller runs with, hardened 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import pytest
 import yaml
 
 from podgate.cli import controller_cmd
-from podgate.cli.main import _subparser, build_parser
 
 from .conftest import SandboxHandle, wait_for
 
@@ -160,11 +160,8 @@ def test_cloud_overlays_configure_their_provider(
     for e in container["env"]:
         if "value" in e:
             monkeypatch.setenv(e["name"], e["value"])
-    parser = build_parser()
-    argv = container["args"]
-    controller_cmd.apply_config_file(_subparser(parser, "controller"), argv[1:])
-    settings = controller_cmd.settings_from(parser.parse_args(argv))
-    settings.validate()
+    assert container["args"][0] == "controller"
+    settings = controller_cmd.controller_settings(container["args"][1:], os.environ)
     assert settings.default_provider == provider and settings.haproxy == ()
     assert [p.name for p in (settings.aws if provider == "aws" else settings.alibaba)] == [provider]
     kind, annotation = credentials
