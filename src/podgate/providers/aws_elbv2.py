@@ -48,7 +48,7 @@ def target_health(description: dict[str, Any], where: str) -> tuple[AdminState, 
     return admin, TargetHealth(health, f"{state}: {words}" if reason else words, where, reason)
 
 
-def throttled(e: Exception) -> bool:
+def is_throttling(e: Exception) -> bool:
     """Whether an error is ELB saying "slow down" (retried after a back-off)."""
     from botocore.exceptions import ClientError
 
@@ -121,7 +121,9 @@ class AwsElbv2Provider:
 
         client = await self._elbv2()
         try:
-            return await self.retry.call(lambda: getattr(client, operation)(**params), throttled, retry_after)
+            return await self.retry.call(
+                lambda: getattr(client, operation)(**params), is_throttling, retry_after
+            )
         except ClientError as e:
             err = e.response.get("Error") or {}
             code, message = err.get("Code", "Unknown"), err.get("Message", "")
