@@ -10,7 +10,8 @@ import pytest
 from alibabacloud_credentials.client import Client as CredentialClient
 from alibabacloud_credentials.models import Config
 
-from podgate.model.lb import Health, HealthCheck, PoolSpec, ServerGroup, Target
+from podgate.model import lb
+from podgate.model.lb import GroupRef, Health, HealthCheck, PoolSpec, Target
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.base import ProviderError
 from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
@@ -56,7 +57,8 @@ def provider(secret: str = "podgate-test-secret") -> AlibabaProvider:
 
 
 def pool(product: str, group: str) -> PoolSpec:
-    return PoolSpec("ns", "web", 80, "", 8080, "TCP", HealthCheck(), server_group=ServerGroup(product, group))
+    annotation = lb.ALIBABA_CLB_GROUP if product == "clb" else lb.ALIBABA_NLB_GROUP
+    return PoolSpec("ns", "web", 80, "", 8080, "TCP", HealthCheck(), group=GroupRef(annotation, group))
 
 
 def ips(n: int) -> list[Target]:
@@ -65,7 +67,7 @@ def ips(n: int) -> list[Target]:
 
 async def test_clb_batches_of_20_and_eni_backends(cloud: AlibabaDouble) -> None:
     p, clb = provider(), pool("clb", "rsp-1")
-    await p.provision("ns/web", [clb], None)
+    await p.bind("ns/web", [clb])
     assert await p.targets(clb) == {}
     await p.register(clb, ips(45))
     assert cloud.script.calls.count("AddVServerGroupBackendServers") == 3  # 20 + 20 + 5
@@ -106,7 +108,7 @@ async def test_clb_pod_ip_without_eni_is_a_clear_error(cloud: AlibabaDouble) -> 
 async def test_nlb_batches_of_200_and_paging(cloud: AlibabaDouble) -> None:
     p, nlb = provider(), pool("nlb", "sgp-1")
     cloud.script.nlb_adding_polls = 0
-    await p.provision("ns/web", [nlb], None)
+    await p.bind("ns/web", [nlb])
     await p.targets(nlb)
     await p.register(nlb, ips(450))
     assert cloud.script.calls.count("AddServersToServerGroup") == 3  # 200 + 200 + 50
@@ -126,7 +128,7 @@ async def test_nlb_health_is_read_to_the_last_page(cloud: AlibabaDouble) -> None
     p, nlb = provider(), pool("nlb", "sgp-1")
     cloud.script.nlb_adding_polls = 0
     cloud.script.initial_polls = 100
-    await p.provision("ns/web", [nlb], None)
+    await p.bind("ns/web", [nlb])
     await p.targets(nlb)
     await p.register(nlb, ips(30))
     got = await p.targets(nlb)
@@ -140,7 +142,7 @@ async def test_nlb_new_server_waits_for_the_first_checks(cloud: AlibabaDouble) -
     p, nlb = provider(), pool("nlb", "sgp-1")
     cloud.script.nlb_adding_polls = 0
     cloud.script.nlb_check_interval, cloud.script.nlb_healthy_threshold = 1, 2
-    await p.provision("ns/web", [nlb], None)
+    await p.bind("ns/web", [nlb])
     await p.targets(nlb)
     await p.register(nlb, ips(1))
     (st,) = (await p.targets(nlb)).values()
@@ -153,37 +155,37 @@ async def test_nlb_new_server_waits_for_the_first_checks(cloud: AlibabaDouble) -
 
 async def test_a_group_belongs_to_one_service(cloud: AlibabaDouble) -> None:
     p = provider()
-    await p.provision("ns/web", [pool("nlb", "sgp-1")], None)
+    await p.bind("ns/web", [pool("nlb", "sgp-1")])
     with pytest.raises(ProviderError, match="sgp-1 is already bound to Service ns/web"):
-        await p.provision("ns/other", [pool("nlb", "sgp-1")], None)
-    await p.release("ns/web")
-    await p.provision("ns/other", [pool("nlb", "sgp-1")], None)
+        await p.bind("ns/other", [pool("nlb", "sgp-1")])
+    await p.unbind("ns/web")
+    await p.bind("ns/other", [pool("nlb", "sgp-1")])
 
 
-async def test_release_takes_the_services_pods_out_of_its_groups(cloud: AlibabaDouble) -> None:
+async def test_unbind_takes_the_services_pods_out_of_its_groups(cloud: AlibabaDouble) -> None:
     p, clb, nlb = provider(), pool("clb", "rsp-1"), pool("nlb", "sgp-1")
-    await p.provision("ns/web", [clb], None)
-    await p.provision("ns/api", [nlb], None)
+    await p.bind("ns/web", [clb])
+    await p.bind("ns/api", [nlb])
     for each in (clb, nlb):
         await p.targets(each)
         await p.register(each, ips(3))
-    await p.release("ns/web")
+    await p.unbind("ns/web")
     assert cloud.clb_backends("rsp-1") == {}
     assert len(cloud.nlb_servers("sgp-1")) == 3  # another Service's group is untouched
-    await p.release("ns/web")  # nothing left to do: no call
+    await p.unbind("ns/web")  # nothing left to do: no call
     assert cloud.script.calls[-1] == "RemoveVServerGroupBackendServers"
 
 
 async def test_nlb_group_must_be_ip_and_exist(cloud: AlibabaDouble) -> None:
     p = provider()
     with pytest.raises(ProviderError, match=r"ServerGroupType 'Instance'.*needs an 'Ip' server group"):
-        await p.provision("ns/web", [pool("nlb", "sgp-ecs")], None)
+        await p.bind("ns/web", [pool("nlb", "sgp-ecs")])
     with pytest.raises(ProviderError, match=r"sgp-any forwards all ports \(AnyPortEnabled\)"):
-        await p.provision("ns/web", [pool("nlb", "sgp-any")], None)
+        await p.bind("ns/web", [pool("nlb", "sgp-any")])
     with pytest.raises(ProviderError, match="sgp-nope does not exist"):
-        await p.provision("ns/web", [pool("nlb", "sgp-nope")], None)
+        await p.bind("ns/web", [pool("nlb", "sgp-nope")])
     with pytest.raises(ProviderError, match=r"needs the annotation podgate\.dev/alibaba-nlb-server-group-id"):
-        await p.provision("ns/web", [PoolSpec("ns", "web", 80, "", 8080, "TCP", HealthCheck())], None)
+        await p.bind("ns/web", [PoolSpec("ns", "web", 80, "", 8080, "TCP", HealthCheck())])
 
 
 async def test_wrong_credentials_name_the_cloud_error(cloud: AlibabaDouble) -> None:
@@ -195,11 +197,11 @@ async def test_throttling_is_retried_then_reported(cloud: AlibabaDouble) -> None
     p, nlb = provider(), pool("nlb", "sgp-1")
     cloud.script.throttle_next = 3
     assert await p.targets(nlb) == {}
-    assert (p.throttled, cloud.script.throttled) == (3, 3)
+    assert (p.retry.throttled, cloud.script.throttled) == (3, 3)
     cloud.script.throttle_next = 100
     with pytest.raises(ProviderError, match=r"Throttling\.User"):
         await p.targets(nlb)
-    assert p.throttled == 3 + p.max_retries
+    assert p.retry.throttled == 3 + p.retry.max_retries
 
 
 async def test_api_down_is_a_provider_error(cloud: AlibabaDouble) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
+from podgate.model.lb import HAPROXY_BACKEND, GroupRef, Health, HealthCheck, PoolSpec, Target
 from podgate.providers.base import ProviderError
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.providers.haproxy_runtime import Runtime
@@ -62,7 +62,16 @@ async def app_server() -> AsyncIterator[None]:
     await runner.cleanup()
 
 
-POOL = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck("/healthz", 0.2, 2, 2), attach_backend="app")
+POOL = PoolSpec(
+    "shop",
+    "web",
+    80,
+    "",
+    8080,
+    "TCP",
+    HealthCheck("/healthz", 0.2, 2, 2),
+    group=GroupRef(HAPROXY_BACKEND, "app"),
+)
 
 
 async def wait_health(provider: HAProxyProvider, want: Health) -> Health:
@@ -79,7 +88,9 @@ async def wait_health(provider: HAProxyProvider, want: Health) -> Health:
 async def test_ha_pair_attach(pair: list[str], app_server: None) -> None:
     provider = HAProxyProvider(pair)
     assert await provider.provision("shop/web", [POOL], None) is None  # attach: no address of ours
-    missing = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck(), attach_backend="nope")
+    missing = PoolSpec(
+        "shop", "web", 80, "", 8080, "TCP", HealthCheck(), group=GroupRef(HAPROXY_BACKEND, "nope")
+    )
     with pytest.raises(ProviderError, match="no backend 'nope'"):
         await provider.provision("shop/web", [missing], None)
 

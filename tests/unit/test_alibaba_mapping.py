@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from podgate.model import lb
-from podgate.model.lb import Health, ServerGroup, ServiceConfigError, server_groups
-from podgate.providers.alibaba import ListenerReport, clb_target, endpoint, nlb_target, retryable
+from podgate.model.lb import GroupRef, Health, ServiceConfigError, pool_groups
+from podgate.providers.alibaba.mapping import ListenerReport, clb_target, nlb_target, retryable
+from podgate.providers.alibaba.provider import AlibabaProvider
+from podgate.providers.alibaba.transport import endpoint
 
 GATE = "service.readiness.podgate.dev/web"
 WHERE = "CLB lb-1 vServer group rsp-1"
@@ -18,6 +20,9 @@ WHERE = "CLB lb-1 vServer group rsp-1"
 
 def check(status: str, listener: int = 80) -> dict[str, Any]:
     return {"ServerIp": "10.0.0.5", "Port": 8080, "ListenerPort": listener, "ServerHealthStatus": status}
+
+
+GROUPS = AlibabaProvider.GROUP_ANNOTATIONS
 
 
 @pytest.mark.parametrize(
@@ -236,11 +241,11 @@ def test_retryable_codes() -> None:
 
 def test_server_group_annotations() -> None:
     clb, nlb = lb.ALIBABA_CLB_GROUP, lb.ALIBABA_NLB_GROUP
-    assert server_groups({}, [80]) == {}
-    assert server_groups({nlb: " sgp-abc "}, [80]) == {80: ServerGroup("nlb", "sgp-abc")}
-    assert server_groups({clb: "rsp-a:80,rsp-b:443"}, [80, 443]) == {
-        80: ServerGroup("clb", "rsp-a"),
-        443: ServerGroup("clb", "rsp-b"),
+    assert pool_groups({}, [80], GROUPS) == {}
+    assert pool_groups({nlb: " sgp-abc "}, [80], GROUPS) == {80: GroupRef(nlb, "sgp-abc")}
+    assert pool_groups({clb: "rsp-a:80,rsp-b:443"}, [80, 443], GROUPS) == {
+        80: GroupRef(clb, "rsp-a"),
+        443: GroupRef(clb, "rsp-b"),
     }
 
 
@@ -259,7 +264,7 @@ def test_server_group_annotations() -> None:
 )
 def test_bad_server_group_annotations(annotations: dict[str, str], ports: list[int], message: str) -> None:
     with pytest.raises(ServiceConfigError, match=re.escape(message)):
-        server_groups(annotations, ports)
+        pool_groups(annotations, ports, GROUPS)
 
 
 def test_pools_carry_their_group() -> None:
@@ -267,8 +272,9 @@ def test_pools_carry_their_group() -> None:
         "metadata": {"namespace": "ns", "name": "web", "annotations": {lb.ALIBABA_NLB_GROUP: "sgp-1"}},
         "spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 53, "protocol": "UDP"}]},
     }
-    (pool,) = lb.pools_for(service)
-    assert pool.server_group == ServerGroup("nlb", "sgp-1")
+    (pool,) = lb.pools_for(service, GROUPS)
+    assert pool.group == GroupRef(lb.ALIBABA_NLB_GROUP, "sgp-1")
+    assert lb.pools_for(service)[0].group is None  # another provider's annotation: not its group
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from botocore.exceptions import ClientError
 
 from podgate.model import lb
 from podgate.model.lb import Health
-from podgate.providers.aws_elbv2 import target_health
+from podgate.providers.aws_elbv2 import is_throttling, retry_after, target_health
 
 GATE = "service.readiness.podgate.dev/web"
 
@@ -100,3 +101,18 @@ def test_reason_mapping(
     assert (cond["status"], cond["reason"]) == (cond_status, cond_reason)
     if description:
         assert description in cond["message"]
+
+
+def client_error(code: str, headers: dict[str, str] | None = None) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPHeaders": headers or {}}},
+        "RegisterTargets",
+    )
+
+
+def test_throttling_is_retried_and_its_retry_after_honoured() -> None:
+    assert is_throttling(client_error("Throttling")) and is_throttling(client_error("RequestLimitExceeded"))
+    assert not is_throttling(client_error("TargetGroupNotFound")) and not is_throttling(ValueError("x"))
+    assert retry_after(client_error("Throttling", {"retry-after": "2"})) == 2.0
+    assert retry_after(client_error("Throttling")) is None
+    assert retry_after(client_error("Throttling", {"retry-after": "Wed, 21 Oct 2015"})) is None

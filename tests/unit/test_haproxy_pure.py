@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from podgate.model import lb
 from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
 from podgate.providers import haproxy_config as cfg
 from podgate.providers.haproxy import server_health
@@ -65,8 +66,10 @@ def test_failing_detail_quotes_haproxy() -> None:
 def test_names_round_trip() -> None:
     pool = PoolSpec("shop", "web", 443, "https", 8443, "TCP", HealthCheck())
     assert cfg.backend_name(pool) == "podgate.shop.web.443"
-    assert cfg.service_of_backend("podgate.shop.web.443") == "shop/web"
-    assert cfg.service_of_backend("user_backend") is None
+    attached = PoolSpec(
+        "shop", "web", 443, "https", 8443, "TCP", HealthCheck(), lb.GroupRef(lb.HAPROXY_BACKEND, "app")
+    )
+    assert cfg.backend_name(attached) == "app"
     t = Target("127.100.0.7", 8443)
     assert cfg.target_of_server(cfg.server_name(t), "127.100.0.7:8443") == t
     assert cfg.target_of_server("web1", "10.0.0.1:80") is None  # the user's own server: not ours

@@ -27,10 +27,9 @@ from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
-from podgate.providers import haproxy_config
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
-from podgate.providers.base import Provider, ProviderError
+from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
@@ -39,6 +38,7 @@ log = logging.getLogger(__name__)
 
 
 def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
+    """Each configured load balancer's record: its target seam and the capabilities it has."""
     providers: dict[str, Provider] = {}
     for h in settings.haproxy:
         base = h.base_config_path.read_text() if h.base_config_path else ""
@@ -48,9 +48,11 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             master_address=h.master_socket,
             config_path=h.config_path,
             base_config=base,
-        )
+        ).provider()
     for a in settings.aws:
-        providers[a.name] = AwsElbv2Provider(a.name, a.region, rate=a.rate, poll_interval=a.poll_period)
+        providers[a.name] = AwsElbv2Provider(
+            a.name, a.region, rate=a.rate, poll_interval=a.poll_period
+        ).provider()
     for ali in settings.alibaba:
         providers[ali.name] = AlibabaProvider(
             ali.name,
@@ -60,7 +62,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             ecs_endpoint=ali.ecs_endpoint,
             rate=ali.rate,
             poll_interval=ali.poll_period,
-        )
+        ).provider()
     return providers
 
 
@@ -80,9 +82,7 @@ class Controller:
         self.checks = checks_informer(api)
         self.providers = dict(providers) if providers is not None else build_providers(settings)
         self.recorder = EventRecorder(api, "podgate")
-        instrumented: dict[str, Provider] = {
-            n: metrics.InstrumentedProvider(p) for n, p in self.providers.items()
-        }
+        instrumented = {n: metrics.instrumented(p) for n, p in self.providers.items()}
         self.reconciler = ServiceReconciler(
             api,
             self.pods,
@@ -189,18 +189,17 @@ class Controller:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.elector.release(), 3.0)
             for provider in self.providers.values():
-                close = getattr(provider, "close", None)
-                if close is not None:
-                    with contextlib.suppress(Exception):
-                        await close()
+                with contextlib.suppress(Exception):
+                    await provider.pool.close()
 
     async def _lead(self) -> None:
         await self._sync_structure()
         self.enqueue_all()
         work = [asyncio.create_task(self._worker(), name=f"worker {i}") for i in range(self.settings.workers)]
         work += [
-            asyncio.create_task(self._watch_generation(name, p), name=f"generation {name}")
+            asyncio.create_task(self._watch_generation(name, p.provisioning), name=f"generation {name}")
             for name, p in self.providers.items()
+            if p.provisioning is not None
         ]
         work.append(asyncio.create_task(self._resync(), name="resync"))
         work.append(asyncio.create_task(self.check_runner.run(), name="check gates"))
@@ -224,23 +223,23 @@ class Controller:
         """Render every provisioned load balancer at once (one reload at most) before the workers
         run, and drop those whose Service is gone: the controller converges from the cluster."""
         for name, provider in self.providers.items():
-            if not isinstance(provider, HAProxyProvider) or not provider.provisioning:
+            if provider.provisioning is None:
                 continue
-            wanted: dict[str, haproxy_config.ServiceLB] = {}
+            wanted: dict[str, ServiceLB] = {}
             for key, svc in self.services.cache.items():
                 try:
                     if lb.provider_for(svc, self.settings.default_provider, self.providers) != name:
                         continue
-                    pools = lb.pools_for(svc)
+                    pools = lb.pools_for(svc, provider.group_annotations)
                 except lb.ServiceConfigError:
                     continue
-                if pools and not any(p.attach_backend for p in pools):
+                if pools and not any(p.group for p in pools):
                     address = self.reconciler.address_for(key, svc)
-                    assert address is not None
-                    wanted[key] = haproxy_config.ServiceLB(address, pools)
+                    if address is not None:  # None: no address range, nothing provisioned
+                        wanted[key] = ServiceLB(address, pools)
             while True:
                 try:
-                    await provider.sync_all(wanted)
+                    await provider.provisioning.sync_all(wanted)
                     break
                 except ProviderError as e:
                     log.warning("provider %s not ready at start: %s; retrying", name, e)
@@ -271,7 +270,7 @@ class Controller:
                 metrics.WORK_DURATION.labels(self.queue.name).observe(took)
                 self.queue.done(key)
 
-    async def _watch_generation(self, name: str, provider: Provider) -> None:
+    async def _watch_generation(self, name: str, provider: Provisioning) -> None:
         """A reload or restart empties the load balancer's dynamic state: re-sync every Service."""
         last: str | None = None
         while True:

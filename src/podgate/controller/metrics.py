@@ -7,10 +7,11 @@ collector) instead of being updated on hot paths.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -18,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from podgate.model import conditions as c
 from podgate.model import gates
 from podgate.model.lb import PoolSpec, Target
-from podgate.providers.base import Provider, TargetState
+from podgate.providers.base import GroupBinding, Provider, Provisioning, ServiceLB, TargetPool, TargetState
 
 if TYPE_CHECKING:
     from podgate.controller.manager import Controller
@@ -143,9 +144,8 @@ class StateCollector:
             labels=["provider"],
         )
         for name, provider in sorted(ctl.providers.items()):
-            count = getattr(getattr(provider, "inner", provider), "throttled", None)
-            if isinstance(count, int):
-                retried.add_metric([name], count)
+            if provider.throttling is not None:
+                retried.add_metric([name], provider.throttling.throttled)
         yield retried
         leader = GaugeMetricFamily("podgate_leader", "1 when this replica is the leader and reconciles")
         leader.add_metric([], 1.0 if ctl.is_leader else 0.0)
@@ -156,50 +156,82 @@ def watch(controller: Controller) -> None:
     REGISTRY.register(StateCollector(controller))
 
 
-class InstrumentedProvider:
-    """A provider wrapped with call counts, errors and latency (the seam stays one Protocol)."""
+T = TypeVar("T")
 
-    def __init__(self, inner: Provider) -> None:
+
+async def _timed(provider: str, op: str, call: Awaitable[T]) -> T:
+    PROVIDER_CALLS.labels(provider, op).inc()
+    t0 = time.monotonic()
+    try:
+        return await call
+    except Exception:
+        PROVIDER_ERRORS.labels(provider, op).inc()
+        raise
+    finally:
+        PROVIDER_LATENCY.labels(provider, op).observe(time.monotonic() - t0)
+
+
+def instrumented(provider: Provider) -> Provider:
+    """The provider's record with its seam and each capability it has counted and timed
+    (``podgate_provider_*``, by provider and operation), so providers stay free of metrics."""
+    name = provider.name
+    return dataclasses.replace(
+        provider,
+        pool=InstrumentedProvider(provider.pool),
+        binding=_InstrumentedBinding(name, provider.binding) if provider.binding else None,
+        provisioning=_InstrumentedProvisioning(name, provider.provisioning)
+        if provider.provisioning
+        else None,
+    )
+
+
+class InstrumentedProvider:
+    """The target seam wrapped with call counts, errors and latency."""
+
+    def __init__(self, inner: TargetPool) -> None:
         self.inner = inner
         self.name = inner.name
         self.poll_interval = inner.poll_interval
-        self.binds_user_groups = inner.binds_user_groups
-
-    async def _timed(self, op: str, coro: Any) -> Any:
-        PROVIDER_CALLS.labels(self.name, op).inc()
-        t0 = time.monotonic()
-        try:
-            return await coro
-        except Exception:
-            PROVIDER_ERRORS.labels(self.name, op).inc()
-            raise
-        finally:
-            PROVIDER_LATENCY.labels(self.name, op).observe(time.monotonic() - t0)
-
-    async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
-        result: str | None = await self._timed("provision", self.inner.provision(service_key, pools, address))
-        return result
-
-    async def release(self, service_key: str) -> None:
-        await self._timed("release", self.inner.release(service_key))
-
-    async def provisioned(self) -> set[str]:
-        result: set[str] = await self._timed("provisioned", self.inner.provisioned())
-        return result
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
-        result: dict[Target, TargetState] = await self._timed("targets", self.inner.targets(pool))
-        return result
+        return await _timed(self.name, "targets", self.inner.targets(pool))
 
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
-        await self._timed("register", self.inner.register(pool, targets))
+        await _timed(self.name, "register", self.inner.register(pool, targets))
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
-        await self._timed("drain", self.inner.drain(pool, targets))
+        await _timed(self.name, "drain", self.inner.drain(pool, targets))
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
-        await self._timed("deregister", self.inner.deregister(pool, targets))
+        await _timed(self.name, "deregister", self.inner.deregister(pool, targets))
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _InstrumentedBinding:
+    def __init__(self, name: str, inner: GroupBinding) -> None:
+        self.name, self.inner = name, inner
+
+    async def bind(self, service_key: str, pools: Sequence[PoolSpec]) -> None:
+        await _timed(self.name, "bind", self.inner.bind(service_key, pools))
+
+    async def unbind(self, service_key: str) -> None:
+        await _timed(self.name, "unbind", self.inner.unbind(service_key))
+
+
+class _InstrumentedProvisioning:
+    def __init__(self, name: str, inner: Provisioning) -> None:
+        self.name, self.inner = name, inner
+
+    async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
+        return await _timed(self.name, "provision", self.inner.provision(service_key, pools, address))
+
+    async def release(self, service_key: str) -> None:
+        await _timed(self.name, "release", self.inner.release(service_key))
+
+    async def sync_all(self, services: Mapping[str, ServiceLB]) -> None:
+        await _timed(self.name, "sync_all", self.inner.sync_all(services))
 
     async def generation(self) -> str:
-        result: str = await self._timed("generation", self.inner.generation())
-        return result
+        return await _timed(self.name, "generation", self.inner.generation())

@@ -124,7 +124,11 @@ class ServiceReconciler:
         deleting = bool(service["metadata"].get("deletionTimestamp"))
         try:
             provider_name = lb.provider_for(service, self.default_provider, self.providers)
-            pools = lb.pools_for(service) if provider_name else []
+            pools = (
+                lb.pools_for(service, self.providers[provider_name].group_annotations)
+                if provider_name
+                else []
+            )
         except lb.ServiceConfigError as e:
             self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
             if deleting:  # podgate cannot tell which group: never hold a deletion forever
@@ -149,7 +153,7 @@ class ServiceReconciler:
                 )
             return out
         provider = self.providers[provider_name]
-        out.interval = provider.poll_interval
+        out.interval = provider.pool.poll_interval
         try:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, out)
         except ProviderError as e:
@@ -171,10 +175,13 @@ class ServiceReconciler:
         out: Outcome,
     ) -> None:
         namespace = service["metadata"]["namespace"]
-        address = await provider.provision(
-            key, pools, self.address_for(key, service) if not any(p.attach_backend for p in pools) else None
-        )
-        if provider.binds_user_groups:
+        address = None
+        if provider.provisioning is not None:
+            address = await provider.provisioning.provision(
+                key, pools, self.address_for(key, service) if not any(p.group for p in pools) else None
+            )
+        if provider.binding is not None:
+            await provider.binding.bind(key, pools)
             # the groups exist and are this Service's: hold it before any pod goes in
             service = await self._set_finalizer(service, True)
         if address:
@@ -184,19 +191,19 @@ class ServiceReconciler:
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
             plan = lb.plan_targets(pool, selector, pods)
-            present = await provider.targets(pool)
+            present = await provider.pool.targets(pool)
             drained = self._drained(key, pool, present)
             diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
             failed: ProviderError | None = None
             if diff.add:
                 try:
-                    await provider.register(pool, diff.add)
+                    await provider.pool.register(pool, diff.add)
                 except ProviderError as e:
                     failed = e  # leaving pods must still leave: report after draining/removing
             if diff.drain:
-                await provider.drain(pool, diff.drain)
+                await provider.pool.drain(pool, diff.drain)
             if diff.remove:
-                await provider.deregister(pool, diff.remove)
+                await provider.pool.deregister(pool, diff.remove)
             if failed is not None:
                 raise failed
             if diff.add or diff.drain or diff.remove:
@@ -226,7 +233,7 @@ class ServiceReconciler:
                             p["metadata"].get("deletionTimestamp"),
                             [(c["type"], c["status"]) for c in p["status"].get("conditions", [])],
                         )
-                present = await provider.targets(pool)
+                present = await provider.pool.targets(pool)
             if any(st.admin == "drain" for st in present.values()):
                 out.poll = True  # remove drained targets as soon as their connections end
             for target, pod_key in plan.active.items():
@@ -274,7 +281,7 @@ class ServiceReconciler:
         return done
 
     async def _let_go(
-        self, key: str, service: Obj, binding: Provider | None, pools: Sequence[lb.PoolSpec]
+        self, key: str, service: Obj, provider: Provider | None, pools: Sequence[lb.PoolSpec]
     ) -> None:
         """The Service is being deleted or no longer names a provider: its pods leave the load
         balancer, then podgate's finalizer goes.  A transient cloud error keeps the finalizer
@@ -283,15 +290,15 @@ class ServiceReconciler:
         held = lb.TARGETS_FINALIZER in (service["metadata"].get("finalizers") or ())
         deleting = bool(service["metadata"].get("deletionTimestamp"))
         try:
-            if held and deleting and binding is not None and binding.binds_user_groups:
+            if held and deleting and provider is not None and provider.binding is not None:
                 # after a restart the provider may not know the groups yet: bind them again
-                await binding.provision(key, pools, None)
+                await provider.binding.bind(key, pools)
             await self._release(key, service)
         except ProviderError as e:
             if not held:
                 raise
             # a deleting Service that names no provider (any more) is the user letting go
-            if not e.permanent and not (deleting and binding is None):
+            if not e.permanent and not (deleting and provider is None):
                 self.recorder_emit(
                     service,
                     "Service",
@@ -338,7 +345,10 @@ class ServiceReconciler:
 
     async def _release(self, key: str, service: Obj | None = None) -> None:
         for provider in self.providers.values():
-            await provider.release(key)
+            if provider.provisioning is not None:
+                await provider.provisioning.release(key)
+            if provider.binding is not None:
+                await provider.binding.unbind(key)
         if self._addresses is not None:
             self._addresses.pop(key, None)
         ip = _ingress_ip(service) if service else None

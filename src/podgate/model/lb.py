@@ -131,38 +131,45 @@ def _seconds(annotations: Mapping[str, str], key: str, default: float, minimum: 
     return value
 
 
-@dataclass(frozen=True)
-class ServerGroup:
-    """Alibaba Cloud: the existing server group a Service port is bound to (``clb`` vServer
-    group or ``nlb`` server group)."""
+#: annotations whose value may name one group per Service port (``ID:PORT,ID:PORT``)
+PER_PORT_GROUPS = frozenset({ALIBABA_CLB_GROUP, ALIBABA_NLB_GROUP})
 
-    product: str
-    group_id: str
+
+@dataclass(frozen=True)
+class GroupRef:
+    """The existing group of the user's a pool is bound to (an attached HAProxy backend, an AWS
+    target group, an Alibaba vServer or server group): the annotation that named it, by which
+    its provider tells its kinds apart, and its id."""
+
+    annotation: str
+    id: str
 
 
 _GROUP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
 
-def server_groups(annotations: Mapping[str, str], ports: Sequence[int]) -> dict[int, ServerGroup]:
-    """The Alibaba server group of each Service port, from ``podgate.dev/alibaba-clb-vserver-
-    group-id`` or ``podgate.dev/alibaba-nlb-server-group-id``.
+def pool_groups(
+    annotations: Mapping[str, str], ports: Sequence[int], keys: Sequence[str]
+) -> dict[int, GroupRef]:
+    """The group each Service port is bound to, from the one of ``keys`` (the provider's own
+    group annotations) the Service carries.
 
-    The value is one group id (a Service with one port) or ``id:port,id:port`` naming a group
-    per port, like the Alibaba cloud controller's own vgroup-port annotation.  One group per
-    port and every port named: podgate treats the pod targets of a group as its own, so two
-    ports sharing a group would each remove the other's targets.
+    Most values name one group for every port.  Those in :data:`PER_PORT_GROUPS` take one group
+    id (a Service with one port) or ``id:port,id:port`` naming a group per port, like the
+    Alibaba cloud controller's own vgroup-port annotation.  One group per port and every port
+    named: podgate treats the pod targets of a group as its own, so two ports sharing a group
+    would each remove the other's targets.
     """
-    given = ((ALIBABA_CLB_GROUP, "clb"), (ALIBABA_NLB_GROUP, "nlb"))
-    present = [(key, product) for key, product in given if annotations.get(key, "").strip()]
+    present = [key for key in keys if annotations.get(key, "").strip()]
     if not present:
         return {}
     if len(present) > 1:
-        raise ServiceConfigError(
-            f"annotations {ALIBABA_CLB_GROUP} and {ALIBABA_NLB_GROUP} exclude each other"
-        )
-    key, product = present[0]
+        raise ServiceConfigError(f"annotations {' and '.join(present)} exclude each other")
+    key = present[0]
     raw = annotations[key].strip()
-    out: dict[int, ServerGroup] = {}
+    if key not in PER_PORT_GROUPS:
+        return {p: GroupRef(key, raw) for p in ports}
+    out: dict[int, GroupRef] = {}
     if ":" not in raw and "," not in raw:
         if not _GROUP_ID.match(raw):
             raise ServiceConfigError(f"annotation {key}={raw!r} is not a server group id")
@@ -171,7 +178,7 @@ def server_groups(annotations: Mapping[str, str], ports: Sequence[int]) -> dict[
                 f"annotation {key}={raw!r}: the Service has {len(ports)} ports; name a group per "
                 "port as ID:PORT,ID:PORT"
             )
-        return {p: ServerGroup(product, raw) for p in ports}
+        return {p: GroupRef(key, raw) for p in ports}
     for item in raw.split(","):
         gid, sep, port = item.strip().rpartition(":")
         if not sep or not _GROUP_ID.match(gid) or not port.isdigit():
@@ -180,11 +187,11 @@ def server_groups(annotations: Mapping[str, str], ports: Sequence[int]) -> dict[
             raise ServiceConfigError(f"annotation {key}={raw!r}: the Service has no port {port}")
         if int(port) in out:
             raise ServiceConfigError(f"annotation {key}={raw!r}: port {port} is named twice")
-        out[int(port)] = ServerGroup(product, gid)
+        out[int(port)] = GroupRef(key, gid)
     missing = sorted(set(ports) - set(out))
     if missing:
         raise ServiceConfigError(f"annotation {key}={raw!r} names no group for port(s) {missing}")
-    groups = [g.group_id for g in out.values()]
+    groups = [g.id for g in out.values()]
     if len(set(groups)) != len(groups):
         raise ServiceConfigError(f"annotation {key}={raw!r}: each port needs its own group")
     return out
@@ -201,26 +208,25 @@ class PoolSpec:
     target_port: int | str
     protocol: str
     health: HealthCheck
-    attach_backend: str | None = None  # attach mode: a backend of the user's own HAProxy
+    #: the user's own group this pool is bound to; None: the provider makes the pool itself
+    group: GroupRef | None = None
     #: seconds a leaving target stays draining (if its pod still exists) before removal
     drain_delay: float = 5.0
-    #: AWS: the existing IP-type target group the Service port is bound to
-    target_group_arn: str | None = None
-    #: Alibaba Cloud: the existing CLB vServer group or NLB server group of the Service port
-    server_group: ServerGroup | None = None
 
     @property
     def service_key(self) -> str:
         return f"{self.namespace}/{self.service}"
 
 
-def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
+def pools_for(service: Mapping[str, Any], group_annotations: Sequence[str] = ()) -> list[PoolSpec]:
+    """The Service's pools (its TCP ports), bound to the groups named by those of
+    ``group_annotations`` (its provider's) it carries."""
     meta, spec = service["metadata"], service.get("spec") or {}
     annotations = meta.get("annotations") or {}
     hc = health_check(annotations)
     drain_delay = _seconds(annotations, DRAIN_DELAY, 5.0, minimum=0.0)
     ports = [p for p in spec.get("ports") or () if (p.get("protocol") or "TCP") == "TCP"]
-    groups = server_groups(annotations, [int(p["port"]) for p in ports])
+    groups = pool_groups(annotations, [int(p["port"]) for p in ports], group_annotations)
     pools = []
     for p in ports:
         protocol = "TCP"  # HAProxy balances TCP/HTTP only; other protocols get no pool
@@ -233,10 +239,8 @@ def pools_for(service: Mapping[str, Any]) -> list[PoolSpec]:
                 target_port=p.get("targetPort") or p["port"],
                 protocol=protocol,
                 health=hc,
-                attach_backend=annotations.get(HAPROXY_BACKEND),
+                group=groups.get(int(p["port"])),
                 drain_delay=drain_delay,
-                target_group_arn=annotations.get(AWS_TARGET_GROUP),
-                server_group=groups.get(int(p["port"])),
             )
         )
     return pools

@@ -5,21 +5,22 @@ with ELB's own reason and description in the condition.  Draining is ELB's: ``dr
 ``DeregisterTargets``, after which the target group reports the target ``draining`` for its
 deregistration delay.  Credentials come from the standard chain (environment, shared files, web
 identity for IRSA) and ``AWS_ENDPOINT_URL`` is honoured, both by botocore itself.  Every call
-takes a token from a bucket per provider and region; throttling errors back off exponentially
-with jitter; any other error is a ProviderError, which never opens a gate.
+goes through podgate's retry loop (:mod:`podgate.providers.retry`: a token per attempt,
+throttling backed off with jitter), with botocore's own retries off so they do not nest inside
+it; any other error is a ProviderError, which never opens a gate.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import random
 from collections.abc import Sequence
 from typing import Any
 
+from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
 from podgate.model.ratelimit import TokenBucket
-from podgate.providers.base import AdminState, ProviderError, TargetState
+from podgate.providers.base import AdminState, Provider, ProviderError, TargetState
+from podgate.providers.retry import Retry
 
 THROTTLING = frozenset(
     {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
@@ -47,7 +48,32 @@ def target_health(description: dict[str, Any], where: str) -> tuple[AdminState, 
     return admin, TargetHealth(health, f"{state}: {words}" if reason else words, where, reason)
 
 
+def is_throttling(e: Exception) -> bool:
+    """Whether an error is ELB saying "slow down" (retried after a back-off)."""
+    from botocore.exceptions import ClientError
+
+    return isinstance(e, ClientError) and (e.response.get("Error") or {}).get("Code") in THROTTLING
+
+
+def retry_after(e: Exception) -> float | None:
+    """An HTTP ``Retry-After`` in seconds, if the answer carried one."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(e, ClientError):
+        return None
+    headers = (e.response.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+    try:
+        return float(headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
 class AwsElbv2Provider:
+    """The target seam and group binding (:class:`~podgate.providers.base.GroupBinding`) for
+    ELBv2 target groups the user owns."""
+
+    GROUP_ANNOTATIONS = (lb.AWS_TARGET_GROUP,)
+
     def __init__(
         self,
         name: str = "aws",
@@ -62,21 +88,27 @@ class AwsElbv2Provider:
         self.name, self.region = name, region
         #: ELB checks every 5 s at the least: reading target health faster only spends API quota
         self.poll_interval = poll_interval
-        self.binds_user_groups = True
-        self.bucket = TokenBucket(rate, burst)
-        self.max_retries, self.base_delay = max_retries, base_delay
+        self.retry = Retry(TokenBucket(rate, burst), max_retries=max_retries, base_delay=base_delay)
         self._client: Any = None
         self._owners: dict[str, str] = {}  # target group ARN → the Service key that names it
         self._stack = contextlib.AsyncExitStack()
-        self.throttled = 0
+
+    def provider(self) -> Provider:
+        """The controller's record: pods go into the user's target groups (a finalizer holds the
+        Service until they are out again)."""
+        return Provider(self, self.GROUP_ANNOTATIONS, binding=self, throttling=self.retry)
 
     async def _elbv2(self) -> Any:
         if self._client is None:
             from aiobotocore.session import get_session
+            from botocore.config import Config
 
             session = get_session()
+            # one attempt per call: podgate's loop retries (botocore's own retries would nest in
+            # it); an explicit total_max_attempts also wins over AWS_MAX_ATTEMPTS and config files
+            config = Config(retries={"total_max_attempts": 1})
             self._client = await self._stack.enter_async_context(
-                session.create_client("elbv2", region_name=self.region)
+                session.create_client("elbv2", region_name=self.region, config=config)
             )
         return self._client
 
@@ -88,38 +120,28 @@ class AwsElbv2Provider:
         from botocore.exceptions import BotoCoreError, ClientError
 
         client = await self._elbv2()
-        for attempt in range(self.max_retries + 1):
-            wait = self.bucket.reserve()
-            if wait:
-                await asyncio.sleep(wait)
-            try:
-                return await getattr(client, operation)(**params)
-            except ClientError as e:
-                err = e.response.get("Error") or {}
-                code, message = err.get("Code", "Unknown"), err.get("Message", "")
-                if code in THROTTLING and attempt < self.max_retries:
-                    self.throttled += 1
-                    delay = self.base_delay * 2**attempt
-                    await asyncio.sleep(delay / 2 + random.random() * delay / 2)
-                    continue
-                raise ProviderError(
-                    f"AWS {operation}: {code}: {message}", permanent="NotFound" in code
-                ) from None
-            except BotoCoreError as e:
-                raise ProviderError(f"AWS {operation}: {e}") from None
-        raise ProviderError(f"AWS {operation}: still throttled after {self.max_retries} retries")
+        try:
+            return await self.retry.call(
+                lambda: getattr(client, operation)(**params), is_throttling, retry_after
+            )
+        except ClientError as e:
+            err = e.response.get("Error") or {}
+            code, message = err.get("Code", "Unknown"), err.get("Message", "")
+            raise ProviderError(f"AWS {operation}: {code}: {message}", permanent="NotFound" in code) from None
+        except BotoCoreError as e:
+            raise ProviderError(f"AWS {operation}: {e}") from None
 
     @staticmethod
     def _arn(pool: PoolSpec) -> str:
-        if not pool.target_group_arn:
+        if pool.group is None or pool.group.annotation != lb.AWS_TARGET_GROUP:
             raise ProviderError(
                 f"Service {pool.service_key} needs the annotation "
-                "podgate.dev/aws-target-group-arn naming an IP-type target group",
+                f"{lb.AWS_TARGET_GROUP} naming an IP-type target group",
                 permanent=True,
             )
-        return pool.target_group_arn
+        return pool.group.id
 
-    async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
+    async def bind(self, service_key: str, pools: Sequence[PoolSpec]) -> None:
         arns = sorted({self._arn(p) for p in pools})
         for arn in arns:
             owner = self._owners.setdefault(arn, service_key)
@@ -137,9 +159,8 @@ class AwsElbv2Provider:
                     f"{tg.get('TargetType')!r}; podgate registers pod IPs and needs 'ip'",
                     permanent=True,
                 )
-        return None
 
-    async def release(self, service_key: str) -> None:
+    async def unbind(self, service_key: str) -> None:
         """The Service is gone or no longer podgate's: its pods leave its target groups (the
         groups themselves are the user's and stay), and podgate's claim on them ends."""
         for arn, owner in list(self._owners.items()):
@@ -154,9 +175,6 @@ class AwsElbv2Provider:
             for i in range(0, len(present), BATCH):
                 await self._call("deregister_targets", TargetGroupArn=arn, Targets=present[i : i + BATCH])
             del self._owners[arn]
-
-    async def provisioned(self) -> set[str]:
-        return set()
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         arn = self._arn(pool)
@@ -184,6 +202,3 @@ class AwsElbv2Provider:
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         await self._batched("deregister_targets", pool, targets)
-
-    async def generation(self) -> str:
-        return self.name  # nothing of podgate's state is lost on AWS's side

@@ -1,8 +1,16 @@
-"""The provider seam: what every load balancer implements so the controller can gate on it."""
+"""The provider seam: what every load balancer implements so the controller can gate on it.
+
+One narrow protocol every provider implements (:class:`TargetPool`: read a pool's targets,
+register, drain, deregister), plus small capability protocols for what only some have:
+binding a group the user owns (:class:`GroupBinding`, the cloud target/server groups) and
+provisioning load balancers of podgate's own (:class:`Provisioning`, HAProxy).  The controller
+gets one :class:`Provider` record per configured name and uses a capability only where the
+record has one: it never asks a provider's type.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -31,24 +39,21 @@ class TargetState:
     connections: int = 0
 
 
-class Provider(Protocol):
+@dataclass(frozen=True)
+class ServiceLB:
+    """A provisioned load balancer: the Service's address and its pools (one per port)."""
+
+    address: str
+    pools: Sequence[PoolSpec]
+
+
+class TargetPool(Protocol):
+    """The targets of a provider's pools: what the reconciler diffs and gates on."""
+
     name: str
     #: seconds between health reads of a pool with pending gates, at least (the controller's
     #: --poll-period is the floor): a cloud API is metered, HAProxy's socket is not
     poll_interval: float
-    #: the provider puts pods into groups the user owns (cloud target/server groups): only
-    #: podgate can take them out, so the Service is held by a finalizer until it has
-    binds_user_groups: bool
-
-    async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
-        """Make sure the Service's pools exist (and its frontends, where the provider makes them);
-        returns the address to publish in ``status.loadBalancer.ingress``, if any."""
-
-    async def release(self, service_key: str) -> None:
-        """Remove what :meth:`provision` made for the Service (no-op for attached pools)."""
-
-    async def provisioned(self) -> set[str]:
-        """Service keys the provider holds pools for (garbage collection after a restart)."""
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         """The pool's targets managed by podgate, with admin state and health."""
@@ -60,5 +65,64 @@ class Provider(Protocol):
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None: ...
 
+    async def close(self) -> None:
+        """Let go of connections and clients (controller shutdown)."""
+
+
+class GroupBinding(Protocol):
+    """Pools bound to groups the user owns (cloud target/server groups): podgate puts pods into
+    them and only podgate can take them out, so the controller holds such a Service with a
+    finalizer from its first bind until :meth:`unbind` has run."""
+
+    async def bind(self, service_key: str, pools: Sequence[PoolSpec]) -> None:
+        """Check each pool's group exists, suits podgate and is this Service's alone; claim it.
+        Nothing is created.  Idempotent: also how a restarted controller learns the groups of a
+        Service that is being deleted."""
+
+    async def unbind(self, service_key: str) -> None:
+        """The Service is gone or no longer podgate's: its pods leave its groups (the groups
+        stay, they are the user's) and podgate's claim on them ends."""
+
+
+class Provisioning(Protocol):
+    """Load balancers podgate makes itself (HAProxy): the structure follows the Services, and a
+    reload or restart loses the dynamic targets, which :meth:`generation` tells."""
+
+    async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
+        """Make sure the Service's pools exist (and its frontends); returns the address to
+        publish in ``status.loadBalancer.ingress``, if any (None for pools bound to the user's
+        own backends)."""
+
+    async def release(self, service_key: str) -> None:
+        """Remove what :meth:`provision` made for the Service (no-op for attached pools)."""
+
+    async def sync_all(self, services: Mapping[str, ServiceLB]) -> None:
+        """Set the whole structure at once (controller start): no Service flickers out while
+        the others are reconciled one by one, and those whose Service is gone are dropped."""
+
     async def generation(self) -> str:
         """Changes when the load balancer lost its dynamic state (reload, restart): re-sync all."""
+
+
+class Throttling(Protocol):
+    """Cloud API calls retried after "throttled" or "busy" answers, counted since start."""
+
+    throttled: int
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One configured load balancer as the controller sees it: the target seam, the annotations
+    naming a user's group that it reads, and its capabilities (None: it has not got it)."""
+
+    pool: TargetPool
+    #: the Service annotations naming a group of the user's that a pool is bound to
+    group_annotations: tuple[str, ...] = ()
+    binding: GroupBinding | None = None
+    provisioning: Provisioning | None = None
+    #: the cloud API's retry counter (``podgate_provider_throttled_total``)
+    throttling: Throttling | None = None
+
+    @property
+    def name(self) -> str:
+        return self.pool.name

@@ -19,12 +19,13 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
 from podgate.providers import haproxy_config as cfg
-from podgate.providers.base import AdminState, ProviderError, TargetState
+from podgate.providers.base import AdminState, Provider, ProviderError, ServiceLB, TargetState
 from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,13 @@ def combine(states: Sequence[TargetState]) -> TargetState:
 
 
 class HAProxyProvider:
+    """The target seam and provisioning (:class:`~podgate.providers.base.Provisioning`) in one:
+    in attach mode :meth:`provision` only checks the user's backends exist, and the generation
+    still tells the controller when the user's HAProxy reloaded."""
+
+    #: attach mode: the Service names a backend of the user's own HAProxy
+    GROUP_ANNOTATIONS = (lb.HAPROXY_BACKEND,)
+
     def __init__(
         self,
         runtime_addresses: Sequence[str],
@@ -81,32 +89,39 @@ class HAProxyProvider:
             raise ValueError("HAProxy provider needs at least one runtime API address")
         self.name = name
         self.poll_interval = 0.0  # the runtime socket is local and cheap: the controller's period
-        #: provisioned backends are podgate's own and found again at start (provisioned())
-        self.binds_user_groups = False
         self.runtimes = [Runtime(a) for a in runtime_addresses]
         self.master = Master(master_address) if master_address else None
         self.config_path = config_path
         self.base_config = base_config
         self.validate = validate
-        self._services: dict[str, cfg.ServiceLB] = {}
+        self._services: dict[str, ServiceLB] = {}
         self._lock = asyncio.Lock()
         self._initialised = False
         self.reloads = 0
 
+    def provider(self) -> Provider:
+        """The controller's record: no group binding, hence no finalizer (provisioned backends
+        are podgate's own and rendered again at start; attached ones keep the user's servers)."""
+        return Provider(self, self.GROUP_ANNOTATIONS, provisioning=self)
+
     @property
-    def provisioning(self) -> bool:
+    def owns_config(self) -> bool:
+        """Provisioning mode: podgate renders the configuration and reloads through the master."""
         return self.master is not None and self.config_path is not None
+
+    async def close(self) -> None:
+        """Nothing to let go: each runtime command opens its own connection."""
 
     # -- structure ----------------------------------------------------------------------------
     async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
-        if any(p.attach_backend for p in pools):
-            missing = [p.attach_backend for p in pools if p.attach_backend]
+        if any(p.group for p in pools):
+            missing = [p.group.id for p in pools if p.group]
             backends = set(await self.runtimes[0].backends())
             absent = [b for b in missing if b not in backends]
             if absent:
                 raise ProviderError(f"HAProxy has no backend {', '.join(map(repr, absent))} to attach to")
             return None
-        if not self.provisioning:
+        if not self.owns_config:
             raise ProviderError(
                 "this HAProxy provider is in attach mode: annotate the Service with "
                 "podgate.dev/haproxy-backend naming an existing backend"
@@ -114,31 +129,25 @@ class HAProxyProvider:
         if address is None:
             raise ProviderError("no load-balancer address for the Service")
         async with self._lock:
-            self._services[service_key] = cfg.ServiceLB(address, list(pools))
+            self._services[service_key] = ServiceLB(address, list(pools))
             await self._apply()
         return address
 
     async def release(self, service_key: str) -> None:
-        if not self.provisioning:
+        if not self.owns_config:
             return
         async with self._lock:
             if self._services.pop(service_key, None) is not None or not self._initialised:
                 await self._apply()
 
-    async def sync_all(self, services: dict[str, cfg.ServiceLB]) -> None:
+    async def sync_all(self, services: Mapping[str, ServiceLB]) -> None:
         """Set the whole structure at once (controller start): no Service flickers out while
         the others are reconciled one by one."""
-        if not self.provisioning:
+        if not self.owns_config:
             return
         async with self._lock:
             self._services = dict(services)
             await self._apply()
-
-    async def provisioned(self) -> set[str]:
-        if not self.provisioning:
-            return set()
-        names = await self.runtimes[0].backends()
-        return {key for n in names if (key := cfg.service_of_backend(n))}
 
     async def _apply(self) -> None:
         assert self.config_path is not None and self.master is not None

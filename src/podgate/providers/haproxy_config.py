@@ -9,29 +9,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from podgate.model.lb import HealthCheck, PoolSpec, Target
+from podgate.providers.base import ServiceLB
 
 PREFIX = "podgate"
 
 
 def backend_name(pool: PoolSpec) -> str:
-    """``podgate.<namespace>.<service>.<port>``: Kubernetes names hold no '.', so it decodes."""
-    if pool.attach_backend:
-        return pool.attach_backend
+    """The attached backend, or ``podgate.<namespace>.<service>.<port>`` for a provisioned one
+    (Kubernetes names hold no '.', so no two Services' backends collide)."""
+    if pool.group is not None:
+        return pool.group.id  # attach mode: the user's own backend
     return f"{PREFIX}.{pool.namespace}.{pool.service}.{pool.port}"
 
 
 def frontend_name(pool: PoolSpec) -> str:
     return f"fe.{pool.namespace}.{pool.service}.{pool.port}"
-
-
-def service_of_backend(name: str) -> str | None:
-    parts = name.split(".")
-    if len(parts) == 4 and parts[0] == PREFIX:
-        return f"{parts[1]}/{parts[2]}"
-    return None
 
 
 def server_name(target: Target) -> str:
@@ -53,12 +47,6 @@ def server_options(hc: HealthCheck) -> str:
     inter = max(int(hc.interval * 1000), 100)
     rise, fall = hc.healthy_threshold, hc.unhealthy_threshold
     return f"check inter {inter} fastinter {inter} downinter {inter} rise {rise} fall {fall}"
-
-
-@dataclass(frozen=True)
-class ServiceLB:
-    address: str
-    pools: Sequence[PoolSpec]
 
 
 STRUCTURE_MARK = "# podgate structure "

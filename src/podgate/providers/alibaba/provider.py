@@ -1,0 +1,158 @@
+"""The Alibaba Cloud provider: a Service port bound to an existing CLB vServer group
+(:mod:`.clb`, pods as ENI backends found through :mod:`.ecs`) or NLB server group (:mod:`.nlb`,
+pod IPs), through the official SDK (:mod:`.transport`).
+
+The cloud's own words are the gate's reason: NLB's ``ReasonCode`` or status, CLB's
+``ServerHealthStatus`` (:mod:`.mapping`).  Draining is weight 0 (no new connections, existing
+ones run on) until the pool's drain delay has passed; then the backend is removed.  Like the AWS
+provider's target groups, the group belongs to the Service that names it: every pod-type
+backend in it (NLB ``Ip`` servers, CLB ``eni`` backends) is podgate's to add and remove, while
+ECS instances in the same group are left alone; two Services naming one group is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from podgate.model import lb
+from podgate.model.lb import PoolSpec, Target
+from podgate.model.ratelimit import TokenBucket
+from podgate.providers.alibaba.clb import Clb
+from podgate.providers.alibaba.ecs import Enis
+from podgate.providers.alibaba.nlb import Nlb
+from podgate.providers.alibaba.transport import Transport
+from podgate.providers.base import Provider, ProviderError, TargetState
+from podgate.providers.retry import Retry
+
+
+@dataclass(frozen=True)
+class ServerGroup:
+    """The existing server group a Service port is bound to: ``clb`` vServer group or ``nlb``
+    server group."""
+
+    product: str
+    group_id: str
+
+
+class _Product(Protocol):
+    """What the provider asks of CLB and NLB alike, by group id."""
+
+    async def discover(self, gid: str) -> object: ...
+
+    def forget(self, gid: str) -> None: ...
+
+    async def targets(self, gid: str) -> dict[Target, TargetState]: ...
+
+    async def register(self, gid: str, targets: Sequence[Target], description: str) -> None: ...
+
+    async def set_weight(self, gid: str, targets: Sequence[Target], weight: int) -> None: ...
+
+    async def remove(self, gid: str, targets: Sequence[Target]) -> None: ...
+
+
+class AlibabaProvider:
+    """One Alibaba Cloud account and region: the target seam and group binding
+    (:class:`~podgate.providers.base.GroupBinding`).  All it keeps is derived from the cloud's
+    answers and the Services, so a restart loses nothing the next reads do not rebuild (a new
+    NLB server's first-check floor only starts again, which errs on the closed side)."""
+
+    GROUP_ANNOTATIONS = (lb.ALIBABA_CLB_GROUP, lb.ALIBABA_NLB_GROUP)
+
+    def __init__(
+        self,
+        name: str = "alibaba",
+        region: str = "cn-hangzhou",
+        *,
+        clb_endpoint: str | None = None,
+        nlb_endpoint: str | None = None,
+        ecs_endpoint: str | None = None,
+        rate: float = 10.0,
+        burst: int = 20,
+        max_retries: int = 6,
+        base_delay: float = 0.2,
+        timeout: float = 10.0,
+        poll_interval: float = 1.0,
+        credential: Any = None,
+    ) -> None:
+        """``credential``: an ``alibabacloud_credentials`` client; None is the SDK's default
+        chain (which reads its environment variables once, when first imported)."""
+        self.name, self.region = name, region
+        #: cloud health checks run every few seconds: reading them faster only spends API quota
+        self.poll_interval = poll_interval
+        self.retry = Retry(TokenBucket(rate, burst), max_retries=max_retries, base_delay=base_delay)
+        self.transport = Transport(
+            region,
+            {"clb": clb_endpoint, "nlb": nlb_endpoint, "ecs": ecs_endpoint},
+            self.retry,
+            timeout=timeout,
+            credential=credential,
+        )
+        self._products: dict[str, _Product] = {
+            "clb": Clb(self.transport, Enis(self.transport)),
+            "nlb": Nlb(self.transport),
+        }
+        self._owners: dict[str, tuple[str, ServerGroup]] = {}  # group id → (Service key, group)
+
+    def provider(self) -> Provider:
+        """The controller's record: pods go into the user's groups (a finalizer holds the
+        Service until they are out again)."""
+        return Provider(self, self.GROUP_ANNOTATIONS, binding=self, throttling=self.retry)
+
+    async def close(self) -> None:
+        self.transport.close()
+
+    @staticmethod
+    def _group(pool: PoolSpec) -> ServerGroup:
+        if pool.group is None or pool.group.annotation not in AlibabaProvider.GROUP_ANNOTATIONS:
+            raise ProviderError(
+                f"Service {pool.service_key} port {pool.port} needs the annotation "
+                f"{lb.ALIBABA_NLB_GROUP} or {lb.ALIBABA_CLB_GROUP}",
+                permanent=True,
+            )
+        return ServerGroup("clb" if pool.group.annotation == lb.ALIBABA_CLB_GROUP else "nlb", pool.group.id)
+
+    async def bind(self, service_key: str, pools: Sequence[PoolSpec]) -> None:
+        """Check each group exists, suits podgate, and is named by this Service only; find what
+        it is attached to.  Nothing is created: the groups and load balancers are the user's."""
+        for pool in pools:
+            group = self._group(pool)
+            owner, _ = self._owners.setdefault(group.group_id, (service_key, group))
+            if owner != service_key:
+                raise ProviderError(
+                    f"server group {group.group_id} is already bound to Service {owner}; "
+                    "each group belongs to one Service port",
+                    permanent=True,
+                )
+            await self._products[group.product].discover(group.group_id)
+
+    async def unbind(self, service_key: str) -> None:
+        """The Service is gone or no longer podgate's: its pods leave its groups (the groups
+        themselves are the user's and stay), and podgate's claim on them ends."""
+        for gid, (owner, group) in list(self._owners.items()):
+            if owner != service_key:
+                continue
+            product = self._products[group.product]
+            present = await product.targets(gid)
+            await product.remove(gid, list(present))
+            del self._owners[gid]
+            product.forget(gid)
+
+    async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
+        group = self._group(pool)
+        return await self._products[group.product].targets(group.group_id)
+
+    async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        """Absent targets are added at full weight; draining ones (weight 0) get it back."""
+        group = self._group(pool)
+        description = f"podgate/{pool.namespace}/{pool.service}"[:80]
+        await self._products[group.product].register(group.group_id, targets, description)
+
+    async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        group = self._group(pool)
+        await self._products[group.product].set_weight(group.group_id, targets, 0)
+
+    async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        group = self._group(pool)
+        await self._products[group.product].remove(group.group_id, targets)
