@@ -229,3 +229,14 @@ def metric(text: str, metric_name: str, **labels: str) -> float:
             found = True
     assert found, f"no sample of {metric_name} {labels}"
     return total
+
+
+def samples(text: str, metric_name: str, **labels: str) -> list[float]:
+    """The values of ``metric_name``'s samples whose labels include ``labels``; unlike
+    :func:`metric`, no sample is an answer (an empty list), e.g. for a gauge gone to nothing."""
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if (line.startswith(metric_name + "{") or line.startswith(metric_name + " "))
+        and all(f'{k}="{v}"' in line for k, v in labels.items())
+    ]
