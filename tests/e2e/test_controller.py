@@ -210,19 +210,21 @@ def test_pod_in_two_services_waits_for_both(sandbox: SandboxHandle, namespace: s
         lambda: external_ip(sandbox, namespace, "fast") and external_ip(sandbox, namespace, "slow"),
     )
     sandbox.apply(deployment("both", 1), namespace)
+
+    def fast_true_slow_checking() -> dict[str, Any] | None:
+        ps = pods(sandbox, namespace, "both")
+        fast = (condition(ps[0], gate("fast")) or {}) if ps else {}
+        slow = (condition(ps[0], gate("slow")) or {}) if ps else {}
+        ok = fast.get("status") == "True" and slow.get("reason") == "InitialHealthChecking"
+        return ps[0] if ok else None
+
     p = wait_for(
-        "the fast gate True",
-        lambda: (
-            (ps := pods(sandbox, namespace, "both"))
-            and (condition(ps[0], gate("fast")) or {}).get("status") == "True"
-            and ps[0]
-        ),
-        20,
-        0.05,
+        "the fast gate True while the slow one is health checking", fast_true_slow_checking, 20, 0.05
     )
     assert sorted(g["conditionType"] for g in p["spec"]["readinessGates"]) == [gate("fast"), gate("slow")]
     slow = condition(p, gate("slow"))
-    assert slow is None or slow["status"] == "False"
+    assert slow is not None and slow["status"] == "False", slow
+    assert "is DOWN" in slow["message"], "HAProxy's own words: checks not passed yet"
     assert (condition(p, "Ready") or {}).get("status") == "False"
     assert wide_row(sandbox, namespace, p["metadata"]["name"])["READINESS GATES"] == "1/2"
     wait_for("Ready after both", lambda: all_ready(sandbox, namespace, "both", 1), 30)
