@@ -16,7 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +31,10 @@ PODGATE = [sys.executable, "-m", "podgate"]
 OFFSET = 10000
 POD_CIDR = "127.101.0.0/16"
 LB_CIDR = "127.201.0.0/16"
+#: The cloud tests' secrets, given to their controllers in the environment; no log may show them.
+AWS_SECRET_ACCESS_KEY = "podgate-test-aws-secret-Zq7xK2"
+ALIBABA_ACCESS_KEY_SECRET = "podgate-test-secret"  # the Alibaba double's own test key pair
+CLOUD_SECRETS = (AWS_SECRET_ACCESS_KEY, ALIBABA_ACCESS_KEY_SECRET)
 
 
 @dataclass
@@ -229,3 +233,25 @@ def metric(text: str, metric_name: str, **labels: str) -> float:
             found = True
     assert found, f"no sample of {metric_name} {labels}"
     return total
+
+
+def samples(text: str, metric_name: str, **labels: str) -> list[float]:
+    """The values of ``metric_name``'s samples whose labels include ``labels``; unlike
+    :func:`metric`, no sample is an answer (an empty list), e.g. for a gauge gone to nothing."""
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if (line.startswith(metric_name + "{") or line.startswith(metric_name + " "))
+        and all(f'{k}="{v}"' in line for k, v in labels.items())
+    ]
+
+
+def assert_not_logged(log: Path, secrets: Iterable[str]) -> None:
+    """No secret in the log, which must have something in it: an empty or missing log would
+    let the check pass without having looked at anything."""
+    assert log.is_file(), f"{log} was not written"
+    text = log.read_text(errors="replace")
+    assert text.strip(), f"{log.name} is empty: nothing was checked"
+    for secret in secrets:
+        assert secret, "an empty secret is in every text"
+        assert secret not in text, f"a secret appears in {log.name}"

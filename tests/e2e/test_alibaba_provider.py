@@ -12,14 +12,25 @@ import pytest
 from podgate_sandbox.controlplane import Sandbox
 from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
 
-from .conftest import GateWatch, SandboxHandle, controller_replaced, metric, scrape, wait_for
+from .conftest import (
+    ALIBABA_ACCESS_KEY_SECRET,
+    CLOUD_SECRETS,
+    GateWatch,
+    SandboxHandle,
+    assert_not_logged,
+    controller_replaced,
+    metric,
+    scrape,
+    wait_for,
+)
 
 pytestmark = pytest.mark.sandbox
 PORT = 15630
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 ENV = {
     "ALIBABA_CLOUD_ACCESS_KEY_ID": "podgate-test-ak",
-    "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "podgate-test-secret",
+    "ALIBABA_CLOUD_ACCESS_KEY_SECRET": ALIBABA_ACCESS_KEY_SECRET,
+    "PODGATE_LOG_LEVEL": "DEBUG",  # the most the controller ever logs is what must not leak it
 }
 FLAGS = (
     "--alibaba-provider",
@@ -195,13 +206,15 @@ async def test_gates_follow_nlb_server_health(
             lambda: "NotFound" in sandbox.kubectl("get", "service", "web", "-n", namespace, check=False),
             30,
         )
+    # Through throttling, errors, an unreachable API and a restart, no secret was logged.
+    assert_not_logged(swap.log, CLOUD_SECRETS)
 
 
 async def test_gates_follow_clb_backend_health(
     sandbox: SandboxHandle, namespace: str, cloud: AlibabaDouble
 ) -> None:
     watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/shop", "app=shop")
-    with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log"):
+    with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log") as swap:
         sandbox.apply(service("shop", {"podgate.dev/alibaba-clb-vserver-group-id": "rsp-shop"}), namespace)
 
         # A Service naming the provider but no group is told why and never held: no finalizer,
@@ -269,3 +282,4 @@ async def test_gates_follow_clb_backend_health(
         await asyncio.to_thread(
             wait_for, "the deleted pod's backend gone", lambda: not cloud.clb_backends("rsp-shop"), 30
         )
+    assert_not_logged(swap.log, CLOUD_SECRETS)

@@ -15,13 +15,22 @@ from aiobotocore.session import get_session
 
 from podgate_sandbox.doubles.elb import ElbDouble
 
-from .conftest import GateWatch, SandboxHandle, controller_replaced, wait_for
+from .conftest import (
+    AWS_SECRET_ACCESS_KEY,
+    CLOUD_SECRETS,
+    GateWatch,
+    SandboxHandle,
+    assert_not_logged,
+    controller_replaced,
+    wait_for,
+)
 
 pytestmark = pytest.mark.sandbox
 MOTO_PORT, DOUBLE_PORT = 15600, 15601
 AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_ACCESS_KEY_ID": "testing",  # moto derives its account from the key id: the one MOTO_KW uses
+    "AWS_SECRET_ACCESS_KEY": AWS_SECRET_ACCESS_KEY,  # moto checks no signature; the logs must not show it
+    "PODGATE_LOG_LEVEL": "DEBUG",  # the most the controller ever logs is what must not leak it
     "AWS_REGION": "us-east-1",
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{DOUBLE_PORT}",
 }
@@ -84,6 +93,7 @@ async def test_gates_follow_elb_target_health(
 ) -> None:
     double, arn = elb
     watch = GateWatch(sandbox, namespace, GATE, "app=web")
+    log = sandbox.state_dir / "logs" / f"aws-controller-{namespace}.log"
     with controller_replaced(
         sandbox,
         "--aws-provider",
@@ -93,7 +103,7 @@ async def test_gates_follow_elb_target_health(
         "--aws-poll-period",
         "0.5",
         env=AWS_ENV,
-        log="aws-controller.log",
+        log=log.name,
     ):
         sandbox.apply(
             {
@@ -185,3 +195,5 @@ async def test_gates_follow_elb_target_health(
             lambda: "NotFound" in sandbox.kubectl("get", "service", "web", "-n", namespace, check=False),
             30,
         )
+    # Through throttling, errors and an unreachable API, the controller never logged its secret.
+    assert_not_logged(log, CLOUD_SECRETS)

@@ -3,6 +3,7 @@ and specs the API server rejects."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 import urllib.request
@@ -13,12 +14,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .conftest import SandboxHandle, condition, wait_for
+from .conftest import SandboxHandle, condition, wait_for, wide_row
 
 pytestmark = pytest.mark.sandbox
 INJECT = "podgate.dev/pod-readiness-gate-inject"
 PROM_PORT = 19191
 METRICS_PORT = 19192
+TCP_PORT = 15641  # no container declares it: only the test listens there
 
 
 def check(name: str, app: str, **spec: Any) -> dict[str, Any]:
@@ -142,6 +144,43 @@ def test_continuous_mode_follows_the_check(sandbox: SandboxHandle, namespace: st
             (condition(the_pod(sandbox, namespace, "flip") or {}, "Ready") or {}).get("status") == "False"
         ),
     )
+
+
+def test_tcp_check_waits_for_the_port(sandbox: SandboxHandle, namespace: str) -> None:
+    """A tcpSocket check holds the pod while nothing accepts on the port and lets it go once
+    something does: here the test itself starts listening on the pod's address."""
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    sandbox.apply(check("port", "tcp", tcpSocket={"port": TCP_PORT}), namespace)
+    sandbox.apply(deployment("tcp"), namespace)
+    gate = "check.podgate.dev/port"
+
+    def gate_is(status: str) -> tuple[str, str, str] | None:
+        s = gate_state(sandbox, namespace, "tcp", gate)
+        return s if s and s[0] == status else None
+
+    failing = wait_for("the check failing", lambda: gate_is("False"), 20)
+    pod = the_pod(sandbox, namespace, "tcp")
+    assert pod is not None
+    ip, name = pod["status"]["podIP"], pod["metadata"]["name"]
+    assert [g["conditionType"] for g in pod["spec"]["readinessGates"]] == [gate]
+    assert failing[1] == "CheckFailing"
+    assert failing[2].startswith("ConnectionRefusedError") and f"'{ip}', {TCP_PORT}" in failing[2], failing
+    time.sleep(2)  # two more periods: still refused, still held
+    assert gate_is("False"), gate_state(sandbox, namespace, "tcp", gate)
+    row = wide_row(sandbox, namespace, name)
+    assert (row["READY"], row["READINESS GATES"]) == ("1/1", "0/1"), row
+    assert (condition(the_pod(sandbox, namespace, "tcp") or {}, "Ready") or {}).get("status") == "False"
+
+    with socket.create_server((ip, TCP_PORT)):  # the kernel accepts: enough for a connect
+        passed = wait_for("the check passing once the port accepts", lambda: gate_is("True"), 15)
+        assert passed[1:] == ("CheckPassed", f"TCP connect to {ip}:{TCP_PORT} succeeded")
+        wait_for(
+            "Ready",
+            lambda: (
+                (condition(the_pod(sandbox, namespace, "tcp") or {}, "Ready") or {}).get("status") == "True"
+            ),
+        )
+        assert wide_row(sandbox, namespace, name)["READINESS GATES"] == "1/1"
 
 
 def test_gate_naming_a_missing_check(sandbox: SandboxHandle, namespace: str) -> None:

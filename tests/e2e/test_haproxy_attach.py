@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from podgate.model.lb import HAPROXY_BACKEND, GroupRef, Health, HealthCheck, PoolSpec, Target
+from podgate.model.lb import HAPROXY_BACKEND, GroupRef, Health, HealthCheck, PoolSpec, Target, gate_condition
+from podgate.model.types import Condition
 from podgate.providers.base import ProviderError
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.providers.haproxy_runtime import Runtime
 
 TARGET_IP = "127.77.0.10"
+GATE = "service.readiness.podgate.dev/web"
 
 
 @pytest.fixture
@@ -96,9 +98,19 @@ async def test_ha_pair_attach(pair: list[str], app_server: None) -> None:
 
     target = Target(TARGET_IP, 8080)
     await provider.register(POOL, [target])
-    first = await provider.targets(POOL)
-    assert first[target].health.health in (Health.INITIAL, Health.HEALTHY)
-    await wait_health(provider, Health.HEALTHY)
+    # The pod's gate, read after read, as the controller writes it from the pair's answer: False
+    # while both HAProxies hold the new server DOWN (checks not passed `rise` times yet), then True.
+    story: list[Condition] = []
+    while len(story) < 60 and not (story and story[-1]["status"] == "True"):
+        if story:
+            await asyncio.sleep(0.05)
+        story.append(gate_condition(GATE, [(await provider.targets(POOL))[target].health]))
+    first, last = story[0], story[-1]
+    assert (first["status"], first["reason"]) == ("False", "InitialHealthChecking"), story
+    assert "is DOWN" in (first.get("message") or ""), first
+    assert (last["status"], last["reason"]) == ("True", "TargetHealthy"), story
+    assert "is UP" in (last.get("message") or ""), last
+    assert {c["reason"] for c in story[:-1]} == {"InitialHealthChecking"}, story
     # The user's own server is neither reported as ours nor touched.
     assert set(await provider.targets(POOL)) == {target}
 

@@ -76,7 +76,8 @@ async def test_failover_during_a_rollout_under_load(sandbox: SandboxHandle) -> N
         assert result.failed == 0, result.failures
         assert len(result.gate_latency_s) == 4, "every new pod's gate converged"
         pods = sandbox.get("pods", "-n", lab.namespace("podgate"))["items"]
-        assert all((condition(p, "Ready") or {}).get("status") == "True" for p in pods)
+        ready = [(condition(p, "Ready") or {}).get("status") for p in pods]
+        assert ready == ["True"] * 4, ready  # all() of no pods would be True too
     finally:
         second.terminate()
         second.wait(15)

@@ -61,3 +61,34 @@ def test_token_bucket_limits_bursts() -> None:
     assert waits[2:] == pytest.approx([0.1, 0.2])  # a fixed clock: the exact schedule
     now[0] += 0.3  # time passes: three tokens back, less the two owed
     assert bucket.reserve() == pytest.approx(0.0, abs=1e-9)
+
+
+async def test_adds_and_retries_are_prometheus_counters() -> None:
+    """What a scrape shows: counters (so ``rate()`` works), under controller-runtime's names,
+    counting adds as client-go does (a duplicate of a waiting or already re-due key is not an add)."""
+    from prometheus_client import generate_latest
+
+    from podgate.controller import metrics
+
+    def scraped() -> str:
+        return generate_latest(metrics.REGISTRY).decode()
+
+    q = WorkQueue(base_delay=60, max_delay=60, name="unit-counters")
+    text = scraped()
+    assert "# TYPE workqueue_adds_total counter" in text.splitlines()
+    assert "# TYPE workqueue_retries_total counter" in text.splitlines()
+    assert 'workqueue_adds_total{name="unit-counters"} 0.0' in text.splitlines(), "seen before any add"
+    assert 'workqueue_retries_total{name="unit-counters"} 0.0' in text.splitlines()
+
+    for key in ("a", "b", "a"):
+        q.add(key)
+    key, _ = await q.get()
+    q.add(key)  # due again once done: one add
+    q.add(key)  # already due again: not another
+    q.done(key)  # re-queued: counted when it was added, not now
+    q.add_rate_limited("c")
+    q.add_rate_limited("c")
+    lines = scraped().splitlines()
+    assert 'workqueue_adds_total{name="unit-counters"} 3.0' in lines
+    assert 'workqueue_retries_total{name="unit-counters"} 2.0' in lines
+    assert len(q) == 2 and q.failures("c") == 2

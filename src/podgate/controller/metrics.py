@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from podgate.kube import queue as workqueue
 from podgate.model import conditions as c
 from podgate.model import gates
 from podgate.model.lb import PoolSpec, Target
@@ -74,6 +75,12 @@ WORK_DURATION = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+QUEUE_ADDS = Counter(
+    "workqueue_adds", "Total number of adds handled by the work queue", ["name"], registry=REGISTRY
+)
+QUEUE_RETRIES = Counter(
+    "workqueue_retries", "Total number of retries handled by the work queue", ["name"], registry=REGISTRY
+)
 WEBHOOK_REQUESTS = Counter(
     "podgate_webhook_requests_total", "AdmissionReview requests, by result", ["result"], registry=REGISTRY
 )
@@ -101,6 +108,25 @@ PROVIDER_LATENCY = Histogram(
 )
 
 
+class QueueCounters:
+    """Every work queue's adds and retries as Prometheus counters, as controller-runtime makes
+    client-go's: ``rate()`` and ``increase()`` need the counter type, and the queue counts them
+    where they happen instead of this module reading them at scrape time."""
+
+    def created(self, name: str) -> None:
+        QUEUE_ADDS.labels(name)
+        QUEUE_RETRIES.labels(name)
+
+    def added(self, name: str) -> None:
+        QUEUE_ADDS.labels(name).inc()
+
+    def retried(self, name: str) -> None:
+        QUEUE_RETRIES.labels(name).inc()
+
+
+workqueue.set_metrics_provider(QueueCounters())
+
+
 class StateCollector:
     """Gauges read from the controller at scrape time."""
 
@@ -116,12 +142,6 @@ class StateCollector:
         depth = GaugeMetricFamily("workqueue_depth", "Keys waiting in the queue", labels=["name"])
         depth.add_metric([q.name], len(q))
         yield depth
-        adds = GaugeMetricFamily("workqueue_adds_total", "Keys added to the queue", labels=["name"])
-        adds.add_metric([q.name], q.adds)
-        yield adds
-        retries = GaugeMetricFamily("workqueue_retries_total", "Rate-limited re-adds", labels=["name"])
-        retries.add_metric([q.name], q.retries)
-        yield retries
         pending = GaugeMetricFamily(
             "podgate_pending_gates", "podgate gates not True, by reason", labels=["reason"]
         )

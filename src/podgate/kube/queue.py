@@ -6,6 +6,10 @@
 - ``add_rate_limited``: per-key exponential back-off with a cap (failures), combined with a
   global token bucket (so a burst of failing keys cannot hammer the API or a load balancer);
 - ``add_after``: delayed adds (periodic re-checks) that bypass the rate limiter.
+
+Adds and retries are reported to a metrics provider, as client-go's queue reports to the one
+controller-runtime installs: ``podgate.controller.metrics`` installs Prometheus counters on
+import; without it they go nowhere (the sandbox's node agent, unit tests).
 """
 
 from __future__ import annotations
@@ -15,8 +19,44 @@ import heapq
 import itertools
 import time
 from collections import deque
+from typing import Protocol
 
 from podgate.model.ratelimit import TokenBucket
+
+
+class QueueMetrics(Protocol):
+    """What a work queue reports, by queue name (client-go's ``MetricsProvider``, trimmed)."""
+
+    def created(self, name: str) -> None:
+        """A queue exists: its counters show 0 before its first add or retry, so a dashboard
+        sees the queue and ``rate()`` has a starting point."""
+
+    def added(self, name: str) -> None:
+        """A key entered the queue (a duplicate of a waiting key does not count)."""
+
+    def retried(self, name: str) -> None:
+        """A key was re-added after a failure (``add_rate_limited``)."""
+
+
+class _NoMetrics:
+    def created(self, name: str) -> None:
+        pass
+
+    def added(self, name: str) -> None:
+        pass
+
+    def retried(self, name: str) -> None:
+        pass
+
+
+_metrics: QueueMetrics = _NoMetrics()
+
+
+def set_metrics_provider(provider: QueueMetrics) -> None:
+    """Where every work queue reports from now on.  Looked up at each report, not when a queue
+    is made, so a queue created before the provider is installed is still counted."""
+    global _metrics
+    _metrics = provider
 
 
 class WorkQueue:
@@ -41,19 +81,26 @@ class WorkQueue:
         self._added_at: dict[str, float] = {}
         self._nonempty = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self.adds = 0
-        self.retries = 0
+        _metrics.created(name)
 
     def __len__(self) -> int:
         return len(self._queue)
 
     def add(self, key: str) -> None:
-        self.adds += 1
+        """Queue ``key`` unless it already waits.  Counted as an add only when it changes
+        something (client-go's rule): a key already waiting, or already due again after the
+        worker that has it is done, is not counted twice."""
         if key in self._processing:
-            self._dirty.add(key)
+            if key not in self._dirty:
+                self._dirty.add(key)
+                _metrics.added(self.name)
             return
         if key in self._queued:
             return
+        _metrics.added(self.name)
+        self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
         self._queued.add(key)
         self._added_at.setdefault(key, time.monotonic())
         self._queue.append(key)
@@ -70,7 +117,7 @@ class WorkQueue:
         """Re-add after a failure: per-key exponential back-off, and the global rate limit."""
         n = self._failures.get(key, 0)
         self._failures[key] = n + 1
-        self.retries += 1
+        _metrics.retried(self.name)
         delay = max(min(self._base * 2**n, self._max), self._bucket.reserve())
         self.add_after(key, delay)
 
@@ -98,7 +145,7 @@ class WorkQueue:
         self._processing.discard(key)
         if key in self._dirty:
             self._dirty.discard(key)
-            self.add(key)
+            self._enqueue(key)  # counted when it was added during processing
 
     def _notify(self) -> None:
         self._nonempty.set()
