@@ -5,10 +5,10 @@ cluster-wide resourceVersion; a strategic merge merges ``conditions`` by ``type`
 ``finalizers`` as a set (``$deleteFromPrimitiveList`` removes), a merge patch follows RFC 7386;
 ``metadata.uid`` in a patch is a precondition (409 when it differs); the ``status``
 subresource changes only the status and the main resource everything but it; a ``replace``
-with a stale resourceVersion is a 409; an object with finalizers is only marked for deletion,
-and goes when its last finalizer does.  Every write is recorded in :attr:`FakeKube.writes`
-(even one that then failed: it was sent), so a test can assert exactly which patch went out,
-or that nothing did.
+with a stale resourceVersion is a 409; an object with finalizers (and a pod, until its kubelet
+is done) is only marked for deletion, and goes when its last finalizer does.  Every write is
+recorded in :attr:`FakeKube.writes` (even one that then failed: it was sent), so a test can
+assert exactly which patch went out, or that nothing did.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class FakeKube:
 
     # -- the Kube protocol --------------------------------------------------------------------
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
-        self._maybe_fail("get", resource, name)
+        await self._answer("get", resource, name)
         return copy.deepcopy(self._existing(resource, name, namespace))
 
     async def list(
@@ -104,7 +104,7 @@ class FakeKube:
     ) -> ListPage:
         if field_selector:
             raise NotImplementedError("FakeKube does not filter by fields")
-        self._maybe_fail("list", resource, "")
+        await self._answer("list", resource, "")
         wanted = dict(kv.split("=", 1) for kv in label_selector.split(",")) if label_selector else {}
         items = [
             copy.deepcopy(o)
@@ -155,7 +155,7 @@ class FakeKube:
         self.writes.append(
             Write("create", resource.plural, namespace, meta.get("name", ""), copy.deepcopy(obj))
         )
-        self._maybe_fail("create", resource, meta.get("name", ""))
+        await self._answer("create", resource, meta.get("name", ""))
         if (resource, _ns(resource, obj), meta["name"]) in self.objects:
             raise Conflict(f'{resource.plural} "{meta["name"]}" already exists', reason="AlreadyExists")
         return copy.deepcopy(self._store(resource, _ns(resource, obj), obj, "ADDED"))
@@ -164,7 +164,7 @@ class FakeKube:
         self, resource: Resource, name: str, body: Mapping[str, Any], namespace: str | None = None
     ) -> Obj:
         self.writes.append(Write("replace", resource.plural, namespace, name, copy.deepcopy(body)))
-        self._maybe_fail("replace", resource, name)
+        await self._answer("replace", resource, name)
         current = self._existing(resource, name, namespace)
         sent_rv = (body.get("metadata") or {}).get("resourceVersion")
         if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
@@ -185,7 +185,7 @@ class FakeKube:
     ) -> Obj:
         plural = f"{resource.plural}/{subresource}" if subresource else resource.plural
         self.writes.append(Write("patch", plural, namespace, name, copy.deepcopy(body), patch_type))
-        self._maybe_fail("patch", resource, name)
+        await self._answer("patch", resource, name)
         current = self._existing(resource, name, namespace)
         if not isinstance(body, Mapping):
             raise NotImplementedError("FakeKube applies strategic-merge and merge patches only")
@@ -220,11 +220,12 @@ class FakeKube:
         grace_period_seconds: int | None = None,
     ) -> None:
         self.writes.append(Write("delete", resource.plural, namespace, name))
-        self._maybe_fail("delete", resource, name)
+        await self._answer("delete", resource, name)
         current = self._existing(resource, name, namespace)
         if uid is not None and uid != current["metadata"].get("uid"):
             raise Conflict("Precondition failed: UID mismatch")
-        if current["metadata"].get("finalizers"):
+        graceful = resource.plural == "pods" and grace_period_seconds != 0  # the kubelet finishes it
+        if current["metadata"].get("finalizers") or graceful:
             current["metadata"].setdefault("deletionTimestamp", _TIMESTAMP)
             self._store(resource, _ns(resource, current), current, "MODIFIED")
         else:
@@ -245,7 +246,11 @@ class FakeKube:
         meta["resourceVersion"] = str(rv)
         obj.setdefault("kind", resource.kind)
         obj.setdefault("apiVersion", resource.api_version)
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        previous = self.objects.get((resource, namespace, meta["name"]))
+        let_go = (
+            previous is not None and previous["metadata"].get("finalizers") and not meta.get("finalizers")
+        )
+        if meta.get("deletionTimestamp") and let_go:  # the last finalizer went: so does the object
             self._remove(resource, namespace, obj)
             return obj
         self.objects[(resource, namespace, meta["name"])] = obj
@@ -268,7 +273,9 @@ class FakeKube:
         self._last_rv += 1
         return self._last_rv
 
-    def _maybe_fail(self, verb: str, resource: Resource, name: str) -> None:
+    async def _answer(self, verb: str, resource: Resource, name: str) -> None:
+        """Every call yields to the loop, as a real one does, then fails if a test said so."""
+        await asyncio.sleep(0)
         failure = self._failures.get((verb, resource.plural, name))
         if failure is None:
             return

@@ -143,9 +143,9 @@ class ObjectReference(TypedDict, total=False):
     apiVersion: str
     kind: str
     name: str
-    namespace: str
-    uid: str
-    resourceVersion: str
+    namespace: str | None
+    uid: str | None
+    resourceVersion: str | None
 
 
 class EventSource(TypedDict, total=False):
@@ -169,16 +169,16 @@ class Event(TypedDict, total=False):
 
 
 # -- accessors: a field or its empty value ---------------------------------------------------
-def meta(obj: Mapping[str, Any]) -> ObjectMeta:
+def meta_of(obj: Mapping[str, Any]) -> ObjectMeta:
     return cast(ObjectMeta, obj.get("metadata") or {})
 
 
 def labels(obj: Mapping[str, Any]) -> dict[str, str]:
-    return meta(obj).get("labels") or {}
+    return meta_of(obj).get("labels") or {}
 
 
 def is_terminating(obj: Mapping[str, Any]) -> bool:
-    return bool(meta(obj).get("deletionTimestamp"))
+    return bool(meta_of(obj).get("deletionTimestamp"))
 
 
 def pod_conditions(pod: Pod) -> Sequence[PodCondition]:
