@@ -33,6 +33,7 @@ from podgate.kube.api import (
     WatchEvent,
     WatchEventType,
 )
+from podgate.model.types import labels, meta_of
 
 Verb = Literal["create", "replace", "patch", "delete"]
 #: lists a strategic merge merges by a key (the API's ``patchMergeKey``) in the bodies podgate uses
@@ -111,7 +112,7 @@ class FakeKube:
             for (res, ns, _), o in sorted(self.objects.items(), key=lambda kv: (kv[0][1] or "", kv[0][2]))
             if res == resource
             and (namespace is None or ns == namespace)
-            and wanted.items() <= ((o.get("metadata") or {}).get("labels") or {}).items()
+            and wanted.items() <= labels(o).items()
         ]
         start = int(continue_ or 0)
         end = start + limit if limit else len(items)
@@ -166,7 +167,7 @@ class FakeKube:
         self.writes.append(Write("replace", resource.plural, namespace, name, copy.deepcopy(body)))
         await self._answer("replace", resource, name)
         current = self._existing(resource, name, namespace)
-        sent_rv = (body.get("metadata") or {}).get("resourceVersion")
+        sent_rv = meta_of(body).get("resourceVersion")
         if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
             raise Conflict("the object has been modified; please apply your changes to the latest version")
         obj = copy.deepcopy(dict(body))
@@ -189,7 +190,7 @@ class FakeKube:
         current = self._existing(resource, name, namespace)
         if not isinstance(body, Mapping):
             raise NotImplementedError("FakeKube applies strategic-merge and merge patches only")
-        uid = (body.get("metadata") or {}).get("uid")
+        uid = meta_of(body).get("uid")
         if uid is not None and uid != current["metadata"].get("uid"):
             raise Conflict(
                 f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
@@ -286,7 +287,7 @@ class FakeKube:
 
 
 def _ns(resource: Resource, obj: Mapping[str, Any]) -> str | None:
-    return (obj.get("metadata") or {}).get("namespace") if resource.namespaced else None
+    return meta_of(obj).get("namespace") if resource.namespaced else None
 
 
 def strategic_merge(current: Any, patch: Any) -> Any:
