@@ -32,7 +32,7 @@ from podgate.model.types import (
     pod_conditions,
     pod_ip,
     pod_spec,
-    selector,
+    selector_of,
 )
 from podgate.providers.base import Provider, ProviderError, TargetState
 
@@ -185,11 +185,11 @@ class ServiceReconciler:
             service = await self._set_finalizer(service, True)
         if address:
             await self._publish_address(service, address)
-        wanted = selector(service)
+        selector = selector_of(service)
         pods = self.pods_in(namespace)
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
-            plan = lb.plan_targets(pool, wanted, pods)
+            plan = lb.plan_targets(pool, selector, pods)
             present = await provider.targets(pool)
             drained = self._drained(key, pool, present)
             diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
@@ -247,7 +247,7 @@ class ServiceReconciler:
             mine = healths.get(pod_key)
             if mine is None:
                 desired = lb.failure_condition(
-                    gate, lb.REASONS[lb.Health.UNREGISTERED], _why_not_target(pod, wanted)
+                    gate, lb.REASONS[lb.Health.UNREGISTERED], _why_not_target(pod, selector)
                 )
             elif len(mine) < len(pools):
                 desired = lb.failure_condition(
@@ -360,7 +360,7 @@ class ServiceReconciler:
         missing = [
             p
             for p in self.pods_in(namespace)
-            if gates.selector_matches(selector(service), labels(p))
+            if gates.selector_matches(selector_of(service), labels(p))
             and not is_terminating(p)
             and not self._gate_types_on(p, service["metadata"]["name"])
         ]
@@ -413,8 +413,8 @@ def _ingress_ip(service: Service) -> str | None:
         return None
 
 
-def _why_not_target(pod: Pod, wanted: Mapping[str, str]) -> str:
-    if not gates.selector_matches(wanted, labels(pod)):
+def _why_not_target(pod: Pod, selector: Mapping[str, str]) -> str:
+    if not gates.selector_matches(selector, labels(pod)):
         return "the Service's selector does not match this pod, so the load balancer will not get it"
     if not pod_ip(pod):
         return "waiting for the pod's IP"
@@ -431,7 +431,7 @@ def services_for_event(
     for s in services:
         if meta_of(s).get("namespace") != ns:
             continue
-        if any(gates.selector_matches(selector(s), each) for each in label_sets):
+        if any(gates.selector_matches(selector_of(s), each) for each in label_sets):
             keys.add(f"{ns}/{s['metadata']['name']}")
     for g in cond.readiness_gates(pod_spec(pod)):
         svc = gates.service_of_gate(g, adopted_prefixes)

@@ -193,7 +193,7 @@ def pod_spec(pod: Pod) -> PodSpec:
     return pod.get("spec") or {}
 
 
-def selector(service: Service) -> dict[str, str]:
+def selector_of(service: Service) -> dict[str, str]:
     return (service.get("spec") or {}).get("selector") or {}
 
 
