@@ -102,7 +102,8 @@ class KubeError(Exception):
         self.message, self.reason = message, reason
 
     def __str__(self) -> str:
-        return f"{self.status} {self.reason}: {self.message}".replace(" : ", ": ")
+        head = f"{self.status} {self.reason}" if self.reason else str(self.status)
+        return f"{head}: {self.message}"
 
 
 class NotFound(KubeError):
