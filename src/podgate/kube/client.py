@@ -21,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from podgate.kube.api import ListPage, Obj, PatchBody, PatchType, Resource, WatchEvent, error_for
 
-__all__ = ["ApiException", "ApiKube", "api_client", "call", "check", "status_of"]
+__all__ = ["ApiException", "ApiKube", "api_client", "call", "status_of"]
 
 STRATEGIC_MERGE = PatchType.STRATEGIC.value
 MERGE_PATCH = PatchType.MERGE.value
@@ -46,6 +46,25 @@ class ApiKube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
 
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any],
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """The raw aiohttp response, its status not checked yet (the caller releases it)."""
+        return await self.api.call_api(
+            path,
+            method,
+            query_params=[(k, v) for k, v in query.items() if v is not None],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+        )
+
     async def _request(
         self,
         method: str,
@@ -54,15 +73,8 @@ class ApiKube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        resp = await self.api.call_api(
-            path,
-            method,
-            query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-        )
+        """The answer's JSON body, or the typed error of a non-2xx answer."""
+        resp = await self._open(method, path, query or {}, body, content_type)
         try:
             data = await resp.read()
         finally:
@@ -120,14 +132,7 @@ class ApiKube:
             "labelSelector": label_selector,
             "fieldSelector": field_selector,
         }
-        resp = await self.api.call_api(
-            resource.path(namespace),
-            "GET",
-            query_params=[(k, v) for k, v in query.items() if v is not None],
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-        )
+        resp = await self._open("GET", resource.path(namespace), query)
         try:
             if resp.status != 200:
                 raise error_for(resp.status, resp.reason or "", await resp.read())
@@ -193,15 +198,11 @@ async def call(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> 
         data = await resp.read()
     finally:
         resp.release()
-    check(resp, data)
-    return json.loads(data) if data else None
-
-
-def check(resp: Any, data: bytes = b"") -> None:
     if not 200 <= resp.status <= 299:
         exc = ApiException(status=resp.status, reason=resp.reason)
         exc.body = data
         raise exc
+    return json.loads(data) if data else None
 
 
 def status_of(exc: BaseException) -> int | None:
