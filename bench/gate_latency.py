@@ -24,7 +24,8 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from common import RESULTS, sandbox, summary, write
-from podgate.kube.client import api_client, call
+from podgate.kube.api import PODS
+from podgate.kube.client import ApiKube, api_client, call
 from podgate.kube.informer import Informer
 from podgate.providers.haproxy_config import target_of_server
 from podgate.providers.haproxy_runtime import Runtime
@@ -75,7 +76,7 @@ async def run(sb: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
     api = await api_client(str(sb.kubeconfig))
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     timeline = Timeline()
-    informer = Informer(lambda **kw: core.list_namespaced_pod(NS, **kw), name="bench")
+    informer: Informer[dict[str, Any]] = Informer(ApiKube(api), PODS, namespace=NS, name="bench")
     informer.add_handler(timeline.on_pod)
     await call(
         core.create_namespace,

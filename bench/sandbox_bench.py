@@ -21,7 +21,8 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from common import RESULTS, sandbox, summary, write
-from podgate.kube.client import api_client, call
+from podgate.kube.api import PODS, Kube
+from podgate.kube.client import ApiKube, api_client, call
 from podgate.kube.informer import Informer
 from podgate_sandbox.controlplane import Sandbox, SandboxConfig
 
@@ -62,11 +63,11 @@ def bench_up(state: Path, rounds: int) -> dict[str, Any]:
 class Watcher:
     """Records when each pod is first seen Ready / ContainersReady (client-side monotonic time)."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
+    def __init__(self, kube: Kube, namespace: str) -> None:
         self.ready: dict[str, float] = {}
         self.containers_ready: dict[str, float] = {}
-        self.informer = Informer(
-            lambda **kw: core.list_namespaced_pod(namespace, **kw), name=f"bench-{namespace}"
+        self.informer: Informer[dict[str, Any]] = Informer(
+            kube, PODS, namespace=namespace, name=f"bench-{namespace}"
         )
         self.informer.add_handler(self._on)
 
@@ -99,7 +100,7 @@ async def wait_until(pred: Any, limit: float) -> None:
 
 async def watched_namespace(core: client.CoreV1Api, ns: str) -> tuple[Watcher, asyncio.Task[None]]:
     await call(core.create_namespace, {"metadata": {"name": ns}})
-    w = Watcher(core, ns)
+    w = Watcher(ApiKube(core.api_client), ns)
     task = asyncio.create_task(w.informer.run())
     await w.informer.synced.wait()
     return w, task

@@ -29,9 +29,10 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from podgate import __version__
-from podgate.kube.client import STRATEGIC_MERGE, ApiException, api_client, call, status_of
+from podgate.kube.api import PODS, Obj
+from podgate.kube.client import STRATEGIC_MERGE, ApiException, ApiKube, api_client, call, status_of
 from podgate.kube.events import EventRecorder, now_micro, now_rfc3339
-from podgate.kube.informer import EventType, Informer, Obj, key_of, resource_version
+from podgate.kube.informer import EventType, Informer, key_of, resource_version
 from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
 from podgate.model.probes import ProbeSpec, ProbeSpecError, ProbeState, observe, parse_probe, resolve_port
@@ -344,9 +345,9 @@ class NodeAgent:
         self.log_dir = log_dir
         self.run_commands = run_commands
         self.workers: dict[str, PodWorker] = {}
-        self.informer = Informer(self.core.list_pod_for_all_namespaces, name="pods")
+        self.informer: Informer[Obj] = Informer(ApiKube(api), PODS)
         self.informer.add_handler(self._on_pod)
-        self.recorder = EventRecorder(api, COMPONENT, node_name)
+        self.recorder = EventRecorder(ApiKube(api), COMPONENT, node_name)
         # Dedup, and one writer per pod at a time: two concurrent PATCHes of one pod could land
         # out of order and leave an older status (seen: ContainersReady flapping back to False).
         self._dirty = WorkQueue(base_delay=1.0, max_delay=10.0, rate=500, burst=1000, name="pod-status")

@@ -25,7 +25,8 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from podgate.kube.client import call
+from podgate.kube.api import PODS, Kube
+from podgate.kube.client import ApiKube, call
 from podgate.kube.informer import Informer
 from podgate.providers.haproxy_config import target_of_server
 from podgate.providers.haproxy_runtime import Runtime
@@ -81,9 +82,9 @@ class RoundResult:
 class Watch:
     """ContainersReady and gate-True times of the namespace's pods."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str) -> None:
-        self.informer = Informer(
-            lambda **kw: core.list_namespaced_pod(namespace, **kw), name=f"rollout {namespace}"
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.informer: Informer[dict[str, Any]] = Informer(
+            kube, PODS, namespace=namespace, name=f"rollout {namespace}"
         )
         self.containers_ready: dict[str, float] = {}
         self.gate_true: dict[str, float] = {}
@@ -113,6 +114,7 @@ class RolloutLab:
         prefix: str = "rollout",
     ) -> None:
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
+        self.kube = ApiKube(api)
         self.runtime = Runtime(runtime_socket)
         self.replicas, self.interval, self.rise, self.rate = replicas, interval, rise, rate
         self.prefix = prefix
@@ -133,7 +135,7 @@ class RolloutLab:
         s, ns = self.scenarios[name], self.namespace(name)
         labels = {"podgate.dev/pod-readiness-gate-inject": "enabled"} if s.gated else {}
         await call(self.core.create_namespace, {"metadata": {"name": ns, "labels": labels}})
-        watch = Watch(self.core, ns)
+        watch = Watch(self.kube, ns)
         self._watches[name] = watch
         self._tasks.append(asyncio.create_task(watch.informer.run()))
         await call(

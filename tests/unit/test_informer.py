@@ -1,93 +1,98 @@
-"""The informer's list/watch state machine: resume, relist on 410 Gone, deletions seen in a relist.
-
-The API responses here are canned lines in the wire format of a watch (one JSON event per line);
-the informer against the real API server is exercised by every sandbox test.
-"""
+"""The informer's list/watch state machine: pages, resume, relist on 410 Gone, deletions seen in
+a relist, and our own writes' answers.  The API server is :class:`FakeKube`; the informer against
+the real one is exercised by every sandbox test."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
+from podgate.kube.api import PODS, SERVICES, Gone, PatchType
+from podgate.kube.fake import FakeKube
 from podgate.kube.informer import Informer
+from podgate.model.types import Pod
 
 
-class Content:
-    def __init__(self, lines: list[bytes]) -> None:
-        self._lines = lines
-
-    async def readline(self) -> bytes:
-        if self._lines:
-            return self._lines.pop(0)
-        await asyncio.sleep(3600)  # a watch that stays open
-        return b""
-
-
-class Response:
-    def __init__(self, body: Any = None, lines: list[bytes] | None = None, status: int = 200) -> None:
-        self.status, self.reason = status, "OK"
-        self._body = json.dumps(body).encode() if body is not None else b""
-        self.content = Content(lines or [])
-
-    async def read(self) -> bytes:
-        return self._body
-
-    def release(self) -> None:
-        pass
-
-
-def pod(name: str, rv: str) -> dict[str, Any]:
+def pod(name: str, rv: str = "") -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}}
 
 
-def event(kind: str, obj: dict[str, Any]) -> bytes:
-    return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+async def until(cond: Any) -> None:
+    for _ in range(200):
+        if cond():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("timed out")
+
+
+async def test_lists_in_pages_then_watches_from_the_lists_version() -> None:
+    kube = FakeKube()
+    for i in range(5):
+        kube.add(PODS, pod(f"p{i}"))
+    pages: list[str | None] = []
+    real_list = kube.list
+
+    async def counting_list(*args: Any, **kw: Any) -> Any:
+        pages.append(kw.get("continue_"))
+        return await real_list(*args, **kw)
+
+    kube.list = counting_list  # type: ignore[method-assign]
+    inf: Informer[Pod] = Informer(kube, PODS, page_size=2)
+    seen: list[tuple[str, str]] = []
+    inf.add_handler(lambda kind, obj, old: seen.append((kind, obj["metadata"]["name"])))
+    task = asyncio.create_task(inf.run())
+    await until(lambda: inf.synced.is_set())
+    assert pages == [None, "2", "4"] and len(inf.cache) == 5
+    assert inf.cache["ns/p0"]["kind"] == "Pod"  # list items get their kind back
+    await kube.patch(PODS, "p1", {"metadata": {"labels": {"a": "b"}}}, "ns", patch_type=PatchType.MERGE)
+    await until(lambda: ("MODIFIED", "p1") in seen)
+    task.cancel()
 
 
 async def test_relist_after_410_and_resume() -> None:
-    calls: list[dict[str, Any]] = []
-    script = [
-        Response({"kind": "PodList", "metadata": {"resourceVersion": "10"}, "items": [pod("a", "9")]}),
-        Response(
-            lines=[
-                event("MODIFIED", pod("a", "11")),
-                event("BOOKMARK", {"metadata": {"resourceVersion": "12"}}),
-                event("ERROR", {"code": 410, "message": "too old resource version: 12"}),
-            ]
-        ),
-        Response({"kind": "PodList", "metadata": {"resourceVersion": "20"}, "items": [pod("b", "19")]}),
-        Response(lines=[event("ADDED", pod("c", "21"))]),
-    ]
-
-    async def list_fn(**kw: Any) -> Response:
-        calls.append(kw)
-        return script.pop(0)
-
+    kube = FakeKube()
+    kube.add(PODS, pod("a"))
     seen: list[tuple[str, str]] = []
-    inf = Informer(list_fn, name="pods")
+    inf: Informer[Pod] = Informer(kube, PODS, watch_timeout=0)  # every watch ends at once
     inf.add_handler(lambda kind, obj, old: seen.append((kind, obj["metadata"]["name"])))
     task = asyncio.create_task(inf.run())
-    for _ in range(100):
-        if "ns/c" in inf.cache:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: inf.synced.is_set())
+    listed_at = inf.resource_version
+    await kube.patch(PODS, "a", {"metadata": {"labels": {"x": "1"}}}, "ns", patch_type=PatchType.MERGE)
+    await until(lambda: ("MODIFIED", "a") in seen)
+    assert inf.relists == 1 and inf.resource_version != listed_at  # resumed, not relisted
+    await kube.delete(PODS, "a", "ns", grace_period_seconds=0)
+    kube.add(PODS, pod("b"))
+    kube.compact()  # the informer's version is gone: only a relist sees b and a's deletion
+    kube.add(PODS, pod("c"))
+    await until(lambda: "ns/c" in inf.cache)
     task.cancel()
     assert seen == [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a"), ("ADDED", "b"), ("ADDED", "c")]
     assert set(inf.cache) == {"ns/b", "ns/c"}
     assert inf.relists == 2
-    assert calls[1]["watch"] is True and calls[1]["resource_version"] == "10"  # resumes from the list
-    assert "watch" not in calls[2]  # 410: a fresh list, not a watch from a stale version
-    assert calls[3]["resource_version"] == "20"
-    assert inf.cache["ns/b"]["kind"] == "Pod"  # list items get their kind back
+
+
+async def test_a_watch_error_that_is_not_gone_backs_off_and_resumes() -> None:
+    kube = FakeKube()
+    inf: Informer[Pod] = Informer(kube, SERVICES, max_backoff=0.01)
+    calls = 0
+
+    async def broken(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise Gone("too old") if calls > 1 else RuntimeError("connection reset")
+        yield  # an async generator, as the real watch is
+
+    kube.watch = broken  # type: ignore[method-assign]
+    task = asyncio.create_task(inf.run())
+    await until(lambda: inf.relists >= 2)
+    task.cancel()
+    assert calls >= 2
 
 
 async def test_update_if_newer_never_goes_back() -> None:
-    async def never(**kw: Any) -> Response:
-        raise AssertionError("not called")
-
-    inf = Informer(never, name="pods")
-    inf.cache["ns/a"] = pod("a", "5")
+    inf: Informer[Pod] = Informer(FakeKube(), PODS)
+    inf.cache["ns/a"] = pod("a", "5")  # type: ignore[assignment]
     inf.update_if_newer(pod("a", "4"))
     assert inf.cache["ns/a"]["metadata"]["resourceVersion"] == "5"
     inf.update_if_newer(pod("a", "6"))
@@ -102,11 +107,7 @@ async def test_a_change_that_arrives_in_our_own_writes_answer_is_emitted() -> No
     """Another writer's update (RV 6) lands between our read (RV 5) and our write (answer RV 7):
     its watch event comes after our answer is cached and is dropped as older, so caching the
     answer is what tells the handlers of the change."""
-
-    async def never(**kw: Any) -> Response:
-        raise AssertionError("not called")
-
-    inf = Informer(never, name="pods")
+    inf: Informer[Any] = Informer(FakeKube(), PODS)
     inf.cache["ns/a"] = {**pod("a", "5"), "status": {"ready": False}}
     seen: list[tuple[str, str, Any]] = []
     inf.add_handler(lambda kind, obj, old: seen.append((kind, obj["metadata"]["resourceVersion"], old)))
@@ -121,13 +122,9 @@ async def test_a_change_that_arrives_in_our_own_writes_answer_is_emitted() -> No
 async def test_our_answer_never_brings_back_what_the_watch_deleted() -> None:
     """Removing the last finalizer deletes the object: its DELETED event and our write's answer
     race; whichever comes first, the cache must not hold the object afterwards."""
-
-    async def never(**kw: Any) -> Response:
-        raise AssertionError("not called")
-
     gone = {**pod("a", "9"), "metadata": {**pod("a", "9")["metadata"], "deletionTimestamp": "now"}}
     for order in ("deleted first", "answer first"):
-        inf = Informer(never, name="services")
+        inf: Informer[Any] = Informer(FakeKube(), SERVICES)
         inf.cache["ns/a"] = pod("a", "8")
         if order == "deleted first":
             inf._apply({"type": "DELETED", "object": gone})

@@ -7,15 +7,16 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
-from kubernetes_asyncio import client
 
-from podgate.kube.client import STRATEGIC_MERGE, ApiException, api_client, call
+from podgate.kube.api import PODS, Kube, NotFound, PatchType, list_all
+from podgate.kube.client import ApiKube, api_client
 from podgate.kube.events import now_rfc3339
 from podgate.model import conditions as c
 from podgate.model import gates, lb, report
+from podgate.model.types import Condition, Pod, pod_conditions, pod_spec
 
 
 class CommandError(Exception):
@@ -39,21 +40,22 @@ def _namespace(args: argparse.Namespace) -> str:
     return "default"
 
 
+async def _read_pod(kube: Kube, namespace: str, name: str) -> Pod:
+    try:
+        return cast(Pod, await kube.get(PODS, name, namespace))
+    except NotFound:
+        raise CommandError(f"pod {namespace}/{name} not found") from None
+
+
 async def _status(args: argparse.Namespace) -> list[dict[str, Any]]:
     api = await api_client(args.kubeconfig)
     try:
-        core = client.CoreV1Api(api)
+        kube = ApiKube(api)
         if args.pod:
-            try:
-                pods = [await call(core.read_namespaced_pod, args.pod, _namespace(args))]
-            except ApiException as e:
-                if e.status == 404:
-                    raise CommandError(f"pod {_namespace(args)}/{args.pod} not found") from None
-                raise
-        elif args.all_namespaces:
-            pods = (await call(core.list_pod_for_all_namespaces)).get("items") or []
+            pods = [await _read_pod(kube, _namespace(args), args.pod)]
         else:
-            pods = (await call(core.list_namespaced_pod, _namespace(args))).get("items") or []
+            namespace = None if args.all_namespaces else _namespace(args)
+            pods = [cast(Pod, p) for p in (await list_all(kube, PODS, namespace))["items"]]
     finally:
         await api.close()
     now = datetime.now(UTC)
@@ -109,37 +111,27 @@ async def _gate_set(args: argparse.Namespace) -> str:
     ns = _namespace(args)
     api = await api_client(args.kubeconfig)
     try:
-        core = client.CoreV1Api(api)
-        try:
-            pod = await call(core.read_namespaced_pod, args.pod, ns)
-        except ApiException as e:
-            if e.status == 404:
-                raise CommandError(f"pod {ns}/{args.pod} not found") from None
-            raise
-        wanted = c.readiness_gates(pod.get("spec") or {})
+        kube = ApiKube(api)
+        pod = await _read_pod(kube, ns, args.pod)
+        wanted = c.readiness_gates(pod_spec(pod))
         if args.condition_type not in wanted and not args.force:
             have = ", ".join(wanted) or "none"
             raise CommandError(
                 f"pod {ns}/{args.pod} has no readiness gate {args.condition_type} (its gates: {have}); "
                 "--force sets the condition anyway"
             )
-        desired: Any = {
+        desired: Condition = {
             "type": args.condition_type,
             "status": args.status,
             "reason": args.reason or ("SetByHand" if args.status == c.TRUE else "SetFalseByHand"),
             "message": args.message or "set with podgate gate set",
         }
-        current = c.find((pod.get("status") or {}).get("conditions"), args.condition_type)
+        current = c.find(pod_conditions(pod), args.condition_type)
         write = lb.next_condition(current, desired, sticky=False, now=now_rfc3339())
         if write is None:
             return f"pod/{args.pod} {args.condition_type} is already {args.status}: unchanged"
-        await call(
-            core.patch_namespaced_pod_status,
-            args.pod,
-            ns,
-            {"metadata": {"uid": pod["metadata"]["uid"]}, "status": {"conditions": [write]}},
-            _content_type=STRATEGIC_MERGE,
-        )
+        patch: Pod = {"metadata": {"uid": pod["metadata"]["uid"]}, "status": {"conditions": [write]}}
+        await kube.patch(PODS, args.pod, patch, ns, patch_type=PatchType.STRATEGIC, subresource="status")
         return f"pod/{args.pod} {args.condition_type}={args.status} (reason {write['reason']})"
     finally:
         await api.close()

@@ -16,30 +16,28 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client
 
 from podgate.controller.gatewriter import GateWriter
-from podgate.kube.client import MERGE_PATCH, call
+from podgate.kube.api import Kube, Obj, PatchType, Resource
 from podgate.kube.events import EventRecorder, now_rfc3339
-from podgate.kube.informer import EventType, Informer, Obj
+from podgate.kube.informer import EventType, Informer
 from podgate.model import checks as chk
 from podgate.model import conditions as cond
 from podgate.model.probes import ProbeSpecError, ProbeState, observe, resolve_port
+from podgate.model.types import Pod, is_terminating, meta_of, pod_conditions, pod_ip, pod_spec
 
 log = logging.getLogger(__name__)
 Pair = tuple[str, str]  # (check key, pod key)
 
 
-def checks_informer(api: client.ApiClient) -> Informer:
-    custom = client.CustomObjectsApi(api)
-
-    def list_checks(**kw: Any) -> Any:
-        return custom.list_cluster_custom_object(chk.GROUP, chk.VERSION, chk.PLURAL, **kw)
-
-    return Informer(list_checks, name="readinesschecks")
+READINESS_CHECKS = Resource(chk.GROUP, chk.VERSION, chk.PLURAL, chk.KIND)
 
 
-def parsed_checks(informer: Informer) -> list[chk.CheckSpec]:
+def checks_informer(kube: Kube) -> Informer[Obj]:
+    return Informer(kube, READINESS_CHECKS)
+
+
+def parsed_checks(informer: Informer[Obj]) -> list[chk.CheckSpec]:
     """Every usable ReadinessCheck in the cache (for the webhook's injection)."""
     out = []
     for obj in informer.cache.values():
@@ -51,14 +49,14 @@ def parsed_checks(informer: Informer) -> list[chk.CheckSpec]:
 class CheckRunner:
     def __init__(
         self,
-        api: client.ApiClient,
-        pods: Informer,
-        checks: Informer,
+        kube: Kube,
+        pods: Informer[Pod],
+        checks: Informer[Obj],
         gates: GateWriter,
         recorder: EventRecorder,
         concurrency: int = 64,
     ) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.kube = kube
         self.pods, self.checks, self.gates, self.recorder = pods, checks, gates, recorder
         self.sem = asyncio.Semaphore(concurrency)
         self.tasks: dict[Pair, tuple[str, asyncio.Task[None]]] = {}  # pair → (check version, task)
@@ -69,7 +67,7 @@ class CheckRunner:
         pods.add_handler(self._on_change)
         checks.add_handler(self._on_change)
 
-    def _on_change(self, kind: EventType, obj: Obj, old: Obj | None) -> None:
+    def _on_change(self, kind: EventType, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
         self._dirty.set()
 
     async def run(self) -> None:
@@ -91,9 +89,9 @@ class CheckRunner:
         wanted: dict[Pair, str] = {}
         for pod_key, pod in list(self.pods.cache.items()):
             meta = pod["metadata"]
-            if meta.get("deletionTimestamp") or not (pod.get("status") or {}).get("podIP"):
+            if is_terminating(pod) or not pod_ip(pod):
                 continue
-            for gate in cond.readiness_gates(pod.get("spec") or {}):
+            for gate in cond.readiness_gates(pod_spec(pod)):
                 name = chk.check_of_gate(gate)
                 if name is None:
                     continue
@@ -119,7 +117,7 @@ class CheckRunner:
             if pair not in self.tasks:
                 self.tasks[pair] = (version, asyncio.create_task(self._loop(pair), name=f"check {pair}"))
 
-    async def _fail(self, pod: Obj, gate: str, reason: str, message: str) -> None:
+    async def _fail(self, pod: Pod, gate: str, reason: str, message: str) -> None:
         """A gate whose check cannot run: False with why (sticky: a True gate stays True)."""
         await self.gates.write(
             pod, {"type": gate, "status": cond.FALSE, "reason": reason, "message": message}, sticky=True
@@ -133,9 +131,10 @@ class CheckRunner:
         await asyncio.sleep(spec.period * offset / 1000)
         state, sticky = ProbeState(), spec.mode == "startup"
         while True:
-            pod = self.pods.get(pod_key) or {}
-            if not pod or pod["metadata"].get("deletionTimestamp"):
+            current = self.pods.get(pod_key)
+            if current is None or is_terminating(current):
                 return
+            pod = current
             async with self.sem:
                 ok, detail = await self._run(spec, pod)
             state = observe(state, spec, ok)
@@ -146,9 +145,9 @@ class CheckRunner:
                 return  # startup mode: True stays True, nothing more to check
             await asyncio.sleep(spec.period)
 
-    async def _run(self, spec: chk.CheckSpec, pod: Mapping[str, Any]) -> tuple[bool, str]:
+    async def _run(self, spec: chk.CheckSpec, pod: Pod) -> tuple[bool, str]:
         """One check; (passed, what it saw in words)."""
-        ip = (pod.get("status") or {}).get("podIP")
+        ip = pod_ip(pod)
         check = spec.check
         try:
             if isinstance(check, chk.PrometheusCheck):
@@ -208,11 +207,9 @@ class CheckRunner:
         gate = chk.check_gate(name)
         passing = pending = 0
         for pod in self.pods.cache.values():
-            if pod["metadata"].get("namespace") != ns or gate not in cond.readiness_gates(
-                pod.get("spec") or {}
-            ):
+            if meta_of(pod).get("namespace") != ns or gate not in cond.readiness_gates(pod_spec(pod)):
                 continue
-            c = cond.find((pod.get("status") or {}).get("conditions"), gate)
+            c = cond.find(pod_conditions(pod), gate)
             if c is not None and c.get("status") == cond.TRUE:
                 passing += 1
             else:
@@ -236,25 +233,23 @@ class CheckRunner:
         usable["lastTransitionTime"] = (
             str(old.get("lastTransitionTime")) if old.get("status") == usable["status"] else now_rfc3339()
         )
-        await call(
-            self.custom.patch_namespaced_custom_object_status,
-            chk.GROUP,
-            chk.VERSION,
-            ns,
-            chk.PLURAL,
+        await self.kube.patch(
+            READINESS_CHECKS,
             name,
             {"status": {"passing": passing, "pending": pending, "conditions": [usable]}},
-            _content_type=MERGE_PATCH,
+            ns,
+            patch_type=PatchType.MERGE,
+            subresource="status",
         )
         self._status_written[key] = mark
         if usable["status"] == "False":
             self.recorder.emit_later(obj, "ReadinessCheck", "InvalidSpec", usable["message"], "Warning")
 
 
-def _port(port: int | str, pod: Mapping[str, Any]) -> int:
+def _port(port: int | str, pod: Pod) -> int:
     if isinstance(port, int) or str(port).isdigit():
         return int(port)
-    for container in (pod.get("spec") or {}).get("containers") or ():
+    for container in pod_spec(pod).get("containers") or ():
         with contextlib.suppress(ProbeSpecError):
             return resolve_port(port, container)
     raise chk.CheckSpecError(f"no container of the pod has a port named {port!r}")

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import time
 
-from kubernetes_asyncio import client
-
 from podgate.controller import metrics
-from podgate.kube.client import STRATEGIC_MERGE, ApiException, call
+from podgate.kube.api import PODS, Conflict, Invalid, Kube, NotFound, PatchType
 from podgate.kube.events import EventRecorder, now_rfc3339
-from podgate.kube.informer import Informer, Obj
+from podgate.kube.informer import Informer
 from podgate.model import conditions as cond
 from podgate.model import lb
-from podgate.model.types import Condition
+from podgate.model.types import Condition, Pod, pod_conditions
 
 #: reasons that are a problem someone should look at (Warning Events), not progress
 WARNING_REASONS = frozenset(
@@ -35,40 +33,40 @@ WARNING_REASONS = frozenset(
 
 
 class GateWriter:
-    def __init__(self, api: client.ApiClient, pods: Informer, recorder: EventRecorder) -> None:
-        self.core = client.CoreV1Api(api)
+    def __init__(self, kube: Kube, pods: Informer[Pod], recorder: EventRecorder) -> None:
+        self.kube = kube
         self.pods, self.recorder = pods, recorder
         #: when each (pod uid, gate) was first seen pending, and first seen registered in the
         #: load balancer: the phases of time-to-ready
         self.pending_since: dict[tuple[str, str], float] = {}
         self.registered_at: dict[tuple[str, str], float] = {}
 
-    def registered(self, pod: Obj, gate: str) -> None:
+    def registered(self, pod: Pod, gate: str) -> None:
         self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())
 
-    async def write(self, pod: Obj, desired: Condition, *, sticky: bool, minimum: float = 0.0) -> bool:
+    async def write(self, pod: Pod, desired: Condition, *, sticky: bool, minimum: float = 0.0) -> bool:
         """Write the condition if it changed; True if it did.  ``minimum`` is the load
         balancer's own floor (rise × interval) for the time-to-ready ratio metric."""
         meta = pod["metadata"]
-        current = cond.find((pod.get("status") or {}).get("conditions"), desired["type"])
+        current = cond.find(pod_conditions(pod), desired["type"])
         write = lb.next_condition(current, desired, sticky, now_rfc3339())
         marker = (meta["uid"], desired["type"])
         if desired["status"] != cond.TRUE and marker not in self.pending_since:
             self.pending_since[marker] = time.monotonic()
         if write is None:
             return False
+        patch: Pod = {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [write]}}
         try:
-            updated = await call(
-                self.core.patch_namespaced_pod_status,
+            updated = await self.kube.patch(
+                PODS,
                 meta["name"],
+                patch,
                 meta["namespace"],
-                {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [write]}},
-                _content_type=STRATEGIC_MERGE,
+                patch_type=PatchType.STRATEGIC,
+                subresource="status",
             )
-        except ApiException as e:
-            if e.status in (404, 409, 422):  # pod gone or replaced: the next event brings the truth
-                return False
-            raise
+        except (NotFound, Conflict, Invalid):  # pod gone or replaced: the next event brings the truth
+            return False
         self.pods.update_if_newer(updated)
         metrics.GATE_TRANSITIONS.labels(write["status"], write.get("reason") or "").inc()
         if write["status"] == cond.TRUE:
@@ -89,7 +87,7 @@ class GateWriter:
         return True
 
     def _ready(
-        self, pod: Obj, marker: tuple[str, str], desired: Condition, write: Condition, minimum: float
+        self, pod: Pod, marker: tuple[str, str], desired: Condition, write: Condition, minimum: float
     ) -> None:
         since = self.pending_since.pop(marker, None)
         registered = self.registered_at.pop(marker, None)

@@ -21,12 +21,15 @@ from podgate.controller import metrics
 from podgate.controller.checks import CheckRunner, checks_informer, parsed_checks
 from podgate.controller.reconciler import ServiceReconciler, services_for_event
 from podgate.controller.settings import ControllerSettings
+from podgate.kube.api import NAMESPACES, PODS, SERVICES
+from podgate.kube.client import ApiKube
 from podgate.kube.events import EventRecorder
-from podgate.kube.informer import EventType, Informer, Obj, key_of
+from podgate.kube.informer import EventType, Informer, key_of
 from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
+from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
@@ -74,17 +77,16 @@ class Controller:
         providers: Mapping[str, Provider] | None = None,
     ) -> None:
         self.settings = settings
-        self.api = api
-        core = client.CoreV1Api(api)
-        self.pods = Informer(core.list_pod_for_all_namespaces, name="pods")
-        self.services = Informer(core.list_service_for_all_namespaces, name="services")
-        self.namespaces = Informer(core.list_namespace, name="namespaces")
-        self.checks = checks_informer(api)
+        self.kube = ApiKube(api)
+        self.pods: Informer[Pod] = Informer(self.kube, PODS)
+        self.services: Informer[Service] = Informer(self.kube, SERVICES)
+        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES)
+        self.checks = checks_informer(self.kube)
         self.providers = dict(providers) if providers is not None else build_providers(settings)
-        self.recorder = EventRecorder(api, "podgate")
+        self.recorder = EventRecorder(self.kube, "podgate")
         instrumented = {n: metrics.instrumented(p) for n, p in self.providers.items()}
         self.reconciler = ServiceReconciler(
-            api,
+            self.kube,
             self.pods,
             self.services,
             self.namespaces,
@@ -95,11 +97,13 @@ class Controller:
             sticky=not settings.continuous,
             adopted_prefixes=settings.adopt_gate_prefixes,
         )
-        self.check_runner = CheckRunner(api, self.pods, self.checks, self.reconciler.gates, self.recorder)
+        self.check_runner = CheckRunner(
+            self.kube, self.pods, self.checks, self.reconciler.gates, self.recorder
+        )
         self.queue = WorkQueue(name="services")
         self.elector = (
             LeaderElector(
-                api,
+                self.kube,
                 settings.leader_election_namespace,
                 settings.leader_election_name,
                 settings.identity,
@@ -120,7 +124,7 @@ class Controller:
         self.provider_ok: dict[str, bool] = {}
 
     # -- event handlers: enqueue keys, nothing else --------------------------------------------
-    def _on_pod(self, kind: EventType, pod: Obj, old: Obj | None) -> None:
+    def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
         if old is not None and kind == "MODIFIED" and not _pod_change_matters(pod, old):
             return
         for key in services_for_event(
@@ -128,21 +132,21 @@ class Controller:
         ):
             self.queue.add(key)
 
-    def _on_service(self, kind: EventType, svc: Obj, old: Obj | None) -> None:
+    def _on_service(self, kind: EventType, svc: Service, old: Service | None) -> None:
         if (
             old is not None
             and kind == "MODIFIED"
             and old.get("spec") == svc.get("spec")
-            and old["metadata"].get("annotations") == svc["metadata"].get("annotations")
-            and old["metadata"].get("deletionTimestamp") == svc["metadata"].get("deletionTimestamp")
+            and meta_of(old).get("annotations") == meta_of(svc).get("annotations")
+            and meta_of(old).get("deletionTimestamp") == meta_of(svc).get("deletionTimestamp")
         ):
             return  # a status-only change (ours): nothing to do
         self.queue.add(key_of(svc))
 
-    def _on_namespace(self, kind: EventType, ns: Obj, old: Obj | None) -> None:
+    def _on_namespace(self, kind: EventType, ns: Namespace, old: Namespace | None) -> None:
         name = ns["metadata"]["name"]
         for key, svc in self.services.cache.items():
-            if svc["metadata"].get("namespace") == name:
+            if meta_of(svc).get("namespace") == name:
                 self.queue.add(key)
 
     # -- run ----------------------------------------------------------------------------------
@@ -214,7 +218,7 @@ class Controller:
         for key in self.services.cache:
             self.queue.add(key)
         for pod in self.pods.cache.values():
-            for g in cond.readiness_gates(pod.get("spec") or {}):
+            for g in cond.readiness_gates(pod_spec(pod)):
                 svc = gates.service_of_gate(g, self.settings.adopt_gate_prefixes)
                 if svc:
                     self.queue.add(f"{pod['metadata']['namespace']}/{svc}")
@@ -303,24 +307,23 @@ async def _raise_when(event: asyncio.Event) -> None:
     raise SteppedDown("lost the leader lease; stopping so no two replicas ever reconcile at once")
 
 
-def _pod_change_matters(pod: Obj, old: Obj) -> bool:
+def _pod_change_matters(pod: Pod, old: Pod) -> bool:
     """Pod updates that can change targets or gates.  A gate status podgate wrote itself counts
     too (its answer is emitted by the informer): one more pass, which writes nothing new."""
 
-    def view(p: Obj) -> tuple[Any, ...]:
-        st = p.get("status") or {}
+    def view(p: Pod) -> tuple[Any, ...]:
         conds = {
             c["type"]: c.get("status")
-            for c in st.get("conditions") or ()
+            for c in pod_conditions(p)
             if c["type"] in (cond.CONTAINERS_READY, cond.READY)
             or c["type"].startswith(gates.SERVICE_GATE_PREFIX)
         }
         return (
-            p["metadata"].get("labels"),
-            p["metadata"].get("deletionTimestamp"),
-            st.get("podIP"),
+            meta_of(p).get("labels"),
+            meta_of(p).get("deletionTimestamp"),
+            pod_ip(p),
             sorted(conds.items()),
-            (p.get("spec") or {}).get("readinessGates"),
+            pod_spec(p).get("readinessGates"),
         )
 
     return view(pod) != view(old)
@@ -371,5 +374,5 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
             service=service_ref,
             skip_label_value=settings.skip_label_value,
         )
-        await webhook.register(controller.api, body)
+        await webhook.register(controller.kube, body)
     return runners

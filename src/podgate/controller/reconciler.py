@@ -12,17 +12,28 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from kubernetes_asyncio import client
+from typing import Any, cast
 
 from podgate.controller.gatewriter import GateWriter
-from podgate.kube.client import MERGE_PATCH, STRATEGIC_MERGE, call
+from podgate.kube.api import SERVICES, Kube, PatchType
 from podgate.kube.events import EventRecorder
-from podgate.kube.informer import Informer, Obj
+from podgate.kube.informer import Informer
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
-from podgate.model.types import Condition
+from podgate.model.types import (
+    Condition,
+    Namespace,
+    Pod,
+    Service,
+    ingress,
+    is_terminating,
+    labels,
+    meta_of,
+    pod_conditions,
+    pod_ip,
+    pod_spec,
+    selector_of,
+)
 from podgate.providers.base import Provider, ProviderError, TargetState
 
 log = logging.getLogger(__name__)
@@ -40,10 +51,10 @@ class Outcome:
 class ServiceReconciler:
     def __init__(
         self,
-        api: client.ApiClient,
-        pods: Informer,
-        services: Informer,
-        namespaces: Informer,
+        kube: Kube,
+        pods: Informer[Pod],
+        services: Informer[Service],
+        namespaces: Informer[Namespace],
         providers: Mapping[str, Provider],
         default_provider: str,
         recorder: EventRecorder,
@@ -52,7 +63,7 @@ class ServiceReconciler:
         sticky: bool = True,
         adopted_prefixes: Sequence[str] = (),
     ) -> None:
-        self.core = client.CoreV1Api(api)
+        self.kube = kube
         self.pods, self.services, self.namespaces = pods, services, namespaces
         self.providers = providers
         self.default_provider = default_provider
@@ -65,7 +76,7 @@ class ServiceReconciler:
         self._missing_gate_counts: dict[str, int] = {}
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
-        self.gates = GateWriter(api, pods, recorder)
+        self.gates = GateWriter(kube, pods, recorder)
 
     # -- helpers ------------------------------------------------------------------------------
     def handled(self, service: Mapping[str, Any]) -> bool:
@@ -74,15 +85,14 @@ class ServiceReconciler:
         except lb.ServiceConfigError:
             return True  # handled, and its pods must hear why it cannot be served
 
-    def pods_in(self, namespace: str) -> list[Obj]:
-        return [p for p in self.pods.cache.values() if p["metadata"].get("namespace") == namespace]
+    def pods_in(self, namespace: str) -> list[Pod]:
+        return [p for p in self.pods.cache.values() if meta_of(p).get("namespace") == namespace]
 
     def injection_enabled(self, namespace: str) -> bool:
         ns = self.namespaces.get(namespace)
-        labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
-        return labels.get(gates.INJECT_LABEL) == "enabled"
+        return ns is not None and labels(ns).get(gates.INJECT_LABEL) == "enabled"
 
-    def address_for(self, key: str, service: Mapping[str, Any]) -> str | None:
+    def address_for(self, key: str, service: Service) -> str | None:
         """The Service's load-balancer address: kept from its status, else the next free one."""
         if self.net is None:
             return None
@@ -105,11 +115,7 @@ class ServiceReconciler:
         namespace, name = key.split("/", 1)
         gate = gates.service_gate(name)
         service = self.services.get(key)
-        gated = [
-            p
-            for p in self.pods_in(namespace)
-            if self._gate_types_on(p, name) and not p["metadata"].get("deletionTimestamp")
-        ]
+        gated = [p for p in self.pods_in(namespace) if self._gate_types_on(p, name) and not is_terminating(p)]
         out = Outcome()
         if service is None:
             await self._release(key)
@@ -121,7 +127,7 @@ class ServiceReconciler:
                     ),
                 )
             return out
-        deleting = bool(service["metadata"].get("deletionTimestamp"))
+        deleting = is_terminating(service)
         try:
             provider_name = lb.provider_for(service, self.default_provider, self.providers)
             pools = (
@@ -147,7 +153,7 @@ class ServiceReconciler:
                         f"Service {namespace}/{name} is being deleted"
                         if deleting
                         else f"Service {namespace}/{name} is not load-balanced "
-                        f"(type {service['spec'].get('type')}, "
+                        f"(type {(service.get('spec') or {}).get('type')}, "
                         f"no {gates.PROVIDER_ANNOTATION} annotation)",
                     ),
                 )
@@ -167,10 +173,10 @@ class ServiceReconciler:
     async def _reconcile_pools(
         self,
         key: str,
-        service: Obj,
+        service: Service,
         provider: Provider,
         pools: list[lb.PoolSpec],
-        gated: list[Obj],
+        gated: list[Pod],
         gate: str,
         out: Outcome,
     ) -> None:
@@ -186,7 +192,7 @@ class ServiceReconciler:
             service = await self._set_finalizer(service, True)
         if address:
             await self._publish_address(service, address)
-        selector = (service.get("spec") or {}).get("selector") or {}
+        selector = selector_of(service)
         pods = self.pods_in(namespace)
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
@@ -231,7 +237,7 @@ class ServiceReconciler:
                             pk,
                             p["metadata"].get("resourceVersion"),
                             p["metadata"].get("deletionTimestamp"),
-                            [(c["type"], c["status"]) for c in p["status"].get("conditions", [])],
+                            [(c["type"], c["status"]) for c in pod_conditions(p)],
                         )
                 present = await provider.pool.targets(pool)
             if any(st.admin == "drain" for st in present.values()):
@@ -281,14 +287,14 @@ class ServiceReconciler:
         return done
 
     async def _let_go(
-        self, key: str, service: Obj, provider: Provider | None, pools: Sequence[lb.PoolSpec]
+        self, key: str, service: Service, provider: Provider | None, pools: Sequence[lb.PoolSpec]
     ) -> None:
         """The Service is being deleted or no longer names a provider: its pods leave the load
         balancer, then podgate's finalizer goes.  A transient cloud error keeps the finalizer
         (retried, with a Warning saying how to let go); a permanent one (the group is gone or
         never suited) lets go with a Warning, so no deletion waits for ever."""
-        held = lb.TARGETS_FINALIZER in (service["metadata"].get("finalizers") or ())
-        deleting = bool(service["metadata"].get("deletionTimestamp"))
+        held = lb.TARGETS_FINALIZER in (meta_of(service).get("finalizers") or ())
+        deleting = is_terminating(service)
         try:
             if held and deleting and provider is not None and provider.binding is not None:
                 # after a restart the provider may not know the groups yet: bind them again
@@ -312,38 +318,37 @@ class ServiceReconciler:
             )
         await self._set_finalizer(service, False)
 
-    async def _set_finalizer(self, service: Obj, present: bool) -> Obj:
-        """Add or remove podgate's finalizer (see ``lb.TARGETS_FINALIZER``); the Service as it
-        is afterwards."""
+    async def _set_finalizer(self, service: Service, present: bool) -> Service:
+        """Add or remove podgate's finalizer (see ``lb.TARGETS_FINALIZER``) by strategic merge,
+        item by item; the Service as it is afterwards."""
         patch = lb.finalizers_patch(service, present)
         if patch is None:
             return service
+        return await self._patch_service(service, patch, PatchType.STRATEGIC)
+
+    async def _patch_service(
+        self,
+        service: Service,
+        patch: Mapping[str, Any],
+        patch_type: PatchType,
+        subresource: str | None = None,
+    ) -> Service:
+        """Patch the Service and put the answer in the cache ahead of its watch event."""
         meta = service["metadata"]
-        updated: Obj = await call(
-            self.core.patch_namespaced_service,
-            meta["name"],
-            meta["namespace"],
-            patch,
-            _content_type=STRATEGIC_MERGE,
+        updated = await self.kube.patch(
+            SERVICES, meta["name"], patch, meta["namespace"], patch_type=patch_type, subresource=subresource
         )
         self.services.update_if_newer(updated)
-        return updated
+        return cast(Service, updated)
 
-    async def _publish_address(self, service: Obj, address: str) -> None:
+    async def _publish_address(self, service: Service, address: str) -> None:
         if _ingress_ip(service) == address:
             return
-        meta = service["metadata"]
-        updated = await call(
-            self.core.patch_namespaced_service_status,
-            meta["name"],
-            meta["namespace"],
-            {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}},
-            _content_type=MERGE_PATCH,
-        )
-        self.services.update_if_newer(updated)
+        status: Service = {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}}
+        await self._patch_service(service, status, PatchType.MERGE, "status")
         self.recorder_emit(service, "Service", "EnsuredLoadBalancer", f"Load balancer at {address}")
 
-    async def _release(self, key: str, service: Obj | None = None) -> None:
+    async def _release(self, key: str, service: Service | None = None) -> None:
         for provider in self.providers.values():
             if provider.provisioning is not None:
                 await provider.provisioning.release(key)
@@ -353,28 +358,20 @@ class ServiceReconciler:
             self._addresses.pop(key, None)
         ip = _ingress_ip(service) if service else None
         if service is not None and ip and self.net is not None and addresses.contains(self.net, ip):
-            meta = service["metadata"]
-            updated = await call(
-                self.core.patch_namespaced_service_status,
-                meta["name"],
-                meta["namespace"],
-                {"status": {"loadBalancer": {"ingress": None}}},
-                _content_type=MERGE_PATCH,
-            )
-            self.services.update_if_newer(updated)
+            status: Service = {"status": {"loadBalancer": {"ingress": None}}}
+            await self._patch_service(service, status, PatchType.MERGE, "status")
 
-    async def _report_pods_without_gate(self, key: str, service: Obj, gate: str) -> None:
+    async def _report_pods_without_gate(self, key: str, service: Service, gate: str) -> None:
         """Pods created before their Service get no gate (injection happens at creation only):
         say so on the Service, once per change of the count."""
         namespace = service["metadata"]["namespace"]
         if not self.injection_enabled(namespace):
             return
-        selector = (service.get("spec") or {}).get("selector")
         missing = [
             p
             for p in self.pods_in(namespace)
-            if gates.selector_matches(selector, p["metadata"].get("labels"))
-            and not p["metadata"].get("deletionTimestamp")
+            if gates.selector_matches(selector_of(service), labels(p))
+            and not is_terminating(p)
             and not self._gate_types_on(p, service["metadata"]["name"])
         ]
         if len(missing) != self._missing_gate_counts.get(key, 0):
@@ -391,15 +388,15 @@ class ServiceReconciler:
                 )
 
     # -- gate writes --------------------------------------------------------------------------
-    def _gate_types_on(self, pod: Obj, service: str) -> list[str]:
+    def _gate_types_on(self, pod: Pod, service: str) -> list[str]:
         """The pod's gates for this Service: podgate's own and any adopted vendor's."""
         return [
             g
-            for g in cond.readiness_gates(pod.get("spec") or {})
+            for g in cond.readiness_gates(pod_spec(pod))
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
 
-    async def set_gate(self, pod: Obj, desired: Condition, minimum: float = 0.0) -> None:
+    async def set_gate(self, pod: Pod, desired: Condition, minimum: float = 0.0) -> None:
         """Write the Service's gate condition under each gate type the pod carries for it."""
         service = gates.service_of_gate(desired["type"]) or ""
         for gate_type in self._gate_types_on(pod, service) or [desired["type"]]:
@@ -407,7 +404,9 @@ class ServiceReconciler:
             typed: Condition = {**desired, "type": gate_type}
             await self.gates.write(current, typed, sticky=self.sticky, minimum=minimum)
 
-    def recorder_emit(self, obj: Obj, kind: str, reason: str, message: str, type_: str = "Normal") -> None:
+    def recorder_emit(
+        self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"
+    ) -> None:
         self.recorder.emit_later(obj, kind, reason, message, type_)
 
 
@@ -415,37 +414,36 @@ def _targets(targets: Iterable[lb.Target]) -> str:
     return ",".join(map(str, targets)) or "-"
 
 
-def _ingress_ip(service: Mapping[str, Any] | None) -> str | None:
-    ingress = (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    ip = ingress[0].get("ip") if ingress else None
+def _ingress_ip(service: Service) -> str | None:
+    first = ingress(service)
+    ip = first[0].get("ip") if first else None
     try:
         return str(ipaddress.IPv4Address(ip)) if ip else None
     except ValueError:
         return None
 
 
-def _why_not_target(pod: Obj, selector: Mapping[str, str]) -> str:
-    if not gates.selector_matches(selector, pod["metadata"].get("labels")):
+def _why_not_target(pod: Pod, selector: Mapping[str, str]) -> str:
+    if not gates.selector_matches(selector, labels(pod)):
         return "the Service's selector does not match this pod, so the load balancer will not get it"
-    if not (pod.get("status") or {}).get("podIP"):
+    if not pod_ip(pod):
         return "waiting for the pod's IP"
     return "waiting for the pod's containers to be ready before registering it with the load balancer"
 
 
 def services_for_event(
-    pod: Obj, old: Obj | None, services: Iterable[Obj], adopted_prefixes: Sequence[str] = ()
+    pod: Pod, old: Pod | None, services: Iterable[Service], adopted_prefixes: Sequence[str] = ()
 ) -> set[str]:
     """Service keys a pod event concerns: matching selectors (before or after) and gates."""
-    ns = pod["metadata"].get("namespace")
+    ns = meta_of(pod).get("namespace")
     keys = set()
-    label_sets = [pod["metadata"].get("labels")] + ([old["metadata"].get("labels")] if old else [])
+    label_sets = [labels(pod)] + ([labels(old)] if old else [])
     for s in services:
-        if s["metadata"].get("namespace") != ns:
+        if meta_of(s).get("namespace") != ns:
             continue
-        sel = (s.get("spec") or {}).get("selector")
-        if any(gates.selector_matches(sel, labels) for labels in label_sets):
+        if any(gates.selector_matches(selector_of(s), each) for each in label_sets):
             keys.add(f"{ns}/{s['metadata']['name']}")
-    for g in cond.readiness_gates(pod.get("spec") or {}):
+    for g in cond.readiness_gates(pod_spec(pod)):
         svc = gates.service_of_gate(g, adopted_prefixes)
         if svc:
             keys.add(f"{ns}/{svc}")

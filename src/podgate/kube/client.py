@@ -1,22 +1,30 @@
-"""One place that turns a kubeconfig into an API client, and raw-JSON helpers.
+"""The real :class:`~podgate.kube.api.Kube`: kubernetes_asyncio's ApiClient, raw JSON.
 
 Bodies are handled as plain dicts (``_preload_content=False`` + ``json``): the generated model
-classes cost a lot of CPU at thousands of pods and drop fields they do not know.
+classes cost a lot of CPU at thousands of pods and drop fields they do not know.  That flag
+also skips the client's status check, so every answer's status is checked here.  The client's
+generated methods are not used: one ``call_api`` per verb, on a path built from the
+:class:`~podgate.kube.api.Resource`, keeps auth, TLS and kubeconfig handling from the library.
+
+``call`` is the older helper over a generated method; the sandbox's node agent and the
+benchmarks still use it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-__all__ = ["ApiException", "api_client", "call", "check", "status_of"]
+from podgate.kube.api import ListPage, Obj, PatchBody, PatchType, Resource, WatchEvent, error_for
 
-STRATEGIC_MERGE = "application/strategic-merge-patch+json"
-MERGE_PATCH = "application/merge-patch+json"
+__all__ = ["ApiException", "ApiKube", "api_client", "call", "status_of"]
+
+STRATEGIC_MERGE = PatchType.STRATEGIC.value
+MERGE_PATCH = PatchType.MERGE.value
 
 
 async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -32,6 +40,153 @@ async def api_client(kubeconfig: str | None = None, context: str | None = None) 
     return client.ApiClient(configuration=cfg)
 
 
+class ApiKube:
+    """:class:`~podgate.kube.api.Kube` over an ApiClient (which the caller owns and closes)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any],
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """The raw aiohttp response, its status not checked yet (the caller releases it)."""
+        return await self.api.call_api(
+            path,
+            method,
+            query_params=[(k, v) for k, v in query.items() if v is not None],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """The answer's JSON body, or the typed error of a non-2xx answer."""
+        resp = await self._open(method, path, query or {}, body, content_type)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        if not 200 <= resp.status <= 299:
+            raise error_for(resp.status, resp.reason or "", data)
+        return json.loads(data) if data else None
+
+    async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
+        obj: Obj = await self._request("GET", resource.path(namespace, name))
+        return obj
+
+    async def list(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int | None = None,
+        continue_: str | None = None,
+    ) -> ListPage:
+        body = await self._request(
+            "GET",
+            resource.path(namespace),
+            {
+                "labelSelector": label_selector,
+                "fieldSelector": field_selector,
+                "limit": limit,
+                "continue": continue_,
+            },
+        )
+        meta = body.get("metadata") or {}
+        return {
+            "items": body.get("items") or [],
+            "resourceVersion": meta.get("resourceVersion") or "",
+            "continue_": meta.get("continue") or "",
+        }
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[WatchEvent]:
+        query = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout_seconds,
+            "labelSelector": label_selector,
+            "fieldSelector": field_selector,
+        }
+        resp = await self._open("GET", resource.path(namespace), query)
+        try:
+            if resp.status != 200:
+                raise error_for(resp.status, resp.reason or "", await resp.read())
+            while line := await resp.content.readline():
+                event = json.loads(line)
+                if event["type"] == "ERROR":  # a Status object: 410 when the version is too old
+                    raise error_for(int(event["object"].get("code") or 500), "", event["object"])
+                yield event
+        finally:
+            resp.release()
+
+    async def create(self, resource: Resource, body: Mapping[str, Any], namespace: str | None = None) -> Obj:
+        obj: Obj = await self._request("POST", resource.path(namespace), body=body)
+        return obj
+
+    async def replace(
+        self, resource: Resource, name: str, body: Mapping[str, Any], namespace: str | None = None
+    ) -> Obj:
+        obj: Obj = await self._request("PUT", resource.path(namespace, name), body=body)
+        return obj
+
+    async def patch(
+        self,
+        resource: Resource,
+        name: str,
+        body: PatchBody,
+        namespace: str | None = None,
+        *,
+        patch_type: PatchType,
+        subresource: str | None = None,
+    ) -> Obj:
+        obj: Obj = await self._request(
+            "PATCH", resource.path(namespace, name, subresource), body=body, content_type=patch_type.value
+        )
+        return obj
+
+    async def delete(
+        self,
+        resource: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        uid: str | None = None,
+        grace_period_seconds: int | None = None,
+    ) -> None:
+        options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        await self._request("DELETE", resource.path(namespace, name), body=options)
+
+
+# -- the older helpers, over generated methods (sandbox and benchmarks) ----------------------
 async def call(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
     """Call a generated API method for its raw JSON body, parsed into dicts.
 
@@ -43,15 +198,11 @@ async def call(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> 
         data = await resp.read()
     finally:
         resp.release()
-    check(resp, data)
-    return json.loads(data) if data else None
-
-
-def check(resp: Any, data: bytes = b"") -> None:
     if not 200 <= resp.status <= 299:
         exc = ApiException(status=resp.status, reason=resp.reason)
         exc.body = data
         raise exc
+    return json.loads(data) if data else None
 
 
 def status_of(exc: BaseException) -> int | None:

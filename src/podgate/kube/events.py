@@ -16,9 +16,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio import client
-
-from podgate.kube.client import call
+from podgate.kube.api import EVENTS, Kube, PatchType
+from podgate.model.types import Event, meta_of
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +31,8 @@ def now_micro() -> str:
 
 
 class EventRecorder:
-    def __init__(self, api: client.ApiClient, component: str, host: str | None = None) -> None:
-        self._core = client.CoreV1Api(api)
+    def __init__(self, kube: Kube, component: str, host: str | None = None) -> None:
+        self._kube = kube
         self._component = component
         self._host = host
         self._seen: dict[tuple[str, str, str, str], tuple[str, int, float]] = {}
@@ -60,7 +59,7 @@ class EventRecorder:
     async def emit(
         self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"
     ) -> None:
-        meta = obj["metadata"]
+        meta = meta_of(obj)
         ns = meta.get("namespace") or "default"
         key = (str(meta.get("uid")), reason, message, type_)
         now = now_rfc3339()
@@ -68,13 +67,17 @@ class EventRecorder:
             prior = self._seen.get(key)
             if prior is not None and time.monotonic() - prior[2] < 600:
                 name, count, _ = prior
-                await call(
-                    self._core.patch_namespaced_event, name, ns, {"count": count + 1, "lastTimestamp": now}
+                await self._kube.patch(
+                    EVENTS,
+                    name,
+                    {"count": count + 1, "lastTimestamp": now},
+                    ns,
+                    patch_type=PatchType.STRATEGIC,
                 )
                 self._seen[key] = (name, count + 1, time.monotonic())
                 return
             name = f"{meta['name']}.{uuid.uuid4().hex[:16]}"
-            body = {
+            body: Event = {
                 "metadata": {"name": name, "namespace": ns},
                 "involvedObject": {
                     "kind": kind,
@@ -93,7 +96,7 @@ class EventRecorder:
                 "count": 1,
                 "reportingComponent": self._component,
             }
-            await call(self._core.create_namespaced_event, ns, body)
+            await self._kube.create(EVENTS, body, ns)
             self._seen[key] = (name, 1, time.monotonic())
             if len(self._seen) > 10000:
                 self._seen.clear()

@@ -14,11 +14,10 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import cast
 
-from kubernetes_asyncio import client
-
-from podgate.kube.client import ApiException, call
+from podgate.kube.api import LEASES, Kube, NotFound
+from podgate.model.types import Lease, LeaseSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def _parse(ts: str | None) -> float:
 class LeaderElector:
     def __init__(
         self,
-        api: client.ApiClient,
+        kube: Kube,
         namespace: str,
         name: str,
         identity: str,
@@ -47,7 +46,7 @@ class LeaderElector:
     ) -> None:
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("need retry_period < renew_deadline < lease_duration")
-        self.coord = client.CoordinationV1Api(api)
+        self.kube = kube
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_duration, self.renew_deadline, self.retry_period = (
             lease_duration,
@@ -82,16 +81,13 @@ class LeaderElector:
 
     async def _try_acquire_or_renew(self) -> bool:
         try:
-            lease = await call(self.coord.read_namespaced_lease, self.name, self.namespace)
-        except ApiException as e:
-            if e.status != 404:
-                log.warning("reading lease %s/%s: %s", self.namespace, self.name, e.status)
-                return False
+            lease = cast(Lease, await self.kube.get(LEASES, self.name, self.namespace))
+        except NotFound:
             return await self._create()
         except Exception as e:
             log.warning("reading lease %s/%s: %s", self.namespace, self.name, e)
             return False
-        spec: dict[str, Any] = lease.get("spec") or {}
+        spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
         expires = _parse(spec.get("renewTime")) + float(
             spec.get("leaseDurationSeconds") or self.lease_duration
@@ -99,7 +95,7 @@ class LeaderElector:
         if holder and holder != self.identity and time.time() < expires:
             return False
         now = _now()
-        new_spec = {
+        new_spec: LeaseSpec = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": int(self.lease_duration),
             "renewTime": now,
@@ -107,7 +103,7 @@ class LeaderElector:
             "leaseTransitions": int(spec.get("leaseTransitions") or 0)
             + (0 if holder == self.identity else 1),
         }
-        body = {
+        body: Lease = {
             "metadata": {
                 "name": self.name,
                 "namespace": self.namespace,
@@ -116,8 +112,8 @@ class LeaderElector:
             "spec": new_spec,
         }
         try:
-            await call(self.coord.replace_namespaced_lease, self.name, self.namespace, body)
-        except Exception as e:  # 409: someone else won this round
+            await self.kube.replace(LEASES, self.name, body, self.namespace)
+        except Exception as e:  # Conflict: someone else won this round
             log.debug("lease update lost: %s", e)
             return False
         if holder != self.identity:
@@ -130,18 +126,18 @@ class LeaderElector:
             return
         self.is_leader = False
         try:
-            lease = await call(self.coord.read_namespaced_lease, self.name, self.namespace)
+            lease = cast(Lease, await self.kube.get(LEASES, self.name, self.namespace))
             if (lease.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
-            lease["spec"].update(holderIdentity="", leaseDurationSeconds=1, renewTime=_now())
-            await call(self.coord.replace_namespaced_lease, self.name, self.namespace, lease)
+            lease["spec"].update({"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _now()})
+            await self.kube.replace(LEASES, self.name, lease, self.namespace)
             log.info("released the leader lease")
         except Exception as e:
             log.warning("could not release the leader lease: %s", e)
 
     async def _create(self) -> bool:
         now = _now()
-        body = {
+        body: Lease = {
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": {
                 "holderIdentity": self.identity,
@@ -152,7 +148,7 @@ class LeaderElector:
             },
         }
         try:
-            await call(self.coord.create_namespaced_lease, self.namespace, body)
+            await self.kube.create(LEASES, body, self.namespace)
         except Exception as e:
             log.debug("lease create lost: %s", e)
             return False

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from kubernetes_asyncio import client
 
 from podgate.kube import pki
-from podgate.kube.client import ApiException, call
+from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, Kube, NotFound
 from podgate.kube.informer import Informer
 from podgate.model import gates
 from podgate.model.checks import CheckSpec
+from podgate.model.types import Service
 from podgate.webhook.admission import BadReview, InjectionPolicy, parse_review, review_response
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ PATH = "/mutate-pods"
 
 
 def make_app(
-    services: Informer,
+    services: Informer[Service],
     handled: Callable[[Mapping[str, Any]], bool],
     policy: InjectionPolicy,
     observe: Callable[[str, float], None] = lambda result, seconds: None,
@@ -129,19 +129,17 @@ def webhook_configuration(
     }
 
 
-async def register(api: client.ApiClient, body: dict[str, Any]) -> None:
-    adm = client.AdmissionregistrationV1Api(api)
+async def register(kube: Kube, body: dict[str, Any]) -> None:
+    """Create the webhook configuration, or replace it (a new CA bundle, say) if it exists."""
     name = body["metadata"]["name"]
     try:
-        current = await call(adm.read_mutating_webhook_configuration, name)
-    except ApiException as e:
-        if e.status != 404:
-            raise
-        await call(adm.create_mutating_webhook_configuration, body)
+        current = await kube.get(MUTATING_WEBHOOK_CONFIGURATIONS, name)
+    except NotFound:
+        await kube.create(MUTATING_WEBHOOK_CONFIGURATIONS, body)
         log.info("registered MutatingWebhookConfiguration %s", name)
         return
     body = {
         **body,
         "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
     }
-    await call(adm.replace_mutating_webhook_configuration, name, body)
+    await kube.replace(MUTATING_WEBHOOK_CONFIGURATIONS, name, body)

@@ -1,0 +1,188 @@
+"""``ServiceReconciler.reconcile`` on FakeKube and FakeProvider: what it writes to the pods,
+the Service and the load balancer, pass by pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from podgate.kube.api import PODS, SERVICES, PatchType
+from podgate.kube.fake import Write
+from podgate.model import gates, lb
+from podgate.model.lb import Health, Target
+from podgate.providers.base import ProviderError, TargetState
+from podgate.providers.fake import FakeProvider
+from tests.unit.world import NS, World, pod, service
+
+KEY = f"{NS}/web"
+GATE = gates.service_gate("web")
+
+
+def status_writes(world: World) -> list[Write]:
+    return [w for w in world.kube.writes if w.resource == "pods/status"]
+
+
+def gate(world: World, name: str) -> tuple[str, str] | None:
+    c = world.condition(name)
+    return (c["status"], c["reason"]) if c else None
+
+
+@pytest.mark.parametrize(
+    ("the_pod", "registered", "want"),
+    [
+        (pod("p1"), ["10.0.0.1:8080"], ("False", "InitialHealthChecking")),
+        (pod("p1", ip=None), [], ("False", "RegistrationInProgress")),
+        (pod("p1", ready=False), [], ("False", "RegistrationInProgress")),
+        (pod("p1", app="other"), [], ("False", "RegistrationInProgress")),
+    ],
+    ids=["registered", "no-ip", "containers-not-ready", "selector-does-not-match"],
+)
+async def test_a_new_pod(the_pod: Any, registered: list[str], want: tuple[str, str]) -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, the_pod)
+    await world.reconcile()
+    added = [t for call, _, targets in world.provider.calls if call == "register" for t in targets]
+    assert added == registered
+    assert gate(world, "p1") == want
+    [write] = status_writes(world)
+    assert write.patch_type is PatchType.STRATEGIC
+    assert write.body["metadata"] == {"uid": "uid-p1"}  # a precondition: never another pod's
+    assert [c["type"] for c in write.body["status"]["conditions"]] == [GATE]
+
+
+async def test_a_healthy_target_opens_the_gate_with_one_write_and_then_writes_nothing() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    await world.reconcile()
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+    assert len(status_writes(world)) == 1 and len(world.kube.writes) == 1
+    assert ("Pod", "p1", "ReadinessGateTrue", "Normal") in world.recorder.events
+    await world.reconcile()
+    assert world.kube.writes == []  # level-triggered: nothing changed, nothing written
+
+
+async def test_a_failing_health_check_never_opens_the_gate() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "connection refused")
+    for _ in range(3):
+        await world.reconcile()
+        assert gate(world, "p1") == ("False", "HealthCheckFailing")
+    written = [c["status"] for w in world.kube.writes for c in w.body["status"]["conditions"]]
+    assert "True" not in written
+
+
+async def test_a_failed_registration_still_lets_leaving_pods_go_then_reports() -> None:
+    """p1 is new and its registration fails; p2 is terminating (drain it) and p3 is gone after
+    its drain (remove it): the failure must not hold up the leaving pods."""
+    provider = FakeProvider()
+    world = World(provider)
+    world.add(SERVICES, service(annotations={lb.DRAIN_DELAY: "0"}))
+    world.add(PODS, pod("p1"), pod("p2", ip="10.0.0.2", terminating=True))
+    provider.pools[(KEY, 80)] = {
+        Target("10.0.0.2", 8080): TargetState("ready", lb.TargetHealth(Health.HEALTHY, "UP")),
+        Target("10.0.0.3", 8080): TargetState("drain", lb.TargetHealth(Health.DRAINING, "DRAIN")),
+    }
+    provider.fail("register", ProviderError("quota exceeded"))
+    with pytest.raises(ProviderError, match="quota exceeded"):
+        await world.reconcile()
+    calls = [(call, targets) for call, _, targets in provider.calls if call not in ("provision", "targets")]
+    assert calls == [
+        ("register", ("10.0.0.1:8080",)),
+        ("drain", ("10.0.0.2:8080",)),
+        ("deregister", ("10.0.0.3:8080",)),
+    ]
+    assert gate(world, "p1") == ("False", lb.PROVIDER_ERROR)
+    assert gate(world, "p2") is None  # a terminating pod's gate is left alone
+    assert ("Service", "web", "LoadBalancerError", "Warning") in world.recorder.events
+
+
+async def test_a_deleted_service_closes_its_gates_and_releases_the_load_balancer() -> None:
+    world = World()
+    world.add(PODS, pod("p1"))
+    await world.reconcile()
+    assert gate(world, "p1") == ("False", lb.SERVICE_NOT_FOUND)
+    assert ("release", KEY, ()) in world.provider.calls
+    assert ("Pod", "p1", lb.SERVICE_NOT_FOUND, "Warning") in world.recorder.events
+
+
+async def test_a_service_that_is_not_load_balanced_says_so() -> None:
+    world = World()
+    svc = service()
+    svc["spec"]["type"] = "ClusterIP"
+    world.add(SERVICES, svc)
+    world.add(PODS, pod("p1"))
+    await world.reconcile()
+    assert gate(world, "p1") == ("False", lb.NOT_LOAD_BALANCED)
+    assert not [c for c in world.provider.calls if c[0] == "register"]
+
+
+# -- the finalizer of providers that bind the user's groups ------------------------------------
+def finalizer_writes(world: World) -> list[Any]:
+    return [w.body for w in world.kube.writes if w.resource == "services"]
+
+
+def finalizers(world: World) -> list[str] | None:
+    svc = world.kube.object(SERVICES, "web", NS)
+    return None if svc is None else svc["metadata"].get("finalizers", [])
+
+
+async def test_the_finalizer_is_added_once_the_group_is_bound() -> None:
+    world = World(FakeProvider(binds_user_groups=True))
+    world.add(SERVICES, service(finalizers=["someone.else/keep"]))
+    world.add(PODS, pod("p1"))
+    world.provider.fail("bind", ProviderError("throttled"))
+    with pytest.raises(ProviderError):
+        await world.reconcile()
+    assert finalizer_writes(world) == []  # not bound: nothing to hold the Service for
+    await world.reconcile()
+    assert finalizer_writes(world) == [{"metadata": {"finalizers": [lb.TARGETS_FINALIZER]}}]
+    assert finalizers(world) == ["someone.else/keep", lb.TARGETS_FINALIZER]
+    await world.reconcile()
+    assert finalizer_writes(world) == []  # once
+
+
+def deleting(world: World) -> None:
+    svc = service(finalizers=[lb.TARGETS_FINALIZER], deletionTimestamp="2026-01-01T00:00:00Z")
+    world.add(SERVICES, svc)
+    world.add(PODS, pod("p1"))
+    world.provider.pools[(KEY, 80)] = {
+        Target("10.0.0.1", 8080): TargetState("ready", lb.TargetHealth(Health.HEALTHY, "UP"))
+    }
+
+
+async def test_a_deleting_service_lets_its_pods_go_then_drops_the_finalizer() -> None:
+    world = World(FakeProvider(binds_user_groups=True))
+    deleting(world)
+    await world.reconcile()
+    assert ("unbind", KEY, ()) in world.provider.calls and world.provider.pools == {}
+    assert finalizer_writes(world) == [
+        {"metadata": {"$deleteFromPrimitiveList/finalizers": [lb.TARGETS_FINALIZER]}}
+    ]
+    assert finalizers(world) is None  # the last finalizer gone: the Service is deleted
+    assert gate(world, "p1") == ("False", lb.SERVICE_NOT_FOUND)
+
+
+async def test_a_transient_cleanup_error_keeps_the_finalizer() -> None:
+    world = World(FakeProvider(binds_user_groups=True))
+    deleting(world)
+    world.provider.fail("unbind", ProviderError("throttled"))
+    with pytest.raises(ProviderError):
+        await world.reconcile()
+    assert finalizer_writes(world) == [] and finalizers(world) == [lb.TARGETS_FINALIZER]
+    assert ("Service", "web", "CleanupFailed", "Warning") in world.recorder.events
+
+
+async def test_a_permanent_cleanup_error_lets_go() -> None:
+    world = World(FakeProvider(binds_user_groups=True))
+    deleting(world)
+    world.provider.fail("unbind", ProviderError("the group is gone", permanent=True))
+    await world.reconcile()
+    assert finalizers(world) is None
+    assert ("Service", "web", "CleanupSkipped", "Warning") in world.recorder.events

@@ -1,0 +1,118 @@
+"""A cluster in memory for the controller's unit tests: FakeKube, synced informers, a
+recorder that keeps its Events, and builders of the bodies podgate reads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from podgate.controller.gatewriter import GateWriter
+from podgate.controller.reconciler import ServiceReconciler
+from podgate.kube.api import NAMESPACES, PODS, SERVICES, Resource
+from podgate.kube.events import EventRecorder
+from podgate.kube.fake import FakeKube
+from podgate.kube.informer import Informer
+from podgate.model import gates
+from podgate.model.types import Namespace, Pod, Service
+from podgate.providers.fake import FakeProvider
+
+NS = "shop"
+
+
+class Recorded(EventRecorder):
+    """Keeps what would be sent: (kind, object name, reason, type)."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        super().__init__(kube, "podgate")
+        self.events: list[tuple[str, str, str, str]] = []
+
+    def emit_later(
+        self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        self.events.append((kind, obj["metadata"]["name"], reason, type_))
+
+
+def pod(
+    name: str,
+    ip: str | None = "10.0.0.1",
+    *,
+    ready: bool = True,
+    app: str = "web",
+    gate_for: str | None = "web",
+    terminating: bool = False,
+) -> Pod:
+    p: Pod = {
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "labels": {"app": app}},
+        "spec": {"containers": [{"name": "app"}]},
+        "status": {
+            "conditions": [
+                {"type": "ContainersReady", "status": "True" if ready else "False"},
+                {"type": "Ready", "status": "False"},
+            ]
+        },
+    }
+    if ip:
+        p["status"]["podIP"] = ip
+    if gate_for:
+        p["spec"]["readinessGates"] = [{"conditionType": gates.service_gate(gate_for)}]
+    if terminating:
+        p["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return p
+
+
+def service(name: str = "web", *, port: int = 80, target_port: int = 8080, **meta: Any) -> Service:
+    s: Service = {
+        "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", **meta},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": name},
+            "ports": [{"port": port, "targetPort": target_port, "protocol": "TCP"}],
+        },
+    }
+    return s
+
+
+class World:
+    def __init__(self, provider: FakeProvider | None = None, *, sticky: bool = True) -> None:
+        self.kube = FakeKube()
+        self.kube.add(NAMESPACES, {"metadata": {"name": NS}})
+        self.provider = provider or FakeProvider()
+        self.pods: Informer[Pod] = Informer(self.kube, PODS)
+        self.services: Informer[Service] = Informer(self.kube, SERVICES)
+        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES)
+        self.recorder = Recorded(self.kube)
+        self.reconciler = ServiceReconciler(
+            self.kube,
+            self.pods,
+            self.services,
+            self.namespaces,
+            {"fake": self.provider.provider()},
+            "fake",
+            self.recorder,
+            lb_cidr=None,
+            sticky=sticky,
+        )
+
+    @property
+    def gates(self) -> GateWriter:
+        return self.reconciler.gates
+
+    def add(self, resource: Resource, *objs: Mapping[str, Any]) -> None:
+        for obj in objs:
+            self.kube.add(resource, obj)
+
+    async def sync(self) -> None:
+        """What the informers would hold once their watches caught up."""
+        for informer in (self.pods, self.services, self.namespaces):
+            await informer._relist()
+
+    async def reconcile(self, key: str = f"{NS}/web") -> None:
+        await self.sync()
+        self.kube.writes.clear()
+        self.recorder.events.clear()
+        await self.reconciler.reconcile(key)
+
+    def condition(self, pod_name: str, service_name: str = "web") -> dict[str, Any] | None:
+        obj = self.kube.object(PODS, pod_name, NS) or {}
+        gate = gates.service_gate(service_name)
+        return next((c for c in obj["status"].get("conditions", ()) if c["type"] == gate), None)
