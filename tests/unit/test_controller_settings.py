@@ -292,6 +292,8 @@ BAD_VALUES: dict[str, str] = {
     "--alibaba-ecs-endpoint": "ftp://x",
     "--lb-cidr": "10.0.0.0/8",
     "--continuous": "yes",
+    "--readiness-timeout": "10 minutes",
+    "--on-timeout": "ignore",
     "--workers": "abc",
     "--poll-period": "30",
     "--webhook-port": "70000",

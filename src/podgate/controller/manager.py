@@ -29,6 +29,7 @@ from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
+from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
@@ -94,7 +95,11 @@ class Controller:
             settings.default_provider,
             self.recorder,
             lb_cidr=settings.lb_cidr,
-            sticky=not settings.continuous,
+            policy=GatePolicy(
+                timeout=settings.readiness_timeout,
+                fail_open=settings.on_timeout == OPEN,
+                continuous=settings.continuous,
+            ),
             adopted_prefixes=settings.adopt_gate_prefixes,
         )
         self.check_runner = CheckRunner(

@@ -34,6 +34,13 @@ GATE_TRANSITIONS = Counter(
     ["status", "reason"],
     registry=REGISTRY,
 )
+GATE_TIMEOUTS = Counter(
+    "podgate_gate_timeouts_total",
+    "Gates whose readiness timeout passed before the load balancer said healthy, by what "
+    "the policy did (open: written True; closed: kept False)",
+    ["on_timeout"],
+    registry=REGISTRY,
+)
 TIME_TO_READY = Histogram(
     "podgate_time_to_ready_seconds",
     "From a gate first pending to True, split by phase (registration: until the load "
