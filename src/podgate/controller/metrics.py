@@ -41,6 +41,8 @@ GATE_TIMEOUTS = Counter(
     ["on_timeout"],
     registry=REGISTRY,
 )
+for _policy in ("open", "closed"):  # both series exist from the start, so increase() sees the first
+    GATE_TIMEOUTS.labels(_policy)
 TIME_TO_READY = Histogram(
     "podgate_time_to_ready_seconds",
     "From a gate first pending to True, split by phase (registration: until the load "
