@@ -3,6 +3,7 @@ continuous gates that notice a target HAProxy marks DOWN (and UP again) within 2
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from .conftest import SandboxHandle, condition, metric, scrape, wait_for, wide_row
-from .test_controller import INJECT, deployment, events, gate, lb_service, pods, servers
+from .test_controller import INJECT, all_ready, deployment, events, gate, lb_service, pods, servers
 
 pytestmark = pytest.mark.sandbox
 METRICS_PORT = 8081 + 10000
@@ -157,3 +158,68 @@ def test_a_continuous_gate_follows_haproxy_down_and_up_within_two_check_interval
     assert up <= 2 * interval, f"gate True {up:.2f}s after HAProxy's UP"
     wait_for("READINESS GATES 1/1", lambda: wide_row(sandbox, namespace, name)["READINESS GATES"] == "1/1")
     print(f"continuous gate: False {down:.2f}s after DOWN, True {up:.2f}s after UP (interval {interval}s)")
+
+
+def _evict(sandbox: SandboxHandle, namespace: str, pod: str) -> tuple[bool, str]:
+    """POST an Eviction as ``kubectl drain`` does (kubectl 1.20 has no --subresource)."""
+    body = {
+        "apiVersion": "policy/v1beta1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": namespace},
+    }
+    out = sandbox.kubectl(
+        "create",
+        "--raw",
+        f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction",
+        "-f",
+        "-",
+        input=json.dumps(body),
+        check=False,
+    )
+    return "Error from server" not in out, out
+
+
+def test_the_eviction_guard_keeps_the_minimum_of_targets_haproxy_calls_healthy(
+    sandbox: SandboxHandle, namespace: str
+) -> None:
+    """min-healthy-targets 2: with 2 replicas an eviction is refused (429); scaled to 3 and the
+    third UP in HAProxy, one eviction goes and the next is refused, before any replacement is UP."""
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    # slow checks (3 passes 1 s apart), so a replacement pod is not UP within the test's steps
+    sandbox.apply(
+        lb_service(
+            "guarded",
+            "guarded",
+            **{
+                "podgate.dev/min-healthy-targets": "2",
+                "podgate.dev/health-check-interval": "1",
+                "podgate.dev/healthy-threshold": "3",
+            },
+        ),
+        namespace,
+    )
+    sandbox.apply(deployment("guarded", 2), namespace)
+    backend = f"podgate.{namespace}.guarded.80"
+
+    def up_in_haproxy(n: int) -> list[dict[str, Any]] | None:
+        ready = all_ready(sandbox, namespace, "guarded", n)
+        ups = [s for s in servers(sandbox, backend) if s.status == "UP"]
+        return ready if ready and len(ups) == n else None
+
+    two = wait_for("2 pods Ready and UP in HAProxy", lambda: up_in_haproxy(2), 40)
+    allowed, out = _evict(sandbox, namespace, two[0]["metadata"]["name"])
+    assert not allowed, out
+    assert "TooManyRequests" in out or "429" in out, out
+    assert f"Service {namespace}/guarded" in out and "(2 healthy now)" in out, out
+    assert "podgate.dev/min-healthy-targets=2" in out, out
+
+    sandbox.kubectl("scale", "deployment", "guarded", "-n", namespace, "--replicas=3")
+    three = wait_for("3 pods Ready and UP in HAProxy", lambda: up_in_haproxy(3), 40)
+    first, second = three[0]["metadata"]["name"], three[1]["metadata"]["name"]
+    allowed, out = _evict(sandbox, namespace, first)
+    assert allowed, out
+    allowed, out = _evict(sandbox, namespace, second)
+    assert not allowed, out
+    assert "(2 healthy now)" in out, out
+    assert any(s.status == "UP" for s in servers(sandbox, backend))
+    assert metric(scrape(METRICS_PORT)[1], "podgate_eviction_reviews_total", result="refused") >= 2

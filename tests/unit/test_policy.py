@@ -158,3 +158,22 @@ def test_a_closed_gate_stays_timed_out_until_the_load_balancer_says_healthy() ->
     got = p.with_timeout(FAILING, pod(gate=decided), CLOSED, T0_EPOCH + 301)
     assert (got["status"], got["reason"]) == ("False", p.TIMED_OUT)
     assert p.with_timeout(HEALTHY, pod(gate=decided), CLOSED, T0_EPOCH + 301) == HEALTHY
+
+
+@pytest.mark.parametrize(
+    ("pod_name", "healthy", "minimum", "refused"),
+    [
+        ("a", {"a", "b"}, 2, True),
+        ("a", {"a", "b", "c"}, 2, False),
+        ("a", {"a"}, 1, True),
+        ("c", {"a", "b"}, 2, False),  # not healthy: evicting it takes nothing away
+        ("a", {"a", "b"}, 0, False),  # no guard
+    ],
+    ids=["at-minimum", "one-spare", "last-one", "unhealthy-pod", "no-guard"],
+)
+def test_the_eviction_guard(pod_name: str, healthy: set[str], minimum: int, refused: bool) -> None:
+    why = p.eviction_refusal("shop/web", pod_name, healthy, minimum)
+    assert (why is not None) == refused
+    if why:
+        assert "shop/web" in why and f"{p.MIN_HEALTHY_TARGETS}={minimum}" in why
+        assert f"({len(healthy)} healthy now)" in why

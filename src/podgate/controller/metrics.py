@@ -99,6 +99,12 @@ WEBHOOK_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
     registry=REGISTRY,
 )
+EVICTION_REVIEWS = Counter(
+    "podgate_eviction_reviews_total",
+    "Evictions the eviction guard answered, by result (allowed, refused, bad_request)",
+    ["result"],
+    registry=REGISTRY,
+)
 PROVIDER_CALLS = Counter(
     "podgate_provider_calls_total", "Load-balancer API calls", ["provider", "operation"], registry=REGISTRY
 )

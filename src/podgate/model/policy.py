@@ -12,7 +12,7 @@ restarted controller keeps the same deadline.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -76,6 +76,10 @@ class GatePolicy:
     continuous: bool = False
     #: the eviction guard's floor of targets the load balancer calls healthy; 0: no guard
     min_healthy_targets: int = 0
+
+
+#: no timeout, True once set, no eviction guard: podgate's behaviour without any setting
+DEFAULT_POLICY = GatePolicy()
 
 
 def gate_policy(annotations: Mapping[str, str] | None, default: GatePolicy) -> GatePolicy:
@@ -177,5 +181,19 @@ def with_timeout(desired: Condition, pod: Mapping[str, Any], policy: GatePolicy,
     }
 
 
-#: no timeout, True once set, no eviction guard: podgate's behaviour without any setting
-DEFAULT_POLICY = GatePolicy()
+def eviction_refusal(service: str, pod: str, healthy: Collection[str], minimum: int) -> str | None:
+    """Why evicting ``pod`` must wait, or None to let it go.
+
+    ``healthy`` holds the Service's pods (namespace/name) whose targets its load balancer calls
+    healthy in every pool, terminating ones left out.  Evicting a pod that is not among them
+    takes no healthy target away, so only a healthy pod can be refused: when the others would be
+    fewer than the Service's ``min-healthy-targets``.  The words follow the PodDisruptionBudget's
+    own refusal, which ``kubectl drain`` users already read.
+    """
+    if minimum <= 0 or pod not in healthy or len(healthy) - 1 >= minimum:
+        return None
+    return (
+        f"Cannot evict pod as it would leave Service {service} with {len(healthy) - 1} target(s) its "
+        f"load balancer calls healthy, fewer than {MIN_HEALTHY_TARGETS}={minimum} "
+        f"({len(healthy)} healthy now)"
+    )
