@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -18,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from podgate.kube import queue as workqueue
 from podgate.model import conditions as c
-from podgate.model import gates
+from podgate.model import gates, report
 from podgate.model.lb import PoolSpec, Target
 from podgate.providers.base import GroupBinding, Provider, Provisioning, ServiceLB, TargetPool, TargetState
 
@@ -173,6 +174,17 @@ class StateCollector:
         for reason, n in sorted(tally.items()):
             pending.add_metric([reason], n)
         yield pending
+        aged = GaugeMetricFamily(
+            "podgate_pending_gates_older_than",
+            "podgate gates not True, by reason, pending longer than older_than (cumulative: a gate "
+            'pending 6m counts in 30s, 1m and 5m), e.g. alert on {older_than="5m"} > 0',
+            labels=["reason", "older_than"],
+        )
+        for (reason, age), n in sorted(
+            report.pending_by_age(ctl.pods.cache.values(), datetime.now(UTC)).items()
+        ):
+            aged.add_metric([reason, age], n)
+        yield aged
         retried = CounterMetricFamily(
             "podgate_provider_throttled",
             "Cloud API calls answered 'throttled' or 'busy' and retried after a back-off",
