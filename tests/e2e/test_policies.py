@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import SandboxHandle, condition, metric, scrape, wait_for, wide_row
+from .conftest import SandboxHandle, condition, metric, samples, scrape, wait_for, wide_row
+from .test_cli_gates import run
 from .test_controller import INJECT, all_ready, deployment, events, gate, lb_service, pods, servers
 
 pytestmark = pytest.mark.sandbox
@@ -223,3 +224,77 @@ def test_the_eviction_guard_keeps_the_minimum_of_targets_haproxy_calls_healthy(
     assert "(2 healthy now)" in out, out
     assert any(s.status == "UP" for s in servers(sandbox, backend))
     assert metric(scrape(METRICS_PORT)[1], "podgate_eviction_reviews_total", result="refused") >= 2
+
+
+def test_status_explains_every_pod_that_is_not_ready_and_pods_without_a_gate(
+    sandbox: SandboxHandle, namespace: str
+) -> None:
+    """A pod whose probe never passes, a pod gated on a Service that does not exist, and a pod
+    created before its load-balanced Service: ``podgate status`` names the reason of each, and
+    the stuck gate shows up in podgate_pending_gates_older_than once it is 30 s old."""
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    sandbox.apply(deployment("early", 1), namespace)  # no Service yet: no gate
+    wait_for("the early pod Ready", lambda: all_ready(sandbox, namespace, "early", 1), 30)
+    sandbox.apply(lb_service("early", "early"), namespace)
+    container = {"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}
+    sandbox.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "sick"},
+            "spec": {
+                "containers": [
+                    {**container, "readinessProbe": {"tcpSocket": {"port": 9999}, "periodSeconds": 1}}
+                ]
+            },
+        },
+        namespace,
+    )
+    sandbox.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "orphan"},
+            "spec": {"readinessGates": [{"conditionType": gate("ghost")}], "containers": [container]},
+        },
+        namespace,
+    )
+    early = pods(sandbox, namespace, "early")[0]["metadata"]["name"]
+
+    def rows() -> dict[tuple[str, str], dict[str, Any]] | None:
+        out = run(sandbox, "status", "-n", namespace, "-o", "json")
+        assert out.returncode == 0, out.stderr
+        got = {(r["pod"], r["gate"]): r for r in json.loads(out.stdout)}
+        want = {("sick", "container/app"), ("orphan", gate("ghost")), (early, gate("early"))}
+        return (
+            got
+            if want <= set(got) and got[("orphan", gate("ghost"))]["reason"] == "ServiceNotFound"
+            else None
+        )
+
+    got = wait_for("status explaining the three pods", rows, 30)
+    assert got[("sick", "container/app")]["reason"] == "ReadinessProbeFailing"
+    assert got[(early, gate("early"))]["reason"] == "NoReadinessGate"
+    assert "restart" in got[(early, gate("early"))]["message"]
+    table = run(sandbox, "status", "-n", namespace).stdout
+    assert any(
+        line.split()[:4] == ["sick", "container/app", "False", "ReadinessProbeFailing"]
+        for line in table.splitlines()
+    ), table
+
+    wait_for(
+        "the orphan's gate pending for 30 s in the metrics",
+        lambda: (
+            sum(
+                samples(
+                    scrape(METRICS_PORT)[1],
+                    "podgate_pending_gates_older_than",
+                    reason="ServiceNotFound",
+                    older_than="30s",
+                )
+            )
+            >= 1
+        ),
+        45,
+        1.0,
+    )

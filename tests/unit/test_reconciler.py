@@ -262,3 +262,14 @@ async def test_gate_mode_per_service(mode: str, follows: bool) -> None:
     world.provider.set_health(target, Health.HEALTHY, "UP")
     await world.reconcile()
     assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+
+
+async def test_a_service_deleted_mid_rollout_times_out_by_its_own_policy() -> None:
+    world = World()
+    svc = service(annotations={policy.READINESS_TIMEOUT: "10m", policy.ON_TIMEOUT: "open"})
+    svc["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    svc["metadata"]["finalizers"] = ["example.com/hold"]
+    world.add(SERVICES, svc)
+    world.add(PODS, long_ready())
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", policy.TIMED_OUT)

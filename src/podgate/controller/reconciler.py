@@ -159,6 +159,7 @@ class ServiceReconciler:
                         f"(type {(service.get('spec') or {}).get('type')}, "
                         f"no {gates.PROVIDER_ANNOTATION} annotation)",
                     ),
+                    policy=policy,
                 )
             return out
         provider = self.providers[provider_name]
