@@ -292,6 +292,8 @@ BAD_VALUES: dict[str, str] = {
     "--alibaba-ecs-endpoint": "ftp://x",
     "--lb-cidr": "10.0.0.0/8",
     "--continuous": "yes",
+    "--readiness-timeout": "10 minutes",
+    "--on-timeout": "ignore",
     "--workers": "abc",
     "--poll-period": "30",
     "--webhook-port": "70000",
@@ -490,3 +492,19 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
     for s in SETTINGS:
         assert s.flag in out and s.env_name in out.replace("- ", "-")
     assert "--config" in out and "PODGATE_CONFIG" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "want"),
+    [
+        ([], {}, (None, "closed")),
+        (["--readiness-timeout", "10m", "--on-timeout", "open"], {}, (600.0, "open")),
+        ([], {"PODGATE_READINESS_TIMEOUT": "1h30m", "PODGATE_ON_TIMEOUT": "closed"}, (5400.0, "closed")),
+    ],
+    ids=["default-waits-for-ever", "flags", "environment"],
+)
+def test_the_global_readiness_timeout(
+    argv: list[str], environ: dict[str, str], want: tuple[object, str]
+) -> None:
+    s = parse(["--haproxy-runtime-socket", "/run/haproxy.sock", *argv], environ)
+    assert (s.readiness_timeout, s.on_timeout) == want

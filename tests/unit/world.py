@@ -13,6 +13,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.fake import FakeKube
 from podgate.kube.informer import Informer
 from podgate.model import gates
+from podgate.model.policy import GatePolicy
 from podgate.model.types import Namespace, Pod, Service
 from podgate.providers.fake import FakeProvider
 
@@ -73,7 +74,9 @@ def service(name: str = "web", *, port: int = 80, target_port: int = 8080, **met
 
 
 class World:
-    def __init__(self, provider: FakeProvider | None = None, *, sticky: bool = True) -> None:
+    def __init__(
+        self, provider: FakeProvider | None = None, *, sticky: bool = True, policy: GatePolicy | None = None
+    ) -> None:
         self.kube = FakeKube()
         self.kube.add(NAMESPACES, {"metadata": {"name": NS}})
         self.provider = provider or FakeProvider()
@@ -90,7 +93,7 @@ class World:
             "fake",
             self.recorder,
             lb_cidr=None,
-            sticky=sticky,
+            policy=policy or GatePolicy(continuous=not sticky),
         )
 
     @property

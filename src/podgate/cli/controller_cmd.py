@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from podgate.cli import declared
 from podgate.cli.declared import (
     BOOLEAN,
+    Kind,
     Setting,
     checked,
     choice,
@@ -47,7 +48,7 @@ from podgate.controller.settings import (
     SettingsError,
 )
 from podgate.kube.client import api_client
-from podgate.model import addresses
+from podgate.model import addresses, policy
 
 #: what Kubernetes accepts as a namespace (a DNS label) and as most object names (a DNS subdomain)
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -211,6 +212,20 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "gates follow the load balancer back to False (default: True once set stays True)",
         flag_sets=True,
+    ),
+    Setting(
+        "--readiness-timeout",
+        Kind("a duration such as 90s, 10m or 1h30m", policy.parse_duration),
+        None,
+        "how long a gate may wait for the load balancer after the pod's containers are ready "
+        f"(default: for ever); per Service: annotation {policy.READINESS_TIMEOUT}",
+    ),
+    Setting(
+        "--on-timeout",
+        choice(policy.OPEN, policy.CLOSED),
+        policy.CLOSED,
+        "the gate when --readiness-timeout passes: open (True, reason ReadinessTimedOut, a Warning) or "
+        f"closed (False with that reason); per Service: annotation {policy.ON_TIMEOUT}",
     ),
     Setting("--workers", integer(1), 4, "reconcile workers"),
     Setting(

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from kubernetes_asyncio import client
@@ -29,11 +30,13 @@ from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
+from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
+from podgate.webhook import eviction
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
 
@@ -94,7 +97,11 @@ class Controller:
             settings.default_provider,
             self.recorder,
             lb_cidr=settings.lb_cidr,
-            sticky=not settings.continuous,
+            policy=GatePolicy(
+                timeout=settings.readiness_timeout,
+                fail_open=settings.on_timeout == OPEN,
+                continuous=settings.continuous,
+            ),
             adopted_prefixes=settings.adopt_gate_prefixes,
         )
         self.check_runner = CheckRunner(
@@ -347,6 +354,15 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         observe,
         lambda: parsed_checks(controller.checks),
     )
+    guard = eviction.EvictionGuard(
+        controller.pods,
+        controller.services,
+        controller.reconciler.providers,
+        settings.default_provider,
+        controller.reconciler.policy,
+        lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
+    )
+    app.router.add_post(eviction.PATH, guard.handle)
     hosts = ["localhost"]
     if settings.webhook_service:
         ns, name = settings.webhook_service.split("/", 1)
@@ -375,4 +391,15 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
             skip_label_value=settings.skip_label_value,
         )
         await webhook.register(controller.kube, body)
+        await eviction.register(
+            controller.kube,
+            eviction.webhook_configuration(
+                settings.webhook_config_name,
+                ca,
+                url=urlunsplit(urlsplit(settings.webhook_url)._replace(path=eviction.PATH))
+                if settings.webhook_url
+                else None,
+                service=service_ref,
+            ),
+        )
     return runners

@@ -49,6 +49,9 @@ class ControllerSettings:
     alibaba: tuple[AlibabaSettings, ...] = ()
     lb_cidr: str | None = None
     continuous: bool = False
+    #: seconds a gate may wait for the load balancer after ContainersReady; None: for ever
+    readiness_timeout: float | None = None
+    on_timeout: str = "closed"  # open | closed: the gate when the timeout passes
     workers: int = 4
     poll_period: float = 0.1
     resync_period: float = 300.0
