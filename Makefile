@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# Nothing the tests, benchmarks or demo start may ask a cloud metadata service (network rule:
+# loopback only); the cloud SDKs' credential chains would, when no credentials are given.
+export AWS_EC2_METADATA_DISABLED := true
+export ALIBABA_CLOUD_ECS_METADATA_DISABLED := true
 DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
