@@ -9,7 +9,7 @@ NODE_PACKAGES := containerd runc containernetworking-plugins iptables nftables c
 DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates $(NODE_PACKAGES)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv binaries test lint unit contract e2e demo bench clean
+.PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench clean
 
 setup: system venv binaries
 
@@ -53,6 +53,10 @@ contract: setup
 
 e2e: setup
 	$(VENV)/bin/pytest -q tests/e2e
+
+# only the real node's tests (kubelet, containerd, kube-proxy; root): part of `make e2e` too
+e2e-real-node: setup
+	$(VENV)/bin/pytest -q -m real_node tests/e2e/test_real_node.py
 
 test: lint
 	$(VENV)/bin/pytest -q

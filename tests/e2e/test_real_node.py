@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -222,6 +223,70 @@ def test_gated_pod_runs_on_the_real_node_and_turns_ready_with_its_gate(
     )
     print(f"gate True -> Ready: {(time.monotonic() - t0) * 1000:.0f} ms", file=sys.stderr)
     assert wide_row(node, namespace, "web-0")["READINESS GATES"] == "1/1"
+
+
+def test_cluster_ip_answers_through_kube_proxy_once_the_gate_is_true(
+    node: SandboxHandle, namespace: str
+) -> None:
+    """The wiring the node agent cannot give: Endpoints with the pod's bridge address, moved from
+    notReadyAddresses to addresses by the gate, and kube-proxy routing the ClusterIP to it."""
+    pod = web_pod("web-svc")
+    pod["metadata"]["labels"] = {"app": "web-svc"}
+    node.apply(pod, namespace)
+    node.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web-svc"}, "ports": [{"port": 80, "targetPort": 80}]},
+        },
+        namespace,
+    )
+    cluster_ip = node.get("service", "web", "-n", namespace)["spec"]["clusterIP"]
+    assert cluster_ip.startswith("10.96."), cluster_ip
+
+    def subsets() -> dict[str, list[str]]:
+        ep = node.get("endpoints", "web", "-n", namespace)
+        out: dict[str, list[str]] = {"addresses": [], "notReadyAddresses": []}
+        for subset in ep.get("subsets") or ():
+            for key in out:
+                out[key] += [a["ip"] for a in subset.get(key) or ()]
+        return out
+
+    pod_ip = wait_for(
+        "the pod's address among the Service's notReadyAddresses",
+        lambda: (s := subsets())["notReadyAddresses"] and not s["addresses"] and s["notReadyAddresses"][0],
+        timeout=60,
+    )
+    assert pod_ip.startswith("10.244.0.")
+    # no ready endpoint: kube-proxy rejects the ClusterIP
+    with pytest.raises(urllib.error.URLError, match="refused"):
+        http_get(f"http://{cluster_ip}/")
+    patch_status(
+        node,
+        namespace,
+        "web-svc",
+        {"status": {"conditions": [{"type": GATE, "status": "True", "reason": "TargetHealthy"}]}},
+    )
+    wait_for("the pod among the Service's addresses", lambda: subsets()["addresses"] == [pod_ip])
+    answer = wait_for("the ClusterIP to answer", lambda: _get_or_none(f"http://{cluster_ip}/"), timeout=30)
+    assert answer.strip() == "podgate-web web-svc"
+
+
+def _get_or_none(url: str) -> str | None:
+    try:
+        return http_get(url)
+    except OSError:
+        return None
+
+
+def test_no_node_process_tried_the_cloud_metadata_address(node: SandboxHandle) -> None:
+    """The kubelet's AWS credential provider is off (its environment says so): conntrack never
+    saw the metadata address (the guard would have rejected it; it should not even be tried)."""
+    out = subprocess.run(
+        ["conntrack", "-L", "-d", "169.254.169.254"], capture_output=True, text=True, check=False
+    ).stdout
+    assert out.strip() == "", out
 
 
 def test_pods_have_routes_only_to_the_sandbox_ranges(node: SandboxHandle, namespace: str) -> None:
