@@ -280,15 +280,6 @@ def _get_or_none(url: str) -> str | None:
         return None
 
 
-def test_no_node_process_tried_the_cloud_metadata_address(node: SandboxHandle) -> None:
-    """The kubelet's AWS credential provider is off (its environment says so): conntrack never
-    saw the metadata address (the guard would have rejected it; it should not even be tried)."""
-    out = subprocess.run(
-        ["conntrack", "-L", "-d", "169.254.169.254"], capture_output=True, text=True, check=False
-    ).stdout
-    assert out.strip() == "", out
-
-
 def test_pods_have_routes_only_to_the_sandbox_ranges(node: SandboxHandle, namespace: str) -> None:
     node.apply(web_pod("web-routes"), namespace)
     wait_for(
@@ -313,6 +304,23 @@ def test_node_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node: S
         assert f"0::/{cgroup}\n" in Path(f"/proc/{pids[name]}/cgroup").read_text(), name
     environ = Path(f"/proc/{pids['kubelet']}/environ").read_bytes().split(b"\0")
     assert b"AWS_EC2_METADATA_DISABLED=true" in environ
+
+
+def test_nothing_on_the_node_tried_to_leave_the_sandbox(node: SandboxHandle) -> None:
+    """After pods ran, a ClusterIP was served and the node lived a while: the guard's final
+    REJECT never matched (IPv4 or IPv6), and conntrack never saw the cloud metadata address (the
+    kubelet's AWS credential provider is told not to try it)."""
+    chain = Sandbox(node.state_dir).node_layout.guard_chain
+    for tool in ("iptables", "ip6tables"):
+        listing = subprocess.run(
+            [tool, "-L", chain, "-v", "-n", "-x"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        last = listing[-1].split()
+        assert last[2] == "REJECT" and last[0] == "0", (tool, listing)
+    out = subprocess.run(
+        ["conntrack", "-L", "-d", "169.254.169.254"], capture_output=True, text=True, check=False
+    ).stdout
+    assert out.strip() == "", out
 
 
 def _connect_from_node_cgroup(cgroup_procs: Path, host: str, port: int) -> str:

@@ -107,7 +107,7 @@ def test_egress_guard_allows_only_loopback_and_the_sandbox_ranges() -> None:
     ]
     hooks = [r for r in rules if r[0] == "-I"]
     assert ["-I", "OUTPUT", "1", "-m", "cgroup", "--path", "podgate-node-12000", "-j", chain] in hooks
-    assert ["-I", "FORWARD", "1", "-i", "pgbr12000", "-j", chain] in hooks
+    assert ["-I", "FORWARD", "1", "-i", "pgbr12000", "!", "-o", "pgbr12000", "-j", chain] in hooks
     six = render.egress_rules6(LAYOUT)
     assert [r[2:] for r in six if r[:2] == ["-A", chain]] == [
         ["-d", "::1/128", "-j", "RETURN"],

@@ -87,6 +87,8 @@ class NodeHost:
     # -- up ----------------------------------------------------------------------------------
     def prepare(self) -> None:
         n = self.n
+        if os.geteuid() != 0:
+            raise HostError("a real node needs root (cgroups, iptables, a bridge, mounts)")
         if not UNIFIED.is_dir():
             raise HostError(f"no cgroup v2 hierarchy at {UNIFIED}: the egress guard needs one")
         n.root.mkdir(parents=True, exist_ok=True)
@@ -116,7 +118,15 @@ class NodeHost:
         self._bridge()
 
     def _check_free(self) -> None:
-        """The bridge's name and range must be ours alone."""
+        """One real node per machine (the kubelet's host paths and the kubepods cgroups are
+        shared), and the bridge's name and range must be ours alone."""
+        others = [p.name for p in UNIFIED.glob("podgate-node-*")]
+        others += [str(h / "kubepods") for h in hierarchies() if (h / "kubepods").exists()]
+        if others:
+            raise HostError(
+                f"another real node (or kubelet) is on this machine: {', '.join(others)}; "
+                "`podgate sandbox down` it first"
+            )
         if Path(f"/sys/class/net/{self.n.bridge}").exists():
             raise HostError(f"link {self.n.bridge} already exists and is not recorded as this sandbox's")
         net = ipaddress.ip_network(self.n.pod_cidr)

@@ -334,8 +334,9 @@ def egress_rules(n: NodeLayout, reject_also: Sequence[str] = ()) -> list[list[st
     for cgroup in (n.cgroup, "kubepods"):
         rules.append(["-I", "OUTPUT", "1", "-m", "cgroup", "--path", cgroup, "-j", chain])
     # Pods sit in their own network namespaces: their packets cross the bridge (FORWARD), not
-    # OUTPUT; the same chain decides.
-    rules.append(["-I", "FORWARD", "1", "-i", n.bridge, "-j", chain])
+    # OUTPUT; the same chain decides whatever is routed off the bridge (frames between pods,
+    # bridged, stay on it).
+    rules.append(["-I", "FORWARD", "1", "-i", n.bridge, "!", "-o", n.bridge, "-j", chain])
     return rules
 
 
@@ -348,7 +349,7 @@ def egress_rules6(n: NodeLayout) -> list[list[str]]:
         ["-A", chain, "-j", "REJECT"],
         ["-I", "OUTPUT", "1", "-m", "cgroup", "--path", n.cgroup, "-j", chain],
         ["-I", "OUTPUT", "1", "-m", "cgroup", "--path", "kubepods", "-j", chain],
-        ["-I", "FORWARD", "1", "-i", n.bridge, "-j", chain],
+        ["-I", "FORWARD", "1", "-i", n.bridge, "!", "-o", n.bridge, "-j", chain],
     ]
 
 
