@@ -152,9 +152,8 @@ class Sandbox:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.binaries = binaries or default_binaries()
         saved = self.state_dir / "sandbox.json"
-        if config is None and saved.exists():
-            config = SandboxConfig(**json.loads(saved.read_text()))
-        self.config = config or SandboxConfig()
+        self._saved = SandboxConfig(**json.loads(saved.read_text())) if saved.exists() else None
+        self.config = config or self._saved or SandboxConfig()
         self.config.validate()
 
     # -- paths -----------------------------------------------------------------------------
@@ -613,6 +612,11 @@ class Sandbox:
                 f"Kubernetes binaries missing or broken: {', '.join(missing)}. Run `make setup` "
                 "(or `podgate sandbox install`) to build them."
             )
+        if self._saved is not None and self._saved.node != self.config.node and self._running():
+            raise SandboxError(
+                f"this sandbox is up with --node {self._saved.node}; run `podgate sandbox down` "
+                f"before switching it to --node {self.config.node}"
+            )
         self._prepare()
         pids = self._pids()
         started: dict[str, float] = {}
@@ -663,6 +667,10 @@ class Sandbox:
                 raise SandboxError(f"not healthy after {timeout:.0f}s: {names}; logs in {self.log_dir}")
             if pending:
                 time.sleep(0.1)
+
+    def _running(self) -> list[str]:
+        """Names of recorded processes still alive (whatever the mode that started them)."""
+        return [name for name, pid in self._pids().items() if processes.alive(pid, "")]
 
     def _check_ports(self, comp: Component) -> None:
         c = self.config

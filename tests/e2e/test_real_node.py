@@ -306,6 +306,15 @@ def test_node_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node: S
     assert b"AWS_EC2_METADATA_DISABLED=true" in environ
 
 
+def test_status_lists_the_node_and_switching_modes_while_up_is_refused(node: SandboxHandle) -> None:
+    status = podgate("sandbox", "status", "--state-dir", str(node.state_dir))
+    rows = {line.split()[0]: line.split()[2] for line in status.stdout.splitlines()[1:]}
+    for name in ("containerd", "kubelet", "kube-proxy", "binder", "egress-guard", "bridge"):
+        assert rows.get(name) == "healthy", status.stdout
+    switch = podgate("sandbox", "up", "--node", "agent", "--state-dir", str(node.state_dir))
+    assert switch.returncode != 0 and "sandbox down" in switch.stderr, switch.stderr
+
+
 def test_nothing_on_the_node_tried_to_leave_the_sandbox(node: SandboxHandle) -> None:
     """After pods ran, a ClusterIP was served and the node lived a while: the guard's final
     REJECT never matched (IPv4 or IPv6), and conntrack never saw the cloud metadata address (the
