@@ -271,6 +271,34 @@ def test_cluster_ip_answers_through_kube_proxy_once_the_gate_is_true(
     wait_for("the pod among the Service's addresses", lambda: subsets()["addresses"] == [pod_ip])
     answer = wait_for("the ClusterIP to answer", lambda: _get_or_none(f"http://{cluster_ip}/"), timeout=30)
     assert answer.strip() == "podgate-web web-svc"
+    # and from another pod, across the bridge (DNAT on the way in, un-DNAT on the bridged reply);
+    # Debian's static busybox wget crashes on -T, so no timeout flag
+    client = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "wget",
+                    "image": render.WEB_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/wget", "-q", "-O", "/dev/null", f"http://{cluster_ip}/"],
+                }
+            ],
+        },
+    }
+    node.apply(client, namespace)
+    phase = wait_for(
+        "the client pod to finish",
+        lambda: (
+            node.get("pod", "client", "-n", namespace)["status"].get("phase") in ("Succeeded", "Failed")
+            and node.get("pod", "client", "-n", namespace)["status"]["phase"]
+        ),
+        timeout=60,
+    )
+    assert phase == "Succeeded"
 
 
 def _get_or_none(url: str) -> str | None:
@@ -316,9 +344,10 @@ def test_status_lists_the_node_and_switching_modes_while_up_is_refused(node: San
 
 
 def test_nothing_on_the_node_tried_to_leave_the_sandbox(node: SandboxHandle) -> None:
-    """After pods ran, a ClusterIP was served and the node lived a while: the guard's final
-    REJECT never matched (IPv4 or IPv6), and conntrack never saw the cloud metadata address (the
-    kubelet's AWS credential provider is told not to try it)."""
+    """After pods ran, a ClusterIP was served and the node lived a while, the guard's final
+    REJECT never matched, IPv4 or IPv6: no node process (the kubelet's AWS credential provider
+    included: it is told not to) tried the cloud metadata address, a DNS server or anything else
+    outside.  (conntrack cannot say which process made a flow, so it is not asked.)"""
     chain = Sandbox(node.state_dir).node_layout.guard_chain
     for tool in ("iptables", "ip6tables"):
         listing = subprocess.run(
@@ -326,10 +355,6 @@ def test_nothing_on_the_node_tried_to_leave_the_sandbox(node: SandboxHandle) -> 
         ).stdout.splitlines()
         last = listing[-1].split()
         assert last[2] == "REJECT" and last[0] == "0", (tool, listing)
-    out = subprocess.run(
-        ["conntrack", "-L", "-d", "169.254.169.254"], capture_output=True, text=True, check=False
-    ).stdout
-    assert out.strip() == "", out
 
 
 def _connect_from_node_cgroup(cgroup_procs: Path, host: str, port: int) -> str:
