@@ -35,6 +35,7 @@ from podgate_sandbox import processes
 from podgate_sandbox.binaries import ALL_BINARIES, NODE_BINARIES, KubeBinaries, Progress, default_binaries
 from podgate_sandbox.node import images as node_images
 from podgate_sandbox.node import render as node_render
+from podgate_sandbox.node.certs import KUBELET_CLIENT, ensure_kubelet_client_cert
 from podgate_sandbox.node.host import HostError, NodeHost
 
 HOST = "127.0.0.1"
@@ -110,8 +111,6 @@ class Component:
     needs: list[str] = field(default_factory=list)
     before_start: Callable[[], None] | None = None
     ports: list[int] = field(default_factory=list)
-    #: runs in the real node's cgroup, behind its egress guard
-    node_cgroup: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,6 +257,8 @@ class Sandbox:
             ca,
         )
         pki.ensure_keypair(self.pki_dir, "service-account")
+        if self.config.node == "kubelet":
+            ensure_kubelet_client_cert(self.pki_dir)
         tokens = self._tokens()
         # Control-plane components are trusted parts of the cluster here: system:masters.
         # podgate's own controller gets a least-privilege ServiceAccount, not one of these.
@@ -386,7 +387,18 @@ class Sandbox:
                     f"--service-cluster-ip-range={c.service_cidr}",
                     # The node agent mounts no token volumes: admitting pods without them keeps
                     # manifests as written. A real kubelet mounts them: pods get their tokens.
-                    *(["--disable-admission-plugins=ServiceAccount"] if c.node == "agent" else []),
+                    *(
+                        ["--disable-admission-plugins=ServiceAccount"]
+                        if c.node == "agent"
+                        # logs, exec, port-forward: the kubelet accepts CA-signed clients only,
+                        # dialled at its InternalIP (the bridge's address): never by host name,
+                        # which would be a DNS query to the machine's resolver
+                        else [
+                            f"--kubelet-client-certificate={p / (KUBELET_CLIENT + '.crt')}",
+                            f"--kubelet-client-key={p / (KUBELET_CLIENT + '.key')}",
+                            "--kubelet-preferred-address-types=InternalIP",
+                        ]
+                    ),
                     # Endpoints may not hold loopback addresses; the apiserver's own would be rejected.
                     "--endpoint-reconciler-type=none",
                     "--allow-privileged=true",
@@ -473,21 +485,15 @@ class Sandbox:
         ]
 
     def _node_components(self) -> list[Component]:
-        """The real node: containerd, the kubelet, kube-proxy (all in the node's cgroup, behind
-        its egress guard) and the binder.  The host is prepared before containerd starts."""
+        """The real node: containerd, the kubelet, kube-proxy and the binder.  Like every
+        process of a sandbox with a real node, they run in the guarded cgroup (see
+        :meth:`_prepare_node_host`)."""
         n, b = self.node_layout, self.binaries
-        host = NodeHost(n)
         # The kubelet 1.20's AWS credential provider dials the cloud metadata address unless
         # told not to; no proxy settings reach the node (nothing leaves the sandbox anyway).
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         env |= {"AWS_EC2_METADATA_DISABLED": "true", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         ctr = shutil.which("ctr") or "/usr/bin/ctr"
-
-        def prepare() -> None:
-            try:
-                host.prepare()
-            except HostError as e:
-                raise SandboxError(f"the real node cannot start: {e}") from e
 
         return [
             Component(
@@ -497,8 +503,6 @@ class Sandbox:
                 lambda: _unix_socket_answers(n.containerd_socket),
                 env=env,
                 needs=["kube-apiserver"],
-                before_start=prepare,
-                node_cgroup=True,
             ),
             Component(
                 "kubelet",
@@ -509,7 +513,6 @@ class Sandbox:
                 needs=["containerd"],
                 before_start=lambda: node_images.import_all(n.containerd_socket, ctr),
                 ports=[n.kubelet_port, n.kubelet_healthz_port],
-                node_cgroup=True,
             ),
             Component(
                 "kube-proxy",
@@ -519,7 +522,6 @@ class Sandbox:
                 env=env,
                 needs=["kubelet"],
                 ports=[n.proxy_healthz_port, n.proxy_metrics_port],
-                node_cgroup=True,
             ),
             Component(
                 "binder",
@@ -618,6 +620,7 @@ class Sandbox:
                 f"before switching it to --node {self.config.node}"
             )
         self._prepare()
+        guarded = self._prepare_node_host() if self.config.node == "kubelet" else None
         pids = self._pids()
         started: dict[str, float] = {}
         pending = [comp for comp in self.components() if with_controller or comp.name != "podgate-controller"]
@@ -643,7 +646,7 @@ class Sandbox:
                         comp.argv,
                         self.log_of(comp.name),
                         env=comp.env,
-                        cgroup_procs=NodeHost(self.node_layout).cgroup_procs if comp.node_cgroup else None,
+                        cgroup_procs=guarded,
                     )
                     self._save_pid(comp.name, pid)
                     started[comp.name] = time.monotonic()
@@ -667,6 +670,18 @@ class Sandbox:
                 raise SandboxError(f"not healthy after {timeout:.0f}s: {names}; logs in {self.log_dir}")
             if pending:
                 time.sleep(0.1)
+
+    def _prepare_node_host(self) -> Path:
+        """The real node's footprint, before any process starts; returns the guarded cgroup's
+        ``cgroup.procs``.  With a real node every sandbox process runs in that cgroup, the
+        control plane too: nothing the sandbox starts can reach past it (the API server once
+        dialled the kubelet by host name, a DNS query to the machine's resolver)."""
+        host = NodeHost(self.node_layout)
+        try:
+            host.prepare()
+        except HostError as e:
+            raise SandboxError(f"the real node cannot start: {e}") from e
+        return host.cgroup_procs
 
     def _running(self) -> list[str]:
         """Names of recorded processes still alive (whatever the mode that started them)."""

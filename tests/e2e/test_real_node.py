@@ -43,7 +43,7 @@ PROBE_ADDRESS = "127.77.0.1"
 NODE_PROGRAMS = ("containerd", "containerd-shim", "kubelet", "kube-proxy", "pause", "httpd")
 
 
-def machine() -> dict[str, Any]:
+def machine(state_root: Path) -> dict[str, Any]:
     """What ``down`` must put back: rule sets, links, routes, mounts, sysctls, host paths,
     cgroups and the node's programs."""
 
@@ -57,7 +57,12 @@ def machine() -> dict[str, Any]:
         "links": sorted(line.split(":")[1].strip() for line in out("ip", "-o", "link").splitlines()),
         "routes": out("ip", "route", "show", "table", "all"),
         "routes6": out("ip", "-6", "route", "show", "table", "all"),
-        "mounts": sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()),
+        # other people's build roots under /tmp (mmdebstrap, say) come and go: not ours to judge
+        "mounts": sorted(
+            point
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if not (point := line.split()[4]).startswith("/tmp/") or point.startswith(str(state_root))
+        ),
         "sysctls": sysctls(),
         "paths": [p for p in (*render.HOST_PATHS, "/var/lib/containerd") if os.path.lexists(p)],
         "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods"))
@@ -80,13 +85,17 @@ def _comm(pid: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def before() -> dict[str, Any]:
-    return machine()
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("realnode")
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, before: dict[str, Any]) -> Iterator[SandboxHandle]:
-    state = tmp_path_factory.mktemp("realnode")
+def before(state: Path) -> dict[str, Any]:
+    return machine(state)
+
+
+@pytest.fixture(scope="module")
+def node(state: Path, before: dict[str, Any]) -> Iterator[SandboxHandle]:
     t0 = time.monotonic()
     up = podgate(
         "sandbox",
@@ -284,7 +293,7 @@ def test_cluster_ip_answers_through_kube_proxy_once_the_gate_is_true(
                     "name": "wget",
                     "image": render.WEB_IMAGE,
                     "imagePullPolicy": "Never",
-                    "command": ["/bin/wget", "-q", "-O", "/dev/null", f"http://{cluster_ip}/"],
+                    "command": ["/bin/wget", "-q", "-O", "-", f"http://{cluster_ip}/"],
                 }
             ],
         },
@@ -299,6 +308,8 @@ def test_cluster_ip_answers_through_kube_proxy_once_the_gate_is_true(
         timeout=60,
     )
     assert phase == "Succeeded"
+    # kubectl logs: API server -> kubelet on the node's address, with its client certificate
+    assert node.kubectl("logs", "client", "-n", namespace).strip() == "podgate-web web-svc"
 
 
 def _get_or_none(url: str) -> str | None:
@@ -324,12 +335,14 @@ def test_pods_have_routes_only_to_the_sandbox_ranges(node: SandboxHandle, namesp
     assert "10.96.0.0/16" in routes and "10.244.0.0/24" in routes
 
 
-def test_node_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node: SandboxHandle) -> None:
+def test_sandbox_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node: SandboxHandle) -> None:
     sb = Sandbox(node.state_dir)
     pids = json.loads((node.state_dir / "pids.json").read_text())
     cgroup = sb.node_layout.cgroup
-    for name in ("containerd", "kubelet", "kube-proxy"):
+    # every process of a sandbox with a real node, the control plane included
+    for name in pids:
         assert f"0::/{cgroup}\n" in Path(f"/proc/{pids[name]}/cgroup").read_text(), name
+    assert {"etcd", "kube-apiserver", "containerd", "kubelet", "kube-proxy", "binder"} <= set(pids)
     environ = Path(f"/proc/{pids['kubelet']}/environ").read_bytes().split(b"\0")
     assert b"AWS_EC2_METADATA_DISABLED=true" in environ
 
@@ -407,7 +420,7 @@ def test_down_leaves_the_machine_as_it_was(node: SandboxHandle, before: dict[str
     down = podgate("sandbox", "down", "--state-dir", str(node.state_dir), timeout=180)
     assert down.returncode == 0, down.stderr
     print(f"sandbox down --node kubelet: {time.monotonic() - t0:.1f}s", file=sys.stderr)
-    after = machine()
+    after = machine(node.state_dir)
     for key in before:
         assert after[key] == before[key], key
     for pid in pids.values():

@@ -78,9 +78,10 @@ def test_cni_gives_pods_no_default_route_and_no_masquerade() -> None:
     assert bridge["ipam"]["dataDir"] == "/state/node/cni-ipam"
 
 
-def test_kubelet_serves_on_loopback_with_a_loopback_resolver() -> None:
+def test_kubelet_serves_on_the_bridge_and_loopback_with_a_loopback_resolver() -> None:
     conf = yaml.safe_load(render.kubelet_config(LAYOUT))
-    assert conf["address"] == "127.0.0.1" and conf["healthzBindAddress"] == "127.0.0.1"
+    assert conf["address"] == "10.244.0.1" and conf["healthzBindAddress"] == "127.0.0.1"
+    assert conf["authentication"]["anonymous"] == {"enabled": False}
     assert conf["cgroupDriver"] == "cgroupfs" and conf["failSwapOn"] is False
     assert conf["resolvConf"] == "/state/node/resolv.conf" and conf["readOnlyPort"] == 0
     args = render.kubelet_args(LAYOUT, Path("/bin/kubelet"))

@@ -243,13 +243,14 @@ def cni_conflist(n: NodeLayout) -> str:
 
 
 def kubelet_config(n: NodeLayout) -> str:
-    """KubeletConfiguration: cgroupfs, swap tolerated, serving and health on loopback off the
-    node agent's ports, no DNS beyond a loopback resolver, eviction thresholds a shared
-    development machine does not trip."""
+    """KubeletConfiguration: cgroupfs, swap tolerated, ports off the node agent's, health on
+    loopback, no DNS beyond a loopback resolver, eviction thresholds a shared development
+    machine does not trip.  Its API serves on the bridge's address (the node's InternalIP, where
+    the API server dials it for logs and exec), to clients the sandbox CA signed only."""
     conf = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
-        "address": "127.0.0.1",
+        "address": n.node_ip,
         "port": n.kubelet_port,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
