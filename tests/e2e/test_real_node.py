@@ -65,6 +65,9 @@ def machine(state_root: Path) -> dict[str, Any]:
         ),
         "sysctls": sysctls(),
         "paths": [p for p in (*render.HOST_PATHS, "/var/lib/containerd") if os.path.lexists(p)],
+        "cni results": sorted(os.listdir("/var/lib/cni/results"))
+        if os.path.isdir("/var/lib/cni/results")
+        else [],
         "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods"))
         + sorted(str(p) for p in UNIFIED.glob("podgate-node-*")),
         "programs": sorted(

@@ -241,3 +241,13 @@ def test_layer_has_parents_first_modes_and_symlinks() -> None:
     assert members["bin/tool"].mode == 0o755 and members["etc/motd"].mode == 0o644
     assert members["bin/sh"].issym() and members["bin/sh"].linkname == "tool"
     assert all(m.mtime == 0 and m.uid == 0 for m in members.values())
+
+
+def test_cni_results_left_by_the_node_are_its_own_only() -> None:
+    a, b = "a" * 64, "b" * 64
+    before = [f"other-{b}-eth0", f"cni-loopback-{b}-lo"]
+    now = [*before, f"podgate-12000-{a}-eth0", f"cni-loopback-{a}-lo", f"podgate-1-{a}-eth0"]
+    assert render.cni_results_to_remove(before, now, LAYOUT.network) == [
+        f"podgate-12000-{a}-eth0",
+        f"cni-loopback-{a}-lo",
+    ]

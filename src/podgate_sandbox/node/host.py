@@ -28,6 +28,7 @@ from podgate_sandbox.node.render import NodeLayout
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 UNIFIED = CGROUP_ROOT / "unified"
 NODE_CGROUP_NAMES = ("kubepods",)
+CNI_RESULTS = Path("/var/lib/cni/results")
 
 
 class HostError(RuntimeError):
@@ -72,6 +73,13 @@ def mountinfo() -> str:
     return Path("/proc/self/mountinfo").read_text()
 
 
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in path.iterdir())
+    except OSError:
+        return []
+
+
 class NodeHost:
     def __init__(self, layout: NodeLayout) -> None:
         self.n = layout
@@ -100,6 +108,7 @@ class NodeHost:
                 "ip6tables": iptables_save(six=True),
                 "mounts": render.mounts_under(mountinfo(), self._prefixes()),
                 "host_paths": [p for p in render.HOST_PATHS if os.path.lexists(p)],
+                "cni_results": _listdir(CNI_RESULTS),
                 "cgroups": [
                     str(h / name) for h in hierarchies() for name in NODE_CGROUP_NAMES if (h / name).exists()
                 ],
@@ -213,6 +222,11 @@ class NodeHost:
             except OSError as e:
                 problems.append(f"sysctl {name}: {e}")
         self._remove_cgroups(record["cgroups"], problems)
+        for name in render.cni_results_to_remove(
+            record.get("cni_results", []), _listdir(CNI_RESULTS), n.network
+        ):
+            with contextlib.suppress(OSError):
+                (CNI_RESULTS / name).unlink()
         for path in render.HOST_PATHS:
             if path not in record["host_paths"] and os.path.lexists(path):
                 if render.mounts_under(mountinfo(), [path]):

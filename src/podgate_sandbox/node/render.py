@@ -72,6 +72,11 @@ class NodeLayout:
         return f"podgate-node-{self.port_offset}"
 
     @property
+    def network(self) -> str:
+        """The CNI network's name (libcni keys its result cache by it)."""
+        return f"podgate-{self.port_offset}"
+
+    @property
     def guard_chain(self) -> str:
         return f"PODGATE-EGRESS-{self.port_offset}"
 
@@ -212,7 +217,7 @@ def cni_conflist(n: NodeLayout) -> str:
     hosts = list(net.hosts())
     conf = {
         "cniVersion": "0.4.0",
-        "name": f"podgate-{n.port_offset}",
+        "name": n.network,
         "plugins": [
             {
                 "type": "bridge",
@@ -438,6 +443,18 @@ def mounts_to_undo(before: Sequence[str], now: Sequence[str]) -> list[str]:
             extra[point] -= 1
             out.append(point)
     return out
+
+
+def cni_results_to_remove(before: Iterable[str], now: Iterable[str], network: str) -> list[str]:
+    """libcni's cached results (``/var/lib/cni/results``) the node left: files of its network
+    that appeared since ``up``, and the loopback results of the same sandboxes (containers
+    killed at ``down`` get no CNI DEL, which would have removed them)."""
+    new = sorted(set(now) - set(before))
+    ours = [name for name in new if name.startswith(network + "-")]
+    sandboxes = {name[len(network) + 1 :].rsplit("-", 1)[0] for name in ours}
+    return ours + [
+        name for name in new if name.startswith("cni-loopback-") and name[13:].rsplit("-", 1)[0] in sandboxes
+    ]
 
 
 def sysctls_to_restore(before: Mapping[str, str], now: Mapping[str, str]) -> dict[str, str]:
