@@ -6,10 +6,14 @@ PY := $(VENV)/bin/python
 # loopback only); the cloud SDKs' credential chains would, when no credentials are given.
 export AWS_EC2_METADATA_DISABLED := true
 export ALIBABA_CLOUD_ECS_METADATA_DISABLED := true
-DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates
+# The real node (`podgate sandbox up --node kubelet`): containerd, runc, the CNI plugins, the
+# firewall tools its guard and `down` use, gcc for the pause program, busybox for the web image.
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables nftables conntrack iproute2 \
+	gcc libc6-dev busybox-static
+DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates $(NODE_PACKAGES)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv binaries test lint unit contract e2e demo bench clean
+.PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench clean
 
 setup: system venv binaries
 
@@ -31,8 +35,9 @@ $(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PY) -m pip install -q -e '.[test]' -e './sandbox[demo]'
 	rm -f $(VENV)/.installed-*; touch $@
 
-# kube-apiserver and kube-controller-manager built from Debian's source package, kubectl from
-# Debian's kubernetes-client: cached per version, rebuilt only when missing or broken.
+# kube-apiserver, kube-controller-manager, kubelet and kube-proxy built from Debian's source
+# package, kubectl from Debian's kubernetes-client: cached per version, rebuilt only when missing
+# or broken.
 binaries: venv
 	$(VENV)/bin/podgate sandbox install
 
@@ -52,6 +57,10 @@ contract: setup
 
 e2e: setup
 	$(VENV)/bin/pytest -q tests/e2e
+
+# only the real node's tests (kubelet, containerd, kube-proxy; root): part of `make e2e` too
+e2e-real-node: setup
+	$(VENV)/bin/pytest -q -m real_node tests/e2e/test_real_node.py
 
 test: lint
 	$(VENV)/bin/pytest -q
