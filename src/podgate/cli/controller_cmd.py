@@ -242,7 +242,12 @@ SETTINGS: tuple[Setting, ...] = (
         Path("/tmp/podgate-webhook-certs"),
         "where a generated CA and serving certificate are kept",
     ),
-    Setting("--webhook-cert-file", path("a file"), None, "serving certificate (cert-manager)"),
+    Setting(
+        "--webhook-cert-file",
+        path("a file"),
+        None,
+        "serving certificate (cert-manager): reloaded when it changes, no restart",
+    ),
     Setting("--webhook-key-file", path("a file"), None, "serving certificate's private key"),
     Setting(
         "--no-inject",
@@ -330,6 +335,45 @@ SETTINGS: tuple[Setting, ...] = (
         seconds(3, 300),
         15.0,
         "seconds a leader's Lease lasts without renewal: the longest failover",
+    ),
+    Setting(
+        "--namespace",
+        pattern("a namespace name", DNS_LABEL),
+        "podgate-system",
+        "the controller's own namespace, where the webhook certificate Secret is kept",
+        ambient_env="POD_NAMESPACE",
+    ),
+    Setting(
+        "--webhook-cert-secret",
+        pattern("a Secret name", DNS_SUBDOMAIN),
+        "podgate-webhook-certs",
+        "Secret holding the webhook's generated CA and serving certificate, shared by every "
+        "replica (created by the first; not used with --webhook-cert-file)",
+    ),
+    Setting(
+        "--webhook-cert-validity",
+        seconds(10, 10 * 365 * 86400),
+        365 * 86400.0,
+        "seconds a generated serving certificate is valid",
+    ),
+    Setting(
+        "--webhook-ca-validity",
+        seconds(10, 100 * 365 * 86400),
+        10 * 365 * 86400.0,
+        "seconds a generated CA is valid",
+    ),
+    Setting(
+        "--webhook-cert-renew-at",
+        seconds(0.1, 0.95, "a fraction of the lifetime from 0.1 to 0.95"),
+        0.67,
+        "a generated certificate (or CA) is replaced once this fraction of its lifetime has passed",
+    ),
+    Setting(
+        "--webhook-cert-check-period",
+        seconds(0.1, 3600),
+        10.0,
+        "seconds between looks at the certificate (Secret or files) by each replica; a CA is "
+        "retired 6 periods after every replica serves its successor",
     ),
     Setting(
         "--log-format",
