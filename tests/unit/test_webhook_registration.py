@@ -4,11 +4,13 @@ replica registers), removed under ``--no-inject``; by Service reference exactly 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS as MWC
+from podgate.kube.api import Conflict, Resource
 from podgate.kube.fake import FakeKube
 from podgate.webhook.server import covers, register, unregister, webhook_configuration
 
@@ -66,3 +68,23 @@ async def test_no_inject_removes_its_own_configuration_and_tolerates_none() -> N
     assert kube.object(MWC, "podgate-sandbox") is None
     assert kube.object(MWC, "someone-else") is not None, "another configuration was touched"
     assert await unregister(kube, "podgate-sandbox") is False
+
+
+async def test_a_replica_that_lost_the_race_reads_again_and_finds_nothing_to_write() -> None:
+    newer = webhook_configuration("podgate", b"CA-2", **BY_URL)
+
+    class Raced(FakeKube):
+        """Another replica writes CA-2 between this one's read and its write."""
+
+        async def replace(
+            self, resource: Resource, name: str, body: Mapping[str, Any], namespace: str | None = None
+        ) -> dict[str, Any]:
+            if not self.writes[1:]:
+                await super().replace(resource, name, newer, namespace)
+                raise Conflict("the object has been modified")
+            return await super().replace(resource, name, body, namespace)
+
+    kube = Raced()
+    await register(kube, webhook_configuration("podgate", b"CA-1", **BY_URL))
+    assert await register(kube, newer) is False
+    assert [w.verb for w in kube.writes] == ["create", "replace"], "the same configuration written twice"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from podgate.kube import pki
-from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, Kube, KubeError, NotFound
+from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, Conflict, Kube, KubeError, NotFound
 from podgate.kube.informer import Informer
 from podgate.kube.webhookcerts import CertificateError, CertificateSecret
 from podgate.model import gates
@@ -266,26 +266,38 @@ def webhook_configuration(
     }
 
 
-async def register(kube: Kube, body: dict[str, Any]) -> bool:
+async def register(kube: Kube, body: dict[str, Any], attempts: int = 3) -> bool:
     """Create the webhook configuration, or replace it when it differs from ``body`` (a new CA
-    bundle, say); returns whether it wrote.  Every replica registers at start and again at each
-    rotation: a write only on change keeps them from rewriting the same object in turn."""
+    bundle, say); returns whether it wrote.  Every replica registers at start and after each
+    rotation: writing only on change, and reading again when another replica wrote first (it
+    most likely wrote the same), keeps them from rewriting the same object in turn."""
     name = body["metadata"]["name"]
-    try:
-        current = await kube.get(MUTATING_WEBHOOK_CONFIGURATIONS, name)
-    except NotFound:
-        await kube.create(MUTATING_WEBHOOK_CONFIGURATIONS, body)
-        log.info("registered MutatingWebhookConfiguration %s", name)
+    for attempt in range(attempts):
+        try:
+            current = await kube.get(MUTATING_WEBHOOK_CONFIGURATIONS, name)
+        except NotFound:
+            try:
+                await kube.create(MUTATING_WEBHOOK_CONFIGURATIONS, body)
+            except Conflict:
+                continue
+            log.info("registered MutatingWebhookConfiguration %s", name)
+            return True
+        if covers(current, body):
+            return False
+        rv = current["metadata"]["resourceVersion"]
+        try:
+            await kube.replace(
+                MUTATING_WEBHOOK_CONFIGURATIONS,
+                name,
+                {**body, "metadata": {**body["metadata"], "resourceVersion": rv}},
+            )
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
+            continue
+        log.info("updated MutatingWebhookConfiguration %s", name)
         return True
-    if covers(current, body):
-        return False
-    body = {
-        **body,
-        "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
-    }
-    await kube.replace(MUTATING_WEBHOOK_CONFIGURATIONS, name, body)
-    log.info("updated MutatingWebhookConfiguration %s", name)
-    return True
+    raise Conflict(f"MutatingWebhookConfiguration {name} kept changing under {attempts} attempts")
 
 
 async def unregister(kube: Kube, name: str) -> bool:
