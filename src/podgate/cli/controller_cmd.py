@@ -459,7 +459,7 @@ def controller_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Cont
     return settings_from(declared.resolve(SETTINGS, parser.parse_args(argv), environ))
 
 
-async def _health(controller: Controller, bind: str, port: int) -> web.AppRunner:
+async def _health(controller: Controller, bind: str, port: int, webhook_up: asyncio.Event) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -472,6 +472,8 @@ async def _health(controller: Controller, bind: str, port: int) -> web.AppRunner
         problems += [f"load balancer {n} unreachable" for n, ok in controller.provider_ok.items() if not ok]
         if not controller.ready.is_set():
             problems.append("controller starting")
+        elif not webhook_up.is_set():
+            problems.append("webhook not serving yet (no certificate, or its CA bundle not registered)")
         if problems:
             return web.Response(status=503, text="\n".join(problems) + "\n")
         return web.Response(text="ready\n")
@@ -499,13 +501,15 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main.cancel)
-    runners = [await _health(controller, health_bind, health_port)]
+    webhook_up = asyncio.Event()
+    runners = [await _health(controller, health_bind, health_port, webhook_up)]
     try:
         await asyncio.wait(
             [main, asyncio.create_task(controller.ready.wait())], return_when=asyncio.FIRST_COMPLETED
         )
         if not main.done():
             runners += await serve(settings, controller)
+            webhook_up.set()
         await main
     except asyncio.CancelledError:
         logging.getLogger("podgate").info("controller stopping")

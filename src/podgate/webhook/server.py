@@ -175,15 +175,16 @@ async def keep_serving(
     first: asyncio.Event,
 ) -> None:
     """Every ``period``: the current certificate into ``tls`` and its CA bundle registered (a
-    write only when it differs).  ``first`` is set once a certificate is loaded: the server starts
-    then.  A failure (API server away, a Secret mid-change) is retried on the next round; the
-    certificate served meanwhile stays."""
+    write only when it differs).  ``first`` is set once a certificate is loaded and its bundle
+    registered: the server starts then, and the replica is ready (before, the API server would
+    not trust it, and pods admitted meanwhile would start ungated).  A failure (API server away,
+    a Secret mid-change) is retried on the next round; the certificate served meanwhile stays."""
     while True:
         try:
             bundle = await source.refresh(tls)
-            first.set()
             if registration is not None:
                 await registration(bundle)
+            first.set()
         except (KubeError, CertificateError, OSError, ValueError) as e:
             # ssl.SSLError is an OSError; an unreadable PEM a ValueError
             log.warning("webhook certificates: %s; trying again in %gs", e, period)
