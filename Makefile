@@ -2,10 +2,10 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates
+DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates buildah mmdebstrap
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv binaries test lint unit contract e2e demo bench clean
+.PHONY: setup system venv binaries test lint unit contract e2e demo bench image clean
 
 setup: system venv binaries
 
@@ -61,5 +61,10 @@ bench: setup
 	$(PY) bench/rollout.py
 	$(PY) bench/cloud_calls.py
 
+# The Dockerfile's image without a Docker engine (buildah, a Debian base from mmdebstrap):
+# an OCI archive at dist/podgate-image.tar.
+image: setup
+	$(PY) -m podgate_sandbox.image --out dist/podgate-image.tar
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info
