@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates buildah mmdebstrap
+DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates buildah mmdebstrap runc
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: setup system venv binaries test lint unit contract e2e demo bench image clean

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -53,35 +55,61 @@ def ready(replica: int) -> bool:
 
 
 @contextlib.contextmanager
-def replicas(sandbox: SandboxHandle, n: int, *flags: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """The sandbox's controller replaced by ``n`` replicas, every one registering the webhook by the
-    front door's URL (as deploy/base's all register by Service), starting from no certificate
-    Secret; the sandbox's own controller, with a Secret of its own, comes back after."""
-    sb = Sandbox(sandbox.state_dir)
+def controller_stopped(sandbox: SandboxHandle) -> Iterator[Sandbox]:
+    """The sandbox's controller stopped (it releases its Lease) and the certificate Secret gone, for
+    the block; after it, the Secret goes again and the sandbox's controller comes back."""
     pid = json.loads((sandbox.state_dir / "pids.json").read_text())["podgate-controller"]
     os.killpg(pid, signal.SIGTERM)
     wait_for("the sandbox's controller to stop", lambda: not _alive(pid), 20)
     sandbox.kubectl("delete", "secret", SECRET, "-n", CONTROLLER_NAMESPACE, "--ignore-not-found")
-    procs = []
     try:
-        for r in range(n):
-            argv = sb.controller_argv(
-                r, "--webhook-url", sb.webhook_url, "--webhook-config-name", CONFIG, *flags
-            )
-            with open(sandbox.state_dir / "logs" / f"replica-{r}.log", "a") as log:
-                procs.append(
-                    subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-                )
-        wait_for(f"{n} replicas ready", lambda: all(ready(r) for r in range(n)), 40)
-        yield procs
+        yield Sandbox(sandbox.state_dir)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(15)
         sandbox.kubectl("delete", "secret", SECRET, "-n", CONTROLLER_NAMESPACE, "--ignore-not-found")
         assert podgate("sandbox", "up", "--state-dir", str(sandbox.state_dir)).returncode == 0
         wait_for("the sandbox's controller ready", lambda: ready(0), 30)
+        wait_for("the front door to send to it", front_door_up, 10)
+
+
+@contextlib.contextmanager
+def replicas(sandbox: SandboxHandle, n: int, *flags: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The sandbox's controller replaced by ``n`` replicas, every one registering the webhook by the
+    front door's URL (as deploy/base's all register by Service), starting from no certificate
+    Secret."""
+    procs = []
+    with controller_stopped(sandbox) as sb:
+        try:
+            for r in range(n):
+                argv = sb.controller_argv(
+                    r, "--webhook-url", sb.webhook_url, "--webhook-config-name", CONFIG, *flags
+                )
+                with open(sandbox.state_dir / "logs" / f"replica-{r}.log", "a") as log:
+                    procs.append(
+                        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                    )
+            wait_for(f"{n} replicas ready", lambda: all(ready(r) for r in range(n)), 40)
+            wait_for("the front door to send to them", front_door_up, 10)
+            yield procs
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(15)
+
+
+def front_door_up() -> bool:
+    """Whether the webhook front door (HAProxy, checking every second) sends to a replica again:
+    as a Service's endpoints hold only Ready pods, it must before pods are created (the API
+    server would otherwise see the door close and admit them ungated)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    for _ in range(3):
+        try:
+            with socket.create_connection(("127.0.0.1", 9443 + OFFSET), 2) as raw, ctx.wrap_socket(raw):
+                pass
+        except OSError:  # ssl.SSLError too: the door closed on us
+            return False
+    return True
 
 
 def _alive(pid: int) -> bool:
