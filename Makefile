@@ -10,10 +10,13 @@ export ALIBABA_CLOUD_ECS_METADATA_DISABLED := true
 # firewall tools its guard and `down` use, gcc for the pause program, busybox for the web image.
 NODE_PACKAGES := containerd runc containernetworking-plugins iptables nftables conntrack iproute2 \
 	gcc libc6-dev busybox-static
-DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates $(NODE_PACKAGES)
+# `make image` and its tests: buildah, and mmdebstrap for a Debian base (no registry is reachable)
+IMAGE_PACKAGES := buildah mmdebstrap
+DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates $(NODE_PACKAGES) \
+	$(IMAGE_PACKAGES)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench clean
+.PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench image clean
 
 setup: system venv binaries
 
@@ -74,5 +77,10 @@ bench: setup
 	$(PY) bench/rollout.py
 	$(PY) bench/cloud_calls.py
 
+# The Dockerfile's image without a Docker engine (buildah, a Debian base from mmdebstrap):
+# an OCI archive at dist/podgate-image.tar.
+image: setup
+	$(PY) -m podgate_sandbox.image --out dist/podgate-image.tar
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

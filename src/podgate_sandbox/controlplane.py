@@ -40,6 +40,8 @@ from podgate_sandbox.node.host import HostError, NodeHost
 
 HOST = "127.0.0.1"
 NODE_MODES = ("agent", "kubelet")
+#: the controller's own namespace, as deploy/base's (created by rbac.yaml)
+CONTROLLER_NAMESPACE = "podgate-system"
 
 
 def default_state_dir() -> Path:
@@ -332,6 +334,7 @@ class Sandbox:
             "    option redispatch 1\n"
             f"    server replica-0 {HOST}:{c.port(9444)} check inter 1s fall 2 rise 1\n"
             f"    server replica-1 {HOST}:{c.port(9445)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-2 {HOST}:{c.port(9446)} check inter 1s fall 2 rise 1\n"
         )
 
     # -- components ------------------------------------------------------------------------
@@ -545,8 +548,10 @@ class Sandbox:
         ]
 
     def controller_argv(self, replica: int = 0, *extra: str) -> list[str]:
-        """``podgate controller`` for this sandbox.  Replica 0 is the one ``up`` starts; replica 1
-        (tests, failover) takes the webhook front door's second slot and its own health port."""
+        """``podgate controller`` for this sandbox.  Replica 0 is the one ``up`` starts; replicas 1
+        and 2 (tests, failover) take the webhook front door's next slots, their own health ports
+        and their own certificate directories (as a cluster's emptyDirs): the certificates they
+        serve come from the Secret in the controller's namespace, which all of them share."""
         c = self.config
         argv = [
             sys.executable,
@@ -570,7 +575,12 @@ class Sandbox:
             "--webhook-port",
             str(c.port(9444 + replica)),
             "--webhook-cert-dir",
-            str(self.state_dir / "webhook-certs"),
+            str(self.state_dir / ("webhook-certs" if replica == 0 else f"webhook-certs-{replica}")),
+            # the Lease and the certificate Secret in the controller's own namespace (rbac.yaml)
+            "--namespace",
+            CONTROLLER_NAMESPACE,
+            "--leader-election-namespace",
+            CONTROLLER_NAMESPACE,
             "--health-bind",
             HOST,
             "--health-port",

@@ -316,6 +316,12 @@ BAD_VALUES: dict[str, str] = {
     "--leader-election-id": "-lease",
     "--lease-duration": "2",
     "--log-format": "xml",
+    "--namespace": "Podgate_System",
+    "--webhook-cert-secret": "-certs",
+    "--webhook-cert-validity": "5",
+    "--webhook-ca-validity": "1e12",
+    "--webhook-cert-renew-at": "1",
+    "--webhook-cert-check-period": "0",
 }
 
 
@@ -436,6 +442,14 @@ def test_other_commands_never_read_controller_settings(
         (
             [*HAPROXY, "--webhook-url", "https://h/m", "--webhook-service", "ns/svc"],
             "--webhook-url and --webhook-service are alternatives",
+        ),
+        (
+            [*HAPROXY, "--webhook-cert-validity", "600", "--webhook-ca-validity", "300"],
+            "--webhook-ca-validity must be at least --webhook-cert-validity",
+        ),
+        (
+            [*HAPROXY, "--webhook-cert-validity", "60", "--webhook-cert-renew-at", "0.9"],
+            "must leave 12 --webhook-cert-check-period",
         ),
     ],
 )

@@ -106,6 +106,13 @@ EVICTION_REVIEWS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+WEBHOOK_TLS_FAILURES = Counter(
+    "podgate_webhook_tls_handshake_failures_total",
+    "TLS handshakes with the webhook that failed at podgate's side, by OpenSSL's reason "
+    "(e.g. TLSV1_ALERT_UNKNOWN_CA: the caller does not trust the certificate served)",
+    ["reason"],
+    registry=REGISTRY,
+)
 PROVIDER_CALLS = Counter(
     "podgate_provider_calls_total", "Load-balancer API calls", ["provider", "operation"], registry=REGISTRY
 )

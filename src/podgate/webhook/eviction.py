@@ -19,12 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
-from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube, NotFound
+from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
 from podgate.kube.informer import Informer
 from podgate.model import gates, lb
 from podgate.model.policy import GatePolicy, eviction_refusal, gate_policy
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError
+from podgate.webhook import server
 from podgate.webhook.admission import BadReview, parse_review
 
 log = logging.getLogger(__name__)
@@ -179,17 +180,7 @@ def webhook_configuration(
     }
 
 
-async def register(kube: Kube, body: dict[str, Any]) -> None:
-    """Create the configuration, or replace it (a new CA bundle, say) if it exists."""
-    name = body["metadata"]["name"]
-    try:
-        current = await kube.get(VALIDATING_WEBHOOK_CONFIGURATIONS, name)
-    except NotFound:
-        await kube.create(VALIDATING_WEBHOOK_CONFIGURATIONS, body)
-        log.info("registered ValidatingWebhookConfiguration %s", name)
-        return
-    body = {
-        **body,
-        "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
-    }
-    await kube.replace(VALIDATING_WEBHOOK_CONFIGURATIONS, name, body)
+async def register(kube: Kube, body: dict[str, Any]) -> bool:
+    """Create or update the eviction guard's configuration, writing only when it differs (every
+    replica registers at start and after each certificate rotation); returns whether it wrote."""
+    return await server.register(kube, body, resource=VALIDATING_WEBHOOK_CONFIGURATIONS)
