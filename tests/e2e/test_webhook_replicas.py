@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from podgate_sandbox import processes
 from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE, Sandbox
 
 from .conftest import OFFSET, SandboxHandle, podgate, samples, scrape, wait_for
@@ -113,11 +114,10 @@ def front_door_up() -> bool:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether the controller still runs.  A zombie does not: a controller the sandbox restarted
+    from this very process (``controller_replaced``) is this process's child, and once it exits
+    only a reap (which ``processes.alive`` does) makes it go; ``kill(pid, 0)`` would still see it."""
+    return processes.alive(pid, "controller")
 
 
 def fingerprint(pem_b64: str) -> str:
