@@ -93,6 +93,8 @@ class Controller:
             instrumented,
             settings.default_provider,
             self.recorder,
+            classes=settings.classes(),
+            migration_labels=settings.migration_labels,
             lb_cidr=settings.lb_cidr,
             sticky=not settings.continuous,
             adopted_prefixes=settings.adopt_gate_prefixes,
@@ -232,7 +234,7 @@ class Controller:
             wanted: dict[str, ServiceLB] = {}
             for key, svc in self.services.cache.items():
                 try:
-                    if lb.provider_for(svc, self.settings.default_provider, self.providers) != name:
+                    if self.reconciler.provider_of(svc) != name:
                         continue
                     pools = lb.pools_for(svc, provider.group_annotations)
                 except lb.ServiceConfigError:
@@ -373,6 +375,7 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
             url=settings.webhook_url,
             service=service_ref,
             skip_label_value=settings.skip_label_value,
+            migration_labels=settings.migration_labels,
         )
         await webhook.register(controller.kube, body)
     return runners
