@@ -36,6 +36,7 @@ def stat(status: str, check: str, desc: str = "", last: str = "") -> ServerStat:
     [
         (stat("UP", "L7OK"), "ready", Health.HEALTHY),
         (stat("UP 2/3", "L7STS"), "ready", Health.HEALTHY),  # going down, still in rotation
+        (stat("UP 1/3", "INI"), "ready", Health.INITIAL),  # read from a configuration, not checked yet
         (stat("DOWN", "INI"), "ready", Health.INITIAL),
         (stat("DOWN 1/3", "L4OK"), "ready", Health.INITIAL),  # rising
         (
@@ -98,7 +99,7 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
         {"podgate.shop.web.80": [("podgate-127.100.0.9-8080", "127.100.0.9:8080")]},
         str(tmp_path / "state"),
     )
-    assert "server-state-file" in with_state and "load-server-state-from-file global" in with_state
+    assert "server-state-base" in with_state and "load-server-state-from-file local" in with_state
     assert "    server podgate-127.100.0.9-8080 127.100.0.9:8080 check inter 1000" in with_state
     path.write_text(with_state)
     check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)

@@ -43,6 +43,10 @@ def server_health(stat: ServerStat, where: str) -> tuple[AdminState, TargetHealt
         return "maint", TargetHealth(Health.UNREGISTERED, detail, where)
     if status.startswith("DRAIN") or status.startswith("NOLB"):
         return "drain", TargetHealth(Health.DRAINING, detail, where)
+    if status.startswith("UP") and check in ("", "INI"):
+        # a server a new worker read from its configuration with no saved state starts UP
+        # before any check (seen on 2.6: "UP 1/3", INI): not healthy until HAProxy checked it
+        return "ready", TargetHealth(Health.INITIAL, detail, where)
     if status.startswith("UP"):
         return "ready", TargetHealth(Health.HEALTHY, detail, where)
     if status.startswith("DOWN") and (check in ("", "INI") or check in _CHECK_OK):
@@ -95,6 +99,8 @@ class HAProxyProvider:
         self.base_config = base_config
         self.validate = validate
         self._services: dict[str, ServiceLB] = {}
+        #: backend → its podgate servers (name, address) as the configuration file lists them
+        self._servers: dict[str, list[tuple[str, str]]] = {}
         self._lock = asyncio.Lock()
         self._initialised = False
         self.reloads = 0
@@ -160,30 +166,76 @@ class HAProxyProvider:
         if current == mark:
             return
         # Carry the registered targets and their state across the reload.
-        servers: dict[str, list[tuple[str, str]]] = {}
-        rt = self.runtimes[0]
+        self._servers = {}
         for service_lb in self._services.values():
             for pool in service_lb.pools:
                 be = cfg.backend_name(pool)
                 with contextlib.suppress(ProviderError):  # a new backend has no servers yet
-                    servers[be] = [
-                        (s.name, s.address)
-                        for s in await rt.servers(be)
-                        if cfg.target_of_server(s.name, s.address)
-                    ]
-        state_file = self.config_path.with_name("server-state")
-        with contextlib.suppress(ProviderError):
-            state_file.write_text(await rt.command("show servers state"))
-        text = mark + "\n" + cfg.render(self.base_config, self._services, servers, str(state_file))
+                    await self._save_state(be)
+                    self._servers[be] = await self._listed(be)
+        text = self._render()
         await self._validate(text)
-        tmp = self.config_path.with_suffix(".new")
-        tmp.write_text(text)
-        os.replace(tmp, self.config_path)
+        self._write(text)
         before = await self._identity()
         await self.master.reload()
         self.reloads += 1
         await self._await_new_worker(before)
         log.info("HAProxy reloaded with %d Services", len(self._services))
+
+    # -- what a reload starts from --------------------------------------------------------------
+    # Any reload (podgate's, SIGUSR2 to the master, someone's `reload` on the master CLI) starts
+    # a worker from the configuration file alone.  So the file lists every target as a server
+    # line, rewritten (never reloaded) when targets change, and each backend's state file holds
+    # HAProxy's own view of them (`load-server-state-from-file local`): the new worker starts
+    # with every target, UP ones UP, draining ones draining.  A server is written to the file
+    # only after its state is saved, and a gate reads health before the state is saved, so a
+    # reload can never bring back a target in a state podgate has not seen saved.
+
+    @property
+    def state_dir(self) -> Path:
+        assert self.config_path is not None
+        return self.config_path.with_name("server-state")
+
+    async def _listed(self, backend: str) -> list[tuple[str, str]]:
+        return [
+            (s.name, s.address)
+            for s in await self.runtimes[0].servers(backend)
+            if cfg.target_of_server(s.name, s.address)
+        ]
+
+    async def _save_state(self, backend: str) -> None:
+        """HAProxy's own state of the backend's servers, where the next worker will load it."""
+        text = await self.runtimes[0].command(f"show servers state {backend}")
+        if not text.startswith("1\n"):  # the format's version line; else HAProxy's complaint
+            raise ProviderError(f"HAProxy show servers state {backend}: {text.strip()[:200]}")
+        self.state_dir.mkdir(exist_ok=True)
+        tmp = self.state_dir / f".{backend}.new"
+        tmp.write_text(text)
+        os.replace(tmp, self.state_dir / backend)
+
+    def _render(self) -> str:
+        mark = cfg.STRUCTURE_MARK + cfg.structure_id(self.base_config, self._services)
+        return mark + "\n" + cfg.render(self.base_config, self._services, self._servers, str(self.state_dir))
+
+    def _write(self, text: str) -> None:
+        """Replace the file in one step: a reload never reads half of it."""
+        assert self.config_path is not None
+        tmp = self.config_path.with_suffix(".new")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
+    async def _targets_changed(self, pool: PoolSpec) -> None:
+        """After a register, drain or removal: save the backend's state, then list its servers
+        in the configuration file (no reload)."""
+        if not self.owns_config or pool.group is not None:
+            return
+        be = cfg.backend_name(pool)
+        async with self._lock:
+            await self._save_state(be)
+            listed = await self._listed(be)
+            if listed != self._servers.get(be, []):
+                self._servers[be] = listed
+                self._write(self._render())
 
     async def _validate(self, text: str) -> None:
         if not self.validate:
@@ -234,6 +286,10 @@ class HAProxyProvider:
         be = cfg.backend_name(pool)
         views: dict[Target, list[TargetState]] = {}
         stats = await asyncio.gather(*(rt.servers(be) for rt in self.runtimes))
+        if self.owns_config and pool.group is None:
+            # saved after the read: any health a gate is decided on is what a reload restores
+            async with self._lock:
+                await self._save_state(be)
         for rt, rows in zip(self.runtimes, stats, strict=True):
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
@@ -265,6 +321,7 @@ class HAProxyProvider:
                     await rt.add_server(be, cfg.server_name(t), str(t), options)
                 elif present[t].startswith(("DRAIN", "MAINT", "NOLB")):
                     await rt.set_ready(be, cfg.server_name(t))
+        await self._targets_changed(pool)
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)
@@ -272,11 +329,19 @@ class HAProxyProvider:
             for t in targets:
                 with contextlib.suppress(ProviderError):  # already gone on this one
                     await rt.drain(be, cfg.server_name(t))
+        await self._targets_changed(pool)
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)
+        if self.owns_config and pool.group is None:
+            # out of the file first: a reload in between leaves out a target that is leaving
+            gone = {cfg.server_name(t) for t in targets}
+            async with self._lock:
+                self._servers[be] = [s for s in self._servers.get(be, []) if s[0] not in gone]
+                self._write(self._render())
         for rt in self.runtimes:
             present = {s.name for s in await rt.servers(be)}
             for t in targets:
                 if cfg.server_name(t) in present:
                     await rt.remove(be, cfg.server_name(t))
+        await self._targets_changed(pool)
