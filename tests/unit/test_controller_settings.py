@@ -318,6 +318,7 @@ BAD_VALUES: dict[str, str] = {
     "--log-format": "xml",
     "--load-balancer-class": "podgate.dev/haproxy",
     "--migration-labels": "maybe",
+    "--haproxy-ha-policy": "some",
 }
 
 

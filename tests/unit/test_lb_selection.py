@@ -40,10 +40,10 @@ CONFIGURED = ["haproxy", "aws"]
         (svc(), None, None, None),  # class-less: the cloud controller manager's
         (svc(), "haproxy", None, "haproxy"),  # ... unless the operator names a default
         (svc("ClusterIP"), "haproxy", None, None),
-        (svc("ClusterIP", **{lb.PROVIDER_ANNOTATION: "aws"}), None, None, "aws"),
-        (svc(**{lb.PROVIDER_ANNOTATION: "aws"}), None, None, "aws"),
-        (svc(lb_class="podgate.dev/haproxy", **{lb.PROVIDER_ANNOTATION: "aws"}), None, None, "aws"),
-        (svc(lb_class="podgate.dev/haproxy", **{lb.PROVIDER_ANNOTATION: "none"}), None, None, None),
+        (svc("ClusterIP", **{gates.PROVIDER_ANNOTATION: "aws"}), None, None, "aws"),
+        (svc(**{gates.PROVIDER_ANNOTATION: "aws"}), None, None, "aws"),
+        (svc(lb_class="podgate.dev/haproxy", **{gates.PROVIDER_ANNOTATION: "aws"}), None, None, "aws"),
+        (svc(lb_class="podgate.dev/haproxy", **{gates.PROVIDER_ANNOTATION: "none"}), None, None, None),
     ],
     ids=[
         "class",
@@ -72,7 +72,7 @@ def test_the_annotation_on_another_controllers_class_is_a_clear_error() -> None:
         lb.ServiceConfigError, match=r"conflicts with spec.loadBalancerClass='service.k8s.aws/nlb'"
     ):
         lb.provider_for(
-            svc(lb_class="service.k8s.aws/nlb", **{lb.PROVIDER_ANNOTATION: "aws"}), None, CONFIGURED
+            svc(lb_class="service.k8s.aws/nlb", **{gates.PROVIDER_ANNOTATION: "aws"}), None, CONFIGURED
         )
 
 

@@ -354,6 +354,14 @@ SETTINGS: tuple[Setting, ...] = (
         field="load_balancer_classes",
     ),
     Setting(
+        "--haproxy-ha-policy",
+        choice("all", "reachable"),
+        "all",
+        "with several runtime sockets (an HA pair) and one unreachable: 'all' keeps pending gates "
+        "False with a reason naming it; 'reachable' decides on the reachable ones",
+        field="haproxy.ha_policy",
+    ),
+    Setting(
         "--migration-labels",
         BOOLEAN,
         False,

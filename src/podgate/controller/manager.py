@@ -51,6 +51,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             master_address=h.master_socket,
             config_path=h.config_path,
             base_config=base,
+            require_all=h.ha_policy == "all",
         ).provider()
     for a in settings.aws:
         providers[a.name] = AwsElbv2Provider(
@@ -292,7 +293,8 @@ class Controller:
                 log.info("load balancer %s changed generation (%s → %s): re-syncing", name, last, gen)
                 self.enqueue_all()
             last = gen
-            await asyncio.sleep(1.0)
+            # half a second: a reload or restart is re-synced within a second of it
+            await asyncio.sleep(0.5)
 
     async def _resync(self) -> None:
         while True:

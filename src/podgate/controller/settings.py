@@ -20,6 +20,8 @@ class HAProxySettings:
     master_socket: str | None = None
     config_path: Path | None = None
     base_config_path: Path | None = None
+    #: an HA pair with a member unreachable: "all" (pending gates wait) or "reachable"
+    ha_policy: str = "all"
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,19 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
 from podgate.providers import haproxy_config as cfg
 from podgate.providers.base import AdminState, Provider, ProviderError, ServiceLB, TargetState
-from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat
+from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat, Unreachable
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _CHECK_OK = ("L4OK", "L6OK", "L7OK", "L7OKC")
 
 
@@ -88,6 +90,7 @@ class HAProxyProvider:
         config_path: Path | None = None,
         base_config: str = "",
         validate: bool = True,
+        require_all: bool = True,
     ) -> None:
         if not runtime_addresses:
             raise ValueError("HAProxy provider needs at least one runtime API address")
@@ -98,6 +101,9 @@ class HAProxyProvider:
         self.config_path = config_path
         self.base_config = base_config
         self.validate = validate
+        #: an HA pair with one HAProxy unreachable: True, pending gates wait (False, naming it);
+        #: False, podgate decides on the reachable ones (and registers there)
+        self.require_all = require_all
         self._services: dict[str, ServiceLB] = {}
         #: backend → its podgate servers (name, address) as the configuration file lists them
         self._servers: dict[str, list[tuple[str, str]]] = {}
@@ -115,6 +121,31 @@ class HAProxyProvider:
         """Provisioning mode: podgate renders the configuration and reloads through the master."""
         return self.master is not None and self.config_path is not None
 
+    def _reachable(
+        self, answers: Sequence[T | BaseException], require_all: bool | None = None
+    ) -> list[tuple[Runtime, T]]:
+        """Each HAProxy's answer, by the HA-pair policy: with ``require_all`` any failure is
+        the error; otherwise an unreachable one is left out, unless every one is."""
+        require_all = self.require_all if require_all is None else require_all
+        out: list[tuple[Runtime, T]] = []
+        errors: list[BaseException] = []
+        for rt, answer in zip(self.runtimes, answers, strict=True):
+            if isinstance(answer, BaseException):
+                errors.append(answer)
+            else:
+                out.append((rt, answer))
+        for e in errors:
+            if require_all or not isinstance(e, Unreachable) or not out:
+                raise e
+            log.warning("deciding without an HA-pair member: %s", e)
+        return out
+
+    async def _on_each(
+        self, action: Callable[[Runtime], Awaitable[T]], require_all: bool | None = None
+    ) -> list[tuple[Runtime, T]]:
+        results = await asyncio.gather(*(action(rt) for rt in self.runtimes), return_exceptions=True)
+        return self._reachable(results, require_all)
+
     async def close(self) -> None:
         """Nothing to let go: each runtime command opens its own connection."""
 
@@ -122,7 +153,7 @@ class HAProxyProvider:
     async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
         if any(p.group for p in pools):
             missing = [p.group.id for p in pools if p.group]
-            backends = set(await self.runtimes[0].backends())
+            backends = set((await self._on_each(lambda rt: rt.backends()))[0][1])
             absent = [b for b in missing if b not in backends]
             if absent:
                 raise ProviderError(f"HAProxy has no backend {', '.join(map(repr, absent))} to attach to")
@@ -276,21 +307,22 @@ class HAProxyProvider:
         raise ProviderError(f"HAProxy did not start a new worker within {timeout:.0f}s of the reload")
 
     async def generation(self) -> str:
-        ids = []
-        for rt in self.runtimes:
-            ids.append(await rt.identity())
-        return ",".join(ids)
+        """The workers' identities; with the ``reachable`` policy an unreachable member counts
+        as one more state, so its return (a fresh worker, no dynamic servers) is a change."""
+        answers = await asyncio.gather(*(rt.identity() for rt in self.runtimes), return_exceptions=True)
+        self._reachable(answers)
+        return ",".join(a if isinstance(a, str) else "unreachable" for a in answers)
 
     # -- targets ------------------------------------------------------------------------------
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         be = cfg.backend_name(pool)
         views: dict[Target, list[TargetState]] = {}
-        stats = await asyncio.gather(*(rt.servers(be) for rt in self.runtimes))
+        seen = await self._on_each(lambda rt: rt.servers(be))
         if self.owns_config and pool.group is None:
             # saved after the read: any health a gate is decided on is what a reload restores
             async with self._lock:
                 await self._save_state(be)
-        for rt, rows in zip(self.runtimes, stats, strict=True):
+        for rt, rows in seen:
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
             )
@@ -302,7 +334,7 @@ class HAProxyProvider:
                 views.setdefault(target, []).append(TargetState(admin, health, row.sessions))
         out = {}
         for target, states in views.items():
-            if len(states) < len(self.runtimes):  # missing on one HAProxy of the pair
+            if len(states) < len(seen):  # missing on one HAProxy of the pair
                 states = [
                     *states,
                     TargetState(
@@ -314,21 +346,32 @@ class HAProxyProvider:
 
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be, options = cfg.backend_name(pool), cfg.server_options(pool.health)
-        for rt in self.runtimes:
+
+        async def on(rt: Runtime) -> None:
             present = {cfg.target_of_server(s.name, s.address): s.status for s in await rt.servers(be)}
             for t in targets:
                 if t not in present:
                     await rt.add_server(be, cfg.server_name(t), str(t), options)
                 elif present[t].startswith(("DRAIN", "MAINT", "NOLB")):
                     await rt.set_ready(be, cfg.server_name(t))
+
+        await self._on_each(on)
         await self._targets_changed(pool)
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)
-        for rt in self.runtimes:
+
+        async def on(rt: Runtime) -> None:
             for t in targets:
-                with contextlib.suppress(ProviderError):  # already gone on this one
+                try:
                     await rt.drain(be, cfg.server_name(t))
+                except Unreachable:
+                    raise
+                except ProviderError:  # already gone on this one
+                    pass
+
+        # a leaving target leaves every HAProxy that can be told, whatever the policy
+        await self._on_each(on, require_all=False)
         await self._targets_changed(pool)
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
@@ -339,9 +382,12 @@ class HAProxyProvider:
             async with self._lock:
                 self._servers[be] = [s for s in self._servers.get(be, []) if s[0] not in gone]
                 self._write(self._render())
-        for rt in self.runtimes:
+
+        async def on(rt: Runtime) -> None:
             present = {s.name for s in await rt.servers(be)}
             for t in targets:
                 if cfg.server_name(t) in present:
                     await rt.remove(be, cfg.server_name(t))
+
+        await self._on_each(on, require_all=False)
         await self._targets_changed(pool)

@@ -26,6 +26,10 @@ def check_name(name: str) -> str:
     return name
 
 
+class Unreachable(ProviderError):
+    """No connection to this HAProxy at all (as opposed to a command it refused)."""
+
+
 async def _connect(address: str, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     if address.startswith("/") or address.startswith("unix@"):
         path = address.removeprefix("unix@")
@@ -40,7 +44,7 @@ async def send(address: str, line: str, timeout: float = 5.0, half_close: bool =
     try:
         reader, writer = await _connect(address, timeout)
     except (OSError, TimeoutError) as e:
-        raise ProviderError(f"HAProxy at {address} unreachable: {e or type(e).__name__}") from None
+        raise Unreachable(f"HAProxy at {address} unreachable: {e or type(e).__name__}") from None
     try:
         writer.write(line.encode() + b"\n")
         await writer.drain()
