@@ -113,3 +113,20 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
     assert cfg.server_options(HealthCheck(None, 1.0, 2, 3)) == (
         "check inter 1000 fastinter 1000 downinter 1000 rise 2 fall 3"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "target", "free"),
+    [
+        ("podgate-127.0.0.2-80", "127.0.0.2:80", Target("127.0.0.2", 80), False),  # podgate's dynamic server
+        ("podgate-3", "127.0.0.2:80", Target("127.0.0.2", 80), False),  # a filled server-template slot
+        ("podgate-4", "0.0.0.0:0", None, True),  # an empty slot
+        ("users-own", "127.0.0.9:80", None, False),  # the user's: left alone
+        ("users-own", "0.0.0.0:0", None, False),
+    ],
+)
+def test_slots_of_the_users_server_template(
+    name: str, address: str, target: Target | None, free: bool
+) -> None:
+    assert cfg.target_of_server(name, address) == target
+    assert cfg.is_free_slot(name, address) is free

@@ -348,12 +348,18 @@ class HAProxyProvider:
         be, options = cfg.backend_name(pool), cfg.server_options(pool.health)
 
         async def on(rt: Runtime) -> None:
-            present = {cfg.target_of_server(s.name, s.address): s.status for s in await rt.servers(be)}
+            rows = await rt.servers(be)
+            present = {cfg.target_of_server(s.name, s.address): s for s in rows}
+            # the user's server-template slots first: they survive the user's reloads
+            free = [s.name for s in rows if cfg.is_free_slot(s.name, s.address)]
             for t in targets:
-                if t not in present:
+                if t in present:
+                    if present[t].status.startswith(("DRAIN", "MAINT", "NOLB")):
+                        await rt.set_ready(be, present[t].name)
+                elif free:
+                    await rt.fill_slot(be, free.pop(0), t.ip, t.port)
+                else:
                     await rt.add_server(be, cfg.server_name(t), str(t), options)
-                elif present[t].startswith(("DRAIN", "MAINT", "NOLB")):
-                    await rt.set_ready(be, cfg.server_name(t))
 
         await self._on_each(on)
         await self._targets_changed(pool)
@@ -362,9 +368,10 @@ class HAProxyProvider:
         be = cfg.backend_name(pool)
 
         async def on(rt: Runtime) -> None:
+            names = {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
             for t in targets:
                 try:
-                    await rt.drain(be, cfg.server_name(t))
+                    await rt.drain(be, names.get(t, cfg.server_name(t)))
                 except Unreachable:
                     raise
                 except ProviderError:  # already gone on this one
@@ -384,10 +391,13 @@ class HAProxyProvider:
                 self._write(self._render())
 
         async def on(rt: Runtime) -> None:
-            present = {s.name for s in await rt.servers(be)}
+            names = {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
             for t in targets:
-                if cfg.server_name(t) in present:
-                    await rt.remove(be, cfg.server_name(t))
+                name = names.get(t)
+                if name == cfg.server_name(t):
+                    await rt.remove(be, name)
+                elif name is not None:  # a slot of the user's server-template: emptied, kept
+                    await rt.empty_slot(be, name)
 
         await self._on_each(on, require_all=False)
         await self._targets_changed(pool)

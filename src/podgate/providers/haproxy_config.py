@@ -34,13 +34,25 @@ def server_name(target: Target) -> str:
 
 
 def target_of_server(name: str, address: str) -> Target | None:
-    """The target a podgate-managed server stands for (others are the user's: left alone)."""
+    """The target a podgate-managed server stands for (others are the user's: left alone).
+    A slot of the user's ``server-template podgate- …`` stands for the target at its address;
+    an empty slot (0.0.0.0) for none."""
     if not name.startswith(PREFIX + "-"):
         return None
     ip, _, port = address.rpartition(":")
-    if not ip or not port.isdigit():
+    if not ip or not port.isdigit() or ip == EMPTY_SLOT:
         return None
     return Target(ip, int(port))
+
+
+#: the address of a ``server-template`` slot that holds no target
+EMPTY_SLOT = "0.0.0.0"
+
+
+def is_free_slot(name: str, address: str) -> bool:
+    """A slot of the user's ``server-template podgate- N …`` podgate may fill: in attach mode
+    these keep targets across the user's reloads (see the README), dynamic servers do not."""
+    return name.startswith(PREFIX + "-") and address.rpartition(":")[0] in (EMPTY_SLOT, "")
 
 
 def server_options(hc: HealthCheck) -> str:
