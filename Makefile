@@ -2,10 +2,21 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates
+# Nothing the tests, benchmarks or demo start may ask a cloud metadata service (network rule:
+# loopback only); the cloud SDKs' credential chains would, when no credentials are given.
+export AWS_EC2_METADATA_DISABLED := true
+export ALIBABA_CLOUD_ECS_METADATA_DISABLED := true
+# The real node (`podgate sandbox up --node kubelet`): containerd, runc, the CNI plugins, the
+# firewall tools its guard and `down` use, gcc for the pause program, busybox for the web image.
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables nftables conntrack iproute2 \
+	gcc libc6-dev busybox-static
+# `make image` and its tests: buildah, and mmdebstrap for a Debian base (no registry is reachable)
+IMAGE_PACKAGES := buildah mmdebstrap
+DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates $(NODE_PACKAGES) \
+	$(IMAGE_PACKAGES)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv binaries test lint unit contract e2e demo bench clean
+.PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench image clean
 
 setup: system venv binaries
 
@@ -27,8 +38,9 @@ $(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PY) -m pip install -q -e '.[test]' -e './sandbox[demo]'
 	rm -f $(VENV)/.installed-*; touch $@
 
-# kube-apiserver and kube-controller-manager built from Debian's source package, kubectl from
-# Debian's kubernetes-client: cached per version, rebuilt only when missing or broken.
+# kube-apiserver, kube-controller-manager, kubelet and kube-proxy built from Debian's source
+# package, kubectl from Debian's kubernetes-client: cached per version, rebuilt only when missing
+# or broken.
 binaries: venv
 	$(VENV)/bin/podgate sandbox install
 
@@ -49,6 +61,10 @@ contract: setup
 e2e: setup
 	$(VENV)/bin/pytest -q tests/e2e
 
+# only the real node's tests (kubelet, containerd, kube-proxy; root): part of `make e2e` too
+e2e-real-node: setup
+	$(VENV)/bin/pytest -q -m real_node tests/e2e/test_real_node.py
+
 test: lint
 	$(VENV)/bin/pytest -q
 
@@ -61,5 +77,10 @@ bench: setup
 	$(PY) bench/rollout.py
 	$(PY) bench/cloud_calls.py
 
+# The Dockerfile's image without a Docker engine (buildah, a Debian base from mmdebstrap):
+# an OCI archive at dist/podgate-image.tar.
+image: setup
+	$(PY) -m podgate_sandbox.image --out dist/podgate-image.tar
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -16,6 +16,11 @@ from typing import Any
 from podgate_sandbox.controlplane import Sandbox, SandboxConfig
 from podgate_sandbox.rollout import percentile
 
+# Network rule: loopback only. The cloud SDKs' credential chains end at the instance metadata
+# services; benchmarks run their clients against local doubles and must never ask one.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
+
 RESULTS = Path(__file__).parent / "results"
 
 

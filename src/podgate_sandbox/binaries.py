@@ -3,8 +3,10 @@
 No kube-apiserver ships on PyPI and no Docker engine runs here, so the sandbox builds
 kube-apiserver and kube-controller-manager from Debian's ``kubernetes`` source package (the
 full 1.20.2 tree with vendor/) and takes kubectl from Debian's matching ``kubernetes-client``
-binary package.  Everything lands in a per-version cache directory so the multi-minute build
-happens once per machine, and is redone only when a binary is missing or does not run.
+binary package.  The real node's kubelet and kube-proxy come from the same tree with the same
+recipe (``podgate sandbox up --node kubelet``).  Everything lands in a per-version cache
+directory so the multi-minute build happens once per machine, and is redone only when a binary
+is missing or does not run.
 
 The deb-src entry is derived from the machine's own apt sources and handed to apt privately
 (its own sources file and lists directory), so the machine's apt state is untouched and no
@@ -30,12 +32,16 @@ CLIENT_PACKAGE = "kubernetes-client"
 #: The upstream version inside Debian bookworm's package; the cache is keyed by it.
 KUBE_VERSION = "1.20.2"
 SERVER_BINARIES = ("kube-apiserver", "kube-controller-manager")
+#: The real node's binaries (``--node kubelet``): same tree, same recipe, same cache.
+NODE_BINARIES = ("kubelet", "kube-proxy")
+BUILT_BINARIES = (*SERVER_BINARIES, *NODE_BINARIES)
 #: Bumped whenever the build recipe changes what the binaries are; older caches are rebuilt.
 RECIPE = 2
 #: The tree vendors modern-go/reflect2 1.0.1, whose map iteration faults under Go ≥ 1.18 (seen:
 #: kube-apiserver dies with SIGSEGV in mapiterinit when a mutating webhook returns a patch).
 #: Debian packages 1.0.2, which fixes it; it replaces the vendored copy before the build.
 REFLECT2_PACKAGE = "golang-github-modern-go-reflect2-dev"
+#: What the default sandbox (node agent) needs.
 ALL_BINARIES = (*SERVER_BINARIES, "kubectl")
 
 
@@ -62,13 +68,11 @@ class KubeBinaries:
     def stamp(self) -> Path:
         return self.root / "recipe"
 
-    def broken(self) -> list[str]:
-        """Names of binaries that are missing, do not answer ``--version``, or were built by an
-        older recipe."""
+    def broken(self, names: Sequence[str] = ALL_BINARIES) -> list[str]:
+        """Names among ``names`` of binaries that are missing, do not answer ``--version``, or
+        were built by an older recipe."""
         stale = not self.stamp.exists() or self.stamp.read_text().strip() != str(RECIPE)
-        return [
-            name for name in ALL_BINARIES if not _runs(self.path(name)) or (stale and name in SERVER_BINARIES)
-        ]
+        return [name for name in names if not _runs(self.path(name)) or (stale and name in BUILT_BINARIES)]
 
 
 def default_binaries() -> KubeBinaries:
@@ -176,7 +180,7 @@ def ensure_binaries(binaries: KubeBinaries | None = None, progress: Progress | N
     """Build or fetch whatever is missing or broken in the cache; idempotent and cheap when cached."""
     binaries = binaries or default_binaries()
     progress = progress or Progress()
-    broken = binaries.broken()
+    broken = binaries.broken((*ALL_BINARIES, *NODE_BINARIES))
     if not broken:
         progress.say(f"Kubernetes {KUBE_VERSION} binaries cached in {binaries.bin_dir}")
         return binaries
@@ -186,10 +190,11 @@ def ensure_binaries(binaries: KubeBinaries | None = None, progress: Progress | N
     binaries.bin_dir.mkdir(parents=True, exist_ok=True)
     if "kubectl" in broken:
         _fetch_kubectl(binaries, work, apt_args, progress)
-    if any(name in broken for name in SERVER_BINARIES):
-        _build_servers(binaries, work, apt_args, progress)
+    to_build = [name for name in BUILT_BINARIES if name in broken]
+    if to_build:
+        _build(binaries, to_build, work, apt_args, progress)
     binaries.stamp.write_text(f"{RECIPE}\n")
-    still = binaries.broken()
+    still = binaries.broken((*ALL_BINARIES, *NODE_BINARIES))
     if still:
         raise RuntimeError(f"after the build these binaries still do not run: {', '.join(still)}")
     # The source tarball stays (a rebuild then needs no download); the tree and Go's build
@@ -284,7 +289,9 @@ def _replace_reflect2(work: Path, tree: Path, apt_args: list[str], progress: Pro
     progress.say("replaced vendored modern-go/reflect2 with Debian's 1.0.2 (Go 1.19 map iteration fix)")
 
 
-def _build_servers(binaries: KubeBinaries, work: Path, apt_args: list[str], progress: Progress) -> None:
+def _build(
+    binaries: KubeBinaries, names: Sequence[str], work: Path, apt_args: list[str], progress: Progress
+) -> None:
     src = work / "source"
     tree = work / "gopath" / "src" / "k8s.io" / "kubernetes"
     if not any(src.glob("*.orig.tar.*")):
@@ -309,12 +316,12 @@ def _build_servers(binaries: KubeBinaries, work: Path, apt_args: list[str], prog
     }
     shutil.rmtree(tree / "_output", ignore_errors=True)
     progress.run(
-        "go build kube-apiserver and kube-controller-manager (about 5 minutes on 2 cores)",
-        ["make", "WHAT=" + " ".join(f"cmd/{b}" for b in SERVER_BINARIES)],
+        f"go build {' '.join(names)} (about 4 minutes per pair on 2 cores)",
+        ["make", "WHAT=" + " ".join(f"cmd/{b}" for b in names)],
         cwd=tree,
         env=env,
     )
-    for name in SERVER_BINARIES:
+    for name in names:
         built = tree / "_output" / "bin" / name
         tmp = binaries.path(name).with_suffix(".new")
         shutil.copy(built, tmp)

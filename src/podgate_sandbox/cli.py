@@ -20,7 +20,11 @@ def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
     state = Path(args.state_dir) if args.state_dir else None
     config = None
     if for_up and (
-        args.run_commands or any(v is not None for v in (args.port_offset, args.pod_cidr, args.lb_cidr))
+        args.run_commands
+        or any(
+            v is not None
+            for v in (args.port_offset, args.pod_cidr, args.lb_cidr, args.node, args.node_pod_cidr)
+        )
     ):
         defaults = SandboxConfig()
         config = SandboxConfig(
@@ -28,6 +32,8 @@ def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
             pod_cidr=args.pod_cidr or defaults.pod_cidr,
             lb_cidr=args.lb_cidr or defaults.lb_cidr,
             run_commands=args.run_commands,
+            node=args.node or defaults.node,
+            node_pod_cidr=args.node_pod_cidr or defaults.node_pod_cidr,
         )
     return Sandbox(state, config)
 
@@ -87,6 +93,16 @@ def add_commands(sub: Any) -> None:
         "--run-commands",
         action="store_true",
         help="up: run containers' explicit `command` as local processes, as root, with no isolation",
+    )
+    sb.add_argument(
+        "--node",
+        choices=["agent", "kubelet"],
+        help="up: the node agent (default: fast, loopback pods) or a real node (kubelet, containerd, "
+        "runc, a CNI bridge and kube-proxy; needs root)",
+    )
+    sb.add_argument(
+        "--node-pod-cidr",
+        help="up --node kubelet: the pods' range on the sandbox's bridge (default 10.244.0.0/24)",
     )
     sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
     sb.set_defaults(func=cmd_sandbox)

@@ -2,9 +2,10 @@
 
 etcd, kube-apiserver (RBAC on) and kube-controller-manager (every controller but node
 lifecycle) from the cached binaries, HAProxy in master-worker mode with its runtime and master
-sockets, and podgate's node agent standing in for the kubelet.  All state lives in one
-directory; ``up`` is idempotent (it starts only what is not running) and ``down`` stops what it
-started, by PID.
+sockets, and a node: podgate's node agent standing in for the kubelet (``--node agent``, the
+default), or a real one (``--node kubelet``: containerd, the kubelet, kube-proxy and a binder,
+see :mod:`podgate_sandbox.node`).  All state lives in one directory; ``up`` is idempotent (it
+starts only what is not running) and ``down`` stops what it started, by PID.
 """
 
 from __future__ import annotations
@@ -31,9 +32,16 @@ import yaml
 from podgate.kube import pki
 from podgate.model.addresses import loopback_network, overlaps
 from podgate_sandbox import processes
-from podgate_sandbox.binaries import KubeBinaries, Progress, default_binaries
+from podgate_sandbox.binaries import ALL_BINARIES, NODE_BINARIES, KubeBinaries, Progress, default_binaries
+from podgate_sandbox.node import images as node_images
+from podgate_sandbox.node import render as node_render
+from podgate_sandbox.node.certs import KUBELET_CLIENT, ensure_kubelet_client_cert
+from podgate_sandbox.node.host import HostError, NodeHost
 
 HOST = "127.0.0.1"
+NODE_MODES = ("agent", "kubelet")
+#: the controller's own namespace, as deploy/base's (created by rbac.yaml)
+CONTROLLER_NAMESPACE = "podgate-system"
 
 
 def default_state_dir() -> Path:
@@ -56,6 +64,10 @@ class SandboxConfig:
     service_cidr: str = "10.96.0.0/16"
     #: the node agent runs containers' explicit commands as local processes (no isolation)
     run_commands: bool = False
+    #: "agent": the node agent (fast, loopback pods); "kubelet": a real node
+    node: str = "agent"
+    #: the real node's pod range, on a bridge the sandbox creates (its first address is the node's)
+    node_pod_cidr: str = "10.244.0.0/24"
 
     def port(self, base: int) -> int:
         return base + self.port_offset
@@ -83,6 +95,12 @@ class SandboxConfig:
             raise SandboxError(f"pod CIDR {self.pod_cidr} overlaps load-balancer CIDR {self.lb_cidr}")
         if not 0 <= self.port_offset <= 50000:
             raise SandboxError(f"port offset {self.port_offset} is out of range 0..50000")
+        if self.node not in NODE_MODES:
+            raise SandboxError(f"unknown node mode {self.node!r}: one of {', '.join(NODE_MODES)}")
+        try:
+            node_render.validate_pod_cidr(self.node_pod_cidr, self.service_cidr)
+        except ValueError as e:
+            raise SandboxError(str(e)) from e
 
 
 @dataclass
@@ -135,9 +153,8 @@ class Sandbox:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.binaries = binaries or default_binaries()
         saved = self.state_dir / "sandbox.json"
-        if config is None and saved.exists():
-            config = SandboxConfig(**json.loads(saved.read_text()))
-        self.config = config or SandboxConfig()
+        self._saved = SandboxConfig(**json.loads(saved.read_text())) if saved.exists() else None
+        self.config = config or self._saved or SandboxConfig()
         self.config.validate()
 
     # -- paths -----------------------------------------------------------------------------
@@ -176,6 +193,19 @@ class Sandbox:
     @property
     def webhook_url(self) -> str:
         return f"https://{HOST}:{self.config.port(9443)}/mutate-pods"
+
+    @property
+    def node_layout(self) -> node_render.NodeLayout:
+        c = self.config
+        return node_render.NodeLayout(
+            root=self.state_dir / "node",
+            node_name=c.node_name,
+            pod_cidr=c.node_pod_cidr,
+            service_cidr=c.service_cidr,
+            port_offset=c.port_offset,
+            kubeconfig=self.state_dir / "node-agent.kubeconfig",
+            ca_file=self.pki_dir / "ca.crt",
+        )
 
     def log_of(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -229,6 +259,8 @@ class Sandbox:
             ca,
         )
         pki.ensure_keypair(self.pki_dir, "service-account")
+        if self.config.node == "kubelet":
+            ensure_kubelet_client_cert(self.pki_dir)
         tokens = self._tokens()
         # Control-plane components are trusted parts of the cluster here: system:masters.
         # podgate's own controller gets a least-privilege ServiceAccount, not one of these.
@@ -302,6 +334,7 @@ class Sandbox:
             "    option redispatch 1\n"
             f"    server replica-0 {HOST}:{c.port(9444)} check inter 1s fall 2 rise 1\n"
             f"    server replica-1 {HOST}:{c.port(9445)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-2 {HOST}:{c.port(9446)} check inter 1s fall 2 rise 1\n"
         )
 
     # -- components ------------------------------------------------------------------------
@@ -355,8 +388,20 @@ class Sandbox:
                     f"--service-account-key-file={p / 'service-account.pub'}",
                     f"--service-account-signing-key-file={p / 'service-account.key'}",
                     f"--service-cluster-ip-range={c.service_cidr}",
-                    # No kubelet mounts token volumes: admitting pods without them keeps manifests as written.
-                    "--disable-admission-plugins=ServiceAccount",
+                    # The node agent mounts no token volumes: admitting pods without them keeps
+                    # manifests as written. A real kubelet mounts them: pods get their tokens.
+                    *(
+                        ["--disable-admission-plugins=ServiceAccount"]
+                        if c.node == "agent"
+                        # logs, exec, port-forward: the kubelet accepts CA-signed clients only,
+                        # dialled at its InternalIP (the bridge's address): never by host name,
+                        # which would be a DNS query to the machine's resolver
+                        else [
+                            f"--kubelet-client-certificate={p / (KUBELET_CLIENT + '.crt')}",
+                            f"--kubelet-client-key={p / (KUBELET_CLIENT + '.key')}",
+                            "--kubelet-preferred-address-types=InternalIP",
+                        ]
+                    ),
                     # Endpoints may not hold loopback addresses; the apiserver's own would be rejected.
                     "--endpoint-reconciler-type=none",
                     "--allow-privileged=true",
@@ -403,26 +448,32 @@ class Sandbox:
                 ],
                 lambda: _get(f"http://{HOST}:{c.haproxy_health_port}/healthz")[0] == 200,
             ),
-            Component(
-                "node-agent",
-                f"podgate_sandbox.nodeagent --kubeconfig {self.state_dir}",
-                [
-                    sys.executable,
-                    "-m",
-                    "podgate_sandbox.nodeagent",
-                    "--kubeconfig",
-                    str(self.state_dir / "node-agent.kubeconfig"),
-                    "--node-name",
-                    c.node_name,
-                    "--pod-cidr",
-                    c.pod_cidr,
-                    "--healthz-port",
-                    str(c.agent_healthz_port),
-                    *(["--run-commands"] if c.run_commands else []),
-                ],
-                lambda: _get(f"http://{HOST}:{c.agent_healthz_port}/healthz")[0] == 200,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                needs=["kube-apiserver"],
+            *(
+                self._node_components()
+                if c.node == "kubelet"
+                else [
+                    Component(
+                        "node-agent",
+                        f"podgate_sandbox.nodeagent --kubeconfig {self.state_dir}",
+                        [
+                            sys.executable,
+                            "-m",
+                            "podgate_sandbox.nodeagent",
+                            "--kubeconfig",
+                            str(self.state_dir / "node-agent.kubeconfig"),
+                            "--node-name",
+                            c.node_name,
+                            "--pod-cidr",
+                            c.pod_cidr,
+                            "--healthz-port",
+                            str(c.agent_healthz_port),
+                            *(["--run-commands"] if c.run_commands else []),
+                        ],
+                        lambda: _get(f"http://{HOST}:{c.agent_healthz_port}/healthz")[0] == 200,
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                        needs=["kube-apiserver"],
+                    ),
+                ]
             ),
             Component(
                 "podgate-controller",
@@ -436,9 +487,71 @@ class Sandbox:
             ),
         ]
 
+    def _node_components(self) -> list[Component]:
+        """The real node: containerd, the kubelet, kube-proxy and the binder.  Like every
+        process of a sandbox with a real node, they run in the guarded cgroup (see
+        :meth:`_prepare_node_host`)."""
+        n, b = self.node_layout, self.binaries
+        # The kubelet 1.20's AWS credential provider dials the cloud metadata address unless
+        # told not to; no proxy settings reach the node (nothing leaves the sandbox anyway).
+        env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+        env |= {"AWS_EC2_METADATA_DISABLED": "true", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        ctr = shutil.which("ctr") or "/usr/bin/ctr"
+
+        return [
+            Component(
+                "containerd",
+                f"--config {n.containerd_config}",
+                [shutil.which("containerd") or "/usr/bin/containerd", "--config", str(n.containerd_config)],
+                lambda: _unix_socket_answers(n.containerd_socket),
+                env=env,
+                needs=["kube-apiserver"],
+            ),
+            Component(
+                "kubelet",
+                f"--config={n.kubelet_config}",
+                node_render.kubelet_args(n, b.path("kubelet")),
+                lambda: _get(f"http://{HOST}:{n.kubelet_healthz_port}/healthz")[0] == 200,
+                env=env,
+                needs=["containerd"],
+                before_start=lambda: node_images.import_all(n.containerd_socket, ctr),
+                ports=[n.kubelet_port, n.kubelet_healthz_port],
+            ),
+            Component(
+                "kube-proxy",
+                f"--healthz-bind-address=127.0.0.1:{n.proxy_healthz_port}",
+                node_render.kube_proxy_args(n, b.path("kube-proxy")),
+                lambda: _get(f"http://{HOST}:{n.proxy_healthz_port}/healthz")[0] == 200,
+                env=env,
+                needs=["kubelet"],
+                ports=[n.proxy_healthz_port, n.proxy_metrics_port],
+            ),
+            Component(
+                "binder",
+                f"podgate_sandbox.node.binder --kubeconfig {n.kubeconfig}",
+                [
+                    sys.executable,
+                    "-m",
+                    "podgate_sandbox.node.binder",
+                    "--kubeconfig",
+                    str(n.kubeconfig),
+                    "--node-name",
+                    n.node_name,
+                    "--healthz-port",
+                    str(n.binder_port),
+                ],
+                lambda: _get(f"http://{HOST}:{n.binder_port}/healthz")[0] == 200,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                needs=["kube-apiserver"],
+                ports=[n.binder_port],
+            ),
+        ]
+
     def controller_argv(self, replica: int = 0, *extra: str) -> list[str]:
-        """``podgate controller`` for this sandbox.  Replica 0 is the one ``up`` starts; replica 1
-        (tests, failover) takes the webhook front door's second slot and its own health port."""
+        """``podgate controller`` for this sandbox.  Replica 0 is the one ``up`` starts; replicas 1
+        and 2 (tests, failover) take the webhook front door's next slots, their own health ports
+        and their own certificate directories (as a cluster's emptyDirs): the certificates they
+        serve come from the Secret in the controller's namespace, which all of them share."""
         c = self.config
         argv = [
             sys.executable,
@@ -462,7 +575,12 @@ class Sandbox:
             "--webhook-port",
             str(c.port(9444 + replica)),
             "--webhook-cert-dir",
-            str(self.state_dir / "webhook-certs"),
+            str(self.state_dir / ("webhook-certs" if replica == 0 else f"webhook-certs-{replica}")),
+            # the Lease and the certificate Secret in the controller's own namespace (rbac.yaml)
+            "--namespace",
+            CONTROLLER_NAMESPACE,
+            "--leader-election-namespace",
+            CONTROLLER_NAMESPACE,
             "--health-bind",
             HOST,
             "--health-port",
@@ -503,13 +621,20 @@ class Sandbox:
         self, progress: Progress | None = None, timeout: float = 60.0, with_controller: bool = True
     ) -> None:
         progress = progress or Progress()
-        missing = self.binaries.broken()
+        needed = (*ALL_BINARIES, *NODE_BINARIES) if self.config.node == "kubelet" else ALL_BINARIES
+        missing = self.binaries.broken(needed)
         if missing:
             raise SandboxError(
                 f"Kubernetes binaries missing or broken: {', '.join(missing)}. Run `make setup` "
                 "(or `podgate sandbox install`) to build them."
             )
+        if self._saved is not None and self._saved.node != self.config.node and self._running():
+            raise SandboxError(
+                f"this sandbox is up with --node {self._saved.node}; run `podgate sandbox down` "
+                f"before switching it to --node {self.config.node}"
+            )
         self._prepare()
+        guarded = self._prepare_node_host() if self.config.node == "kubelet" else None
         pids = self._pids()
         started: dict[str, float] = {}
         pending = [comp for comp in self.components() if with_controller or comp.name != "podgate-controller"]
@@ -531,7 +656,12 @@ class Sandbox:
                     self._check_ports(comp)
                     if comp.before_start is not None:
                         comp.before_start()
-                    pid = processes.spawn(comp.argv, self.log_of(comp.name), env=comp.env)
+                    pid = processes.spawn(
+                        comp.argv,
+                        self.log_of(comp.name),
+                        env=comp.env,
+                        cgroup_procs=guarded,
+                    )
                     self._save_pid(comp.name, pid)
                     started[comp.name] = time.monotonic()
                     progress.say(f"started {comp.name} (pid {pid})")
@@ -554,6 +684,22 @@ class Sandbox:
                 raise SandboxError(f"not healthy after {timeout:.0f}s: {names}; logs in {self.log_dir}")
             if pending:
                 time.sleep(0.1)
+
+    def _prepare_node_host(self) -> Path:
+        """The real node's footprint, before any process starts; returns the guarded cgroup's
+        ``cgroup.procs``.  With a real node every sandbox process runs in that cgroup, the
+        control plane too: nothing the sandbox starts can reach past it (the API server once
+        dialled the kubelet by host name, a DNS query to the machine's resolver)."""
+        host = NodeHost(self.node_layout)
+        try:
+            host.prepare()
+        except HostError as e:
+            raise SandboxError(f"the real node cannot start: {e}") from e
+        return host.cgroup_procs
+
+    def _running(self) -> list[str]:
+        """Names of recorded processes still alive (whatever the mode that started them)."""
+        return [name for name, pid in self._pids().items() if processes.alive(pid, "")]
 
     def _check_ports(self, comp: Component) -> None:
         c = self.config
@@ -586,6 +732,9 @@ class Sandbox:
                     str(self.log_of(comp.name)),
                 )
             )
+        if self.config.node == "kubelet":
+            for name, present, what in NodeHost(self.node_layout).footprint():
+                out.append(ComponentStatus(name, None, present, present, what))
         return out
 
     @contextlib.contextmanager
@@ -608,7 +757,9 @@ class Sandbox:
             self.up()
 
     def down(self) -> list[str]:
-        """Stop every component we started, dependants first; returns the names stopped."""
+        """Stop every component we started, dependants first; returns the names stopped.  A
+        real node's footprint on the machine is then undone (whatever mode the sandbox is in
+        now: the record says what the node changed)."""
         pids = self._pids()
         stopped = []
         for comp in reversed(self.components()):
@@ -618,6 +769,9 @@ class Sandbox:
             ):
                 stopped.append(comp.name)
             self._save_pid(comp.name, None)
+        problems = NodeHost(self.node_layout).teardown()
+        if problems:
+            raise SandboxError("the real node was not fully undone: " + "; ".join(problems))
         return stopped
 
     def env(self) -> str:
@@ -644,6 +798,18 @@ class ControllerSwap:
             self.process.terminate()
             self.process.wait(15)
             self.process = None
+
+
+def _unix_socket_answers(path: Path) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def _first_host(cidr: str) -> str:

@@ -41,8 +41,22 @@ def alive(pid: int, marker: str) -> bool:
     return marker in cmdline(pid)
 
 
-def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+def spawn(
+    argv: Sequence[str],
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    cgroup_procs: Path | None = None,
+) -> int:
+    """Start ``argv`` in its own session, logging to ``log``; with ``cgroup_procs`` it joins that
+    cgroup before it runs a single instruction of its own (so no packet of it escapes a guard
+    keyed on the cgroup)."""
     log.parent.mkdir(parents=True, exist_ok=True)
+
+    def join_cgroup() -> None:
+        if cgroup_procs is not None:
+            cgroup_procs.write_text(f"{os.getpid()}\n")
+
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             list(argv),
@@ -53,6 +67,7 @@ def spawn(argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd
             env=env,
             cwd=cwd,
             close_fds=True,
+            preexec_fn=join_cgroup if cgroup_procs is not None else None,
         )
     return proc.pid
 

@@ -66,3 +66,17 @@ def test_pip_install_gives_the_product_then_the_sandbox_plugin(tmp_path: Path) -
     assert rbac.returncode == 0, rbac.stderr
     assert "\nkind: ClusterRole\n" in rbac.stdout
     assert "\n  name: podgate-controller\n" in rbac.stdout
+
+
+def test_the_product_cli_loads_no_sandbox_module() -> None:
+    """The sandbox distribution is installed here, yet the product's CLI must not pull it in:
+    only ``podgate sandbox …`` (a plugin loaded when the parser is built) may."""
+    probe = _run(
+        sys.executable,
+        "-c",
+        "import sys, podgate.cli.main; "
+        "print(sorted(m for m in sys.modules if m.startswith('podgate_sandbox')))",
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == "[]"

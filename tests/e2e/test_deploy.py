@@ -94,15 +94,27 @@ def test_server_side_dry_run(sandbox: SandboxHandle, path: str) -> None:
 
 def test_rbac_is_what_the_controller_runs_with(sandbox: SandboxHandle) -> None:
     def rules(path: Path) -> list[Any]:
-        role = next(d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "ClusterRole")
         return sorted(
-            (sorted(r["apiGroups"]), sorted(r["resources"]), sorted(r["verbs"])) for r in role["rules"]
+            (
+                role["kind"],
+                sorted(r["apiGroups"]),
+                sorted(r["resources"]),
+                sorted(r.get("resourceNames") or ()),
+                sorted(r["verbs"]),
+            )
+            for role in yaml.safe_load_all(path.read_text())
+            if role and role["kind"] in ("ClusterRole", "Role")
+            for r in role["rules"]
         )
 
     # The sandbox's controller passes every controller test with exactly these rules.
     assert rules(ROOT / "deploy/base/rbac.yaml") == rules(ROOT / "src/podgate_sandbox/rbac.yaml")
-    for _groups, resources, verbs in rules(ROOT / "deploy/base/rbac.yaml"):
-        assert "*" not in resources and "*" not in verbs and "delete" not in verbs
+    for kind, _groups, resources, names, verbs in rules(ROOT / "deploy/base/rbac.yaml"):
+        assert "*" not in resources and "*" not in verbs
+        # deleting only its own webhook configuration (--no-inject), by name
+        assert "delete" not in verbs or (names and resources == ["mutatingwebhookconfigurations"])
+        # its Lease and certificate Secret: in its own namespace only
+        assert kind == "Role" or not {"leases", "secrets"} & set(resources)
 
 
 def test_crd_is_the_one_the_sandbox_installs() -> None:

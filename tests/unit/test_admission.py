@@ -118,6 +118,22 @@ def test_removes_vendor_gates_when_migrating() -> None:
             b'"request": {"uid": "u", "object": {"spec": []}}}',
             "request.object.spec is not an object",
         ),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
+            b'"request": {"uid": "u", "object": {"metadata": {"labels": {"app": ["web"]}}}}}',
+            r"request.object.metadata.labels\['app'\] is not a string \(it is an array\)",
+        ),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
+            b'"request": {"uid": "u", "object": {"spec": {"readinessGates": [[]]}}}}',
+            r"request.object.spec.readinessGates\[0\] is not an object",
+        ),
+        (
+            b'{"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", '
+            b'"request": {"uid": "u", "resource": {"resource": 1}, "object": {}}}',
+            "request.resource.resource is not a string",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_bad_reviews_are_explained(raw: bytes, error: str) -> None:

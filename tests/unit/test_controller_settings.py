@@ -294,6 +294,8 @@ BAD_VALUES: dict[str, str] = {
     "--alibaba-ecs-endpoint": "ftp://x",
     "--lb-cidr": "10.0.0.0/8",
     "--continuous": "yes",
+    "--readiness-timeout": "10 minutes",
+    "--on-timeout": "ignore",
     "--workers": "abc",
     "--poll-period": "30",
     "--webhook-port": "70000",
@@ -319,6 +321,12 @@ BAD_VALUES: dict[str, str] = {
     "--load-balancer-class": "podgate.dev/haproxy",
     "--migration-labels": "maybe",
     "--haproxy-ha-policy": "some",
+    "--namespace": "Podgate_System",
+    "--webhook-cert-secret": "-certs",
+    "--webhook-cert-validity": "5",
+    "--webhook-ca-validity": "1e12",
+    "--webhook-cert-renew-at": "1",
+    "--webhook-cert-check-period": "0",
 }
 
 
@@ -444,6 +452,14 @@ def test_other_commands_never_read_controller_settings(
             [*HAPROXY, "--webhook-url", "https://h/m", "--webhook-service", "ns/svc"],
             "--webhook-url and --webhook-service are alternatives",
         ),
+        (
+            [*HAPROXY, "--webhook-cert-validity", "600", "--webhook-ca-validity", "300"],
+            "--webhook-ca-validity must be at least --webhook-cert-validity",
+        ),
+        (
+            [*HAPROXY, "--webhook-cert-validity", "60", "--webhook-cert-renew-at", "0.9"],
+            "must leave 12 --webhook-cert-check-period",
+        ),
     ],
 )
 def test_settings_that_do_not_fit_together(argv: list[str], error: str) -> None:
@@ -499,3 +515,19 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
     for s in SETTINGS:
         assert s.flag in out and s.env_name in out.replace("- ", "-")
     assert "--config" in out and "PODGATE_CONFIG" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "want"),
+    [
+        ([], {}, (None, "closed")),
+        (["--readiness-timeout", "10m", "--on-timeout", "open"], {}, (600.0, "open")),
+        ([], {"PODGATE_READINESS_TIMEOUT": "1h30m", "PODGATE_ON_TIMEOUT": "closed"}, (5400.0, "closed")),
+    ],
+    ids=["default-waits-for-ever", "flags", "environment"],
+)
+def test_the_global_readiness_timeout(
+    argv: list[str], environ: dict[str, str], want: tuple[object, str]
+) -> None:
+    s = parse(["--haproxy-runtime-socket", "/run/haproxy.sock", *argv], environ)
+    assert (s.readiness_timeout, s.on_timeout) == want

@@ -98,8 +98,12 @@ async def test_instrumented_counts_every_call_and_keeps_capabilities() -> None:
     assert delta("podgate_provider_errors_total", "register") == 0
 
 
-async def test_botocore_makes_one_attempt_per_call() -> None:
-    """podgate's loop retries; botocore's own retries would multiply its attempts."""
+async def test_botocore_makes_one_attempt_per_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """podgate's loop retries; botocore's own retries would multiply its attempts.  Credentials
+    are given so that making the client walks no credential chain (it would end at the instance
+    metadata service, which no test may ask)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPODGATEUNITTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "podgate-unit-test-not-a-secret")
     provider = AwsElbv2Provider("aws", "eu-west-1")
     try:
         client = await provider._elbv2()

@@ -9,7 +9,7 @@ import pytest
 
 from podgate.kube.api import PODS, SERVICES, PatchType
 from podgate.kube.fake import Write
-from podgate.model import gates, lb
+from podgate.model import gates, lb, policy
 from podgate.model.lb import Health, Target
 from podgate.providers.base import ProviderError, TargetState
 from podgate.providers.fake import FakeProvider
@@ -186,3 +186,90 @@ async def test_a_permanent_cleanup_error_lets_go() -> None:
     await world.reconcile()
     assert finalizers(world) is None
     assert ("Service", "web", "CleanupSkipped", "Warning") in world.recorder.events
+
+
+# -- per-Service policies (podgate.model.policy) ------------------------------------------------
+def long_ready(name: str = "p1") -> Any:
+    """A pod whose containers have been ready since 2020: any readiness timeout has passed."""
+    p = pod(name)
+    p["status"]["conditions"][0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    return p
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "want", "event_reason"),
+    [
+        ("open", ("True", policy.TIMED_OUT), policy.TIMED_OUT),
+        ("closed", ("False", policy.TIMED_OUT), policy.TIMED_OUT),
+    ],
+)
+async def test_a_timed_out_gate_follows_the_services_choice(
+    on_timeout: str, want: tuple[str, str], event_reason: str
+) -> None:
+    world = World()
+    world.add(SERVICES, service(annotations={policy.READINESS_TIMEOUT: "90s", policy.ON_TIMEOUT: on_timeout}))
+    world.add(PODS, long_ready())
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "L7STS/503")
+    await world.reconcile()
+    assert gate(world, "p1") == want
+    assert ("Pod", "p1", event_reason, "Warning") in world.recorder.events
+    assert set(world.provider.pools[(KEY, 80)]) == {Target("10.0.0.1", 8080)}  # still registered
+    await world.reconcile()
+    assert world.kube.writes == []  # decided once: a re-read writes nothing
+
+
+async def test_without_a_timeout_a_gate_waits_for_ever() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, long_ready())
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "L7STS/503")
+    await world.reconcile()
+    assert gate(world, "p1") == ("False", "HealthCheckFailing")
+
+
+async def test_the_global_timeout_applies_when_the_service_is_gone() -> None:
+    world = World(policy=policy.GatePolicy(timeout=60, fail_open=True))
+    world.add(PODS, long_ready())
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", policy.TIMED_OUT)
+
+
+async def test_a_bad_policy_annotation_closes_the_gates_and_says_which() -> None:
+    world = World()
+    world.add(SERVICES, service(annotations={policy.ON_TIMEOUT: "maybe"}))
+    world.add(PODS, pod("p1"))
+    await world.reconcile()
+    assert gate(world, "p1") == ("False", lb.SERVICE_CONFIG_ERROR)
+    assert ("Service", "web", "InvalidConfiguration", "Warning") in world.recorder.events
+    assert policy.ON_TIMEOUT in world.condition("p1")["message"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("mode", "follows"), [("continuous", True), ("startup", False)])
+async def test_gate_mode_per_service(mode: str, follows: bool) -> None:
+    world = World()  # the controller's default is startup (sticky)
+    world.add(SERVICES, service(annotations={policy.GATE_MODE: mode, lb.HC_INTERVAL: "1"}))
+    world.add(PODS, pod("p1"))
+    target = Target("10.0.0.1", 8080)
+    world.provider.set_health(target, Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+    outcome = await world.reconciler.reconcile(KEY)
+    # continuous: all True, yet re-read every half check interval to notice a fall
+    assert (outcome.poll, outcome.interval) == ((True, 0.5) if follows else (False, 0.0))
+    world.provider.set_health(target, Health.UNHEALTHY, "DOWN")
+    await world.reconcile()
+    assert gate(world, "p1") == (("False", "HealthCheckFailing") if follows else ("True", lb.HEALTHY_REASON))
+    world.provider.set_health(target, Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+
+
+async def test_a_service_deleted_mid_rollout_times_out_by_its_own_policy() -> None:
+    world = World()
+    svc = service(annotations={policy.READINESS_TIMEOUT: "10m", policy.ON_TIMEOUT: "open"})
+    svc["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    svc["metadata"]["finalizers"] = ["example.com/hold"]
+    world.add(SERVICES, svc)
+    world.add(PODS, long_ready())
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", policy.TIMED_OUT)

@@ -13,6 +13,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.fake import FakeKube
 from podgate.kube.informer import Informer
 from podgate.model import gates
+from podgate.model.policy import GatePolicy
 from podgate.model.types import Namespace, Pod, Service
 from podgate.providers.fake import FakeProvider
 
@@ -78,6 +79,7 @@ class World:
         provider: FakeProvider | None = None,
         *,
         sticky: bool = True,
+        policy: GatePolicy | None = None,
         default: str | None = "fake",
         lb_cidr: str | None = None,
         adopted_prefixes: tuple[str, ...] = (),
@@ -98,7 +100,7 @@ class World:
             default,
             self.recorder,
             lb_cidr=lb_cidr,
-            sticky=sticky,
+            policy=policy or GatePolicy(continuous=not sticky),
             adopted_prefixes=adopted_prefixes,
         )
 

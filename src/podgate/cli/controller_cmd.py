@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from podgate.cli import declared
 from podgate.cli.declared import (
     BOOLEAN,
+    Kind,
     Setting,
     checked,
     choice,
@@ -47,7 +48,7 @@ from podgate.controller.settings import (
     SettingsError,
 )
 from podgate.kube.client import api_client
-from podgate.model import addresses
+from podgate.model import addresses, policy
 
 #: what Kubernetes accepts as a namespace (a DNS label) and as most object names (a DNS subdomain)
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -217,6 +218,20 @@ SETTINGS: tuple[Setting, ...] = (
         "gates follow the load balancer back to False (default: True once set stays True)",
         flag_sets=True,
     ),
+    Setting(
+        "--readiness-timeout",
+        Kind("a duration such as 90s, 10m or 1h30m", policy.parse_duration),
+        None,
+        "how long a gate may wait for the load balancer after the pod's containers are ready "
+        f"(default: for ever); per Service: annotation {policy.READINESS_TIMEOUT}",
+    ),
+    Setting(
+        "--on-timeout",
+        choice(policy.OPEN, policy.CLOSED),
+        policy.CLOSED,
+        "the gate when --readiness-timeout passes: open (True, reason ReadinessTimedOut, a Warning) or "
+        f"closed (False with that reason); per Service: annotation {policy.ON_TIMEOUT}",
+    ),
     Setting("--workers", integer(1), 4, "reconcile workers"),
     Setting(
         "--poll-period",
@@ -247,7 +262,12 @@ SETTINGS: tuple[Setting, ...] = (
         Path("/tmp/podgate-webhook-certs"),
         "where a generated CA and serving certificate are kept",
     ),
-    Setting("--webhook-cert-file", path("a file"), None, "serving certificate (cert-manager)"),
+    Setting(
+        "--webhook-cert-file",
+        path("a file"),
+        None,
+        "serving certificate (cert-manager): reloaded when it changes, no restart",
+    ),
     Setting("--webhook-key-file", path("a file"), None, "serving certificate's private key"),
     Setting(
         "--no-inject",
@@ -335,6 +355,45 @@ SETTINGS: tuple[Setting, ...] = (
         seconds(3, 300),
         15.0,
         "seconds a leader's Lease lasts without renewal: the longest failover",
+    ),
+    Setting(
+        "--namespace",
+        pattern("a namespace name", DNS_LABEL),
+        "podgate-system",
+        "the controller's own namespace, where the webhook certificate Secret is kept",
+        ambient_env="POD_NAMESPACE",
+    ),
+    Setting(
+        "--webhook-cert-secret",
+        pattern("a Secret name", DNS_SUBDOMAIN),
+        "podgate-webhook-certs",
+        "Secret holding the webhook's generated CA and serving certificate, shared by every "
+        "replica (created by the first; not used with --webhook-cert-file)",
+    ),
+    Setting(
+        "--webhook-cert-validity",
+        seconds(10, 10 * 365 * 86400),
+        365 * 86400.0,
+        "seconds a generated serving certificate is valid",
+    ),
+    Setting(
+        "--webhook-ca-validity",
+        seconds(10, 100 * 365 * 86400),
+        10 * 365 * 86400.0,
+        "seconds a generated CA is valid",
+    ),
+    Setting(
+        "--webhook-cert-renew-at",
+        seconds(0.1, 0.95, "a fraction of the lifetime from 0.1 to 0.95"),
+        0.67,
+        "a generated certificate (or CA) is replaced once this fraction of its lifetime has passed",
+    ),
+    Setting(
+        "--webhook-cert-check-period",
+        seconds(0.1, 3600),
+        10.0,
+        "seconds between looks at the certificate (Secret or files) by each replica; a CA is "
+        "retired 6 periods after every replica serves its successor",
     ),
     Setting(
         "--log-format",
@@ -446,7 +505,7 @@ def controller_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Cont
     return settings_from(declared.resolve(SETTINGS, parser.parse_args(argv), environ))
 
 
-async def _health(controller: Controller, bind: str, port: int) -> web.AppRunner:
+async def _health(controller: Controller, bind: str, port: int, webhook_up: asyncio.Event) -> web.AppRunner:
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -459,6 +518,8 @@ async def _health(controller: Controller, bind: str, port: int) -> web.AppRunner
         problems += [f"load balancer {n} unreachable" for n, ok in controller.provider_ok.items() if not ok]
         if not controller.ready.is_set():
             problems.append("controller starting")
+        elif not webhook_up.is_set():
+            problems.append("webhook not serving yet (no certificate, or its CA bundle not registered)")
         if problems:
             return web.Response(status=503, text="\n".join(problems) + "\n")
         return web.Response(text="ready\n")
@@ -486,13 +547,15 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main.cancel)
-    runners = [await _health(controller, health_bind, health_port)]
+    webhook_up = asyncio.Event()
+    runners = [await _health(controller, health_bind, health_port, webhook_up)]
     try:
         await asyncio.wait(
             [main, asyncio.create_task(controller.ready.wait())], return_when=asyncio.FIRST_COMPLETED
         )
         if not main.done():
             runners += await serve(settings, controller)
+            webhook_up.set()
         await main
     except asyncio.CancelledError:
         logging.getLogger("podgate").info("controller stopping")

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import yaml
 
-from podgate.kube.api import PODS, Kube, NotFound, PatchType, list_all
+from podgate.kube.api import PODS, SERVICES, Kube, NotFound, PatchType, list_all
 from podgate.kube.client import ApiKube, api_client
 from podgate.kube.events import now_rfc3339
 from podgate.model import conditions as c
@@ -51,15 +51,16 @@ async def _status(args: argparse.Namespace) -> list[dict[str, Any]]:
     api = await api_client(args.kubeconfig)
     try:
         kube = ApiKube(api)
+        namespace = None if args.all_namespaces and not args.pod else _namespace(args)
         if args.pod:
             pods = [await _read_pod(kube, _namespace(args), args.pod)]
         else:
-            namespace = None if args.all_namespaces else _namespace(args)
             pods = [cast(Pod, p) for p in (await list_all(kube, PODS, namespace))["items"]]
+        services = (await list_all(kube, SERVICES, namespace))["items"]
     finally:
         await api.close()
     now = datetime.now(UTC)
-    return [row for pod in pods for row in report.gate_rows(pod, now)]
+    return [row for pod in pods for row in report.explain(pod, services, now)]
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -71,7 +72,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(rows, sort_keys=False), end="")
         return 0
     if not rows:
-        print("no pods with readiness gates" + ("" if args.pod else " here"))
+        print("nothing holds " + ("this pod" if args.pod else "any pod here") + ": no gates, all Ready")
         return 0
     cols = (["NAMESPACE"] if args.all_namespaces else []) + [
         "POD",
@@ -145,9 +146,10 @@ def cmd_gate_set(args: argparse.Namespace) -> int:
 def add_commands(sub: Any, kubeconfig_default: str | None) -> None:
     st = sub.add_parser(
         "status",
-        help="each pod's readiness gates: status, reason, how long pending, the load balancer's words",
+        help="why pods are not Ready: each readiness gate (status, reason, how long pending, the load "
+        "balancer's words), containers and probes not ready, load-balanced Services a pod has no gate for",
     )
-    st.add_argument("pod", nargs="?", help="one pod (default: every pod with gates in the namespace)")
+    st.add_argument("pod", nargs="?", help="one pod (default: every pod of the namespace)")
     st.add_argument("-n", "--namespace")
     st.add_argument("-A", "--all-namespaces", action="store_true")
     st.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")

@@ -16,6 +16,7 @@ from podgate.kube.events import EventRecorder, now_rfc3339
 from podgate.kube.informer import Informer
 from podgate.model import conditions as cond
 from podgate.model import lb
+from podgate.model.policy import CLOSED, OPEN, TIMED_OUT
 from podgate.model.types import Condition, Pod, pod_conditions
 
 #: reasons that are a problem someone should look at (Warning Events), not progress
@@ -24,6 +25,7 @@ WARNING_REASONS = frozenset(
         lb.SERVICE_NOT_FOUND,
         lb.PROVIDER_ERROR,
         lb.SERVICE_CONFIG_ERROR,
+        TIMED_OUT,
         "HealthCheckFailing",
         "CheckFailing",
         "CheckNotFound",
@@ -69,7 +71,16 @@ class GateWriter:
             return False
         self.pods.update_if_newer(updated)
         metrics.GATE_TRANSITIONS.labels(write["status"], write.get("reason") or "").inc()
-        if write["status"] == cond.TRUE:
+        if write.get("reason") == TIMED_OUT and (current is None or current.get("reason") != TIMED_OUT):
+            metrics.GATE_TIMEOUTS.labels(OPEN if write["status"] == cond.TRUE else CLOSED).inc()
+        if write["status"] == cond.TRUE and write.get("reason") == TIMED_OUT:
+            # opened by the user's timeout policy, not by the load balancer: no time-to-ready
+            self.pending_since.pop(marker, None)
+            self.registered_at.pop(marker, None)
+            self.recorder.emit_later(
+                pod, "Pod", TIMED_OUT, f"{desired['type']} is True: {write.get('message', '')}", "Warning"
+            )
+        elif write["status"] == cond.TRUE:
             self._ready(pod, marker, desired, write, minimum)
         elif (
             current is None

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 from kubernetes_asyncio import client
@@ -27,13 +28,17 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import EventType, Informer, key_of
 from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
+from podgate.kube.webhookcerts import CertificateSecret
 from podgate.model import conditions as cond
 from podgate.model import gates, lb
+from podgate.model.certs import RotationPolicy
+from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
+from podgate.webhook import eviction
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
 
@@ -97,7 +102,11 @@ class Controller:
             classes=settings.classes(),
             migration_labels=settings.migration_labels,
             lb_cidr=settings.lb_cidr,
-            sticky=not settings.continuous,
+            policy=GatePolicy(
+                timeout=settings.readiness_timeout,
+                fail_open=settings.on_timeout == OPEN,
+                continuous=settings.continuous,
+            ),
             adopted_prefixes=settings.adopt_gate_prefixes,
         )
         self.check_runner = CheckRunner(
@@ -334,8 +343,9 @@ def _pod_change_matters(pod: Pod, old: Pod) -> bool:
 
 
 async def serve(settings: ControllerSettings, controller: Controller) -> list[web.AppRunner]:
-    """The webhook (HTTPS) and health (HTTP) servers; registers the webhook configuration."""
-    runners = []
+    """The webhook's HTTPS server, once it has a certificate, and the task that keeps that
+    certificate current and the webhook configuration registered (or, with ``--no-inject``,
+    removed); the task ends with the server."""
     policy = InjectionPolicy(
         settings.inject, settings.remove_gate_prefixes, settings.skip_label_value, settings.prestop_delay
     )
@@ -351,33 +361,94 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         observe,
         lambda: parsed_checks(controller.checks),
     )
-    hosts = ["localhost"]
-    if settings.webhook_service:
-        ns, name = settings.webhook_service.split("/", 1)
-        hosts += [f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
-    ctx, ca = webhook.serving_context(
-        settings.webhook_cert_dir,
-        settings.webhook_cert_file,
-        settings.webhook_key_file,
-        hosts,
-        [settings.webhook_bind, "127.0.0.1"],
+    guard = eviction.EvictionGuard(
+        controller.pods,
+        controller.services,
+        controller.reconciler.providers,
+        settings.default_provider,
+        controller.reconciler.policy,
+        lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
+        classes=controller.reconciler.classes,
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, settings.webhook_bind, settings.webhook_port, ssl_context=ctx).start()
-    runners.append(runner)
+    app.router.add_post(eviction.PATH, guard.handle)
+    tls = webhook.ServingTLS(
+        settings.webhook_cert_dir, lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc()
+    )
+    source: webhook.CertificateSource
+    if settings.webhook_cert_file and settings.webhook_key_file:
+        source = webhook.FileSource(settings.webhook_cert_file, settings.webhook_key_file)
+    else:
+        dns, ips = webhook.certificate_names(
+            settings.webhook_url, settings.webhook_service, settings.webhook_bind
+        )
+        rotation = RotationPolicy(
+            validity=settings.webhook_cert_validity,
+            ca_validity=settings.webhook_ca_validity,
+            renew_at=settings.webhook_cert_renew_at,
+            settle=6 * settings.webhook_cert_check_period,
+        )
+        source = webhook.SharedSecretSource(
+            CertificateSecret(
+                controller.kube,
+                settings.namespace,
+                settings.webhook_cert_secret,
+                settings.identity,
+                dns,
+                ips,
+                rotation,
+            )
+        )
     service_ref = None
     if settings.webhook_service:
         ns, name = settings.webhook_service.split("/", 1)
         service_ref = (ns, name, 443)
-    if settings.webhook_url or service_ref:
+    registering = bool(settings.webhook_url or service_ref)
+    if registering and not settings.inject:
+        await webhook.unregister(controller.kube, settings.webhook_config_name)
+
+    async def registration(bundle: bytes) -> None:
         body = webhook.webhook_configuration(
             settings.webhook_config_name,
-            ca,
+            bundle,
             url=settings.webhook_url,
             service=service_ref,
             skip_label_value=settings.skip_label_value,
             migration_labels=settings.migration_labels,
         )
-        await webhook.register(controller.kube, body)
-    return runners
+        if settings.inject:
+            await webhook.register(controller.kube, body)
+        # the eviction guard is no injection: it is registered with --no-inject too
+        await eviction.register(
+            controller.kube,
+            eviction.webhook_configuration(
+                settings.webhook_config_name,
+                bundle,
+                url=urlunsplit(urlsplit(settings.webhook_url)._replace(path=eviction.PATH))
+                if settings.webhook_url
+                else None,
+                service=service_ref,
+            ),
+        )
+
+    first = asyncio.Event()
+    keeper = asyncio.create_task(
+        webhook.keep_serving(
+            tls,
+            source,
+            registration if registering else None,
+            settings.webhook_cert_check_period,
+            first,
+        ),
+        name="webhook certificates",
+    )
+
+    async def stop_keeper(_: web.Application) -> None:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+
+    app.on_cleanup.append(stop_keeper)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await first.wait()
+    await web.TCPSite(runner, settings.webhook_bind, settings.webhook_port, ssl_context=tls.context).start()
+    return [runner]

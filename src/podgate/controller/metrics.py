@@ -11,6 +11,7 @@ import dataclasses
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -18,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from podgate.kube import queue as workqueue
 from podgate.model import conditions as c
-from podgate.model import gates
+from podgate.model import gates, report
 from podgate.model.lb import PoolSpec, Target
 from podgate.providers.base import GroupBinding, Provider, Provisioning, ServiceLB, TargetPool, TargetState
 
@@ -34,6 +35,15 @@ GATE_TRANSITIONS = Counter(
     ["status", "reason"],
     registry=REGISTRY,
 )
+GATE_TIMEOUTS = Counter(
+    "podgate_gate_timeouts_total",
+    "Gates whose readiness timeout passed before the load balancer said healthy, by what "
+    "the policy did (open: written True; closed: kept False)",
+    ["on_timeout"],
+    registry=REGISTRY,
+)
+for _policy in ("open", "closed"):  # both series exist from the start, so increase() sees the first
+    GATE_TIMEOUTS.labels(_policy)
 TIME_TO_READY = Histogram(
     "podgate_time_to_ready_seconds",
     "From a gate first pending to True, split by phase (registration: until the load "
@@ -88,6 +98,19 @@ WEBHOOK_LATENCY = Histogram(
     "podgate_webhook_request_duration_seconds",
     "AdmissionReview handling time",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+    registry=REGISTRY,
+)
+EVICTION_REVIEWS = Counter(
+    "podgate_eviction_reviews_total",
+    "Evictions the eviction guard answered, by result (allowed, refused, bad_request)",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_TLS_FAILURES = Counter(
+    "podgate_webhook_tls_handshake_failures_total",
+    "TLS handshakes with the webhook that failed at podgate's side, by OpenSSL's reason "
+    "(e.g. TLSV1_ALERT_UNKNOWN_CA: the caller does not trust the certificate served)",
+    ["reason"],
     registry=REGISTRY,
 )
 PROVIDER_CALLS = Counter(
@@ -158,6 +181,17 @@ class StateCollector:
         for reason, n in sorted(tally.items()):
             pending.add_metric([reason], n)
         yield pending
+        aged = GaugeMetricFamily(
+            "podgate_pending_gates_older_than",
+            "podgate gates not True, by reason, pending longer than older_than (cumulative: a gate "
+            'pending 6m counts in 30s, 1m and 5m), e.g. alert on {older_than="5m"} > 0',
+            labels=["reason", "older_than"],
+        )
+        for (reason, age), n in sorted(
+            report.pending_by_age(ctl.pods.cache.values(), datetime.now(UTC)).items()
+        ):
+            aged.add_metric([reason, age], n)
+        yield aged
         retried = CounterMetricFamily(
             "podgate_provider_throttled",
             "Cloud API calls answered 'throttled' or 'busy' and retried after a back-off",

@@ -20,6 +20,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
+from podgate.model.policy import DEFAULT_POLICY, GatePolicy, gate_policy, with_timeout
 from podgate.model.types import (
     Condition,
     Namespace,
@@ -62,7 +63,7 @@ class ServiceReconciler:
         classes: Mapping[str, str] | None = None,
         migration_labels: bool = False,
         lb_cidr: str | None,
-        sticky: bool = True,
+        policy: GatePolicy = DEFAULT_POLICY,
         adopted_prefixes: Sequence[str] = (),
     ) -> None:
         self.kube = kube
@@ -74,7 +75,8 @@ class ServiceReconciler:
         self.migration_labels = migration_labels
         self.recorder = recorder
         self.net = addresses.loopback_network(lb_cidr) if lb_cidr else None
-        self.sticky = sticky
+        #: the controller-wide policy; a Service's annotations override it field by field
+        self.policy = policy
         #: other controllers' gate prefixes podgate manages as its own (migration)
         self.adopted_prefixes = tuple(adopted_prefixes)
         self._addresses: dict[str, str] | None = None
@@ -144,6 +146,7 @@ class ServiceReconciler:
                 if provider_name
                 else []
             )
+            policy = gate_policy(meta_of(service).get("annotations"), self.policy)
         except lb.ServiceConfigError as e:
             self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
             if deleting:  # podgate cannot tell which group: never hold a deletion forever
@@ -171,17 +174,18 @@ class ServiceReconciler:
                         f"class {(service.get('spec') or {}).get('loadBalancerClass') or 'none'}, "
                         f"no {gates.PROVIDER_ANNOTATION} annotation)",
                     ),
+                    policy=policy,
                     types=types,
                 )
             return out
         provider = self.providers[provider_name]
         out.interval = provider.pool.poll_interval
         try:
-            await self._reconcile_pools(key, service, provider, pools, gated, gate, out)
+            await self._reconcile_pools(key, service, provider, pools, gated, gate, policy, out)
         except ProviderError as e:
             self.recorder_emit(service, "Service", "LoadBalancerError", str(e), "Warning")
             for pod in gated:
-                await self.set_gate(pod, lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e)))
+                await self.set_gate(pod, lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e)), policy=policy)
             raise
         await self._report_pods_without_gate(key, service, gate)
         return out
@@ -194,6 +198,7 @@ class ServiceReconciler:
         pools: list[lb.PoolSpec],
         gated: list[Pod],
         gate: str,
+        policy: GatePolicy,
         out: Outcome,
     ) -> None:
         namespace = service["metadata"]["namespace"]
@@ -284,7 +289,13 @@ class ServiceReconciler:
                     out.poll = True
                 if all(h.health is not lb.Health.UNREGISTERED for h in mine):
                     self.gates.registered(pod, gate)
-            await self.set_gate(pod, desired, pools[0].health.minimum_to_healthy if pools else 0.0)
+            await self.set_gate(pod, desired, pools[0].health.minimum_to_healthy if pools else 0.0, policy)
+        if policy.continuous and gated and pools and not out.poll:
+            # Nothing pending, but True gates must notice a target the load balancer marks
+            # unhealthy: re-read every half check interval (at least the provider's own poll
+            # interval), so the gate is False within 2 x the check interval of the mark.
+            out.poll = True
+            out.interval = max(out.interval, min(p.health.interval for p in pools) / 2)
 
     def _drained(
         self, key: str, pool: lb.PoolSpec, present: Mapping[lb.Target, TargetState]
@@ -413,15 +424,22 @@ class ServiceReconciler:
         ]
 
     async def set_gate(
-        self, pod: Pod, desired: Condition, minimum: float = 0.0, types: Sequence[str] | None = None
+        self,
+        pod: Pod,
+        desired: Condition,
+        minimum: float = 0.0,
+        policy: GatePolicy | None = None,
+        types: Sequence[str] | None = None,
     ) -> None:
         """Write the Service's gate condition under each gate type the pod carries for it (or
-        under ``types``)."""
+        under ``types``), after the Service's timeout policy (the controller's when the
+        Service's cannot be read)."""
+        policy = policy or self.policy
         service = gates.service_of_gate(desired["type"]) or ""
         for gate_type in types or self._gate_types_on(pod, service) or [desired["type"]]:
             current = self.pods.get(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}") or pod
-            typed: Condition = {**desired, "type": gate_type}
-            await self.gates.write(current, typed, sticky=self.sticky, minimum=minimum)
+            typed = with_timeout({**desired, "type": gate_type}, current, policy, time.time())
+            await self.gates.write(current, typed, sticky=not policy.continuous, minimum=minimum)
 
     def recorder_emit(
         self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"

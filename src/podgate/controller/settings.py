@@ -54,6 +54,9 @@ class ControllerSettings:
     alibaba: tuple[AlibabaSettings, ...] = ()
     lb_cidr: str | None = None
     continuous: bool = False
+    #: seconds a gate may wait for the load balancer after ContainersReady; None: for ever
+    readiness_timeout: float | None = None
+    on_timeout: str = "closed"  # open | closed: the gate when the timeout passes
     workers: int = 4
     poll_period: float = 0.1
     resync_period: float = 300.0
@@ -62,10 +65,17 @@ class ControllerSettings:
     webhook_bind: str = "127.0.0.1"
     webhook_url: str | None = None  # registered by URL (sandbox, out-of-cluster)
     webhook_service: str | None = None  # NAMESPACE/NAME of the Service in front of the webhook
-    webhook_cert_dir: Path | None = None
+    webhook_cert_dir: Path = Path("/tmp/podgate-webhook-certs")
     webhook_cert_file: Path | None = None
     webhook_key_file: Path | None = None
     webhook_config_name: str = "podgate"
+    #: the controller's own namespace: the shared webhook certificate Secret is there
+    namespace: str = "podgate-system"
+    webhook_cert_secret: str = "podgate-webhook-certs"
+    webhook_cert_validity: float = 365 * 86400.0
+    webhook_ca_validity: float = 10 * 365 * 86400.0
+    webhook_cert_renew_at: float = 0.67
+    webhook_cert_check_period: float = 10.0
     inject: bool = True
     remove_gate_prefixes: tuple[str, ...] = ()
     adopt_gate_prefixes: tuple[str, ...] = ()
@@ -126,5 +136,15 @@ class ControllerSettings:
                 raise SettingsError("--lb-cidr is required when HAProxy provisions load balancers")
         if (self.webhook_cert_file is None) != (self.webhook_key_file is None):
             raise SettingsError("--webhook-cert-file and --webhook-key-file go together")
+        if self.webhook_ca_validity < self.webhook_cert_validity:
+            raise SettingsError("--webhook-ca-validity must be at least --webhook-cert-validity")
+        if (
+            self.webhook_cert_validity * (1 - self.webhook_cert_renew_at)
+            < 12 * self.webhook_cert_check_period
+        ):
+            raise SettingsError(
+                "--webhook-cert-validity after --webhook-cert-renew-at must leave 12 "
+                "--webhook-cert-check-period for a rotation to reach every replica"
+            )
         if self.webhook_url and self.webhook_service:
             raise SettingsError("--webhook-url and --webhook-service are alternatives; give one")

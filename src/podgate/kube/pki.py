@@ -1,9 +1,11 @@
-"""Certificates and keys for the sandbox: a CA, the API server's serving certificate, the
-service-account signing key.  Generated once per state directory with ``cryptography``."""
+"""Certificates and keys with ``cryptography``: in memory (PEM bytes) for the webhook's shared
+certificates, and as files generated once per directory for the sandbox (its CA, the API server's
+serving certificate, the service-account signing key)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 from pathlib import Path
 
@@ -11,6 +13,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from podgate.model.certs import Validity
+
+#: how far back a certificate's validity starts, at most: clocks in a cluster differ a little
+BACKDATE = dt.timedelta(hours=1)
 
 
 def _key() -> rsa.RSAPrivateKey:
@@ -31,11 +38,8 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
         path.chmod(0o600)
 
 
-def ensure_ca(pki: Path, name: str = "podgate-sandbox-ca") -> tuple[Path, Path]:
-    crt, key_path = pki / "ca.crt", pki / "ca.key"
-    if crt.exists() and key_path.exists():
-        return crt, key_path
-    pki.mkdir(parents=True, exist_ok=True)
+def new_ca(name: str, validity: dt.timedelta) -> tuple[bytes, bytes]:
+    """A self-signed CA: its certificate and key, PEM."""
     key = _key()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = dt.datetime.now(dt.UTC)
@@ -45,28 +49,25 @@ def ensure_ca(pki: Path, name: str = "podgate-sandbox-ca") -> tuple[Path, Path]:
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
+        .not_valid_before(now - min(BACKDATE, validity / 10))
+        .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(key_path, _pem_key(key), private=True)
-    _write(crt, cert.public_bytes(serialization.Encoding.PEM))
-    return crt, key_path
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
 
 
-def ensure_serving_cert(
-    pki: Path, name: str, dns_names: list[str], ips: list[str], ca: tuple[Path, Path]
-) -> tuple[Path, Path]:
-    """A server certificate signed by the sandbox CA, valid for the given names and addresses."""
-    crt, key_path = pki / f"{name}.crt", pki / f"{name}.key"
-    if crt.exists() and key_path.exists():
-        return crt, key_path
-    ca_cert = x509.load_pem_x509_certificate(ca[0].read_bytes())
-    ca_key = serialization.load_pem_private_key(ca[1].read_bytes(), None)
+def new_serving_cert(
+    name: str, dns_names: list[str], ips: list[str], ca: tuple[bytes, bytes], validity: dt.timedelta
+) -> tuple[bytes, bytes]:
+    """A server certificate signed by ``ca`` (PEM certificate and key), valid for the given names
+    and addresses, and never beyond its CA."""
+    ca_cert = x509.load_pem_x509_certificate(ca[0])
+    ca_key = serialization.load_pem_private_key(ca[1], None)
     assert isinstance(ca_key, rsa.RSAPrivateKey)
     key = _key()
     now = dt.datetime.now(dt.UTC)
@@ -78,14 +79,54 @@ def ensure_serving_cert(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=825))
+        .not_valid_before(max(now - min(BACKDATE, validity / 10), ca_cert.not_valid_before_utc))
+        .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.SubjectAlternativeName(san), critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # which CA signed it, when two of the same name are trusted during a CA rotation
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
-    _write(key_path, _pem_key(key), private=True)
-    _write(crt, cert.public_bytes(serialization.Encoding.PEM))
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def validity(cert_pem: bytes) -> Validity:
+    """The first certificate's lifetime in ``cert_pem``, in seconds since the epoch."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return Validity(cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    """A short SHA-256 fingerprint of the first certificate in ``cert_pem``: which one a replica serves."""
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()[:16]
+
+
+def ensure_ca(pki: Path, name: str = "podgate-sandbox-ca") -> tuple[Path, Path]:
+    crt, key_path = pki / "ca.crt", pki / "ca.key"
+    if crt.exists() and key_path.exists():
+        return crt, key_path
+    pki.mkdir(parents=True, exist_ok=True)
+    cert, key = new_ca(name, dt.timedelta(days=3650))
+    _write(key_path, key, private=True)
+    _write(crt, cert)
+    return crt, key_path
+
+
+def ensure_serving_cert(
+    pki: Path, name: str, dns_names: list[str], ips: list[str], ca: tuple[Path, Path]
+) -> tuple[Path, Path]:
+    """A server certificate signed by the sandbox CA, valid for the given names and addresses."""
+    crt, key_path = pki / f"{name}.crt", pki / f"{name}.key"
+    if crt.exists() and key_path.exists():
+        return crt, key_path
+    cert, key = new_serving_cert(
+        name, dns_names, ips, (ca[0].read_bytes(), ca[1].read_bytes()), dt.timedelta(days=825)
+    )
+    _write(key_path, key, private=True)
+    _write(crt, cert)
     return crt, key_path
 
 

@@ -1,13 +1,16 @@
 """What ``podgate status`` shows for a pod: each readiness gate, its state and how long it has
-been pending (pure, so the table and JSON/YAML outputs agree)."""
+been pending, and for a pod that is not Ready every other reason too (a container or its probe,
+a load-balanced Service it has no gate for).  Pure, so the table, JSON/YAML outputs and the
+pending-gate metrics agree."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from podgate.model import conditions as c
+from podgate.model import gates
 
 
 def _parse(ts: str | None) -> datetime | None:
@@ -42,6 +45,165 @@ def gate_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _row(
+    pod: Mapping[str, Any], what: str, status: str, reason: str, message: str, pending: float | None
+) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    return {
+        "namespace": meta.get("namespace"),
+        "pod": meta.get("name"),
+        "gate": what,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "pending_seconds": pending,
+    }
+
+
+def _since(ts: str | None, now: datetime) -> float | None:
+    at = _parse(ts)
+    return None if at is None else max((now - at).total_seconds(), 0.0)
+
+
+def container_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """Why the kubelet's own part of Ready is False: unscheduled, or which container is not
+    ready and why (waiting, terminated, or running with its readiness probe not passing)."""
+    status = pod.get("status") or {}
+    conds = status.get("conditions")
+    scheduled = c.find(conds, c.POD_SCHEDULED)
+    if scheduled is None or scheduled.get("status") != c.TRUE:
+        return [
+            _row(
+                pod,
+                c.POD_SCHEDULED,
+                (scheduled or {}).get("status") or "Missing",
+                (scheduled or {}).get("reason") or "Unscheduled",
+                (scheduled or {}).get("message") or "no node has taken the pod yet",
+                _since(
+                    (scheduled or {}).get("lastTransitionTime")
+                    or (pod.get("metadata") or {}).get("creationTimestamp"),
+                    now,
+                ),
+            )
+        ]
+    ready = c.find(conds, c.CONTAINERS_READY)
+    if ready is not None and ready.get("status") == c.TRUE:
+        return []
+    pending = _since((ready or {}).get("lastTransitionTime"), now)
+    probes = {x.get("name"): "readinessProbe" in x for x in (pod.get("spec") or {}).get("containers") or ()}
+    rows = []
+    for cs in status.get("containerStatuses") or ():
+        if cs.get("ready"):
+            continue
+        name, state = cs.get("name"), cs.get("state") or {}
+        if state.get("waiting"):
+            reason = state["waiting"].get("reason") or "Waiting"
+            message = state["waiting"].get("message") or f"container {name} is waiting to start"
+        elif state.get("terminated"):
+            reason = state["terminated"].get("reason") or "Terminated"
+            message = f"container {name} exited with code {state['terminated'].get('exitCode')}"
+        elif probes.get(name):
+            reason, message = (
+                "ReadinessProbeFailing",
+                f"container {name} is running; its readiness probe is not passing",
+            )
+        else:
+            reason, message = "ContainerNotReady", f"container {name} is running but not ready yet"
+        rows.append(_row(pod, f"container/{name}", c.FALSE, reason, message, pending))
+    if not rows:
+        rows.append(
+            _row(
+                pod,
+                c.CONTAINERS_READY,
+                (ready or {}).get("status") or "Missing",
+                (ready or {}).get("reason") or "ContainersNotReady",
+                (ready or {}).get("message") or "the node has not reported the containers yet",
+                pending,
+            )
+        )
+    return rows
+
+
+def load_balanced(service: Mapping[str, Any]) -> bool:
+    """Whether podgate would gate this Service's pods, as far as a reader without the
+    controller's settings can tell: type LoadBalancer or a provider annotation, not ``none``."""
+    annotations = (service.get("metadata") or {}).get("annotations") or {}
+    chosen = (annotations.get(gates.PROVIDER_ANNOTATION) or "").strip()
+    if chosen:
+        return chosen != "none"
+    return (service.get("spec") or {}).get("type") == "LoadBalancer"
+
+
+def missing_gate_rows(
+    pod: Mapping[str, Any], services: Iterable[Mapping[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """A load-balanced Service selects the pod but the pod has no gate for it: it was created
+    before the Service (injection happens at creation only), so a rollout will not wait."""
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return []
+    have = set(c.readiness_gates(pod.get("spec") or {}))
+    rows = []
+    for s in services:
+        smeta = s.get("metadata") or {}
+        gate = gates.service_gate(smeta.get("name") or "")
+        if (
+            smeta.get("namespace") == meta.get("namespace")
+            and load_balanced(s)
+            and gates.selector_matches((s.get("spec") or {}).get("selector"), meta.get("labels"))
+            and gate not in have
+        ):
+            rows.append(
+                _row(
+                    pod,
+                    gate,
+                    "NoGate",
+                    "NoReadinessGate",
+                    f"Service {smeta.get('name')} load-balances this pod, but the pod has no gate for it "
+                    "(created before the Service, or not injected): restart it (kubectl rollout restart) "
+                    "so rollouts wait for the load balancer",
+                    None,
+                )
+            )
+    return rows
+
+
+def explain(
+    pod: Mapping[str, Any], services: Iterable[Mapping[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """Every row ``podgate status`` shows for a pod: its gates; if it is not Ready, what else
+    holds it; and the load-balanced Services it has no gate for."""
+    rows = gate_rows(pod, now)
+    ready = c.find((pod.get("status") or {}).get("conditions"), c.READY)
+    if (ready is None or ready.get("status") != c.TRUE) and not (pod.get("metadata") or {}).get(
+        "deletionTimestamp"
+    ):
+        rows += container_rows(pod, now)
+    return rows + missing_gate_rows(pod, services, now)
+
+
+#: the ages ``podgate_pending_gates_older_than`` reports (seconds, label)
+AGES: Sequence[tuple[float, str]] = ((30, "30s"), (60, "1m"), (300, "5m"), (900, "15m"), (3600, "1h"))
+
+
+def pending_by_age(pods: Iterable[Mapping[str, Any]], now: datetime) -> dict[tuple[str, str], int]:
+    """Pending load-balancer gates of live pods, by reason and by each age in ``AGES`` they are
+    older than (cumulative, so ``{older_than="5m"} > 0`` is a stuck-gate alert)."""
+    out: dict[tuple[str, str], int] = {}
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for row in gate_rows(pod, now):
+            if gates.service_of_gate(row["gate"]) is None or row["status"] == c.TRUE:
+                continue
+            age = row["pending_seconds"] or 0.0
+            for limit, label in AGES:
+                if age >= limit:
+                    key = (row["reason"], label)
+                    out[key] = out.get(key, 0) + 1
+    return out
 
 
 def duration(seconds: float | None) -> str:

@@ -29,27 +29,93 @@ class InjectionPolicy:
 
 
 def parse_review(raw: bytes) -> dict[str, Any]:
+    """The AdmissionReview in ``raw``, its shape checked wherever :func:`review_response` reads,
+    so no request (truncated, nested too deep, a list where an object belongs) can raise later."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadReview(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise BadReview("request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadReview("request body is not a JSON object")
     if body.get("kind") != "AdmissionReview":
-        raise BadReview(f"kind is {body.get('kind')!r}, expected 'AdmissionReview'")
+        raise BadReview(f"kind is {_shown(body.get('kind'))}, expected 'AdmissionReview'")
     if body.get("apiVersion") != "admission.k8s.io/v1":
-        raise BadReview(f"apiVersion is {body.get('apiVersion')!r}, expected 'admission.k8s.io/v1'")
+        raise BadReview(f"apiVersion is {_shown(body.get('apiVersion'))}, expected 'admission.k8s.io/v1'")
     request = body.get("request")
     if not isinstance(request, dict):
         raise BadReview("AdmissionReview has no request")
     if not isinstance(request.get("uid"), str) or not request["uid"]:
         raise BadReview("request.uid is missing")
+    for key in ("operation", "namespace", "name"):
+        _field(request, key, str, "request")
+    for key, inner in (("kind", "kind"), ("resource", "resource")):
+        ref = _field(request, key, dict, "request")
+        if ref is not None:
+            _field(ref, inner, str, f"request.{key}")
     obj = request.get("object")
-    if request.get("operation", "CREATE") == "CREATE" and not isinstance(obj, dict):
+    creating = request.get("operation", "CREATE") == "CREATE"
+    if not isinstance(obj, dict) and (obj is not None or creating):
         raise BadReview("request.object is missing or not an object")
-    if isinstance(obj, dict) and not isinstance(obj.get("spec", {}), dict):
-        raise BadReview("request.object.spec is not an object")
+    if isinstance(obj, dict):
+        _check_pod(obj, "request.object")
     return body
+
+
+def _check_pod(pod: Mapping[str, Any], where: str) -> None:
+    """What the injection decision reads of a pod: metadata (labels, annotations, namespace),
+    readiness gates, containers' lifecycle."""
+    meta = _field(pod, "metadata", dict, where)
+    if meta is not None:
+        for key in ("namespace", "name", "generateName"):
+            _field(meta, key, str, f"{where}.metadata")
+        for key in ("labels", "annotations"):
+            values = _field(meta, key, dict, f"{where}.metadata") or {}
+            for k, v in values.items():
+                if not isinstance(v, str):
+                    raise BadReview(
+                        f"{where}.metadata.{key}[{_shown(k)}] is not a string (it is {_json_type(v)})"
+                    )
+    spec = _field(pod, "spec", dict, where)
+    if spec is None:
+        return
+    for i, gate in enumerate(_field(spec, "readinessGates", list, f"{where}.spec") or ()):
+        if not isinstance(gate, dict):
+            raise BadReview(f"{where}.spec.readinessGates[{i}] is not an object (it is {_json_type(gate)})")
+        _field(gate, "conditionType", str, f"{where}.spec.readinessGates[{i}]")
+    for i, container in enumerate(_field(spec, "containers", list, f"{where}.spec") or ()):
+        if not isinstance(container, dict):
+            raise BadReview(f"{where}.spec.containers[{i}] is not an object (it is {_json_type(container)})")
+        _field(container, "lifecycle", dict, f"{where}.spec.containers[{i}]")
+
+
+_JSON_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "a boolean"),
+    (str, "a string"),
+    (int, "a number"),
+    (float, "a number"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+
+
+def _json_type(value: object) -> str:
+    return next((name for t, name in _JSON_TYPES if isinstance(value, t)), "null")
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    """``obj[key]`` when it is absent, null or a ``kind``; else the one-line reason why not."""
+    value = obj.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise BadReview(f"{where}.{key} is not {_json_type(kind())} (it is {_json_type(value)})")
+    return value
+
+
+def _shown(value: object) -> str:
+    """A value quoted in a reason, cut short: the reason is one line whatever was sent."""
+    text = repr(value) if isinstance(value, str) else _json_type(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def review_response(

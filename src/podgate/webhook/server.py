@@ -1,22 +1,27 @@
-"""The webhook's HTTPS server (aiohttp) and its registration with the API server."""
+"""The webhook's HTTPS server (aiohttp), its certificates (shared, rotated, reloaded without a
+restart) and its registration with the API server."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from podgate.kube import pki
-from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, Kube, NotFound
+from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, Conflict, Kube, KubeError, NotFound, Resource
 from podgate.kube.informer import Informer
+from podgate.kube.webhookcerts import CertificateError, CertificateSecret
 from podgate.model import gates
 from podgate.model.checks import CheckSpec
 from podgate.model.types import Service
@@ -57,22 +62,155 @@ def make_app(
     return app
 
 
-def serving_context(
-    cert_dir: Path | None, cert_file: Path | None, key_file: Path | None, hosts: list[str], ips: list[str]
-) -> tuple[ssl.SSLContext, bytes]:
-    """TLS for the webhook: given files (cert-manager), or a generated CA and certificate.
-    Returns the context and the CA bundle to register."""
-    if cert_file and key_file:
-        ca = cert_file.read_bytes()
-        crt, key = cert_file, key_file
-    else:
-        assert cert_dir is not None
-        ca_pair = pki.ensure_ca(cert_dir, "podgate-webhook-ca")
-        crt, key = pki.ensure_serving_cert(cert_dir, "webhook", hosts, ips, ca_pair)
-        ca = ca_pair[0].read_bytes()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(str(crt), str(key))
-    return ctx, ca
+class ServingTLS:
+    """The webhook's TLS: one SSLContext for the server's life.  A new certificate is loaded into
+    it, so the next handshake uses it: a rotation or a cert-manager renewal needs no restart, and
+    connections in flight keep theirs.  ``on_failure(reason)`` hears of every handshake that
+    failed here (the API server refusing the certificate says so in an alert), which the API
+    server itself only logs."""
+
+    def __init__(self, cert_dir: Path, on_failure: Callable[[str], None] = lambda reason: None) -> None:
+        self.cert_dir = cert_dir
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.sslobject_class = _counting_handshakes(on_failure)
+        #: of the certificate served now; None before the first
+        self.fingerprint: str | None = None
+
+    def load(self, cert: bytes, key: bytes, bundle: bytes) -> bool:
+        """Serve this certificate from the next handshake on; returns whether it changed.  It is
+        written to the certificate directory (OpenSSL loads from files) with the CA bundle
+        (``ca.crt``) that verifies it, for whoever calls this replica directly."""
+        fingerprint = pki.fingerprint(cert)
+        if fingerprint == self.fingerprint:
+            return False
+        self.cert_dir.mkdir(parents=True, exist_ok=True)
+        crt, key_path = self.cert_dir / "tls.crt", self.cert_dir / "tls.key"
+        _replace_file(key_path, key, 0o600)
+        _replace_file(crt, cert, 0o644)
+        _replace_file(self.cert_dir / "ca.crt", bundle, 0o644)
+        self.context.load_cert_chain(str(crt), str(key_path))
+        self.fingerprint = fingerprint
+        return True
+
+    def load_files(self, cert_file: Path, key_file: Path) -> bool:
+        """Serve mounted files (cert-manager's Secret volume, updated in place by the kubelet);
+        returns whether they changed.  A certificate and key caught mid-update do not match:
+        OpenSSL refuses them and the one served stays until the next look."""
+        cert = cert_file.read_bytes()
+        fingerprint = pki.fingerprint(cert)
+        if fingerprint == self.fingerprint:
+            return False
+        self.context.load_cert_chain(str(cert_file), str(key_file))
+        self.fingerprint = fingerprint
+        return True
+
+
+def _counting_handshakes(on_failure: Callable[[str], None]) -> type[ssl.SSLObject]:
+    class CountingSSLObject(ssl.SSLObject):
+        """asyncio drops a failed server-side handshake without a word (an SSLError is an
+        OSError): this is the public hook (``SSLContext.sslobject_class``) that sees it."""
+
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError as e:
+                on_failure(e.reason or type(e).__name__)
+                raise
+
+    return CountingSSLObject
+
+
+def _replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Write beside, then rename: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(mode)
+    tmp.replace(path)
+
+
+class CertificateSource(Protocol):
+    """Where the served certificate comes from, read again every check period."""
+
+    async def refresh(self, tls: ServingTLS) -> bytes:
+        """Load the current certificate into ``tls``; returns the CA bundle to register."""
+        ...
+
+
+@dataclass
+class SharedSecretSource:
+    """The CA and serving certificate every replica shares (``podgate.kube.webhookcerts``),
+    rotated here when due."""
+
+    secret: CertificateSecret
+
+    async def refresh(self, tls: ServingTLS) -> bytes:
+        material = await self.secret.sync()
+        if tls.load(material.cert, material.key, material.bundle):
+            log.info("webhook: serving certificate %s", material.fingerprint)
+        await self.secret.report(material)
+        return material.bundle
+
+
+@dataclass
+class FileSource:
+    """Certificate files someone else renews (cert-manager); registered, if podgate registers,
+    with the certificate itself as the bundle."""
+
+    cert_file: Path
+    key_file: Path
+
+    async def refresh(self, tls: ServingTLS) -> bytes:
+        if tls.load_files(self.cert_file, self.key_file):
+            log.info("webhook: serving certificate %s from %s", tls.fingerprint, self.cert_file)
+        return self.cert_file.read_bytes()
+
+
+async def keep_serving(
+    tls: ServingTLS,
+    source: CertificateSource,
+    registration: Callable[[bytes], Awaitable[object]] | None,
+    period: float,
+    first: asyncio.Event,
+) -> None:
+    """Every ``period``: the current certificate into ``tls`` and its CA bundle registered (a
+    write only when it differs).  ``first`` is set once a certificate is loaded and its bundle
+    registered: the server starts then, and the replica is ready (before, the API server would
+    not trust it, and pods admitted meanwhile would start ungated).  A failure (API server away,
+    a Secret mid-change) is retried on the next round; the certificate served meanwhile stays."""
+    while True:
+        try:
+            bundle = await source.refresh(tls)
+            if registration is not None:
+                await registration(bundle)
+            first.set()
+        except (KubeError, CertificateError, OSError, ValueError) as e:
+            # ssl.SSLError is an OSError; an unreadable PEM a ValueError
+            log.warning("webhook certificates: %s; trying again in %gs", e, period)
+        await asyncio.sleep(period)
+
+
+def certificate_names(url: str | None, service: str | None, bind: str) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses the serving certificate is for (pure): the Service's names
+    when registered by Service, the URL's host when by URL, and loopback for local callers."""
+    dns, ips = ["localhost"], ["127.0.0.1"]
+    if service:
+        ns, name = service.split("/", 1)
+        dns += [f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
+    hosts = [bind] if bind not in ("0.0.0.0", "::") else []
+    if url:
+        hosts.append(urlsplit(url).hostname or "")
+    for host in hosts:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host and host not in dns:
+                dns.append(host)
+        else:
+            if host not in ips:
+                ips.append(host)
+    return dns, ips
 
 
 def webhook_configuration(
@@ -132,17 +270,67 @@ def webhook_configuration(
     }
 
 
-async def register(kube: Kube, body: dict[str, Any]) -> None:
-    """Create the webhook configuration, or replace it (a new CA bundle, say) if it exists."""
+async def register(
+    kube: Kube,
+    body: dict[str, Any],
+    attempts: int = 3,
+    resource: Resource = MUTATING_WEBHOOK_CONFIGURATIONS,
+) -> bool:
+    """Create the webhook configuration (mutating, or the eviction guard's validating one), or
+    replace it when it differs from ``body`` (a new CA bundle, say); returns whether it wrote.
+    Every replica registers at start and after each rotation: writing only on change, and
+    reading again when another replica wrote first (it most likely wrote the same), keeps them
+    from rewriting the same object in turn."""
     name = body["metadata"]["name"]
+    for attempt in range(attempts):
+        try:
+            current = await kube.get(resource, name)
+        except NotFound:
+            try:
+                await kube.create(resource, body)
+            except Conflict:
+                continue
+            log.info("registered %s %s", resource.kind, name)
+            return True
+        if covers(current, body):
+            return False
+        rv = current["metadata"]["resourceVersion"]
+        try:
+            await kube.replace(
+                resource,
+                name,
+                {**body, "metadata": {**body["metadata"], "resourceVersion": rv}},
+            )
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
+            continue
+        log.info("updated %s %s", resource.kind, name)
+        return True
+    raise Conflict(f"{resource.kind} {name} kept changing under {attempts} attempts")
+
+
+async def unregister(kube: Kube, name: str) -> bool:
+    """Delete the webhook configuration podgate registers (``--no-inject``): a webhook that passes
+    every pod unchanged would only add a call, and its latency, to every pod creation.  Returns
+    whether there was one."""
     try:
-        current = await kube.get(MUTATING_WEBHOOK_CONFIGURATIONS, name)
+        await kube.delete(MUTATING_WEBHOOK_CONFIGURATIONS, name)
     except NotFound:
-        await kube.create(MUTATING_WEBHOOK_CONFIGURATIONS, body)
-        log.info("registered MutatingWebhookConfiguration %s", name)
-        return
-    body = {
-        **body,
-        "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
-    }
-    await kube.replace(MUTATING_WEBHOOK_CONFIGURATIONS, name, body)
+        return False
+    log.info("removed MutatingWebhookConfiguration %s: injection is off", name)
+    return True
+
+
+def covers(actual: Any, wanted: Any) -> bool:
+    """Whether ``actual`` holds everything ``wanted`` says (pure): the API server adds defaults
+    (matchPolicy, a Service port, ...) that a body podgate sends never mentions."""
+    if isinstance(wanted, Mapping):
+        return isinstance(actual, Mapping) and all(covers(actual.get(k), v) for k, v in wanted.items())
+    if isinstance(wanted, list):
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(covers(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
+    return bool(actual == wanted)

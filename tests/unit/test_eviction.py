@@ -1,0 +1,114 @@
+"""The eviction guard (podgate.webhook.eviction) on FakeKube and FakeProvider: the AdmissionReview
+answers ``kubectl drain`` would get."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp.test_utils import make_mocked_request
+
+from podgate.kube.api import PODS, SERVICES
+from podgate.model import policy
+from podgate.model.lb import Health, Target
+from podgate.providers.base import ProviderError
+from podgate.webhook.eviction import EvictionGuard, webhook_configuration
+from tests.unit.world import NS, World, pod, service
+
+
+def guarded_world(minimum: str = "2", healthy: int = 2) -> tuple[World, EvictionGuard]:
+    world = World()
+    world.add(SERVICES, service(annotations={policy.MIN_HEALTHY_TARGETS: minimum}))
+    for i in range(1, 4):
+        world.add(PODS, pod(f"p{i}", ip=f"10.0.0.{i}"))
+    for i in range(1, 4):
+        health = Health.HEALTHY if i <= healthy else Health.INITIAL
+        world.provider.set_health(
+            Target(f"10.0.0.{i}", 8080), health, "UP" if health is Health.HEALTHY else "DOWN"
+        )
+    seen: list[str] = []
+    guard = EvictionGuard(
+        world.pods, world.services, world.reconciler.providers, "fake", policy.DEFAULT_POLICY, seen.append
+    )
+    return world, guard
+
+
+async def evict(world: World, guard: EvictionGuard, name: str, **extra: Any) -> dict[str, Any]:
+    await world.sync()
+    await world.reconciler.reconcile(f"{NS}/web")  # registers the targets
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u1",
+            "kind": {"group": "policy", "version": "v1beta1", "kind": "Eviction"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "subResource": "eviction",
+            "name": name,
+            "namespace": NS,
+            "operation": "CREATE",
+            "object": {"apiVersion": "policy/v1beta1", "kind": "Eviction", "metadata": {"name": name}},
+            **extra,
+        },
+    }
+    request = make_mocked_request("POST", "/validate-eviction", payload=None)
+    request._read_bytes = json.dumps(review).encode()  # what the API server posts
+    answer = await guard.handle(request)
+    body: dict[str, Any] = json.loads(answer.body)  # type: ignore[arg-type]
+    return body["response"]
+
+
+async def test_an_eviction_that_would_go_below_the_minimum_is_429_naming_the_service() -> None:
+    world, guard = guarded_world(healthy=2)
+    response = await evict(world, guard, "p1")
+    assert response["allowed"] is False
+    assert response["status"]["code"] == 429
+    assert f"{NS}/web" in response["status"]["message"]
+    assert "(2 healthy now)" in response["status"]["message"]
+
+
+async def test_a_pod_the_load_balancer_does_not_call_healthy_may_go() -> None:
+    world, guard = guarded_world(healthy=2)
+    assert (await evict(world, guard, "p3"))["allowed"] is True
+
+
+async def test_one_spare_allows_one_eviction_and_then_refuses_the_next() -> None:
+    """The second drain comes before the pod cache shows the first pod terminating."""
+    world, guard = guarded_world(healthy=3)
+    assert (await evict(world, guard, "p1"))["allowed"] is True
+    second = await evict(world, guard, "p2")
+    assert second["allowed"] is False and "(2 healthy now)" in second["status"]["message"]
+
+
+async def test_a_dry_run_counts_nothing() -> None:
+    world, guard = guarded_world(healthy=3)
+    assert (await evict(world, guard, "p1", dryRun=True))["allowed"] is True
+    assert (await evict(world, guard, "p2"))["allowed"] is True
+
+
+async def test_no_minimum_no_guard_and_a_bad_one_warns_but_never_blocks() -> None:
+    world, guard = guarded_world(minimum="0", healthy=1)
+    assert (await evict(world, guard, "p1"))["allowed"] is True
+    world, guard = guarded_world(minimum="many", healthy=1)
+    response = await evict(world, guard, "p1")
+    assert response["allowed"] is True
+    assert policy.MIN_HEALTHY_TARGETS in response["warnings"][0]
+
+
+async def test_an_unreadable_load_balancer_lets_the_drain_go_with_a_warning() -> None:
+    world, guard = guarded_world(healthy=2)
+    await world.sync()
+    await world.reconciler.reconcile(f"{NS}/web")
+    world.provider.fail("targets", ProviderError("socket gone"))
+    why, warnings = await guard.refusal(f"{NS}/p1")
+    assert why is None and "socket gone" in warnings[0]
+
+
+def test_the_webhook_never_blocks_a_drain_when_podgate_is_down() -> None:
+    body = webhook_configuration(
+        "podgate", b"CA", url="https://127.0.0.1:9443/validate-eviction", service=None
+    )
+    [hook] = body["webhooks"]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["rules"][0]["resources"] == ["pods/eviction"]
+    assert hook["rules"][0]["operations"] == ["CREATE"]

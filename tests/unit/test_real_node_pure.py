@@ -1,0 +1,253 @@
+"""Pure pieces of the real node: configuration text, the egress guard's rules, image archives,
+and the bookkeeping ``down`` uses to put the machine back (iptables, mounts, sysctls)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podgate_sandbox.node import oci, render
+from podgate_sandbox.node.render import NodeLayout
+
+LAYOUT = NodeLayout(
+    root=Path("/state/node"),
+    node_name="podgate-node",
+    pod_cidr="10.244.0.0/24",
+    service_cidr="10.96.0.0/16",
+    port_offset=12000,
+    kubeconfig=Path("/state/node.kubeconfig"),
+    ca_file=Path("/state/pki/ca.crt"),
+)
+
+
+def test_layout_names_follow_the_offset_and_the_gateway_is_the_node() -> None:
+    assert LAYOUT.bridge == "pgbr12000" and len("pgbr50000") <= 15  # IFNAMSIZ
+    assert LAYOUT.node_ip == "10.244.0.1"
+    assert LAYOUT.cgroup == "podgate-node-12000"
+    assert LAYOUT.kubelet_healthz_port == 22348 and LAYOUT.kubelet_port == 22350
+
+
+@pytest.mark.parametrize(
+    ("cidr", "ok"),
+    [
+        ("10.244.0.0/24", True),
+        ("192.168.77.0/28", True),
+        ("127.100.0.0/16", False),  # loopback: the kubelet refuses it
+        ("8.8.8.0/24", False),  # not private
+        ("10.96.0.0/24", False),  # inside the service range
+        ("10.244.0.0/30", False),  # no room
+    ],
+)
+def test_pod_cidr_validation(cidr: str, ok: bool) -> None:
+    if ok:
+        render.validate_pod_cidr(cidr, "10.96.0.0/16")
+    else:
+        with pytest.raises(ValueError, match=cidr.split("/")[0]):
+            render.validate_pod_cidr(cidr, "10.96.0.0/16")
+
+
+def test_containerd_config_has_the_settings_this_machine_needs() -> None:
+    conf = tomllib.loads(render.containerd_config(LAYOUT))
+    assert conf["root"] == "/state/node/containerd/root" and conf["state"] == "/state/node/containerd/state"
+    assert conf["grpc"]["address"] == "/state/node/containerd/containerd.sock"
+    cri = conf["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["restrict_oom_score_adj"] is True and cri["disable_apparmor"] is True
+    assert cri["sandbox_image"] == render.PAUSE_IMAGE
+    assert cri["netns_mounts_under_state_dir"] is True
+    runc = cri["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_type"] == "io.containerd.runc.v2" and runc["options"]["SystemdCgroup"] is False
+    assert cri["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": "/state/node/cni", "max_conf_num": 1}
+
+
+def test_cni_gives_pods_no_default_route_and_no_masquerade() -> None:
+    conf = json.loads(render.cni_conflist(LAYOUT))
+    bridge = conf["plugins"][0]
+    assert (
+        bridge["bridge"] == "pgbr12000" and bridge["isDefaultGateway"] is False and bridge["ipMasq"] is False
+    )
+    assert bridge["ipam"]["routes"] == [{"dst": "10.96.0.0/16"}]
+    (rng,) = bridge["ipam"]["ranges"][0]
+    assert rng["gateway"] == "10.244.0.1" and rng["rangeStart"] == "10.244.0.2"
+    assert bridge["ipam"]["dataDir"] == "/state/node/cni-ipam"
+
+
+def test_kubelet_serves_on_the_bridge_and_loopback_with_a_loopback_resolver() -> None:
+    conf = yaml.safe_load(render.kubelet_config(LAYOUT))
+    assert conf["address"] == "10.244.0.1" and conf["healthzBindAddress"] == "127.0.0.1"
+    assert conf["authentication"]["anonymous"] == {"enabled": False}
+    assert conf["cgroupDriver"] == "cgroupfs" and conf["failSwapOn"] is False
+    assert conf["resolvConf"] == "/state/node/resolv.conf" and conf["readOnlyPort"] == 0
+    args = render.kubelet_args(LAYOUT, Path("/bin/kubelet"))
+    assert "--container-runtime=remote" in args and "--node-ip=10.244.0.1" in args
+    assert "--root-dir=/state/node/kubelet" in args
+
+
+def test_kube_proxy_leaves_conntrack_sysctls_alone() -> None:
+    args = render.kube_proxy_args(LAYOUT, Path("/bin/kube-proxy"))
+    assert "--proxy-mode=iptables" in args
+    for flag in ("max-per-core", "min", "tcp-timeout-established", "tcp-timeout-close-wait"):
+        assert f"--conntrack-{flag}=0" in args
+
+
+def test_egress_guard_allows_only_loopback_and_the_sandbox_ranges() -> None:
+    rules = render.egress_rules(LAYOUT)
+    chain = LAYOUT.guard_chain
+    body = [r[2:] for r in rules if r[:2] == ["-A", chain]]
+    assert body == [
+        ["-d", "127.0.0.0/8", "-j", "RETURN"],
+        ["-d", "10.244.0.0/24", "-j", "RETURN"],
+        ["-d", "10.96.0.0/16", "-j", "RETURN"],
+        ["-j", "REJECT"],  # everything else: the cloud metadata address, the LAN, the internet
+    ]
+    hooks = [r for r in rules if r[0] == "-I"]
+    assert ["-I", "OUTPUT", "1", "-m", "cgroup", "--path", "podgate-node-12000", "-j", chain] in hooks
+    assert ["-I", "FORWARD", "1", "-i", "pgbr12000", "!", "-o", "pgbr12000", "-j", chain] in hooks
+    six = render.egress_rules6(LAYOUT)
+    assert [r[2:] for r in six if r[:2] == ["-A", chain]] == [
+        ["-d", "::1/128", "-j", "RETURN"],
+        ["-j", "REJECT"],
+    ]
+
+
+def test_egress_guard_test_rejects_come_first() -> None:
+    rules = render.egress_rules(LAYOUT, reject_also=["127.77.0.1"])
+    assert rules[1] == ["-A", LAYOUT.guard_chain, "-d", "127.77.0.1", "-j", "REJECT"]
+
+
+BEFORE = """*filter
+:INPUT ACCEPT
+:FORWARD ACCEPT
+:OUTPUT ACCEPT
+-A INPUT -s 192.0.2.9/32 -j DROP
+COMMIT
+"""
+AFTER = """*filter
+:INPUT ACCEPT
+:FORWARD ACCEPT
+:OUTPUT ACCEPT
+:KUBE-FIREWALL -
+:PODGATE-EGRESS-1 -
+-A INPUT -s 192.0.2.9/32 -j DROP
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -s 192.0.2.9/32 -j DROP
+-A OUTPUT -m cgroup --path podgate-node-1 -j PODGATE-EGRESS-1
+-A KUBE-FIREWALL -m comment --comment "kubernetes firewall for dropping marked packets" -j DROP
+-A PODGATE-EGRESS-1 -j REJECT
+COMMIT
+*nat
+:PREROUTING ACCEPT
+:KUBE-SERVICES -
+-A PREROUTING -j KUBE-SERVICES
+COMMIT
+"""
+
+
+def test_undo_iptables_removes_exactly_what_was_added() -> None:
+    commands, tables = render.undo_iptables(BEFORE, AFTER)
+    assert tables == ["nat"]
+    assert commands == [
+        ["-t", "filter", "-F", "KUBE-FIREWALL"],
+        ["-t", "filter", "-F", "PODGATE-EGRESS-1"],
+        # one of two identical rules was added: one is removed (-D takes the first match)
+        ["-t", "filter", "-D", "INPUT", "-s", "192.0.2.9/32", "-j", "DROP"],
+        ["-t", "filter", "-D", "INPUT", "-j", "KUBE-FIREWALL"],
+        [
+            "-t",
+            "filter",
+            "-D",
+            "OUTPUT",
+            "-m",
+            "cgroup",
+            "--path",
+            "podgate-node-1",
+            "-j",
+            "PODGATE-EGRESS-1",
+        ],
+        ["-t", "filter", "-X", "KUBE-FIREWALL"],
+        ["-t", "filter", "-X", "PODGATE-EGRESS-1"],
+    ]
+    assert render.undo_iptables(BEFORE, BEFORE) == ([], [])
+
+
+def test_normalise_save_drops_comments_and_counters() -> None:
+    text = "# Generated by iptables-save\n*filter\n:INPUT ACCEPT [12:345]\n-A INPUT -j DROP\nCOMMIT\n# done"
+    assert render.normalise_save(text) == "*filter\n:INPUT ACCEPT\n-A INPUT -j DROP\nCOMMIT"
+
+
+MOUNTINFO = """22 1 0:21 / / rw - ext4 /dev/vda rw
+30 22 0:40 / /state/node/kubelet/pods/x/volumes/tok rw - tmpfs tmpfs rw
+31 22 0:41 / /state/node/containerd/state/netns/cni-1 rw - nsfs nsfs rw
+32 22 0:42 / /var/lib/kubelet2 rw - tmpfs tmpfs rw
+33 22 0:43 / /state/node/with\\040space rw - tmpfs tmpfs rw
+"""
+
+
+def test_mounts_under_prefixes_and_newest_first() -> None:
+    now = render.mounts_under(MOUNTINFO, ["/state/node", "/var/lib/kubelet"])
+    assert now == [
+        "/state/node/kubelet/pods/x/volumes/tok",
+        "/state/node/containerd/state/netns/cni-1",
+        "/state/node/with space",
+    ]
+    assert render.mounts_to_undo(["/state/node/with space"], now) == [
+        "/state/node/containerd/state/netns/cni-1",
+        "/state/node/kubelet/pods/x/volumes/tok",
+    ]
+
+
+def test_sysctls_to_restore_are_the_changed_ones() -> None:
+    before = {"kernel.panic": "1", "vm.overcommit_memory": "0", "net.bridge.x": "1"}
+    now = {"kernel.panic": "10", "vm.overcommit_memory": "0"}
+    assert render.sysctls_to_restore(before, now) == {"kernel.panic": "1"}
+
+
+SPEC = oci.ImageSpec(
+    "localhost/podgate/test:1",
+    {"bin/tool": oci.File(b"\x7fELF...", 0o755), "etc/motd": oci.File(b"hi\n")},
+    entrypoint=["/bin/tool"],
+    symlinks={"bin/sh": "tool"},
+)
+
+
+def test_oci_archive_is_a_valid_deterministic_layout() -> None:
+    data = oci.oci_archive(SPEC)
+    assert data == oci.oci_archive(SPEC)  # same input, same digests: the cache recognises it
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    for name, blob in blobs.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(blob).hexdigest() == name.rsplit("/", 1)[1]
+    index = json.loads(blobs["index.json"])
+    (entry,) = index["manifests"]
+    assert entry["annotations"][oci.NAME_ANNOTATION] == "localhost/podgate/test:1"
+    manifest = json.loads(blobs["blobs/sha256/" + entry["digest"].split(":")[1]])
+    config = json.loads(blobs["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
+    assert config["config"]["Entrypoint"] == ["/bin/tool"]
+    assert config["rootfs"]["diff_ids"] == [manifest["layers"][0]["digest"]]
+
+
+def test_layer_has_parents_first_modes_and_symlinks() -> None:
+    with tarfile.open(fileobj=io.BytesIO(oci.layer_tar(SPEC))) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        order = [m.name for m in tar.getmembers()]
+    assert order.index("bin") < order.index("bin/tool")
+    assert members["bin/tool"].mode == 0o755 and members["etc/motd"].mode == 0o644
+    assert members["bin/sh"].issym() and members["bin/sh"].linkname == "tool"
+    assert all(m.mtime == 0 and m.uid == 0 for m in members.values())
+
+
+def test_cni_results_left_by_the_node_are_its_own_only() -> None:
+    a, b = "a" * 64, "b" * 64
+    before = [f"other-{b}-eth0", f"cni-loopback-{b}-lo"]
+    now = [*before, f"podgate-12000-{a}-eth0", f"cni-loopback-{a}-lo", f"podgate-1-{a}-eth0"]
+    assert render.cni_results_to_remove(before, now, LAYOUT.network) == [
+        f"podgate-12000-{a}-eth0",
+        f"cni-loopback-{a}-lo",
+    ]
