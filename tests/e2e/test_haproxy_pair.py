@@ -18,6 +18,7 @@ from podgate_sandbox.controlplane import ControllerSwap, Sandbox
 
 from .conftest import SandboxHandle, condition, wait_for, wide_row
 from .test_controller import INJECT, deployment, gate, lb_service, pods
+from .test_webhook_replicas import front_door_up
 
 pytestmark = pytest.mark.sandbox
 FRONTENDS = ("127.78.0.1", "127.78.0.2")
@@ -66,6 +67,7 @@ def attach_to(swap: ControllerSwap, sockets: list[str], policy: str) -> None:
         i += 1
     swap.argv = [*argv, *(f"--haproxy-runtime-socket={s}" for s in sockets), f"--haproxy-ha-policy={policy}"]
     swap.start()
+    wait_for("the webhook front door to send to it", front_door_up, 15)
 
 
 def answers(ip: str) -> set[str]:
@@ -110,6 +112,7 @@ def test_ha_pair_with_one_haproxy_down(
             ),
             60,
         )
+        assert first["spec"]["readinessGates"] == [{"conditionType": gate("web")}], "injected"
         for ip in FRONTENDS:
             assert answers(ip) == {first["metadata"]["name"]}, f"through the pair's {ip}"
 
