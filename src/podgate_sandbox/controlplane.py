@@ -588,9 +588,13 @@ class Sandbox:
             "--leader-elect",
             "--lease-duration",
             "6",
-            # pods written for Alibaba Cloud's controller are gated here as they are
+            # pods and namespaces written for Alibaba Cloud's controller are gated here as they are
             "--adopt-gate-prefix",
             "service.readiness.alibabacloud.com/",
+            "--migration-labels",
+            # no cloud controller manager here: podgate's HAProxy is the cluster's load balancer
+            "--default-provider",
+            "haproxy",
         ]
         if replica == 0:
             # registers the webhook (front door URL) under its own name, so a cluster's

@@ -163,7 +163,7 @@ def test_cloud_overlays_configure_their_provider(
     credentials: tuple[str, str],
 ) -> None:
     """The overlay's environment and arguments, read by podgate's own settings parser: the cloud
-    provider is the default and the only one, and the workload identity is wired."""
+    provider is the only one, serving its class, and the workload identity is wired."""
     docs = render(sandbox, path)
     container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][
         0
@@ -174,7 +174,9 @@ def test_cloud_overlays_configure_their_provider(
             monkeypatch.setenv(e["name"], e["value"])
     assert container["args"][0] == "controller"
     settings = controller_cmd.controller_settings(container["args"][1:], os.environ)
-    assert settings.default_provider == provider and settings.haproxy == ()
+    # the cloud's own controller keeps class-less Services; podgate serves podgate.dev/<provider>
+    assert settings.default_provider is None and settings.haproxy == ()
+    assert settings.classes() == {f"podgate.dev/{provider}": provider}
     assert [p.name for p in (settings.aws if provider == "aws" else settings.alibaba)] == [provider]
     kind, annotation = credentials
     assert annotation in next(d for d in docs if d["kind"] == kind)["metadata"]["annotations"]

@@ -127,7 +127,11 @@ def test_the_image_runs_as_the_sandboxs_controller(
     ]
     path = bundle(tmp_path, rootfs, sandbox, haproxy, argv)
     sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
-    sandbox.apply(lb_service("web", "web", **{HAPROXY_BACKEND: "app"}), namespace)
+    # no --default-provider (as in deploy/): the Service names its provider
+    sandbox.apply(
+        lb_service("web", "web", **{HAPROXY_BACKEND: "app", "podgate.dev/load-balancer-provider": "haproxy"}),
+        namespace,
+    )
     name = f"podgate-{uuid.uuid4().hex[:8]}"
     log = sandbox.state_dir / "logs" / "image-controller.log"
     with controller_stopped(sandbox), open(log, "w") as out:

@@ -106,6 +106,8 @@ def test_a_representative_command_line_gives_the_settings_it_always_did() -> Non
             "0.2",
             "--prestop-delay",
             "5",
+            "--default-provider",
+            "haproxy",
         ]
     )
     assert dataclasses.replace(s, identity="test") == ControllerSettings(
@@ -316,6 +318,9 @@ BAD_VALUES: dict[str, str] = {
     "--leader-election-id": "-lease",
     "--lease-duration": "2",
     "--log-format": "xml",
+    "--load-balancer-class": "podgate.dev/haproxy",
+    "--migration-labels": "maybe",
+    "--haproxy-ha-policy": "some",
     "--namespace": "Podgate_System",
     "--webhook-cert-secret": "-certs",
     "--webhook-cert-validity": "5",
@@ -430,8 +435,12 @@ def test_other_commands_never_read_controller_settings(
         ([*HAPROXY, "--haproxy-master-socket", "/m", "--haproxy-config", "/c"], "--lb-cidr is required"),
         ([], "no load balancer configured"),
         (
-            ["--aws-provider", "aws"],
+            ["--aws-provider", "aws", "--default-provider", "haproxy"],
             "--default-provider='haproxy' is not a configured provider; configured: aws",
+        ),
+        (
+            [*HAPROXY, "--load-balancer-class", "example.com/edge=edge"],
+            "--load-balancer-class='example.com/edge=edge': 'edge' is not a configured provider",
         ),
         (ALI, "--alibaba-region is required"),
         (

@@ -36,6 +36,7 @@ def stat(status: str, check: str, desc: str = "", last: str = "") -> ServerStat:
     [
         (stat("UP", "L7OK"), "ready", Health.HEALTHY),
         (stat("UP 2/3", "L7STS"), "ready", Health.HEALTHY),  # going down, still in rotation
+        (stat("UP 1/3", "INI"), "ready", Health.INITIAL),  # read from a configuration, not checked yet
         (stat("DOWN", "INI"), "ready", Health.INITIAL),
         (stat("DOWN 1/3", "L4OK"), "ready", Health.INITIAL),  # rising
         (
@@ -98,7 +99,7 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
         {"podgate.shop.web.80": [("podgate-127.100.0.9-8080", "127.100.0.9:8080")]},
         str(tmp_path / "state"),
     )
-    assert "server-state-file" in with_state and "load-server-state-from-file global" in with_state
+    assert "server-state-base" in with_state and "load-server-state-from-file local" in with_state
     assert "    server podgate-127.100.0.9-8080 127.100.0.9:8080 check inter 1000" in with_state
     path.write_text(with_state)
     check = subprocess.run(["haproxy", "-c", "-f", str(path)], capture_output=True, text=True, check=False)
@@ -112,3 +113,20 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
     assert cfg.server_options(HealthCheck(None, 1.0, 2, 3)) == (
         "check inter 1000 fastinter 1000 downinter 1000 rise 2 fall 3"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "target", "free"),
+    [
+        ("podgate-127.0.0.2-80", "127.0.0.2:80", Target("127.0.0.2", 80), False),  # podgate's dynamic server
+        ("podgate-3", "127.0.0.2:80", Target("127.0.0.2", 80), False),  # a filled server-template slot
+        ("podgate-4", "0.0.0.0:0", None, True),  # an empty slot
+        ("users-own", "127.0.0.9:80", None, False),  # the user's: left alone
+        ("users-own", "0.0.0.0:0", None, False),
+    ],
+)
+def test_slots_of_the_users_server_template(
+    name: str, address: str, target: Target | None, free: bool
+) -> None:
+    assert cfg.target_of_server(name, address) == target
+    assert cfg.is_free_slot(name, address) is free

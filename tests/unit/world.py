@@ -75,7 +75,14 @@ def service(name: str = "web", *, port: int = 80, target_port: int = 8080, **met
 
 class World:
     def __init__(
-        self, provider: FakeProvider | None = None, *, sticky: bool = True, policy: GatePolicy | None = None
+        self,
+        provider: FakeProvider | None = None,
+        *,
+        sticky: bool = True,
+        policy: GatePolicy | None = None,
+        default: str | None = "fake",
+        lb_cidr: str | None = None,
+        adopted_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.kube = FakeKube()
         self.kube.add(NAMESPACES, {"metadata": {"name": NS}})
@@ -90,10 +97,11 @@ class World:
             self.services,
             self.namespaces,
             {"fake": self.provider.provider()},
-            "fake",
+            default,
             self.recorder,
-            lb_cidr=None,
+            lb_cidr=lb_cidr,
             policy=policy or GatePolicy(continuous=not sticky),
+            adopted_prefixes=adopted_prefixes,
         )
 
     @property

@@ -57,6 +57,10 @@ PROVIDER_NAME = pattern("a provider name (lower-case letters, digits and '-')", 
 REGION = pattern("a region id such as us-east-1 or cn-hangzhou", r"[a-z]{2,}(-[a-z0-9]+)+")
 #: the host part of a listening address: an IPv4/IPv6 address or a host name
 BIND = pattern("an IP address or host name", r"[0-9A-Za-z.:\-\[\]]+")
+LB_CLASS = pattern(
+    "CLASS=PROVIDER, CLASS a qualified name such as podgate.dev/haproxy",
+    rf"(?=[^=]{{1,253}}=)({DNS_SUBDOMAIN}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{{0,61}}[A-Za-z0-9])?={DNS_LABEL}",
+)
 GATE_PREFIX = pattern("a condition type prefix such as example.com/", r"[A-Za-z0-9][-A-Za-z0-9_./]*")
 
 
@@ -130,8 +134,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "--default-provider",
         PROVIDER_NAME,
-        "haproxy",
-        "provider for type LoadBalancer Services without the provider annotation",
+        None,
+        "provider for type LoadBalancer Services with neither a loadBalancerClass nor the provider "
+        "annotation (default: podgate leaves them to the cluster's cloud controller)",
     ),
     Setting(
         "--haproxy-name",
@@ -396,6 +401,32 @@ SETTINGS: tuple[Setting, ...] = (
         "text",
         "human-readable lines, or one JSON object per line",
         field=None,
+    ),
+    Setting(
+        "--load-balancer-class",
+        LB_CLASS,
+        (),
+        "CLASS=PROVIDER: serve type LoadBalancer Services of this spec.loadBalancerClass with this "
+        "provider; repeat for several (default: podgate.dev/<provider> for each provider)",
+        env="LOAD_BALANCER_CLASSES",
+        repeated=True,
+        field="load_balancer_classes",
+    ),
+    Setting(
+        "--haproxy-ha-policy",
+        choice("all", "reachable"),
+        "all",
+        "with several runtime sockets (an HA pair) and one unreachable: 'all' keeps pending gates "
+        "False with a reason naming it; 'reachable' decides on the reachable ones",
+        field="haproxy.ha_policy",
+    ),
+    Setting(
+        "--migration-labels",
+        BOOLEAN,
+        False,
+        "inject gates also in namespaces labelled k8s.alibabacloud.com/pod-readiness-gate-inject=enabled "
+        "or elbv2.k8s.aws/pod-readiness-gate-inject=enabled (switch controllers without relabelling)",
+        flag_sets=True,
     ),
 )
 """Every setting of ``podgate controller``, declared once (see podgate.cli.declared)."""

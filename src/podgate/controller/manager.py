@@ -56,6 +56,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             master_address=h.master_socket,
             config_path=h.config_path,
             base_config=base,
+            require_all=h.ha_policy == "all",
         ).provider()
     for a in settings.aws:
         providers[a.name] = AwsElbv2Provider(
@@ -98,6 +99,8 @@ class Controller:
             instrumented,
             settings.default_provider,
             self.recorder,
+            classes=settings.classes(),
+            migration_labels=settings.migration_labels,
             lb_cidr=settings.lb_cidr,
             policy=GatePolicy(
                 timeout=settings.readiness_timeout,
@@ -241,7 +244,7 @@ class Controller:
             wanted: dict[str, ServiceLB] = {}
             for key, svc in self.services.cache.items():
                 try:
-                    if lb.provider_for(svc, self.settings.default_provider, self.providers) != name:
+                    if self.reconciler.provider_of(svc) != name:
                         continue
                     pools = lb.pools_for(svc, provider.group_annotations)
                 except lb.ServiceConfigError:
@@ -299,7 +302,8 @@ class Controller:
                 log.info("load balancer %s changed generation (%s → %s): re-syncing", name, last, gen)
                 self.enqueue_all()
             last = gen
-            await asyncio.sleep(1.0)
+            # half a second: a reload or restart is re-synced within a second of it
+            await asyncio.sleep(0.5)
 
     async def _resync(self) -> None:
         while True:
@@ -364,6 +368,7 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         settings.default_provider,
         controller.reconciler.policy,
         lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
+        classes=controller.reconciler.classes,
     )
     app.router.add_post(eviction.PATH, guard.handle)
     tls = webhook.ServingTLS(
@@ -408,6 +413,7 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
             url=settings.webhook_url,
             service=service_ref,
             skip_label_value=settings.skip_label_value,
+            migration_labels=settings.migration_labels,
         )
         if settings.inject:
             await webhook.register(controller.kube, body)

@@ -57,9 +57,11 @@ class ServiceReconciler:
         services: Informer[Service],
         namespaces: Informer[Namespace],
         providers: Mapping[str, Provider],
-        default_provider: str,
+        default_provider: str | None,
         recorder: EventRecorder,
         *,
+        classes: Mapping[str, str] | None = None,
+        migration_labels: bool = False,
         lb_cidr: str | None,
         policy: GatePolicy = DEFAULT_POLICY,
         adopted_prefixes: Sequence[str] = (),
@@ -68,6 +70,9 @@ class ServiceReconciler:
         self.pods, self.services, self.namespaces = pods, services, namespaces
         self.providers = providers
         self.default_provider = default_provider
+        #: loadBalancerClass → provider (None: podgate.dev/<provider>)
+        self.classes = classes
+        self.migration_labels = migration_labels
         self.recorder = recorder
         self.net = addresses.loopback_network(lb_cidr) if lb_cidr else None
         #: the controller-wide policy; a Service's annotations override it field by field
@@ -81,9 +86,13 @@ class ServiceReconciler:
         self.gates = GateWriter(kube, pods, recorder)
 
     # -- helpers ------------------------------------------------------------------------------
+    def provider_of(self, service: Mapping[str, Any]) -> str | None:
+        """The provider serving this Service, None for another controller's (or none's)."""
+        return lb.provider_for(service, self.default_provider, self.providers, self.classes)
+
     def handled(self, service: Mapping[str, Any]) -> bool:
         try:
-            return lb.provider_for(service, self.default_provider, self.providers) is not None
+            return self.provider_of(service) is not None
         except lb.ServiceConfigError:
             return True  # handled, and its pods must hear why it cannot be served
 
@@ -92,7 +101,7 @@ class ServiceReconciler:
 
     def injection_enabled(self, namespace: str) -> bool:
         ns = self.namespaces.get(namespace)
-        return ns is not None and labels(ns).get(gates.INJECT_LABEL) == "enabled"
+        return ns is not None and gates.opted_in(labels(ns), self.migration_labels)
 
     def address_for(self, key: str, service: Service) -> str | None:
         """The Service's load-balancer address: kept from its status, else the next free one."""
@@ -131,7 +140,7 @@ class ServiceReconciler:
             return out
         deleting = is_terminating(service)
         try:
-            provider_name = lb.provider_for(service, self.default_provider, self.providers)
+            provider_name = self.provider_of(service)
             pools = (
                 lb.pools_for(service, self.providers[provider_name].group_annotations)
                 if provider_name
@@ -148,6 +157,11 @@ class ServiceReconciler:
         if provider_name is None or deleting:
             await self._let_go(key, service, self.providers[provider_name] if provider_name else None, pools)
             for pod in gated:
+                # a vendor's gate (adopted prefix) on a Service podgate does not serve is that
+                # vendor's to write; podgate answers only for its own gate type
+                types = None if deleting else [t for t in self._gate_types_on(pod, name) if t == gate]
+                if types == []:
+                    continue
                 await self.set_gate(
                     pod,
                     lb.failure_condition(
@@ -155,11 +169,13 @@ class ServiceReconciler:
                         lb.SERVICE_NOT_FOUND if deleting else lb.NOT_LOAD_BALANCED,
                         f"Service {namespace}/{name} is being deleted"
                         if deleting
-                        else f"Service {namespace}/{name} is not load-balanced "
+                        else f"Service {namespace}/{name} is not load-balanced by podgate "
                         f"(type {(service.get('spec') or {}).get('type')}, "
+                        f"class {(service.get('spec') or {}).get('loadBalancerClass') or 'none'}, "
                         f"no {gates.PROVIDER_ANNOTATION} annotation)",
                     ),
                     policy=policy,
+                    types=types,
                 )
             return out
         provider = self.providers[provider_name]
@@ -408,13 +424,19 @@ class ServiceReconciler:
         ]
 
     async def set_gate(
-        self, pod: Pod, desired: Condition, minimum: float = 0.0, policy: GatePolicy | None = None
+        self,
+        pod: Pod,
+        desired: Condition,
+        minimum: float = 0.0,
+        policy: GatePolicy | None = None,
+        types: Sequence[str] | None = None,
     ) -> None:
-        """Write the Service's gate condition under each gate type the pod carries for it, after
-        the Service's timeout policy (the controller's when the Service's cannot be read)."""
+        """Write the Service's gate condition under each gate type the pod carries for it (or
+        under ``types``), after the Service's timeout policy (the controller's when the
+        Service's cannot be read)."""
         policy = policy or self.policy
         service = gates.service_of_gate(desired["type"]) or ""
-        for gate_type in self._gate_types_on(pod, service) or [desired["type"]]:
+        for gate_type in types or self._gate_types_on(pod, service) or [desired["type"]]:
             current = self.pods.get(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}") or pod
             typed = with_timeout({**desired, "type": gate_type}, current, policy, time.time())
             await self.gates.write(current, typed, sticky=not policy.continuous, minimum=minimum)

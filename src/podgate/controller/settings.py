@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from podgate.model.lb import default_classes
+
 
 class SettingsError(ValueError):
     """Invalid configuration; the message names the setting."""
@@ -18,6 +20,8 @@ class HAProxySettings:
     master_socket: str | None = None
     config_path: Path | None = None
     base_config_path: Path | None = None
+    #: an HA pair with a member unreachable: "all" (pending gates wait) or "reachable"
+    ha_policy: str = "all"
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ class AlibabaSettings:
 @dataclass(frozen=True)
 class ControllerSettings:
     kubeconfig: str | None = None
-    default_provider: str = "haproxy"
+    #: provider for class-less ``type: LoadBalancer`` Services; None: podgate leaves them alone
+    default_provider: str | None = None
     haproxy: tuple[HAProxySettings, ...] = ()
     aws: tuple[AwsSettings, ...] = ()
     alibaba: tuple[AlibabaSettings, ...] = ()
@@ -82,11 +87,24 @@ class ControllerSettings:
     identity: str = "podgate"
     lease_duration: float = 15.0
     extra: dict[str, str] = field(default_factory=dict)
+    #: ``CLASS=PROVIDER`` pairs: the loadBalancerClasses podgate serves; () = podgate.dev/<provider>
+    load_balancer_classes: tuple[str, ...] = ()
+    #: the webhook also honours the AWS and Alibaba controllers' namespace opt-in labels
+    migration_labels: bool = False
+
+    def classes(self) -> dict[str, str]:
+        """loadBalancerClass → provider name."""
+        if not self.load_balancer_classes:
+            return default_classes(self.provider_names())
+        return {c: p for c, _, p in (pair.partition("=") for pair in self.load_balancer_classes)}
+
+    def provider_names(self) -> list[str]:
+        return [h.name for h in self.haproxy] + [a.name for a in self.aws] + [a.name for a in self.alibaba]
 
     def validate(self) -> None:
         """Check how settings relate to one another.  Each setting's own range and form is
         checked where it is declared (podgate.cli.controller_cmd.SETTINGS), whatever gives it."""
-        names = [h.name for h in self.haproxy] + [a.name for a in self.aws] + [a.name for a in self.alibaba]
+        names = self.provider_names()
         if len(set(names)) != len(names):
             raise SettingsError("--haproxy-name: provider names must be unique")
         if not names:
@@ -97,11 +115,18 @@ class ControllerSettings:
         for a in self.alibaba:
             if not a.region:
                 raise SettingsError("--alibaba-region is required with --alibaba-provider")
-        if self.default_provider not in names:
+        if self.default_provider is not None and self.default_provider not in names:
             raise SettingsError(
                 f"--default-provider={self.default_provider!r} is not a configured provider; "
                 f"configured: {', '.join(names)}"
             )
+        for pair in self.load_balancer_classes:
+            provider = pair.partition("=")[2]
+            if provider not in names:
+                raise SettingsError(
+                    f"--load-balancer-class={pair!r}: {provider!r} is not a configured provider; "
+                    f"configured: {', '.join(names)}"
+                )
         for h in self.haproxy:
             if (h.master_socket is None) != (h.config_path is None):
                 raise SettingsError(

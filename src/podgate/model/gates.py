@@ -15,6 +15,12 @@ CHECK_GATE_PREFIX = "check.podgate.dev/"
 INJECT_LABEL = f"{DOMAIN}/pod-readiness-gate-inject"
 PROVIDER_ANNOTATION = f"{DOMAIN}/load-balancer-provider"
 PRESTOP_ANNOTATION = f"{DOMAIN}/prestop-delay"
+#: Namespace opt-in labels of the controllers podgate replaces, honoured with the migration
+#: setting, so a namespace set up for them needs no relabelling (value ``enabled`` as for ours).
+VENDOR_INJECT_LABELS = (
+    "k8s.alibabacloud.com/pod-readiness-gate-inject",
+    "elbv2.k8s.aws/pod-readiness-gate-inject",
+)
 #: Gate prefixes of the controllers podgate replaces; injection can remove them (migration).
 VENDOR_PREFIXES = ("target-health.elbv2.k8s.aws/", "service.readiness.alibabacloud.com/")
 
@@ -33,6 +39,35 @@ def service_of_gate(condition_type: str, adopted_prefixes: Sequence[str] = ()) -
         if condition_type.startswith(prefix):
             return condition_type[len(prefix) :] or None
     return None
+
+
+def inject_labels(migration: bool) -> tuple[str, ...]:
+    """The namespace labels that opt a namespace in (value ``enabled``)."""
+    return (INJECT_LABEL, *VENDOR_INJECT_LABELS) if migration else (INJECT_LABEL,)
+
+
+def opted_in(namespace_labels: Mapping[str, str] | None, migration: bool) -> bool:
+    """Whether a namespace asks for readiness gates: any of its opt-in labels is ``enabled``."""
+    found = namespace_labels or {}
+    return any(found.get(label) == "enabled" for label in inject_labels(migration))
+
+
+def namespace_selectors(migration: bool) -> list[dict[str, Any]]:
+    """One webhook namespaceSelector per opt-in label (a selector cannot say "this label or
+    that one").  Each excludes the namespaces an earlier one selects, so a namespace carrying
+    several labels is still sent to the webhook once per pod."""
+    labels = inject_labels(migration)
+    first: dict[str, Any] = {"matchLabels": {labels[0]: "enabled"}}
+    return [first] + [
+        {
+            "matchExpressions": [
+                {"key": label, "operator": "In", "values": ["enabled"]},
+                *({"key": earlier, "operator": "NotIn", "values": ["enabled"]} for earlier in labels[:i]),
+            ]
+        }
+        for i, label in enumerate(labels)
+        if i > 0
+    ]
 
 
 def condition_type_errors(value: str) -> list[str]:

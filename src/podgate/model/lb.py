@@ -50,23 +50,51 @@ class HealthCheck:
         return self.interval * self.healthy_threshold
 
 
-def provider_for(service: Mapping[str, Any], default: str, configured: Iterable[str]) -> str | None:
-    """The provider handling this Service, or None when podgate leaves it alone."""
+def default_classes(providers: Iterable[str]) -> dict[str, str]:
+    """``podgate.dev/<provider>`` for each configured provider: the classes podgate serves when
+    the operator names none (the AWS and Alibaba controllers select their Services the same way)."""
+    return {f"{DOMAIN}/{name}": name for name in providers}
+
+
+def provider_for(
+    service: Mapping[str, Any],
+    default: str | None,
+    configured: Iterable[str],
+    classes: Mapping[str, str] | None = None,
+) -> str | None:
+    """The provider handling this Service, or None when podgate leaves it alone.
+
+    In order: podgate's provider annotation (``none`` opts out); ``spec.loadBalancerClass``
+    (Kubernetes 1.24+), served only when it is one of ``classes`` (class → provider, by default
+    :func:`default_classes`), another controller's class otherwise; a class-less ``type:
+    LoadBalancer`` Service only when the operator named a ``default`` provider.  Beside a cloud
+    controller manager, claiming class-less Services would fight it over the same Service."""
+    configured = set(configured)
+    served = default_classes(configured) if classes is None else classes
     annotations = (service.get("metadata") or {}).get("annotations") or {}
+    spec = service.get("spec") or {}
+    lb_class = spec.get("loadBalancerClass")
     chosen: str | None = annotations.get(PROVIDER_ANNOTATION)
     if chosen is not None:
         chosen = chosen.strip()
         if chosen == NONE:
             return None
-        if chosen not in set(configured):
+        if chosen not in configured:
             raise ServiceConfigError(
                 f"annotation {PROVIDER_ANNOTATION}={chosen!r} names no configured provider "
                 f"(configured: {', '.join(sorted(configured)) or 'none'})"
             )
+        if lb_class and lb_class not in served:
+            raise ServiceConfigError(
+                f"annotation {PROVIDER_ANNOTATION}={chosen!r} conflicts with "
+                f"spec.loadBalancerClass={lb_class!r}, which another controller serves"
+            )
         return chosen
-    if (service.get("spec") or {}).get("type") == "LoadBalancer":
-        return default
-    return None
+    if spec.get("type") != "LoadBalancer":
+        return None
+    if lb_class:
+        return served.get(lb_class)
+    return default
 
 
 def finalizers_patch(service: Mapping[str, Any], present: bool) -> dict[str, Any] | None:

@@ -19,17 +19,19 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
 from podgate.providers import haproxy_config as cfg
 from podgate.providers.base import AdminState, Provider, ProviderError, ServiceLB, TargetState
-from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat
+from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat, Unreachable
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _CHECK_OK = ("L4OK", "L6OK", "L7OK", "L7OKC")
 
 
@@ -43,6 +45,10 @@ def server_health(stat: ServerStat, where: str) -> tuple[AdminState, TargetHealt
         return "maint", TargetHealth(Health.UNREGISTERED, detail, where)
     if status.startswith("DRAIN") or status.startswith("NOLB"):
         return "drain", TargetHealth(Health.DRAINING, detail, where)
+    if status.startswith("UP") and check in ("", "INI"):
+        # a server a new worker read from its configuration with no saved state starts UP
+        # before any check (seen on 2.6: "UP 1/3", INI): not healthy until HAProxy checked it
+        return "ready", TargetHealth(Health.INITIAL, detail, where)
     if status.startswith("UP"):
         return "ready", TargetHealth(Health.HEALTHY, detail, where)
     if status.startswith("DOWN") and (check in ("", "INI") or check in _CHECK_OK):
@@ -84,6 +90,7 @@ class HAProxyProvider:
         config_path: Path | None = None,
         base_config: str = "",
         validate: bool = True,
+        require_all: bool = True,
     ) -> None:
         if not runtime_addresses:
             raise ValueError("HAProxy provider needs at least one runtime API address")
@@ -94,7 +101,12 @@ class HAProxyProvider:
         self.config_path = config_path
         self.base_config = base_config
         self.validate = validate
+        #: an HA pair with one HAProxy unreachable: True, pending gates wait (False, naming it);
+        #: False, podgate decides on the reachable ones (and registers there)
+        self.require_all = require_all
         self._services: dict[str, ServiceLB] = {}
+        #: backend → its podgate servers (name, address) as the configuration file lists them
+        self._servers: dict[str, list[tuple[str, str]]] = {}
         self._lock = asyncio.Lock()
         self._initialised = False
         self.reloads = 0
@@ -109,6 +121,31 @@ class HAProxyProvider:
         """Provisioning mode: podgate renders the configuration and reloads through the master."""
         return self.master is not None and self.config_path is not None
 
+    def _reachable(
+        self, answers: Sequence[T | BaseException], require_all: bool | None = None
+    ) -> list[tuple[Runtime, T]]:
+        """Each HAProxy's answer, by the HA-pair policy: with ``require_all`` any failure is
+        the error; otherwise an unreachable one is left out, unless every one is."""
+        require_all = self.require_all if require_all is None else require_all
+        out: list[tuple[Runtime, T]] = []
+        errors: list[BaseException] = []
+        for rt, answer in zip(self.runtimes, answers, strict=True):
+            if isinstance(answer, BaseException):
+                errors.append(answer)
+            else:
+                out.append((rt, answer))
+        for e in errors:
+            if require_all or not isinstance(e, Unreachable) or not out:
+                raise e
+            log.warning("deciding without an HA-pair member: %s", e)
+        return out
+
+    async def _on_each(
+        self, action: Callable[[Runtime], Awaitable[T]], require_all: bool | None = None
+    ) -> list[tuple[Runtime, T]]:
+        results = await asyncio.gather(*(action(rt) for rt in self.runtimes), return_exceptions=True)
+        return self._reachable(results, require_all)
+
     async def close(self) -> None:
         """Nothing to let go: each runtime command opens its own connection."""
 
@@ -116,7 +153,7 @@ class HAProxyProvider:
     async def provision(self, service_key: str, pools: Sequence[PoolSpec], address: str | None) -> str | None:
         if any(p.group for p in pools):
             missing = [p.group.id for p in pools if p.group]
-            backends = set(await self.runtimes[0].backends())
+            backends = set((await self._on_each(lambda rt: rt.backends()))[0][1])
             absent = [b for b in missing if b not in backends]
             if absent:
                 raise ProviderError(f"HAProxy has no backend {', '.join(map(repr, absent))} to attach to")
@@ -160,30 +197,76 @@ class HAProxyProvider:
         if current == mark:
             return
         # Carry the registered targets and their state across the reload.
-        servers: dict[str, list[tuple[str, str]]] = {}
-        rt = self.runtimes[0]
+        self._servers = {}
         for service_lb in self._services.values():
             for pool in service_lb.pools:
                 be = cfg.backend_name(pool)
                 with contextlib.suppress(ProviderError):  # a new backend has no servers yet
-                    servers[be] = [
-                        (s.name, s.address)
-                        for s in await rt.servers(be)
-                        if cfg.target_of_server(s.name, s.address)
-                    ]
-        state_file = self.config_path.with_name("server-state")
-        with contextlib.suppress(ProviderError):
-            state_file.write_text(await rt.command("show servers state"))
-        text = mark + "\n" + cfg.render(self.base_config, self._services, servers, str(state_file))
+                    await self._save_state(be)
+                    self._servers[be] = await self._listed(be)
+        text = self._render()
         await self._validate(text)
-        tmp = self.config_path.with_suffix(".new")
-        tmp.write_text(text)
-        os.replace(tmp, self.config_path)
+        self._write(text)
         before = await self._identity()
         await self.master.reload()
         self.reloads += 1
         await self._await_new_worker(before)
         log.info("HAProxy reloaded with %d Services", len(self._services))
+
+    # -- what a reload starts from --------------------------------------------------------------
+    # Any reload (podgate's, SIGUSR2 to the master, someone's `reload` on the master CLI) starts
+    # a worker from the configuration file alone.  So the file lists every target as a server
+    # line, rewritten (never reloaded) when targets change, and each backend's state file holds
+    # HAProxy's own view of them (`load-server-state-from-file local`): the new worker starts
+    # with every target, UP ones UP, draining ones draining.  A server is written to the file
+    # only after its state is saved, and a gate reads health before the state is saved, so a
+    # reload can never bring back a target in a state podgate has not seen saved.
+
+    @property
+    def state_dir(self) -> Path:
+        assert self.config_path is not None
+        return self.config_path.with_name("server-state")
+
+    async def _listed(self, backend: str) -> list[tuple[str, str]]:
+        return [
+            (s.name, s.address)
+            for s in await self.runtimes[0].servers(backend)
+            if cfg.target_of_server(s.name, s.address)
+        ]
+
+    async def _save_state(self, backend: str) -> None:
+        """HAProxy's own state of the backend's servers, where the next worker will load it."""
+        text = await self.runtimes[0].command(f"show servers state {backend}")
+        if not text.startswith("1\n"):  # the format's version line; else HAProxy's complaint
+            raise ProviderError(f"HAProxy show servers state {backend}: {text.strip()[:200]}")
+        self.state_dir.mkdir(exist_ok=True)
+        tmp = self.state_dir / f".{backend}.new"
+        tmp.write_text(text)
+        os.replace(tmp, self.state_dir / backend)
+
+    def _render(self) -> str:
+        mark = cfg.STRUCTURE_MARK + cfg.structure_id(self.base_config, self._services)
+        return mark + "\n" + cfg.render(self.base_config, self._services, self._servers, str(self.state_dir))
+
+    def _write(self, text: str) -> None:
+        """Replace the file in one step: a reload never reads half of it."""
+        assert self.config_path is not None
+        tmp = self.config_path.with_suffix(".new")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
+
+    async def _targets_changed(self, pool: PoolSpec) -> None:
+        """After a register, drain or removal: save the backend's state, then list its servers
+        in the configuration file (no reload)."""
+        if not self.owns_config or pool.group is not None:
+            return
+        be = cfg.backend_name(pool)
+        async with self._lock:
+            await self._save_state(be)
+            listed = await self._listed(be)
+            if listed != self._servers.get(be, []):
+                self._servers[be] = listed
+                self._write(self._render())
 
     async def _validate(self, text: str) -> None:
         if not self.validate:
@@ -224,17 +307,22 @@ class HAProxyProvider:
         raise ProviderError(f"HAProxy did not start a new worker within {timeout:.0f}s of the reload")
 
     async def generation(self) -> str:
-        ids = []
-        for rt in self.runtimes:
-            ids.append(await rt.identity())
-        return ",".join(ids)
+        """The workers' identities; with the ``reachable`` policy an unreachable member counts
+        as one more state, so its return (a fresh worker, no dynamic servers) is a change."""
+        answers = await asyncio.gather(*(rt.identity() for rt in self.runtimes), return_exceptions=True)
+        self._reachable(answers)
+        return ",".join(a if isinstance(a, str) else "unreachable" for a in answers)
 
     # -- targets ------------------------------------------------------------------------------
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         be = cfg.backend_name(pool)
         views: dict[Target, list[TargetState]] = {}
-        stats = await asyncio.gather(*(rt.servers(be) for rt in self.runtimes))
-        for rt, rows in zip(self.runtimes, stats, strict=True):
+        seen = await self._on_each(lambda rt: rt.servers(be))
+        if self.owns_config and pool.group is None:
+            # saved after the read: any health a gate is decided on is what a reload restores
+            async with self._lock:
+                await self._save_state(be)
+        for rt, rows in seen:
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
             )
@@ -246,7 +334,7 @@ class HAProxyProvider:
                 views.setdefault(target, []).append(TargetState(admin, health, row.sessions))
         out = {}
         for target, states in views.items():
-            if len(states) < len(self.runtimes):  # missing on one HAProxy of the pair
+            if len(states) < len(seen):  # missing on one HAProxy of the pair
                 states = [
                     *states,
                     TargetState(
@@ -258,25 +346,58 @@ class HAProxyProvider:
 
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be, options = cfg.backend_name(pool), cfg.server_options(pool.health)
-        for rt in self.runtimes:
-            present = {cfg.target_of_server(s.name, s.address): s.status for s in await rt.servers(be)}
+
+        async def on(rt: Runtime) -> None:
+            rows = await rt.servers(be)
+            present = {cfg.target_of_server(s.name, s.address): s for s in rows}
+            # the user's server-template slots first: they survive the user's reloads
+            free = [s.name for s in rows if cfg.is_free_slot(s.name, s.address)]
             for t in targets:
-                if t not in present:
+                if t in present:
+                    if present[t].status.startswith(("DRAIN", "MAINT", "NOLB")):
+                        await rt.set_ready(be, present[t].name)
+                elif free:
+                    await rt.fill_slot(be, free.pop(0), t.ip, t.port)
+                else:
                     await rt.add_server(be, cfg.server_name(t), str(t), options)
-                elif present[t].startswith(("DRAIN", "MAINT", "NOLB")):
-                    await rt.set_ready(be, cfg.server_name(t))
+
+        await self._on_each(on)
+        await self._targets_changed(pool)
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)
-        for rt in self.runtimes:
+
+        async def on(rt: Runtime) -> None:
+            names = {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
             for t in targets:
-                with contextlib.suppress(ProviderError):  # already gone on this one
-                    await rt.drain(be, cfg.server_name(t))
+                try:
+                    await rt.drain(be, names.get(t, cfg.server_name(t)))
+                except Unreachable:
+                    raise
+                except ProviderError:  # already gone on this one
+                    pass
+
+        # a leaving target leaves every HAProxy that can be told, whatever the policy
+        await self._on_each(on, require_all=False)
+        await self._targets_changed(pool)
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)
-        for rt in self.runtimes:
-            present = {s.name for s in await rt.servers(be)}
+        if self.owns_config and pool.group is None:
+            # out of the file first: a reload in between leaves out a target that is leaving
+            gone = {cfg.server_name(t) for t in targets}
+            async with self._lock:
+                self._servers[be] = [s for s in self._servers.get(be, []) if s[0] not in gone]
+                self._write(self._render())
+
+        async def on(rt: Runtime) -> None:
+            names = {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
             for t in targets:
-                if cfg.server_name(t) in present:
-                    await rt.remove(be, cfg.server_name(t))
+                name = names.get(t)
+                if name == cfg.server_name(t):
+                    await rt.remove(be, name)
+                elif name is not None:  # a slot of the user's server-template: emptied, kept
+                    await rt.empty_slot(be, name)
+
+        await self._on_each(on, require_all=False)
+        await self._targets_changed(pool)

@@ -26,6 +26,10 @@ def check_name(name: str) -> str:
     return name
 
 
+class Unreachable(ProviderError):
+    """No connection to this HAProxy at all (as opposed to a command it refused)."""
+
+
 async def _connect(address: str, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     if address.startswith("/") or address.startswith("unix@"):
         path = address.removeprefix("unix@")
@@ -40,7 +44,7 @@ async def send(address: str, line: str, timeout: float = 5.0, half_close: bool =
     try:
         reader, writer = await _connect(address, timeout)
     except (OSError, TimeoutError) as e:
-        raise ProviderError(f"HAProxy at {address} unreachable: {e or type(e).__name__}") from None
+        raise Unreachable(f"HAProxy at {address} unreachable: {e or type(e).__name__}") from None
     try:
         writer.write(line.encode() + b"\n")
         await writer.drain()
@@ -134,6 +138,25 @@ class Runtime:
         answer = await self.command(f"add server {ref} {address} {options}")
         if "New server registered" not in answer and "Already exists" not in answer:
             raise ProviderError(f"HAProxy add server {ref}: {answer.strip()}")
+        await self._start_down(ref)
+
+    async def fill_slot(self, backend: str, server: str, ip: str, port: int) -> None:
+        """Put a target into an empty ``server-template`` slot; it starts DOWN, like
+        :meth:`add_server`, and its health checks are the slot's own."""
+        ref = f"{check_name(backend)}/{check_name(server)}"
+        answer = await self.command(f"set server {ref} addr {check_name(ip)} port {int(port)}")
+        if "changed" not in answer and "no need to change" not in answer:
+            raise ProviderError(f"HAProxy set server {ref} addr: {answer.strip()}")
+        await self._start_down(ref)
+
+    async def empty_slot(self, backend: str, server: str) -> None:
+        ref = f"{check_name(backend)}/{check_name(server)}"
+        await self.command(f"set server {ref} state maint")
+        # port 1, not 0: a port 0 would make the slot follow the client's port (HAProxy's
+        # port mapping), as a template written with :0 would
+        await self.command(f"set server {ref} addr 0.0.0.0 port 1")
+
+    async def _start_down(self, ref: str) -> None:
         await self.command(f"enable health {ref}")
         await self.command(f"enable server {ref}")
         await self.command(f"set server {ref} health down")

@@ -43,12 +43,15 @@ class EvictionGuard:
         pods: Informer[Pod],
         services: Informer[Service],
         providers: Mapping[str, Provider],
-        default_provider: str,
+        default_provider: str | None,
         policy: GatePolicy,
         observe: Callable[[str], None] = lambda result: None,
+        classes: Mapping[str, str] | None = None,
     ) -> None:
         self.pods, self.services = pods, services
         self.providers, self.default_provider = providers, default_provider
+        #: loadBalancerClass → provider, as the reconciler selects Services
+        self.classes = classes
         self.policy = policy
         self.observe = observe
         #: pods (namespace/name) whose eviction this replica allowed, and when
@@ -97,7 +100,7 @@ class EvictionGuard:
                 minimum = gate_policy(meta.get("annotations"), self.policy).min_healthy_targets
                 if minimum <= 0:
                     continue
-                provider_name = lb.provider_for(service, self.default_provider, self.providers)
+                provider_name = lb.provider_for(service, self.default_provider, self.providers, self.classes)
                 if provider_name is None:
                     continue
                 provider = self.providers[provider_name]

@@ -221,8 +221,10 @@ def webhook_configuration(
     service: tuple[str, str, int] | None,
     skip_label_value: str = "disabled",
     timeout_seconds: int = 5,
+    migration_labels: bool = False,
 ) -> dict[str, Any]:
-    """MutatingWebhookConfiguration for pod CREATE in opted-in namespaces (pure)."""
+    """MutatingWebhookConfiguration for pod CREATE in opted-in namespaces (pure): one webhook
+    per opt-in label (``gates.namespace_selectors``), the first under the historical name."""
     client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
     if url:
         client_config["url"] = url
@@ -239,7 +241,7 @@ def webhook_configuration(
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "podgate"}},
         "webhooks": [
             {
-                "name": "readiness-gates.podgate.dev",
+                "name": "readiness-gates.podgate.dev" if i == 0 else f"readiness-gates-{i}.podgate.dev",
                 "admissionReviewVersions": ["v1"],
                 "clientConfig": client_config,
                 "rules": [
@@ -251,7 +253,7 @@ def webhook_configuration(
                         "scope": "Namespaced",
                     }
                 ],
-                "namespaceSelector": {"matchLabels": {gates.INJECT_LABEL: "enabled"}},
+                "namespaceSelector": selector,
                 "objectSelector": {
                     "matchExpressions": [
                         {"key": gates.INJECT_LABEL, "operator": "NotIn", "values": [skip_label_value]}
@@ -263,6 +265,7 @@ def webhook_configuration(
                 "timeoutSeconds": timeout_seconds,
                 "reinvocationPolicy": "IfNeeded",
             }
+            for i, selector in enumerate(gates.namespace_selectors(migration_labels))
         ],
     }
 

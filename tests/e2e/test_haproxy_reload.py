@@ -1,0 +1,169 @@
+"""HAProxy reloads lose nothing: SIGUSR2 to the master (what ``systemctl reload haproxy`` does)
+in the middle of a gated rollout under load fails no request, and no gate opens for a target
+the new worker has not checked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from podgate.kube.client import api_client
+from podgate.providers.haproxy_runtime import Runtime
+from podgate_sandbox.controlplane import Sandbox
+from podgate_sandbox.loadgen import LoadGenerator
+from podgate_sandbox.rollout import RolloutLab
+
+from .conftest import SandboxHandle, condition, wait_for
+from .test_controller import INJECT, all_ready, deployment, lb_service
+from .test_haproxy_pair import attach_to
+
+pytestmark = pytest.mark.sandbox
+GATE = "service.readiness.podgate.dev/web"
+
+
+async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) -> None:
+    api = await api_client(str(sandbox.kubeconfig))
+    runtime = Runtime(str(sandbox.state_dir / "haproxy" / "runtime.sock"))
+    lab = RolloutLab(api, runtime.address, replicas=4, interval=0.5, rise=3, prefix="reload")
+    master = json.loads((sandbox.state_dir / "pids.json").read_text())["haproxy"]
+    workers: list[str] = []
+
+    async def reload_twice() -> None:
+        # while the first new targets are health-checked, then while old ones drain
+        for delay in (1.0, 2.0):
+            await asyncio.sleep(delay)
+            before = await runtime.identity()
+            os.kill(master, signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while (now := await runtime.identity()) == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            workers.append(now)
+
+    try:
+        ip = await lab.prepare("podgate")
+        first = await runtime.identity()
+        result = await lab.round("podgate", ip, 0, during=reload_twice)
+    finally:
+        await lab.close()
+        await api.close()
+    assert len(set([first, *workers])) == 3, f"two reloads, each a new worker: {first}, {workers}"
+    assert result.requests >= 200, "steady load through the EXTERNAL-IP"
+    assert result.failed == 0, result.failures
+    pods = sandbox.get("pods", "-n", lab.namespace("podgate"))["items"]
+    assert len(pods) == 4
+    for p in pods:
+        c = condition(p, GATE) or {}
+        assert c.get("status") == "True", (p["metadata"]["name"], c)
+        assert "is UP, check L7OK" in c.get("message", ""), c  # HAProxy's own passed check
+    # rise passing checks at the least: (rise - 1) intervals after registration
+    assert len(result.gate_latency_s) == 4, result.gate_latency_s
+    assert min(result.gate_latency_s) >= (lab.rise - 1) * lab.interval, result.gate_latency_s
+    # every target is in the file a reload starts from, with its saved state
+    be = f"podgate.{lab.namespace('podgate')}.web.80"
+    listed = (sandbox.state_dir / "haproxy" / "haproxy.cfg").read_text()
+    for p in pods:
+        assert f"{p['status']['podIP']}:8080" in listed
+    assert (sandbox.state_dir / "haproxy" / "server-state" / be).exists()
+
+
+#: the user's own HAProxy, set up as the README says so that its reloads lose nothing: a
+#: server-template of podgate slots (placeholder name, addresses from the state file), and a
+#: reload command that saves the servers' state first
+USERS_CONFIG = """\
+global
+    stats socket {sock} mode 600 level admin expose-fd listeners
+    server-state-file {state}
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 10s
+    timeout server 10s
+frontend fe
+    bind {ip}:{port}
+    default_backend app
+backend app
+    balance roundrobin
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+    load-server-state-from-file global
+    server-template podgate- 1-16 podgate.invalid:1 disabled init-addr last,0.0.0.0 check inter 500 rise 3
+"""
+USERS_IP, USERS_PORT = "127.78.0.5", 18095
+
+
+async def test_the_users_reload_in_attach_mode_loses_nothing(
+    sandbox: SandboxHandle, namespace: str, tmp_path: Path
+) -> None:
+    sock, state, cfg = tmp_path / "rt.sock", tmp_path / "server-state", tmp_path / "haproxy.cfg"
+    cfg.write_text(USERS_CONFIG.format(sock=sock, state=state, ip=USERS_IP, port=USERS_PORT))
+    master = subprocess.Popen(
+        ["haproxy", "-W", "-S", str(tmp_path / "master.sock"), "-f", str(cfg)], stderr=subprocess.DEVNULL
+    )
+    runtime = Runtime(str(sock))
+
+    async def users_reload() -> str:
+        """``show servers state`` into the state file, then SIGUSR2: the user's reload command."""
+        state.write_text(await runtime.command("show servers state"))
+        before = await runtime.identity()
+        master.send_signal(signal.SIGUSR2)
+        for _ in range(200):
+            now = await runtime.identity()
+            if now != before:
+                return now
+            await asyncio.sleep(0.05)
+        raise AssertionError("no new worker after the reload")
+
+    try:
+        await asyncio.to_thread(wait_for, "the user's HAProxy", sock.exists, 10, 0.05)
+        with Sandbox(sandbox.state_dir).controller_replaced(env={}, log=f"attach-{namespace}.log") as swap:
+            attach_to(swap, [str(sock)], "all")
+            sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+            annotations = {
+                "podgate.dev/load-balancer-provider": "haproxy",
+                "podgate.dev/haproxy-backend": "app",
+            }
+            sandbox.apply(lb_service("web", "web", "ClusterIP", **annotations), namespace)
+            sandbox.apply(deployment("web", 3), namespace)
+            await asyncio.to_thread(
+                wait_for, "3 pods Ready", lambda: all_ready(sandbox, namespace, "web", 3), 60
+            )
+            load = LoadGenerator(f"http://{USERS_IP}:{USERS_PORT}/", rate=200, max_seconds=120)
+            running = asyncio.create_task(load.run())
+            await asyncio.sleep(1.0)
+            sandbox.kubectl("rollout", "restart", "deployment/web", "-n", namespace)
+            await asyncio.sleep(1.5)  # new targets in their health checks, old ones draining
+            workers = [await users_reload()]
+            await asyncio.sleep(1.5)
+            workers.append(await users_reload())
+            await asyncio.to_thread(
+                sandbox.kubectl, "rollout", "status", "deployment/web", "-n", namespace, "--timeout=90s"
+            )
+            await asyncio.to_thread(
+                wait_for,
+                "the old pods gone",
+                lambda: len(sandbox.get("pods", "-n", namespace)["items"]) == 3,
+                60,
+            )
+            await asyncio.sleep(1.0)
+            load.stop()
+            result = await running
+            ready = all_ready(sandbox, namespace, "web", 3) or []
+            rows = await runtime.servers("app")
+    finally:
+        master.terminate()
+        master.wait(10)
+    assert len(set(workers)) == 2
+    assert result.total >= 200, "steady load through the user's HAProxy"
+    assert result.failed == 0, result.by_kind()
+    # every pod is in a slot of the user's template, UP, in the worker the last reload started
+    up = {r.address for r in rows if r.status.startswith("UP")}
+    assert up == {f"{p['status']['podIP']}:8080" for p in ready}, rows
+    assert all(r.name.startswith("podgate-") and r.name.count("-") == 1 for r in rows), rows

@@ -1,0 +1,133 @@
+"""Which Services podgate serves, and namespaces set up for another controller, as a user sees
+them on the sandbox (Kubernetes 1.20: no spec.loadBalancerClass, so the class path is unit-tested;
+here the provider annotation and the sandbox's default provider)."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from .conftest import SandboxHandle, condition, wait_for, wide_row
+from .test_controller import (
+    INJECT,
+    all_ready,
+    deployment,
+    events,
+    external_ip,
+    gate,
+    lb_service,
+    pods,
+    servers,
+)
+
+pytestmark = pytest.mark.sandbox
+ALIBABA_LABEL = "k8s.alibabacloud.com/pod-readiness-gate-inject"
+ALIBABA_GATE = "service.readiness.alibabacloud.com/my-svc"
+
+
+def test_a_service_opted_out_gets_nothing_and_the_annotation_serves_a_cluster_ip(
+    sandbox: SandboxHandle, namespace: str
+) -> None:
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    # another controller's LoadBalancer Service (podgate told to leave it) and a ClusterIP Service
+    # podgate serves because its annotation says so
+    sandbox.apply(lb_service("theirs", "theirs", **{"podgate.dev/load-balancer-provider": "none"}), namespace)
+    sandbox.apply(
+        lb_service("web", "web", "ClusterIP", **{"podgate.dev/load-balancer-provider": "haproxy"}), namespace
+    )
+    sandbox.apply(deployment("theirs", 1), namespace)
+    sandbox.apply(deployment("web", 1), namespace)
+    [mine] = wait_for(
+        "the annotated Service's pod Ready", lambda: all_ready(sandbox, namespace, "web", 1), 30
+    )
+    assert mine["spec"]["readinessGates"] == [{"conditionType": gate("web")}]
+    assert (condition(mine, gate("web")) or {}).get("status") == "True"
+    assert [s.status[:2] for s in servers(sandbox, f"podgate.{namespace}.web.80")] == ["UP"]
+    [theirs] = wait_for("the other pod Ready", lambda: all_ready(sandbox, namespace, "theirs", 1), 30)
+    assert "readinessGates" not in theirs["spec"], "no gate for a Service podgate does not serve"
+    assert wide_row(sandbox, namespace, theirs["metadata"]["name"])["READINESS GATES"] == "<none>"
+    time.sleep(2)  # time for any stray write
+    svc = sandbox.get("service", "theirs", "-n", namespace)
+    assert not (svc.get("status") or {}).get("loadBalancer"), "no status.loadBalancer write"
+    assert not svc["metadata"].get("finalizers")
+    assert [e for e in events(sandbox, namespace, "theirs") if e["involvedObject"]["kind"] == "Service"] == []
+    assert servers(sandbox, f"podgate.{namespace}.theirs.80") == []
+
+
+def seed_manifests() -> list[dict[str, Any]]:
+    """Alibaba Cloud's readiness-gate procedure, as written for its controller."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "my-svc"},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "nginx"},
+            "ports": [{"port": 80, "targetPort": 80, "protocol": "TCP"}],
+        },
+    }
+    nginx = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "my-nginx", "labels": {"app": "nginx"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "nginx"}},
+            "template": {
+                "metadata": {"labels": {"app": "nginx"}},
+                "spec": {
+                    "readinessGates": [{"conditionType": ALIBABA_GATE}],
+                    "containers": [{"name": "nginx", "image": "nginx", "ports": [{"containerPort": 80}]}],
+                },
+            },
+        },
+    }
+    return [service, nginx]
+
+
+def test_alibaba_procedure_runs_verbatim(sandbox: SandboxHandle, namespace: str) -> None:
+    """Namespace label, my-svc and my-nginx as written for Alibaba Cloud's controller: pods
+    turn Ready only once HAProxy says healthy, and the app answers through the EXTERNAL-IP."""
+    sandbox.kubectl("label", "namespace", namespace, f"{ALIBABA_LABEL}=enabled")
+    service, nginx = seed_manifests()
+    sandbox.apply(service, namespace)
+    sandbox.apply(nginx, namespace)
+    be = f"podgate.{namespace}.my-svc.80"
+    seen_pending = False
+    deadline = time.monotonic() + 60
+    ready: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        current = pods(sandbox, namespace, "nginx")
+        up = {s.address for s in servers(sandbox, be) if s.status.startswith("UP")}
+        for p in current:
+            address = f"{p['status'].get('podIP')}:80"
+            if (condition(p, "Ready") or {}).get("status") == "True":
+                assert address in up, f"{p['metadata']['name']} Ready before HAProxy said UP"
+            elif (condition(p, "ContainersReady") or {}).get("status") == "True":
+                seen_pending = True
+        if len(current) == 2 and all((condition(p, "Ready") or {}).get("status") == "True" for p in current):
+            ready = current
+            break
+        time.sleep(0.1)
+    assert ready, f"my-nginx pods not Ready: {pods(sandbox, namespace, 'nginx')}"
+    assert seen_pending, "containers were ready while the gate held the pod back"
+    for p in ready:
+        types = [g["conditionType"] for g in p["spec"]["readinessGates"]]
+        assert ALIBABA_GATE in types and gate("my-svc") in types, (
+            "namespace label honoured: podgate's gate too"
+        )
+        for t in types:
+            c = condition(p, t) or {}
+            assert c.get("status") == "True" and c.get("reason") == "TargetHealthy", (t, c)
+        row = wide_row(sandbox, namespace, p["metadata"]["name"])
+        assert row["READINESS GATES"] == f"{len(types)}/{len(types)}"
+    ip = wait_for("an EXTERNAL-IP", lambda: external_ip(sandbox, namespace, "my-svc"))
+    answered = set()
+    for _ in range(6):
+        with urllib.request.urlopen(f"http://{ip}/", timeout=3) as r:
+            assert r.status == 200
+            answered.add(r.headers["X-Pod-Name"])
+    assert answered == {p["metadata"]["name"] for p in ready}
