@@ -57,6 +57,10 @@ def test_a_service_opted_out_gets_nothing_and_the_annotation_serves_a_cluster_ip
     assert servers(sandbox, f"podgate.{namespace}.theirs.80") == []
 
 
+#: the image the procedure's manifest names (the node agent runs its built-in app for any image)
+SEED_IMAGE = "anolis-registry.cn-zhangjiakou.cr.aliyuncs.com/openanolis/nginx:1.14.1-8.6"
+
+
 def seed_manifests() -> list[dict[str, Any]]:
     """Alibaba Cloud's readiness-gate procedure, as written for its controller."""
     service = {
@@ -80,7 +84,7 @@ def seed_manifests() -> list[dict[str, Any]]:
                 "metadata": {"labels": {"app": "nginx"}},
                 "spec": {
                     "readinessGates": [{"conditionType": ALIBABA_GATE}],
-                    "containers": [{"name": "nginx", "image": "nginx", "ports": [{"containerPort": 80}]}],
+                    "containers": [{"name": "nginx", "image": SEED_IMAGE, "ports": [{"containerPort": 80}]}],
                 },
             },
         },
