@@ -11,7 +11,6 @@ lets the eviction through, with a warning kubectl prints.
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -146,16 +145,6 @@ def webhook_configuration(
 ) -> dict[str, Any]:
     """ValidatingWebhookConfiguration for evictions of pods in any namespace (pure): only
     Services with ``min-healthy-targets`` ever refuse one."""
-    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
-    if url:
-        client_config["url"] = url
-    elif service:
-        client_config["service"] = {
-            "namespace": service[0],
-            "name": service[1],
-            "port": service[2],
-            "path": PATH,
-        }
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
@@ -164,7 +153,7 @@ def webhook_configuration(
             {
                 "name": "eviction-guard.podgate.dev",
                 "admissionReviewVersions": ["v1"],
-                "clientConfig": client_config,
+                "clientConfig": server.client_config(ca_bundle, url, service, PATH),
                 "rules": [
                     {
                         "apiGroups": [""],

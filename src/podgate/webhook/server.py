@@ -213,6 +213,19 @@ def certificate_names(url: str | None, service: str | None, bind: str) -> tuple[
     return dns, ips
 
 
+def client_config(
+    ca_bundle: bytes, url: str | None, service: tuple[str, str, int] | None, path: str
+) -> dict[str, Any]:
+    """How the API server reaches a webhook of podgate's (pure): by URL (the sandbox, out of
+    cluster) or by Service reference with ``path``, trusting ``ca_bundle`` either way."""
+    config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
+    if url:
+        config["url"] = url
+    elif service:
+        config["service"] = {"namespace": service[0], "name": service[1], "port": service[2], "path": path}
+    return config
+
+
 def webhook_configuration(
     name: str,
     ca_bundle: bytes,
@@ -225,16 +238,7 @@ def webhook_configuration(
 ) -> dict[str, Any]:
     """MutatingWebhookConfiguration for pod CREATE in opted-in namespaces (pure): one webhook
     per opt-in label (``gates.namespace_selectors``), the first under the historical name."""
-    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
-    if url:
-        client_config["url"] = url
-    elif service:
-        client_config["service"] = {
-            "namespace": service[0],
-            "name": service[1],
-            "port": service[2],
-            "path": PATH,
-        }
+    config = client_config(ca_bundle, url, service, PATH)
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
@@ -243,7 +247,7 @@ def webhook_configuration(
             {
                 "name": "readiness-gates.podgate.dev" if i == 0 else f"readiness-gates-{i}.podgate.dev",
                 "admissionReviewVersions": ["v1"],
-                "clientConfig": client_config,
+                "clientConfig": config,
                 "rules": [
                     {
                         "apiGroups": [""],
