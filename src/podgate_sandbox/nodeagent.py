@@ -36,7 +36,7 @@ from podgate.kube.informer import EventType, Informer, key_of, resource_version
 from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
 from podgate.model.probes import ProbeSpec, ProbeSpecError, ProbeState, observe, parse_probe, resolve_port
-from podgate_sandbox import runtime
+from podgate_sandbox import runtime, scheduling
 from podgate_sandbox.app import AppConfigError
 from podgate_sandbox.podstatus import ContainerView, State, desired_status, needs_write
 
@@ -44,7 +44,6 @@ log = logging.getLogger("podgate.nodeagent")
 
 HOST_IP = "127.0.0.1"
 COMPONENT = "podgate-node-agent"
-UNSCHEDULABLE = "0/1 nodes are available: 1 node(s) didn't match node selector."
 BACKOFF_START, BACKOFF_MAX = 10.0, 300.0
 
 
@@ -532,50 +531,16 @@ class NodeAgent:
         return ip
 
     async def _bind(self, pod: Obj) -> None:
-        meta, key = pod["metadata"], key_of(pod)
+        key = key_of(pod)
         try:
             labels = {
                 "kubernetes.io/hostname": self.node_name,
                 "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64",
             }
-            selector = (pod.get("spec") or {}).get("nodeSelector") or {}
-            if any(labels.get(k) != v for k, v in selector.items()):
-                await call(
-                    self.core.patch_namespaced_pod_status,
-                    meta["name"],
-                    meta["namespace"],
-                    {
-                        "status": {
-                            "conditions": [
-                                {
-                                    "type": "PodScheduled",
-                                    "status": "False",
-                                    "reason": "Unschedulable",
-                                    "message": UNSCHEDULABLE,
-                                    "lastTransitionTime": now_rfc3339(),
-                                }
-                            ]
-                        }
-                    },
-                    _content_type=STRATEGIC_MERGE,
-                )
-                self.event(
-                    pod,
-                    "FailedScheduling",
-                    UNSCHEDULABLE,
-                    "Warning",
-                )
+            if not await scheduling.bind_or_refuse(self.core, pod, self.node_name, labels):
+                self.event(pod, "FailedScheduling", scheduling.UNSCHEDULABLE, "Warning")
                 return
-            await call(
-                self.core.create_namespaced_pod_binding,
-                meta["name"],
-                meta["namespace"],
-                {
-                    "metadata": {"name": meta["name"], "uid": meta["uid"]},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
-                },
-            )
             self.event(pod, "Scheduled", f"Successfully assigned {key} to {self.node_name}")
         except ApiException as e:
             if e.status not in (404, 409):

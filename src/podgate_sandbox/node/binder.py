@@ -12,18 +12,16 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
 
 from aiohttp import web
 from kubernetes_asyncio import client
 
 from podgate.kube.api import PODS, Obj
-from podgate.kube.client import STRATEGIC_MERGE, ApiException, ApiKube, api_client, call
-from podgate.kube.events import now_rfc3339
+from podgate.kube.client import ApiException, ApiKube, api_client, call
 from podgate.kube.informer import EventType, Informer, key_of
+from podgate_sandbox import scheduling
 
 log = logging.getLogger("podgate.binder")
-UNSCHEDULABLE = "0/1 nodes are available: 1 node(s) didn't match node selector."
 
 
 class Binder:
@@ -49,35 +47,11 @@ class Binder:
         task.add_done_callback(self._tasks.discard)
 
     async def _bind(self, pod: Obj) -> None:
-        meta, key = pod["metadata"], key_of(pod)
+        key = key_of(pod)
         try:
             await self.node_ready.wait()
-            selector: dict[str, Any] = (pod.get("spec") or {}).get("nodeSelector") or {}
-            if any(self.labels.get(k) != v for k, v in selector.items()):
-                condition = {
-                    "type": "PodScheduled",
-                    "status": "False",
-                    "reason": "Unschedulable",
-                    "message": UNSCHEDULABLE,
-                    "lastTransitionTime": now_rfc3339(),
-                }
-                await call(
-                    self.core.patch_namespaced_pod_status,
-                    meta["name"],
-                    meta["namespace"],
-                    {"status": {"conditions": [condition]}},
-                    _content_type=STRATEGIC_MERGE,
-                )
+            if not await scheduling.bind_or_refuse(self.core, pod, self.node_name, self.labels):
                 return
-            await call(
-                self.core.create_namespaced_pod_binding,
-                meta["name"],
-                meta["namespace"],
-                {
-                    "metadata": {"name": meta["name"], "uid": meta["uid"]},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
-                },
-            )
             log.info("bound %s to %s", key, self.node_name)
         except ApiException as e:
             if e.status not in (404, 409):
