@@ -82,7 +82,8 @@ class LoadGenerator:
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await self._stop.wait()
             if pending:
                 await asyncio.wait(pending)
         return self.result

@@ -215,7 +215,8 @@ class PodWorker:
 
     async def _sleep_unless_terminating(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.terminating.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.terminating.wait()
 
     def _set_ready(self, slot: ContainerSlot, ready: bool) -> None:
         if slot.ready != ready:
@@ -269,7 +270,8 @@ class PodWorker:
         hook = (slot.spec.get("lifecycle") or {}).get("preStop")
         if hook:
             try:
-                await asyncio.wait_for(self._pre_stop(slot, hook), max(deadline - time.monotonic(), 0.0))
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    await self._pre_stop(slot, hook)
             except TimeoutError:
                 pass
             except Exception as e:
@@ -633,12 +635,14 @@ class NodeAgent:
                 if not self.run_commands:
                     return True, "exec probe not run (no --run-commands); counted as success"
                 proc = await asyncio.create_subprocess_exec(*spec.command)
-                code = await asyncio.wait_for(proc.wait(), spec.timeout)
+                async with asyncio.timeout(spec.timeout):
+                    code = await proc.wait()
                 return code == 0, f"exit code {code}"
             port = resolve_port(spec.port, container)
             host = spec.host or pod_ip
             if spec.kind == "tcpSocket":
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), spec.timeout)
+                async with asyncio.timeout(spec.timeout):
+                    _, writer = await asyncio.open_connection(host, port)
                 writer.close()
                 return True, "connected"
             url = f"{spec.scheme.lower()}://{host}:{port}{spec.path}"

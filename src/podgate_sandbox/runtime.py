@@ -84,7 +84,8 @@ class ProcessContainer:
             return 0
         self._signal(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(asyncio.shield(self.exited), timeout=max(grace, 0.0))
+            async with asyncio.timeout(max(grace, 0.0)):
+                return await asyncio.shield(self.exited)
         except TimeoutError:
             self._signal(signal.SIGKILL)
             return await self.exited

@@ -74,10 +74,12 @@ async def test_a_leader_that_cannot_renew_steps_down() -> None:
             lambda: (events.append("stopped"), stopped.set()),
         )
     )
-    await asyncio.wait_for(started.wait(), 2)
+    async with asyncio.timeout(2):
+        await started.wait()
     assert me.is_leader
     kube.fail("replace", LEASES, NAME, Conflict("taken"), times=10_000)
-    await asyncio.wait_for(stopped.wait(), 2)
+    async with asyncio.timeout(2):
+        await stopped.wait()
     task.cancel()
     assert events == ["started", "stopped"] and not me.is_leader
 

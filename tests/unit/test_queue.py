@@ -41,7 +41,8 @@ async def test_rate_limited_backoff_grows_and_caps() -> None:
     assert 0.025 <= spread <= 0.045, "delays 0.01, 0.02, 0.04 (capped), 0.04, 0.04"
     q.forget("a")
     assert q.failures("a") == 0
-    key, _ = await asyncio.wait_for(q.get(), 1)
+    async with asyncio.timeout(1):
+        key, _ = await q.get()
     assert key == "a"
 
 
@@ -49,7 +50,8 @@ async def test_add_after_delivers_later() -> None:
     q = WorkQueue()
     q.add_after("later", 0.05)
     assert len(q) == 0
-    key, _ = await asyncio.wait_for(q.get(), 1)
+    async with asyncio.timeout(1):
+        key, _ = await q.get()
     assert key == "later"
 
 

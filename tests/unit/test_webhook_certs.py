@@ -224,7 +224,8 @@ async def test_keep_serving_registers_only_changes_and_survives_an_unreadable_se
     task = asyncio.create_task(
         keep_serving(tls, SharedSecretSource(replica(kube, "a", clock)), registration, 0.01, first)
     )
-    await asyncio.wait_for(first.wait(), 2)
+    async with asyncio.timeout(2):
+        await first.wait()
     await asyncio.sleep(0.05)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

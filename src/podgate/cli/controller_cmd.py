@@ -533,7 +533,7 @@ async def _health(controller: Controller, bind: str, port: int, webhook_up: asyn
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # probes and scrapes only
     await runner.setup()
     await web.TCPSite(runner, bind, port).start()
     return runner
@@ -545,8 +545,13 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
     metrics.watch(controller)
     main = asyncio.create_task(controller.run(), name="controller")
     loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        logging.getLogger("podgate").info("%s: stopping", sig.name)
+        main.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     webhook_up = asyncio.Event()
     runners = [await _health(controller, health_bind, health_port, webhook_up)]
     try:
@@ -554,8 +559,14 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
             [main, asyncio.create_task(controller.ready.wait())], return_when=asyncio.FIRST_COMPLETED
         )
         if not main.done():
-            runners += await serve(settings, controller)
-            webhook_up.set()
+            # The webhook starts once it has a certificate; a stop may come before that.
+            serving = asyncio.create_task(serve(settings, controller), name="webhook")
+            await asyncio.wait([main, serving], return_when=asyncio.FIRST_COMPLETED)
+            if serving.done():
+                runners += serving.result()
+                webhook_up.set()
+            else:
+                serving.cancel()
         await main
     except asyncio.CancelledError:
         logging.getLogger("podgate").info("controller stopping")

@@ -154,7 +154,8 @@ class CheckRunner:
                 return await self._prometheus(check, spec.timeout, pod)
             port = _port(check.port, pod)
             if isinstance(check, chk.TcpCheck):
-                _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), spec.timeout)
+                async with asyncio.timeout(spec.timeout):
+                    _, writer = await asyncio.open_connection(ip, port)
                 writer.close()
                 return True, f"TCP connect to {ip}:{port} succeeded"
             url = f"{check.scheme.lower()}://{ip}:{port}{check.path}"

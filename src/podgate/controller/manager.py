@@ -198,12 +198,11 @@ class Controller:
                 tasks.append(asyncio.create_task(_raise_when(lost), name="stepped down"))
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)  # let them close their sessions
+            await _cancel_all(tasks)  # let them close their sessions
             if self.elector is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.elector.release(), 3.0)
+                    async with asyncio.timeout(3.0):
+                        await self.elector.release()
             for provider in self.providers.values():
                 with contextlib.suppress(Exception):
                     await provider.pool.close()
@@ -222,9 +221,7 @@ class Controller:
         try:
             await asyncio.gather(*work)
         finally:
-            for t in work:
-                t.cancel()
-            await asyncio.gather(*work, return_exceptions=True)
+            await _cancel_all(work)
 
     def enqueue_all(self) -> None:
         for key in self.services.cache:
@@ -342,6 +339,21 @@ def _pod_change_matters(pod: Pod, old: Pod) -> bool:
     return view(pod) != view(old)
 
 
+async def _cancel_all(tasks: list[asyncio.Task[Any]], patience: float = 10.0) -> None:
+    """Cancel ``tasks`` and wait for them, at most ``patience`` seconds: a stopping controller
+    must stop within the pod's grace period.  One still running then is named in the log (a
+    task that ignores cancellation is a bug) and cancelled once more."""
+    for t in tasks:
+        t.cancel()
+    _, pending = await asyncio.wait(tasks, timeout=patience) if tasks else (set(), set())
+    for t in pending:
+        log.error(
+            "task %r did not stop within %gs of its cancellation; cancelling it again", t.get_name(), patience
+        )
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def serve(settings: ControllerSettings, controller: Controller) -> list[web.AppRunner]:
     """The webhook's HTTPS server, once it has a certificate, and the task that keeps that
     certificate current and the webhook configuration registered (or, with ``--no-inject``,
@@ -447,8 +459,14 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         await asyncio.gather(keeper, return_exceptions=True)
 
     app.on_cleanup.append(stop_keeper)
-    runner = web.AppRunner(app, access_log=None)
+    # An admission call the API server has given up on (after its timeoutSeconds) need not hold
+    # up a stop: aiohttp would otherwise wait 60 s for in-flight requests.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=webhook.TIMEOUT_SECONDS)
     await runner.setup()
-    await first.wait()
+    try:
+        await first.wait()
+    except asyncio.CancelledError:  # stopped before the first certificate
+        await runner.cleanup()  # stops the keeper too (on_cleanup)
+        raise
     await web.TCPSite(runner, settings.webhook_bind, settings.webhook_port, ssl_context=tls.context).start()
     return [runner]

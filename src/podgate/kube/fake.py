@@ -144,7 +144,8 @@ class FakeKube:
                     yield copy.deepcopy(event)
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), max(deadline - loop.time(), 0))
+                async with asyncio.timeout_at(deadline):
+                    await self._changed.wait()
             except TimeoutError:
                 return
 

@@ -31,11 +31,11 @@ class Unreachable(ProviderError):
 
 
 async def _connect(address: str, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    if address.startswith("/") or address.startswith("unix@"):
-        path = address.removeprefix("unix@")
-        return await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
-    host, _, port = address.removeprefix("ipv4@").rpartition(":")
-    return await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout)
+    async with asyncio.timeout(timeout):
+        if address.startswith("/") or address.startswith("unix@"):
+            return await asyncio.open_unix_connection(address.removeprefix("unix@"))
+        host, _, port = address.removeprefix("ipv4@").rpartition(":")
+        return await asyncio.open_connection(host, int(port))
 
 
 async def send(address: str, line: str, timeout: float = 5.0, half_close: bool = False) -> str:
@@ -50,7 +50,8 @@ async def send(address: str, line: str, timeout: float = 5.0, half_close: bool =
         await writer.drain()
         if half_close and writer.can_write_eof():
             writer.write_eof()
-        return (await asyncio.wait_for(reader.read(), timeout)).decode(errors="replace")
+        async with asyncio.timeout(timeout):
+            return (await reader.read()).decode(errors="replace")
     except (OSError, TimeoutError) as e:
         raise ProviderError(
             f"HAProxy at {address}: {line.split()[0]} failed: {e or type(e).__name__}"

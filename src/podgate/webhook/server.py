@@ -52,7 +52,8 @@ def make_app(
         if not services.synced.is_set():
             # Answering from an empty cache would admit pods ungated: wait a moment for it.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(services.synced.wait(), 3.0)
+                async with asyncio.timeout(3.0):
+                    await services.synced.wait()
         answer = review_response(review, services.cache.values(), handled, policy, checks())
         observe("patched" if "patch" in answer["response"] else "unchanged", time.monotonic() - t0)
         return web.json_response(answer)
@@ -191,6 +192,10 @@ async def keep_serving(
         await asyncio.sleep(period)
 
 
+TIMEOUT_SECONDS = 5
+"""How long the API server waits for the webhook (its configuration's ``timeoutSeconds``)."""
+
+
 def certificate_names(url: str | None, service: str | None, bind: str) -> tuple[list[str], list[str]]:
     """The DNS names and IP addresses the serving certificate is for (pure): the Service's names
     when registered by Service, the URL's host when by URL, and loopback for local callers."""
@@ -233,7 +238,7 @@ def webhook_configuration(
     url: str | None,
     service: tuple[str, str, int] | None,
     skip_label_value: str = "disabled",
-    timeout_seconds: int = 5,
+    timeout_seconds: int = TIMEOUT_SECONDS,
     migration_labels: bool = False,
 ) -> dict[str, Any]:
     """MutatingWebhookConfiguration for pod CREATE in opted-in namespaces (pure): one webhook

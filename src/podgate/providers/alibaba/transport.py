@@ -141,15 +141,17 @@ class Transport:
     def close(self) -> None:
         self._clients.clear()
 
+    async def _send_within(self, product: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with asyncio.timeout(2 * self.timeout + 1):
+            return await asyncio.to_thread(self._send, product, action, body)
+
     async def call(self, product: str, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """One API call with the region filled in, rate-limited, throttling and busy answers
         retried; the answer's body as the API spells it."""
         body = {"RegionId": self.region, **params}
         try:
             return await self.retry.call(
-                lambda: asyncio.wait_for(
-                    asyncio.to_thread(self._send, product, action, body), 2 * self.timeout + 1
-                ),
+                lambda: self._send_within(product, action, body),
                 _retryable,
                 _retry_after,
             )
