@@ -30,6 +30,7 @@ from podgate_sandbox.node import render
 from podgate_sandbox.node.host import UNIFIED, NodeHost, iptables_save, sysctls
 
 from .conftest import SandboxHandle, condition, podgate, wait_for, wide_row
+from .test_lb_selection import SEED_IMAGE
 
 pytestmark = pytest.mark.real_node
 
@@ -40,7 +41,7 @@ NODE_POD_CIDR = "10.244.0.0/24"
 GATE = "example.com/lb-healthy"
 #: a loopback address the guard is told to reject, to prove it rejects (never an outside one)
 PROBE_ADDRESS = "127.77.0.1"
-NODE_PROGRAMS = ("containerd", "containerd-shim", "kubelet", "kube-proxy", "pause", "httpd")
+NODE_PROGRAMS = ("containerd", "containerd-shim", "kubelet", "kube-proxy", "pause", "httpd", "nginx")
 
 
 def machine(state_root: Path) -> dict[str, Any]:
@@ -345,7 +346,9 @@ def test_sandbox_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node
     # every process of a sandbox with a real node, the control plane included
     for name in pids:
         assert f"0::/{cgroup}\n" in Path(f"/proc/{pids[name]}/cgroup").read_text(), name
-    assert {"etcd", "kube-apiserver", "containerd", "kubelet", "kube-proxy", "binder"} <= set(pids)
+    assert {"etcd", "kube-apiserver", "containerd", "registry", "kubelet", "kube-proxy", "binder"} <= set(
+        pids
+    )
     environ = Path(f"/proc/{pids['kubelet']}/environ").read_bytes().split(b"\0")
     assert b"AWS_EC2_METADATA_DISABLED=true" in environ
 
@@ -353,10 +356,71 @@ def test_sandbox_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node
 def test_status_lists_the_node_and_switching_modes_while_up_is_refused(node: SandboxHandle) -> None:
     status = podgate("sandbox", "status", "--state-dir", str(node.state_dir))
     rows = {line.split()[0]: line.split()[2] for line in status.stdout.splitlines()[1:]}
-    for name in ("containerd", "kubelet", "kube-proxy", "binder", "egress-guard", "bridge"):
+    for name in ("containerd", "registry", "kubelet", "kube-proxy", "binder", "egress-guard", "bridge"):
         assert rows.get(name) == "healthy", status.stdout
     switch = podgate("sandbox", "up", "--node", "agent", "--state-dir", str(node.state_dir))
     assert switch.returncode != 0 and "sandbox down" in switch.stderr, switch.stderr
+
+
+# -- nginx, and podgate on the real node ------------------------------------------------------
+
+
+def nginx_pod(name: str, image: str) -> dict[str, Any]:
+    """A pod as written for nginx: no pull policy, no local name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "nginx", "image": image, "ports": [{"containerPort": 80}]}]},
+    }
+
+
+def pod_events(node: SandboxHandle, namespace: str, name: str) -> list[str]:
+    items = node.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [f"{e['reason']}: {e['message']}" for e in items]
+
+
+def test_manifests_written_for_nginx_run_debians_nginx(node: SandboxHandle, namespace: str) -> None:
+    """Seed 000's image name and Docker Hub's ``nginx`` (tag latest: the kubelet always pulls it)
+    run the local nginx; the first without any pull, the second pulled from the node's loopback
+    registry; a name the node does not have fails at once, asking nobody else."""
+    node.apply(nginx_pod("seed", SEED_IMAGE), namespace)
+    node.apply(nginx_pod("hub", "nginx"), namespace)
+    node.apply(nginx_pod("elsewhere", "quay.io/podgate-test/missing:1"), namespace)
+    for name in ("seed", "hub"):
+        pod = wait_for(
+            f"{name} Running and Ready",
+            lambda name=name: (  # type: ignore[misc]
+                p
+                if (condition(p := node.get("pod", name, "-n", namespace), "Ready") or {}).get("status")
+                == "True"
+                else None
+            ),
+            timeout=60,
+        )
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}/", timeout=5) as r:
+            assert r.headers["Server"].startswith("nginx/"), r.headers
+            assert r.headers["X-Pod-Name"] == name
+            assert "Welcome to nginx!" in r.read().decode()
+    seed_events = pod_events(node, namespace, "seed")
+    assert any("already present on machine" in e for e in seed_events), seed_events
+    assert not any(e.startswith("Pulling") for e in seed_events), seed_events
+    assert node.get("pod", "hub", "-n", namespace)["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+    assert any(
+        e.startswith('Pulled: Successfully pulled image "nginx"') for e in pod_events(node, namespace, "hub")
+    )
+    failed = wait_for(
+        "the unknown image's pull to fail",
+        lambda: [
+            e for e in pod_events(node, namespace, "elsewhere") if e.startswith("Failed: Failed to pull")
+        ],
+        timeout=30,
+    )
+    assert "not found" in failed[0], failed
+    registry_log = (node.state_dir / "logs" / "registry.log").read_text()
+    assert (
+        "manifest library/nginx:latest" in registry_log and "unknown: podgate-test/missing:1" in registry_log
+    )
 
 
 def test_nothing_on_the_node_tried_to_leave_the_sandbox(node: SandboxHandle) -> None:

@@ -119,6 +119,9 @@ class NodeHost:
         n.containerd_config.write_text(render.containerd_config(n))
         (n.cni_conf_dir / "10-podgate.conflist").write_text(render.cni_conflist(n))
         n.kubelet_config.write_text(render.kubelet_config(n))
+        for name, text in render.registry_hosts(n).items():
+            (n.registry_hosts_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (n.registry_hosts_dir / name).write_text(text)
         # No DNS server is reachable from here: pods resolve nothing rather than leak queries.
         n.resolv_conf.write_text("nameserver 127.0.0.1\n")
         for name in (n.cgroup, "kubepods"):
