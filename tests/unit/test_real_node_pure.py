@@ -356,3 +356,12 @@ def test_cni_results_left_by_the_node_are_its_own_only() -> None:
         f"podgate-12000-{a}-eth0",
         f"cni-loopback-{a}-lo",
     ]
+
+
+def test_load_balancer_traffic_is_kept_from_kube_proxy() -> None:
+    """kube-proxy DNATs a node's own connections to a LoadBalancer ingress IP straight to the
+    endpoints; untracked, they reach HAProxy as an outside client's would."""
+    assert render.lb_bypass_rules(LAYOUT) == [
+        ["-d", "127.200.0.0/16", "-j", "NOTRACK"],
+        ["-s", "127.200.0.0/16", "-j", "NOTRACK"],
+    ]

@@ -71,6 +71,8 @@ class NodeLayout:
     port_offset: int
     kubeconfig: Path
     ca_file: Path
+    #: the sandbox's load-balancer range (HAProxy's EXTERNAL-IPs on loopback)
+    lb_cidr: str = "127.200.0.0/16"
 
     @property
     def bridge(self) -> str:
@@ -389,6 +391,16 @@ def egress_rules(n: NodeLayout, reject_also: Sequence[str] = ()) -> list[list[st
     # bridged, stay on it).
     rules.append(["-I", "FORWARD", "1", "-i", n.bridge, "!", "-o", n.bridge, "-j", chain])
     return rules
+
+
+def lb_bypass_rules(n: NodeLayout) -> list[list[str]]:
+    """Connections to the load-balancer range stay untracked, so kube-proxy's NAT never sees
+    them.  kube-proxy DNATs traffic a node sends to a LoadBalancer Service's ingress IP straight
+    to the Service's endpoints (in-cluster clients short-circuit the load balancer); on this one
+    machine every client is on the node, so without this no request would reach HAProxy.  The
+    sandbox's machine plays the outside world for the load balancer.  Rules for the raw table's
+    OUTPUT chain (it runs before any NAT)."""
+    return [["-d", n.lb_cidr, "-j", "NOTRACK"], ["-s", n.lb_cidr, "-j", "NOTRACK"]]
 
 
 def egress_rules6(n: NodeLayout) -> list[list[str]]:
