@@ -266,7 +266,7 @@ def archives(cache: Path | None = None) -> list[Path]:
     return paths
 
 
-def _ctr(containerd_socket: Path, ctr: str, *args: str) -> str:
+def _ctr(containerd_socket: Path, ctr: str, *args: str) -> None:
     out = subprocess.run(
         [ctr, "--address", str(containerd_socket), "-n", "k8s.io", *args],
         capture_output=True,
@@ -276,7 +276,6 @@ def _ctr(containerd_socket: Path, ctr: str, *args: str) -> str:
     )
     if out.returncode != 0:
         raise RuntimeError(f"ctr {' '.join(args[:2])} {args[-1]} failed: {out.stderr.strip()}")
-    return out.stdout
 
 
 def import_all(containerd_socket: Path, ctr: str = "ctr") -> None:
@@ -286,14 +285,3 @@ def import_all(containerd_socket: Path, ctr: str = "ctr") -> None:
         _ctr(containerd_socket, ctr, "images", "import", "--snapshotter", "overlayfs", str(path))
     for alias in render.NGINX_ALIASES:
         _ctr(containerd_socket, ctr, "images", "tag", "--force", render.NGINX_IMAGE, alias)
-
-
-def import_as(containerd_socket: Path, archive: Path, name: str, ctr: str = "ctr") -> None:
-    """Import one image archive (``make image``'s, say) and name it ``name``, whatever name the
-    archive gives it (ctr prints it: ``unpacking NAME (sha256:…)``)."""
-    out = _ctr(containerd_socket, ctr, "images", "import", "--snapshotter", "overlayfs", str(archive))
-    imported = [line.split()[1] for line in out.splitlines() if line.startswith("unpacking ")]
-    if not imported:
-        raise RuntimeError(f"ctr images import {archive} imported no image: {out.strip()}")
-    if imported[0] != name:
-        _ctr(containerd_socket, ctr, "images", "tag", "--force", imported[0], name)
