@@ -111,7 +111,7 @@ class Component:
     health: Callable[[], bool]
     env: dict[str, str] | None = None
     needs: list[str] = field(default_factory=list)
-    before_start: Callable[[], None] | None = None
+    before_start: Callable[[], object] | None = None
     ports: list[int] = field(default_factory=list)
 
 
@@ -205,6 +205,7 @@ class Sandbox:
             port_offset=c.port_offset,
             kubeconfig=self.state_dir / "node-agent.kubeconfig",
             ca_file=self.pki_dir / "ca.crt",
+            lb_cidr=c.lb_cidr,
         )
 
     def log_of(self, name: str) -> Path:
@@ -508,12 +509,29 @@ class Sandbox:
                 needs=["kube-apiserver"],
             ),
             Component(
+                "registry",
+                f"podgate_sandbox.node.registry --port {n.registry_port}",
+                [
+                    sys.executable,
+                    "-m",
+                    "podgate_sandbox.node.registry",
+                    "--port",
+                    str(n.registry_port),
+                    str(node_images.images_dir()),
+                ],
+                lambda: _get(f"http://{HOST}:{n.registry_port}/healthz")[0] == 200,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                # the archives it serves, built (cached) before it reads them
+                before_start=node_images.archives,
+                ports=[n.registry_port],
+            ),
+            Component(
                 "kubelet",
                 f"--config={n.kubelet_config}",
                 node_render.kubelet_args(n, b.path("kubelet")),
                 lambda: _get(f"http://{HOST}:{n.kubelet_healthz_port}/healthz")[0] == 200,
                 env=env,
-                needs=["containerd"],
+                needs=["containerd", "registry"],
                 before_start=lambda: node_images.import_all(n.containerd_socket, ctr),
                 ports=[n.kubelet_port, n.kubelet_healthz_port],
             ),

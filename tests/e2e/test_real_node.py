@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -24,12 +25,16 @@ from typing import Any
 
 import pytest
 
+from podgate.kube.client import api_client
 from podgate_sandbox.binaries import default_binaries
 from podgate_sandbox.controlplane import Sandbox
 from podgate_sandbox.node import render
 from podgate_sandbox.node.host import UNIFIED, NodeHost, iptables_save, sysctls
+from podgate_sandbox.rollout import RolloutLab, summarise
 
 from .conftest import SandboxHandle, condition, podgate, wait_for, wide_row
+from .test_controller import INJECT, all_ready, external_ip, gate, pods, servers
+from .test_lb_selection import ALIBABA_GATE, ALIBABA_LABEL, SEED_IMAGE, seed_manifests
 
 pytestmark = pytest.mark.real_node
 
@@ -40,7 +45,7 @@ NODE_POD_CIDR = "10.244.0.0/24"
 GATE = "example.com/lb-healthy"
 #: a loopback address the guard is told to reject, to prove it rejects (never an outside one)
 PROBE_ADDRESS = "127.77.0.1"
-NODE_PROGRAMS = ("containerd", "containerd-shim", "kubelet", "kube-proxy", "pause", "httpd")
+NODE_PROGRAMS = ("containerd", "containerd-shim", "kubelet", "kube-proxy", "pause", "httpd", "nginx")
 
 
 def machine(state_root: Path) -> dict[str, Any]:
@@ -345,7 +350,9 @@ def test_sandbox_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node
     # every process of a sandbox with a real node, the control plane included
     for name in pids:
         assert f"0::/{cgroup}\n" in Path(f"/proc/{pids[name]}/cgroup").read_text(), name
-    assert {"etcd", "kube-apiserver", "containerd", "kubelet", "kube-proxy", "binder"} <= set(pids)
+    assert {"etcd", "kube-apiserver", "containerd", "registry", "kubelet", "kube-proxy", "binder"} <= set(
+        pids
+    )
     environ = Path(f"/proc/{pids['kubelet']}/environ").read_bytes().split(b"\0")
     assert b"AWS_EC2_METADATA_DISABLED=true" in environ
 
@@ -353,24 +360,246 @@ def test_sandbox_processes_run_in_the_guarded_cgroup_without_cloud_metadata(node
 def test_status_lists_the_node_and_switching_modes_while_up_is_refused(node: SandboxHandle) -> None:
     status = podgate("sandbox", "status", "--state-dir", str(node.state_dir))
     rows = {line.split()[0]: line.split()[2] for line in status.stdout.splitlines()[1:]}
-    for name in ("containerd", "kubelet", "kube-proxy", "binder", "egress-guard", "bridge"):
+    for name in ("containerd", "registry", "kubelet", "kube-proxy", "binder", "egress-guard", "bridge"):
         assert rows.get(name) == "healthy", status.stdout
     switch = podgate("sandbox", "up", "--node", "agent", "--state-dir", str(node.state_dir))
     assert switch.returncode != 0 and "sandbox down" in switch.stderr, switch.stderr
 
 
-def test_nothing_on_the_node_tried_to_leave_the_sandbox(node: SandboxHandle) -> None:
-    """After pods ran, a ClusterIP was served and the node lived a while, the guard's final
-    REJECT never matched, IPv4 or IPv6: no node process (the kubelet's AWS credential provider
-    included: it is told not to) tried the cloud metadata address, a DNS server or anything else
-    outside.  (conntrack cannot say which process made a flow, so it is not asked.)"""
-    chain = Sandbox(node.state_dir).node_layout.guard_chain
-    for tool in ("iptables", "ip6tables"):
-        listing = subprocess.run(
-            [tool, "-L", chain, "-v", "-n", "-x"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        last = listing[-1].split()
-        assert last[2] == "REJECT" and last[0] == "0", (tool, listing)
+# -- nginx, and podgate on the real node ------------------------------------------------------
+
+
+def nginx_pod(name: str, image: str) -> dict[str, Any]:
+    """A pod as written for nginx: no pull policy, no local name."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "nginx", "image": image, "ports": [{"containerPort": 80}]}]},
+    }
+
+
+def pod_events(node: SandboxHandle, namespace: str, name: str) -> list[str]:
+    items = node.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [f"{e['reason']}: {e['message']}" for e in items]
+
+
+def test_manifests_written_for_nginx_run_debians_nginx(node: SandboxHandle, namespace: str) -> None:
+    """Seed 000's image name and Docker Hub's ``nginx`` (tag latest: the kubelet always pulls it)
+    run the local nginx; the first without any pull, the second pulled from the node's loopback
+    registry; a name the node does not have fails at once, asking nobody else."""
+    node.apply(nginx_pod("seed", SEED_IMAGE), namespace)
+    node.apply(nginx_pod("hub", "nginx"), namespace)
+    node.apply(nginx_pod("elsewhere", "quay.io/podgate-test/missing:1"), namespace)
+    for name in ("seed", "hub"):
+        pod = wait_for(
+            f"{name} Running and Ready",
+            lambda name=name: (  # type: ignore[misc]
+                p
+                if (condition(p := node.get("pod", name, "-n", namespace), "Ready") or {}).get("status")
+                == "True"
+                else None
+            ),
+            timeout=60,
+        )
+        with urllib.request.urlopen(f"http://{pod['status']['podIP']}/", timeout=5) as r:
+            assert r.headers["Server"].startswith("nginx/"), r.headers
+            assert r.headers["X-Pod-Name"] == name
+            assert "Welcome to nginx!" in r.read().decode()
+    seed_events = pod_events(node, namespace, "seed")
+    assert any("already present on machine" in e for e in seed_events), seed_events
+    assert not any(e.startswith("Pulling") for e in seed_events), seed_events
+    assert node.get("pod", "hub", "-n", namespace)["spec"]["containers"][0]["imagePullPolicy"] == "Always"
+    assert any(
+        e.startswith('Pulled: Successfully pulled image "nginx"') for e in pod_events(node, namespace, "hub")
+    )
+    failed = wait_for(
+        "the unknown image's pull to fail",
+        lambda: [
+            e for e in pod_events(node, namespace, "elsewhere") if e.startswith("Failed: Failed to pull")
+        ],
+        timeout=30,
+    )
+    assert "not found" in failed[0], failed
+    registry_log = (node.state_dir / "logs" / "registry.log").read_text()
+    assert (
+        "manifest library/nginx:latest" in registry_log and "unknown: podgate-test/missing:1" in registry_log
+    )
+
+
+@pytest.fixture(scope="module")
+def controller(node: SandboxHandle) -> SandboxHandle:
+    """The sandbox's own podgate controller (a host process, as with the node agent), started
+    on the real node's sandbox by a second, idempotent ``up``."""
+    up = podgate("sandbox", "up", "--state-dir", str(node.state_dir), timeout=120)
+    assert up.returncode == 0, up.stderr
+    wait_for("the webhook front door", front_door, timeout=30)
+    return node
+
+
+def front_door() -> bool:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    for _ in range(3):
+        try:
+            with socket.create_connection(("127.0.0.1", 9443 + OFFSET), 2) as raw, ctx.wrap_socket(raw):
+                pass
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("opt_in", ["podgate", "alibaba"])
+def test_seed_000_flow_real_nginx_through_the_external_ip(
+    controller: SandboxHandle, namespace: str, opt_in: str
+) -> None:
+    """The namespace opted in (podgate's label: the webhook injects the gate; or Alibaba's
+    procedure verbatim, its gate in the template), ``my-svc`` through the sandbox's HAProxy and
+    ``my-nginx`` with seed 000's image: the pods turn Ready only once HAProxy says UP, and real
+    nginx answers through the EXTERNAL-IP."""
+    node = controller
+    service, nginx = seed_manifests()
+    if opt_in == "podgate":
+        node.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+        del nginx["spec"]["template"]["spec"]["readinessGates"]
+        want = [gate("my-svc")]
+    else:
+        node.kubectl("label", "namespace", namespace, f"{ALIBABA_LABEL}=enabled")
+        want = [ALIBABA_GATE, gate("my-svc")]  # the template's, and podgate's for the label
+    node.apply(service, namespace)
+    node.apply(nginx, namespace)
+    be = f"podgate.{namespace}.my-svc.80"
+    seen_pending = False
+    ready: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not ready:
+        current = pods(node, namespace, "nginx")
+        up = {s.address for s in servers(node, be) if s.status.startswith("UP")}
+        for p in current:
+            if (condition(p, "Ready") or {}).get("status") == "True":
+                assert f"{p['status']['podIP']}:80" in up, (
+                    f"{p['metadata']['name']} Ready before HAProxy said UP"
+                )
+            elif (condition(p, "ContainersReady") or {}).get("status") == "True":
+                seen_pending = True
+        if len(current) == 2 and all((condition(p, "Ready") or {}).get("status") == "True" for p in current):
+            ready = current
+        time.sleep(0.1)
+    assert ready, f"my-nginx pods not Ready: {pods(node, namespace, 'nginx')}"
+    assert seen_pending, "containers were ready while the gate held the pods back"
+    for p in ready:
+        assert p["status"]["podIP"].startswith("10.244.0.")
+        assert sorted(g["conditionType"] for g in p["spec"]["readinessGates"]) == sorted(want)
+        for t in want:
+            assert (condition(p, t) or {}).get("reason") == "TargetHealthy", (t, condition(p, t))
+        assert (
+            wide_row(node, namespace, p["metadata"]["name"])["READINESS GATES"] == f"{len(want)}/{len(want)}"
+        )
+    ip = wait_for("an EXTERNAL-IP", lambda: external_ip(node, namespace, "my-svc"))
+    assert ip.startswith("127.212.")
+    seen = set()
+    for _ in range(8):
+        with urllib.request.urlopen(f"http://{ip}/", timeout=5) as r:
+            assert r.headers["Server"].startswith("nginx/") and "Welcome to nginx!" in r.read().decode()
+            seen.add(r.headers["X-Pod-Name"])
+    assert seen == {p["metadata"]["name"] for p in ready}
+
+
+async def test_gated_rollout_restart_under_load_loses_nothing_the_plain_one_does(
+    controller: SandboxHandle,
+) -> None:
+    """``kubectl rollout restart``'s change under 250 requests/s through the EXTERNAL-IP, real
+    nginx pods on the real node: with podgate's gates no request fails; with a readiness probe
+    only, requests fail while HAProxy has no healthy pod."""
+    api = await api_client(str(controller.kubeconfig))
+    # Two replicas: the Deployment's default surge lets one new pod in and takes one old pod out
+    # as soon as the new one is Ready, so without gates the last old pod goes about a second after
+    # the first new one is Ready, before HAProxy's three 1 s checks call it UP.
+    lab = RolloutLab(
+        api,
+        str(controller.state_dir / "haproxy" / "runtime.sock"),
+        replicas=2,
+        interval=1.0,
+        rise=3,
+        rate=250,
+        prefix="rn-rollout",
+    )
+    try:
+        ips = {name: await lab.prepare(name) for name in ("plain", "podgate")}
+        rounds = [await lab.round(name, ips[name], 1) for name in ips]
+    finally:
+        await lab.close()
+        await api.close()
+        for name in ("plain", "podgate"):
+            controller.kubectl("delete", "namespace", lab.namespace(name), "--wait=false", check=False)
+    summary = summarise(rounds, lab.lb_minimum)
+    print(f"real node rollout: {json.dumps(summary)}", file=sys.stderr)
+    assert all(r.requests >= 200 * r.rollout_s for r in rounds), "at least 200 requests/s throughout"
+    assert summary["podgate"]["failed"] == 0, summary["podgate"]
+    assert summary["plain"]["failed"] > 0 and summary["plain"]["failed_by_kind"].get("http_5xx", 0) > 0
+    gate_latency = summary["podgate"]["gate_latency_s"]
+    assert gate_latency["n"] == 2 and gate_latency["p50"] >= 0.9 * lab.lb_minimum, gate_latency
+
+
+def test_termination_real_sigterm_after_the_pod_left_the_load_balancer(
+    controller: SandboxHandle, namespace: str
+) -> None:
+    """A gated nginx pod deleted: podgate drains it in HAProxy at once; the webhook's injected
+    preStop delay (busybox ``sleep`` in the pod) keeps nginx serving meanwhile; then the container
+    gets a real SIGTERM (nginx logs it and exits 0, well within the grace period) and HAProxy
+    forgets the pod."""
+    node = controller
+    node.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    service, nginx = seed_manifests()
+    template = nginx["spec"]["template"]
+    del template["spec"]["readinessGates"]
+    nginx["spec"]["replicas"] = 1
+    template["metadata"]["annotations"] = {"podgate.dev/prestop-delay": "2"}
+    template["spec"]["terminationGracePeriodSeconds"] = 30
+    node.apply(service, namespace)
+    node.apply(nginx, namespace)
+    pod = wait_for("my-nginx Ready", lambda: all_ready(node, namespace, "nginx", 1), 90)[0]
+    name, addr = pod["metadata"]["name"], f"{pod['status']['podIP']}:80"
+    assert pod["spec"]["containers"][0]["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "2"]}}
+    be = f"podgate.{namespace}.my-svc.80"
+    # nginx's own log, streamed (API server -> kubelet), each line with the moment it arrived
+    logs = subprocess.Popen(
+        [str(node.kubectl_path), "logs", "-f", name, "-n", namespace],
+        env={**os.environ, "KUBECONFIG": str(node.kubeconfig)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(
+        target=lambda: [lines.append((time.monotonic(), line)) for line in logs.stdout or ()], daemon=True
+    )
+    reader.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    node.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+    left_lb: float | None = None
+    served_while_draining = False
+    while time.monotonic() - t0 < 20 and logs.poll() is None:
+        state = {s.address: s.status for s in servers(node, be)}
+        if left_lb is None and not state.get(addr, "").startswith("UP"):
+            left_lb = time.monotonic()
+        if left_lb is not None and not any("SIGTERM" in line for _, line in lines):
+            served_while_draining |= _get_or_none(f"http://{addr}/healthz") == "ok\n"
+        time.sleep(0.05)
+    logs.wait(10)
+    reader.join(5)
+    sigterm = [t for t, line in lines if "signal 15 (SIGTERM) received" in line]
+    assert sigterm, [line for _, line in lines]
+    assert left_lb is not None and left_lb < sigterm[0], (left_lb, sigterm, t0)
+    assert sigterm[0] - left_lb >= 1.5, "the injected preStop delay ran between the drain and SIGTERM"
+    assert served_while_draining, "nginx kept serving while HAProxy drained it"
+    assert sigterm[0] - t0 < 10, "SIGTERM came after the preStop delay, not the grace period's SIGKILL"
+    wait_for(
+        "the server removed from HAProxy", lambda: addr not in {s.address for s in servers(node, be)}, 20
+    )
+    wait_for(
+        "the pod gone", lambda: name not in node.kubectl("get", "pods", "-n", namespace, "-o", "name"), 30
+    )
 
 
 def _connect_from_node_cgroup(cgroup_procs: Path, host: str, port: int) -> str:
@@ -389,6 +618,20 @@ def _connect_from_node_cgroup(cgroup_procs: Path, host: str, port: int) -> str:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=join, check=True, timeout=10
     ).stdout.strip()
+
+
+def test_nothing_on_the_node_tried_to_leave_the_sandbox(node: SandboxHandle) -> None:
+    """After pods ran, a ClusterIP was served and the node lived a while, the guard's final
+    REJECT never matched, IPv4 or IPv6: no node process (the kubelet's AWS credential provider
+    included: it is told not to) tried the cloud metadata address, a DNS server or anything else
+    outside.  (conntrack cannot say which process made a flow, so it is not asked.)"""
+    chain = Sandbox(node.state_dir).node_layout.guard_chain
+    for tool in ("iptables", "ip6tables"):
+        listing = subprocess.run(
+            [tool, "-L", chain, "-v", "-n", "-x"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        last = listing[-1].split()
+        assert last[2] == "REJECT" and last[0] == "0", (tool, listing)
 
 
 def test_egress_guard_rejects_what_it_is_told_to_from_the_node_cgroup(node: SandboxHandle) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from podgate_sandbox.node import oci, render
+from podgate_sandbox.node import images, oci, render
 from podgate_sandbox.node.render import NodeLayout
 
 LAYOUT = NodeLayout(
@@ -64,6 +64,44 @@ def test_containerd_config_has_the_settings_this_machine_needs() -> None:
     runc = cri["containerd"]["runtimes"]["runc"]
     assert runc["runtime_type"] == "io.containerd.runc.v2" and runc["options"]["SystemdCgroup"] is False
     assert cri["cni"] == {"bin_dir": "/usr/lib/cni", "conf_dir": "/state/node/cni", "max_conf_num": 1}
+    assert cri["registry"] == {"config_path": "/state/node/containerd/certs.d"}
+
+
+def test_every_registry_is_the_nodes_loopback_registry() -> None:
+    hosts = render.registry_hosts(LAYOUT)
+    assert sorted(hosts) == ["_default/hosts.toml", "docker.io/hosts.toml"]
+    for text in hosts.values():
+        conf = tomllib.loads(text)
+        url = f"http://127.0.0.1:{LAYOUT.registry_port}"
+        assert conf["server"] == url
+        # containerd 1.6 ignores a hosts.toml without a host table, and pulls from the internet
+        assert conf["host"] == {url: {"capabilities": ["pull", "resolve"]}}
+
+
+@pytest.mark.parametrize(
+    ("repository", "image"),
+    [
+        ("library/nginx", render.NGINX_IMAGE),  # `nginx`, `nginx:1.25`: Docker Hub's short name
+        ("openanolis/nginx", render.NGINX_IMAGE),  # seed 000's, any registry
+        ("podgate/nginx", render.NGINX_IMAGE),
+        ("podgate/pause", render.PAUSE_IMAGE),
+        ("podgate/web", render.WEB_IMAGE),
+        ("library/web", None),
+        ("library/nginx-ingress", None),
+        ("foo/bar", None),
+    ],
+)
+def test_registry_names(repository: str, image: str | None) -> None:
+    assert render.local_image_for(repository) == image
+
+
+def test_nginx_aliases_name_nginx_and_the_seed_image() -> None:
+    assert (
+        "anolis-registry.cn-zhangjiakou.cr.aliyuncs.com/openanolis/nginx:1.14.1-8.6" in render.NGINX_ALIASES
+    )
+    for alias in render.NGINX_ALIASES:
+        path = alias.split("/", 1)[1].rsplit(":", 1)[0]
+        assert render.local_image_for(path) == render.NGINX_IMAGE
 
 
 def test_cni_gives_pods_no_default_route_and_no_masquerade() -> None:
@@ -243,6 +281,73 @@ def test_layer_has_parents_first_modes_and_symlinks() -> None:
     assert all(m.mtime == 0 and m.uid == 0 for m in members.values())
 
 
+def _rootfs(tmp_path: Path) -> Path:
+    """A merged-/usr root file system with dpkg lists, as mmdebstrap leaves it."""
+    entries: dict[str, bytes | str | None] = {
+        "lib": "usr/lib",  # symlink
+        "usr/sbin/nginx": b"NGINX",
+        "usr/share/doc/nginx/copyright": b"doc",
+        "etc/nginx/mime.types": b"types",
+        "usr/lib/x86_64-linux-gnu/libc.so.6": b"LIBC",
+        "usr/lib/x86_64-linux-gnu/libz.so.1": "libz.so.1.2.13",
+        "usr/lib/x86_64-linux-gnu/libz.so.1.2.13": b"ZLIB",
+        "lib/systemd/system/nginx.service": b"unit",
+        "usr/bin/perl": b"PERL",  # installed, but in no package the image takes
+    }
+    lists = {
+        "nginx": ["/usr/sbin/nginx", "/usr/share/doc/nginx/copyright"],
+        "nginx-common": ["/etc/nginx", "/etc/nginx/mime.types", "/lib/systemd/system/nginx.service"],
+        "libc6:amd64": ["/lib/x86_64-linux-gnu/libc.so.6"],
+        "zlib1g:amd64": ["/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1.2.13"],
+        "libcrypt1:amd64": [],
+        "libpcre2-8-0:amd64": [],
+        "libssl3:amd64": [],
+    }
+    for pkg, paths in lists.items():
+        entries[f"var/lib/dpkg/info/{pkg}.list"] = "\n".join(["/.", *paths]).encode()
+    path = tmp_path / "rootfs.tar"
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(_dir("./etc/nginx"))
+        for name, data in entries.items():
+            info = tarfile.TarInfo("./" + name)
+            if isinstance(data, str):
+                info.type, info.linkname = tarfile.SYMTYPE, data
+                tar.addfile(info)
+            else:
+                info.size, info.mode = len(data or b""), 0o755 if name.endswith("nginx") else 0o644
+                tar.addfile(info, io.BytesIO(data or b""))
+    return path
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def test_nginx_image_holds_the_packages_files_its_config_and_busybox(tmp_path: Path) -> None:
+    spec = images.nginx_spec(_rootfs(tmp_path), b"BUSYBOX")
+    assert spec.name == render.NGINX_IMAGE
+    assert spec.files["usr/sbin/nginx"] == oci.File(b"NGINX", 0o755)
+    assert spec.files["usr/lib/x86_64-linux-gnu/libc.so.6"].data == b"LIBC"  # /lib is /usr/lib
+    assert spec.symlinks["usr/lib/x86_64-linux-gnu/libz.so.1"] == "libz.so.1.2.13"
+    assert spec.files["etc/nginx/mime.types"].data == b"types"
+    for gone in ("usr/share/doc/nginx/copyright", "usr/lib/systemd/system/nginx.service", "usr/bin/perl"):
+        assert gone not in spec.files
+    assert spec.symlinks["lib"] == "usr/lib" and spec.symlinks["usr/bin/sleep"] == "busybox"
+    assert b"listen 80 default_server;" in spec.files["etc/nginx/nginx.conf"].data
+    assert b"www-data:x:33:" in spec.files["etc/group"].data
+    assert [*spec.entrypoint, *spec.cmd] == ["nginx", "-g", "daemon off;"]
+
+
+def test_nginx_image_needs_its_packages(tmp_path: Path) -> None:
+    path = tmp_path / "empty.tar"
+    with tarfile.open(path, "w"):
+        pass
+    with pytest.raises(RuntimeError, match="no package nginx installed"):
+        images.nginx_spec(path, b"")
+
+
 def test_cni_results_left_by_the_node_are_its_own_only() -> None:
     a, b = "a" * 64, "b" * 64
     before = [f"other-{b}-eth0", f"cni-loopback-{b}-lo"]
@@ -250,4 +355,13 @@ def test_cni_results_left_by_the_node_are_its_own_only() -> None:
     assert render.cni_results_to_remove(before, now, LAYOUT.network) == [
         f"podgate-12000-{a}-eth0",
         f"cni-loopback-{a}-lo",
+    ]
+
+
+def test_load_balancer_traffic_is_kept_from_kube_proxy() -> None:
+    """kube-proxy DNATs a node's own connections to a LoadBalancer ingress IP straight to the
+    endpoints; untracked, they reach HAProxy as an outside client's would."""
+    assert render.lb_bypass_rules(LAYOUT) == [
+        ["-d", "127.200.0.0/16", "-j", "NOTRACK"],
+        ["-s", "127.200.0.0/16", "-j", "NOTRACK"],
     ]

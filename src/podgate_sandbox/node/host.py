@@ -119,11 +119,15 @@ class NodeHost:
         n.containerd_config.write_text(render.containerd_config(n))
         (n.cni_conf_dir / "10-podgate.conflist").write_text(render.cni_conflist(n))
         n.kubelet_config.write_text(render.kubelet_config(n))
+        for name, text in render.registry_hosts(n).items():
+            (n.registry_hosts_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (n.registry_hosts_dir / name).write_text(text)
         # No DNS server is reachable from here: pods resolve nothing rather than leak queries.
         n.resolv_conf.write_text("nameserver 127.0.0.1\n")
         for name in (n.cgroup, "kubepods"):
             (UNIFIED / name).mkdir(exist_ok=True)
         self._guard()
+        self._lb_bypass()
         self._bridge()
 
     def _check_free(self) -> None:
@@ -148,6 +152,12 @@ class NodeHost:
                     raise HostError(
                         f"node pod CIDR {self.n.pod_cidr} overlaps the route {dst} on this machine"
                     )
+
+    def _lb_bypass(self) -> None:
+        """Clients on this machine reach HAProxy, not kube-proxy's NAT (idempotent)."""
+        for rule in render.lb_bypass_rules(self.n):
+            if run(["iptables", "-w", "-t", "raw", "-C", "OUTPUT", *rule], check=False).returncode != 0:
+                run(["iptables", "-w", "-t", "raw", "-I", "OUTPUT", "1", *rule])
 
     def _guard(self) -> None:
         """The egress guard, before any node process starts (idempotent)."""

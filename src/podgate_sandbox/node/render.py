@@ -48,6 +48,16 @@ MOUNT_PREFIXES = (
 )
 PAUSE_IMAGE = "localhost/podgate/pause:1"
 WEB_IMAGE = "localhost/podgate/web:1"
+#: Debian's nginx (see :mod:`podgate_sandbox.node.images`)
+NGINX_IMAGE = "localhost/podgate/nginx:1"
+#: Names manifests written for nginx use, tagged on the local nginx at import: a pod naming one
+#: with a tag other than ``latest`` (``imagePullPolicy: IfNotPresent`` by default) starts with
+#: no pull at all.  Any other nginx name (``nginx``, i.e. ``:latest``, which the kubelet always
+#: pulls) is answered by the node's loopback registry (:func:`local_image_for`).
+NGINX_ALIASES = (
+    "docker.io/library/nginx:latest",
+    "anolis-registry.cn-zhangjiakou.cr.aliyuncs.com/openanolis/nginx:1.14.1-8.6",
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class NodeLayout:
     port_offset: int
     kubeconfig: Path
     ca_file: Path
+    #: the sandbox's load-balancer range (HAProxy's EXTERNAL-IPs on loopback)
+    lb_cidr: str = "127.200.0.0/16"
 
     @property
     def bridge(self) -> str:
@@ -106,6 +118,15 @@ class NodeLayout:
     @property
     def binder_port(self) -> int:
         return self.port(10347)
+
+    @property
+    def registry_port(self) -> int:
+        return self.port(10346)
+
+    @property
+    def registry_hosts_dir(self) -> Path:
+        """containerd's registry host configuration (``hosts.toml`` per registry)."""
+        return self.containerd_dir / "certs.d"
 
     @property
     def containerd_dir(self) -> Path:
@@ -201,6 +222,8 @@ def containerd_config(n: NodeLayout) -> str:
             '  runtime_type = "io.containerd.runc.v2"',
             f"[{cri}.containerd.runtimes.runc.options]",
             "  SystemdCgroup = false",
+            f"[{cri}.registry]",
+            f"  config_path = {_q(n.registry_hosts_dir)}",
             f"[{cri}.cni]",
             '  bin_dir = "/usr/lib/cni"',
             f"  conf_dir = {_q(n.cni_conf_dir)}",
@@ -208,6 +231,30 @@ def containerd_config(n: NodeLayout) -> str:
             "",
         ]
     )
+
+
+def registry_hosts(n: NodeLayout) -> dict[str, str]:
+    """containerd's ``hosts.toml`` files: every registry, whatever its name, is the node's
+    loopback registry (``_default``), so a pull never leaves the machine; docker.io is also
+    named, for the images Docker Hub's short names mean."""
+    url = f"http://127.0.0.1:{n.registry_port}"
+    # containerd 1.6 refuses a hosts.toml without a host table ("invalid `host` tree") and then
+    # falls back to the registry's public address: the table is required
+    text = f'server = {_q(url)}\n[host.{_q(url)}]\n  capabilities = ["pull", "resolve"]\n'
+    return {f"{host}/hosts.toml": text for host in ("_default", "docker.io")}
+
+
+def local_image_for(repository: str) -> str | None:
+    """The local image the node's registry serves for ``repository`` (the path in its URL,
+    ``/v2/<repository>/manifests/<tag>``; containerd leaves the registry's host out), or None
+    ("unknown name").  Every repository called ``nginx``, whatever its registry, path or tag, is
+    Debian's nginx; the node's own images answer to their own names."""
+    own = {i.split("/", 1)[1].rsplit(":", 1)[0]: i for i in (PAUSE_IMAGE, WEB_IMAGE, NGINX_IMAGE)}
+    if repository in own:
+        return own[repository]
+    if repository.rsplit("/", 1)[-1] == "nginx":
+        return NGINX_IMAGE
+    return None
 
 
 def cni_conflist(n: NodeLayout) -> str:
@@ -344,6 +391,16 @@ def egress_rules(n: NodeLayout, reject_also: Sequence[str] = ()) -> list[list[st
     # bridged, stay on it).
     rules.append(["-I", "FORWARD", "1", "-i", n.bridge, "!", "-o", n.bridge, "-j", chain])
     return rules
+
+
+def lb_bypass_rules(n: NodeLayout) -> list[list[str]]:
+    """Connections to the load-balancer range stay untracked, so kube-proxy's NAT never sees
+    them.  kube-proxy DNATs traffic a node sends to a LoadBalancer Service's ingress IP straight
+    to the Service's endpoints (in-cluster clients short-circuit the load balancer); on this one
+    machine every client is on the node, so without this no request would reach HAProxy.  The
+    sandbox's machine plays the outside world for the load balancer.  Rules for the raw table's
+    OUTPUT chain (it runs before any NAT)."""
+    return [["-d", n.lb_cidr, "-j", "NOTRACK"], ["-s", n.lb_cidr, "-j", "NOTRACK"]]
 
 
 def egress_rules6(n: NodeLayout) -> list[list[str]]:
