@@ -70,7 +70,9 @@ def combine(states: Sequence[TargetState]) -> TargetState:
     ]
     worst = min(states, key=lambda s: order.index(s.health.health))
     admin: AdminState = "drain" if any(s.admin == "drain" for s in states) else worst.admin
-    return TargetState(admin, worst.health, sum(s.connections for s in states))
+    # drained only when every HAProxy of the pair has it out of rotation and idle
+    drained = all(s.drained for s in states)
+    return TargetState(admin, worst.health, sum(s.connections for s in states), drained)
 
 
 class HAProxyProvider:
@@ -258,7 +260,7 @@ class HAProxyProvider:
     async def _targets_changed(self, pool: PoolSpec) -> None:
         """After a register, drain or removal: save the backend's state, then list its servers
         in the configuration file (no reload)."""
-        if not self.owns_config or pool.group is not None:
+        if not self._owns_files(pool):
             return
         be = cfg.backend_name(pool)
         async with self._lock:
@@ -267,6 +269,13 @@ class HAProxyProvider:
             if listed != self._servers.get(be, []):
                 self._servers[be] = listed
                 self._write(self._render())
+
+    def _owns_files(self, pool: PoolSpec) -> bool:
+        """Whether this process keeps the pool's configuration and state files: in provisioning
+        mode, once it has set the structure (the leader).  Another replica drains a target from
+        the drain endpoint through the runtime API only: it never rendered the structure, so a
+        file it wrote would drop every Service, and the leader saves the state on its next read."""
+        return self.owns_config and pool.group is None and self._initialised
 
     async def _validate(self, text: str) -> None:
         if not self.validate:
@@ -318,7 +327,7 @@ class HAProxyProvider:
         be = cfg.backend_name(pool)
         views: dict[Target, list[TargetState]] = {}
         seen = await self._on_each(lambda rt: rt.servers(be))
-        if self.owns_config and pool.group is None:
+        if self._owns_files(pool):
             # saved after the read: any health a gate is decided on is what a reload restores
             async with self._lock:
                 await self._save_state(be)
@@ -331,7 +340,8 @@ class HAProxyProvider:
                 if target is None:
                     continue
                 admin, health = server_health(row, where)
-                views.setdefault(target, []).append(TargetState(admin, health, row.sessions))
+                drained = admin != "ready" and row.sessions == 0
+                views.setdefault(target, []).append(TargetState(admin, health, row.sessions, drained))
         out = {}
         for target, states in views.items():
             if len(states) < len(seen):  # missing on one HAProxy of the pair
@@ -383,7 +393,7 @@ class HAProxyProvider:
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)
-        if self.owns_config and pool.group is None:
+        if self._owns_files(pool):
             # out of the file first: a reload in between leaves out a target that is leaving
             gone = {cfg.server_name(t) for t in targets}
             async with self._lock:
