@@ -82,12 +82,17 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
         "    timeout client 30s\n    timeout server 30s\n"
     )
     http = PoolSpec("shop", "web", 80, "http", "http", "TCP", HealthCheck("/healthz", 1.0, 2, 3))
-    tcp = PoolSpec("shop", "db", 5432, "", 5432, "TCP", HealthCheck())
+    tcp = PoolSpec("shop", "db", 5432, "", 5432, "TCP", HealthCheck(), retries=False)
     text = cfg.render(
         base,
         {"shop/web": cfg.ServiceLB("127.200.0.1", [http]), "shop/db": cfg.ServiceLB("127.200.0.2", [tcp])},
     )
     assert "bind 127.200.0.1:80" in text and "option httpchk GET /healthz" in text
+    web_part = text.split("\nbackend podgate.shop.web.80")[1]
+    db_part = text.split("\nbackend podgate.shop.db.5432")[1]
+    assert "retry-on conn-failure" in web_part and "option redispatch 1" in web_part
+    # podgate.dev/load-balancer-retries: "false": as a cloud load balancer, no retry anywhere
+    assert "retries 0" in db_part.split("# service")[0] and "retry-on" not in db_part.split("# service")[0]
     assert text.index("service shop/db") < text.index("service shop/web")  # stable order
     path = tmp_path / "h.cfg"
     path.write_text(text)
