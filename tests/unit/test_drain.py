@@ -166,7 +166,7 @@ async def test_the_route_answers_the_kubelets_double_slash_and_unknown_tokens() 
     app = web.Application()
     app.router.add_get(ROUTE, endpoint.handle)
     async with TestClient(TestServer(app)) as client:
-        # what kubelets before 1.28 send: "http://HOST:PORT/" + path (no client library sends it)
+        # what kubelets before 1.25 send: "http://HOST:PORT/" + path (no client library sends it)
         reader, writer = await asyncio.open_connection(client.host, client.port)
         writer.write(f"GET //drain/{NS}/tok-p1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
         answer = (await reader.read()).decode()
@@ -255,3 +255,23 @@ async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_o
     assert config.read_text() == "# the leader's configuration\n"
     assert not (tmp_path / "server-state").exists()
     assert not any(c.startswith("show servers state") for c in commands)
+
+
+def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
+    from podgate.controller.manager import derived_drain_url
+    from podgate.controller.settings import ControllerSettings
+
+    svc = {
+        "metadata": {"name": "podgate", "namespace": "podgate-system"},
+        "spec": {
+            "clusterIP": "10.96.0.12",
+            "ports": [
+                {"name": "webhook", "port": 443, "targetPort": "webhook"},
+                {"name": "metrics", "port": 8081, "targetPort": "health"},
+            ],
+        },
+    }
+    settings = ControllerSettings(webhook_service="podgate-system/podgate")
+    assert derived_drain_url(settings, {"podgate-system/podgate": svc}) == "http://10.96.0.12:8081"  # type: ignore[dict-item]
+    assert derived_drain_url(settings, {}) is None
+    assert derived_drain_url(ControllerSettings(), {"podgate-system/podgate": svc}) is None  # type: ignore[dict-item]

@@ -554,7 +554,7 @@ async def _health(controller: Controller, bind: str, port: int, webhook_up: asyn
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    # the kubelet's preStop httpGet is plain HTTP before Kubernetes 1.28: the drain endpoint
+    # the kubelet's preStop httpGet is plain HTTP before Kubernetes 1.25: the drain endpoint
     # is served here as well as on the webhook's HTTPS port
     app.router.add_get(drain.ROUTE, controller.drain.handle)
     # a stopping replica cuts its waiting drain hooks after a second: the kubelet then sends

@@ -369,7 +369,7 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]], patience: float = 10.0) ->
 def derived_drain_url(settings: ControllerSettings, services: Mapping[str, Service]) -> str | None:
     """Where the kubelet reaches the drain endpoint when no --drain-url is given: the ClusterIP of
     the --webhook-service, at its port for the plain health listener (the kubelet's httpGet hook
-    is plain HTTP before Kubernetes 1.28).  None: not known."""
+    is plain HTTP before Kubernetes 1.25).  None: not known."""
     if not settings.webhook_service:
         return None
     svc = services.get(settings.webhook_service)

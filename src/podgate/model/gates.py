@@ -246,7 +246,7 @@ def drain_url_errors(url: str) -> str | None:
 
 def drain_hook(url: str, namespace: str, token: str) -> dict[str, Any]:
     """The preStop ``httpGet`` calling the drain endpoint at ``url`` for the pod holding
-    ``token``.  Kubelets before 1.28 (ConsistentHTTPGetHandlers) ignore ``scheme`` and call
+    ``token``.  Kubelets before 1.25 (ConsistentHTTPGetHandlers) ignore ``scheme`` and call
     plain HTTP, so the endpoint is served on the plain health port too."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -13,7 +13,7 @@ What "drained" means is the provider's: HAProxy, in DRAIN or MAINT with no curre
 group); Alibaba, weight 0 for the drain delay, then removed by the leader.  A target gone from
 the pool is drained whatever the provider.
 
-The kubelet's httpGet hook, before Kubernetes 1.28 (ConsistentHTTPGetHandlers), is plain HTTP
+The kubelet's httpGet hook, before Kubernetes 1.25 (ConsistentHTTPGetHandlers), is plain HTTP
 whatever its ``scheme`` and puts a second ``/`` before the path; the route accepts that.  When
 podgate cannot be reached the hook fails, the kubelet records ``FailedPreStopHook`` and sends
 SIGTERM at once: podgate being down never holds a pod, it only loses the wait.
