@@ -86,3 +86,11 @@ def test_app_on_sigterm_and_response_delay_ranges() -> None:
     for bad in ({"PODGATE_APP_ON_SIGTERM": "kill"}, {"PODGATE_APP_RESPONSE_DELAY": "1-0.5"}):
         with pytest.raises(AppConfigError):
             AppSettings.from_env(bad)
+
+
+def test_the_workaround_covers_a_registration_delay() -> None:
+    from podgate_sandbox.rollout import scenarios
+
+    assert scenarios(1.0, 3)["workaround"].min_ready_seconds == 4
+    assert scenarios(1.0, 3, (2.0, 10.0))["workaround"].min_ready_seconds == 14
+    assert scenarios(1.0, 3, (2.0, 10.0), min_ready=20)["workaround"].min_ready_seconds == 20
