@@ -143,10 +143,11 @@ class DrainEndpoint:
 
     async def drain_token(self, namespace: str, token: str) -> DrainOutcome:
         """Find the pod by its drain token, then :meth:`drain` it."""
-        if not self.pods.synced.is_set():
+        if not (self.pods.synced.is_set() and self.services.synced.is_set()):
+            # a replica just started: answering from empty caches would find no pod or no target
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
-                    await self.pods.synced.wait()
+                    await asyncio.gather(self.pods.synced.wait(), self.services.synced.wait())
         pod = self._by_token(namespace, token)
         if pod is None:
             return DrainOutcome(UNKNOWN_POD, f"no pod in namespace {namespace} holds this drain token")
