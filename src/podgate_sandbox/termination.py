@@ -34,6 +34,9 @@ from podgate_sandbox.dataplane import PROPAGATION
 from podgate_sandbox.loadgen import LoadGenerator
 
 HOOKS = ("none", "sleep", "drain")
+#: HAProxy's server admin flags of a server out of rotation: maintenance (forced, inherited,
+#: from a resolver) or drain (forced, inherited)
+OUT_OF_ROTATION = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20
 PLANES = ("haproxy", "cloud")
 ACTIONS = ("scale-down", "restart")
 
@@ -257,12 +260,15 @@ class TerminationLab:
         )
 
     async def _watch_drains(self, s: Scenario, by_ip: dict[str, str], drained: dict[str, float]) -> None:
-        """When (wall clock) HAProxy itself first had each pod's target drained: out of
-        rotation (DRAIN or MAINT) with no session, or removed."""
+        """When (wall clock) HAProxy itself first had each pod's target drained: put out of
+        rotation (drain or maintenance, read from its admin state: a server whose checks fail
+        shows DOWN in ``show stat`` whatever it was told) with no session, or removed."""
         seen: set[str] = set()
+        backend = self.backend(s)
         while True:
             try:
-                rows = await self.runtime.servers(self.backend(s))
+                rows = await self.runtime.servers(backend)
+                admin = await self.runtime.admin_states(backend)
             except Exception:
                 rows = None
             now = time.time()
@@ -274,7 +280,7 @@ class TerminationLab:
                         present[by_ip[t.ip]] = r
                 for name, r in present.items():
                     seen.add(name)
-                    if r.status.startswith(("DRAIN", "MAINT", "NOLB")) and r.sessions == 0:
+                    if admin.get(r.name, 0) & OUT_OF_ROTATION and r.sessions == 0:
                         drained.setdefault(name, now)
                 for name in seen - set(present):
                     drained.setdefault(name, now)

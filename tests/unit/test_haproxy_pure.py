@@ -135,3 +135,24 @@ def test_slots_of_the_users_server_template(
 ) -> None:
     assert cfg.target_of_server(name, address) == target
     assert cfg.is_free_slot(name, address) is free
+
+
+SERVERS_STATE = (
+    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+    "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state "
+    "srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port "
+    "srv_check_addr srv_agent_addr srv_agent_port\n"
+    "2 be 1 s1 127.0.0.1 0 8 1 1 0 8 2 0 6 0 0 0 - 1 - 0 0 - - 0\n\n"
+)  # HAProxy 2.6, a server set to drain whose checks fail
+
+
+def test_a_drained_server_whose_checks_fail_is_draining_not_down() -> None:
+    """``show stat`` says DOWN for it: only the admin flags tell the drain (seen on 2.6)."""
+    from podgate.providers.haproxy_runtime import parse_admin_states
+
+    assert parse_admin_states(SERVERS_STATE) == {"s1": 8}
+    assert parse_admin_states("No such backend.\n") == {}
+    down = stat("DOWN", "L4CON", "Layer4 connection problem", "Connection refused")
+    admin, health = server_health(down, "w", parse_admin_states(SERVERS_STATE)["s1"])
+    assert (admin, health.health) == ("drain", Health.DRAINING) and "set to drain" in health.detail
+    assert server_health(down, "w", 0)[0] == "ready"

@@ -27,7 +27,7 @@ from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
 from podgate.providers import haproxy_config as cfg
 from podgate.providers.base import AdminState, Provider, ProviderError, ServiceLB, TargetState
-from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat, Unreachable
+from podgate.providers.haproxy_runtime import ADMIN_DRAIN, Master, Runtime, ServerStat, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,19 @@ T = TypeVar("T")
 _CHECK_OK = ("L4OK", "L6OK", "L7OK", "L7OKC")
 
 
-def server_health(stat: ServerStat, where: str) -> tuple[AdminState, TargetHealth]:
-    """Admin state and health from HAProxy's own status words (verified on 2.6)."""
+def server_health(stat: ServerStat, where: str, admin_flags: int = 0) -> tuple[AdminState, TargetHealth]:
+    """Admin state and health from HAProxy's own status words (verified on 2.6), and the
+    server's admin flags (``show servers state``): a drained server whose checks fail reads
+    DOWN in ``show stat``, and is draining all the same."""
     status, check = stat.status, stat.check_status
     detail = f"server {stat.name} is {status}, check {check or 'none'}"
     if stat.check_desc and check not in ("", "INI"):
         detail += f" ({stat.check_desc}" + (f": {stat.last_check})" if stat.last_check else ")")
     if status.startswith("MAINT"):
         return "maint", TargetHealth(Health.UNREGISTERED, detail, where)
-    if status.startswith("DRAIN") or status.startswith("NOLB"):
+    if status.startswith("DRAIN") or status.startswith("NOLB") or admin_flags & ADMIN_DRAIN:
+        if not status.startswith(("DRAIN", "NOLB")):
+            detail += ", set to drain"
         return "drain", TargetHealth(Health.DRAINING, detail, where)
     if status.startswith("UP") and check in ("", "INI"):
         # a server a new worker read from its configuration with no saved state starts UP
@@ -326,12 +330,16 @@ class HAProxyProvider:
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         be = cfg.backend_name(pool)
         views: dict[Target, list[TargetState]] = {}
-        seen = await self._on_each(lambda rt: rt.servers(be))
+
+        async def read(rt: Runtime) -> tuple[list[ServerStat], dict[str, int]]:
+            return await rt.servers(be), await rt.admin_states(be)
+
+        seen = await self._on_each(read)
         if self._owns_files(pool):
             # saved after the read: any health a gate is decided on is what a reload restores
             async with self._lock:
                 await self._save_state(be)
-        for rt, rows in seen:
+        for rt, (rows, flags) in seen:
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
             )
@@ -339,7 +347,7 @@ class HAProxyProvider:
                 target = cfg.target_of_server(row.name, row.address)
                 if target is None:
                     continue
-                admin, health = server_health(row, where)
+                admin, health = server_health(row, where, flags.get(row.name, 0))
                 drained = admin != "ready" and row.sessions == 0
                 views.setdefault(target, []).append(TargetState(admin, health, row.sessions, drained))
         out = {}
