@@ -70,7 +70,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"(minimum {res['lb_minimum_s']:g} s); "
         + (
             "cloud-like data plane: no retries, each new target's checks start "
-            f"{res['registration_s'][0]:g}-{res['registration_s'][1]:g} s after registration; "
+            f"{res['registration_s'][0]:g}-{res['registration_s'][1]:g} s after registration "
+            "(podgate's scenario with its drain hook, the default; the workaround's minReadySeconds "
+            "covers rise × interval + the longest registration delay + 1 s); "
             if res.get("registration_s")
             else ""
         )
@@ -92,7 +94,15 @@ def markdown(res: dict[str, Any]) -> str:
         ratio = s["podgate"]["rollout_s"]["p50"] / s["workaround"]["rollout_s"]["p50"]
         lines.append(f"| podgate rollout / workaround rollout (p50) | {ratio:.2f} | ≤ 0.6 |")
     for name in ("podgate", "podgate-prestop"):
-        if name in s and "gate_ratio" in s[name]:
+        if name in s and "gate_ratio" in s[name] and res.get("registration_s"):
+            # the load balancer's minimum is no longer rise × interval: each target waits its own
+            # registration delay first, which podgate cannot see and does not need to
+            g = s[name]["gate_latency_s"]
+            lines.append(
+                f"| {name}: ContainersReady → gate True, p50 / p99 (n = {g['n']}; each includes its "
+                f"target's registration delay) | {g['p50']:.2f} s / {g['p99']:.2f} s | - |"
+            )
+        elif name in s and "gate_ratio" in s[name]:
             g, q = s[name]["gate_latency_s"], s[name]["gate_ratio"]
             lines.append(
                 f"| {name}: ContainersReady → gate True / LB minimum, p50 | {q['p50']:.3f} "

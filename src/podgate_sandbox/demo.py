@@ -216,7 +216,7 @@ async def _terminations(sb: Sandbox, progress: Progress, k: Any) -> None:
             results[s] = await lab.round(s, ip, "scale-down", 1)
     finally:
         await api.close()
-    print(f"\n{'scenario':<44}{'requests':>9}{'failed':>8}  deletion -> SIGTERM   SIGTERM - LB drained")
+    print(f"\n{'scenario':<68}{'requests':>9}{'failed':>8}  deletion -> SIGTERM   SIGTERM - LB drained")
     for s, r in results.items():
         sigterm = [p.to_sigterm for p in r.pods if p.to_sigterm is not None]
         after = [
@@ -226,7 +226,7 @@ async def _terminations(sb: Sandbox, progress: Progress, k: Any) -> None:
         ]
         title = s.title(lab.sleep, lab.propagation)
         print(
-            f"{title:<44.44}{r.requests:>9}{r.failed:>8}  max {max(sigterm, default=0):5.2f} s"
+            f"{title:<68.68}{r.requests:>9}{r.failed:>8}  max {max(sigterm, default=0):5.2f} s"
             f"          max {max(after, default=0):+5.2f} s"
         )
     hook = json.loads(k("get", "pods", "-n", lab.namespace(scenarios[1]), "-o", "json", show=False))["items"][
