@@ -75,6 +75,7 @@ bench: setup
 	$(PY) bench/sandbox_bench.py
 	$(PY) bench/gate_latency.py
 	$(PY) bench/rollout.py
+	$(PY) bench/termination.py
 	$(PY) bench/cloud_calls.py
 
 # The Dockerfile's image without a Docker engine (buildah, a Debian base from mmdebstrap):

@@ -10,7 +10,12 @@ Behaviour is tuned with container env vars (documented in the README):
 =============================  ====================================================  =======
 ``PODGATE_APP_STARTUP_DELAY``  seconds after start before the app listens             0
 ``PODGATE_APP_SHUTDOWN_DELAY`` seconds it keeps serving after SIGTERM                 0
-``PODGATE_APP_RESPONSE_DELAY`` seconds added to every response                        0
+``PODGATE_APP_ON_SIGTERM``     ``graceful``: in-flight requests get a second to       graceful
+                               finish; ``abort``: they are dropped and every
+                               connection closed at once (no graceful shutdown)
+``PODGATE_APP_RESPONSE_DELAY`` seconds added to every response but ``/healthz`` and   0
+                               ``/control/*``; ``A-B``: uniformly random between
+                               A and B, per request
 ``PODGATE_APP_EXIT_AFTER``     exit this many seconds after listening (crash test)   never
 ``PODGATE_APP_EXIT_CODE``      exit code used by ``PODGATE_APP_EXIT_AFTER``           1
 ``PODGATE_APP_MESSAGE``        text included in every ``/`` response                 empty
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,9 +46,18 @@ class AppSettings:
     startup_delay: float = 0.0
     shutdown_delay: float = 0.0
     response_delay: float = 0.0
+    #: with ``response_delay``: each response waits uniformly between the two
+    response_delay_max: float | None = None
     exit_after: float | None = None
     exit_code: int = 1
     message: str = ""
+    #: "graceful" (in-flight requests finish, a second at most) or "abort" (dropped at once)
+    on_sigterm: str = "graceful"
+
+    def response_wait(self) -> float:
+        if self.response_delay_max is None:
+            return self.response_delay
+        return random.uniform(self.response_delay, self.response_delay_max)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AppSettings:
@@ -61,14 +76,39 @@ class AppSettings:
         code = env.get("PODGATE_APP_EXIT_CODE", "1")
         if not code.lstrip("-").isdigit():
             raise AppConfigError(f"PODGATE_APP_EXIT_CODE={code!r} is not an integer")
+        on_sigterm = env.get("PODGATE_APP_ON_SIGTERM") or "graceful"
+        if on_sigterm not in ("graceful", "abort"):
+            raise AppConfigError(f"PODGATE_APP_ON_SIGTERM={on_sigterm!r} is not graceful or abort")
+        delay, delay_max = env.get("PODGATE_APP_RESPONSE_DELAY", ""), None
+        low, dash, high = delay.partition("-")
+        if dash and low:  # "A-B"
+            lo = _seconds("PODGATE_APP_RESPONSE_DELAY", low)
+            delay_max = _seconds("PODGATE_APP_RESPONSE_DELAY", high)
+            if delay_max < lo:
+                raise AppConfigError(f"PODGATE_APP_RESPONSE_DELAY={delay!r}: the range is backwards")
+            response_delay = lo
+        else:
+            response_delay = num("PODGATE_APP_RESPONSE_DELAY", 0.0) or 0.0
         return cls(
             startup_delay=num("PODGATE_APP_STARTUP_DELAY", 0.0) or 0.0,
             shutdown_delay=num("PODGATE_APP_SHUTDOWN_DELAY", 0.0) or 0.0,
-            response_delay=num("PODGATE_APP_RESPONSE_DELAY", 0.0) or 0.0,
+            response_delay=response_delay,
+            response_delay_max=delay_max,
             exit_after=num("PODGATE_APP_EXIT_AFTER", None),
             exit_code=int(code),
             message=env.get("PODGATE_APP_MESSAGE", ""),
+            on_sigterm=on_sigterm,
         )
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise AppConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise AppConfigError(f"{name}={raw!r} must not be negative")
+    return value
 
 
 class ContainerApp:
@@ -141,14 +181,22 @@ class ContainerApp:
         for server in self._listeners:
             server.close()
         self._listeners.clear()
+        if self.settings.on_sigterm == "abort":
+            # as a process without graceful shutdown exits: every connection closes now, the
+            # requests in flight on them get no answer
+            for handler in list(self._server.connections):
+                if handler.transport is not None:
+                    handler.transport.close()
+            return
         # Idle keep-alive connections close now; in-flight requests get a second to finish.
         with contextlib.suppress(Exception):
             await self._server.shutdown(timeout=1.0)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         self.requests[request.path] = self.requests.get(request.path, 0) + 1
-        if self.settings.response_delay:
-            await asyncio.sleep(self.settings.response_delay)
+        slowed = request.path != "/healthz" and not request.path.startswith("/control/")
+        if slowed and (self.settings.response_delay or self.settings.response_delay_max):
+            await asyncio.sleep(self.settings.response_wait())
         if request.path == "/healthz":
             return web.Response(
                 status=self.health_status, text="ok\n" if self.health_status < 400 else "unhealthy\n"

@@ -179,6 +179,18 @@ class Sandbox:
         return self.haproxy_dir / "runtime.sock"
 
     @property
+    def data_plane_socket(self) -> Path:
+        """The controllers' runtime API: the cloud-like data plane in front of HAProxy's own
+        (:mod:`podgate_sandbox.dataplane`; transparent unless a Service asks for delays)."""
+        return self.haproxy_dir / "dataplane.sock"
+
+    @property
+    def drain_url(self) -> str:
+        """Where a preStop hook reaches podgate's drain endpoint: the front door's plain-HTTP
+        side, to every replica's health port (as a cluster's Service would)."""
+        return f"http://{HOST}:{self.config.port(9447)}"
+
+    @property
     def haproxy_master_socket(self) -> Path:
         return self.haproxy_dir / "master.sock"
 
@@ -336,6 +348,18 @@ class Sandbox:
             f"    server replica-0 {HOST}:{c.port(9444)} check inter 1s fall 2 rise 1\n"
             f"    server replica-1 {HOST}:{c.port(9445)} check inter 1s fall 2 rise 1\n"
             f"    server replica-2 {HOST}:{c.port(9446)} check inter 1s fall 2 rise 1\n"
+            # the drain endpoint, plain HTTP as the kubelet's preStop httpGet speaks it
+            "frontend podgate-drain\n"
+            "    mode tcp\n"
+            f"    bind {HOST}:{c.port(9447)}\n"
+            "    default_backend podgate-drain\n"
+            "backend podgate-drain\n"
+            "    mode tcp\n"
+            "    retries 3\n"
+            "    option redispatch 1\n"
+            f"    server replica-0 {HOST}:{c.port(8081)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-1 {HOST}:{c.port(8181)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-2 {HOST}:{c.port(8281)} check inter 1s fall 2 rise 1\n"
         )
 
     # -- components ------------------------------------------------------------------------
@@ -449,6 +473,24 @@ class Sandbox:
                 ],
                 lambda: _get(f"http://{HOST}:{c.haproxy_health_port}/healthz")[0] == 200,
             ),
+            Component(
+                "lb-data-plane",
+                f"podgate_sandbox.dataplane --kubeconfig {self.kubeconfig}",
+                [
+                    sys.executable,
+                    "-m",
+                    "podgate_sandbox.dataplane",
+                    "--kubeconfig",
+                    str(self.kubeconfig),
+                    "--listen",
+                    str(self.data_plane_socket),
+                    "--haproxy",
+                    str(self.haproxy_runtime_socket),
+                ],
+                lambda: _unix_socket_answers(self.data_plane_socket),
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                needs=["kube-apiserver", "haproxy"],
+            ),
             *(
                 self._node_components()
                 if c.node == "kubelet"
@@ -482,7 +524,7 @@ class Sandbox:
                 self.controller_argv(replica=0),
                 lambda: _get(f"http://{HOST}:{c.port(8081)}/readyz")[0] == 200,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                needs=["kube-apiserver", "haproxy"],
+                needs=["kube-apiserver", "haproxy", "lb-data-plane"],
                 before_start=self._apply_controller_rbac,
                 ports=[c.port(9444), c.port(8081)],
             ),
@@ -579,7 +621,7 @@ class Sandbox:
             "--kubeconfig",
             str(self.state_dir / "controller.kubeconfig"),
             "--haproxy-runtime-socket",
-            str(self.haproxy_runtime_socket),
+            str(self.data_plane_socket),
             "--haproxy-master-socket",
             str(self.haproxy_master_socket),
             "--haproxy-config",
@@ -613,6 +655,8 @@ class Sandbox:
             # no cloud controller manager here: podgate's HAProxy is the cluster's load balancer
             "--default-provider",
             "haproxy",
+            "--drain-url",
+            self.drain_url,
         ]
         if replica == 0:
             # registers the webhook (front door URL) under its own name, so a cluster's
@@ -725,7 +769,7 @@ class Sandbox:
             "etcd": [c.etcd_port, c.port(2380)],
             "kube-apiserver": [c.apiserver_port],
             "kube-controller-manager": [c.port(10257)],
-            "haproxy": [c.haproxy_health_port],
+            "haproxy": [c.haproxy_health_port, c.port(9447)],
             "node-agent": [c.agent_healthz_port],
         }.get(comp.name, comp.ports)
         for port in ports:

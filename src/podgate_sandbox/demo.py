@@ -23,6 +23,7 @@ from podgate.kube.client import api_client
 from podgate_sandbox.binaries import Progress
 from podgate_sandbox.controlplane import Sandbox
 from podgate_sandbox.rollout import RolloutLab
+from podgate_sandbox.termination import Scenario, TerminationLab
 
 NS = "podgate-demo"
 
@@ -139,6 +140,7 @@ def main() -> None:
         print(f"  {n:3d} responses from {name}")
 
     asyncio.run(_rollouts(sb, progress, k))
+    asyncio.run(_terminations(sb, progress, k))
 
     print(
         "\nThe sandbox keeps running. Explore it with:\n"
@@ -185,6 +187,52 @@ async def _rollouts(sb: Sandbox, progress: Progress, k: Any) -> None:
     for name, r in results.items():
         path = timeline(r, f"{name}: {lab.scenarios[name].title}", out / f"rollout-{name}.png", lab.replicas)
         print(f"timeline: {path}")
+
+
+async def _terminations(sb: Sandbox, progress: Progress, k: Any) -> None:
+    """A scale-down under slow POSTs, without a preStop hook and with podgate's drain hook, on a
+    cloud-like data plane (the drain takes effect 5 s after podgate asks; no retries)."""
+    print(
+        "\n6. Scale-down 6 -> 2 under 40 POSTs/s (0.5-1 s each) to an app that aborts at SIGTERM, on a "
+        "cloud-like load balancer (drains take effect 5 s late, no retries)."
+    )
+    scenarios = [Scenario("none", "cloud"), Scenario("drain", "cloud")]
+    api = await api_client(str(sb.kubeconfig))
+    lab = TerminationLab(
+        api,
+        str(sb.haproxy_runtime_socket),
+        f"http://127.0.0.1:{sb.config.agent_healthz_port}",
+        prefix="demo-term",
+    )
+    for s in scenarios:
+        if f"namespace/{lab.namespace(s)}\n" in k("get", "namespaces", "-o", "name", show=False):
+            k("delete", "namespace", lab.namespace(s), "--timeout=120s", show=False)
+    results = {}
+    try:
+        for s in scenarios:
+            progress.say(f"{s.name}: {s.title(lab.sleep, lab.propagation)}: deploying 6 replicas")
+            ip = await lab.prepare(s)
+            progress.say(f"{s.name}: scaling down to 2 under load through http://{ip}/ ...")
+            results[s] = await lab.round(s, ip, "scale-down", 1)
+    finally:
+        await api.close()
+    print(f"\n{'scenario':<68}{'requests':>9}{'failed':>8}  deletion -> SIGTERM   SIGTERM - LB drained")
+    for s, r in results.items():
+        sigterm = [p.to_sigterm for p in r.pods if p.to_sigterm is not None]
+        after = [
+            p.to_sigterm - p.lb_drained
+            for p in r.pods
+            if p.to_sigterm is not None and p.lb_drained is not None
+        ]
+        title = s.title(lab.sleep, lab.propagation)
+        print(
+            f"{title:<68.68}{r.requests:>9}{r.failed:>8}  max {max(sigterm, default=0):5.2f} s"
+            f"          max {max(after, default=0):+5.2f} s"
+        )
+    hook = json.loads(k("get", "pods", "-n", lab.namespace(scenarios[1]), "-o", "json", show=False))["items"][
+        0
+    ]
+    print(f"\nthe hook podgate injected: {json.dumps(hook['spec']['containers'][0]['lifecycle']['preStop'])}")
 
 
 def _wait(fn: Any, timeout: float = 60.0) -> Any:

@@ -1,9 +1,12 @@
 """A steady HTTP load for rollouts: a fixed request rate, bounded in count and time, loopback only.
 
-Each request is a new connection (what a client behind a load balancer usually sees during a
-rollout), and every outcome is kept with its time so failures can be told apart and plotted:
-``ok`` (2xx/3xx), ``http_5xx`` (e.g. HAProxy's 503 when no server is up), ``http_4xx``,
-``refused`` / ``reset`` / ``timeout`` / ``error`` for transport failures.
+By default each request is a GET on a new connection (what a client behind a load balancer
+usually sees during a rollout); ``keepalive`` reuses a pool of connections instead, and
+``method="POST"`` sends non-idempotent requests, which a load balancer never replays on another
+target (HAProxy's ``retry-on`` does not for POST).  Every outcome is kept with its time so
+failures can be told apart and plotted: ``ok`` (2xx/3xx), ``http_5xx`` (e.g. HAProxy's 503 when
+no server is up; ``http_502`` … with ``status_kinds``), ``http_4xx``, ``refused`` / ``reset`` /
+``timeout`` / ``error`` for transport failures.
 """
 
 from __future__ import annotations
@@ -55,9 +58,17 @@ class LoadGenerator:
         timeout: float = 2.0,
         max_seconds: float = 600.0,
         concurrency: int = 64,
+        *,
+        method: str = "GET",
+        keepalive: bool = False,
+        status_kinds: bool = False,
     ) -> None:
         _loopback(url)
+        if method not in ("GET", "POST"):
+            raise ValueError(f"method {method!r}: GET or POST")
         self.url, self.rate, self.timeout, self.max_seconds = url, rate, timeout, max_seconds
+        self.method, self.keepalive, self.status_kinds = method, keepalive, status_kinds
+        self.concurrency = concurrency
         self._sem = asyncio.Semaphore(concurrency)
         self._stop = asyncio.Event()
         self.result = LoadResult(time.monotonic())
@@ -66,7 +77,11 @@ class LoadGenerator:
         self._stop.set()
 
     async def run(self) -> LoadResult:
-        connector = aiohttp.TCPConnector(force_close=True, limit=0)
+        connector = (
+            aiohttp.TCPConnector(limit=self.concurrency)
+            if self.keepalive
+            else aiohttp.TCPConnector(force_close=True, limit=0)
+        )
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         self.result = LoadResult(time.monotonic())
         pending: set[asyncio.Task[None]] = set()
@@ -92,9 +107,15 @@ class LoadGenerator:
         async with self._sem:
             t0 = time.monotonic()
             try:
-                async with session.get(self.url) as resp:
+                body = b'{"order": 1}' if self.method == "POST" else None
+                async with session.request(self.method, self.url, data=body) as resp:
                     await resp.read()
-                    kind = "ok" if resp.status < 400 else ("http_5xx" if resp.status >= 500 else "http_4xx")
+                    if resp.status < 400:
+                        kind = "ok"
+                    elif self.status_kinds:
+                        kind = f"http_{resp.status}"
+                    else:
+                        kind = "http_5xx" if resp.status >= 500 else "http_4xx"
             except TimeoutError:
                 kind = "timeout"
             except aiohttp.ClientConnectorError as e:

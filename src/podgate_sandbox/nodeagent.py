@@ -245,6 +245,7 @@ class PodWorker:
             await asyncio.sleep(spec.period)
 
     async def _terminate(self) -> None:
+        self.agent.termination(self, "deleting")
         meta, spec = self.pod["metadata"], self.pod["spec"]
         grace = meta.get("deletionGracePeriodSeconds")
         if grace is None:
@@ -264,6 +265,7 @@ class PodWorker:
                 )
         await self.agent.write_final_status(self)
         await self.agent.delete_pod(self.pod)
+        self.agent.termination(self, "gone")
 
     async def _stop_container(self, slot: ContainerSlot, deadline: float) -> None:
         assert slot.runtime is not None
@@ -276,6 +278,7 @@ class PodWorker:
                 pass
             except Exception as e:
                 self.agent.event(self.pod, "FailedPreStopHook", f"PreStopHook failed: {e}", "Warning")
+        self.agent.termination(self, "sigterm")
         code = await slot.runtime.terminate(max(deadline - time.monotonic(), 0.0))
         slot.set_terminated(code)
         self.agent.mark_dirty(self.key)
@@ -285,7 +288,8 @@ class PodWorker:
             h = hook["httpGet"]
             port = resolve_port(h.get("port"), slot.spec)
             scheme = (h.get("scheme") or "HTTP").lower()
-            url = f"{scheme}://{h.get('host') or self.ip}:{port}{h.get('path') or '/'}"
+            path = h.get("path") or "/"
+            url = f"{scheme}://{h.get('host') or self.ip}:{port}{'' if path.startswith('/') else '/'}{path}"
             async with self.agent.http.get(url, ssl=False) as resp:
                 await resp.read()
         elif hook.get("exec"):
@@ -359,6 +363,16 @@ class NodeAgent:
         self._next_ip = 0
         self.registered = asyncio.Event()
         self.http: aiohttp.ClientSession
+        #: "namespace/name uid" → wall-clock times of its termination's steps ("deleting": the
+        #: agent saw the deletion, "sigterm": the first container's, "gone": deleted), for the
+        #: termination benchmark (``GET /terminations``); the latest 10,000 pods
+        self.terminations: dict[str, dict[str, float]] = {}
+
+    def termination(self, worker: PodWorker, step: str) -> None:
+        record = self.terminations.setdefault(f"{worker.key} {worker.uid}", {})
+        record.setdefault(step, time.time())
+        while len(self.terminations) > 10_000:
+            del self.terminations[next(iter(self.terminations))]
 
     # -- node ---------------------------------------------------------------------------------
     def _node_body(self) -> dict[str, Any]:
@@ -488,6 +502,7 @@ class NodeAgent:
             worker = None
         if kind == "DELETED":
             if worker is not None:
+                self.termination(worker, "gone")
                 worker.kill()
                 worker.task.cancel()
                 self.workers.pop(key, None)
@@ -714,9 +729,13 @@ async def _serve_healthz(agent: NodeAgent, port: int) -> web.AppRunner:
     async def pods(_: web.Request) -> web.Response:
         return web.json_response({k: w.ip for k, w in agent.workers.items()})
 
+    async def terminations(_: web.Request) -> web.Response:
+        return web.json_response(agent.terminations)
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/pods", pods)
+    app.router.add_get("/terminations", terminations)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, HOST_IP, port).start()

@@ -45,16 +45,26 @@ class Scenario:
     prestop_delay: float = 0.0  # podgate's injected preStop delay (annotation)
 
 
-def scenarios(interval: float, rise: int) -> dict[str, Scenario]:
+def scenarios(
+    interval: float, rise: int, registration: tuple[float, float] | None = None, min_ready: int | None = None
+) -> dict[str, Scenario]:
+    """The four scenarios.  With a ``registration`` delay (the cloud-like data plane's: a new
+    target's checks start between its bounds after podgate registered it), the workaround's
+    ``minReadySeconds`` must cover its maximum too (or ``min_ready``, when given)."""
     minimum = interval * rise
+    ready_for = (
+        min_ready
+        if min_ready is not None
+        else math.ceil(minimum + (registration[1] if registration else 0.0)) + 1
+    )
     return {
         s.name: s
         for s in (
             Scenario("plain", "readiness probe only"),
             Scenario(
                 "workaround",
-                f"minReadySeconds {math.ceil(minimum) + 1} + preStop sleep",
-                min_ready_seconds=math.ceil(minimum) + 1,
+                f"minReadySeconds {ready_for} + preStop sleep",
+                min_ready_seconds=ready_for,
                 prestop_sleep=minimum,
             ),
             Scenario("podgate", "podgate readiness gates", gated=True),
@@ -112,13 +122,19 @@ class RolloutLab:
         rise: int = 3,
         rate: float = 250.0,
         prefix: str = "rollout",
+        registration: tuple[float, float] | None = None,
+        min_ready: int | None = None,
     ) -> None:
+        """``registration``: run on the sandbox's cloud-like data plane (no retries, and each new
+        target's checks start uniformly within these bounds after registration); podgate's
+        scenario then uses its drain hook, as a cloud load balancer without retries needs."""
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
         self.kube = ApiKube(api)
         self.runtime = Runtime(runtime_socket)
         self.replicas, self.interval, self.rise, self.rate = replicas, interval, rise, rate
         self.prefix = prefix
-        self.scenarios = scenarios(interval, rise)
+        self.registration = registration
+        self.scenarios = scenarios(interval, rise, registration, min_ready)
         self._watches: dict[str, Watch] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -149,6 +165,16 @@ class RolloutLab:
                         "podgate.dev/health-check-interval": f"{self.interval:g}",
                         "podgate.dev/healthy-threshold": str(self.rise),
                         "podgate.dev/unhealthy-threshold": "3",
+                        **(
+                            {
+                                "podgate.dev/load-balancer-retries": "false",
+                                "sandbox.podgate.dev/registration-delay": "{:g}-{:g}".format(
+                                    *self.registration
+                                ),
+                            }
+                            if self.registration
+                            else {}
+                        ),
                     },
                 },
                 "spec": {
@@ -166,11 +192,11 @@ class RolloutLab:
         }
         if s.prestop_sleep:
             container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{s.prestop_sleep:g}"]}}}
+        hook = {"podgate.dev/prestop-delay": f"{s.prestop_delay:g}"}
+        if self.registration and s.name == "podgate":
+            hook = {"podgate.dev/prestop": "drain"}
         template: dict[str, Any] = {
-            "metadata": {
-                "labels": {"app": "web"},
-                "annotations": {"podgate.dev/prestop-delay": f"{s.prestop_delay:g}"},
-            },
+            "metadata": {"labels": {"app": "web"}, "annotations": hook},
             "spec": {"containers": [container], "terminationGracePeriodSeconds": 30},
         }
         await call(

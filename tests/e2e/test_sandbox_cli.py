@@ -47,6 +47,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
             "kube-apiserver",
             "kube-controller-manager",
             "haproxy",
+            "lb-data-plane",
             "node-agent",
             "podgate-controller",
         }
@@ -81,7 +82,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         v = json.loads(version.stdout)
         assert v["clientVersion"]["gitVersion"] == v["serverVersion"]["gitVersion"] == "v1.20.2"
 
-        ports = {p + OFFSET for p in (2379, 2380, 6443, 10257, 8404, 10248, 9443, 9444, 8081)}
+        ports = {p + OFFSET for p in (2379, 2380, 6443, 10257, 8404, 10248, 9443, 9444, 8081, 9447)}
         assert len(listeners_on(ports)) >= len(ports)
         # a pod, so that down also has pod listeners to remove
         subprocess.run(
@@ -99,7 +100,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         assert not alive(pid, commands[name]), f"{name} (pid {pid}) still running"
     assert listeners_on(ports) == []
     status = podgate("sandbox", "status", *args)
-    assert status.returncode == 1 and status.stdout.count("stopped") == 6
+    assert status.returncode == 1 and status.stdout.count("stopped") == 7
 
 
 def test_up_reports_a_busy_port(tmp_path: Path) -> None:

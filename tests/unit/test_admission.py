@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from podgate.model.gates import DRAIN, PreStop
 from podgate.webhook.admission import BadReview, InjectionPolicy, parse_review, review_response
 
 SERVICES = [
@@ -141,18 +142,94 @@ def test_bad_reviews_are_explained(raw: bytes, error: str) -> None:
         parse_review(raw)
 
 
-def test_prestop_delay_is_injected_for_load_balanced_pods_only() -> None:
-    policy = InjectionPolicy(prestop_delay=3)
-    ops = patch_of(review_response(review({"app": "web"}), SERVICES, handled, policy)) or []
+SLEEP_3 = InjectionPolicy(prestop=PreStop("sleep", 3))
+DRAIN_AT = InjectionPolicy(prestop=DRAIN, drain_url="http://10.96.0.12:8081")
+
+
+def token() -> str:
+    return "tok-0123456789"
+
+
+def test_a_sleep_is_injected_for_load_balanced_pods_only() -> None:
+    ops = patch_of(review_response(review({"app": "web"}), SERVICES, handled, SLEEP_3)) or []
     assert {
         "op": "add",
         "path": "/spec/containers/0/lifecycle",
         "value": {"preStop": {"exec": {"command": ["sleep", "3"]}}},
     } in ops
-    assert patch_of(review_response(review({"app": "api"}), SERVICES, handled, policy)) is None
+    assert patch_of(review_response(review({"app": "api"}), SERVICES, handled, SLEEP_3)) is None
 
 
-def test_prestop_delay_annotation_and_own_hooks() -> None:
+def test_the_sleep_is_the_kubelets_own_action_where_the_cluster_has_it() -> None:
+    policy = InjectionPolicy(prestop=PreStop("sleep", 2.5), native_sleep=True)
+    ops = patch_of(review_response(review({"app": "web"}), SERVICES, handled, policy)) or []
+    assert ops[-1]["value"] == {"preStop": {"sleep": {"seconds": 3}}}  # whole seconds, rounded up
+
+
+def test_the_drain_hook_calls_podgate_with_a_token_the_pod_carries() -> None:
+    ops = (
+        patch_of(review_response(review({"app": "web"}), SERVICES, handled, DRAIN_AT, new_token=token)) or []
+    )
+    assert ops[1:] == [
+        {
+            "op": "add",
+            "path": "/metadata/annotations",
+            "value": {"podgate.dev/drain-token": "tok-0123456789"},
+        },
+        {
+            "op": "add",
+            "path": "/spec/containers/0/lifecycle",
+            "value": {
+                "preStop": {
+                    "httpGet": {
+                        "scheme": "HTTP",
+                        "host": "10.96.0.12",
+                        "port": 8081,
+                        "path": "/drain/shop/tok-0123456789",
+                    }
+                }
+            },
+        },
+    ]
+
+
+def test_the_drain_token_joins_existing_annotations_and_replaces_a_copied_one() -> None:
+    rev = review({"app": "web"})
+    rev["request"]["object"]["metadata"]["annotations"] = {"podgate.dev/drain-token": "copied-token"}
+    ops = patch_of(review_response(rev, SERVICES, handled, DRAIN_AT, new_token=token)) or []
+    assert ops[1] == {
+        "op": "add",
+        "path": "/metadata/annotations/podgate.dev~1drain-token",
+        "value": "tok-0123456789",
+    }
+
+
+def test_no_drain_hook_without_an_address_the_kubelet_can_reach() -> None:
+    policy = InjectionPolicy(prestop=DRAIN)
+    ops = patch_of(review_response(review({"app": "web"}), SERVICES, handled, policy)) or []
+    assert [op["path"] for op in ops] == ["/spec/readinessGates"]
+
+
+def test_the_pods_annotation_overrides_the_setting() -> None:
+    rev = review({"app": "web"})
+    pod = rev["request"]["object"]
+    for value, want in (
+        ("none", None),
+        ("sleep 4", {"exec": {"command": ["sleep", "4"]}}),
+        ("bogus", "drain"),
+    ):
+        pod["metadata"]["annotations"] = {"podgate.dev/prestop": value}
+        ops = patch_of(review_response(rev, SERVICES, handled, DRAIN_AT, new_token=token)) or []
+        hooks = [op["value"]["preStop"] for op in ops if op["path"].endswith("/lifecycle")]
+        if want is None:
+            assert hooks == []
+        elif want == "drain":  # a value podgate cannot read counts as the setting
+            assert "httpGet" in hooks[0]
+        else:
+            assert hooks == [want]
+
+
+def test_the_older_prestop_delay_annotation_still_works_and_own_hooks_win() -> None:
     rev = review({"app": "web"})
     pod = rev["request"]["object"]
     pod["metadata"]["annotations"] = {"podgate.dev/prestop-delay": "1.5"}
@@ -161,15 +238,30 @@ def test_prestop_delay_annotation_and_own_hooks() -> None:
         {"name": "b", "lifecycle": {"postStart": {}}},
         {"name": "c", "lifecycle": {"preStop": {"exec": {"command": ["/drain"]}}}},
     ]
-    ops = patch_of(review_response(rev, SERVICES, handled, InjectionPolicy())) or []
+    ops = patch_of(review_response(rev, SERVICES, handled, DRAIN_AT)) or []
     hook = {"exec": {"command": ["sleep", "1.5"]}}
     assert ops[1:] == [
         {"op": "add", "path": "/spec/containers/0/lifecycle", "value": {"preStop": hook}},
         {"op": "add", "path": "/spec/containers/1/lifecycle/preStop", "value": hook},
     ]
     pod["metadata"]["annotations"] = {"podgate.dev/prestop-delay": "0"}
-    ops = patch_of(review_response(rev, SERVICES, handled, InjectionPolicy(prestop_delay=5))) or []
+    ops = patch_of(review_response(rev, SERVICES, handled, DRAIN_AT)) or []
     assert [op["path"] for op in ops] == ["/spec/readinessGates"]  # 0 turns it off for this pod
+    # the new annotation wins over the older one
+    pod["metadata"]["annotations"] = {"podgate.dev/prestop-delay": "9", "podgate.dev/prestop": "none"}
+    ops = patch_of(review_response(rev, SERVICES, handled, DRAIN_AT)) or []
+    assert [op["path"] for op in ops] == ["/spec/readinessGates"]
+
+
+def test_a_pod_whose_containers_all_have_hooks_gets_no_token_either() -> None:
+    """Also what makes a second review of the pod (reinvocation) add nothing more."""
+    rev = review({"app": "web"})
+    first = patch_of(review_response(rev, SERVICES, handled, DRAIN_AT, new_token=token)) or []
+    pod = rev["request"]["object"]
+    pod["metadata"]["annotations"] = first[1]["value"]
+    pod["spec"]["containers"][0]["lifecycle"] = first[2]["value"]
+    pod["spec"]["readinessGates"] = first[0]["value"]
+    assert patch_of(review_response(rev, SERVICES, handled, DRAIN_AT, new_token=token)) is None
 
 
 def test_check_gates_injected_for_selected_pods() -> None:

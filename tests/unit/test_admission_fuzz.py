@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from podgate.kube.api import SERVICES
 from podgate.kube.fake import FakeKube
 from podgate.kube.informer import Informer
+from podgate.model.gates import DRAIN
 from podgate.model.types import Service
 from podgate.webhook.admission import InjectionPolicy
 from podgate.webhook.server import PATH, make_app
@@ -158,7 +159,7 @@ async def test_no_malformed_review_gets_a_5xx_and_injection_still_works() -> Non
     app = make_app(
         services(),
         lambda s: s["spec"]["type"] == "LoadBalancer",
-        InjectionPolicy(prestop_delay=0),
+        InjectionPolicy(prestop=DRAIN, drain_url="http://127.0.0.1:9447"),
         observe=lambda result, seconds: results.append(result),
     )
     started = time.monotonic()

@@ -309,7 +309,9 @@ BAD_VALUES: dict[str, str] = {
     "--no-inject": "no",
     "--adopt-gate-prefix": "/x",
     "--remove-gate-prefix": " x",
+    "--prestop": "sleep forever",
     "--prestop-delay": "-1",
+    "--drain-url": "http://127.0.0.1:9447/drain",
     "--health-port": "0",
     "--health-bind": "a b",
     "--verbose": "TRACE",
@@ -531,3 +533,16 @@ def test_the_global_readiness_timeout(
 ) -> None:
     s = parse(["--haproxy-runtime-socket", "/run/haproxy.sock", *argv], environ)
     assert (s.readiness_timeout, s.on_timeout) == want
+
+
+def test_the_prestop_hook_is_drain_unless_set_and_the_older_delay_is_an_alias() -> None:
+    from podgate.model.gates import DRAIN, NO_PRESTOP, PreStop
+
+    assert parse(HAPROXY).prestop_default() == DRAIN
+    assert parse([*HAPROXY, "--prestop", "sleep 15"]).prestop_default() == PreStop("sleep", 15)
+    assert parse([*HAPROXY, "--prestop", "none"]).prestop_default() == NO_PRESTOP
+    assert parse([*HAPROXY, "--prestop-delay", "5"]).prestop_default() == PreStop("sleep", 5)
+    assert parse([*HAPROXY, "--prestop-delay", "0"]).prestop_default() == NO_PRESTOP
+    with pytest.raises(SettingsError, match="--prestop and --prestop-delay"):
+        parse([*HAPROXY, "--prestop", "drain", "--prestop-delay", "5"])
+    assert parse([*HAPROXY, "--drain-url", "http://10.96.0.12:8081"]).drain_url == "http://10.96.0.12:8081"

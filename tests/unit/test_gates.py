@@ -132,3 +132,21 @@ def test_injection_patch(
     if existing is not None:
         spec["readinessGates"] = existing
     assert g.injection_patch({"spec": spec}, [g.service_gate(s) for s in services], remove) == want
+
+
+def test_prestop_values_and_the_clusters_that_have_the_sleep_action() -> None:
+    import pytest
+
+    from podgate.model.gates import NO_PRESTOP, PreStop, native_sleep_supported, parse_prestop
+
+    assert parse_prestop("drain") == PreStop("drain")
+    assert parse_prestop(" Sleep 15s ") == parse_prestop("sleep:15") == PreStop("sleep", 15)
+    assert parse_prestop("sleep 0") == NO_PRESTOP and str(PreStop("sleep", 2.5)) == "sleep 2.5"
+    for bad in ("sleep", "sleep -1", "sleep 3601", "wait", ""):
+        with pytest.raises(ValueError, match=bad or "^$"):
+            parse_prestop(bad)
+    assert native_sleep_supported({"major": "1", "minor": "30"})
+    assert native_sleep_supported({"major": "1", "minor": "31+"})  # EKS and GKE say "31+"
+    assert not native_sleep_supported({"major": "1", "minor": "29"})
+    assert not native_sleep_supported({"major": "1", "minor": "20"})
+    assert not native_sleep_supported(None)

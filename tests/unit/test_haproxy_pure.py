@@ -82,12 +82,17 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
         "    timeout client 30s\n    timeout server 30s\n"
     )
     http = PoolSpec("shop", "web", 80, "http", "http", "TCP", HealthCheck("/healthz", 1.0, 2, 3))
-    tcp = PoolSpec("shop", "db", 5432, "", 5432, "TCP", HealthCheck())
+    tcp = PoolSpec("shop", "db", 5432, "", 5432, "TCP", HealthCheck(), retries=False)
     text = cfg.render(
         base,
         {"shop/web": cfg.ServiceLB("127.200.0.1", [http]), "shop/db": cfg.ServiceLB("127.200.0.2", [tcp])},
     )
     assert "bind 127.200.0.1:80" in text and "option httpchk GET /healthz" in text
+    web_part = text.split("\nbackend podgate.shop.web.80")[1]
+    db_part = text.split("\nbackend podgate.shop.db.5432")[1]
+    assert "retry-on conn-failure" in web_part and "option redispatch 1" in web_part
+    # podgate.dev/load-balancer-retries: "false": as a cloud load balancer, no retry anywhere
+    assert "retries 0" in db_part.split("# service")[0] and "retry-on" not in db_part.split("# service")[0]
     assert text.index("service shop/db") < text.index("service shop/web")  # stable order
     path = tmp_path / "h.cfg"
     path.write_text(text)
@@ -130,3 +135,24 @@ def test_slots_of_the_users_server_template(
 ) -> None:
     assert cfg.target_of_server(name, address) == target
     assert cfg.is_free_slot(name, address) is free
+
+
+SERVERS_STATE = (
+    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+    "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state "
+    "srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port "
+    "srv_check_addr srv_agent_addr srv_agent_port\n"
+    "2 be 1 s1 127.0.0.1 0 8 1 1 0 8 2 0 6 0 0 0 - 1 - 0 0 - - 0\n\n"
+)  # HAProxy 2.6, a server set to drain whose checks fail
+
+
+def test_a_drained_server_whose_checks_fail_is_draining_not_down() -> None:
+    """``show stat`` says DOWN for it: only the admin flags tell the drain (seen on 2.6)."""
+    from podgate.providers.haproxy_runtime import parse_admin_states
+
+    assert parse_admin_states(SERVERS_STATE) == {"s1": 8}
+    assert parse_admin_states("No such backend.\n") == {}
+    down = stat("DOWN", "L4CON", "Layer4 connection problem", "Connection refused")
+    admin, health = server_health(down, "w", parse_admin_states(SERVERS_STATE)["s1"])
+    assert (admin, health.health) == ("drain", Health.DRAINING) and "set to drain" in health.detail
+    assert server_health(down, "w", 0)[0] == "ready"

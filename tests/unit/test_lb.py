@@ -171,3 +171,10 @@ def test_next_condition_writes_only_changes_and_keeps_true_in_sticky_mode() -> N
     initial = lb.gate_condition(GATE, [lb.TargetHealth(lb.Health.INITIAL, "DOWN")])
     progressed = lb.next_condition(first, initial, sticky=True, now="T6")
     assert progressed is not None and progressed["lastTransitionTime"] == "T1"  # status unchanged
+
+
+def test_retries_are_the_load_balancers_unless_the_service_says_false() -> None:
+    assert lb.pools_for(svc())[0].retries is True
+    assert lb.pools_for(svc(**{lb.RETRIES: "false"}))[0].retries is False
+    with pytest.raises(lb.ServiceConfigError, match="load-balancer-retries"):
+        lb.pools_for(svc(**{lb.RETRIES: "never"}))

@@ -75,3 +75,22 @@ def test_app_settings_from_env() -> None:
 )
 def test_prestop_sleep_recognised(command: list[str], want: float | None) -> None:
     assert sleep_seconds(command) == want
+
+
+def test_app_on_sigterm_and_response_delay_ranges() -> None:
+    s = AppSettings.from_env({"PODGATE_APP_ON_SIGTERM": "abort", "PODGATE_APP_RESPONSE_DELAY": "0.5-1"})
+    assert s.on_sigterm == "abort" and (s.response_delay, s.response_delay_max) == (0.5, 1.0)
+    assert all(0.5 <= s.response_wait() <= 1.0 for _ in range(100))
+    assert AppSettings.from_env({}).on_sigterm == "graceful"
+    assert AppSettings.from_env({"PODGATE_APP_RESPONSE_DELAY": "0.25"}).response_wait() == 0.25
+    for bad in ({"PODGATE_APP_ON_SIGTERM": "kill"}, {"PODGATE_APP_RESPONSE_DELAY": "1-0.5"}):
+        with pytest.raises(AppConfigError):
+            AppSettings.from_env(bad)
+
+
+def test_the_workaround_covers_a_registration_delay() -> None:
+    from podgate_sandbox.rollout import scenarios
+
+    assert scenarios(1.0, 3)["workaround"].min_ready_seconds == 4
+    assert scenarios(1.0, 3, (2.0, 10.0))["workaround"].min_ready_seconds == 14
+    assert scenarios(1.0, 3, (2.0, 10.0), min_ready=20)["workaround"].min_ready_seconds == 20

@@ -48,7 +48,8 @@ from podgate.controller.settings import (
     SettingsError,
 )
 from podgate.kube.client import api_client
-from podgate.model import addresses, policy
+from podgate.model import addresses, gates, policy
+from podgate.webhook import drain
 
 #: what Kubernetes accepts as a namespace (a DNS label) and as most object names (a DNS subdomain)
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -76,6 +77,11 @@ def _haproxy_address(raw: str) -> None:
 def _webhook_url(raw: str) -> None:
     url = urlsplit(raw)
     if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError(raw)
+
+
+def _drain_url(raw: str) -> None:
+    if gates.drain_url_errors(raw):
         raise ValueError(raw)
 
 
@@ -298,18 +304,33 @@ SETTINGS: tuple[Setting, ...] = (
         field="remove_gate_prefixes",
     ),
     Setting(
+        "--prestop",
+        Kind("drain, 'sleep N' (seconds) or none", gates.parse_prestop),
+        None,
+        "preStop hook injected into load-balanced pods without one: drain (an httpGet to podgate that "
+        "returns once the load balancer has drained the pod), sleep N (the kubelet's sleep action "
+        "on 1.30+, else exec sleep) or none; per pod: annotation podgate.dev/prestop (default drain)",
+    ),
+    Setting(
         "--prestop-delay",
         seconds(0, 3600),
-        0.0,
-        "seconds of preStop sleep injected into load-balanced pods without a preStop hook, so the load "
-        "balancer drains them before SIGTERM; per pod: annotation podgate.dev/prestop-delay",
+        None,
+        "older form of --prestop: N seconds means 'sleep N', 0 means none; per pod: annotation "
+        "podgate.dev/prestop-delay",
+    ),
+    Setting(
+        "--drain-url",
+        checked("http://HOST:PORT or https://HOST:PORT (no path)", _drain_url),
+        None,
+        "where the kubelet reaches podgate's drain endpoint (the health port serves it over plain "
+        "HTTP, the webhook port over HTTPS); default: http://CLUSTER-IP:PORT of --webhook-service's "
+        "port for the health listener",
     ),
     Setting(
         "--health-port",
         integer(1, 65535),
         8081,
-        "plain-HTTP /healthz, /readyz and /metrics port",
-        field=None,
+        "plain-HTTP /healthz, /readyz, /metrics and drain endpoint port",
     ),
     Setting(
         "--health-bind",
@@ -533,7 +554,12 @@ async def _health(controller: Controller, bind: str, port: int, webhook_up: asyn
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)  # probes and scrapes only
+    # the kubelet's preStop httpGet is plain HTTP before Kubernetes 1.25: the drain endpoint
+    # is served here as well as on the webhook's HTTPS port
+    app.router.add_get(drain.ROUTE, controller.drain.handle)
+    # a stopping replica cuts its waiting drain hooks after a second: the kubelet then sends
+    # SIGTERM, as it does when podgate cannot be reached at all
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, bind, port).start()
     return runner

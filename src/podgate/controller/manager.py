@@ -38,7 +38,7 @@ from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
-from podgate.webhook import eviction
+from podgate.webhook import drain, eviction
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
 
@@ -113,6 +113,18 @@ class Controller:
             self.kube, self.pods, self.checks, self.reconciler.gates, self.recorder
         )
         self.queue = WorkQueue(name="services")
+        #: the preStop drain hook's endpoint: every replica serves it (webhook and health ports)
+        self.drain = drain.DrainEndpoint(
+            self.kube,
+            self.pods,
+            self.services,
+            self.reconciler.providers,
+            settings.default_provider,
+            self.recorder,
+            classes=self.reconciler.classes,
+            observe=metrics.observe_drain,
+            poll=settings.poll_period,
+        )
         self.elector = (
             LeaderElector(
                 self.kube,
@@ -354,12 +366,55 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]], patience: float = 10.0) ->
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def derived_drain_url(settings: ControllerSettings, services: Mapping[str, Service]) -> str | None:
+    """Where the kubelet reaches the drain endpoint when no --drain-url is given: the ClusterIP of
+    the --webhook-service, at its port for the plain health listener (the kubelet's httpGet hook
+    is plain HTTP before Kubernetes 1.25).  None: not known."""
+    if not settings.webhook_service:
+        return None
+    svc = services.get(settings.webhook_service)
+    spec = (svc or {}).get("spec") or {}
+    ip = spec.get("clusterIP")
+    if not ip or ip == "None":
+        return None
+    for port in spec.get("ports") or ():
+        if port.get("targetPort") in ("health", settings.health_port) or port.get("name") == "drain":
+            return f"http://{ip}:{port['port']}"
+    return None
+
+
+async def server_version(kube: Any) -> Mapping[str, Any] | None:
+    """The API server's ``/version`` (for the lifecycle ``sleep`` action, 1.30+); None when it
+    cannot be read, which means ``exec sleep``."""
+    api = getattr(kube, "api", None)
+    if api is None:
+        return None
+    try:
+        async with asyncio.timeout(5.0):
+            info = await client.VersionApi(api).get_code()
+    except Exception as e:
+        log.warning("cannot read the API server's version (%s): sleep hooks are exec sleep", e)
+        return None
+    return {"major": info.major, "minor": info.minor, "gitVersion": info.git_version}
+
+
 async def serve(settings: ControllerSettings, controller: Controller) -> list[web.AppRunner]:
     """The webhook's HTTPS server, once it has a certificate, and the task that keeps that
     certificate current and the webhook configuration registered (or, with ``--no-inject``,
     removed); the task ends with the server."""
+    drain_url = settings.drain_url or derived_drain_url(settings, controller.services.cache)
+    if settings.prestop_default().mode == "drain" and not drain_url:
+        log.warning(
+            "the drain hook is the default preStop but podgate does not know where the kubelet can "
+            "reach it: give --drain-url (or --webhook-service); pods get no preStop hook meanwhile"
+        )
     policy = InjectionPolicy(
-        settings.inject, settings.remove_gate_prefixes, settings.skip_label_value, settings.prestop_delay
+        settings.inject,
+        settings.remove_gate_prefixes,
+        settings.skip_label_value,
+        settings.prestop_default(),
+        drain_url,
+        gates.native_sleep_supported(await server_version(controller.kube)),
     )
 
     def observe(result: str, seconds: float) -> None:
@@ -383,6 +438,7 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         classes=controller.reconciler.classes,
     )
     app.router.add_post(eviction.PATH, guard.handle)
+    app.router.add_get(drain.ROUTE, controller.drain.handle)
     tls = webhook.ServingTLS(
         settings.webhook_cert_dir, lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc()
     )

@@ -22,6 +22,7 @@ from podgate.model import conditions as c
 from podgate.model import gates, report
 from podgate.model.lb import PoolSpec, Target
 from podgate.providers.base import GroupBinding, Provider, Provisioning, ServiceLB, TargetPool, TargetState
+from podgate.webhook import drain
 
 if TYPE_CHECKING:
     from podgate.controller.manager import Controller
@@ -106,6 +107,28 @@ EVICTION_REVIEWS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+DRAIN_REQUESTS = Counter(
+    "podgate_drain_requests_total",
+    "preStop drain hooks answered, by result (drained; timeout: the drain budget passed first, "
+    "with a DrainTimedOut Event; no_targets; not_terminating; unknown_pod; error)",
+    ["result"],
+    registry=REGISTRY,
+)
+for _result in drain.RESULTS:
+    DRAIN_REQUESTS.labels(_result)
+DRAIN_TIMEOUTS = Counter(
+    "podgate_drain_timeouts_total",
+    "preStop drain hooks answered because the pod's drain budget passed before the load balancer "
+    "had drained it (each with a DrainTimedOut Warning Event on the pod)",
+    registry=REGISTRY,
+)
+DRAIN_DURATION = Histogram(
+    "podgate_drain_duration_seconds",
+    "How long a preStop drain hook waited (for the load balancer's drain, or the budget)",
+    ["result"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 WEBHOOK_TLS_FAILURES = Counter(
     "podgate_webhook_tls_handshake_failures_total",
     "TLS handshakes with the webhook that failed at podgate's side, by OpenSSL's reason "
@@ -129,6 +152,13 @@ PROVIDER_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10),
     registry=REGISTRY,
 )
+
+
+def observe_drain(result: str, seconds: float) -> None:
+    DRAIN_REQUESTS.labels(result).inc()
+    DRAIN_DURATION.labels(result).observe(seconds)
+    if result == "timeout":
+        DRAIN_TIMEOUTS.inc()
 
 
 class QueueCounters:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from podgate.model import gates
 from podgate.model.lb import default_classes
 
 
@@ -80,7 +81,15 @@ class ControllerSettings:
     remove_gate_prefixes: tuple[str, ...] = ()
     adopt_gate_prefixes: tuple[str, ...] = ()
     skip_label_value: str = "disabled"
-    prestop_delay: float = 0.0
+    #: the preStop hook for load-balanced pods without one (``--prestop``); None: not given
+    prestop: gates.PreStop | None = None
+    #: the older ``--prestop-delay`` (N seconds: ``sleep N``; 0: ``none``); None: not given
+    prestop_delay: float | None = None
+    #: ``http(s)://HOST:PORT`` where the kubelet reaches the drain endpoint; None: derived from
+    #: --webhook-service's ClusterIP, if any
+    drain_url: str | None = None
+    #: the plain-HTTP health port (/healthz, /readyz, /metrics and the drain endpoint)
+    health_port: int = 8081
     leader_elect: bool = False
     leader_election_namespace: str = "kube-system"
     leader_election_name: str = "podgate-controller"
@@ -97,6 +106,15 @@ class ControllerSettings:
         if not self.load_balancer_classes:
             return default_classes(self.provider_names())
         return {c: p for c, _, p in (pair.partition("=") for pair in self.load_balancer_classes)}
+
+    def prestop_default(self) -> gates.PreStop:
+        """The hook pods get unless their annotation says otherwise: ``--prestop``, else the
+        older ``--prestop-delay``, else ``drain``."""
+        if self.prestop is not None:
+            return self.prestop
+        if self.prestop_delay is not None:
+            return gates.prestop_delay_as_prestop(self.prestop_delay)
+        return gates.DRAIN
 
     def provider_names(self) -> list[str]:
         return [h.name for h in self.haproxy] + [a.name for a in self.aws] + [a.name for a in self.alibaba]
@@ -148,3 +166,5 @@ class ControllerSettings:
             )
         if self.webhook_url and self.webhook_service:
             raise SettingsError("--webhook-url and --webhook-service are alternatives; give one")
+        if self.prestop is not None and self.prestop_delay is not None:
+            raise SettingsError("--prestop and --prestop-delay (its older form) are alternatives; give one")

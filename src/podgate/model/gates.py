@@ -5,16 +5,26 @@ Pure: the webhook hands in the pod and the Services of its namespace and gets ba
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, urlsplit
 
 DOMAIN = "podgate.dev"
 SERVICE_GATE_PREFIX = "service.readiness.podgate.dev/"
 CHECK_GATE_PREFIX = "check.podgate.dev/"
 INJECT_LABEL = f"{DOMAIN}/pod-readiness-gate-inject"
 PROVIDER_ANNOTATION = f"{DOMAIN}/load-balancer-provider"
-PRESTOP_ANNOTATION = f"{DOMAIN}/prestop-delay"
+#: a pod's preStop hook: ``drain`` (wait for the load balancer), ``sleep N`` or ``none``
+PRESTOP_ANNOTATION = f"{DOMAIN}/prestop"
+#: the older form, still honoured: N seconds means ``sleep N``, 0 means ``none``
+PRESTOP_DELAY_ANNOTATION = f"{DOMAIN}/prestop-delay"
+#: set by the webhook beside the drain hook: the hook's path names the pod by it (a webhook sees
+#: no name yet for a pod made from ``generateName``, and no uid)
+DRAIN_TOKEN_ANNOTATION = f"{DOMAIN}/drain-token"
+DRAIN_PATH = "/drain"
 #: Namespace opt-in labels of the controllers podgate replaces, honoured with the migration
 #: setting, so a namespace set up for them needs no relabelling (value ``enabled`` as for ours).
 VENDOR_INJECT_LABELS = (
@@ -138,26 +148,123 @@ def injection_patch(
     return [{"op": op, "path": "/spec/readinessGates", "value": gates}]
 
 
-def prestop_delay(pod: Mapping[str, Any], default: float) -> float:
-    """The preStop delay for a pod: its annotation, else the setting.  A value that is not a
-    non-negative number of seconds counts as the setting (the webhook must not fail a pod)."""
-    raw = (((pod.get("metadata") or {}).get("annotations")) or {}).get(PRESTOP_ANNOTATION)
-    if raw is None:
-        return default
+@dataclass(frozen=True)
+class PreStop:
+    """The preStop hook podgate gives a load-balanced container that has none of its own."""
+
+    mode: Literal["drain", "sleep", "none"]
+    seconds: float = 0.0  # sleep only
+
+    def __str__(self) -> str:
+        return f"sleep {self.seconds:g}" if self.mode == "sleep" else self.mode
+
+
+DRAIN = PreStop("drain")
+NO_PRESTOP = PreStop("none")
+_SLEEP = re.compile(r"^sleep[ =:]+(\d+(?:\.\d*)?|\.\d+)s?$")
+
+
+def parse_prestop(raw: str) -> PreStop:
+    """``drain``, ``none`` or ``sleep N`` (seconds, up to an hour); ValueError otherwise."""
+    text = raw.strip().lower()
+    if text in ("drain", "none"):
+        return PreStop(text)  # type: ignore[arg-type]
+    m = _SLEEP.match(text)
+    if m and float(m.group(1)) <= 3600:
+        seconds = float(m.group(1))
+        return PreStop("sleep", seconds) if seconds > 0 else NO_PRESTOP
+    raise ValueError(raw)
+
+
+def prestop_delay_as_prestop(seconds: float) -> PreStop:
+    """The older setting and annotation (``prestop-delay: N``) in today's terms."""
+    return PreStop("sleep", seconds) if seconds > 0 else NO_PRESTOP
+
+
+def prestop_for(pod: Mapping[str, Any], default: PreStop) -> PreStop:
+    """The hook for a pod: its ``podgate.dev/prestop`` annotation, else its older
+    ``podgate.dev/prestop-delay``, else the setting.  A value podgate cannot read counts as the
+    setting (the webhook must not fail a pod)."""
+    annotations = ((pod.get("metadata") or {}).get("annotations")) or {}
+    raw = annotations.get(PRESTOP_ANNOTATION)
+    if raw is not None:
+        try:
+            return parse_prestop(str(raw))
+        except ValueError:
+            return default
+    raw = annotations.get(PRESTOP_DELAY_ANNOTATION)
+    if raw is not None:
+        try:
+            value = float(str(raw).removesuffix("s"))
+        except ValueError:
+            return default
+        return prestop_delay_as_prestop(value) if 0 <= value <= 3600 else default
+    return default
+
+
+def drain_budget(grace: float) -> float:
+    """Seconds the drain hook may wait, of a pod's grace period: the rest is the app's, after
+    SIGTERM, to stop (a quarter of the period, between 2 and 5 seconds; the kubelet itself gives
+    at least 2 after a hook that used the whole period)."""
+    return max(0.0, grace - min(5.0, max(2.0, grace / 4)))
+
+
+def native_sleep_supported(version: Mapping[str, Any] | None) -> bool:
+    """Whether the API server's ``/version`` answer is of a cluster with the ``sleep`` lifecycle
+    action on by default (PodLifecycleSleepAction, beta in 1.30).  ``minor`` may read ``30+``."""
+    if not version:
+        return False
     try:
-        value = float(str(raw).removesuffix("s"))
+        major = int(re.sub(r"\D.*", "", str(version.get("major", ""))) or 0)
+        minor = int(re.sub(r"\D.*", "", str(version.get("minor", ""))) or 0)
     except ValueError:
-        return default
-    return value if 0 <= value <= 3600 else default
+        return False
+    return (major, minor) >= (1, 30)
 
 
-def prestop_patch(pod: Mapping[str, Any], delay: float) -> list[dict[str, Any]]:
-    """JSONPatch giving each container without a preStop hook ``sleep DELAY``, so the load
-    balancer has drained the pod before its process gets SIGTERM.  A container's own hook wins.
-    (``exec sleep`` needs a sleep binary in the image; the sandbox's node agent honours it.)"""
-    if delay <= 0:
+def sleep_hook(seconds: float, native: bool) -> dict[str, Any]:
+    """``sleep N``: the kubelet's own action where the cluster has it (whole seconds), else
+    ``exec sleep``, which needs a sleep binary in the image (distroless has none)."""
+    if native:
+        return {"sleep": {"seconds": math.ceil(seconds)}}
+    return {"exec": {"command": ["sleep", f"{seconds:g}"]}}
+
+
+def drain_url_errors(url: str) -> str | None:
+    """Why ``url`` cannot be the drain hook's address (``http(s)://HOST:PORT``), or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "expected http://HOST:PORT or https://HOST:PORT"
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "the port is not a number from 0 to 65535"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return "no path: podgate adds its own"
+    return None
+
+
+def drain_hook(url: str, namespace: str, token: str) -> dict[str, Any]:
+    """The preStop ``httpGet`` calling the drain endpoint at ``url`` for the pod holding
+    ``token``.  Kubelets before 1.25 (ConsistentHTTPGetHandlers) ignore ``scheme`` and call
+    plain HTTP, so the endpoint is served on the plain health port too."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {
+        "httpGet": {
+            "scheme": parts.scheme.upper(),
+            "host": parts.hostname,
+            "port": port,
+            "path": f"{DRAIN_PATH}/{quote(namespace, safe='')}/{quote(token, safe='')}",
+        }
+    }
+
+
+def prestop_patch(pod: Mapping[str, Any], hook: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """JSONPatch giving each container without a preStop hook of its own ``hook``.  A
+    container's own hook wins; None gives none."""
+    if hook is None:
         return []
-    hook = {"exec": {"command": ["sleep", f"{delay:g}"]}}
     ops: list[dict[str, Any]] = []
     for i, container in enumerate((pod.get("spec") or {}).get("containers") or ()):
         lifecycle = container.get("lifecycle")
@@ -166,3 +273,42 @@ def prestop_patch(pod: Mapping[str, Any], delay: float) -> list[dict[str, Any]]:
         elif not lifecycle.get("preStop"):
             ops.append({"op": "add", "path": f"/spec/containers/{i}/lifecycle/preStop", "value": hook})
     return ops
+
+
+def annotation_patch(pod: Mapping[str, Any], key: str, value: str) -> list[dict[str, Any]]:
+    """JSONPatch setting one annotation (``/`` in the key escaped as JSON Pointer wants)."""
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    if annotations is None:
+        path = "/metadata/annotations" if "metadata" in pod else "/metadata"
+        value_obj: dict[str, Any] = {key: value} if "metadata" in pod else {"annotations": {key: value}}
+        return [{"op": "add", "path": path, "value": value_obj}]
+    pointer = key.replace("~", "~0").replace("/", "~1")
+    return [{"op": "add", "path": f"/metadata/annotations/{pointer}", "value": value}]
+
+
+def termination_patch(
+    pod: Mapping[str, Any],
+    default: PreStop,
+    *,
+    drain_url: str | None,
+    native_sleep: bool,
+    namespace: str,
+    new_token: Callable[[], str],
+) -> list[dict[str, Any]]:
+    """The preStop hooks (and the drain token) for a load-balanced pod, by its annotation or the
+    setting.  ``drain`` without a ``drain_url`` (podgate does not know where the kubelet can
+    reach it) gives no hook.  A pod whose containers all have a hook is left alone, which also
+    makes a second review of the same pod (reinvocation) add nothing."""
+    chosen = prestop_for(pod, default)
+    containers = (pod.get("spec") or {}).get("containers") or ()
+    if not any(not (c.get("lifecycle") or {}).get("preStop") for c in containers):
+        return []  # every container has its own hook
+    if chosen.mode == "sleep":
+        return prestop_patch(pod, sleep_hook(chosen.seconds, native_sleep))
+    if chosen.mode != "drain" or not drain_url or not namespace:
+        return []
+    # always a new token: one copied into a template with a pod's manifest would name them all
+    token = new_token()
+    return annotation_patch(pod, DRAIN_TOKEN_ANNOTATION, token) + prestop_patch(
+        pod, drain_hook(drain_url, namespace, token)
+    )

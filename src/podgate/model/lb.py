@@ -21,6 +21,9 @@ HC_HEALTHY = f"{DOMAIN}/healthy-threshold"
 HC_UNHEALTHY = f"{DOMAIN}/unhealthy-threshold"
 HAPROXY_BACKEND = f"{DOMAIN}/haproxy-backend"
 DRAIN_DELAY = f"{DOMAIN}/deregistration-delay"
+#: "false": the load balancer never retries a request on another target (HAProxy provisioning
+#: renders no retries, redispatch or retry-on: a cloud load balancer's behaviour)
+RETRIES = f"{DOMAIN}/load-balancer-retries"
 AWS_TARGET_GROUP = f"{DOMAIN}/aws-target-group-arn"
 ALIBABA_CLB_GROUP = f"{DOMAIN}/alibaba-clb-vserver-group-id"
 ALIBABA_NLB_GROUP = f"{DOMAIN}/alibaba-nlb-server-group-id"
@@ -240,6 +243,9 @@ class PoolSpec:
     group: GroupRef | None = None
     #: seconds a leaving target stays draining (if its pod still exists) before removal
     drain_delay: float = 5.0
+    #: whether the load balancer may send a request again to another target when the
+    #: connection failed or the answer was empty (HAProxy provisioning; clouds never do)
+    retries: bool = True
 
     @property
     def service_key(self) -> str:
@@ -253,6 +259,9 @@ def pools_for(service: Mapping[str, Any], group_annotations: Sequence[str] = ())
     annotations = meta.get("annotations") or {}
     hc = health_check(annotations)
     drain_delay = _seconds(annotations, DRAIN_DELAY, 5.0, minimum=0.0)
+    retries = annotations.get(RETRIES, "true").strip().lower()
+    if retries not in ("true", "false"):
+        raise ServiceConfigError(f"annotation {RETRIES}={annotations[RETRIES]!r} is not true or false")
     ports = [p for p in spec.get("ports") or () if (p.get("protocol") or "TCP") == "TCP"]
     groups = pool_groups(annotations, [int(p["port"]) for p in ports], group_annotations)
     pools = []
@@ -269,6 +278,7 @@ def pools_for(service: Mapping[str, Any], group_annotations: Sequence[str] = ())
                 health=hc,
                 group=groups.get(int(p["port"])),
                 drain_delay=drain_delay,
+                retries=retries == "true",
             )
         )
     return pools

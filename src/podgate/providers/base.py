@@ -37,6 +37,12 @@ class TargetState:
     admin: AdminState
     health: TargetHealth
     connections: int = 0
+    #: out of rotation and idle by the load balancer's own account: nothing new goes to it and
+    #: nothing is in flight (HAProxy: DRAIN or MAINT with no current sessions).  Providers that
+    #: cannot count connections leave it False: their targets are drained once they have left the
+    #: pool (ELB drops a target when its ``draining`` ends; podgate removes Alibaba's weight-0
+    #: backends after the drain delay)
+    drained: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,10 @@ class TargetPool(Protocol):
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         """Make the targets active: add the absent ones, take draining ones back into rotation."""
 
-    async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None: ...
+    async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        """Take the targets out of rotation: no new connections, existing ones run on.  Idempotent,
+        and safe from any replica (the drain endpoint calls it where the preStop hook lands, the
+        leader again when it sees the pod terminating)."""
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None: ...
 

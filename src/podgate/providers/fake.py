@@ -37,6 +37,12 @@ class FakeProvider:
     held: set[str] = field(default_factory=set)
     #: what the last sync_all set (provisioning only)
     synced: dict[str, ServiceLB] = field(default_factory=dict)
+    #: connections in flight to a target, as a test sets them (a draining target with none is
+    #: drained, as HAProxy counts them)
+    sessions: dict[Target, int] = field(default_factory=dict)
+    #: count no connections, as ELB and Alibaba do: a draining target is drained only once it has
+    #: left the pool
+    drained_when_removed: bool = False
 
     def provider(self) -> Provider:
         """The record the controller is given: the seam plus this fake's one capability."""
@@ -98,7 +104,12 @@ class FakeProvider:
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         self._call("targets", pool.service_key)
         return {
-            t: TargetState(st.admin, self.health.get(t, st.health) if st.admin == "ready" else st.health)
+            t: TargetState(
+                st.admin,
+                self.health.get(t, st.health) if st.admin == "ready" else st.health,
+                self.sessions.get(t, 0),
+                st.admin != "ready" and not self.drained_when_removed and not self.sessions.get(t, 0),
+            )
             for t, st in self._pool(pool).items()
         }
 

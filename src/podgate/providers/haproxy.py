@@ -27,7 +27,7 @@ from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
 from podgate.providers import haproxy_config as cfg
 from podgate.providers.base import AdminState, Provider, ProviderError, ServiceLB, TargetState
-from podgate.providers.haproxy_runtime import Master, Runtime, ServerStat, Unreachable
+from podgate.providers.haproxy_runtime import ADMIN_DRAIN, Master, Runtime, ServerStat, Unreachable
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,19 @@ T = TypeVar("T")
 _CHECK_OK = ("L4OK", "L6OK", "L7OK", "L7OKC")
 
 
-def server_health(stat: ServerStat, where: str) -> tuple[AdminState, TargetHealth]:
-    """Admin state and health from HAProxy's own status words (verified on 2.6)."""
+def server_health(stat: ServerStat, where: str, admin_flags: int = 0) -> tuple[AdminState, TargetHealth]:
+    """Admin state and health from HAProxy's own status words (verified on 2.6), and the
+    server's admin flags (``show servers state``): a drained server whose checks fail reads
+    DOWN in ``show stat``, and is draining all the same."""
     status, check = stat.status, stat.check_status
     detail = f"server {stat.name} is {status}, check {check or 'none'}"
     if stat.check_desc and check not in ("", "INI"):
         detail += f" ({stat.check_desc}" + (f": {stat.last_check})" if stat.last_check else ")")
     if status.startswith("MAINT"):
         return "maint", TargetHealth(Health.UNREGISTERED, detail, where)
-    if status.startswith("DRAIN") or status.startswith("NOLB"):
+    if status.startswith("DRAIN") or status.startswith("NOLB") or admin_flags & ADMIN_DRAIN:
+        if not status.startswith(("DRAIN", "NOLB")):
+            detail += ", set to drain"
         return "drain", TargetHealth(Health.DRAINING, detail, where)
     if status.startswith("UP") and check in ("", "INI"):
         # a server a new worker read from its configuration with no saved state starts UP
@@ -70,7 +74,9 @@ def combine(states: Sequence[TargetState]) -> TargetState:
     ]
     worst = min(states, key=lambda s: order.index(s.health.health))
     admin: AdminState = "drain" if any(s.admin == "drain" for s in states) else worst.admin
-    return TargetState(admin, worst.health, sum(s.connections for s in states))
+    # drained only when every HAProxy of the pair has it out of rotation and idle
+    drained = all(s.drained for s in states)
+    return TargetState(admin, worst.health, sum(s.connections for s in states), drained)
 
 
 class HAProxyProvider:
@@ -258,7 +264,7 @@ class HAProxyProvider:
     async def _targets_changed(self, pool: PoolSpec) -> None:
         """After a register, drain or removal: save the backend's state, then list its servers
         in the configuration file (no reload)."""
-        if not self.owns_config or pool.group is not None:
+        if not self._owns_files(pool):
             return
         be = cfg.backend_name(pool)
         async with self._lock:
@@ -267,6 +273,13 @@ class HAProxyProvider:
             if listed != self._servers.get(be, []):
                 self._servers[be] = listed
                 self._write(self._render())
+
+    def _owns_files(self, pool: PoolSpec) -> bool:
+        """Whether this process keeps the pool's configuration and state files: in provisioning
+        mode, once it has set the structure (the leader).  Another replica drains a target from
+        the drain endpoint through the runtime API only: it never rendered the structure, so a
+        file it wrote would drop every Service, and the leader saves the state on its next read."""
+        return self.owns_config and pool.group is None and self._initialised
 
     async def _validate(self, text: str) -> None:
         if not self.validate:
@@ -317,12 +330,16 @@ class HAProxyProvider:
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         be = cfg.backend_name(pool)
         views: dict[Target, list[TargetState]] = {}
-        seen = await self._on_each(lambda rt: rt.servers(be))
-        if self.owns_config and pool.group is None:
+
+        async def read(rt: Runtime) -> tuple[list[ServerStat], dict[str, int]]:
+            return await rt.servers(be), await rt.admin_states(be)
+
+        seen = await self._on_each(read)
+        if self._owns_files(pool):
             # saved after the read: any health a gate is decided on is what a reload restores
             async with self._lock:
                 await self._save_state(be)
-        for rt, rows in seen:
+        for rt, (rows, flags) in seen:
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
             )
@@ -330,8 +347,9 @@ class HAProxyProvider:
                 target = cfg.target_of_server(row.name, row.address)
                 if target is None:
                     continue
-                admin, health = server_health(row, where)
-                views.setdefault(target, []).append(TargetState(admin, health, row.sessions))
+                admin, health = server_health(row, where, flags.get(row.name, 0))
+                drained = admin != "ready" and row.sessions == 0
+                views.setdefault(target, []).append(TargetState(admin, health, row.sessions, drained))
         out = {}
         for target, states in views.items():
             if len(states) < len(seen):  # missing on one HAProxy of the pair
@@ -383,7 +401,7 @@ class HAProxyProvider:
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be = cfg.backend_name(pool)
-        if self.owns_config and pool.group is None:
+        if self._owns_files(pool):
             # out of the file first: a reload in between leaves out a target that is leaving
             gone = {cfg.server_name(t) for t in targets}
             async with self._lock:

@@ -99,13 +99,19 @@ def render(
                 f"backend {be}",
                 "    mode http",
                 "    balance roundrobin",
-                # Connection failures are retried on another server (nothing was sent, so it is
-                # safe for any request); idempotent requests are retried on empty responses too.
-                "    retries 3",
-                "    option redispatch 1",
-                "    retry-on conn-failure empty-response response-timeout",
-                "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS",
             ]
+            if pool.retries:
+                out += [
+                    # Connection failures are retried on another server (nothing was sent, so it
+                    # is safe for any request); idempotent requests on empty responses too.
+                    "    retries 3",
+                    "    option redispatch 1",
+                    "    retry-on conn-failure empty-response response-timeout",
+                    "    http-request disable-l7-retry unless METH_GET || METH_HEAD || METH_OPTIONS",
+                ]
+            else:
+                # as a cloud load balancer: a failed connection or request is the client's
+                out += ["    retries 0", "    no option redispatch"]
             if pool.health.path is not None:
                 out += [f"    option httpchk GET {pool.health.path}", "    http-check expect status 200-399"]
             if state_dir:

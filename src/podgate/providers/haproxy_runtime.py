@@ -102,6 +102,31 @@ def parse_stat(text: str) -> list[ServerStat]:
     return out
 
 
+#: ``srv_admin_state`` flags (``show servers state``) of a server put to drain (forced, or
+#: inherited from a tracked server)
+ADMIN_DRAIN = 0x08 | 0x10
+
+
+def parse_admin_states(text: str) -> dict[str, int]:
+    """Server name → ``srv_admin_state`` flags from a ``show servers state BACKEND`` answer.
+    ``show stat`` cannot tell them: a server told to drain whose checks fail reads DOWN there."""
+    lines = text.splitlines()
+    header = next((ln.lstrip("# ").split() for ln in lines if ln.startswith("#")), [])
+    if "srv_name" not in header or "srv_admin_state" not in header:
+        return {}
+    name, state = header.index("srv_name"), header.index("srv_admin_state")
+    out = {}
+    for ln in lines:
+        fields = ln.split()
+        if ln.startswith("#") or len(fields) <= max(name, state):
+            continue
+        try:
+            out[fields[name]] = int(fields[state])
+        except ValueError:
+            continue
+    return out
+
+
 class Runtime:
     """One HAProxy process's runtime API."""
 
@@ -119,6 +144,9 @@ class Runtime:
 
     async def servers(self, backend: str) -> list[ServerStat]:
         return parse_stat(await self.command(f"show stat {check_name(backend)} 4 -1"))
+
+    async def admin_states(self, backend: str) -> dict[str, int]:
+        return parse_admin_states(await self.command(f"show servers state {check_name(backend)}"))
 
     async def backends(self) -> list[str]:
         answer = await self.command("show backend")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,16 @@ class InjectionPolicy:
     enabled: bool = True
     remove_prefixes: Sequence[str] = ()
     skip_label_value: str = "disabled"
-    prestop_delay: float = 0.0  # seconds of preStop sleep for load-balanced pods; 0 = none
+    #: the preStop hook for load-balanced pods without their own (a pod's annotation overrides)
+    prestop: gates.PreStop = gates.NO_PRESTOP
+    #: ``http(s)://HOST:PORT`` where the kubelet reaches the drain endpoint; None: no drain hook
+    drain_url: str | None = None
+    #: the cluster has the kubelet's ``sleep`` action (1.30+): ``sleep N`` needs no binary
+    native_sleep: bool = False
+
+
+def new_drain_token() -> str:
+    return secrets.token_urlsafe(12)
 
 
 def parse_review(raw: bytes) -> dict[str, Any]:
@@ -124,6 +134,7 @@ def review_response(
     handled: Callable[[Mapping[str, Any]], bool],
     policy: InjectionPolicy,
     checks: Iterable[CheckSpec] = (),
+    new_token: Callable[[], str] = new_drain_token,
 ) -> dict[str, Any]:
     """The AdmissionReview answer: always allowed, with a JSONPatch when gates change: one gate
     per handled Service and per ReadinessCheck of the namespace that selects the pod."""
@@ -146,7 +157,14 @@ def review_response(
             pod, [gates.service_gate(n) for n in names] + check_gates, policy.remove_prefixes
         )
         if names:
-            patch += gates.prestop_patch(pod, gates.prestop_delay(pod, policy.prestop_delay))
+            patch += gates.termination_patch(
+                pod,
+                policy.prestop,
+                drain_url=policy.drain_url,
+                native_sleep=policy.native_sleep,
+                namespace=namespace or "",
+                new_token=new_token,
+            )
         if patch:
             response["patchType"] = "JSONPatch"
             response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()

@@ -1,0 +1,278 @@
+"""The drain endpoint: a pod's preStop ``httpGet`` lands here and is answered only once every
+load-balancer target of the pod is out of rotation and drained by the provider's own account,
+or when the pod's drain budget (below its grace period) has passed.
+
+Every replica serves it, and answers from the load balancer itself, never from the leader's
+memory: the pod and its Services come from this replica's informers, the targets' state from
+``TargetPool.targets``.  The call also *starts* the drain: a target still in rotation is drained
+through the pool right here (idempotent with the leader's own drain at the pod's
+deletionTimestamp), so deregistration begins at whichever comes first, wherever the hook lands.
+
+What "drained" means is the provider's: HAProxy, in DRAIN or MAINT with no current sessions
+(``TargetState.drained``); ELB, once the target has left ``draining`` (it drops out of the
+group); Alibaba, weight 0 for the drain delay, then removed by the leader.  A target gone from
+the pool is drained whatever the provider.
+
+The kubelet's httpGet hook, before Kubernetes 1.25 (ConsistentHTTPGetHandlers), is plain HTTP
+whatever its ``scheme`` and puts a second ``/`` before the path; the route accepts that.  When
+podgate cannot be reached the hook fails, the kubelet records ``FailedPreStopHook`` and sends
+SIGTERM at once: podgate being down never holds a pod, it only loses the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from podgate.kube.api import PODS, Kube, KubeError, NotFound
+from podgate.kube.events import EventRecorder
+from podgate.kube.informer import Informer
+from podgate.model import gates, lb
+from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
+from podgate.providers.base import Provider, ProviderError, TargetState
+
+log = logging.getLogger(__name__)
+
+#: aiohttp route: ``/drain/NAMESPACE/TOKEN``, also with the kubelet's leading ``//``
+ROUTE = "/{lead:/*}drain/{namespace}/{token}"
+TIMED_OUT = "DrainTimedOut"
+
+DRAINED, TIMEOUT, NO_TARGETS, NOT_TERMINATING, UNKNOWN_POD = (
+    "drained",
+    "timeout",
+    "no_targets",
+    "not_terminating",
+    "unknown_pod",
+)
+#: every answer's result, for the metric (``error``: podgate failed and answered anyway)
+RESULTS = (DRAINED, TIMEOUT, NO_TARGETS, NOT_TERMINATING, UNKNOWN_POD, "error")
+
+
+@dataclass
+class DrainOutcome:
+    result: str
+    message: str
+    waited: float = 0.0
+    targets: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _PoolRef:
+    provider: Provider
+    pool: lb.PoolSpec
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.provider.name, self.pool.service_key, self.pool.port)
+
+
+class PoolReads:
+    """One read of a pool serves every hook waiting on it within the provider's poll interval:
+    a scale-down of many pods of one Service costs one ``targets`` call per interval, not one
+    per pod (a cloud API is metered)."""
+
+    def __init__(self, floor: float) -> None:
+        self.floor = floor
+        self._reads: dict[tuple[str, str, int], tuple[float, asyncio.Task[dict[lb.Target, TargetState]]]] = {}
+
+    async def read(self, ref: _PoolRef) -> dict[lb.Target, TargetState]:
+        now = time.monotonic()
+        interval = max(self.floor, ref.provider.pool.poll_interval)
+        held = self._reads.get(ref.key)
+        if held is None or (held[1].done() and now - held[0] >= interval):
+            task = asyncio.ensure_future(ref.provider.pool.targets(ref.pool))
+            # a failure is the caller's to see, never the event loop's "never retrieved"
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            held = (now, task)
+            self._reads[ref.key] = held
+        return await asyncio.shield(held[1])
+
+    def forget(self, ref: _PoolRef) -> None:
+        """After a change (a drain): the next read is fresh."""
+        held = self._reads.get(ref.key)
+        if held is not None and held[1].done():
+            del self._reads[ref.key]
+
+
+class DrainEndpoint:
+    def __init__(
+        self,
+        kube: Kube,
+        pods: Informer[Pod],
+        services: Informer[Service],
+        providers: Mapping[str, Provider],
+        default_provider: str | None,
+        recorder: EventRecorder,
+        *,
+        classes: Mapping[str, str] | None = None,
+        observe: Callable[[str, float], None] = lambda result, seconds: None,
+        poll: float = 0.1,
+        redrain: float = 1.0,
+    ) -> None:
+        self.kube, self.pods, self.services = kube, pods, services
+        self.providers, self.default_provider, self.classes = providers, default_provider, classes
+        self.recorder = recorder
+        #: told every answer: result (one of RESULTS) and the seconds the call took
+        self.observe = observe
+        #: seconds between reads of a pool while a hook waits (at least the provider's interval)
+        self.poll = poll
+        #: seconds before a target seen back in rotation is drained again
+        self.redrain = redrain
+        self.reads = PoolReads(poll)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        t0 = time.monotonic()
+        namespace, token = request.match_info["namespace"], request.match_info["token"]
+        try:
+            outcome = await self.drain_token(namespace, token)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the kubelet must always get an answer, and SIGTERM its due
+            log.exception("drain %s/%s failed", namespace, token)
+            outcome = DrainOutcome("error", f"podgate could not drain the pod: {e}")
+        took = time.monotonic() - t0
+        self.observe(outcome.result, took)
+        status = 404 if outcome.result == UNKNOWN_POD else 200
+        return web.Response(status=status, text=f"{outcome.result}: {outcome.message}\n")
+
+    async def drain_token(self, namespace: str, token: str) -> DrainOutcome:
+        """Find the pod by its drain token, then :meth:`drain` it."""
+        if not (self.pods.synced.is_set() and self.services.synced.is_set()):
+            # a replica just started: answering from empty caches would find no pod or no target
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(self.pods.synced.wait(), self.services.synced.wait())
+        pod = self._by_token(namespace, token)
+        if pod is None:
+            return DrainOutcome(UNKNOWN_POD, f"no pod in namespace {namespace} holds this drain token")
+        if not is_terminating(pod):
+            # the kubelet saw the deletion before this replica's watch did, or the container is
+            # restarted (liveness) and the pod stays: ask the API server which
+            with contextlib.suppress(NotFound):
+                try:
+                    fresh = await self.kube.get(PODS, meta_of(pod)["name"], namespace)
+                except KubeError as e:
+                    log.warning("drain: cannot read pod %s/%s: %s", namespace, meta_of(pod).get("name"), e)
+                else:
+                    pod = fresh  # type: ignore[assignment]
+        if not is_terminating(pod):
+            return DrainOutcome(
+                NOT_TERMINATING,
+                "the pod is not being deleted (a container restart?): it stays a target, nothing drained",
+            )
+        return await self.drain(pod)
+
+    def _by_token(self, namespace: str, token: str) -> Pod | None:
+        found = [
+            p
+            for p in self.pods.cache.values()
+            if meta_of(p).get("namespace") == namespace
+            and (meta_of(p).get("annotations") or {}).get(gates.DRAIN_TOKEN_ANNOTATION) == token
+        ]
+        found.sort(key=lambda p: not is_terminating(p))
+        return found[0] if found else None
+
+    def targets_of(self, pod: Pod) -> list[tuple[_PoolRef, lb.Target]]:
+        """The pod's targets in every pool of every handled Service that selects it."""
+        namespace = meta_of(pod).get("namespace")
+        out: list[tuple[_PoolRef, lb.Target]] = []
+        for service in self.services.cache.values():
+            if meta_of(service).get("namespace") != namespace or not gates.selector_matches(
+                selector_of(service), labels(pod)
+            ):
+                continue
+            try:
+                name = lb.provider_for(service, self.default_provider, self.providers, self.classes)
+                if name is None:
+                    continue
+                provider = self.providers[name]
+                pools = lb.pools_for(service, provider.group_annotations)
+            except lb.ServiceConfigError:
+                continue
+            for pool in pools:
+                target = lb.target_of(pod, pool.target_port)
+                if target is not None:
+                    out.append((_PoolRef(provider, pool), target))
+        return out
+
+    async def drain(self, pod: Pod) -> DrainOutcome:
+        """Drain the pod's targets and wait until the load balancer says they are drained, at
+        most the pod's drain budget; then a Warning Event says which were not."""
+        meta = meta_of(pod)
+        pod_key = f"{meta.get('namespace')}/{meta.get('name')}"
+        grace = _grace_of(pod)
+        budget = gates.drain_budget(grace)
+        t0 = time.monotonic()
+        deadline = t0 + budget
+        wanted = self.targets_of(pod)
+        if not wanted:
+            return DrainOutcome(NO_TARGETS, f"{pod_key} is no load-balancer target")
+        by_pool: dict[tuple[str, str, int], tuple[_PoolRef, list[lb.Target]]] = {}
+        for ref, target in wanted:
+            by_pool.setdefault(ref.key, (ref, []))[1].append(target)
+        drained_at: dict[tuple[str, str, int], float] = {}
+        while True:
+            pending: list[str] = []
+            problems: list[str] = []
+            for key, (ref, targets) in by_pool.items():
+                try:
+                    present = await self.reads.read(ref)
+                    in_rotation = [
+                        t for t in targets if (st := present.get(t)) is not None and st.admin == "ready"
+                    ]
+                    if in_rotation and time.monotonic() - drained_at.get(key, -1e9) >= self.redrain:
+                        drained_at[key] = time.monotonic()
+                        await ref.provider.pool.drain(ref.pool, in_rotation)
+                        self.reads.forget(ref)
+                        present = await self.reads.read(ref)
+                except ProviderError as e:
+                    problems.append(f"{ref.provider.name}: {e}")
+                    pending += [f"{t} ({ref.pool.service_key} port {ref.pool.port})" for t in targets]
+                    continue
+                pending += [
+                    f"{t} ({ref.pool.service_key} port {ref.pool.port}: {_state(present[t])})"
+                    for t in targets
+                    if t in present and not present[t].drained
+                ]
+            now = time.monotonic()
+            if not pending:
+                waited = now - t0
+                log.info("drained %s in %.2fs", pod_key, waited)
+                return DrainOutcome(
+                    DRAINED, f"{pod_key} drained in {waited:.2f}s", waited, [str(t) for _, t in wanted]
+                )
+            if now >= deadline:
+                waited = now - t0
+                message = (
+                    f"the load balancer had not drained {', '.join(pending)} after {budget:g}s "
+                    f"(the drain budget of a {grace:g}s grace period); the container stops now"
+                    + (f"; errors: {'; '.join(problems)}" if problems else "")
+                )
+                log.warning("drain of %s timed out: %s", pod_key, message)
+                self.recorder.emit_later(pod, "Pod", TIMED_OUT, message, "Warning")
+                return DrainOutcome(TIMEOUT, message, waited, [str(t) for _, t in wanted])
+            await asyncio.sleep(min(self.poll, max(deadline - now, 0.0)))
+
+
+def _grace_of(pod: Pod) -> float:
+    """The grace period the kubelet gives this deletion: the delete call's, else the pod's."""
+    meta = meta_of(pod)
+    grace = meta.get("deletionGracePeriodSeconds")
+    if grace is None:
+        grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+    try:
+        return float(grace) if grace is not None else 30.0
+    except (TypeError, ValueError):
+        return 30.0
+
+
+def _state(st: TargetState) -> str:
+    if st.admin == "ready":
+        return "in rotation"
+    return f"{st.admin}, {st.connections} connection(s)" if st.connections else st.admin

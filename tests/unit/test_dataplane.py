@@ -1,0 +1,90 @@
+"""The sandbox's cloud-like data plane (podgate_sandbox.dataplane) against a stand-in HAProxy
+runtime socket: out-of-rotation commands of a delayed Service are held, answered as HAProxy
+would, and applied late and in order; everything else passes through."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from podgate.providers.haproxy_runtime import Runtime
+from podgate_sandbox.dataplane import (
+    PROPAGATION,
+    REGISTRATION,
+    DataPlane,
+    Delays,
+    backend_service,
+    parse_delays,
+)
+
+SLOW = "podgate.shop.web.80"
+FAST = "podgate.shop.api.80"
+
+
+async def stand_in(path: Path, seen: list[tuple[float, str]]) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode().strip()
+        seen.append((time.monotonic(), line))
+        if line.startswith("del server"):
+            writer.write(b"Server deleted.\n")
+        elif line.startswith("show info"):
+            writer.write(b"Pid: 1\nStart_time_sec: 2\n")
+        writer.close()
+
+    return await asyncio.start_unix_server(handle, str(path))
+
+
+async def test_a_drain_is_held_for_the_propagation_delay_and_applied_once(tmp_path: Path) -> None:
+    seen: list[tuple[float, str]] = []
+    server = await stand_in(tmp_path / "haproxy.sock", seen)
+    plane = DataPlane(str(tmp_path / "haproxy.sock"), lambda b: Delays(0.3) if b == SLOW else Delays())
+    front = await asyncio.start_unix_server(plane.client, str(tmp_path / "plane.sock"))
+    rt = Runtime(str(tmp_path / "plane.sock"))
+    try:
+        t0 = time.monotonic()
+        await rt.drain(SLOW, "podgate-10.0.0.1-8080")
+        await rt.drain(SLOW, "podgate-10.0.0.1-8080")  # the leader asks again: held once
+        await rt.drain(FAST, "podgate-10.0.0.2-8080")
+        await rt.identity()
+        await rt.remove(SLOW, "podgate-10.0.0.1-8080")  # answered "deleted" at once
+        assert [line for _, line in seen] == [
+            "set server podgate.shop.api.80/podgate-10.0.0.2-8080 state drain",
+            "show info",
+        ]
+        await asyncio.sleep(0.5)
+    finally:
+        front.close()
+        server.close()
+    held = [(t - t0, line) for t, line in seen if "podgate.shop.web" in line]
+    assert [line for _, line in held] == [
+        "set server podgate.shop.web.80/podgate-10.0.0.1-8080 state drain",
+        "set server podgate.shop.web.80/podgate-10.0.0.1-8080 state maint",
+        "del server podgate.shop.web.80/podgate-10.0.0.1-8080",
+    ]
+    assert all(0.3 <= t < 0.45 for t, _ in held)
+
+
+async def test_a_new_servers_checks_start_after_the_registration_delay(tmp_path: Path) -> None:
+    seen: list[tuple[float, str]] = []
+    server = await stand_in(tmp_path / "haproxy.sock", seen)
+    plane = DataPlane(str(tmp_path / "haproxy.sock"), lambda b: Delays(registration=(0.2, 0.2)))
+    t0 = time.monotonic()
+    try:
+        await plane.command(f"add server {SLOW}/s1 10.0.0.1:8080 check")
+        await plane.command(f"enable health {SLOW}/s1")
+        await plane.command(f"enable server {SLOW}/s1")  # queued behind, in order
+        assert [line for _, line in seen] == [f"add server {SLOW}/s1 10.0.0.1:8080 check"]
+        await asyncio.sleep(0.35)
+    finally:
+        server.close()
+    assert [line for _, line in seen][1:] == [f"enable health {SLOW}/s1", f"enable server {SLOW}/s1"]
+    assert seen[1][0] - t0 >= 0.2
+
+
+def test_annotations_and_backend_names() -> None:
+    assert parse_delays({PROPAGATION: "5s", REGISTRATION: "2-10"}) == Delays(5.0, (2.0, 10.0))
+    assert parse_delays({PROPAGATION: "soon"}) == Delays()
+    assert parse_delays(None) == Delays()
+    assert backend_service("podgate.shop.web.80") == "shop/web"
+    assert backend_service("users-backend") is None

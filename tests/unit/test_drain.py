@@ -1,0 +1,278 @@
+"""The drain endpoint (podgate.webhook.drain) on FakeKube and FakeProvider: a preStop hook is
+answered once the load balancer has drained the pod, or when the pod's drain budget passes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from podgate.kube.api import PODS, SERVICES
+from podgate.model import gates
+from podgate.model.lb import Health, PoolSpec, Target, pools_for
+from podgate.providers.base import ProviderError, TargetState
+from podgate.providers.fake import FakeProvider
+from podgate.providers.haproxy import HAProxyProvider, combine
+from podgate.webhook.drain import ROUTE, DrainEndpoint
+from tests.unit.world import NS, World, pod, service
+
+TARGET = Target("10.0.0.1", 8080)
+
+
+def draining_pod(name: str = "p1", ip: str = "10.0.0.1", token: str = "tok-p1", grace: int = 30) -> Any:
+    p = pod(name, ip=ip, terminating=True)
+    p["metadata"]["annotations"] = {gates.DRAIN_TOKEN_ANNOTATION: token}
+    p["metadata"]["deletionGracePeriodSeconds"] = grace
+    return p
+
+
+async def world_with(
+    *pods: Any, provider: FakeProvider | None = None
+) -> tuple[World, DrainEndpoint, list[str]]:
+    """A Service whose pods are registered (and healthy), then the given pods as they are now."""
+    world = World(provider)
+    world.add(SERVICES, service())
+    for p in pods:
+        live = {**p, "metadata": {k: v for k, v in p["metadata"].items() if k != "deletionTimestamp"}}
+        world.add(PODS, live)
+    await world.reconcile()  # registers the targets
+    for p in pods:
+        world.kube.add(PODS, p)
+    await world.sync()
+    seen: list[str] = []
+    endpoint = DrainEndpoint(
+        world.kube,
+        world.pods,
+        world.services,
+        world.reconciler.providers,
+        "fake",
+        world.recorder,
+        observe=lambda result, seconds: seen.append(result),
+        poll=0.02,
+    )
+    return world, endpoint, seen
+
+
+async def test_a_target_in_rotation_is_drained_by_the_call_and_answered_once_idle() -> None:
+    world, endpoint, _ = await world_with(draining_pod())
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "drained" and outcome.targets == [str(TARGET)]
+    assert ("drain", f"{NS}/web", (str(TARGET),)) in world.provider.calls
+    assert world.provider.pools[(f"{NS}/web", 80)][TARGET].admin == "drain"
+
+
+async def test_the_answer_waits_for_connections_in_flight() -> None:
+    world, endpoint, _ = await world_with(draining_pod())
+    world.provider.sessions[TARGET] = 2
+
+    async def finish() -> None:
+        await asyncio.sleep(0.3)
+        world.provider.sessions[TARGET] = 0
+
+    started = time.monotonic()
+    finishing = asyncio.create_task(finish())
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    await finishing
+    assert outcome.result == "drained"
+    assert 0.3 <= time.monotonic() - started < 1.0
+
+
+async def test_a_provider_that_counts_no_connections_is_drained_when_the_target_has_left() -> None:
+    """ELB drops a target when its draining ends; podgate removes Alibaba's weight-0 backends."""
+    world, endpoint, _ = await world_with(draining_pod(), provider=FakeProvider(drained_when_removed=True))
+    pool = pools_for(world.services.cache[f"{NS}/web"])[0]
+
+    async def leave() -> None:
+        await asyncio.sleep(0.3)
+        await world.provider.deregister(pool, [TARGET])
+
+    leaving = asyncio.create_task(leave())
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    await leaving
+    assert outcome.result == "drained" and outcome.waited >= 0.3
+
+
+async def test_the_budget_passing_answers_anyway_with_a_warning_event() -> None:
+    world, endpoint, _ = await world_with(draining_pod(grace=3))  # budget: 3 - 2 = 1 s
+    world.provider.sessions[TARGET] = 1  # never finishes
+    started = time.monotonic()
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "timeout"
+    assert 1.0 <= time.monotonic() - started < 1.5
+    assert "1 connection(s)" in outcome.message and "3s grace period" in outcome.message
+    assert ("Pod", "p1", "DrainTimedOut", "Warning") in world.recorder.events
+
+
+async def test_a_pod_with_no_targets_is_answered_at_once() -> None:
+    lonely = draining_pod()
+    lonely["metadata"]["labels"] = {"app": "batch"}
+    _, endpoint, _ = await world_with(lonely)
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "no_targets"
+
+
+async def test_a_pod_the_cache_does_not_show_terminating_yet_is_read_from_the_api() -> None:
+    """The kubelet saw the deletion before this replica's watch did."""
+    p = draining_pod()
+    world, endpoint, _ = await world_with(p)
+    stale = {**p, "metadata": {k: v for k, v in p["metadata"].items() if k != "deletionTimestamp"}}
+    world.pods.cache[f"{NS}/p1"] = stale
+    assert (await endpoint.drain_token(NS, "tok-p1")).result == "drained"
+
+
+async def test_a_container_restart_drains_nothing() -> None:
+    """preStop also runs before a liveness restart: the pod stays, and so does its target."""
+    p = draining_pod()
+    del p["metadata"]["deletionTimestamp"]
+    world, endpoint, _ = await world_with(p)
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "not_terminating"
+    assert not any(call[0] == "drain" for call in world.provider.calls)
+
+
+async def test_load_balancer_errors_are_retried_until_the_budget() -> None:
+    world, endpoint, _ = await world_with(draining_pod())
+    world.provider.fail("targets", ProviderError("socket busy"), times=3)
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "drained"
+
+
+async def test_many_hooks_of_one_service_share_their_reads() -> None:
+    pods = [draining_pod(f"p{i}", f"10.0.0.{i}", f"tok-p{i}") for i in range(1, 5)]
+    world, endpoint, _ = await world_with(*pods)
+    for i in range(1, 5):
+        world.provider.sessions[Target(f"10.0.0.{i}", 8080)] = 1
+    before = sum(1 for c in world.provider.calls if c[0] == "targets")
+
+    async def finish() -> None:
+        await asyncio.sleep(0.5)
+        world.provider.sessions.clear()
+
+    finishing = asyncio.create_task(finish())
+    outcomes = await asyncio.gather(*(endpoint.drain_token(NS, f"tok-p{i}") for i in range(1, 5)))
+    await finishing
+    assert {o.result for o in outcomes} == {"drained"}
+    reads = sum(1 for c in world.provider.calls if c[0] == "targets") - before
+    # four hooks polling every 0.02 s for 0.5 s would make about 100 reads alone
+    assert reads < 60, reads
+
+
+async def test_the_route_answers_the_kubelets_double_slash_and_unknown_tokens() -> None:
+    _, endpoint, seen = await world_with(draining_pod())
+    app = web.Application()
+    app.router.add_get(ROUTE, endpoint.handle)
+    async with TestClient(TestServer(app)) as client:
+        # what kubelets before 1.25 send: "http://HOST:PORT/" + path (no client library sends it)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(f"GET //drain/{NS}/tok-p1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = (await reader.read()).decode()
+        writer.close()
+        assert answer.startswith("HTTP/1.1 200") and "drained: " in answer
+        async with client.get(f"/drain/{NS}/nobody") as r:
+            assert r.status == 404
+    assert seen == ["drained", "unknown_pod"]
+
+
+async def test_podgate_down_means_the_hook_fails_and_the_pod_goes_on() -> None:
+    """What the kubelet meets when no replica answers: a refused connection, no wait at all (it
+    records FailedPreStopHook and sends SIGTERM).  Shown against a port nothing listens on."""
+    import aiohttp
+
+    with socket_nobody_listens_on() as port:
+        started = time.monotonic()
+        try:
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/drain/x/y"):
+                raise AssertionError("something answered")
+        except aiohttp.ClientConnectorError:
+            pass
+        assert time.monotonic() - started < 1.0
+
+
+class socket_nobody_listens_on:
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+def test_the_budget_stays_below_the_grace_period() -> None:
+    assert gates.drain_budget(30) == 25
+    assert gates.drain_budget(10) == 7.5
+    assert gates.drain_budget(4) == 2
+    assert gates.drain_budget(1) == 0
+    assert all(gates.drain_budget(g) <= g - 2 or gates.drain_budget(g) == 0 for g in range(0, 600))
+
+
+def test_an_haproxy_pair_is_drained_only_when_both_are() -> None:
+    from podgate.model.lb import TargetHealth
+
+    h = TargetHealth(Health.DRAINING, "DRAIN")
+    assert combine([TargetState("drain", h, 0, True), TargetState("drain", h, 0, True)]).drained
+    assert not combine([TargetState("drain", h, 0, True), TargetState("drain", h, 3, False)]).drained
+
+
+STAT_HEADER = "# pxname,svname,scur,status,check_status,check_desc,last_chk,addr\n"
+
+
+async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_only(tmp_path: Path) -> None:
+    """A non-leader's provider never rendered the structure: the drain it makes for a hook must
+    not rewrite the configuration file (it would drop every Service) nor the state files."""
+    backend = "podgate.shop.web.80"
+    state = {"status": "UP"}
+    commands: list[str] = []
+
+    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode().strip()
+        commands.append(line)
+        if line.startswith("show stat"):
+            row = f"{backend},podgate-10.0.0.1-8080,0,{state['status']},L7OK,,,10.0.0.1:8080\n"
+            writer.write((STAT_HEADER + row).encode())
+        elif line.endswith("state drain"):
+            state["status"] = "DRAIN"
+        writer.close()
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(runtime, str(sock))
+    config = tmp_path / "haproxy.cfg"
+    config.write_text("# the leader's configuration\n")
+    provider = HAProxyProvider([str(sock)], master_address=str(tmp_path / "master.sock"), config_path=config)
+    pool = PoolSpec(NS, "web", 80, "", 8080, "TCP", pools_for(service())[0].health)
+    try:
+        await provider.drain(pool, [TARGET])
+        states = await provider.targets(pool)
+    finally:
+        server.close()
+    assert states[TARGET].admin == "drain" and states[TARGET].drained
+    assert config.read_text() == "# the leader's configuration\n"
+    assert not (tmp_path / "server-state").exists()
+    assert commands[0].startswith("show stat")  # only reads and the drain itself
+    assert not any(c.startswith(("add server", "del server", "reload")) for c in commands)
+
+
+def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
+    from podgate.controller.manager import derived_drain_url
+    from podgate.controller.settings import ControllerSettings
+
+    svc = {
+        "metadata": {"name": "podgate", "namespace": "podgate-system"},
+        "spec": {
+            "clusterIP": "10.96.0.12",
+            "ports": [
+                {"name": "webhook", "port": 443, "targetPort": "webhook"},
+                {"name": "metrics", "port": 8081, "targetPort": "health"},
+            ],
+        },
+    }
+    settings = ControllerSettings(webhook_service="podgate-system/podgate")
+    assert derived_drain_url(settings, {"podgate-system/podgate": svc}) == "http://10.96.0.12:8081"  # type: ignore[dict-item]
+    assert derived_drain_url(settings, {}) is None
+    assert derived_drain_url(ControllerSettings(), {"podgate-system/podgate": svc}) is None  # type: ignore[dict-item]
