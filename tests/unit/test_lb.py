@@ -171,3 +171,17 @@ def test_next_condition_writes_only_changes_and_keeps_true_in_sticky_mode() -> N
     initial = lb.gate_condition(GATE, [lb.TargetHealth(lb.Health.INITIAL, "DOWN")])
     progressed = lb.next_condition(first, initial, sticky=True, now="T6")
     assert progressed is not None and progressed["lastTransitionTime"] == "T1"  # status unchanged
+
+
+def test_progress_that_only_counts_health_checks_is_not_written() -> None:
+    def initial(detail: str) -> Any:
+        return lb.gate_condition(GATE, [lb.TargetHealth(lb.Health.INITIAL, detail, "haproxy be")])
+
+    first = lb.next_condition(None, initial("DOWN 1/3"), sticky=True, now="T1")
+    assert first is not None and first["message"] == "haproxy be: DOWN 1/3"
+    # the same status and reason: no write, whatever the words
+    assert lb.next_condition(first, initial("DOWN 2/3"), sticky=True, now="T2") is None
+    assert lb.next_condition(first, initial("DOWN 2/3"), sticky=False, now="T2") is None
+    # a condition set by hand says what the user wrote
+    by_hand = lb.next_condition(first, initial("DOWN 2/3"), sticky=False, now="T3", words=True)
+    assert by_hand is not None and by_hand["message"] == "haproxy be: DOWN 2/3"

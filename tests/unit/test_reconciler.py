@@ -66,6 +66,44 @@ async def test_a_healthy_target_opens_the_gate_with_one_write_and_then_writes_no
     assert world.kube.writes == []  # level-triggered: nothing changed, nothing written
 
 
+async def test_a_pod_from_creation_to_ready_costs_three_status_writes() -> None:
+    """One write per change of status or reason; health-check progress is not written."""
+    world = World()
+    world.add(SERVICES, service())
+    life: list[tuple[str, Any, str | None]] = [
+        ("created", pod("p1", ip=None, ready=False), None),
+        ("has an IP", pod("p1", ready=False), None),
+        ("ContainersReady", pod("p1"), "DOWN 0/3"),
+        ("one check passed", None, "DOWN 1/3"),
+        ("two checks passed", None, "DOWN 2/3"),
+        ("UP", None, "UP 3/3"),
+    ]
+    seen: list[tuple[str, str] | None] = []
+    writes = 0
+    for step, body, health in life:
+        if body is not None:  # the node agent moves it on; the gate condition stays
+            written = world.condition("p1") if world.kube.object(PODS, "p1", NS) else None
+            body["status"]["conditions"] += [written] if written else []
+            world.kube.add(PODS, body)
+        if health is not None:
+            h = Health.HEALTHY if health.startswith("UP") else Health.INITIAL
+            world.provider.set_health(Target("10.0.0.1", 8080), h, health)
+        await world.reconcile()
+        writes += len(status_writes(world))
+        seen.append(gate(world, "p1"))
+        await world.reconcile()  # a re-read that learns nothing writes nothing
+        assert status_writes(world) == [], step
+    assert seen == [
+        ("False", "RegistrationInProgress"),
+        ("False", "RegistrationInProgress"),
+        ("False", "InitialHealthChecking"),
+        ("False", "InitialHealthChecking"),
+        ("False", "InitialHealthChecking"),
+        ("True", lb.HEALTHY_REASON),
+    ]
+    assert writes == 3
+
+
 async def test_a_failing_health_check_never_opens_the_gate() -> None:
     world = World()
     world.add(SERVICES, service())
