@@ -49,6 +49,7 @@ from podgate.controller.settings import (
 )
 from podgate.kube.client import api_client
 from podgate.model import addresses, policy
+from podgate.webhook import isolated
 
 #: what Kubernetes accepts as a namespace (a DNS label) and as most object names (a DNS subdomain)
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -553,7 +554,7 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
     webhook_up = asyncio.Event()
-    runners = [await _health(controller, health_bind, health_port, webhook_up)]
+    runners: list[isolated.Runner] = [await _health(controller, health_bind, health_port, webhook_up)]
     try:
         await asyncio.wait(
             [main, asyncio.create_task(controller.ready.wait())], return_when=asyncio.FIRST_COMPLETED

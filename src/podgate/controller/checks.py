@@ -34,13 +34,15 @@ READINESS_CHECKS = Resource(chk.GROUP, chk.VERSION, chk.PLURAL, chk.KIND)
 
 
 def checks_informer(kube: Kube) -> Informer[Obj]:
-    return Informer(kube, READINESS_CHECKS)
+    # snapshots: the webhook reads them from its own thread
+    return Informer(kube, READINESS_CHECKS, snapshots=True)
 
 
 def parsed_checks(informer: Informer[Obj]) -> list[chk.CheckSpec]:
-    """Every usable ReadinessCheck in the cache (for the webhook's injection)."""
+    """Every usable ReadinessCheck in the cache (for the webhook's injection, from its thread:
+    the informer's immutable snapshot)."""
     out = []
-    for obj in informer.cache.values():
+    for obj in informer.snapshot().values():
         with contextlib.suppress(chk.CheckSpecError, KeyError, TypeError, ValueError):
             out.append(chk.parse_check(obj))
     return out

@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from aiohttp import web
 from kubernetes_asyncio import client
 
 from podgate.controller import metrics
@@ -38,7 +37,7 @@ from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
-from podgate.webhook import eviction
+from podgate.webhook import eviction, isolated
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
 
@@ -85,7 +84,8 @@ class Controller:
         self.settings = settings
         self.kube = ApiKube(api)
         self.pods: Informer[Pod] = Informer(self.kube, PODS)
-        self.services: Informer[Service] = Informer(self.kube, SERVICES)
+        # snapshots: the webhook reads Services from its own thread (webhook.isolated)
+        self.services: Informer[Service] = Informer(self.kube, SERVICES, snapshots=True)
         self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES)
         self.checks = checks_informer(self.kube)
         self.providers = dict(providers) if providers is not None else build_providers(settings)
@@ -354,10 +354,12 @@ async def _cancel_all(tasks: list[asyncio.Task[Any]], patience: float = 10.0) ->
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def serve(settings: ControllerSettings, controller: Controller) -> list[web.AppRunner]:
+async def serve(settings: ControllerSettings, controller: Controller) -> list[isolated.Runner]:
     """The webhook's HTTPS server, once it has a certificate, and the task that keeps that
     certificate current and the webhook configuration registered (or, with ``--no-inject``,
-    removed); the task ends with the server."""
+    removed); the task ends with the server.  The server runs on a thread and loop of its own
+    (``webhook.isolated``), so admission never waits for reconciles; the eviction guard's
+    reviews are handed back to this loop."""
     policy = InjectionPolicy(
         settings.inject, settings.remove_gate_prefixes, settings.skip_label_value, settings.prestop_delay
     )
@@ -382,7 +384,7 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
         classes=controller.reconciler.classes,
     )
-    app.router.add_post(eviction.PATH, guard.handle)
+    app.router.add_post(eviction.PATH, isolated.on_loop(asyncio.get_running_loop(), guard.answer))
     tls = webhook.ServingTLS(
         settings.webhook_cert_dir, lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc()
     )
@@ -454,19 +456,36 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         name="webhook certificates",
     )
 
-    async def stop_keeper(_: web.Application) -> None:
+    async def stop_keeper() -> None:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
 
-    app.on_cleanup.append(stop_keeper)
     # An admission call the API server has given up on (after its timeoutSeconds) need not hold
     # up a stop: aiohttp would otherwise wait 60 s for in-flight requests.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=webhook.TIMEOUT_SECONDS)
-    await runner.setup()
+    server = isolated.ServerThread(
+        app,
+        settings.webhook_bind,
+        settings.webhook_port,
+        tls.context,
+        shutdown_timeout=webhook.TIMEOUT_SECONDS,
+    )
     try:
         await first.wait()
-    except asyncio.CancelledError:  # stopped before the first certificate
-        await runner.cleanup()  # stops the keeper too (on_cleanup)
+        await server.start()
+    except BaseException:  # stopped before the first certificate, or the port is taken
+        await stop_keeper()
         raise
-    await web.TCPSite(runner, settings.webhook_bind, settings.webhook_port, ssl_context=tls.context).start()
-    return [runner]
+    return [_Stopping(server, stop_keeper)]
+
+
+class _Stopping:
+    """The webhook's server thread, then its certificate keeper: stopped in that order."""
+
+    def __init__(self, server: isolated.ServerThread, stop_keeper: Callable[[], Awaitable[None]]) -> None:
+        self.server, self.stop_keeper = server, stop_keeper
+
+    async def cleanup(self) -> None:
+        try:
+            await self.server.cleanup()
+        finally:
+            await self.stop_keeper()
