@@ -141,6 +141,35 @@ async def test_a_failed_registration_still_lets_leaving_pods_go_then_reports() -
     assert ("Service", "web", "LoadBalancerError", "Warning") in world.recorder.events
 
 
+async def test_a_reconcile_plans_from_its_services_pods_and_those_behind_its_targets() -> None:
+    """Read through the indexes, not a scan: p1 is selected; p2 left the selector (relabelled)
+    but its target is present, so it drains; p3's target has no pod, so it goes at once; pods
+    of other Services and namespaces are not part of the plan."""
+    provider = FakeProvider()
+    world = World(provider)
+    world.add(SERVICES, service(), service("api"))
+    other_ns = {**pod("p9", ip="10.0.0.2"), "metadata": {"name": "p9", "namespace": "elsewhere"}}
+    world.add(PODS, pod("p1"), pod("p2", ip="10.0.0.2", app="api"), pod("p4", ip="10.0.0.4", app="api"))
+    world.add(PODS, other_ns)
+    provider.pools[(KEY, 80)] = {
+        Target("10.0.0.2", 8080): TargetState("ready", lb.TargetHealth(Health.HEALTHY, "UP")),
+        Target("10.0.0.3", 8080): TargetState("ready", lb.TargetHealth(Health.HEALTHY, "UP")),
+    }
+    await world.reconcile()
+    calls = [
+        (call, targets)
+        for call, key, targets in provider.calls
+        if call in ("register", "drain", "deregister")
+    ]
+    assert calls == [
+        ("register", ("10.0.0.1:8080",)),
+        ("drain", ("10.0.0.2:8080",)),
+        ("deregister", ("10.0.0.3:8080",)),
+    ]
+    assert [p["metadata"]["name"] for p in world.reconciler.selected(NS, {"app": "api"})] == ["p2", "p4"]
+    assert world.reconciler.selected(NS, {}) == []  # an empty selector selects nothing
+
+
 async def test_a_deleted_service_closes_its_gates_and_releases_the_load_balancer() -> None:
     world = World()
     world.add(PODS, pod("p1"))

@@ -32,6 +32,7 @@ from podgate.model import conditions as cond
 from podgate.model import gates, lb
 from podgate.model.certs import RotationPolicy
 from podgate.model.policy import OPEN, GatePolicy
+from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
@@ -83,10 +84,11 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.kube = ApiKube(api)
-        self.pods: Informer[Pod] = Informer(self.kube, PODS)
+        # slim projections (model.projection): the raw objects are not kept
+        self.pods: Informer[Pod] = Informer(self.kube, PODS, project=slim_pod)
         # snapshots: the webhook reads Services from its own thread (webhook.isolated)
-        self.services: Informer[Service] = Informer(self.kube, SERVICES, snapshots=True)
-        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES)
+        self.services: Informer[Service] = Informer(self.kube, SERVICES, project=slim_service, snapshots=True)
+        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES, project=slim_namespace)
         self.checks = checks_informer(self.kube)
         self.providers = dict(providers) if providers is not None else build_providers(settings)
         self.recorder = EventRecorder(self.kube, "podgate")
@@ -139,8 +141,9 @@ class Controller:
     def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
         if old is not None and kind == "MODIFIED" and not _pod_change_matters(pod, old):
             return
+        namespace = meta_of(pod).get("namespace") or ""
         for key in services_for_event(
-            pod, old, self.services.cache.values(), self.settings.adopt_gate_prefixes
+            pod, old, self.services.in_namespace(namespace), self.settings.adopt_gate_prefixes
         ):
             self.queue.add(key)
 
@@ -156,10 +159,8 @@ class Controller:
         self.queue.add(key_of(svc))
 
     def _on_namespace(self, kind: EventType, ns: Namespace, old: Namespace | None) -> None:
-        name = ns["metadata"]["name"]
-        for key, svc in self.services.cache.items():
-            if meta_of(svc).get("namespace") == name:
-                self.queue.add(key)
+        for svc in self.services.in_namespace(ns["metadata"]["name"]):
+            self.queue.add(key_of(svc))
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -40,6 +40,21 @@ from podgate.providers.base import Provider, ProviderError, TargetState
 log = logging.getLogger(__name__)
 
 
+GATE_INDEX = "gate"
+LABEL_INDEX = "label"
+IP_INDEX = "ip"
+
+
+def _label_keys(pod: Pod) -> list[str]:
+    ns = meta_of(pod).get("namespace")
+    return [f"{ns}/{k}={v}" for k, v in labels(pod).items()]
+
+
+def _ip_keys(pod: Pod) -> list[str]:
+    ip = pod_ip(pod)
+    return [f"{meta_of(pod).get('namespace')}/{ip}"] if ip else []
+
+
 @dataclass
 class Outcome:
     """What one reconcile leaves behind: whether to look again soon."""
@@ -84,6 +99,12 @@ class ServiceReconciler:
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
         self.gates = GateWriter(kube, pods, recorder)
+        # A reconcile reads only its Service's pods, through these (and never scans the cache):
+        # by the Service each readiness gate is for, by label (a selector is the intersection
+        # of its pairs), by IP (the pods behind a pool's present targets).
+        pods.add_index(GATE_INDEX, self._gate_keys)
+        pods.add_index(LABEL_INDEX, _label_keys)
+        pods.add_index(IP_INDEX, _ip_keys)
 
     # -- helpers ------------------------------------------------------------------------------
     def provider_of(self, service: Mapping[str, Any]) -> str | None:
@@ -97,7 +118,31 @@ class ServiceReconciler:
             return True  # handled, and its pods must hear why it cannot be served
 
     def pods_in(self, namespace: str) -> list[Pod]:
-        return [p for p in self.pods.cache.values() if meta_of(p).get("namespace") == namespace]
+        return self.pods.in_namespace(namespace)
+
+    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[Pod]:
+        """The pods of the namespace a Service's selector matches (an empty one: none)."""
+        if not selector:
+            return []
+        sets = sorted(
+            (self.pods.keys_by_index(LABEL_INDEX, f"{namespace}/{k}={v}") for k, v in selector.items()),
+            key=len,
+        )
+        keys = set.intersection(*sets)
+        return [p for k in sorted(keys) if (p := self.pods.get(k)) is not None]
+
+    def gated_pods(self, key: str) -> list[Pod]:
+        """The pods carrying a gate for this Service (podgate's or an adopted vendor's)."""
+        return self.pods.by_index(GATE_INDEX, key)
+
+    def _gate_keys(self, pod: Pod) -> list[str]:
+        ns = meta_of(pod).get("namespace")
+        out = []
+        for g in cond.readiness_gates(pod_spec(pod)):
+            svc = gates.service_of_gate(g, self.adopted_prefixes)
+            if svc:
+                out.append(f"{ns}/{svc}")
+        return out
 
     def injection_enabled(self, namespace: str) -> bool:
         ns = self.namespaces.get(namespace)
@@ -126,7 +171,7 @@ class ServiceReconciler:
         namespace, name = key.split("/", 1)
         gate = gates.service_gate(name)
         service = self.services.get(key)
-        gated = [p for p in self.pods_in(namespace) if self._gate_types_on(p, name) and not is_terminating(p)]
+        gated = [p for p in self.gated_pods(key) if not is_terminating(p)]
         out = Outcome()
         if service is None:
             await self._release(key)
@@ -214,11 +259,16 @@ class ServiceReconciler:
         if address:
             await self._publish_address(service, address)
         selector = selector_of(service)
-        pods = self.pods_in(namespace)
+        selected = self.selected(namespace, selector)
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
-            plan = lb.plan_targets(pool, selector, pods)
             present = await provider.pool.targets(pool)
+            # the pods the plan needs: those selected, and those behind a present target (a pod
+            # that left the selector drains rather than vanishes)
+            behind = [
+                p for ip in {t.ip for t in present} for p in self.pods.by_index(IP_INDEX, f"{namespace}/{ip}")
+            ]
+            plan = lb.plan_targets(pool, selector, [*selected, *behind])
             drained = self._drained(key, pool, present)
             diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
             failed: ProviderError | None = None
@@ -396,10 +446,8 @@ class ServiceReconciler:
             return
         missing = [
             p
-            for p in self.pods_in(namespace)
-            if gates.selector_matches(selector_of(service), labels(p))
-            and not is_terminating(p)
-            and not self._gate_types_on(p, service["metadata"]["name"])
+            for p in self.selected(namespace, selector_of(service))
+            if not is_terminating(p) and not self._gate_types_on(p, service["metadata"]["name"])
         ]
         if len(missing) != self._missing_gate_counts.get(key, 0):
             self._missing_gate_counts[key] = len(missing)

@@ -108,6 +108,10 @@ class Informer(Generic[T]):
         they go through it)."""
         return list(self._indexes[name][1].get(value, {}).values())
 
+    def index_values(self, name: str) -> list[str]:
+        """The values index ``name`` files objects under now."""
+        return list(self._indexes[name][1])
+
     def keys_by_index(self, name: str, value: str) -> set[str]:
         return set(self._indexes[name][1].get(value, ()))
 
@@ -246,7 +250,7 @@ class Informer(Generic[T]):
     async def _page(self, token: str | None) -> ListPage:
         """One page of the list, asked again (from the same continue token) after an error
         other than 410, up to ``PAGE_ATTEMPTS`` times."""
-        backoff = 0.2
+        backoff = min(0.2, self._max_backoff)
         for attempt in range(1, PAGE_ATTEMPTS + 1):
             try:
                 return await self._kube.list(

@@ -96,11 +96,9 @@ class EvictionGuard:
         now = time.monotonic()
         self._evicted = {k: t for k, t in self._evicted.items() if now - t < EVICTED_FOR}
         warnings = []
-        for service in self.services.cache.values():
+        for service in self.services.in_namespace(namespace):
             meta = meta_of(service)
-            if meta.get("namespace") != namespace or not gates.selector_matches(
-                selector_of(service), labels(pod)
-            ):
+            if not gates.selector_matches(selector_of(service), labels(pod)):
                 continue
             try:
                 minimum = gate_policy(meta.get("annotations"), self.policy).min_healthy_targets
@@ -125,7 +123,7 @@ class EvictionGuard:
     ) -> set[str]:
         """Pods whose targets are healthy in every pool, as the load balancer reads them now;
         terminating pods and pods whose eviction was just allowed left out."""
-        pods = [p for p in self.pods.cache.values() if meta_of(p).get("namespace") == namespace]
+        pods = self.pods.in_namespace(namespace)
         healthy: set[str] | None = None
         for pool in pools:
             plan = lb.plan_targets(pool, selector, pods)
