@@ -285,6 +285,31 @@ async def test_a_timed_out_gate_follows_the_services_choice(
     assert world.kube.writes == []  # decided once: a re-read writes nothing
 
 
+async def test_a_gate_opened_by_the_timeout_takes_the_load_balancers_word_once_healthy() -> None:
+    world = World()
+    world.add(SERVICES, service(annotations={policy.READINESS_TIMEOUT: "90s", policy.ON_TIMEOUT: "open"}))
+    world.add(PODS, long_ready())
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "L7STS/503")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", policy.TIMED_OUT)
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+
+
+async def test_a_true_gate_in_sticky_mode_is_neither_read_again_nor_polled_for() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "DOWN")
+    await world.sync()
+    outcome = await world.reconciler.reconcile(KEY)
+    assert not outcome.poll and gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+
+
 async def test_without_a_timeout_a_gate_waits_for_ever() -> None:
     world = World()
     world.add(SERVICES, service())

@@ -20,7 +20,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
-from podgate.model.policy import DEFAULT_POLICY, GatePolicy, gate_policy, with_timeout
+from podgate.model.policy import DEFAULT_POLICY, TIMED_OUT, GatePolicy, gate_policy, with_timeout
 from podgate.model.types import (
     Condition,
     Namespace,
@@ -320,7 +320,10 @@ class ServiceReconciler:
                     if st
                     else lb.TargetHealth(lb.Health.UNREGISTERED, f"{target} is being registered")
                 )
+        name = service["metadata"]["name"]
         for pod in gated:
+            if not policy.continuous and self._gates_true(pod, name):
+                continue  # sticky: a True gate stays True, so nothing to decide, write or poll for
             pod_key = f"{namespace}/{pod['metadata']['name']}"
             mine = healths.get(pod_key)
             if mine is None:
@@ -470,6 +473,17 @@ class ServiceReconciler:
             for g in cond.readiness_gates(pod_spec(pod))
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
+
+    def _gates_true(self, pod: Pod, service: str) -> bool:
+        """Every gate of the pod for this Service True on the load balancer's word (one opened
+        by the timeout is still rewritten when the load balancer says healthy)."""
+        conditions = pod_conditions(pod)
+        return all(
+            (c := cond.find(conditions, t)) is not None
+            and c.get("status") == cond.TRUE
+            and c.get("reason") != TIMED_OUT
+            for t in self._gate_types_on(pod, service)
+        )
 
     async def set_gate(
         self,

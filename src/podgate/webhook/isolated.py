@@ -105,7 +105,7 @@ class ServerThread:
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port, ssl_context=self.ssl_context)
             loop.run_until_complete(site.start())
-        except BaseException as e:
+        except BaseException as e:  # the starter raises it (a port taken, say)
             started.set_exception(e)
             loop.close()
             return
