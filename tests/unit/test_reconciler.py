@@ -3,10 +3,12 @@ the Service and the load balancer, pass by pass."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from podgate.controller import reconciler
 from podgate.kube.api import PODS, SERVICES, PatchType
 from podgate.kube.fake import Write
 from podgate.model import gates, lb, policy
@@ -102,6 +104,30 @@ async def test_a_pod_from_creation_to_ready_costs_three_status_writes() -> None:
         ("True", lb.HEALTHY_REASON),
     ]
     assert writes == 3
+
+
+async def test_the_gate_writes_of_a_pass_go_side_by_side() -> None:
+    """100 pods' writes one after another held a Service's pass for seconds on a busy API
+    server; they go side by side, a bounded number at a time."""
+    world = World()
+    world.add(SERVICES, service())
+    for i in range(40):
+        world.add(PODS, pod(f"p{i}", ip=f"10.0.1.{i}"))
+    in_flight, peak = 0, 0
+    real_patch = world.kube.patch
+
+    async def slow_patch(*args: Any, **kw: Any) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return await real_patch(*args, **kw)
+
+    world.kube.patch = slow_patch  # type: ignore[method-assign]
+    await world.reconcile()
+    assert len(status_writes(world)) == 40
+    assert peak == reconciler.WRITE_CONCURRENCY
 
 
 async def test_a_failing_health_check_never_opens_the_gate() -> None:

@@ -7,10 +7,11 @@ writes a gate condition only when it changes, and never True because something f
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -40,6 +41,8 @@ from podgate.providers.base import Provider, ProviderError, TargetState
 log = logging.getLogger(__name__)
 
 
+#: gate writes in flight at once, across the workers
+WRITE_CONCURRENCY = 32
 GATE_INDEX = "gate"
 LABEL_INDEX = "label"
 IP_INDEX = "ip"
@@ -99,6 +102,7 @@ class ServiceReconciler:
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
         self.gates = GateWriter(kube, pods, recorder)
+        self._writing = asyncio.Semaphore(WRITE_CONCURRENCY)
         # A reconcile reads only its Service's pods, through these (and never scans the cache):
         # by the Service each readiness gate is for, by label (a selector is the intersection
         # of its pairs), by IP (the pods behind a pool's present targets).
@@ -175,13 +179,10 @@ class ServiceReconciler:
         out = Outcome()
         if service is None:
             await self._release(key)
-            for pod in gated:
-                await self.set_gate(
-                    pod,
-                    lb.failure_condition(
-                        gate, lb.SERVICE_NOT_FOUND, f"Service {namespace}/{name} does not exist"
-                    ),
-                )
+            missing = lb.failure_condition(
+                gate, lb.SERVICE_NOT_FOUND, f"Service {namespace}/{name} does not exist"
+            )
+            await self._write_all(self.set_gate(pod, missing) for pod in gated)
             return out
         deleting = is_terminating(service)
         try:
@@ -196,32 +197,29 @@ class ServiceReconciler:
             self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
             if deleting:  # podgate cannot tell which group: never hold a deletion forever
                 await self._set_finalizer(service, False)
-            for pod in gated:
-                await self.set_gate(pod, lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e)))
+            invalid = lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e))
+            await self._write_all(self.set_gate(pod, invalid) for pod in gated)
             return out
         if provider_name is None or deleting:
             await self._let_go(key, service, self.providers[provider_name] if provider_name else None, pools)
+            why = lb.failure_condition(
+                gate,
+                lb.SERVICE_NOT_FOUND if deleting else lb.NOT_LOAD_BALANCED,
+                f"Service {namespace}/{name} is being deleted"
+                if deleting
+                else f"Service {namespace}/{name} is not load-balanced by podgate "
+                f"(type {(service.get('spec') or {}).get('type')}, "
+                f"class {(service.get('spec') or {}).get('loadBalancerClass') or 'none'}, "
+                f"no {gates.PROVIDER_ANNOTATION} annotation)",
+            )
+            writes = []
             for pod in gated:
                 # a vendor's gate (adopted prefix) on a Service podgate does not serve is that
                 # vendor's to write; podgate answers only for its own gate type
                 types = None if deleting else [t for t in self._gate_types_on(pod, name) if t == gate]
-                if types == []:
-                    continue
-                await self.set_gate(
-                    pod,
-                    lb.failure_condition(
-                        gate,
-                        lb.SERVICE_NOT_FOUND if deleting else lb.NOT_LOAD_BALANCED,
-                        f"Service {namespace}/{name} is being deleted"
-                        if deleting
-                        else f"Service {namespace}/{name} is not load-balanced by podgate "
-                        f"(type {(service.get('spec') or {}).get('type')}, "
-                        f"class {(service.get('spec') or {}).get('loadBalancerClass') or 'none'}, "
-                        f"no {gates.PROVIDER_ANNOTATION} annotation)",
-                    ),
-                    policy=policy,
-                    types=types,
-                )
+                if types != []:
+                    writes.append(self.set_gate(pod, why, policy=policy, types=types))
+            await self._write_all(writes)
             return out
         provider = self.providers[provider_name]
         out.interval = provider.pool.poll_interval
@@ -229,8 +227,8 @@ class ServiceReconciler:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, policy, out)
         except ProviderError as e:
             self.recorder_emit(service, "Service", "LoadBalancerError", str(e), "Warning")
-            for pod in gated:
-                await self.set_gate(pod, lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e)), policy=policy)
+            failed = lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e))
+            await self._write_all(self.set_gate(pod, failed, policy=policy) for pod in gated)
             raise
         await self._report_pods_without_gate(key, service, gate)
         return out
@@ -321,6 +319,8 @@ class ServiceReconciler:
                     else lb.TargetHealth(lb.Health.UNREGISTERED, f"{target} is being registered")
                 )
         name = service["metadata"]["name"]
+        minimum = pools[0].health.minimum_to_healthy if pools else 0.0
+        writes = []
         for pod in gated:
             if not policy.continuous and self._gates_true(pod, name):
                 continue  # sticky: a True gate stays True, so nothing to decide, write or poll for
@@ -342,7 +342,8 @@ class ServiceReconciler:
                     out.poll = True
                 if all(h.health is not lb.Health.UNREGISTERED for h in mine):
                     self.gates.registered(pod, gate)
-            await self.set_gate(pod, desired, pools[0].health.minimum_to_healthy if pools else 0.0, policy)
+            writes.append(self.set_gate(pod, desired, minimum, policy))
+        await self._write_all(writes)
         if policy.continuous and gated and pools and not out.poll:
             # Nothing pending, but True gates must notice a target the load balancer marks
             # unhealthy: re-read every half check interval (at least the provider's own poll
@@ -473,6 +474,21 @@ class ServiceReconciler:
             for g in cond.readiness_gates(pod_spec(pod))
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
+
+    async def _write_all(self, writes: Iterable[Awaitable[None]]) -> None:
+        """Gate writes of one pass, side by side (at most ``WRITE_CONCURRENCY`` at a time across
+        the workers): each is an API round trip, and 100 pods' writes one after another held a
+        Service's pass for seconds while the API server was busy.  Every write is tried; the
+        first failure is raised after the others finished."""
+
+        async def one(write: Awaitable[None]) -> None:
+            async with self._writing:
+                await write
+
+        results = await asyncio.gather(*(one(w) for w in writes), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     def _gates_true(self, pod: Pod, service: str) -> bool:
         """Every gate of the pod for this Service True on the load balancer's word (one opened
