@@ -108,6 +108,8 @@ class HAProxyProvider:
         #: backend → its podgate servers (name, address) as the configuration file lists them
         self._servers: dict[str, list[tuple[str, str]]] = {}
         self._lock = asyncio.Lock()
+        #: backend → the view of its servers (as ``targets`` reads them) last saved
+        self._saved: dict[str, tuple[tuple[str, ...], ...]] = {}
         self._initialised = False
         self.reloads = 0
 
@@ -236,6 +238,7 @@ class HAProxyProvider:
 
     async def _save_state(self, backend: str) -> None:
         """HAProxy's own state of the backend's servers, where the next worker will load it."""
+        self._saved.pop(backend, None)
         text = await self.runtimes[0].command(f"show servers state {backend}")
         if not text.startswith("1\n"):  # the format's version line; else HAProxy's complaint
             raise ProviderError(f"HAProxy show servers state {backend}: {text.strip()[:200]}")
@@ -319,9 +322,16 @@ class HAProxyProvider:
         views: dict[Target, list[TargetState]] = {}
         seen = await self._on_each(lambda rt: rt.servers(be))
         if self.owns_config and pool.group is None:
-            # saved after the read: any health a gate is decided on is what a reload restores
-            async with self._lock:
-                await self._save_state(be)
+            # saved after the read: any health a gate is decided on is what a reload restores;
+            # only when HAProxy's view changed since the last save (pending gates of 50 Services
+            # read every 0.1 s were 500 saves a second, each under the provider's lock)
+            view = tuple(
+                (rt.address, r.name, r.address, r.status, r.check_status) for rt, rows in seen for r in rows
+            )
+            if self._saved.get(be) != view:
+                async with self._lock:
+                    await self._save_state(be)
+                self._saved[be] = view
         for rt, rows in seen:
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
