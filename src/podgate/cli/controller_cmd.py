@@ -540,7 +540,14 @@ async def _health(controller: Controller, bind: str, port: int, webhook_up: asyn
     return runner
 
 
+#: seconds a thread holding the interpreter lock may keep it while another waits (Python's
+#: default is 5 ms): the webhook's thread needs it a few dozen times per review, and at 5 ms a
+#: wait while the reconcile loop computes, a burst of reviews queued for over a second
+SWITCH_INTERVAL = 0.001
+
+
 async def run(settings: ControllerSettings, health_bind: str, health_port: int) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL)
     api = await api_client(settings.kubeconfig)
     controller = Controller(settings, api)
     metrics.watch(controller)
