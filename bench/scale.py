@@ -106,6 +106,29 @@ class PeakRss:
             await asyncio.sleep(0.2)
 
 
+class Connections:
+    """TCP connections to a local port, sampled every 0.2 s from /proc/net/tcp: how many the
+    webhook was sent (distinct peers seen; a connection shorter than a sample may be missed)."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.peers, self.most = port, set[str](), 0
+
+    def sample(self) -> None:
+        now = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if int(local.split(":")[1], 16) == self.port and state == "01":  # ESTABLISHED
+                now.add(remote)
+        self.peers |= now
+        self.most = max(self.most, len(now))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(0.2)
+
+
 def scrape(url: str, token: str | None = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a Prometheus endpoint: (name, sorted labels) → value."""
     import ssl
@@ -306,7 +329,12 @@ class Bench:
         agent_rss0, agent_cpu0 = self.agent.rss_mib(), self.agent.cpu_s()
         peak = PeakRss(self.controller)
         agent_peak = PeakRss(self.agent)
-        sampler = [asyncio.create_task(peak.run()), asyncio.create_task(agent_peak.run())]
+        connections = Connections(CONFIG.port(9444))
+        sampler = [
+            asyncio.create_task(peak.run()),
+            asyncio.create_task(agent_peak.run()),
+            asyncio.create_task(connections.run()),
+        ]
         prober = Prober(self.webhook_url)
         await asyncio.sleep(1.0)  # the prober's first samples: the webhook at rest
         wall0, t0 = time.time(), time.monotonic()
@@ -342,6 +370,7 @@ class Bench:
             "status_writes_per_pod": writes / len(pods),
             "webhook_probe": probes,
             "webhook_apiserver": webhook_histogram(api_before, api_after),
+            "webhook_connections": {"seen": len(connections.peers), "most_at_once": connections.most},
             "reconcile_errors": total(after, "controller_runtime_reconcile_errors_total")
             - total(before, "controller_runtime_reconcile_errors_total"),
         }

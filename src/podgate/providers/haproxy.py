@@ -192,7 +192,8 @@ class HAProxyProvider:
         assert self.config_path is not None and self.master is not None
         mark = cfg.STRUCTURE_MARK + cfg.structure_id(self.base_config, self._services)
         try:
-            current = self.config_path.read_text().split("\n", 1)[0]
+            with self.config_path.open() as f:  # the first line only: the file lists every target
+                current = f.readline().rstrip("\n")
         except OSError:
             current = ""
         self._initialised = True
