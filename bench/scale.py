@@ -234,11 +234,18 @@ class Prober:
 
 
 # -- the passes -------------------------------------------------------------------------------
-async def wait_until(pred: Any, limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
+async def wait_until(pred: Any, limit: float, what: str, progress: Any = None) -> None:
+    start = time.monotonic()
+    told = start
     while not pred():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {limit:.0f}s waiting for {what}")
+        now = time.monotonic()
+        if now - start > limit:
+            raise TimeoutError(
+                f"timed out after {limit:.0f}s waiting for {what}: {progress() if progress else ''}"
+            )
+        if progress and now - told > 30:
+            print(f"  {now - start:.0f} s: {progress()}", flush=True)
+            told = now
         await asyncio.sleep(0.1)
 
 
@@ -290,6 +297,7 @@ class Bench:
         self.apiserver_metrics = f"{sb.apiserver_url}/metrics"
         self.token = sb.admin_token()
         self.tasks: list[asyncio.Task[None]] = []
+        self._told = time.monotonic()
 
     @property
     def minimum(self) -> float:
@@ -320,6 +328,15 @@ class Bench:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)  # the controller idle again before the clock starts
 
+    def progress(self) -> str:
+        live = self.live()
+        tl = self.timeline
+        return (
+            f"{len(live)} live pods, {sum(n in tl.containers_ready for n in live)} ContainersReady, "
+            f"{sum(n in tl.gate_true for n in live)} gated True, {sum(n in tl.ready for n in live)} Ready; "
+            f"{len(self.informer.cache) - len(live)} terminating"
+        )
+
     async def measured(self, name: str, act: Any, done: Any, pods_of: Any) -> dict[str, Any]:
         """Run one pass: ``act()`` starts it, ``done()`` says it is over, ``pods_of()`` names the
         pods it made (after it is over)."""
@@ -340,7 +357,7 @@ class Bench:
         wall0, t0 = time.time(), time.monotonic()
         print(f"{name}: started", flush=True)
         await act()
-        await wait_until(done, self.args.timeout, f"{name} to finish")
+        await wait_until(done, self.args.timeout, f"{name} to finish", self.progress)
         took, wall1 = time.monotonic() - t0, time.time()
         cpu1, agent_cpu1 = self.controller.cpu_s(), self.agent.cpu_s()
         for t in sampler:
@@ -435,6 +452,9 @@ class Bench:
             return [n for n in (p["metadata"]["name"] for p in self.live().values()) if n not in old]
 
         def done() -> bool:
+            if time.monotonic() - self._told > 30:
+                self._told = time.monotonic()
+                print(f"  rollouts complete: {sum(complete.values())}/{self.args.services}", flush=True)
             fresh = new_pods()
             return (
                 len(complete) == self.args.services
