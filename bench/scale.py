@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -598,7 +599,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "scale"))
     args = parser.parse_args()
     with sandbox(CONFIG) as sb:
-        res = asyncio.run(run(sb, args))
+        try:
+            res = asyncio.run(run(sb, args))
+        finally:  # the sandbox's logs outlive it, for a look at what happened
+            shutil.copytree(sb.state_dir / "logs", args.out + "-logs", dirs_exist_ok=True)
     res["note"] = args.note
     write(args.out, res, markdown)
 
