@@ -602,7 +602,9 @@ def main() -> None:
         try:
             res = asyncio.run(run(sb, args))
         finally:  # the sandbox's logs outlive it, for a look at what happened
-            shutil.copytree(sb.state_dir / "logs", args.out + "-logs", dirs_exist_ok=True)
+            logs = Path(tempfile.gettempdir()) / "podgate-scale-logs"
+            shutil.copytree(sb.state_dir / "logs", logs, dirs_exist_ok=True)
+            print(f"the sandbox's logs: {logs}", flush=True)
     res["note"] = args.note
     write(args.out, res, markdown)
 
