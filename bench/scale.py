@@ -336,6 +336,7 @@ class Bench:
             f"{len(live)} live pods, {sum(n in tl.containers_ready for n in live)} ContainersReady, "
             f"{sum(n in tl.gate_true for n in live)} gated True, {sum(n in tl.ready for n in live)} Ready; "
             f"{len(self.informer.cache) - len(live)} terminating"
+            + ("" if Path(f"/proc/{self.controller.pid}").exists() else "; THE CONTROLLER HAS EXITED")
         )
 
     async def measured(self, name: str, act: Any, done: Any, pods_of: Any) -> dict[str, Any]:
