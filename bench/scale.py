@@ -42,6 +42,7 @@ from podgate.kube.api import PODS
 from podgate.kube.client import ApiKube, api_client, call
 from podgate.kube.informer import Informer
 from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.processes import alive
 
 CONFIG = SandboxConfig(port_offset=16000, pod_cidr="127.113.0.0/16", lb_cidr="127.213.0.0/16")
 NS = "scale"
@@ -336,7 +337,7 @@ class Bench:
             f"{len(live)} live pods, {sum(n in tl.containers_ready for n in live)} ContainersReady, "
             f"{sum(n in tl.gate_true for n in live)} gated True, {sum(n in tl.ready for n in live)} Ready; "
             f"{len(self.informer.cache) - len(live)} terminating"
-            + ("" if Path(f"/proc/{self.controller.pid}").exists() else "; THE CONTROLLER HAS EXITED")
+            + ("" if alive(self.controller.pid, "podgate") else "; THE CONTROLLER HAS EXITED")
         )
 
     async def measured(self, name: str, act: Any, done: Any, pods_of: Any) -> dict[str, Any]:
