@@ -331,7 +331,7 @@ class Bench:
         await asyncio.sleep(2.0)  # the controller idle again before the clock starts
 
     def progress(self) -> str:
-        live = self.live()
+        live = [p["metadata"]["name"] for p in self.live().values()]
         tl = self.timeline
         return (
             f"{len(live)} live pods, {sum(n in tl.containers_ready for n in live)} ContainersReady, "
