@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import logging
 import re
@@ -20,7 +21,8 @@ import resource
 import shlex
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -350,7 +352,10 @@ class NodeAgent:
         self.log_dir = log_dir
         self.run_commands = run_commands
         self.workers: dict[str, PodWorker] = {}
+        #: addresses the workers hold (a count: a replaced pod's worker may still hold one)
+        self._worker_ips: collections.Counter[str] = collections.Counter()
         self.informer: Informer[Obj] = Informer(ApiKube(api), PODS)
+        self.informer.add_index(IP_INDEX, _pod_ips)
         self.informer.add_handler(self._on_pod)
         self.recorder = EventRecorder(ApiKube(api), COMPONENT, node_name)
         # Dedup, and one writer per pod at a time: two concurrent PATCHes of one pod could land
@@ -498,14 +503,14 @@ class NodeAgent:
         worker = self.workers.get(key)
         if worker is not None and worker.uid != meta.get("uid"):
             worker.kill()  # same name, new pod: the old one is gone
-            self.workers.pop(key, None)
+            self._drop_worker(key)
             worker = None
         if kind == "DELETED":
             if worker is not None:
                 self.termination(worker, "gone")
                 worker.kill()
                 worker.task.cancel()
-                self.workers.pop(key, None)
+                self._drop_worker(key)
             return
         node = spec.get("nodeName")
         if not node:
@@ -532,16 +537,24 @@ class NodeAgent:
             self.event(pod, "FailedCreatePodSandBox", f"Failed to create pod sandbox: {e}", "Warning")
             return
         self.workers[key] = PodWorker(self, pod, ip)
+        self._worker_ips[ip] += 1
         if meta.get("deletionTimestamp"):
             self.workers[key].terminating.set()
 
+    def _drop_worker(self, key: str) -> None:
+        worker = self.workers.pop(key, None)
+        if worker is not None:
+            self._worker_ips[worker.ip] -= 1
+            if self._worker_ips[worker.ip] <= 0:
+                del self._worker_ips[worker.ip]
+
     def _allocate(self, pod: Obj) -> str:
-        used = {w.ip for w in self.workers.values()}
+        # Addresses in use are looked up, never gathered: a scan of every pod for each new one
+        # made a burst of 5,000 pods quadratic (the agent's loop busy for minutes).
         previous = (pod.get("status") or {}).get("podIP")
-        if previous and previous not in used and addresses.contains(self.net, previous):
+        if previous and previous not in self._worker_ips and addresses.contains(self.net, previous):
             return str(previous)
-        used |= {ip for p in self.informer.cache.values() if (ip := (p.get("status") or {}).get("podIP"))}
-        ip = addresses.allocate(self.net, used, self._next_ip)
+        ip = addresses.allocate(self.net, _Taken(self), self._next_ip)
         # Next search starts after this one: addresses of deleted pods are reused last, so a
         # load balancer never confuses a new pod with an old one that had the same address.
         self._next_ip = addresses.offset(self.net, ip) + 1
@@ -584,7 +597,7 @@ class NodeAgent:
             self._deleting.discard(key)
             worker = self.workers.get(key)
             if worker is not None and worker.uid == meta["uid"]:
-                self.workers.pop(key, None)
+                self._drop_worker(key)
 
     # -- status -------------------------------------------------------------------------------
     def mark_dirty(self, key: str) -> None:
@@ -709,6 +722,33 @@ class NodeAgent:
         for worker in self.workers.values():
             worker.kill()
             worker.task.cancel()
+
+
+IP_INDEX = "ip"
+
+
+def _pod_ips(pod: Obj) -> list[str]:
+    ip = (pod.get("status") or {}).get("podIP")
+    return [ip] if ip else []
+
+
+class _Taken(AbstractSet[str]):
+    """The addresses in use, looked up rather than listed: the workers' and those in pods'
+    status (a pod another agent run gave an address)."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+
+    def __contains__(self, ip: object) -> bool:
+        return ip in self.agent._worker_ips or (
+            isinstance(ip, str) and bool(self.agent.informer.keys_by_index(IP_INDEX, ip))
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(set(self.agent._worker_ips) | set(self.agent.informer.index_values(IP_INDEX)))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def _meminfo_kib() -> int:

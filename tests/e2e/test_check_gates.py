@@ -307,19 +307,8 @@ async def test_prometheus_check(
     sandbox.apply(deployment("prom"), namespace)
     pod = await asyncio.to_thread(wait_for, "the pod", lambda: the_pod(sandbox, namespace, "prom"), 20)
     name = pod["metadata"]["name"]
-    metrics_target[name] = 0.2
-    state = await asyncio.to_thread(
-        wait_for,
-        "the check failing on 0.2",
-        lambda: (
-            (s := gate_state(sandbox, namespace, "prom", "check.podgate.dev/metric"))
-            and "returned 0.2" in s[2]
-            and s
-        ),
-        30,
-    )
-    assert state[:2] == ("False", "CheckFailing")
-    assert f'query `warm{{pod="{name}"}}` returned 0.2, needs > 0.5' == state[2]
+    # A gate is written when its status or reason changes (not for new words alone), so each
+    # verdict is read at a transition: passing on 0.9, then failing on 0.2.
     metrics_target[name] = 0.9
     state = await asyncio.to_thread(
         wait_for,
@@ -330,3 +319,16 @@ async def test_prometheus_check(
         30,
     )
     assert state[1] == "CheckPassed" and "returned 0.9" in state[2]
+    metrics_target[name] = 0.2
+    state = await asyncio.to_thread(
+        wait_for,
+        "the check failing on 0.2",
+        lambda: (
+            (s := gate_state(sandbox, namespace, "prom", "check.podgate.dev/metric"))
+            and s[0] == "False"
+            and s
+        ),
+        30,
+    )
+    assert state[:2] == ("False", "CheckFailing")
+    assert f'query `warm{{pod="{name}"}}` returned 0.2, needs > 0.5' == state[2]

@@ -74,6 +74,7 @@ async def test_writes_only_on_change_and_moves_the_transition_time_only_with_the
     steps: list[tuple[Condition, bool]] = [
         (cond("False", "RegistrationInProgress"), True),
         (cond("False", "RegistrationInProgress"), False),  # the same: no write
+        (cond("False", "RegistrationInProgress", "other words"), False),  # only the words: no write
         (cond("False", "InitialHealthChecking"), True),  # reason changed, status did not
         (cond("True", "TargetHealthy"), True),
         (cond("False", "HealthCheckFailing"), False),  # sticky: True stays True

@@ -133,3 +133,89 @@ async def test_our_answer_never_brings_back_what_the_watch_deleted() -> None:
             inf.update_if_newer(gone)
             inf._apply({"type": "DELETED", "object": gone})
         assert "ns/a" not in inf.cache, order
+
+
+def labelled(name: str, rv: str, ns: str = "ns", **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": ns, "resourceVersion": rv, "labels": labels}}
+
+
+async def test_indexes_follow_every_change_and_a_relist() -> None:
+    kube = FakeKube()
+    kube.add(PODS, labelled("a", "1", app="web"))
+    kube.add(PODS, labelled("b", "1", ns="other", app="web"))
+    inf: Informer[Any] = Informer(kube, PODS)
+    inf.add_index("app", lambda p: [p["metadata"]["labels"].get("app", "")])
+    await inf._relist()
+
+    def names(index: str, value: str) -> list[str]:
+        return sorted(p["metadata"]["name"] for p in inf.by_index(index, value))
+
+    assert names("namespace", "ns") == ["a"] and names("app", "web") == ["a", "b"]
+    inf._apply({"type": "MODIFIED", "object": labelled("a", "2", app="api")})
+    assert names("app", "web") == ["b"] and names("app", "api") == ["a"]
+    inf._apply({"type": "ADDED", "object": labelled("c", "3", app="api")})
+    inf._apply({"type": "DELETED", "object": labelled("a", "4", app="api")})
+    assert names("app", "api") == ["c"] and [p["metadata"]["name"] for p in inf.in_namespace("ns")] == ["c"]
+    assert sorted(inf.index_values("app")) == ["api", "web"]
+    inf.update_if_newer(labelled("c", "5", app="web"))  # our own write's answer
+    assert names("app", "web") == ["b", "c"] and "api" not in inf.index_values("app")
+    await inf._relist()  # the API server's truth: a as first listed, c never there
+    assert names("app", "web") == ["a", "b"] and names("namespace", "ns") == ["a"]
+    assert "api" not in inf.index_values("app")
+
+
+async def test_the_cache_keeps_only_the_projection() -> None:
+    kube = FakeKube()
+    kube.add(PODS, {**labelled("a", "1", app="web"), "spec": {"big": "x" * 1000}})
+    inf: Informer[Any] = Informer(kube, PODS, project=lambda p: {"metadata": p["metadata"], "slim": True})
+    seen: list[Any] = []
+    inf.add_handler(lambda kind, obj, old: seen.append(obj))
+    await inf._relist()
+    inf.update_if_newer({**labelled("a", "2", app="web"), "spec": {"big": "y"}})
+    inf._apply({"type": "MODIFIED", "object": {**labelled("a", "3", app="web"), "spec": {"big": "z"}}})
+    assert all(obj.get("slim") and "spec" not in obj for obj in [*seen, *inf.cache.values()])
+    assert len(seen) == 3
+
+
+async def test_a_failed_page_is_asked_again_from_its_continue_token() -> None:
+    kube = FakeKube()
+    for i in range(5):
+        kube.add(PODS, pod(f"p{i}"))
+    asked: list[str | None] = []
+    real_list = kube.list
+    failures = {"2": 2}  # the second page fails twice, then answers
+
+    async def flaky_list(*args: Any, **kw: Any) -> Any:
+        token = kw.get("continue_")
+        asked.append(token)
+        if failures.get(token or "", 0):
+            failures[token] -= 1
+            raise RuntimeError("connection reset")
+        return await real_list(*args, **kw)
+
+    kube.list = flaky_list  # type: ignore[method-assign]
+    inf: Informer[Pod] = Informer(kube, PODS, page_size=2, max_backoff=0.01)
+    await inf._relist()
+    assert asked == [None, "2", "2", "2", "4"]  # resumed, not started over
+    assert len(inf.cache) == 5 and inf.relists == 1
+
+
+async def test_an_expired_continue_token_starts_the_list_over() -> None:
+    kube = FakeKube()
+    for i in range(3):
+        kube.add(PODS, pod(f"p{i}"))
+    asked: list[str | None] = []
+    real_list = kube.list
+    expired = [True]
+
+    async def compacting_list(*args: Any, **kw: Any) -> Any:
+        asked.append(kw.get("continue_"))
+        if kw.get("continue_") and expired:
+            expired.clear()
+            raise Gone("the provided continue parameter is too old")
+        return await real_list(*args, **kw)
+
+    kube.list = compacting_list  # type: ignore[method-assign]
+    inf: Informer[Pod] = Informer(kube, PODS, page_size=2)
+    await inf._relist()
+    assert asked == [None, "2", None, "2"] and len(inf.cache) == 3

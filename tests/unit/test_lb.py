@@ -178,3 +178,17 @@ def test_retries_are_the_load_balancers_unless_the_service_says_false() -> None:
     assert lb.pools_for(svc(**{lb.RETRIES: "false"}))[0].retries is False
     with pytest.raises(lb.ServiceConfigError, match="load-balancer-retries"):
         lb.pools_for(svc(**{lb.RETRIES: "never"}))
+
+
+def test_progress_that_only_counts_health_checks_is_not_written() -> None:
+    def initial(detail: str) -> Any:
+        return lb.gate_condition(GATE, [lb.TargetHealth(lb.Health.INITIAL, detail, "haproxy be")])
+
+    first = lb.next_condition(None, initial("DOWN 1/3"), sticky=True, now="T1")
+    assert first is not None and first["message"] == "haproxy be: DOWN 1/3"
+    # the same status and reason: no write, whatever the words
+    assert lb.next_condition(first, initial("DOWN 2/3"), sticky=True, now="T2") is None
+    assert lb.next_condition(first, initial("DOWN 2/3"), sticky=False, now="T2") is None
+    # a condition set by hand says what the user wrote
+    by_hand = lb.next_condition(first, initial("DOWN 2/3"), sticky=False, now="T3", words=True)
+    assert by_hand is not None and by_hand["message"] == "haproxy be: DOWN 2/3"

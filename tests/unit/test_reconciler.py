@@ -3,10 +3,12 @@ the Service and the load balancer, pass by pass."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
+from podgate.controller import reconciler
 from podgate.kube.api import PODS, SERVICES, PatchType
 from podgate.kube.fake import Write
 from podgate.model import gates, lb, policy
@@ -66,6 +68,68 @@ async def test_a_healthy_target_opens_the_gate_with_one_write_and_then_writes_no
     assert world.kube.writes == []  # level-triggered: nothing changed, nothing written
 
 
+async def test_a_pod_from_creation_to_ready_costs_three_status_writes() -> None:
+    """One write per change of status or reason; health-check progress is not written."""
+    world = World()
+    world.add(SERVICES, service())
+    life: list[tuple[str, Any, str | None]] = [
+        ("created", pod("p1", ip=None, ready=False), None),
+        ("has an IP", pod("p1", ready=False), None),
+        ("ContainersReady", pod("p1"), "DOWN 0/3"),
+        ("one check passed", None, "DOWN 1/3"),
+        ("two checks passed", None, "DOWN 2/3"),
+        ("UP", None, "UP 3/3"),
+    ]
+    seen: list[tuple[str, str] | None] = []
+    writes = 0
+    for step, body, health in life:
+        if body is not None:  # the node agent moves it on; the gate condition stays
+            written = world.condition("p1") if world.kube.object(PODS, "p1", NS) else None
+            body["status"]["conditions"] += [written] if written else []
+            world.kube.add(PODS, body)
+        if health is not None:
+            h = Health.HEALTHY if health.startswith("UP") else Health.INITIAL
+            world.provider.set_health(Target("10.0.0.1", 8080), h, health)
+        await world.reconcile()
+        writes += len(status_writes(world))
+        seen.append(gate(world, "p1"))
+        await world.reconcile()  # a re-read that learns nothing writes nothing
+        assert status_writes(world) == [], step
+    assert seen == [
+        ("False", "RegistrationInProgress"),
+        ("False", "RegistrationInProgress"),
+        ("False", "InitialHealthChecking"),
+        ("False", "InitialHealthChecking"),
+        ("False", "InitialHealthChecking"),
+        ("True", lb.HEALTHY_REASON),
+    ]
+    assert writes == 3
+
+
+async def test_the_gate_writes_of_a_pass_go_side_by_side() -> None:
+    """100 pods' writes one after another held a Service's pass for seconds on a busy API
+    server; they go side by side, a bounded number at a time."""
+    world = World()
+    world.add(SERVICES, service())
+    for i in range(40):
+        world.add(PODS, pod(f"p{i}", ip=f"10.0.1.{i}"))
+    in_flight, peak = 0, 0
+    real_patch = world.kube.patch
+
+    async def slow_patch(*args: Any, **kw: Any) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return await real_patch(*args, **kw)
+
+    world.kube.patch = slow_patch  # type: ignore[method-assign]
+    await world.reconcile()
+    assert len(status_writes(world)) == 40
+    assert peak == reconciler.WRITE_CONCURRENCY
+
+
 async def test_a_failing_health_check_never_opens_the_gate() -> None:
     world = World()
     world.add(SERVICES, service())
@@ -101,6 +165,35 @@ async def test_a_failed_registration_still_lets_leaving_pods_go_then_reports() -
     assert gate(world, "p1") == ("False", lb.PROVIDER_ERROR)
     assert gate(world, "p2") is None  # a terminating pod's gate is left alone
     assert ("Service", "web", "LoadBalancerError", "Warning") in world.recorder.events
+
+
+async def test_a_reconcile_plans_from_its_services_pods_and_those_behind_its_targets() -> None:
+    """Read through the indexes, not a scan: p1 is selected; p2 left the selector (relabelled)
+    but its target is present, so it drains; p3's target has no pod, so it goes at once; pods
+    of other Services and namespaces are not part of the plan."""
+    provider = FakeProvider()
+    world = World(provider)
+    world.add(SERVICES, service(), service("api"))
+    other_ns = {**pod("p9", ip="10.0.0.2"), "metadata": {"name": "p9", "namespace": "elsewhere"}}
+    world.add(PODS, pod("p1"), pod("p2", ip="10.0.0.2", app="api"), pod("p4", ip="10.0.0.4", app="api"))
+    world.add(PODS, other_ns)
+    provider.pools[(KEY, 80)] = {
+        Target("10.0.0.2", 8080): TargetState("ready", lb.TargetHealth(Health.HEALTHY, "UP")),
+        Target("10.0.0.3", 8080): TargetState("ready", lb.TargetHealth(Health.HEALTHY, "UP")),
+    }
+    await world.reconcile()
+    calls = [
+        (call, targets)
+        for call, key, targets in provider.calls
+        if call in ("register", "drain", "deregister")
+    ]
+    assert calls == [
+        ("register", ("10.0.0.1:8080",)),
+        ("drain", ("10.0.0.2:8080",)),
+        ("deregister", ("10.0.0.3:8080",)),
+    ]
+    assert [p["metadata"]["name"] for p in world.reconciler.selected(NS, {"app": "api"})] == ["p2", "p4"]
+    assert world.reconciler.selected(NS, {}) == []  # an empty selector selects nothing
 
 
 async def test_a_deleted_service_closes_its_gates_and_releases_the_load_balancer() -> None:
@@ -216,6 +309,31 @@ async def test_a_timed_out_gate_follows_the_services_choice(
     assert set(world.provider.pools[(KEY, 80)]) == {Target("10.0.0.1", 8080)}  # still registered
     await world.reconcile()
     assert world.kube.writes == []  # decided once: a re-read writes nothing
+
+
+async def test_a_gate_opened_by_the_timeout_takes_the_load_balancers_word_once_healthy() -> None:
+    world = World()
+    world.add(SERVICES, service(annotations={policy.READINESS_TIMEOUT: "90s", policy.ON_TIMEOUT: "open"}))
+    world.add(PODS, long_ready())
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "L7STS/503")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", policy.TIMED_OUT)
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+
+
+async def test_a_true_gate_in_sticky_mode_is_neither_read_again_nor_polled_for() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "DOWN")
+    await world.sync()
+    outcome = await world.reconciler.reconcile(KEY)
+    assert not outcome.poll and gate(world, "p1") == ("True", lb.HEALTHY_REASON)
 
 
 async def test_without_a_timeout_a_gate_waits_for_ever() -> None:

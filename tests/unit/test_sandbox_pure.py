@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
+
 import pytest
 
 from podgate.model import addresses
@@ -48,6 +51,24 @@ def test_addresses_stay_in_loopback_and_do_not_collide() -> None:
         addresses.loopback_network("banana")
     assert addresses.overlaps("127.100.0.0/16", "127.100.5.0/24")
     assert not addresses.overlaps("127.100.0.0/16", "127.200.0.0/16")
+
+
+def test_addresses_in_use_as_a_set_are_looked_up_not_copied() -> None:
+    """The node agent's addresses in use (thousands) are a view: copying it for each new pod
+    made a burst quadratic."""
+
+    class LookedUp(AbstractSet[str]):
+        def __contains__(self, ip: object) -> bool:
+            return ip in ("127.100.0.1", "127.100.0.2")
+
+        def __iter__(self) -> Iterator[str]:
+            raise AssertionError("copied")
+
+        def __len__(self) -> int:
+            raise AssertionError("copied")
+
+    net = addresses.loopback_network("127.100.0.0/29")
+    assert addresses.allocate(net, LookedUp()) == "127.100.0.3"
     assert addresses.offset(net, "127.100.0.2") == 1
 
 

@@ -14,6 +14,7 @@ from podgate.kube.fake import FakeKube
 from podgate.kube.informer import Informer
 from podgate.model import gates
 from podgate.model.policy import GatePolicy
+from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.types import Namespace, Pod, Service
 from podgate.providers.fake import FakeProvider
 
@@ -87,9 +88,10 @@ class World:
         self.kube = FakeKube()
         self.kube.add(NAMESPACES, {"metadata": {"name": NS}})
         self.provider = provider or FakeProvider()
-        self.pods: Informer[Pod] = Informer(self.kube, PODS)
-        self.services: Informer[Service] = Informer(self.kube, SERVICES)
-        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES)
+        # the controller's projections (model.projection)
+        self.pods: Informer[Pod] = Informer(self.kube, PODS, project=slim_pod)
+        self.services: Informer[Service] = Informer(self.kube, SERVICES, project=slim_service)
+        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES, project=slim_namespace)
         self.recorder = Recorded(self.kube)
         self.reconciler = ServiceReconciler(
             self.kube,

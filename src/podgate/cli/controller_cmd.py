@@ -49,7 +49,7 @@ from podgate.controller.settings import (
 )
 from podgate.kube.client import api_client
 from podgate.model import addresses, gates, policy
-from podgate.webhook import drain
+from podgate.webhook import drain, isolated
 
 #: what Kubernetes accepts as a namespace (a DNS label) and as most object names (a DNS subdomain)
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -565,7 +565,14 @@ async def _health(controller: Controller, bind: str, port: int, webhook_up: asyn
     return runner
 
 
+#: seconds a thread holding the interpreter lock may keep it while another waits (Python's
+#: default is 5 ms): the webhook's thread needs it a few dozen times per review, and at 5 ms a
+#: wait while the reconcile loop computes, a burst of reviews queued for over a second
+SWITCH_INTERVAL = 0.001
+
+
 async def run(settings: ControllerSettings, health_bind: str, health_port: int) -> None:
+    sys.setswitchinterval(SWITCH_INTERVAL)
     api = await api_client(settings.kubeconfig)
     controller = Controller(settings, api)
     metrics.watch(controller)
@@ -579,7 +586,7 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
     webhook_up = asyncio.Event()
-    runners = [await _health(controller, health_bind, health_port, webhook_up)]
+    runners: list[isolated.Runner] = [await _health(controller, health_bind, health_port, webhook_up)]
     try:
         await asyncio.wait(
             [main, asyncio.create_task(controller.ready.wait())], return_when=asyncio.FIRST_COMPLETED

@@ -20,7 +20,7 @@ import aiohttp
 from podgate.controller.gatewriter import GateWriter
 from podgate.kube.api import Kube, Obj, PatchType, Resource
 from podgate.kube.events import EventRecorder, now_rfc3339
-from podgate.kube.informer import EventType, Informer
+from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import checks as chk
 from podgate.model import conditions as cond
 from podgate.model.probes import ProbeSpecError, ProbeState, observe, resolve_port
@@ -34,13 +34,15 @@ READINESS_CHECKS = Resource(chk.GROUP, chk.VERSION, chk.PLURAL, chk.KIND)
 
 
 def checks_informer(kube: Kube) -> Informer[Obj]:
-    return Informer(kube, READINESS_CHECKS)
+    # snapshots: the webhook reads them from its own thread
+    return Informer(kube, READINESS_CHECKS, snapshots=True)
 
 
 def parsed_checks(informer: Informer[Obj]) -> list[chk.CheckSpec]:
-    """Every usable ReadinessCheck in the cache (for the webhook's injection)."""
+    """Every usable ReadinessCheck in the cache (for the webhook's injection, from its thread:
+    the informer's immutable snapshot)."""
     out = []
-    for obj in informer.cache.values():
+    for obj in informer.snapshot().values():
         with contextlib.suppress(chk.CheckSpecError, KeyError, TypeError, ValueError):
             out.append(chk.parse_check(obj))
     return out
@@ -66,6 +68,8 @@ class CheckRunner:
         self.http: aiohttp.ClientSession | None = None
         pods.add_handler(self._on_change)
         checks.add_handler(self._on_change)
+        # only pods with a check gate are looked at, by the checks they name
+        pods.add_index(CHECK_INDEX, _check_keys)
 
     def _on_change(self, kind: EventType, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
         self._dirty.set()
@@ -87,7 +91,12 @@ class CheckRunner:
     async def _sync(self) -> None:
         """Start a task per wanted (check, pod); stop the unwanted; report gates whose check is gone."""
         wanted: dict[Pair, str] = {}
-        for pod_key, pod in list(self.pods.cache.items()):
+        checked = {
+            key_of(p): p
+            for value in self.pods.index_values(CHECK_INDEX)
+            for p in self.pods.by_index(CHECK_INDEX, value)
+        }
+        for pod_key, pod in checked.items():
             meta = pod["metadata"]
             if is_terminating(pod) or not pod_ip(pod):
                 continue
@@ -207,9 +216,7 @@ class CheckRunner:
         ns, name = key.split("/", 1)
         gate = chk.check_gate(name)
         passing = pending = 0
-        for pod in self.pods.cache.values():
-            if meta_of(pod).get("namespace") != ns or gate not in cond.readiness_gates(pod_spec(pod)):
-                continue
+        for pod in self.pods.by_index(CHECK_INDEX, key):
             c = cond.find(pod_conditions(pod), gate)
             if c is not None and c.get("status") == cond.TRUE:
                 passing += 1
@@ -245,6 +252,15 @@ class CheckRunner:
         self._status_written[key] = mark
         if usable["status"] == "False":
             self.recorder.emit_later(obj, "ReadinessCheck", "InvalidSpec", usable["message"], "Warning")
+
+
+CHECK_INDEX = "check"
+
+
+def _check_keys(pod: Pod) -> list[str]:
+    """The ReadinessChecks (namespace/name) whose gates the pod carries."""
+    ns = meta_of(pod).get("namespace")
+    return [f"{ns}/{name}" for g in cond.readiness_gates(pod_spec(pod)) if (name := chk.check_of_gate(g))]
 
 
 def _port(port: int | str, pod: Pod) -> int:

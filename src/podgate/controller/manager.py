@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from aiohttp import web
 from kubernetes_asyncio import client
 
 from podgate.controller import metrics
@@ -33,16 +32,19 @@ from podgate.model import conditions as cond
 from podgate.model import gates, lb
 from podgate.model.certs import RotationPolicy
 from podgate.model.policy import OPEN, GatePolicy
+from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
-from podgate.webhook import drain, eviction
+from podgate.webhook import drain, eviction, isolated
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
 
 log = logging.getLogger(__name__)
+#: pending Services read every ``--poll-period``; more stretch the period (see ``_poll_period``)
+POLLS_PER_PERIOD = 10
 
 
 def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
@@ -84,9 +86,11 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.kube = ApiKube(api)
-        self.pods: Informer[Pod] = Informer(self.kube, PODS)
-        self.services: Informer[Service] = Informer(self.kube, SERVICES)
-        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES)
+        # slim projections (model.projection): the raw objects are not kept
+        self.pods: Informer[Pod] = Informer(self.kube, PODS, project=slim_pod)
+        # snapshots: the webhook reads Services from its own thread (webhook.isolated)
+        self.services: Informer[Service] = Informer(self.kube, SERVICES, project=slim_service, snapshots=True)
+        self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES, project=slim_namespace)
         self.checks = checks_informer(self.kube)
         self.providers = dict(providers) if providers is not None else build_providers(settings)
         self.recorder = EventRecorder(self.kube, "podgate")
@@ -146,13 +150,16 @@ class Controller:
         self.is_leader = True
         #: whether each provider answered its last generation check (for /readyz)
         self.provider_ok: dict[str, bool] = {}
+        #: Services whose last pass left gates pending (re-read every ``_poll_period()``)
+        self._polling: set[str] = set()
 
     # -- event handlers: enqueue keys, nothing else --------------------------------------------
     def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
         if old is not None and kind == "MODIFIED" and not _pod_change_matters(pod, old):
             return
+        namespace = meta_of(pod).get("namespace") or ""
         for key in services_for_event(
-            pod, old, self.services.cache.values(), self.settings.adopt_gate_prefixes
+            pod, old, self.services.in_namespace(namespace), self.settings.adopt_gate_prefixes
         ):
             self.queue.add(key)
 
@@ -168,10 +175,8 @@ class Controller:
         self.queue.add(key_of(svc))
 
     def _on_namespace(self, kind: EventType, ns: Namespace, old: Namespace | None) -> None:
-        name = ns["metadata"]["name"]
-        for key, svc in self.services.cache.items():
-            if meta_of(svc).get("namespace") == name:
-                self.queue.add(key)
+        for svc in self.services.in_namespace(ns["metadata"]["name"]):
+            self.queue.add(key_of(svc))
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -279,9 +284,11 @@ class Controller:
                 outcome = await self.reconciler.reconcile(key)
                 self.queue.forget(key)
                 if outcome.poll:
-                    self.queue.add_after(key, max(self.settings.poll_period, outcome.interval))
+                    self._polling.add(key)
+                    self.queue.add_after(key, max(self._poll_period(), outcome.interval))
                     metrics.RECONCILE_TOTAL.labels("service", "requeue_after").inc()
                 else:
+                    self._polling.discard(key)
                     metrics.RECONCILE_TOTAL.labels("service", "success").inc()
             except Exception as e:
                 metrics.RECONCILE_TOTAL.labels("service", "error").inc()
@@ -294,6 +301,13 @@ class Controller:
                 metrics.RECONCILE_TIME.labels("service").observe(took)
                 metrics.WORK_DURATION.labels(self.queue.name).observe(took)
                 self.queue.done(key)
+
+    def _poll_period(self) -> float:
+        """How soon a Service with pending gates is read again: ``--poll-period`` while at most
+        ``POLLS_PER_PERIOD`` Services are pending, stretched in proportion beyond (50 pending
+        Services: 0.5 s each), so reading pending pools costs about the same CPU at any scale
+        instead of taking the core the API server and the nodes need during a large rollout."""
+        return self.settings.poll_period * max(1.0, len(self._polling) / POLLS_PER_PERIOD)
 
     async def _watch_generation(self, name: str, provider: Provisioning) -> None:
         """A reload or restart empties the load balancer's dynamic state: re-sync every Service."""
@@ -398,10 +412,12 @@ async def server_version(kube: Any) -> Mapping[str, Any] | None:
     return {"major": info.major, "minor": info.minor, "gitVersion": info.git_version}
 
 
-async def serve(settings: ControllerSettings, controller: Controller) -> list[web.AppRunner]:
+async def serve(settings: ControllerSettings, controller: Controller) -> list[isolated.Runner]:
     """The webhook's HTTPS server, once it has a certificate, and the task that keeps that
     certificate current and the webhook configuration registered (or, with ``--no-inject``,
-    removed); the task ends with the server."""
+    removed); the task ends with the server.  The server runs on a thread and loop of its own
+    (``webhook.isolated``), so admission never waits for reconciles; the eviction guard's
+    reviews are handed back to this loop."""
     drain_url = settings.drain_url or derived_drain_url(settings, controller.services.cache)
     if settings.prestop_default().mode == "drain" and not drain_url:
         log.warning(
@@ -437,8 +453,9 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
         classes=controller.reconciler.classes,
     )
-    app.router.add_post(eviction.PATH, guard.handle)
-    app.router.add_get(drain.ROUTE, controller.drain.handle)
+    loop = asyncio.get_running_loop()
+    app.router.add_post(eviction.PATH, isolated.on_loop(loop, guard.answer))
+    app.router.add_get(drain.ROUTE, isolated.route_on_loop(loop, controller.drain.answer))
     tls = webhook.ServingTLS(
         settings.webhook_cert_dir, lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc()
     )
@@ -510,19 +527,36 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[we
         name="webhook certificates",
     )
 
-    async def stop_keeper(_: web.Application) -> None:
+    async def stop_keeper() -> None:
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
 
-    app.on_cleanup.append(stop_keeper)
     # An admission call the API server has given up on (after its timeoutSeconds) need not hold
     # up a stop: aiohttp would otherwise wait 60 s for in-flight requests.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=webhook.TIMEOUT_SECONDS)
-    await runner.setup()
+    server = isolated.ServerThread(
+        app,
+        settings.webhook_bind,
+        settings.webhook_port,
+        tls.context,
+        shutdown_timeout=webhook.TIMEOUT_SECONDS,
+    )
     try:
         await first.wait()
-    except asyncio.CancelledError:  # stopped before the first certificate
-        await runner.cleanup()  # stops the keeper too (on_cleanup)
+        await server.start()
+    except BaseException:  # stopped before the first certificate, or the port is taken
+        await stop_keeper()
         raise
-    await web.TCPSite(runner, settings.webhook_bind, settings.webhook_port, ssl_context=tls.context).start()
-    return [runner]
+    return [_Stopping(server, stop_keeper)]
+
+
+class _Stopping:
+    """The webhook's server thread, then its certificate keeper: stopped in that order."""
+
+    def __init__(self, server: isolated.ServerThread, stop_keeper: Callable[[], Awaitable[None]]) -> None:
+        self.server, self.stop_keeper = server, stop_keeper
+
+    async def cleanup(self) -> None:
+        try:
+            await self.server.cleanup()
+        finally:
+            await self.stop_keeper()

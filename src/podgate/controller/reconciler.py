@@ -7,10 +7,11 @@ writes a gate condition only when it changes, and never True because something f
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,7 +21,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
-from podgate.model.policy import DEFAULT_POLICY, GatePolicy, gate_policy, with_timeout
+from podgate.model.policy import DEFAULT_POLICY, TIMED_OUT, GatePolicy, gate_policy, with_timeout
 from podgate.model.types import (
     Condition,
     Namespace,
@@ -38,6 +39,23 @@ from podgate.model.types import (
 from podgate.providers.base import Provider, ProviderError, TargetState
 
 log = logging.getLogger(__name__)
+
+
+#: gate writes in flight at once, across the workers
+WRITE_CONCURRENCY = 32
+GATE_INDEX = "gate"
+LABEL_INDEX = "label"
+IP_INDEX = "ip"
+
+
+def _label_keys(pod: Pod) -> list[str]:
+    ns = meta_of(pod).get("namespace")
+    return [f"{ns}/{k}={v}" for k, v in labels(pod).items()]
+
+
+def _ip_keys(pod: Pod) -> list[str]:
+    ip = pod_ip(pod)
+    return [f"{meta_of(pod).get('namespace')}/{ip}"] if ip else []
 
 
 @dataclass
@@ -84,6 +102,13 @@ class ServiceReconciler:
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
         self.gates = GateWriter(kube, pods, recorder)
+        self._writing = asyncio.Semaphore(WRITE_CONCURRENCY)
+        # A reconcile reads only its Service's pods, through these (and never scans the cache):
+        # by the Service each readiness gate is for, by label (a selector is the intersection
+        # of its pairs), by IP (the pods behind a pool's present targets).
+        pods.add_index(GATE_INDEX, self._gate_keys)
+        pods.add_index(LABEL_INDEX, _label_keys)
+        pods.add_index(IP_INDEX, _ip_keys)
 
     # -- helpers ------------------------------------------------------------------------------
     def provider_of(self, service: Mapping[str, Any]) -> str | None:
@@ -97,7 +122,31 @@ class ServiceReconciler:
             return True  # handled, and its pods must hear why it cannot be served
 
     def pods_in(self, namespace: str) -> list[Pod]:
-        return [p for p in self.pods.cache.values() if meta_of(p).get("namespace") == namespace]
+        return self.pods.in_namespace(namespace)
+
+    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[Pod]:
+        """The pods of the namespace a Service's selector matches (an empty one: none)."""
+        if not selector:
+            return []
+        sets = sorted(
+            (self.pods.keys_by_index(LABEL_INDEX, f"{namespace}/{k}={v}") for k, v in selector.items()),
+            key=len,
+        )
+        keys = set.intersection(*sets)
+        return [p for k in sorted(keys) if (p := self.pods.get(k)) is not None]
+
+    def gated_pods(self, key: str) -> list[Pod]:
+        """The pods carrying a gate for this Service (podgate's or an adopted vendor's)."""
+        return self.pods.by_index(GATE_INDEX, key)
+
+    def _gate_keys(self, pod: Pod) -> list[str]:
+        ns = meta_of(pod).get("namespace")
+        out = []
+        for g in cond.readiness_gates(pod_spec(pod)):
+            svc = gates.service_of_gate(g, self.adopted_prefixes)
+            if svc:
+                out.append(f"{ns}/{svc}")
+        return out
 
     def injection_enabled(self, namespace: str) -> bool:
         ns = self.namespaces.get(namespace)
@@ -126,17 +175,14 @@ class ServiceReconciler:
         namespace, name = key.split("/", 1)
         gate = gates.service_gate(name)
         service = self.services.get(key)
-        gated = [p for p in self.pods_in(namespace) if self._gate_types_on(p, name) and not is_terminating(p)]
+        gated = [p for p in self.gated_pods(key) if not is_terminating(p)]
         out = Outcome()
         if service is None:
             await self._release(key)
-            for pod in gated:
-                await self.set_gate(
-                    pod,
-                    lb.failure_condition(
-                        gate, lb.SERVICE_NOT_FOUND, f"Service {namespace}/{name} does not exist"
-                    ),
-                )
+            missing = lb.failure_condition(
+                gate, lb.SERVICE_NOT_FOUND, f"Service {namespace}/{name} does not exist"
+            )
+            await self._write_all(self.set_gate(pod, missing) for pod in gated)
             return out
         deleting = is_terminating(service)
         try:
@@ -151,32 +197,29 @@ class ServiceReconciler:
             self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
             if deleting:  # podgate cannot tell which group: never hold a deletion forever
                 await self._set_finalizer(service, False)
-            for pod in gated:
-                await self.set_gate(pod, lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e)))
+            invalid = lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e))
+            await self._write_all(self.set_gate(pod, invalid) for pod in gated)
             return out
         if provider_name is None or deleting:
             await self._let_go(key, service, self.providers[provider_name] if provider_name else None, pools)
+            why = lb.failure_condition(
+                gate,
+                lb.SERVICE_NOT_FOUND if deleting else lb.NOT_LOAD_BALANCED,
+                f"Service {namespace}/{name} is being deleted"
+                if deleting
+                else f"Service {namespace}/{name} is not load-balanced by podgate "
+                f"(type {(service.get('spec') or {}).get('type')}, "
+                f"class {(service.get('spec') or {}).get('loadBalancerClass') or 'none'}, "
+                f"no {gates.PROVIDER_ANNOTATION} annotation)",
+            )
+            writes = []
             for pod in gated:
                 # a vendor's gate (adopted prefix) on a Service podgate does not serve is that
                 # vendor's to write; podgate answers only for its own gate type
                 types = None if deleting else [t for t in self._gate_types_on(pod, name) if t == gate]
-                if types == []:
-                    continue
-                await self.set_gate(
-                    pod,
-                    lb.failure_condition(
-                        gate,
-                        lb.SERVICE_NOT_FOUND if deleting else lb.NOT_LOAD_BALANCED,
-                        f"Service {namespace}/{name} is being deleted"
-                        if deleting
-                        else f"Service {namespace}/{name} is not load-balanced by podgate "
-                        f"(type {(service.get('spec') or {}).get('type')}, "
-                        f"class {(service.get('spec') or {}).get('loadBalancerClass') or 'none'}, "
-                        f"no {gates.PROVIDER_ANNOTATION} annotation)",
-                    ),
-                    policy=policy,
-                    types=types,
-                )
+                if types != []:
+                    writes.append(self.set_gate(pod, why, policy=policy, types=types))
+            await self._write_all(writes)
             return out
         provider = self.providers[provider_name]
         out.interval = provider.pool.poll_interval
@@ -184,8 +227,8 @@ class ServiceReconciler:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, policy, out)
         except ProviderError as e:
             self.recorder_emit(service, "Service", "LoadBalancerError", str(e), "Warning")
-            for pod in gated:
-                await self.set_gate(pod, lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e)), policy=policy)
+            failed = lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e))
+            await self._write_all(self.set_gate(pod, failed, policy=policy) for pod in gated)
             raise
         await self._report_pods_without_gate(key, service, gate)
         return out
@@ -214,11 +257,16 @@ class ServiceReconciler:
         if address:
             await self._publish_address(service, address)
         selector = selector_of(service)
-        pods = self.pods_in(namespace)
+        selected = self.selected(namespace, selector)
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
-            plan = lb.plan_targets(pool, selector, pods)
             present = await provider.pool.targets(pool)
+            # the pods the plan needs: those selected, and those behind a present target (a pod
+            # that left the selector drains rather than vanishes)
+            behind = [
+                p for ip in {t.ip for t in present} for p in self.pods.by_index(IP_INDEX, f"{namespace}/{ip}")
+            ]
+            plan = lb.plan_targets(pool, selector, [*selected, *behind])
             drained = self._drained(key, pool, present)
             diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
             failed: ProviderError | None = None
@@ -270,7 +318,12 @@ class ServiceReconciler:
                     if st
                     else lb.TargetHealth(lb.Health.UNREGISTERED, f"{target} is being registered")
                 )
+        name = service["metadata"]["name"]
+        minimum = pools[0].health.minimum_to_healthy if pools else 0.0
+        writes = []
         for pod in gated:
+            if not policy.continuous and self._gates_true(pod, name):
+                continue  # sticky: a True gate stays True, so nothing to decide, write or poll for
             pod_key = f"{namespace}/{pod['metadata']['name']}"
             mine = healths.get(pod_key)
             if mine is None:
@@ -289,7 +342,8 @@ class ServiceReconciler:
                     out.poll = True
                 if all(h.health is not lb.Health.UNREGISTERED for h in mine):
                     self.gates.registered(pod, gate)
-            await self.set_gate(pod, desired, pools[0].health.minimum_to_healthy if pools else 0.0, policy)
+            writes.append(self.set_gate(pod, desired, minimum, policy))
+        await self._write_all(writes)
         if policy.continuous and gated and pools and not out.poll:
             # Nothing pending, but True gates must notice a target the load balancer marks
             # unhealthy: re-read every half check interval (at least the provider's own poll
@@ -396,10 +450,8 @@ class ServiceReconciler:
             return
         missing = [
             p
-            for p in self.pods_in(namespace)
-            if gates.selector_matches(selector_of(service), labels(p))
-            and not is_terminating(p)
-            and not self._gate_types_on(p, service["metadata"]["name"])
+            for p in self.selected(namespace, selector_of(service))
+            if not is_terminating(p) and not self._gate_types_on(p, service["metadata"]["name"])
         ]
         if len(missing) != self._missing_gate_counts.get(key, 0):
             self._missing_gate_counts[key] = len(missing)
@@ -422,6 +474,32 @@ class ServiceReconciler:
             for g in cond.readiness_gates(pod_spec(pod))
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
+
+    async def _write_all(self, writes: Iterable[Awaitable[None]]) -> None:
+        """Gate writes of one pass, side by side (at most ``WRITE_CONCURRENCY`` at a time across
+        the workers): each is an API round trip, and 100 pods' writes one after another held a
+        Service's pass for seconds while the API server was busy.  Every write is tried; the
+        first failure is raised after the others finished."""
+
+        async def one(write: Awaitable[None]) -> None:
+            async with self._writing:
+                await write
+
+        results = await asyncio.gather(*(one(w) for w in writes), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _gates_true(self, pod: Pod, service: str) -> bool:
+        """Every gate of the pod for this Service True on the load balancer's word (one opened
+        by the timeout is still rewritten when the load balancer says healthy)."""
+        conditions = pod_conditions(pod)
+        return all(
+            (c := cond.find(conditions, t)) is not None
+            and c.get("status") == cond.TRUE
+            and c.get("reason") != TIMED_OUT
+            for t in self._gate_types_on(pod, service)
+        )
 
     async def set_gate(
         self,

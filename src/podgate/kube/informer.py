@@ -6,6 +6,21 @@ flaky API server delays the cache but never stops it.  It talks to the API only 
 :class:`~podgate.kube.api.Kube` seam.  Handlers get the plain dicts (typed as the body the
 informer holds, ``Informer[Pod]``) and run in the informer's task: they should be quick
 (enqueue a key, set an event), not do I/O.
+
+At scale (thousands of pods) three options matter:
+
+- ``project``: what the cache keeps of each object, built once per event (the controller keeps
+  a slim projection, ``podgate.model.types.slim_pod``: a tenth of the raw object); the raw
+  object is dropped as soon as it is projected, a list page at a time.  Handlers and readers
+  see only projections.
+- indexes (``add_index``; by namespace always, for a namespaced resource): readers ask for the
+  objects of one namespace, or of any key an index function gives, instead of scanning all.
+- ``snapshots``: after every change the cache is published as an immutable mapping that
+  another thread may read (the webhook's, which must not wait for this loop).
+
+A list is paged (``limit``/``continue``) and resumable: a page that fails is asked again from
+its continue token, a few times, before the list starts over; an expired token (410) starts
+it over at once.
 """
 
 from __future__ import annotations
@@ -13,10 +28,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar, cast
 
-from podgate.kube.api import Gone, Kube, KubeError, Obj, Resource, WatchEvent, list_all
+from podgate.kube.api import Gone, Kube, KubeError, ListPage, Obj, Resource, WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +40,11 @@ EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 #: the typed body the cache holds (``podgate.model.types.Pod`` …)
 T = TypeVar("T", bound=Mapping[str, Any])
 Handler = Callable[[EventType, T, T | None], None]
+#: an index function: the index values an object is filed under (none, one or several)
+IndexFn = Callable[[T], Iterable[str]]
+NAMESPACE_INDEX = "namespace"
+#: how often one page of a list is asked again before the list starts over
+PAGE_ATTEMPTS = 4
 
 
 def key_of(obj: Mapping[str, Any]) -> str:
@@ -45,6 +66,8 @@ class Informer(Generic[T]):
         watch_timeout: int = 300,
         max_backoff: float = 30.0,
         page_size: int = 500,
+        project: Callable[[Obj], T] | None = None,
+        snapshots: bool = False,
     ) -> None:
         self._kube, self.resource, self.namespace = kube, resource, namespace
         self.name = name or resource.plural
@@ -52,17 +75,81 @@ class Informer(Generic[T]):
         self._watch_timeout = watch_timeout
         self._max_backoff = max_backoff
         self._page_size = page_size
+        self._project: Callable[[Obj], T] = project or (lambda obj: cast(T, obj))
         self._handlers: list[Handler[T]] = []
         self.cache: dict[str, T] = {}
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
         self.relists = 0
+        #: index name → (its function, index value → {key: object})
+        self._indexes: dict[str, tuple[IndexFn[T], dict[str, dict[str, T]]]] = {}
+        if resource.namespaced:
+            self.add_index(NAMESPACE_INDEX, _namespace_of)
+        self._snapshots = snapshots
+        self._snapshot: Mapping[str, T] = MappingProxyType({})
 
     def add_handler(self, handler: Handler[T]) -> None:
         self._handlers.append(handler)
 
     def get(self, key: str) -> T | None:
         return self.cache.get(key)
+
+    # -- indexes and snapshots ------------------------------------------------------------------
+    def add_index(self, name: str, fn: IndexFn[T]) -> None:
+        """File every object (those cached now and every later one) under ``fn(obj)``."""
+        buckets: dict[str, dict[str, T]] = {}
+        self._indexes[name] = (fn, buckets)
+        for key, obj in self.cache.items():
+            for value in fn(obj):
+                buckets.setdefault(value, {})[key] = obj
+
+    def by_index(self, name: str, value: str) -> list[T]:
+        """The objects filed under ``value`` in index ``name`` (a copy: callers may await while
+        they go through it)."""
+        return list(self._indexes[name][1].get(value, {}).values())
+
+    def index_values(self, name: str) -> list[str]:
+        """The values index ``name`` files objects under now."""
+        return list(self._indexes[name][1])
+
+    def keys_by_index(self, name: str, value: str) -> set[str]:
+        return set(self._indexes[name][1].get(value, ()))
+
+    def in_namespace(self, namespace: str) -> list[T]:
+        """The objects of one namespace (a namespaced resource)."""
+        return self.by_index(NAMESPACE_INDEX, namespace)
+
+    def snapshot(self) -> Mapping[str, T]:
+        """The cache as of its last change, immutable, safe to read from another thread (with
+        ``snapshots=True``; without, the cache itself, for this loop only)."""
+        return self._snapshot if self._snapshots else self.cache
+
+    def _put(self, key: str, obj: T) -> None:
+        old = self.cache.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self.cache[key] = obj
+        for fn, buckets in self._indexes.values():
+            for value in fn(obj):
+                buckets.setdefault(value, {})[key] = obj
+
+    def _drop(self, key: str) -> None:
+        old = self.cache.pop(key, None)
+        if old is not None:
+            self._unindex(key, old)
+
+    def _unindex(self, key: str, old: T) -> None:
+        for fn, buckets in self._indexes.values():
+            for value in fn(old):
+                bucket = buckets.get(value)
+                if bucket is not None:
+                    bucket.pop(key, None)
+                    if not bucket:
+                        del buckets[value]
+
+    def _publish(self) -> None:
+        if self._snapshots:
+            self._snapshot = MappingProxyType(dict(self.cache))
 
     def update_if_newer(self, answer: Obj) -> None:
         """Put an object we just wrote (the API's answer) into the cache ahead of its watch
@@ -75,16 +162,17 @@ class Informer(Generic[T]):
 
         resourceVersions are compared as integers: etcd's revisions, which is what this
         project's API server uses (client-go treats them as opaque; a cache here may not)."""
-        obj = cast(T, answer)
-        key = key_of(obj)
+        key = key_of(answer)
         cached = self.cache.get(key)
         if cached is None:
             return  # we only write what we read: the watch has already seen it go
-        meta = obj["metadata"]
+        meta = answer["metadata"]
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return  # our write let it go (the last finalizer): its DELETED event is on the way
-        if resource_version(obj) > resource_version(cached):
-            self.cache[key] = obj
+        if resource_version(answer) > resource_version(cached):
+            obj = self._project(answer)
+            self._put(key, obj)
+            self._publish()
             self._emit("MODIFIED", obj, cached)
 
     def _emit(self, kind: EventType, obj: T, old: T | None) -> None:
@@ -116,21 +204,37 @@ class Informer(Generic[T]):
                 backoff = min(backoff * 2, self._max_backoff)
 
     async def _relist(self) -> None:
-        page = await list_all(
-            self._kube,
-            self.resource,
-            self.namespace,
-            label_selector=self._label_selector,
-            field_selector=self._field_selector,
-            page_size=self._page_size,
-        )
-        self.relists += 1
+        """List in pages, projecting each page as it comes (the raw items of the whole list are
+        never held at once); a failed page is asked again from its continue token."""
         fresh: dict[str, T] = {}
-        for item in page["items"]:
-            item.setdefault("kind", self.resource.kind)  # a list's items come without them
-            item.setdefault("apiVersion", self.resource.api_version)
-            fresh[key_of(item)] = cast(T, item)
+        token: str | None = None
+        while True:
+            try:
+                page = await self._page(token)
+            except Gone:
+                if token is None:
+                    raise
+                # the continue token expired (etcd compacted past the list's revision): the
+                # pages so far are of a revision that is gone, so the list starts over
+                log.info("informer %s: list continue token expired, listing again", self.name)
+                fresh, token = {}, None
+                continue
+            for item in page["items"]:
+                item.setdefault("kind", self.resource.kind)  # a list's items come without them
+                item.setdefault("apiVersion", self.resource.api_version)
+                fresh[key_of(item)] = self._project(item)
+            page["items"].clear()
+            token = page["continue_"] or None
+            if token is None:
+                break
+        self.relists += 1
         old_cache, self.cache = self.cache, fresh
+        for fn, buckets in self._indexes.values():
+            buckets.clear()
+            for key, obj in fresh.items():
+                for value in fn(obj):
+                    buckets.setdefault(value, {})[key] = obj
+        self._publish()
         self.resource_version = page["resourceVersion"]
         for key, obj in old_cache.items():
             if key not in fresh:
@@ -142,6 +246,30 @@ class Informer(Generic[T]):
             elif old["metadata"].get("resourceVersion") != new["metadata"].get("resourceVersion"):
                 self._emit("MODIFIED", new, old)
         self.synced.set()
+
+    async def _page(self, token: str | None) -> ListPage:
+        """One page of the list, asked again (from the same continue token) after an error
+        other than 410, up to ``PAGE_ATTEMPTS`` times."""
+        backoff = min(0.2, self._max_backoff)
+        for attempt in range(1, PAGE_ATTEMPTS + 1):
+            try:
+                return await self._kube.list(
+                    self.resource,
+                    self.namespace,
+                    label_selector=self._label_selector,
+                    field_selector=self._field_selector,
+                    limit=self._page_size,
+                    continue_=token,
+                )
+            except (Gone, asyncio.CancelledError):
+                raise
+            except Exception as e:
+                if token is None or attempt == PAGE_ATTEMPTS:
+                    raise
+                log.info("informer %s: list page failed (%s); asking it again", self.name, _short(e))
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self._max_backoff)
+        raise AssertionError("unreachable")
 
     async def _watch(self) -> None:
         """Apply events until the server closes the watch (its timeout): the caller resumes
@@ -157,23 +285,31 @@ class Informer(Generic[T]):
             self._apply(event)
 
     def _apply(self, event: WatchEvent) -> None:
-        kind, obj = event["type"], cast(T, event["object"])
-        rv = obj["metadata"].get("resourceVersion")
+        kind, raw = event["type"], event["object"]
+        rv = raw["metadata"].get("resourceVersion")
         if rv:
             self.resource_version = rv
         if kind == "BOOKMARK":
             return
-        key = key_of(obj)
+        key = key_of(raw)
         old = self.cache.get(key)
         if kind == "DELETED":
-            self.cache.pop(key, None)
-            self._emit("DELETED", obj, old)
-        elif old is not None and resource_version(obj) < resource_version(old):
+            self._drop(key)
+            self._publish()
+            self._emit("DELETED", self._project(raw), old)
+        elif old is not None and resource_version(raw) < resource_version(old):
             # Older than what we hold: our own write's answer (update_if_newer) got here first.
             return
         else:
-            self.cache[key] = obj
+            obj = self._project(raw)
+            self._put(key, obj)
+            self._publish()
             self._emit("ADDED" if old is None else "MODIFIED", obj, old)
+
+
+def _namespace_of(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    ns = obj["metadata"].get("namespace")
+    return (ns,) if ns else ()
 
 
 def resource_version(obj: Mapping[str, Any]) -> int:

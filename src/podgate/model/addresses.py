@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
@@ -31,8 +32,9 @@ def loopback_network(cidr: str) -> ipaddress.IPv4Network:
 
 
 def allocate(net: ipaddress.IPv4Network, used: Iterable[str], hint: int = 0) -> str:
-    """The first free host address of ``net`` at or after offset ``hint`` (wrapping)."""
-    taken = set(used)
+    """The first free host address of ``net`` at or after offset ``hint`` (wrapping).  A set
+    (``collections.abc.Set``) is only looked up, never copied."""
+    taken = used if isinstance(used, AbstractSet) else set(used)
     hosts = net.num_addresses - 2
     base = int(net.network_address) + 1
     for i in range(hosts):

@@ -455,17 +455,25 @@ def failure_condition(gate: str, reason: str, message: str) -> Condition:
 
 
 def next_condition(
-    current: Mapping[str, Any] | None, desired: Condition, sticky: bool, now: str
+    current: Mapping[str, Any] | None, desired: Condition, sticky: bool, now: str, *, words: bool = False
 ) -> Condition | None:
     """What to write, or None for no write.
 
     Sticky (default) mode keeps a gate True once set: the load balancer itself stops routing to
     an unhealthy target, and flapping readiness would only make the Deployment controller churn.
     ``lastTransitionTime`` is carried over unless the status changes.
+
+    A write only for a new status or reason: a message that only counts progress ("DOWN 1/3" →
+    "DOWN 2/3") is not written.  Each write is a watch event for every pod watcher in the
+    cluster; the progress itself is in the Events of the transitions, the metrics and ``podgate
+    status``.  So a pod costs about three writes from creation to Ready (registration, initial
+    health checking, healthy), as the AWS controller's do.  ``words``: a new message is a
+    change too (a condition set by hand says what the user wrote).
     """
     if current is not None and current.get("status") == c.TRUE and sticky and desired["status"] != c.TRUE:
         return None
-    if current is not None and all(current.get(k) == desired.get(k) for k in ("status", "reason", "message")):
+    compared = ("status", "reason", "message") if words else ("status", "reason")
+    if current is not None and all(current.get(k) == desired.get(k) for k in compared):
         return None
     cond = c.with_transition_times([desired], [current] if current else [], now)[0]
     cond.pop("lastProbeTime", None)

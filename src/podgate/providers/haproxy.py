@@ -114,6 +114,8 @@ class HAProxyProvider:
         #: backend → its podgate servers (name, address) as the configuration file lists them
         self._servers: dict[str, list[tuple[str, str]]] = {}
         self._lock = asyncio.Lock()
+        #: backend → the view of its servers (as ``targets`` reads them) last saved
+        self._saved: dict[str, tuple[tuple[object, ...], ...]] = {}
         self._initialised = False
         self.reloads = 0
 
@@ -196,7 +198,8 @@ class HAProxyProvider:
         assert self.config_path is not None and self.master is not None
         mark = cfg.STRUCTURE_MARK + cfg.structure_id(self.base_config, self._services)
         try:
-            current = self.config_path.read_text().split("\n", 1)[0]
+            with self.config_path.open() as f:  # the first line only: the file lists every target
+                current = f.readline().rstrip("\n")
         except OSError:
             current = ""
         self._initialised = True
@@ -242,6 +245,7 @@ class HAProxyProvider:
 
     async def _save_state(self, backend: str) -> None:
         """HAProxy's own state of the backend's servers, where the next worker will load it."""
+        self._saved.pop(backend, None)
         text = await self.runtimes[0].command(f"show servers state {backend}")
         if not text.startswith("1\n"):  # the format's version line; else HAProxy's complaint
             raise ProviderError(f"HAProxy show servers state {backend}: {text.strip()[:200]}")
@@ -336,9 +340,18 @@ class HAProxyProvider:
 
         seen = await self._on_each(read)
         if self._owns_files(pool):
-            # saved after the read: any health a gate is decided on is what a reload restores
-            async with self._lock:
-                await self._save_state(be)
+            # saved after the read: any health a gate is decided on is what a reload restores;
+            # only when HAProxy's view changed since the last save (pending gates of 50 Services
+            # read every 0.1 s were 500 saves a second, each under the provider's lock)
+            view = tuple(
+                (rt.address, r.name, r.address, r.status, r.check_status, flags.get(r.name))
+                for rt, (rows, flags) in seen
+                for r in rows
+            )
+            if self._saved.get(be) != view:
+                async with self._lock:
+                    await self._save_state(be)
+                self._saved[be] = view
         for rt, (rows, flags) in seen:
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"

@@ -36,6 +36,7 @@ from podgate.kube.informer import Informer
 from podgate.model import gates, lb
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError, TargetState
+from podgate.webhook.isolated import Answer
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,14 @@ class DrainEndpoint:
         self.reads = PoolReads(poll)
 
     async def handle(self, request: web.Request) -> web.Response:
+        answer = await self.answer(request.match_info)
+        return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+
+    async def answer(self, match: Mapping[str, str]) -> Answer:
+        """The answer to one hook call, from the route's ``namespace`` and ``token``, as plain data:
+        the webhook's server thread hands calls to the controller's loop, where this runs."""
         t0 = time.monotonic()
-        namespace, token = request.match_info["namespace"], request.match_info["token"]
+        namespace, token = match["namespace"], match["token"]
         try:
             outcome = await self.drain_token(namespace, token)
         except asyncio.CancelledError:
@@ -139,7 +146,7 @@ class DrainEndpoint:
         took = time.monotonic() - t0
         self.observe(outcome.result, took)
         status = 404 if outcome.result == UNKNOWN_POD else 200
-        return web.Response(status=status, text=f"{outcome.result}: {outcome.message}\n")
+        return Answer(status, f"{outcome.result}: {outcome.message}\n".encode(), "text/plain")
 
     async def drain_token(self, namespace: str, token: str) -> DrainOutcome:
         """Find the pod by its drain token, then :meth:`drain` it."""
@@ -171,9 +178,8 @@ class DrainEndpoint:
     def _by_token(self, namespace: str, token: str) -> Pod | None:
         found = [
             p
-            for p in self.pods.cache.values()
-            if meta_of(p).get("namespace") == namespace
-            and (meta_of(p).get("annotations") or {}).get(gates.DRAIN_TOKEN_ANNOTATION) == token
+            for p in self.pods.in_namespace(namespace)
+            if (meta_of(p).get("annotations") or {}).get(gates.DRAIN_TOKEN_ANNOTATION) == token
         ]
         found.sort(key=lambda p: not is_terminating(p))
         return found[0] if found else None

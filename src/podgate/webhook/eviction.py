@@ -11,6 +11,7 @@ lets the eviction through, with a warning kubectl prints.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, s
 from podgate.providers.base import Provider, ProviderError
 from podgate.webhook import server
 from podgate.webhook.admission import BadReview, parse_review
+from podgate.webhook.isolated import Answer
 
 log = logging.getLogger(__name__)
 PATH = "/validate-eviction"
@@ -57,12 +59,18 @@ class EvictionGuard:
         self._evicted: dict[str, float] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
+        answer = await self.answer(await request.read(), request.remote)
+        return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+
+    async def answer(self, raw: bytes, remote: str | None = None) -> Answer:
+        """The answer to one review (the body the API server posted), as plain data: the
+        webhook's server thread hands reviews to the controller's loop, where this runs."""
         try:
-            review = parse_review(await request.read())
+            review = parse_review(raw)
         except BadReview as e:
-            log.warning("eviction webhook: bad AdmissionReview from %s: %s", request.remote, e)
+            log.warning("eviction webhook: bad AdmissionReview from %s: %s", remote, e)
             self.observe("bad_request")
-            return web.Response(status=400, text=f"bad AdmissionReview: {e}\n")
+            return Answer(400, f"bad AdmissionReview: {e}\n".encode(), "text/plain")
         req = review["request"]
         response: dict[str, Any] = {"uid": req["uid"], "allowed": True}
         pod_key = f"{req.get('namespace')}/{req.get('name')}"
@@ -76,9 +84,8 @@ class EvictionGuard:
         if warnings:
             response["warnings"] = warnings
         self.observe("refused" if refusal else "allowed")
-        return web.json_response(
-            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-        )
+        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+        return Answer(200, json.dumps(body).encode())
 
     async def refusal(self, pod_key: str) -> tuple[str | None, list[str]]:
         """Why the eviction must wait (None: it may go), and warnings for the user."""
@@ -89,11 +96,9 @@ class EvictionGuard:
         now = time.monotonic()
         self._evicted = {k: t for k, t in self._evicted.items() if now - t < EVICTED_FOR}
         warnings = []
-        for service in self.services.cache.values():
+        for service in self.services.in_namespace(namespace):
             meta = meta_of(service)
-            if meta.get("namespace") != namespace or not gates.selector_matches(
-                selector_of(service), labels(pod)
-            ):
+            if not gates.selector_matches(selector_of(service), labels(pod)):
                 continue
             try:
                 minimum = gate_policy(meta.get("annotations"), self.policy).min_healthy_targets
@@ -118,7 +123,7 @@ class EvictionGuard:
     ) -> set[str]:
         """Pods whose targets are healthy in every pool, as the load balancer reads them now;
         terminating pods and pods whose eviction was just allowed left out."""
-        pods = [p for p in self.pods.cache.values() if meta_of(p).get("namespace") == namespace]
+        pods = self.pods.in_namespace(namespace)
         healthy: set[str] | None = None
         for pool in pools:
             plan = lb.plan_targets(pool, selector, pods)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ipaddress
 import logging
 import ssl
@@ -49,12 +48,13 @@ def make_app(
             log.warning("webhook: bad AdmissionReview from %s: %s", request.remote, e)
             observe("bad_request", time.monotonic() - t0)
             return web.Response(status=400, text=f"bad AdmissionReview: {e}\n")
-        if not services.synced.is_set():
-            # Answering from an empty cache would admit pods ungated: wait a moment for it.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(3.0):
-                    await services.synced.wait()
-        answer = review_response(review, services.cache.values(), handled, policy, checks())
+        # Answering from an empty cache would admit pods ungated: wait a moment for it (by
+        # looking, not awaiting its Event: this may be another thread's loop).
+        deadline = t0 + 3.0
+        while not services.synced.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        # an immutable snapshot: the server may run on its own thread (webhook.isolated)
+        answer = review_response(review, services.snapshot().values(), handled, policy, checks())
         observe("patched" if "patch" in answer["response"] else "unchanged", time.monotonic() - t0)
         return web.json_response(answer)
 
