@@ -76,6 +76,7 @@ bench: setup
 	$(PY) bench/gate_latency.py
 	$(PY) bench/rollout.py
 	$(PY) bench/cloud_calls.py
+	$(PY) bench/scale.py
 
 # The Dockerfile's image without a Docker engine (buildah, a Debian base from mmdebstrap):
 # an OCI archive at dist/podgate-image.tar.
