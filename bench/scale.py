@@ -563,15 +563,14 @@ def markdown(res: dict[str, Any]) -> str:
         lambda p: f"{p['ratio_to_lb_minimum']['p50']:.2f} / {p['ratio_to_lb_minimum']['p99']:.2f}",
         GOALS["ratio"],
     )
-    row(
-        "registration → gate True over the LB minimum (podgate's metric): mean; ≤ 1.2",
-        lambda p: (
-            f"{p['health_checking_ratio']['mean']:.2f}; "
-            f"{p['health_checking_ratio']['share_within_1.2'] * 100:.0f} %"
-            if "health_checking_ratio" in p
-            else "-"
-        ),
-    )
+    if all("health_checking_ratio" in res[p] for p in passes):
+        row(
+            "registration → gate True over the LB minimum (podgate's metric): mean; ≤ 1.2",
+            lambda p: (
+                f"{p['health_checking_ratio']['mean']:.2f}; "
+                f"{p['health_checking_ratio']['share_within_1.2'] * 100:.0f} %"
+            ),
+        )
     row(
         "controller RSS, start → peak",
         lambda p: f"{p['controller_rss_mib']['start']:.0f} → {p['controller_rss_mib']['peak']:.0f} MiB",
