@@ -77,6 +77,7 @@ bench: setup
 	$(PY) bench/rollout.py
 	$(PY) bench/termination.py
 	$(PY) bench/cloud_calls.py
+	$(PY) bench/scale.py
 
 # The Dockerfile's image without a Docker engine (buildah, a Debian base from mmdebstrap):
 # an OCI archive at dist/podgate-image.tar.

@@ -171,6 +171,25 @@ def webhook_histogram(
     }
 
 
+def ratio_histogram(
+    before: dict[tuple[str, Any], float], after: dict[tuple[str, Any], float]
+) -> dict[str, float]:
+    """podgate's own ``podgate_time_to_ready_ratio`` over a pass: from the target's registration to
+    its gate True, over the load balancer's minimum (no API server or node agent lag in it)."""
+    name = "podgate_time_to_ready_ratio"
+
+    def delta(suffix: str, **labels: str) -> float:
+        return total(after, name + suffix, **labels) - total(before, name + suffix, **labels)
+
+    n = delta("_count")
+    return {
+        "n": n,
+        "mean": delta("_sum") / n if n else 0.0,
+        "share_within_1.2": delta("_bucket", le="1.2") / n if n else 1.0,
+        "share_within_1.5": delta("_bucket", le="1.5") / n if n else 1.0,
+    }
+
+
 # -- the admission prober (a process of its own, so the benchmark's loop cannot delay it) -----
 def probe_main(url: str, out: str, period: float) -> None:
     import aiohttp
@@ -391,6 +410,7 @@ class Bench:
             "webhook_probe": probes,
             "webhook_apiserver": webhook_histogram(api_before, api_after),
             "webhook_connections": {"seen": len(connections.peers), "most_at_once": connections.most},
+            "health_checking_ratio": ratio_histogram(before, after),
             "reconcile_errors": total(after, "controller_runtime_reconcile_errors_total")
             - total(before, "controller_runtime_reconcile_errors_total"),
         }
@@ -543,6 +563,14 @@ def markdown(res: dict[str, Any]) -> str:
         lambda p: f"{p['ratio_to_lb_minimum']['p50']:.2f} / {p['ratio_to_lb_minimum']['p99']:.2f}",
         GOALS["ratio"],
     )
+    if all("health_checking_ratio" in res[p] for p in passes):
+        row(
+            "registration → gate True over the LB minimum (podgate's metric): mean; ≤ 1.2",
+            lambda p: (
+                f"{p['health_checking_ratio']['mean']:.2f}; "
+                f"{p['health_checking_ratio']['share_within_1.2'] * 100:.0f} %"
+            ),
+        )
     row(
         "controller RSS, start → peak",
         lambda p: f"{p['controller_rss_mib']['start']:.0f} → {p['controller_rss_mib']['peak']:.0f} MiB",

@@ -343,7 +343,9 @@ class NodeAgent:
         pod_cidr: str,
         log_dir: Path,
         run_commands: bool = False,
-        status_writers: int = 8,
+        # each write is an API round trip: at thousands of pods on a busy API server 8 writers
+        # left gates True for half a minute before Ready was written
+        status_writers: int = 32,
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
