@@ -35,6 +35,24 @@ from podgate_sandbox.loadgen import LoadGenerator, LoadResult
 GATE_PREFIX = "service.readiness.podgate.dev/"
 
 
+def web_service_spec() -> dict[str, Any]:
+    """The labs' Service in front of their Deployment ``web`` (port 80 to the app's named port)."""
+    return {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}
+
+
+def web_container(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The labs' app container (the sandbox app; ``nginx`` resolves to it), ready on /healthz."""
+    container: dict[str, Any] = {
+        "name": "app",
+        "image": "nginx",
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
+    }
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return container
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -177,19 +195,10 @@ class RolloutLab:
                         ),
                     },
                 },
-                "spec": {
-                    "type": "LoadBalancer",
-                    "selector": {"app": "web"},
-                    "ports": [{"port": 80, "targetPort": "http"}],
-                },
+                "spec": web_service_spec(),
             },
         )
-        container: dict[str, Any] = {
-            "name": "app",
-            "image": "nginx",
-            "ports": [{"name": "http", "containerPort": 8080}],
-            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-        }
+        container = web_container()
         if s.prestop_sleep:
             container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{s.prestop_sleep:g}"]}}}
         hook = {"podgate.dev/prestop-delay": f"{s.prestop_delay:g}"}

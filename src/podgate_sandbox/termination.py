@@ -32,6 +32,7 @@ from podgate.providers.haproxy_config import target_of_server
 from podgate.providers.haproxy_runtime import Runtime
 from podgate_sandbox.dataplane import PROPAGATION
 from podgate_sandbox.loadgen import LoadGenerator
+from podgate_sandbox.rollout import web_container, web_service_spec
 
 HOOKS = ("none", "sleep", "drain")
 #: HAProxy's server admin flags of a server out of rotation: maintenance (forced, inherited,
@@ -135,23 +136,10 @@ class TerminationLab:
             ns,
             {
                 "metadata": {"name": "web", "annotations": annotations},
-                "spec": {
-                    "type": "LoadBalancer",
-                    "selector": {"app": "web"},
-                    "ports": [{"port": 80, "targetPort": "http"}],
-                },
+                "spec": web_service_spec(),
             },
         )
-        container: dict[str, Any] = {
-            "name": "app",
-            "image": "nginx",
-            "ports": [{"name": "http", "containerPort": 8080}],
-            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-            "env": [
-                {"name": "PODGATE_APP_ON_SIGTERM", "value": "abort"},
-                {"name": "PODGATE_APP_RESPONSE_DELAY", "value": "0.5-1"},
-            ],
-        }
+        container = web_container({"PODGATE_APP_ON_SIGTERM": "abort", "PODGATE_APP_RESPONSE_DELAY": "0.5-1"})
         if s.hook == "sleep":
             container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{self.sleep:g}"]}}}
         template = {
