@@ -22,7 +22,7 @@ from kubernetes_asyncio import client
 
 from common import RESULTS, sandbox, summary, write
 from podgate.kube.api import PODS, Kube
-from podgate.kube.client import ApiKube, api_client, call
+from podgate.kube.client import ApiException, ApiKube, api_client, call
 from podgate.kube.informer import Informer
 from podgate_sandbox.controlplane import Sandbox, SandboxConfig
 
@@ -100,6 +100,19 @@ async def wait_until(pred: Any, limit: float) -> None:
 
 async def watched_namespace(core: client.CoreV1Api, ns: str) -> tuple[Watcher, asyncio.Task[None]]:
     await call(core.create_namespace, {"metadata": {"name": ns}})
+    # With a real node the ServiceAccount admission plugin refuses pods until the namespace's
+    # default ServiceAccount has its token (bench/real_node.py); the token controller makes it.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if (await call(core.read_namespaced_service_account, "default", ns)).get("secrets"):
+                break
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"namespace {ns}: no ServiceAccount token")
+        await asyncio.sleep(0.05)
     w = Watcher(ApiKube(core.api_client), ns)
     task = asyncio.create_task(w.informer.run())
     await w.informer.synced.wait()

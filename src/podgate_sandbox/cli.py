@@ -47,6 +47,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.archive and args.action != "import":
+        print(f"podgate: sandbox {args.action} takes no argument (got {args.archive!r})", file=sys.stderr)
+        return 2
     if args.action == "install":
         ensure_binaries()
         return 0
@@ -65,6 +68,16 @@ def _run(args: argparse.Namespace) -> int:
         stopped = sb.down()
         print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
         return 0
+    if args.action == "import":
+        if not args.archive:
+            print(
+                "podgate: sandbox import needs an image archive (OCI), e.g. dist/podgate-image.tar",
+                file=sys.stderr,
+            )
+            return 2
+        for name in sb.import_image(Path(args.archive)):
+            print(f"imported {name}")
+        return 0
     if args.action == "env":
         sys.stdout.write(sb.env())
         return 0
@@ -81,10 +94,12 @@ def add_commands(sub: Any) -> None:
     sb = sub.add_parser("sandbox", help="a local Kubernetes control plane, node agent and HAProxy")
     sb.add_argument(
         "action",
-        choices=["up", "down", "status", "env", "install"],
+        choices=["up", "down", "status", "env", "install", "import"],
         help="up: start (idempotent); down: stop; status: components; env: shell exports; "
-        "install: build/fetch the Kubernetes binaries into the cache",
+        "install: build/fetch the Kubernetes binaries into the cache; "
+        "import ARCHIVE: an OCI image archive into the real node's containerd",
     )
+    sb.add_argument("archive", nargs="?", help="import: the OCI archive (make image: dist/podgate-image.tar)")
     sb.add_argument("--state-dir", help="where the sandbox keeps its state (default: XDG state dir)")
     sb.add_argument("--port-offset", type=int, help="added to every sandbox port (run a second sandbox)")
     sb.add_argument("--pod-cidr", help="loopback range for pod IPs (default 127.100.0.0/16)")

@@ -42,6 +42,11 @@ HOST = "127.0.0.1"
 NODE_MODES = ("agent", "kubelet")
 #: the controller's own namespace, as deploy/base's (created by rbac.yaml)
 CONTROLLER_NAMESPACE = "podgate-system"
+#: With a real node, HAProxy's runtime API also listens on the bridge's address, this port, for
+#: podgate running in pods (deploy/overlays/sandbox); one real node per machine, so it is fixed.
+NODE_RUNTIME_PORT = 9999
+#: ... and the backend those pods attach Services to (podgate.dev/haproxy-backend)
+DEPLOYED_BACKEND = "podgate-deployed"
 
 
 def default_state_dir() -> Path:
@@ -328,7 +333,8 @@ class Sandbox:
         return (
             "global\n"
             f"    stats socket {self.haproxy_runtime_socket} mode 600 level admin expose-fd listeners\n"
-            "    stats timeout 30s\n"
+            + (self._node_haproxy_global() if c.node == "kubelet" else "")
+            + "    stats timeout 30s\n"
             "defaults\n"
             "    mode http\n"
             "    timeout connect 2s\n"
@@ -360,7 +366,44 @@ class Sandbox:
             f"    server replica-0 {HOST}:{c.port(8081)} check inter 1s fall 2 rise 1\n"
             f"    server replica-1 {HOST}:{c.port(8181)} check inter 1s fall 2 rise 1\n"
             f"    server replica-2 {HOST}:{c.port(8281)} check inter 1s fall 2 rise 1\n"
+        ) + (self._node_haproxy_proxies() if c.node == "kubelet" else "")
+
+    def _node_haproxy_global(self) -> str:
+        """The runtime API for podgate in pods, on the bridge (pods reach it; nothing outside
+        routes to the bridge's range)."""
+        return f"    stats socket ipv4@{self.node_layout.node_ip}:{NODE_RUNTIME_PORT} level admin\n"
+
+    def _node_haproxy_proxies(self) -> str:
+        """With a real node: the API server for pods (the ``kubernetes`` Service's endpoint is
+        the bridge's address, where this forwards to the API server on loopback), and the
+        backend podgate in pods attaches Services to, with its front door on loopback."""
+        c, n = self.config, self.node_layout
+        return (
+            "frontend kube-apiserver-bridge\n"
+            "    mode tcp\n"
+            f"    bind {n.node_ip}:{c.apiserver_port}\n"
+            # watches are quiet for minutes: the defaults' 30 s would cut every one of them
+            "    timeout client 1h\n"
+            "    default_backend kube-apiserver\n"
+            "backend kube-apiserver\n"
+            "    mode tcp\n"
+            "    timeout server 1h\n"
+            f"    server apiserver {HOST}:{c.apiserver_port}\n"
+            f"frontend {DEPLOYED_BACKEND}\n"
+            f"    bind {self.deployed_lb_address}\n"
+            f"    default_backend {DEPLOYED_BACKEND}\n"
+            f"backend {DEPLOYED_BACKEND}\n"
+            "    balance roundrobin\n"
+            "    retries 3\n"
+            "    option redispatch 1\n"
+            f"    server-template podgate- 1-32 podgate.invalid:1 disabled init-addr last,0.0.0.0 "
+            "check inter 1s rise 2 fall 2\n"
         )
+
+    @property
+    def deployed_lb_address(self) -> str:
+        """Where the sandbox's HAProxy serves :data:`DEPLOYED_BACKEND` (loopback)."""
+        return f"{HOST}:{self.config.port(8480)}"
 
     # -- components ------------------------------------------------------------------------
     def components(self) -> list[Component]:
@@ -402,7 +445,11 @@ class Sandbox:
                     f"--etcd-servers={etcd_url}",
                     f"--secure-port={c.apiserver_port}",
                     f"--bind-address={HOST}",
-                    f"--advertise-address={HOST}",
+                    # Endpoints may not hold loopback addresses: with a real node, the ``kubernetes``
+                    # Service's endpoint is the bridge's address, where HAProxy forwards to this
+                    # loopback listener (pods get in-cluster access); with the node agent, none.
+                    f"--advertise-address={self.node_layout.node_ip if c.node == 'kubelet' else HOST}",
+                    *(["--endpoint-reconciler-type=none"] if c.node == "agent" else []),
                     "--insecure-port=0",
                     "--authorization-mode=RBAC",
                     f"--token-auth-file={p / 'tokens.csv'}",
@@ -427,8 +474,6 @@ class Sandbox:
                             "--kubelet-preferred-address-types=InternalIP",
                         ]
                     ),
-                    # Endpoints may not hold loopback addresses; the apiserver's own would be rejected.
-                    "--endpoint-reconciler-type=none",
                     "--allow-privileged=true",
                     "--profiling=false",
                     "--v=1",
@@ -773,7 +818,11 @@ class Sandbox:
             "etcd": [c.etcd_port, c.port(2380)],
             "kube-apiserver": [c.apiserver_port],
             "kube-controller-manager": [c.port(10257)],
-            "haproxy": [c.haproxy_health_port, c.port(9447)],
+            "haproxy": [
+                c.haproxy_health_port,
+                c.port(9447),
+                *([c.port(8480)] if c.node == "kubelet" else []),
+            ],
             "node-agent": [c.agent_healthz_port],
         }.get(comp.name, comp.ports)
         for port in ports:
@@ -839,6 +888,20 @@ class Sandbox:
         if problems:
             raise SandboxError("the real node was not fully undone: " + "; ".join(problems))
         return stopped
+
+    def import_image(self, archive: Path) -> list[str]:
+        """Import an OCI archive into the real node's containerd (``podgate sandbox import``,
+        say ``make image``'s): pods name it with ``imagePullPolicy: Never`` or ``IfNotPresent``.
+        Returns the names imported."""
+        if self.config.node != "kubelet" or "containerd" not in self._running():
+            raise SandboxError("import needs a running real node: podgate sandbox up --node kubelet")
+        if not archive.is_file():
+            raise SandboxError(f"import: {archive} is not a file (make image writes dist/podgate-image.tar)")
+        ctr = shutil.which("ctr") or "/usr/bin/ctr"
+        try:
+            return node_images.import_archive(self.node_layout.containerd_socket, archive, ctr)
+        except RuntimeError as e:
+            raise SandboxError(f"import: {e}") from e
 
     def env(self) -> str:
         return f"export KUBECONFIG={self.kubeconfig}\nexport PATH={self.binaries.bin_dir}:$PATH\n"

@@ -97,7 +97,9 @@ def build(out: Path) -> Path:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
-    _run([*BUILDAH, "push", TAG, f"oci-archive:{out}:podgate:0.1.0"], "buildah push")
+    # The archive names the image in full: an importer that reads a short name (``podgate:0.1.0``)
+    # as Docker Hub's (containerd's CRI does) would never find it.
+    _run([*BUILDAH, "push", TAG, f"oci-archive:{out}:{TAG}"], "buildah push")
     return out
 
 

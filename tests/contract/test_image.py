@@ -32,7 +32,7 @@ def test_the_archive_is_an_oci_image_running_podgate_as_65532(archive: Path) -> 
     with tarfile.open(archive) as tar:
         index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
         (desc,) = index["manifests"]
-        assert desc["annotations"]["org.opencontainers.image.ref.name"] == "podgate:0.1.0"
+        assert desc["annotations"]["org.opencontainers.image.ref.name"] == "localhost/podgate:0.1.0"
         config = blob(tar, blob(tar, desc["digest"])["config"]["digest"])["config"]
     assert config["User"] == "65532:65532"
     assert config["Entrypoint"] == ["podgate"]

@@ -22,6 +22,7 @@ KUSTOMIZATIONS = [
     "deploy/overlays/servicemonitor",
     "deploy/overlays/aws",
     "deploy/overlays/alibaba",
+    "deploy/overlays/sandbox",
 ]
 
 STUB_CRDS = [

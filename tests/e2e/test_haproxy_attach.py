@@ -20,8 +20,12 @@ TARGET_IP = "127.77.0.10"
 GATE = "service.readiness.podgate.dev/web"
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[list[str]]:
+@pytest.fixture(params=["fe", "app"], ids=["frontend-fe", "frontend-named-as-its-backend"])
+def pair(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[list[str]]:
+    """Two HAProxies with the user's backend ``app``; their frontend is named ``fe``, or ``app``
+    as users often name it (found on the real node: ``show stat app`` then reads the frontend,
+    and podgate saw no servers and added the same ones again and again)."""
+    frontend = request.param
     procs, sockets = [], []
     for i in range(2):
         sock = tmp_path / f"rt{i}.sock"
@@ -29,7 +33,7 @@ def pair(tmp_path: Path) -> Iterator[list[str]]:
         cfg.write_text(
             f"global\n    stats socket {sock} mode 600 level admin\n"
             "defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n"
-            f"frontend fe\n    bind 127.77.0.{i + 1}:18080\n    default_backend app\n"
+            f"frontend {frontend}\n    bind 127.77.0.{i + 1}:18080\n    default_backend app\n"
             "backend app\n    balance roundrobin\n    option httpchk GET /healthz\n"
             "    server users-own 127.77.0.99:8080 check\n"
         )

@@ -26,8 +26,10 @@ from typing import Any
 import pytest
 
 from podgate.kube.client import api_client
+from podgate_sandbox import processes
 from podgate_sandbox.binaries import default_binaries
-from podgate_sandbox.controlplane import Sandbox
+from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE, DEPLOYED_BACKEND, Sandbox
+from podgate_sandbox.image import build
 from podgate_sandbox.node import render
 from podgate_sandbox.node.host import UNIFIED, NodeHost, iptables_save, sysctls
 from podgate_sandbox.rollout import RolloutLab, summarise
@@ -45,6 +47,9 @@ NODE_POD_CIDR = "10.244.0.0/24"
 GATE = "example.com/lb-healthy"
 #: a loopback address the guard is told to reject, to prove it rejects (never an outside one)
 PROBE_ADDRESS = "127.77.0.1"
+ROOT = Path(__file__).resolve().parents[2]
+#: deploy/overlays/sandbox's image
+DEPLOYED_IMAGE = "localhost/podgate:0.1.0"
 NODE_PROGRAMS = ("containerd", "containerd-shim", "kubelet", "kube-proxy", "pause", "httpd", "nginx")
 
 
@@ -600,6 +605,138 @@ def test_termination_real_sigterm_after_the_pod_left_the_load_balancer(
     wait_for(
         "the pod gone", lambda: name not in node.kubectl("get", "pods", "-n", namespace, "-o", "name"), 30
     )
+
+
+@pytest.fixture(scope="module")
+def podgate_image(node: SandboxHandle, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """podgate's image as ``make image`` builds it, imported into the node's containerd under the
+    name deploy/overlays/sandbox gives it."""
+    archive = build(tmp_path_factory.mktemp("image") / "podgate-image.tar")
+    imported = podgate("sandbox", "import", str(archive), "--state-dir", str(node.state_dir), timeout=180)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.split() == ["imported", DEPLOYED_IMAGE]
+    return DEPLOYED_IMAGE
+
+
+def lease_holder(node: SandboxHandle) -> str:
+    """The pod leading (the controller's identity is ``<host name>-<pid>``; a pod's host name is
+    its name)."""
+    lease = node.get("lease", "podgate-controller", "-n", CONTROLLER_NAMESPACE)
+    return str(lease["spec"].get("holderIdentity") or "").rsplit("-", 1)[0]
+
+
+def test_podgate_deployed_from_its_image_two_replicas_through_deploy(
+    controller: SandboxHandle, podgate_image: str, namespace: str
+) -> None:
+    """``kubectl apply -k deploy/overlays/sandbox``: two replicas from podgate's image, in-cluster
+    configuration from their token (through the ``kubernetes`` Service), the webhook reached
+    through its Service, leader election on its Lease.  Pods created one after another in a
+    labelled namespace, the leader deleted mid-way: every pod is gated (no admission failed
+    open) and turns Ready behind the sandbox's HAProxy."""
+    node = controller
+    sb = Sandbox(node.state_dir)
+    # the sandbox's own (host) controller leaves: the deployed podgate is the only one
+    own = next(c for c in sb.components() if c.name == "podgate-controller")
+    processes.stop(json.loads((node.state_dir / "pids.json").read_text())["podgate-controller"], own.marker)
+    node.kubectl(
+        "delete",
+        "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+        "podgate-sandbox",
+        check=False,
+    )
+    assert "podgate-sandbox" not in node.kubectl("get", "mutatingwebhookconfiguration", "-o", "name")
+    # the kubernetes Service's endpoint is the node's address (HAProxy forwards it to the API server)
+    ep = node.get("endpoints", "kubernetes", "-n", "default")
+    assert [a["ip"] for a in ep["subsets"][0]["addresses"]] == [sb.node_layout.node_ip], ep
+
+    applied = node.kubectl("apply", "-k", str(ROOT / "deploy" / "overlays" / "sandbox"))
+    assert "deployment.apps/podgate created" in applied, applied
+    replicas = wait_for(
+        "two podgate replicas Ready",
+        lambda: (
+            ps
+            if len(
+                ps := node.get("pods", "-n", CONTROLLER_NAMESPACE, "-l", "app.kubernetes.io/name=podgate")[
+                    "items"
+                ]
+            )
+            == 2
+            and all((condition(p, "Ready") or {}).get("status") == "True" for p in ps)
+            else None
+        ),
+        timeout=120,
+    )
+    for p in replicas:
+        assert p["spec"]["containers"][0]["image"] == podgate_image
+        assert p["spec"]["nodeName"] == "podgate-node" and p["status"]["podIP"].startswith("10.244.0.")
+        assert any(v["name"].startswith("podgate-token-") for v in p["spec"]["volumes"])
+    names = {p["metadata"]["name"] for p in replicas}
+    leader = wait_for("a leader among the replicas", lambda: (h := lease_holder(node)) in names and h, 60)
+    hook = node.get("mutatingwebhookconfiguration", "podgate")["webhooks"][0]["clientConfig"]
+    assert hook["service"] == {
+        "namespace": CONTROLLER_NAMESPACE,
+        "name": "podgate",
+        "path": "/mutate-pods",
+        "port": 443,
+    }
+    assert "url" not in hook
+
+    node.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    node.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "web",
+                "annotations": {
+                    "podgate.dev/load-balancer-provider": "haproxy",
+                    "podgate.dev/haproxy-backend": DEPLOYED_BACKEND,
+                },
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": {"app": "web"},
+                "ports": [{"port": 80, "targetPort": 80}],
+            },
+        },
+        namespace,
+    )
+    apiserver_log = node.state_dir / "logs" / "kube-apiserver.log"
+    failed_calls_before = apiserver_log.read_text().count("failed calling webhook")
+    # 24 pods, one every half second; the leader is deleted at the fifth: it leaves the webhook's
+    # endpoints at once, serves out its 5 s preStop, then stops; the last third or so of the pods
+    # exist only after it is gone, so only the new leader can open their gates
+    count = 24
+    for i in range(count):
+        if i == 4:
+            node.kubectl("delete", "pod", leader, "-n", CONTROLLER_NAMESPACE, "--wait=false")
+        pod = nginx_pod(f"web-{i}", SEED_IMAGE)
+        pod["metadata"]["labels"] = {"app": "web"}
+        node.apply(pod, namespace)
+        time.sleep(0.5)
+    created = node.get("pods", "-n", namespace, "-l", "app=web")["items"]
+    assert len(created) == count
+    ungated = [p["metadata"]["name"] for p in created if not p["spec"].get("readinessGates")]
+    assert ungated == [], "admitted without the webhook (failurePolicy Ignore)"
+    assert apiserver_log.read_text().count("failed calling webhook") == failed_calls_before
+    ready = wait_for(
+        "every pod Ready behind HAProxy",
+        lambda: (
+            ps
+            if len(ps := node.get("pods", "-n", namespace, "-l", "app=web")["items"]) == count
+            and all((condition(p, "Ready") or {}).get("status") == "True" for p in ps)
+            else None
+        ),
+        timeout=150,
+    )
+    for p in ready:
+        assert (condition(p, gate("web")) or {}).get("reason") == "TargetHealthy"
+    up = {s.address for s in servers(node, DEPLOYED_BACKEND) if s.status.startswith("UP")}
+    assert up == {f"{p['status']['podIP']}:80" for p in ready}
+    new_leader = lease_holder(node)
+    assert new_leader and new_leader != leader, (leader, new_leader)
+    with urllib.request.urlopen(f"http://{sb.deployed_lb_address}/", timeout=5) as r:
+        assert r.headers["Server"].startswith("nginx/") and r.headers["X-Pod-Name"].startswith("web-")
 
 
 def _connect_from_node_cgroup(cgroup_procs: Path, host: str, port: int) -> str:

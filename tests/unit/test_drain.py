@@ -221,6 +221,7 @@ def test_an_haproxy_pair_is_drained_only_when_both_are() -> None:
 
 
 STAT_HEADER = "# pxname,svname,scur,status,check_status,check_desc,last_chk,addr\n"
+SERVERS_STATE_HEADER = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n"
 
 
 async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_only(tmp_path: Path) -> None:
@@ -236,6 +237,10 @@ async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_o
         if line.startswith("show stat"):
             row = f"{backend},podgate-10.0.0.1-8080,0,{state['status']},L7OK,,,10.0.0.1:8080\n"
             writer.write((STAT_HEADER + row).encode())
+        elif line.startswith("show servers state"):
+            admin = 8 if state["status"] == "DRAIN" else 0  # SRV_ADMF_FDRAIN
+            row = f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {admin}\n"
+            writer.write((SERVERS_STATE_HEADER + row).encode())
         elif line.endswith("state drain"):
             state["status"] = "DRAIN"
         writer.close()
@@ -254,7 +259,7 @@ async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_o
     assert states[TARGET].admin == "drain" and states[TARGET].drained
     assert config.read_text() == "# the leader's configuration\n"
     assert not (tmp_path / "server-state").exists()
-    assert commands[0].startswith("show stat")  # only reads and the drain itself
+    assert commands[0].startswith("show ")  # only reads and the drain itself
     assert not any(c.startswith(("add server", "del server", "reload")) for c in commands)
 
 

@@ -3,6 +3,7 @@ and the bookkeeping ``down`` uses to put the machine back (iptables, mounts, sys
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from podgate_sandbox.controlplane import DEPLOYED_BACKEND, NODE_RUNTIME_PORT, Sandbox, SandboxConfig
 from podgate_sandbox.node import images, oci, render
 from podgate_sandbox.node.render import NodeLayout
 
@@ -358,6 +360,28 @@ def test_cni_results_left_by_the_node_are_its_own_only() -> None:
     ]
 
 
+def test_with_a_real_node_pods_reach_the_api_server_and_haproxy_on_the_bridge(tmp_path: Path) -> None:
+    """The API server listens on loopback only; with a real node it advertises the bridge's
+    address (the ``kubernetes`` Service's endpoint), where HAProxy forwards to it, and HAProxy's
+    runtime API listens there too for podgate in pods.  With the node agent, none of it."""
+    node = Sandbox(tmp_path / "node", SandboxConfig(port_offset=12000, node="kubelet"))
+    cfg = node.base_haproxy_config()
+    assert f"stats socket ipv4@10.244.0.1:{NODE_RUNTIME_PORT} level admin" in cfg
+    assert "bind 10.244.0.1:18443" in cfg and "server apiserver 127.0.0.1:18443" in cfg
+    assert (
+        f"backend {DEPLOYED_BACKEND}\n    balance roundrobin" in cfg
+        and "server-template podgate- 1-32" in cfg
+    )
+    apiserver = next(c for c in node.components() if c.name == "kube-apiserver").argv
+    assert "--bind-address=127.0.0.1" in apiserver and "--advertise-address=10.244.0.1" in apiserver
+    assert not any(a.startswith("--endpoint-reconciler-type") for a in apiserver)
+
+    agent = Sandbox(tmp_path / "agent", SandboxConfig(port_offset=12000))
+    assert "10.244.0.1" not in agent.base_haproxy_config()
+    apiserver = next(c for c in agent.components() if c.name == "kube-apiserver").argv
+    assert "--advertise-address=127.0.0.1" in apiserver and "--endpoint-reconciler-type=none" in apiserver
+
+
 def test_load_balancer_traffic_is_kept_from_kube_proxy() -> None:
     """kube-proxy DNATs a node's own connections to a LoadBalancer ingress IP straight to the
     endpoints; untracked, they reach HAProxy as an outside client's would."""
@@ -365,3 +389,33 @@ def test_load_balancer_traffic_is_kept_from_kube_proxy() -> None:
         ["-d", "127.200.0.0/16", "-j", "NOTRACK"],
         ["-s", "127.200.0.0/16", "-j", "NOTRACK"],
     ]
+
+
+def _sandbox_cli(*argv: str) -> int:
+    from podgate_sandbox import cli
+
+    parser = argparse.ArgumentParser(prog="podgate")
+    cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return int(args.func(args))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sandbox", "import"], "podgate: sandbox import needs an image archive (OCI)"),
+        (["sandbox", "status", "x.tar"], "podgate: sandbox status takes no argument (got 'x.tar')"),
+        (
+            ["sandbox", "import", "x.tar"],
+            "podgate: import needs a running real node: podgate sandbox up --node kubelet",
+        ),
+    ],
+)
+def test_sandbox_import_refuses_what_it_cannot_do_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """``podgate sandbox import ARCHIVE`` puts an image (``make image``'s) on the real node; asked
+    of a sandbox without one, or without an archive, it says so and exits 2, starting nothing."""
+    assert _sandbox_cli(*argv, "--state-dir", str(tmp_path / "state")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err

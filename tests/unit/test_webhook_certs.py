@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from podgate.kube import pki
 from podgate.kube.api import SECRETS, KubeError
 from podgate.kube.fake import FakeKube
 from podgate.kube.webhookcerts import CertificateSecret, Material, replica_key
@@ -65,6 +66,8 @@ def state(**changes: object) -> CertState:
         ),
         # no second rotation of the CA while the previous one is still trusted
         (state(previous_ca_since=10.0, served={"a": Served("old", 599)}), 600, Step.RENEW_SERVING),
+        # a certificate that lacks a name the replica is reached by is renewed at once
+        (state(missing_names=frozenset({"podgate.podgate-system.svc"})), 10, Step.RENEW_SERVING),
     ],
 )
 def test_next_step(cert_state: CertState, now: float, step: Step) -> None:
@@ -97,6 +100,37 @@ async def test_replicas_racing_to_create_the_secret_all_serve_the_winners() -> N
     assert [w.verb for w in kube.writes].count("create") == 3  # each tried; one won
     assert "replace" not in [w.verb for w in kube.writes]
     assert len(cas(materials[0])) == 1
+
+
+async def test_a_secret_made_for_other_names_is_renewed_for_every_replicas_names() -> None:
+    """Found on the real node: the sandbox's host controller (reached by URL, so its certificate
+    was for localhost) had left the Secret; the replicas deployed later, reached through the
+    Service, served it as it was and the API server refused every call ("certificate is valid
+    for localhost, not podgate.podgate-system.svc"), admitting every pod ungated.  A replica
+    missing a name renews the serving certificate (same CA: the registered bundle stays good)
+    for its names and the ones already there, so replicas reached both ways converge."""
+    kube, clock = FakeKube(), Clock()
+    by_url = replica(kube, "host", clock)
+    first = await by_url.sync()
+    service_names = ["podgate.podgate-system.svc", "podgate.podgate-system.svc.cluster.local"]
+    in_cluster = CertificateSecret(
+        kube,
+        "podgate-system",
+        "podgate-webhook-certs",
+        "pod",
+        ["localhost", *service_names],
+        [],
+        POLICY,
+        clock,
+    )
+    renewed = await in_cluster.sync()
+    assert renewed.fingerprint != first.fingerprint and renewed.bundle == first.bundle
+    dns, ips = pki.subject_names(renewed.cert)
+    assert (sorted(dns), ips) == (sorted(["localhost", *service_names]), ["127.0.0.1"])
+    writes = len(kube.writes)
+    for r in (by_url, in_cluster, by_url):
+        assert (await r.sync()).fingerprint == renewed.fingerprint
+    assert len(kube.writes) == writes, "replicas took turns replacing the certificate"
 
 
 async def test_a_ca_rotates_in_steps_and_the_old_one_goes_once_every_live_replica_moved() -> None:

@@ -105,6 +105,16 @@ def validity(cert_pem: bytes) -> Validity:
     return Validity(cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
 
 
+def subject_names(cert_pem: bytes) -> tuple[list[str], list[str]]:
+    """The DNS names and IP addresses the first certificate in ``cert_pem`` is valid for."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return [], []
+    return san.get_values_for_type(x509.DNSName), [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+
+
 def fingerprint(cert_pem: bytes) -> str:
     """A short SHA-256 fingerprint of the first certificate in ``cert_pem``: which one a replica serves."""
     der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)

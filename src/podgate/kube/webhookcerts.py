@@ -85,7 +85,7 @@ class CertificateSecret:
                 except Conflict:
                     continue  # another replica created it first: serve the winner's
             try:
-                step = next_step(state_of(secret), self.clock(), self.policy)
+                step = next_step(state_of(secret, self.dns_names + self.ips), self.clock(), self.policy)
                 body = self._stepped(secret, step)
             except (KeyError, ValueError) as e:
                 step, body = Step.RENEW_SERVING, self._fresh(secret)  # unusable: start again
@@ -138,9 +138,17 @@ class CertificateSecret:
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         return body
 
-    def _serving(self, ca: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    def _serving(self, ca: tuple[bytes, bytes], current: bytes | None = None) -> tuple[bytes, bytes]:
+        """A serving certificate for this replica's names and every name the ``current`` one
+        covers: replicas reached in different ways (a Service, a URL) then converge on one
+        certificate valid for all of them, instead of taking turns replacing it."""
+        dns, ips = list(self.dns_names), list(self.ips)
+        if current is not None:
+            old_dns, old_ips = pki.subject_names(current)
+            dns += [d for d in old_dns if d not in dns]
+            ips += [i for i in old_ips if i not in ips]
         return pki.new_serving_cert(
-            "podgate-webhook", self.dns_names, self.ips, ca, dt.timedelta(seconds=self.policy.validity)
+            "podgate-webhook", dns, ips, ca, dt.timedelta(seconds=self.policy.validity)
         )
 
     def _stepped(self, secret: Obj, step: Step) -> dict[str, Any] | None:
@@ -157,11 +165,11 @@ class CertificateSecret:
         elif step is Step.PROMOTE_NEXT_CA:
             data[PREVIOUS_CA] = data[CA]
             data[CA], data[CA_KEY] = data.pop(NEXT_CA), data.pop(NEXT_CA_KEY)
-            data[CERT], data[KEY] = self._serving((data[CA], data[CA_KEY]))
+            data[CERT], data[KEY] = self._serving((data[CA], data[CA_KEY]), data[CERT])
             del annotations[NEXT_CA_SINCE]
             annotations[PREVIOUS_CA_SINCE] = f"{now:.3f}"
         elif step is Step.RENEW_SERVING:
-            data[CERT], data[KEY] = self._serving((data[CA], data[CA_KEY]))
+            data[CERT], data[KEY] = self._serving((data[CA], data[CA_KEY]), data[CERT])
         elif step is Step.DROP_PREVIOUS_CA:
             del data[PREVIOUS_CA]
             del annotations[PREVIOUS_CA_SINCE]
@@ -179,13 +187,15 @@ def _new_ca(policy: RotationPolicy) -> tuple[bytes, bytes]:
     return pki.new_ca(f"podgate-webhook-ca-{secrets.token_hex(4)}", dt.timedelta(seconds=policy.ca_validity))
 
 
-def state_of(secret: Obj) -> CertState:
-    """What rotation needs to know of the Secret; KeyError or ValueError when it is unusable."""
+def state_of(secret: Obj, names: list[str] | None = None) -> CertState:
+    """What rotation needs to know of the Secret, for a replica that needs ``names`` (DNS names
+    and IP addresses) served; KeyError or ValueError when it is unusable."""
     data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
     annotations = secret["metadata"].get("annotations") or {}
     for required in (CA_KEY, KEY):
         if not data[required]:
             raise ValueError(f"{required} is empty")
+    dns, ips = pki.subject_names(data[CERT])
     return CertState(
         ca=pki.validity(data[CA]),
         serving=pki.validity(data[CERT]),
@@ -193,6 +203,7 @@ def state_of(secret: Obj) -> CertState:
         next_ca_since=float(annotations[NEXT_CA_SINCE]) if NEXT_CA in data else None,
         previous_ca_since=float(annotations[PREVIOUS_CA_SINCE]) if PREVIOUS_CA in data else None,
         served=_served(annotations),
+        missing_names=frozenset(names or ()) - frozenset([*dns, *ips]),
     )
 
 

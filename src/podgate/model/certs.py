@@ -76,6 +76,9 @@ class CertState:
     #: when the current CA took over (step 2), while the previous one is still trusted
     previous_ca_since: float | None = None
     served: Mapping[str, Served] = field(default_factory=dict)
+    #: names (DNS and IP) the replica looking needs and the serving certificate lacks: a Secret
+    #: made by a replica reached another way (by URL, another Service) must not be served as is
+    missing_names: frozenset[str] = frozenset()
 
 
 def live_replicas(served: Mapping[str, Served], now: float, policy: RotationPolicy) -> dict[str, Served]:
@@ -96,7 +99,7 @@ def next_step(state: CertState, now: float, policy: RotationPolicy) -> Step:
             return Step.DROP_PREVIOUS_CA
     elif now >= state.ca.renewal_due(policy.renew_at):
         return Step.ADD_NEXT_CA
-    if now >= state.serving.renewal_due(policy.renew_at):
+    if now >= state.serving.renewal_due(policy.renew_at) or state.missing_names:
         return Step.RENEW_SERVING
     return Step.NOTHING
 

@@ -139,6 +139,8 @@ class Runtime:
 
     def __init__(self, address: str, timeout: float = 5.0) -> None:
         self.address, self.timeout = address, timeout
+        #: backend name → its proxy id (``show stat`` by id: see :meth:`servers`)
+        self._ids: dict[str, int] = {}
 
     async def command(self, line: str) -> str:
         answer = await send(self.address, line, self.timeout)
@@ -150,7 +152,33 @@ class Runtime:
         return answer
 
     async def servers(self, backend: str) -> list[ServerStat]:
-        return parse_stat(await self.command(f"show stat {check_name(backend)} 4 -1"))
+        """The backend's servers, read by the backend's proxy id: ``show stat NAME`` takes the
+        first proxy of that name, and a user's frontend often shares its backend's name (then
+        no servers are seen, and podgate would add the same ones again and again).  The id is
+        looked up once and checked on every read: a reload that renumbers proxies is noticed
+        by rows of another proxy, or none."""
+        iid = self._ids.get(backend)
+        if iid is not None:
+            rows = parse_stat(await self.command(f"show stat {iid} 4 -1"))
+            if rows and all(r.backend == backend for r in rows):
+                return rows
+        iid = await self._backend_id(backend)
+        if iid is None:
+            return []  # no servers to read
+        self._ids[backend] = iid
+        return [r for r in parse_stat(await self.command(f"show stat {iid} 4 -1")) if r.backend == backend]
+
+    async def _backend_id(self, backend: str) -> int | None:
+        """The proxy id of ``backend`` (``show servers state`` looks up backends only), None
+        when it has no servers; a ProviderError when HAProxy has no such backend."""
+        answer = await self.command(f"show servers state {check_name(backend)}")
+        if "Can't find backend" in answer:
+            raise ProviderError(f"HAProxy has no backend {backend!r}")
+        for line in answer.splitlines():
+            fields = line.split()
+            if len(fields) > 1 and not line.startswith("#") and fields[1] == backend and fields[0].isdigit():
+                return int(fields[0])
+        return None
 
     async def admin_states(self, backend: str) -> dict[str, int]:
         return parse_admin_states(await self.command(f"show servers state {check_name(backend)}"))

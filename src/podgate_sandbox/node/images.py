@@ -266,7 +266,7 @@ def archives(cache: Path | None = None) -> list[Path]:
     return paths
 
 
-def _ctr(containerd_socket: Path, ctr: str, *args: str) -> None:
+def _ctr(containerd_socket: Path, ctr: str, *args: str) -> str:
     out = subprocess.run(
         [ctr, "--address", str(containerd_socket), "-n", "k8s.io", *args],
         capture_output=True,
@@ -276,6 +276,7 @@ def _ctr(containerd_socket: Path, ctr: str, *args: str) -> None:
     )
     if out.returncode != 0:
         raise RuntimeError(f"ctr {' '.join(args[:2])} {args[-1]} failed: {out.stderr.strip()}")
+    return out.stdout
 
 
 def import_all(containerd_socket: Path, ctr: str = "ctr") -> None:
@@ -285,3 +286,14 @@ def import_all(containerd_socket: Path, ctr: str = "ctr") -> None:
         _ctr(containerd_socket, ctr, "images", "import", "--snapshotter", "overlayfs", str(path))
     for alias in render.NGINX_ALIASES:
         _ctr(containerd_socket, ctr, "images", "tag", "--force", render.NGINX_IMAGE, alias)
+
+
+def import_archive(containerd_socket: Path, archive: Path, ctr: str = "ctr") -> list[str]:
+    """Import one more OCI archive (``make image``'s, say) the way :func:`import_all` does, and
+    return the names it gave (ctr prints ``unpacking NAME (sha256:…)``).  The archive's own
+    reference is the name: a short one (``podgate:0.1.0``) is Docker Hub's to the CRI."""
+    out = _ctr(containerd_socket, ctr, "images", "import", "--snapshotter", "overlayfs", str(archive))
+    names = [line.split()[1] for line in out.splitlines() if line.startswith("unpacking ")]
+    if not names:
+        raise RuntimeError(f"ctr images import {archive} imported no image: {out.strip()}")
+    return names
