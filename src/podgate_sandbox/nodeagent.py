@@ -19,7 +19,6 @@ import logging
 import re
 import resource
 import shlex
-import signal
 import time
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
@@ -38,7 +37,7 @@ from podgate.kube.informer import EventType, Informer, key_of, resource_version
 from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
 from podgate.model.probes import ProbeSpec, ProbeSpecError, ProbeState, observe, parse_probe, resolve_port
-from podgate_sandbox import runtime, scheduling
+from podgate_sandbox import processes, runtime, scheduling
 from podgate_sandbox.app import AppConfigError
 from podgate_sandbox.podstatus import ContainerView, State, desired_status, needs_write
 
@@ -763,7 +762,7 @@ def _meminfo_kib() -> int:
     return 8 * 1024 * 1024
 
 
-async def _serve_healthz(agent: NodeAgent, port: int) -> web.AppRunner:
+def _healthz_app(agent: NodeAgent) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         ok = agent.registered.is_set() and agent.informer.synced.is_set()
         return web.Response(status=200 if ok else 503, text="ok\n" if ok else "starting\n")
@@ -778,10 +777,7 @@ async def _serve_healthz(agent: NodeAgent, port: int) -> web.AppRunner:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/pods", pods)
     app.router.add_get("/terminations", terminations)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, HOST_IP, port).start()
-    return runner
+    return app
 
 
 async def amain(args: argparse.Namespace) -> None:
@@ -790,17 +786,15 @@ async def amain(args: argparse.Namespace) -> None:
     api = await api_client(args.kubeconfig)
     api.configuration.connection_pool_maxsize = 64
     agent = NodeAgent(api, args.node_name, args.pod_cidr, Path(args.log_dir), args.run_commands)
-    runner = await _serve_healthz(agent, args.healthz_port)
-    main = asyncio.create_task(agent.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
     try:
-        await main
-    except asyncio.CancelledError:
-        log.info("node agent stopping: containers killed, pods left for the next start")
+        await processes.serve_until_signalled(
+            agent.run(),
+            _healthz_app(agent),
+            HOST_IP,
+            args.healthz_port,
+            "node agent stopping: containers killed, pods left for the next start",
+        )
     finally:
-        await runner.cleanup()
         await api.close()
 
 

@@ -2,19 +2,27 @@
 
 Each process runs in its own session (it outlives the ``podgate sandbox up`` that started it),
 logs to a file, and is recorded with a marker string from its command line so a PID reused by
-an unrelated process is never mistaken for ours, let alone killed.
+an unrelated process is never mistaken for ours, let alone killed.  :func:`serve_until_signalled`
+is the other side: the shell a Python background process runs its work in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
 
 
 def cmdline(pid: int) -> str:
@@ -119,3 +127,24 @@ def tcp_listeners() -> list[tuple[str, str]]:
             ip = ".".join(str(int(hex_ip[i : i + 2], 16)) for i in (6, 4, 2, 0))
             out.append((f"{ip}:{int(hex_port, 16)}", fields[9]))
     return out
+
+
+async def serve_until_signalled(
+    work: Coroutine[Any, Any, None], app: web.Application, host: str, port: int, stopping: str
+) -> None:
+    """Serve ``app`` (health and introspection) on ``host:port`` while ``work`` runs, until
+    SIGTERM or SIGINT cancels it; ``stopping`` is logged then.  The sandbox's ``down`` stops a
+    process by SIGTERM and waits: the work's own cleanup runs, the port is closed after."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    main = asyncio.create_task(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        await main
+    except asyncio.CancelledError:
+        log.info(stopping)
+    finally:
+        await runner.cleanup()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
 from aiohttp import web
 from kubernetes_asyncio import client
@@ -19,7 +18,7 @@ from kubernetes_asyncio import client
 from podgate.kube.api import PODS, Obj
 from podgate.kube.client import ApiException, ApiKube, api_client, call
 from podgate.kube.informer import EventType, Informer, key_of
-from podgate_sandbox import scheduling
+from podgate_sandbox import processes, scheduling
 
 log = logging.getLogger("podgate.binder")
 
@@ -85,19 +84,11 @@ async def amain(args: argparse.Namespace) -> None:
 
     app = web.Application()
     app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.healthz_port).start()
-    main = asyncio.create_task(binder.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
     try:
-        await main
-    except asyncio.CancelledError:
-        log.info("binder stopping")
+        await processes.serve_until_signalled(
+            binder.run(), app, "127.0.0.1", args.healthz_port, "binder stopping"
+        )
     finally:
-        await runner.cleanup()
         await api.close()
 
 
