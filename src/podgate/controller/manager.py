@@ -38,6 +38,7 @@ from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
+from podgate.providers.reads import PoolReads
 from podgate.webhook import drain, eviction, isolated
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
@@ -95,6 +96,8 @@ class Controller:
         self.providers = dict(providers) if providers is not None else build_providers(settings)
         self.recorder = EventRecorder(self.kube, "podgate")
         instrumented = {n: metrics.instrumented(p) for n, p in self.providers.items()}
+        #: one read of a pool per poll, shared by the reconciler, the drain hooks and the guard
+        self.reads = PoolReads()
         self.reconciler = ServiceReconciler(
             self.kube,
             self.pods,
@@ -112,6 +115,7 @@ class Controller:
                 continuous=settings.continuous,
             ),
             adopted_prefixes=settings.adopt_gate_prefixes,
+            reads=self.reads,
         )
         self.check_runner = CheckRunner(
             self.kube, self.pods, self.checks, self.reconciler.gates, self.recorder
@@ -128,6 +132,7 @@ class Controller:
             classes=self.reconciler.classes,
             observe=metrics.observe_drain,
             poll=settings.poll_period,
+            reads=self.reads,
         )
         self.elector = (
             LeaderElector(
@@ -452,6 +457,7 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[is
         controller.reconciler.policy,
         lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
         classes=controller.reconciler.classes,
+        reads=controller.reads,
     )
     loop = asyncio.get_running_loop()
     app.router.add_post(eviction.PATH, isolated.on_loop(loop, guard.answer))
