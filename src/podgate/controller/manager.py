@@ -20,7 +20,7 @@ from kubernetes_asyncio import client
 from podgate.controller import metrics
 from podgate.controller.checks import CheckRunner, checks_informer, parsed_checks
 from podgate.controller.reconciler import ServiceReconciler, services_for_event
-from podgate.controller.settings import ControllerSettings
+from podgate.controller.settings import ControllerSettings, SettingsError
 from podgate.kube.api import NAMESPACES, PODS, SERVICES
 from podgate.kube.client import ApiKube
 from podgate.kube.events import EventRecorder
@@ -33,6 +33,7 @@ from podgate.model import gates, lb
 from podgate.model.certs import RotationPolicy
 from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
+from podgate.model.ratelimit import BucketRegistry, RateConflict
 from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
@@ -48,8 +49,23 @@ log = logging.getLogger(__name__)
 POLLS_PER_PERIOD = 10
 
 
-def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
-    """Each configured load balancer's record: its target seam and the capabilities it has."""
+def build_providers(
+    settings: ControllerSettings, buckets: BucketRegistry | None = None
+) -> dict[str, Provider]:
+    """Each configured load balancer's record: its target seam and the capabilities it has.
+
+    The cloud providers draw their API calls from ``buckets`` (a new registry: the controller
+    builds its providers once), one token bucket per cloud account and region, so every Service
+    and every provider on one account and region share the configured rate.  Two providers on
+    one account and region with different rates: :class:`SettingsError`."""
+    buckets = buckets if buckets is not None else BucketRegistry()
+    try:
+        return _build_providers(settings, buckets)
+    except RateConflict as e:
+        raise SettingsError(str(e)) from None
+
+
+def _build_providers(settings: ControllerSettings, buckets: BucketRegistry) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     for h in settings.haproxy:
         base = h.base_config_path.read_text() if h.base_config_path else ""
@@ -63,7 +79,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
         ).provider()
     for a in settings.aws:
         providers[a.name] = AwsElbv2Provider(
-            a.name, a.region, rate=a.rate, poll_interval=a.poll_period
+            a.name, a.region, rate=a.rate, poll_interval=a.poll_period, buckets=buckets
         ).provider()
     for ali in settings.alibaba:
         providers[ali.name] = AlibabaProvider(
@@ -74,6 +90,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             ecs_endpoint=ali.ecs_endpoint,
             rate=ali.rate,
             poll_interval=ali.poll_period,
+            buckets=buckets,
         ).provider()
     return providers
 
