@@ -1,26 +1,41 @@
 """Cloud API calls: what a burst of new pods costs against a metered load-balancer API.
 
 In a sandbox of its own, the controller runs with the Alibaba Cloud provider against the local
-OpenAPI double (real SDK, real HTTP, signatures checked): an NLB server group whose new servers
-take an add job (one list poll) and then its first checks, 6 s of them (interval 2 s × healthy
-threshold 3: time, not polls, as on a real load balancer).  Each round creates a Deployment of
-``--pods`` gated pods at once and counts the API calls until every gate is True.
-Configurations side by side (poll period of pending gates, token-bucket rate), ``--rounds``
-rounds each:
+OpenAPI double (real SDK, real HTTP, signatures checked): NLB server groups whose new servers
+take an add job (one list poll) and then their first checks, 6 s of them (interval 2 s × healthy
+threshold 3: time, not polls, as on a real load balancer).  Each round creates, at once, one
+Deployment of gated pods per Service, each Service bound to a server group of its own, and
+counts the API calls until every gate is True.  Configurations side by side (Services × pods,
+poll period of pending gates, token-bucket rate):
 
-- calls per pod, and the peak calls in any 1 s window against the configured rate;
-- seconds from creating the Deployment to the last gate True.
+- ``--pods`` pods behind one group at three poll periods and rates, ``--rounds`` rounds each;
+- 1,000 pods over 10 groups (10 Services × 100 pods) at the defaults (poll 1 s, 10 calls/s),
+  ``--large-rounds`` rounds (fewer: a round takes minutes);
+- with ``--before COMMIT``, the 1,000-pod configuration again with the controller of an
+  earlier commit (its ``src`` from ``git archive``, first on the controller's PYTHONPATH), so
+  a change's effect is measured side by side in one run, on one sandbox.
 
-    .venv/bin/python bench/cloud_calls.py [--rounds 3] [--pods 40]
+Reported: calls per pod, the peak calls in any 1 s window against what the bucket allows in
+one (its rate plus its burst of 20), seconds from creating the Deployments to the last gate
+True.  Medians.
+
+    .venv/bin/python bench/cloud_calls.py [--rounds 3] [--pods 40] [--large-rounds 2]
+        [--only small|large] [--before COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client
@@ -32,13 +47,59 @@ from podgate_sandbox.doubles.alibaba import AlibabaDouble
 
 CONFIG = SandboxConfig(port_offset=18000, pod_cidr="127.121.0.0/16", lb_cidr="127.221.0.0/16")
 PORT = 18630
-GATE = "service.readiness.podgate.dev/web"
 CREDENTIALS = {
     "ALIBABA_CLOUD_ACCESS_KEY_ID": "podgate-test-ak",
     "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "podgate-test-secret",
 }
-#: (name, poll period of pending gates in s, API calls per second allowed)
-CONFIGS = [("poll 0.1 s, 100/s", 0.1, 100.0), ("poll 1 s, 100/s", 1.0, 100.0), ("poll 1 s, 10/s", 1.0, 10.0)]
+BURST = 20  # the providers' token-bucket burst
+GROUPS = 10  # server groups on the double's NLB, one listener each
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    services: int  # each with its own server group and Deployment
+    pods: int  # per Service
+    poll: float  # --alibaba-poll-period
+    rate: float  # --alibaba-rate
+    rounds: int
+    #: the controller's sources from this commit (None: this tree's)
+    before: str | None = None
+
+
+def configs(args: argparse.Namespace) -> list[Config]:
+    out = []
+    if args.only in (None, "small"):
+        out += [
+            Config(f"{args.pods} pods, 1 group, poll 0.1 s, 100/s", 1, args.pods, 0.1, 100.0, args.rounds),
+            Config(f"{args.pods} pods, 1 group, poll 1 s, 100/s", 1, args.pods, 1.0, 100.0, args.rounds),
+            Config(f"{args.pods} pods, 1 group, poll 1 s, 10/s", 1, args.pods, 1.0, 10.0, args.rounds),
+        ]
+    if args.only in (None, "large"):
+        large = "1,000 pods, 10 groups, poll 1 s, 10/s"
+        out.append(Config(large, GROUPS, 100, 1.0, 10.0, args.large_rounds))
+        if args.before:
+            out.append(
+                Config(
+                    f"{large}, before ({args.before})", GROUPS, 100, 1.0, 10.0, args.large_rounds, args.before
+                )
+            )
+    return out
+
+
+@contextlib.contextmanager
+def sources_of(commit: str | None) -> Iterator[dict[str, str]]:
+    """The controller's extra environment: an earlier commit's ``src`` first on its path."""
+    if commit is None:
+        yield {}
+        return
+    with tempfile.TemporaryDirectory(prefix="podgate-before-") as tmp:
+        repo = Path(__file__).resolve().parent.parent
+        archive = subprocess.run(
+            ["git", "-C", str(repo), "archive", commit, "src"], check=True, capture_output=True
+        )
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        yield {"PYTHONPATH": f"{tmp}/src"}
 
 
 class DoubleThread:
@@ -71,59 +132,80 @@ def peak_per_second(times: list[float]) -> int:
     return best
 
 
-async def one_round(api: client.ApiClient, double: AlibabaDouble, ns: str, pods: int) -> dict[str, Any]:
+def gate(i: int) -> str:
+    return f"service.readiness.podgate.dev/web{i}"
+
+
+async def one_round(api: client.ApiClient, double: AlibabaDouble, ns: str, cfg: Config) -> dict[str, Any]:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     await call(core.create_namespace, {"metadata": {"name": ns}})
-    await call(
-        core.create_namespaced_service,
-        ns,
-        {
-            "metadata": {
-                "name": "web",
-                "annotations": {
-                    "podgate.dev/load-balancer-provider": "alibaba",
-                    "podgate.dev/alibaba-nlb-server-group-id": "sgp-web",
-                    "podgate.dev/deregistration-delay": "0",
-                },
-            },
-            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-        },
-    )
+    for i in range(cfg.services):
+        annotations = {
+            "podgate.dev/load-balancer-provider": "alibaba",
+            "podgate.dev/alibaba-nlb-server-group-id": f"sgp-web{i}",
+            "podgate.dev/deregistration-delay": "0",
+        }
+        spec = {"selector": {"app": f"web{i}"}, "ports": [{"port": 80, "targetPort": 8080}]}
+        await call(
+            core.create_namespaced_service,
+            ns,
+            {"metadata": {"name": f"web{i}", "annotations": annotations}, "spec": spec},
+        )
     await asyncio.sleep(1)
     mark = len(double.script.call_times)
     t0 = time.monotonic()
     container = {"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}
-    template = {
-        "metadata": {"labels": {"app": "web"}},
-        "spec": {"readinessGates": [{"conditionType": GATE}], "containers": [container]},
-    }
-    body = {
-        "metadata": {"name": "web"},
-        "spec": {"replicas": pods, "selector": {"matchLabels": {"app": "web"}}, "template": template},
-    }
-    await call(apps.create_namespaced_deployment, ns, body)
-    deadline = t0 + 180
+    for i in range(cfg.services):
+        template = {
+            # no drain hook: the round's clean-up deletes the namespace and is not measured
+            "metadata": {"labels": {"app": f"web{i}"}, "annotations": {"podgate.dev/prestop": "none"}},
+            "spec": {
+                "readinessGates": [{"conditionType": gate(i)}],
+                "containers": [container],
+                "terminationGracePeriodSeconds": 5,
+            },
+        }
+        body = {
+            "metadata": {"name": f"web{i}"},
+            "spec": {
+                "replicas": cfg.pods,
+                "selector": {"matchLabels": {"app": f"web{i}"}},
+                "template": template,
+            },
+        }
+        await call(apps.create_namespaced_deployment, ns, body)
+    total = cfg.services * cfg.pods
+    limit = 120 + 0.3 * total
+    deadline = t0 + limit
+    every = 0.1 if total <= 100 else 0.5  # a list of 1,000 pods is not free for the API server
     while True:
         items = (await call(core.list_namespaced_pod, ns))["items"]
         done = [
             p
             for p in items
-            if any(c["type"] == GATE and c["status"] == "True" for c in p["status"].get("conditions") or ())
+            if any(
+                c["type"] == gate(int(p["metadata"]["labels"]["app"][3:])) and c["status"] == "True"
+                for c in p["status"].get("conditions") or ()
+            )
         ]
-        if len(done) == pods:
+        if len(done) == total:
             break
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{ns}: {len(done)}/{pods} gates True after 180 s")
-        await asyncio.sleep(0.1)
+            raise TimeoutError(f"{ns}: {len(done)}/{total} gates True after {limit:.0f} s")
+        await asyncio.sleep(every)
     elapsed = time.monotonic() - t0
     times = double.script.call_times[mark:]
     await call(core.delete_namespace, ns)
-    for _ in range(600):  # the pods leave the group as the namespace goes
-        if not double.nlb_servers("sgp-web"):
+    for _ in range(int(limit * 10)):  # the pods leave the groups as the namespace goes
+        if not any(double.nlb_servers(f"sgp-web{i}") for i in range(cfg.services)):
             break
         await asyncio.sleep(0.1)
     else:
-        raise TimeoutError(f"{ns}: the server group did not empty")
+        raise TimeoutError(f"{ns}: the server groups did not empty")
+    for _ in range(int(limit * 2)):  # and its pods are gone: the next round starts on a quiet node
+        if ns not in {n["metadata"]["name"] for n in (await call(core.list_namespace))["items"]}:
+            break
+        await asyncio.sleep(0.5)
     return {"calls": len(times), "peak_per_s": peak_per_second(times), "seconds_to_all_true": elapsed}
 
 
@@ -131,63 +213,86 @@ async def run(sb: Sandbox, double: AlibabaDouble, args: argparse.Namespace) -> d
     script = double.script
     script.initial_polls, script.nlb_adding_polls = 0, 1
     script.nlb_check_interval, script.nlb_healthy_threshold = 2, 3
-    double.add_nlb("nlb-bench", {"lsn-web": (80, "sgp-web")})
+    double.add_nlb("nlb-bench", {f"lsn-web{i}": (80 + i, f"sgp-web{i}") for i in range(GROUPS)})
     endpoint = f"http://127.0.0.1:{PORT}"
-    configs = []
-    for i, (name, poll, rate) in enumerate(CONFIGS):
+    results = []
+    for n, cfg in enumerate(configs(args)):
         flags = ["--alibaba-provider", "alibaba", "--alibaba-region", "cn-hangzhou"]
-        flags += ["--alibaba-poll-period", str(poll), "--alibaba-rate", str(rate)]
+        flags += ["--alibaba-poll-period", str(cfg.poll), "--alibaba-rate", str(cfg.rate)]
         flags += [f"--alibaba-{p}-endpoint={endpoint}" for p in ("clb", "nlb", "ecs")]
-        with sb.controller_replaced(*flags, env=CREDENTIALS, log=f"bench-cloud-{i}.log"):
+        with (
+            sources_of(cfg.before) as extra,
+            sb.controller_replaced(*flags, env={**CREDENTIALS, **extra}, log=f"bench-cloud-{n}.log"),
+        ):
             await asyncio.sleep(2)  # the swap takes the lease and syncs its caches
             api = await api_client(str(sb.kubeconfig))
             try:
                 rounds = []
-                for r in range(args.rounds):
-                    rounds.append(await one_round(api, double, f"cloud-{i}-{r}", args.pods))
-                    print(f"{name}: round {r + 1}/{args.rounds} {rounds[-1]}", flush=True)
+                for r in range(cfg.rounds):
+                    rounds.append(await one_round(api, double, f"cloud-{n}-{r}", cfg))
+                    print(f"{cfg.name}: round {r + 1}/{cfg.rounds} {rounds[-1]}", flush=True)
             finally:
                 await api.close()
-        configs.append({"name": name, "poll_period_s": poll, "rate_per_s": rate, "rounds": rounds})
-    for c in configs:
-        c["median"] = {
-            k: statistics.median(r[k] for r in c["rounds"])
-            for k in ("calls", "peak_per_s", "seconds_to_all_true")
+        pods = cfg.services * cfg.pods
+        median = {
+            k: statistics.median(r[k] for r in rounds) for k in ("calls", "peak_per_s", "seconds_to_all_true")
         }
-        c["median"]["calls_per_pod"] = c["median"]["calls"] / args.pods
-    base = configs[0]["median"]
-    for c in configs:
+        median["calls_per_pod"] = median["calls"] / pods
+        results.append(
+            {
+                "name": cfg.name,
+                "services": cfg.services,
+                "pods": pods,
+                "poll_period_s": cfg.poll,
+                "rate_per_s": cfg.rate,
+                "burst": BURST,
+                "controller_from": cfg.before or "this tree",
+                "rounds": rounds,
+                "median": median,
+            }
+        )
+    for c in results:  # against the first configuration with as many pods
+        base = next(b for b in results if b["pods"] == c["pods"])["median"]
         c["ratio_to_first"] = {
             "calls": c["median"]["calls"] / base["calls"],
             "seconds_to_all_true": c["median"]["seconds_to_all_true"] / base["seconds_to_all_true"],
         }
-    return {"pods": args.pods, "rounds": args.rounds, "configs": configs}
+    return {"configs": results}
 
 
 def markdown(res: dict[str, Any]) -> str:
+    rounds = sorted({len(c["rounds"]) for c in res["configs"]})
     lines = [
         "# Cloud API calls benchmark",
         "",
-        f"{res['machine']}; {res['rounds']} rounds per configuration of {res['pods']} gated pods created "
-        "at once behind an Alibaba NLB server group (the local OpenAPI double: an add job of one poll, "
-        f"then 6 s of first checks: interval 2 s × healthy threshold 3); medians; {res['date']}.",
+        f"{res['machine']}; gated pods created at once behind Alibaba NLB server groups, one per "
+        "Service (the local OpenAPI double: an add job of one poll, then 6 s of first checks: "
+        f"interval 2 s × healthy threshold 3); {' or '.join(map(str, rounds))} rounds per "
+        f"configuration (see the table), medians; {res['date']}.",
         "",
-        "| configuration | API calls | calls per pod | peak calls in 1 s | s to all gates True | "
-        "calls vs first | time vs first |",
-        "|---|---|---|---|---|---|---|",
+        "| configuration | controller | rounds | API calls | calls per pod | peak calls in 1 s "
+        "(bucket allows) | s to all gates True | calls vs first | time vs first |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in res["configs"]:
         m, r = c["median"], c["ratio_to_first"]
         lines.append(
-            f"| {c['name']} | {m['calls']:.0f} | {m['calls_per_pod']:.2f} | {m['peak_per_s']:.0f} | "
-            f"{m['seconds_to_all_true']:.1f} | {r['calls']:.2f} | {r['seconds_to_all_true']:.2f} |"
+            f"| {c['name'].split(', before')[0]} | {c['controller_from']} | {len(c['rounds'])} | "
+            f"{m['calls']:.0f} | {m['calls_per_pod']:.2f} | {m['peak_per_s']:.0f} "
+            f"({c['rate_per_s'] + c['burst']:.0f}) | {m['seconds_to_all_true']:.1f} | "
+            f"{r['calls']:.2f} | {r['seconds_to_all_true']:.2f} |"
         )
     lines += [
         "",
         "Calls are counted by the double as they arrive (after signature checks), from creating the "
-        "Deployment to the last gate True. The token bucket allows a burst of 20 above the rate. "
-        "Each read of a pending pool costs two calls (the group's servers, the listener's health), "
-        "adding 40 servers one, whatever the number of pods (batches of 200).",
+        'Deployments to the last gate True. "calls vs first" and "time vs first" compare with '
+        "the first row with as many pods. The token bucket allows a burst of 20 above its rate, so "
+        "a 1 s window may hold rate + 20 calls. A read of a pending group costs two calls (its "
+        "servers, its listener's health, up to 100 servers a page); adding servers one call per "
+        "200. The pending poll is re-queued one poll period after its reconcile, and every pod "
+        "event of the Service reconciles it too: since pool reads are coalesced "
+        "(`podgate.providers.reads`), a reconcile within a poll period of the group's last read "
+        "reuses it, so a group costs one read per poll plus one after each change podgate makes.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -196,8 +301,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--pods", type=int, default=40)
+    p.add_argument("--large-rounds", type=int, default=2, help="rounds of the 1,000-pod configuration")
+    p.add_argument("--only", choices=("small", "large"), help="run only these configurations")
+    p.add_argument("--before", metavar="COMMIT", help="also run the 1,000 pods with this commit's controller")
     p.add_argument("--out", default=str(RESULTS / "cloud_calls"))
     args = p.parse_args()
+    if args.before:
+        repo = Path(__file__).resolve().parent.parent
+        found = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", f"{args.before}^{{commit}}"],
+            capture_output=True,
+        )
+        if found.returncode != 0:
+            p.error(f"--before: {args.before!r} is not a commit of this repository")
     with sandbox(CONFIG) as sb, DoubleThread() as double:
         res = asyncio.run(run(sb, double, args))
     write(args.out, res, markdown)
