@@ -18,35 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 from podgate.model.lb import PoolSpec, Target
 from podgate.providers.base import Provider, TargetState
 
+T = TypeVar("T")
 Targets = dict[Target, TargetState]
 #: finished reads older than this are dropped (pools of Services long gone)
 KEEP = 300.0
 
 
-def pool_key(provider: Provider, pool: PoolSpec) -> Hashable:
-    """What one read answers for: the provider, and the pool's group (a user's group belongs to
-    one Service port, so the Service and port say the same) or its Service port."""
-    return (provider.name, pool.service_key, pool.port, pool.group)
-
-
-class PoolReads:
-    """One shared read per pool and poll: see the module's docstring."""
+class SharedReads(Generic[T]):
+    """Reads by key, each shared while in flight and reused while young enough: the mechanism
+    behind :class:`PoolReads`, and behind a provider's reads that serve several groups at once
+    (CLB's health of a whole load balancer)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._reads: dict[Hashable, tuple[float, asyncio.Task[Targets]]] = {}
-        #: provider calls made (reads shared or reused are not counted): for tests and metrics
+        self._reads: dict[Hashable, tuple[float, asyncio.Task[T]]] = {}
+        #: calls made (reads shared or reused are not counted): for tests
         self.calls = 0
 
-    async def read(self, provider: Provider, pool: PoolSpec, max_age: float) -> Targets:
-        """The pool's targets: the read in flight, a finished one younger than ``max_age``
-        seconds, or a new one."""
-        key = pool_key(provider, pool)
+    async def get(self, key: Hashable, fetch: Callable[[], Awaitable[T]], max_age: float) -> T:
+        """The read in flight for ``key``, a finished one younger than ``max_age`` seconds, or
+        a new one by ``fetch()``."""
         now = self._clock()
         held = self._reads.get(key)
         if (
@@ -57,7 +54,7 @@ class PoolReads:
             held = None
         if held is None:
             self._prune(now)
-            task = asyncio.ensure_future(provider.pool.targets(pool))
+            task = asyncio.ensure_future(fetch())
             # a failure is the caller's to see, never the event loop's "never retrieved"
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             held = (now, task)
@@ -71,7 +68,26 @@ class PoolReads:
             if task.done() and now - at >= KEEP:
                 del self._reads[key]
 
+    def drop(self, key: Hashable) -> None:
+        """What ``key`` reads was just changed: the next read starts after the change.  A read
+        in flight goes on for those already waiting on it."""
+        self._reads.pop(key, None)
+
+
+def pool_key(provider: Provider, pool: PoolSpec) -> Hashable:
+    """What one read answers for: the provider, and the pool's group (a user's group belongs to
+    one Service port, so the Service and port say the same) or its Service port."""
+    return (provider.name, pool.service_key, pool.port, pool.group)
+
+
+class PoolReads(SharedReads[Targets]):
+    """One shared read per pool and poll: see the module's docstring."""
+
+    async def read(self, provider: Provider, pool: PoolSpec, max_age: float) -> Targets:
+        """The pool's targets: the read in flight, a finished one younger than ``max_age``
+        seconds, or a new one."""
+        return await self.get(pool_key(provider, pool), lambda: provider.pool.targets(pool), max_age)
+
     def forget(self, provider: Provider, pool: PoolSpec) -> None:
-        """The pool was just changed: the next read starts after the change.  A read in flight
-        goes on for those already waiting on it."""
-        self._reads.pop(pool_key(provider, pool), None)
+        """The pool was just changed: the next read starts after the change."""
+        self.drop(pool_key(provider, pool))

@@ -114,7 +114,8 @@ class AlibabaProvider:
             credential=credential,
         )
         self._products: dict[str, _Product] = {
-            "clb": Clb(self.transport, Enis(self.transport)),
+            # the groups of one CLB share its health answer for half a poll interval
+            "clb": Clb(self.transport, Enis(self.transport), health_age=poll_interval / 2),
             "nlb": Nlb(self.transport),
         }
         self._owners: dict[str, tuple[str, ServerGroup]] = {}  # group id → (Service key, group)
