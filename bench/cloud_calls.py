@@ -9,8 +9,8 @@ counts the API calls until every gate is True.  Configurations side by side (Ser
 poll period of pending gates, token-bucket rate):
 
 - ``--pods`` pods behind one group at three poll periods and rates, ``--rounds`` rounds each;
-- 1,000 pods over 10 groups (10 Services × 100 pods) at the defaults (poll 1 s, 10 calls/s),
-  ``--large-rounds`` rounds (fewer: a round takes minutes);
+- 1,000 pods over 10 groups (10 Services × 100 pods) at poll 1 s and ``--large-rates`` (the
+  default rate, 10 calls/s, and 100/s), ``--large-rounds`` rounds (fewer: a round takes minutes);
 - with ``--before COMMIT``, the 1,000-pod configuration again with the controller of an
   earlier commit (its ``src`` from ``git archive``, first on the controller's PYTHONPATH), so
   a change's effect is measured side by side in one run, on one sandbox.
@@ -20,7 +20,8 @@ one (its rate plus its burst of 20), seconds from creating the Deployments to th
 True.  Medians.
 
     .venv/bin/python bench/cloud_calls.py [--rounds 3] [--pods 40] [--large-rounds 2]
-        [--only small|large] [--before COMMIT]
+        [--large-rates 10,100] [--only small|large] [--before COMMIT] [--out PATH]
+    .venv/bin/python bench/cloud_calls.py --merge A.json B.json --out PATH   # one table of runs
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import statistics
 import subprocess
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,22 +72,32 @@ class Config:
 
 
 def configs(args: argparse.Namespace) -> list[Config]:
-    out = []
+    """The chosen configurations, each followed by its twin on the ``--before`` controller."""
+    chosen = []
     if args.only in (None, "small"):
-        out += [
-            Config(f"{args.pods} pods, 1 group, poll 0.1 s, 100/s", 1, args.pods, 0.1, 100.0, args.rounds),
-            Config(f"{args.pods} pods, 1 group, poll 1 s, 100/s", 1, args.pods, 1.0, 100.0, args.rounds),
-            Config(f"{args.pods} pods, 1 group, poll 1 s, 10/s", 1, args.pods, 1.0, 10.0, args.rounds),
-        ]
-    if args.only in (None, "large"):
-        large = "1,000 pods, 10 groups, poll 1 s, 10/s"
-        out.append(Config(large, GROUPS, 100, 1.0, 10.0, args.large_rounds))
-        if args.before:
-            out.append(
+        for poll, rate in ((0.1, 100.0), (1.0, 100.0), (1.0, 10.0)):
+            chosen.append(
                 Config(
-                    f"{large}, before ({args.before})", GROUPS, 100, 1.0, 10.0, args.large_rounds, args.before
+                    f"{args.pods} pods, 1 group, poll {poll:g} s, {rate:g}/s",
+                    1,
+                    args.pods,
+                    poll,
+                    rate,
+                    args.rounds,
                 )
             )
+    if args.only in (None, "large"):
+        for rate in args.large_rates:
+            chosen.append(
+                Config(
+                    f"1,000 pods, 10 groups, poll 1 s, {rate:g}/s", GROUPS, 100, 1.0, rate, args.large_rounds
+                )
+            )
+    out = []
+    for cfg in chosen:
+        out.append(cfg)
+        if args.before:
+            out.append(dataclasses.replace(cfg, before=args.before))
     return out
 
 
@@ -195,6 +209,7 @@ async def one_round(api: client.ApiClient, double: AlibabaDouble, ns: str, cfg: 
         await asyncio.sleep(every)
     elapsed = time.monotonic() - t0
     times = double.script.call_times[mark:]
+    actions = Counter(double.script.calls[mark : mark + len(times)])
     await call(core.delete_namespace, ns)
     for _ in range(int(limit * 10)):  # the pods leave the groups as the namespace goes
         if not any(double.nlb_servers(f"sgp-web{i}") for i in range(cfg.services)):
@@ -206,7 +221,13 @@ async def one_round(api: client.ApiClient, double: AlibabaDouble, ns: str, cfg: 
         if ns not in {n["metadata"]["name"] for n in (await call(core.list_namespace))["items"]}:
             break
         await asyncio.sleep(0.5)
-    return {"calls": len(times), "peak_per_s": peak_per_second(times), "seconds_to_all_true": elapsed}
+    return {
+        "calls": len(times),
+        "peak_per_s": peak_per_second(times),
+        "seconds_to_all_true": elapsed,
+        "calls_by_action": dict(actions.most_common()),
+        "round_s": time.monotonic() - t0,
+    }
 
 
 async def run(sb: Sandbox, double: AlibabaDouble, args: argparse.Namespace) -> dict[str, Any]:
@@ -251,13 +272,15 @@ async def run(sb: Sandbox, double: AlibabaDouble, args: argparse.Namespace) -> d
                 "median": median,
             }
         )
-    for c in results:  # against the first configuration with as many pods
-        base = next(b for b in results if b["pods"] == c["pods"])["median"]
-        c["ratio_to_first"] = {
-            "calls": c["median"]["calls"] / base["calls"],
-            "seconds_to_all_true": c["median"]["seconds_to_all_true"] / base["seconds_to_all_true"],
-        }
-    return {"configs": results}
+    for c in results:  # this tree against the earlier controller, in the same configuration
+        twin = next((b for b in results if b["name"] == c["name"] and b is not c), None)
+        if twin is not None and c["controller_from"] == "this tree":
+            c["ratio_to_before"] = {
+                "calls": c["median"]["calls"] / twin["median"]["calls"],
+                "seconds_to_all_true": c["median"]["seconds_to_all_true"]
+                / twin["median"]["seconds_to_all_true"],
+            }
+    return {"before": args.before, "configs": results}
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -271,28 +294,36 @@ def markdown(res: dict[str, Any]) -> str:
         f"configuration (see the table), medians; {res['date']}.",
         "",
         "| configuration | controller | rounds | API calls | calls per pod | peak calls in 1 s "
-        "(bucket allows) | s to all gates True | calls vs first | time vs first |",
+        "(bucket allows) | s to all gates True | calls vs before | time vs before |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in res["configs"]:
-        m, r = c["median"], c["ratio_to_first"]
+        m, r = c["median"], c.get("ratio_to_before")
+        ratios = f"{r['calls']:.2f} | {r['seconds_to_all_true']:.2f}" if r else " | "
         lines.append(
-            f"| {c['name'].split(', before')[0]} | {c['controller_from']} | {len(c['rounds'])} | "
+            f"| {c['name']} | {c['controller_from']} | {len(c['rounds'])} | "
             f"{m['calls']:.0f} | {m['calls_per_pod']:.2f} | {m['peak_per_s']:.0f} "
-            f"({c['rate_per_s'] + c['burst']:.0f}) | {m['seconds_to_all_true']:.1f} | "
-            f"{r['calls']:.2f} | {r['seconds_to_all_true']:.2f} |"
+            f"({c['rate_per_s'] + c['burst']:.0f}) | {m['seconds_to_all_true']:.1f} | {ratios} |"
         )
+    lines += ["", "Calls by action (all rounds of a configuration, summed):", ""]
+    for c in res["configs"]:
+        total: Counter[str] = Counter()
+        for r in c["rounds"]:
+            total.update(r.get("calls_by_action", {}))
+        words = ", ".join(f"{a} {n}" for a, n in total.most_common())
+        lines.append(f"- {c['name']}, {c['controller_from']}: {words}")
+    before = f" (`{res['before']}`: the commit before coalesced pool reads)" if res.get("before") else ""
     lines += [
         "",
         "Calls are counted by the double as they arrive (after signature checks), from creating the "
-        'Deployments to the last gate True. "calls vs first" and "time vs first" compare with '
-        "the first row with as many pods. The token bucket allows a burst of 20 above its rate, so "
-        "a 1 s window may hold rate + 20 calls. A read of a pending group costs two calls (its "
-        "servers, its listener's health, up to 100 servers a page); adding servers one call per "
-        "200. The pending poll is re-queued one poll period after its reconcile, and every pod "
-        "event of the Service reconciles it too: since pool reads are coalesced "
-        "(`podgate.providers.reads`), a reconcile within a poll period of the group's last read "
-        "reuses it, so a group costs one read per poll plus one after each change podgate makes.",
+        'Deployments to the last gate True. "before" is the same configuration in the same run '
+        f"with the controller of an earlier commit{before}. The token bucket allows a burst of 20 "
+        "above its rate, so a 1 s window may hold rate + 20 calls. A read of a pending group costs "
+        "two calls (`ListServerGroupServers`, up to 100 servers a page, and the listener's "
+        "`GetListenerHealthStatus`); adding servers one call per 200. Every pod event of a Service "
+        "reconciles it, besides its poll: with coalesced pool reads (`podgate.providers.reads`) a "
+        "reconcile within a poll period of the group's last read reuses it, so a group costs one "
+        "read per poll plus one after each change podgate makes to it.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -304,8 +335,22 @@ def main() -> None:
     p.add_argument("--large-rounds", type=int, default=2, help="rounds of the 1,000-pod configuration")
     p.add_argument("--only", choices=("small", "large"), help="run only these configurations")
     p.add_argument("--before", metavar="COMMIT", help="also run the 1,000 pods with this commit's controller")
+    p.add_argument(
+        "--large-rates",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[10.0, 100.0],
+        help="API rates of the 1,000-pod configuration, comma-separated",
+    )
+    p.add_argument(
+        "--merge", nargs="+", metavar="JSON", help="merge these results into one table, run nothing"
+    )
     p.add_argument("--out", default=str(RESULTS / "cloud_calls"))
     args = p.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(f).read_text()) for f in args.merge]
+        merged = {**parts[0], "configs": [c for part in parts for c in part["configs"]]}
+        write(args.out, merged, markdown)
+        return
     if args.before:
         repo = Path(__file__).resolve().parent.parent
         found = subprocess.run(
