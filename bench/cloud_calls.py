@@ -324,6 +324,18 @@ def markdown(res: dict[str, Any]) -> str:
         "reconciles it, besides its poll: with coalesced pool reads (`podgate.providers.reads`) a "
         "reconcile within a poll period of the group's last read reuses it, so a group costs one "
         "read per poll plus one after each change podgate makes to it.",
+        "",
+        "How to read it: at 40 pods behind one group, coalescing removes the reads that pod "
+        "events added between polls. At 1,000 pods over 10 groups the 2-core machine is "
+        "saturated by the pods being created (about 25 s for 1,000 here), and a group is read "
+        "less often than once per poll period (see the ListServerGroupServers counts): a "
+        "Service's poll is re-queued a period after its reconcile ends, and reconciles of "
+        "Services with 100 pending pods wait for the 4 workers and their condition writes (our "
+        "reading, not measured separately). What coalescing removes there is again the extra "
+        "reads of pod events: fewer calls at 100/s; at the default 10/s both controllers spend "
+        "the whole bucket (10 groups want 20 calls a second at a 1 s poll), and the gain shows "
+        "as time, the tokens going to reads that can open gates. The 1,000-pod configurations "
+        "run fewer rounds (a round, with its clean-up, takes about a minute).",
     ]
     return "\n".join(lines) + "\n"
 
