@@ -340,6 +340,17 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rates(text: str) -> list[float]:
+    """``10,100`` → [10.0, 100.0]: positive calls per second."""
+    try:
+        out = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not out or min(out) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: every rate must be above 0")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
@@ -349,7 +360,7 @@ def main() -> None:
     p.add_argument("--before", metavar="COMMIT", help="also run the 1,000 pods with this commit's controller")
     p.add_argument(
         "--large-rates",
-        type=lambda v: [float(x) for x in v.split(",")],
+        type=rates,
         default=[10.0, 100.0],
         help="API rates of the 1,000-pod configuration, comma-separated",
     )
