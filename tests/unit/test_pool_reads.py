@@ -9,11 +9,13 @@ from collections.abc import Sequence
 import pytest
 
 from podgate.kube.api import PODS, SERVICES
+from podgate.model import gates
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth, pools_for
 from podgate.providers.base import Provider, ProviderError, TargetState
 from podgate.providers.fake import FAKE_GROUP, FakeProvider
 from podgate.providers.reads import PoolReads
-from tests.unit.world import World, pod, service
+from podgate.webhook.drain import DrainEndpoint
+from tests.unit.world import NS, World, pod, service
 
 HEALTHY = TargetState("ready", TargetHealth(Health.HEALTHY, "ok", "slow"))
 
@@ -155,3 +157,32 @@ async def test_pod_events_within_a_poll_cost_no_extra_read_of_the_group() -> Non
     await world.reconcile()
     assert reads() == 3
     assert [c for c in provider.calls if c[0] == "register"][-1][2] == ("10.0.0.4:8080",)
+
+
+async def test_a_drain_hook_reuses_the_reconcilers_read_of_the_pool() -> None:
+    """One PoolReads for the controller: the leader's reconcile drained the leaving pod and read
+    the group; the pod's preStop hook landing within the poll interval answers from that read."""
+    provider = FakeProvider(poll_interval=5.0, binds_user_groups=True)
+    world = World(provider)
+    world.add(SERVICES, service(annotations={FAKE_GROUP: "grp-1"}))
+    leaving = pod("p1", "10.0.0.1")
+    world.add(PODS, leaving)
+    await world.reconcile()
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    leaving["metadata"]["annotations"] = {gates.DRAIN_TOKEN_ANNOTATION: "tok-p1"}
+    world.kube.add(PODS, leaving)
+    await world.reconcile()
+    assert provider.calls[-1][0] == "targets"  # the read after the drain
+    reads = sum(1 for c in provider.calls if c[0] == "targets")
+    endpoint = DrainEndpoint(
+        world.kube,
+        world.pods,
+        world.services,
+        world.reconciler.providers,
+        "fake",
+        world.recorder,
+        reads=world.reconciler.reads,
+    )
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "drained"
+    assert sum(1 for c in provider.calls if c[0] == "targets") == reads
