@@ -11,9 +11,12 @@ poll period of pending gates, token-bucket rate):
 - ``--pods`` pods behind one group at three poll periods and rates, ``--rounds`` rounds each;
 - 1,000 pods over 10 groups (10 Services × 100 pods) at poll 1 s and ``--large-rates`` (the
   default rate, 10 calls/s, and 100/s), ``--large-rounds`` rounds (fewer: a round takes minutes);
-- with ``--before COMMIT``, the 1,000-pod configuration again with the controller of an
+- with ``--before COMMIT``, each configuration again right after it with the controller of an
   earlier commit (its ``src`` from ``git archive``, first on the controller's PYTHONPATH), so
   a change's effect is measured side by side in one run, on one sandbox.
+
+A full run is longer than a quarter of an hour on 2 cores; ``--only`` and ``--large-rates`` split
+it, and ``--merge`` makes one table of the parts (the Markdown says how many runs it holds).
 
 Reported: calls per pod, the peak calls in any 1 s window against what the bucket allows in
 one (its rate plus its burst of 20), seconds from creating the Deployments to the last gate
@@ -291,7 +294,13 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['machine']}; gated pods created at once behind Alibaba NLB server groups, one per "
         "Service (the local OpenAPI double: an add job of one poll, then 6 s of first checks: "
         f"interval 2 s × healthy threshold 3); {' or '.join(map(str, rounds))} rounds per "
-        f"configuration (see the table), medians; {res['date']}.",
+        f"configuration (see the table), medians; {res['date']}."
+        + (
+            f" Merged from {res['runs']} runs of the benchmark, each on a sandbox of its own, "
+            'each configuration beside its "before" twin in the same run.'
+            if res.get("runs", 1) > 1
+            else ""
+        ),
         "",
         "| configuration | controller | rounds | API calls | calls per pod | peak calls in 1 s "
         "(bucket allows) | s to all gates True | calls vs before | time vs before |",
@@ -371,7 +380,7 @@ def main() -> None:
     args = p.parse_args()
     if args.merge:
         parts = [json.loads(Path(f).read_text()) for f in args.merge]
-        merged = {**parts[0], "configs": [c for part in parts for c in part["configs"]]}
+        merged = {**parts[0], "runs": len(parts), "configs": [c for part in parts for c in part["configs"]]}
         write(args.out, merged, markdown)
         return
     if args.before:
