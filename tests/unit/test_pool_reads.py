@@ -186,3 +186,17 @@ async def test_a_drain_hook_reuses_the_reconcilers_read_of_the_pool() -> None:
     outcome = await endpoint.drain_token(NS, "tok-p1")
     assert outcome.result == "drained"
     assert sum(1 for c in provider.calls if c[0] == "targets") == reads
+
+
+async def test_a_released_service_is_read_afresh_when_made_again() -> None:
+    provider = FakeProvider(poll_interval=5.0, binds_user_groups=True)
+    world = World(provider)
+    world.add(SERVICES, service(annotations={FAKE_GROUP: "grp-1"}))
+    world.add(PODS, pod("p1", "10.0.0.1"))
+    await world.reconcile()
+    await world.kube.delete(SERVICES, "web", NS)
+    await world.reconcile()  # gone: its pods leave the group (unbind)
+    assert provider.pools.get((f"{NS}/web", 80), {}) == {}
+    world.add(SERVICES, service(annotations={FAKE_GROUP: "grp-1"}))
+    await world.reconcile()
+    assert Target("10.0.0.1", 8080) in provider.pools[(f"{NS}/web", 80)]

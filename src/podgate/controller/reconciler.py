@@ -440,11 +440,14 @@ class ServiceReconciler:
         self.recorder_emit(service, "Service", "EnsuredLoadBalancer", f"Load balancer at {address}")
 
     async def _release(self, key: str, service: Service | None = None) -> None:
-        for provider in self.providers.values():
-            if provider.provisioning is not None:
-                await provider.provisioning.release(key)
-            if provider.binding is not None:
-                await provider.binding.unbind(key)
+        try:
+            for provider in self.providers.values():
+                if provider.provisioning is not None:
+                    await provider.provisioning.release(key)
+                if provider.binding is not None:
+                    await provider.binding.unbind(key)
+        finally:
+            self.reads.forget_service(key)
         if self._addresses is not None:
             self._addresses.pop(key, None)
         ip = _ingress_ip(service) if service else None

@@ -91,3 +91,9 @@ class PoolReads(SharedReads[Targets]):
     def forget(self, provider: Provider, pool: PoolSpec) -> None:
         """The pool was just changed: the next read starts after the change."""
         self.drop(pool_key(provider, pool))
+
+    def forget_service(self, service_key: str) -> None:
+        """Every pool of the Service was released or unbound (its targets taken out): a Service
+        of that name made again must not start from a read of before."""
+        for key in [k for k in self._reads if isinstance(k, tuple) and k[1] == service_key]:
+            self.drop(key)
