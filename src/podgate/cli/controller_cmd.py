@@ -617,5 +617,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
         print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
         return 2
     setup_logging(values["verbose"], values["log_format"])
-    asyncio.run(run(settings, values["health_bind"], values["health_port"]))
+    try:
+        asyncio.run(run(settings, values["health_bind"], values["health_port"]))
+    except SettingsError as e:  # found while building the providers (e.g. two rates, one account)
+        print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -20,7 +20,7 @@ from kubernetes_asyncio import client
 from podgate.controller import metrics
 from podgate.controller.checks import CheckRunner, checks_informer, parsed_checks
 from podgate.controller.reconciler import ServiceReconciler, services_for_event
-from podgate.controller.settings import ControllerSettings
+from podgate.controller.settings import ControllerSettings, SettingsError
 from podgate.kube.api import NAMESPACES, PODS, SERVICES
 from podgate.kube.client import ApiKube
 from podgate.kube.events import EventRecorder
@@ -33,11 +33,13 @@ from podgate.model import gates, lb
 from podgate.model.certs import RotationPolicy
 from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
+from podgate.model.ratelimit import BucketRegistry, RateConflict
 from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
+from podgate.providers.reads import PoolReads
 from podgate.webhook import drain, eviction, isolated
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
@@ -47,8 +49,23 @@ log = logging.getLogger(__name__)
 POLLS_PER_PERIOD = 10
 
 
-def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
-    """Each configured load balancer's record: its target seam and the capabilities it has."""
+def build_providers(
+    settings: ControllerSettings, buckets: BucketRegistry | None = None
+) -> dict[str, Provider]:
+    """Each configured load balancer's record: its target seam and the capabilities it has.
+
+    The cloud providers draw their API calls from ``buckets`` (a new registry: the controller
+    builds its providers once), one token bucket per cloud account and region, so every Service
+    and every provider on one account and region share the configured rate.  Two providers on
+    one account and region with different rates: :class:`SettingsError`."""
+    buckets = buckets if buckets is not None else BucketRegistry()
+    try:
+        return _build_providers(settings, buckets)
+    except RateConflict as e:
+        raise SettingsError(str(e)) from None
+
+
+def _build_providers(settings: ControllerSettings, buckets: BucketRegistry) -> dict[str, Provider]:
     providers: dict[str, Provider] = {}
     for h in settings.haproxy:
         base = h.base_config_path.read_text() if h.base_config_path else ""
@@ -62,7 +79,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
         ).provider()
     for a in settings.aws:
         providers[a.name] = AwsElbv2Provider(
-            a.name, a.region, rate=a.rate, poll_interval=a.poll_period
+            a.name, a.region, rate=a.rate, poll_interval=a.poll_period, buckets=buckets
         ).provider()
     for ali in settings.alibaba:
         providers[ali.name] = AlibabaProvider(
@@ -73,6 +90,7 @@ def build_providers(settings: ControllerSettings) -> dict[str, Provider]:
             ecs_endpoint=ali.ecs_endpoint,
             rate=ali.rate,
             poll_interval=ali.poll_period,
+            buckets=buckets,
         ).provider()
     return providers
 
@@ -95,6 +113,8 @@ class Controller:
         self.providers = dict(providers) if providers is not None else build_providers(settings)
         self.recorder = EventRecorder(self.kube, "podgate")
         instrumented = {n: metrics.instrumented(p) for n, p in self.providers.items()}
+        #: one read of a pool per poll, shared by the reconciler, the drain hooks and the guard
+        self.reads = PoolReads()
         self.reconciler = ServiceReconciler(
             self.kube,
             self.pods,
@@ -112,6 +132,7 @@ class Controller:
                 continuous=settings.continuous,
             ),
             adopted_prefixes=settings.adopt_gate_prefixes,
+            reads=self.reads,
         )
         self.check_runner = CheckRunner(
             self.kube, self.pods, self.checks, self.reconciler.gates, self.recorder
@@ -128,6 +149,7 @@ class Controller:
             classes=self.reconciler.classes,
             observe=metrics.observe_drain,
             poll=settings.poll_period,
+            reads=self.reads,
         )
         self.elector = (
             LeaderElector(
@@ -452,6 +474,7 @@ async def serve(settings: ControllerSettings, controller: Controller) -> list[is
         controller.reconciler.policy,
         lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
         classes=controller.reconciler.classes,
+        reads=controller.reads,
     )
     loop = asyncio.get_running_loop()
     app.router.add_post(eviction.PATH, isolated.on_loop(loop, guard.answer))

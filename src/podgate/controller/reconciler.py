@@ -37,6 +37,7 @@ from podgate.model.types import (
     selector_of,
 )
 from podgate.providers.base import Provider, ProviderError, TargetState
+from podgate.providers.reads import PoolReads
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,11 @@ class ServiceReconciler:
         lb_cidr: str | None,
         policy: GatePolicy = DEFAULT_POLICY,
         adopted_prefixes: Sequence[str] = (),
+        reads: PoolReads | None = None,
     ) -> None:
+        """``reads``: the controller's shared pool reads (see :mod:`podgate.providers.reads`): a
+        reconcile run by a pod's event within a poll interval of the last read reuses it, so a
+        group costs one health read per poll however many of its pods change."""
         self.kube = kube
         self.pods, self.services, self.namespaces = pods, services, namespaces
         self.providers = providers
@@ -102,6 +107,7 @@ class ServiceReconciler:
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
         self.gates = GateWriter(kube, pods, recorder)
+        self.reads = reads if reads is not None else PoolReads()
         self._writing = asyncio.Semaphore(WRITE_CONCURRENCY)
         # A reconcile reads only its Service's pods, through these (and never scans the cache):
         # by the Service each readiness gate is for, by label (a selector is the intersection
@@ -260,7 +266,7 @@ class ServiceReconciler:
         selected = self.selected(namespace, selector)
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
-            present = await provider.pool.targets(pool)
+            present = await self.reads.read(provider, pool, provider.pool.poll_interval)
             # the pods the plan needs: those selected, and those behind a present target (a pod
             # that left the selector drains rather than vanishes)
             behind = [
@@ -270,15 +276,19 @@ class ServiceReconciler:
             drained = self._drained(key, pool, present)
             diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
             failed: ProviderError | None = None
-            if diff.add:
-                try:
-                    await provider.pool.register(pool, diff.add)
-                except ProviderError as e:
-                    failed = e  # leaving pods must still leave: report after draining/removing
-            if diff.drain:
-                await provider.pool.drain(pool, diff.drain)
-            if diff.remove:
-                await provider.pool.deregister(pool, diff.remove)
+            try:
+                if diff.add:
+                    try:
+                        await provider.pool.register(pool, diff.add)
+                    except ProviderError as e:
+                        failed = e  # leaving pods must still leave: report after draining/removing
+                if diff.drain:
+                    await provider.pool.drain(pool, diff.drain)
+                if diff.remove:
+                    await provider.pool.deregister(pool, diff.remove)
+            finally:
+                if diff.add or diff.drain or diff.remove:
+                    self.reads.forget(provider, pool)  # changed (or maybe, on an error): read afresh
             if failed is not None:
                 raise failed
             if diff.add or diff.drain or diff.remove:
@@ -308,7 +318,7 @@ class ServiceReconciler:
                             p["metadata"].get("deletionTimestamp"),
                             [(c["type"], c["status"]) for c in pod_conditions(p)],
                         )
-                present = await provider.pool.targets(pool)
+                present = await self.reads.read(provider, pool, provider.pool.poll_interval)
             if any(st.admin == "drain" for st in present.values()):
                 out.poll = True  # remove drained targets as soon as their connections end
             for target, pod_key in plan.active.items():
@@ -430,11 +440,14 @@ class ServiceReconciler:
         self.recorder_emit(service, "Service", "EnsuredLoadBalancer", f"Load balancer at {address}")
 
     async def _release(self, key: str, service: Service | None = None) -> None:
-        for provider in self.providers.values():
-            if provider.provisioning is not None:
-                await provider.provisioning.release(key)
-            if provider.binding is not None:
-                await provider.binding.unbind(key)
+        try:
+            for provider in self.providers.values():
+                if provider.provisioning is not None:
+                    await provider.provisioning.release(key)
+                if provider.binding is not None:
+                    await provider.binding.unbind(key)
+        finally:
+            self.reads.forget_service(key)
         if self._addresses is not None:
             self._addresses.pop(key, None)
         ip = _ingress_ip(service) if service else None

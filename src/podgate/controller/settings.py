@@ -29,7 +29,7 @@ class HAProxySettings:
 class AwsSettings:
     name: str = "aws"
     region: str | None = None
-    rate: float = 10.0  # API calls per second (token bucket per provider and region)
+    rate: float = 10.0  # API calls per second (one token bucket per account and region)
     poll_period: float = 1.0  # seconds between target-health reads of a pool with pending gates
 
 
@@ -37,7 +37,7 @@ class AwsSettings:
 class AlibabaSettings:
     name: str = "alibaba"
     region: str | None = None
-    rate: float = 10.0  # API calls per second (token bucket per provider and region)
+    rate: float = 10.0  # API calls per second (one token bucket per account and region)
     poll_period: float = 1.0  # seconds between health reads of a pool with pending gates
     #: host[:port] or http(s)://host[:port]; None: the SDK's public endpoint for the region
     clb_endpoint: str | None = None

@@ -13,12 +13,13 @@ it; any other error is a ProviderError, which never opens a gate.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
-from podgate.model.ratelimit import TokenBucket
+from podgate.model.ratelimit import BucketRegistry, TokenBucket
 from podgate.providers.base import AdminState, Provider, ProviderError, TargetState
 from podgate.providers.retry import Retry
 
@@ -46,6 +47,23 @@ def target_health(description: dict[str, Any], where: str) -> tuple[AdminState, 
     reason = th.get("Reason")
     words = th.get("Description") or f"target is {state}"
     return admin, TargetHealth(health, f"{state}: {words}" if reason else words, where, reason)
+
+
+def account_of(env: Mapping[str, str]) -> str:
+    """Which AWS account the default credential chain will use, as far as the environment says
+    without a call (the key of the shared token bucket): access key id, else the web-identity
+    role (IRSA), else the profile.  Never a secret."""
+    if env.get("AWS_ACCESS_KEY_ID"):
+        return f"access key {env['AWS_ACCESS_KEY_ID']}"
+    if env.get("AWS_ROLE_ARN"):
+        return f"role {env['AWS_ROLE_ARN']}"
+    profile = env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE")
+    return f"profile {profile}" if profile else "the default credentials"
+
+
+def region_of(region: str | None, env: Mapping[str, str]) -> str:
+    """The region botocore will use: the configured one, else the environment's."""
+    return region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "the default region"
 
 
 def is_throttling(e: Exception) -> bool:
@@ -84,11 +102,19 @@ class AwsElbv2Provider:
         max_retries: int = 6,
         base_delay: float = 0.2,
         poll_interval: float = 1.0,
+        buckets: BucketRegistry | None = None,
     ) -> None:
+        """``buckets``: the process's shared buckets (one per account and region, see
+        :class:`~podgate.model.ratelimit.BucketRegistry`); None: a bucket of this provider's own."""
         self.name, self.region = name, region
         #: ELB checks every 5 s at the least: reading target health faster only spends API quota
         self.poll_interval = poll_interval
-        self.retry = Retry(TokenBucket(rate, burst), max_retries=max_retries, base_delay=base_delay)
+        bucket = (
+            buckets.bucket("aws", account_of(os.environ), region_of(region, os.environ), rate, burst, name)
+            if buckets is not None
+            else TokenBucket(rate, burst)
+        )
+        self.retry = Retry(bucket, max_retries=max_retries, base_delay=base_delay)
         self._client: Any = None
         self._owners: dict[str, str] = {}  # target group ARN → the Service key that names it
         self._stack = contextlib.AsyncExitStack()

@@ -1,8 +1,9 @@
 """One retry policy for every cloud provider's API calls.
 
 A rollout of many pods must be a bounded trickle of calls, not a storm: every attempt takes a
-token from a bucket per provider and region, and an answer the predicate calls retryable
-(throttled, or busy with an earlier job) is tried again after an exponential back-off with
+token from the bucket of its cloud account and region (shared by every provider and Service
+on them: :class:`~podgate.model.ratelimit.BucketRegistry`), and an answer the predicate calls
+retryable (throttled, or busy with an earlier job) is tried again after an exponential back-off with
 equal jitter, or after the server's own retry-after when that is longer (capped).  The number
 of attempts and a deadline bound each call, so a gate waits for a verdict and never for ever;
 after them the last error goes to the caller, which turns it into a ProviderError (never a

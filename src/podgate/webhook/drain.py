@@ -36,6 +36,7 @@ from podgate.kube.informer import Informer
 from podgate.model import gates, lb
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError, TargetState
+from podgate.providers.reads import PoolReads
 from podgate.webhook.isolated import Answer
 
 log = logging.getLogger(__name__)
@@ -73,34 +74,6 @@ class _PoolRef:
         return (self.provider.name, self.pool.service_key, self.pool.port)
 
 
-class PoolReads:
-    """One read of a pool serves every hook waiting on it within the provider's poll interval:
-    a scale-down of many pods of one Service costs one ``targets`` call per interval, not one
-    per pod (a cloud API is metered)."""
-
-    def __init__(self, floor: float) -> None:
-        self.floor = floor
-        self._reads: dict[tuple[str, str, int], tuple[float, asyncio.Task[dict[lb.Target, TargetState]]]] = {}
-
-    async def read(self, ref: _PoolRef) -> dict[lb.Target, TargetState]:
-        now = time.monotonic()
-        interval = max(self.floor, ref.provider.pool.poll_interval)
-        held = self._reads.get(ref.key)
-        if held is None or (held[1].done() and now - held[0] >= interval):
-            task = asyncio.ensure_future(ref.provider.pool.targets(ref.pool))
-            # a failure is the caller's to see, never the event loop's "never retrieved"
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            held = (now, task)
-            self._reads[ref.key] = held
-        return await asyncio.shield(held[1])
-
-    def forget(self, ref: _PoolRef) -> None:
-        """After a change (a drain): the next read is fresh."""
-        held = self._reads.get(ref.key)
-        if held is not None and held[1].done():
-            del self._reads[ref.key]
-
-
 class DrainEndpoint:
     def __init__(
         self,
@@ -115,7 +88,10 @@ class DrainEndpoint:
         observe: Callable[[str, float], None] = lambda result, seconds: None,
         poll: float = 0.1,
         redrain: float = 1.0,
+        reads: PoolReads | None = None,
     ) -> None:
+        """``reads``: the controller's shared pool reads (the reconciler's and the eviction
+        guard's too), so a pool waited on by hooks and polled by its Service is read once."""
         self.kube, self.pods, self.services = kube, pods, services
         self.providers, self.default_provider, self.classes = providers, default_provider, classes
         self.recorder = recorder
@@ -125,7 +101,12 @@ class DrainEndpoint:
         self.poll = poll
         #: seconds before a target seen back in rotation is drained again
         self.redrain = redrain
-        self.reads = PoolReads(poll)
+        self.reads = reads if reads is not None else PoolReads()
+
+    async def _read(self, ref: _PoolRef) -> dict[lb.Target, TargetState]:
+        """Hooks waiting on one pool share its reads: a scale-down of many pods of one Service
+        costs one ``targets`` call per interval, not one per pod."""
+        return await self.reads.read(ref.provider, ref.pool, max(self.poll, ref.provider.pool.poll_interval))
 
     async def handle(self, request: web.Request) -> web.Response:
         answer = await self.answer(request.match_info)
@@ -228,15 +209,17 @@ class DrainEndpoint:
             problems: list[str] = []
             for key, (ref, targets) in by_pool.items():
                 try:
-                    present = await self.reads.read(ref)
+                    present = await self._read(ref)
                     in_rotation = [
                         t for t in targets if (st := present.get(t)) is not None and st.admin == "ready"
                     ]
                     if in_rotation and time.monotonic() - drained_at.get(key, -1e9) >= self.redrain:
                         drained_at[key] = time.monotonic()
-                        await ref.provider.pool.drain(ref.pool, in_rotation)
-                        self.reads.forget(ref)
-                        present = await self.reads.read(ref)
+                        try:
+                            await ref.provider.pool.drain(ref.pool, in_rotation)
+                        finally:
+                            self.reads.forget(ref.provider, ref.pool)
+                        present = await self._read(ref)
                 except ProviderError as e:
                     problems.append(f"{ref.provider.name}: {e}")
                     pending += [f"{t} ({ref.pool.service_key} port {ref.pool.port})" for t in targets]

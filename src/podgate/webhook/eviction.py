@@ -25,6 +25,7 @@ from podgate.model import gates, lb
 from podgate.model.policy import GatePolicy, eviction_refusal, gate_policy
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError
+from podgate.providers.reads import PoolReads
 from podgate.webhook import server
 from podgate.webhook.admission import BadReview, parse_review
 from podgate.webhook.isolated import Answer
@@ -48,8 +49,12 @@ class EvictionGuard:
         policy: GatePolicy,
         observe: Callable[[str], None] = lambda result: None,
         classes: Mapping[str, str] | None = None,
+        reads: PoolReads | None = None,
     ) -> None:
+        """``reads``: the controller's shared pool reads: an eviction within a poll interval of
+        the pool's last read uses that answer (a ``kubectl drain`` of a node asks once a pod)."""
         self.pods, self.services = pods, services
+        self.reads = reads if reads is not None else PoolReads()
         self.providers, self.default_provider = providers, default_provider
         #: loadBalancerClass → provider, as the reconciler selects Services
         self.classes = classes
@@ -127,7 +132,7 @@ class EvictionGuard:
         healthy: set[str] | None = None
         for pool in pools:
             plan = lb.plan_targets(pool, selector, pods)
-            present = await provider.pool.targets(pool)
+            present = await self.reads.read(provider, pool, provider.pool.poll_interval)
             here = {
                 key
                 for target, key in plan.active.items()

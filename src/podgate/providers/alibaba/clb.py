@@ -1,7 +1,12 @@
 """CLB vServer groups: pods are ``eni`` backends (``ServerId`` the ENI holding the pod IP,
 ``ServerIp`` the pod IP).  Health is ``DescribeHealthStatus`` of the group's load balancer,
 counted only for the listeners that forward to this group: ``normal`` on every one of them, or
-not healthy.  Draining is weight 0; ECS instances in the same group are left alone."""
+not healthy.  Draining is weight 0; ECS instances in the same group are left alone.
+
+That health answer covers every vServer group of the load balancer, so the groups of one CLB
+(several Services behind one instance, a listener each) share it: one ``DescribeHealthStatus``
+per load balancer and half a poll interval, however many of its groups are polled, and a fresh
+one after any change podgate makes to one of them."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from podgate.providers.alibaba.ecs import Enis
 from podgate.providers.alibaba.mapping import DISCOVERY_TTL, WEIGHT, clb_target
 from podgate.providers.alibaba.transport import Transport, batches
 from podgate.providers.base import ProviderError, TargetState
+from podgate.providers.reads import SharedReads
 
 CLB_BATCH = 20  # backend servers per CLB call: the API's limit
 
@@ -30,8 +36,12 @@ class _Discovered:
 
 
 class Clb:
-    def __init__(self, transport: Transport, enis: Enis) -> None:
+    def __init__(self, transport: Transport, enis: Enis, *, health_age: float = 0.0) -> None:
+        """``health_age``: seconds a load balancer's health answer serves its other groups
+        (0: only a read in flight is shared)."""
         self.transport, self.enis = transport, enis
+        self.health_age = health_age
+        self._health: SharedReads[dict[str, Any]] = SharedReads()
         self._discovered: dict[str, _Discovered] = {}
         #: the group's ENI backends as last read: register/drain/remove need their ServerId
         #: (the ENI) and whether they are already there (at weight 0) or absent
@@ -73,8 +83,11 @@ class Clb:
         where = f"CLB {found.load_balancer} vServer group {gid}"
         checks: dict[Target, list[dict[str, Any]]] = {}
         if backends and found.load_balancer and found.listener_ports:
-            health = await self.transport.call(
-                "clb", "DescribeHealthStatus", {"LoadBalancerId": found.load_balancer}
+            lb_id = found.load_balancer
+            health = await self._health.get(
+                lb_id,
+                lambda: self.transport.call("clb", "DescribeHealthStatus", {"LoadBalancerId": lb_id}),
+                self.health_age,
             )
             for entry in (health.get("BackendServers") or {}).get("BackendServer") or ():
                 if entry.get("ServerIp") and entry.get("Port") is not None:
@@ -85,9 +98,21 @@ class Clb:
                         checks.setdefault(target, []).append(entry)
         return {t: clb_target(b, checks.get(t, []), found.listener_ports, where) for t, b in backends.items()}
 
+    def _changed(self, gid: str) -> None:
+        """A group changed: its load balancer's health is read afresh next time."""
+        found = self._discovered.get(gid)
+        if found is not None and found.load_balancer:
+            self._health.drop(found.load_balancer)
+
     async def register(self, gid: str, targets: Sequence[Target], description: str) -> None:
         """Absent targets are added at full weight (on the ENI holding their IP); draining ones
         (weight 0) get it back."""
+        try:
+            await self._register(gid, targets, description)
+        finally:
+            self._changed(gid)
+
+    async def _register(self, gid: str, targets: Sequence[Target], description: str) -> None:
         seen = self._seen.get(gid, {})
         back = [t for t in targets if t in seen]
         new = [t for t in targets if t not in seen]
@@ -126,6 +151,12 @@ class Clb:
             )
 
     async def set_weight(self, gid: str, targets: Sequence[Target], weight: int) -> None:
+        try:
+            await self._set_weight(gid, targets, weight)
+        finally:
+            self._changed(gid)
+
+    async def _set_weight(self, gid: str, targets: Sequence[Target], weight: int) -> None:
         seen = self._seen.get(gid, {})
         for chunk in batches([t for t in targets if t in seen], CLB_BATCH):
             servers = [
@@ -145,6 +176,12 @@ class Clb:
             )
 
     async def remove(self, gid: str, targets: Sequence[Target]) -> None:
+        try:
+            await self._remove(gid, targets)
+        finally:
+            self._changed(gid)
+
+    async def _remove(self, gid: str, targets: Sequence[Target]) -> None:
         seen = self._seen.get(gid, {})
         for chunk in batches([t for t in targets if t in seen], CLB_BATCH):
             servers = [

@@ -12,13 +12,14 @@ ECS instances in the same group are left alone; two Services naming one group is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from podgate.model import lb
 from podgate.model.lb import PoolSpec, Target
-from podgate.model.ratelimit import TokenBucket
+from podgate.model.ratelimit import BucketRegistry, TokenBucket
 from podgate.providers.alibaba.clb import Clb
 from podgate.providers.alibaba.ecs import Enis
 from podgate.providers.alibaba.nlb import Nlb
@@ -52,6 +53,21 @@ class _Product(Protocol):
     async def remove(self, gid: str, targets: Sequence[Target]) -> None: ...
 
 
+def account_of(env: Mapping[str, str], credential: object = None) -> str:
+    """Which Alibaba Cloud account the SDK's default chain will use, as far as the environment
+    says without a call (the key of the shared token bucket): access key id, else the RRSA
+    role, else the CLI profile; an explicit credential client is an account of its own.  Never
+    a secret."""
+    if credential is not None:
+        return f"credential client {id(credential):x}"
+    if env.get("ALIBABA_CLOUD_ACCESS_KEY_ID"):
+        return f"access key {env['ALIBABA_CLOUD_ACCESS_KEY_ID']}"
+    if env.get("ALIBABA_CLOUD_ROLE_ARN"):
+        return f"role {env['ALIBABA_CLOUD_ROLE_ARN']}"
+    profile = env.get("ALIBABA_CLOUD_PROFILE")
+    return f"profile {profile}" if profile else "the default credentials"
+
+
 class AlibabaProvider:
     """One Alibaba Cloud account and region: the target seam and group binding
     (:class:`~podgate.providers.base.GroupBinding`).  All it keeps is derived from the cloud's
@@ -75,13 +91,21 @@ class AlibabaProvider:
         timeout: float = 10.0,
         poll_interval: float = 1.0,
         credential: Any = None,
+        buckets: BucketRegistry | None = None,
     ) -> None:
         """``credential``: an ``alibabacloud_credentials`` client; None is the SDK's default
-        chain (which reads its environment variables once, when first imported)."""
+        chain (which reads its environment variables once, when first imported).  ``buckets``:
+        the process's shared buckets (one per account and region, see
+        :class:`~podgate.model.ratelimit.BucketRegistry`); None: a bucket of this provider's own."""
         self.name, self.region = name, region
         #: cloud health checks run every few seconds: reading them faster only spends API quota
         self.poll_interval = poll_interval
-        self.retry = Retry(TokenBucket(rate, burst), max_retries=max_retries, base_delay=base_delay)
+        bucket = (
+            buckets.bucket("alibaba", account_of(os.environ, credential), region, rate, burst, name)
+            if buckets is not None
+            else TokenBucket(rate, burst)
+        )
+        self.retry = Retry(bucket, max_retries=max_retries, base_delay=base_delay)
         self.transport = Transport(
             region,
             {"clb": clb_endpoint, "nlb": nlb_endpoint, "ecs": ecs_endpoint},
@@ -90,7 +114,8 @@ class AlibabaProvider:
             credential=credential,
         )
         self._products: dict[str, _Product] = {
-            "clb": Clb(self.transport, Enis(self.transport)),
+            # the groups of one CLB share its health answer for half a poll interval
+            "clb": Clb(self.transport, Enis(self.transport), health_age=poll_interval / 2),
             "nlb": Nlb(self.transport),
         }
         self._owners: dict[str, tuple[str, ServerGroup]] = {}  # group id → (Service key, group)
