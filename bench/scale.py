@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -44,7 +45,11 @@ from podgate.kube.informer import Informer
 from podgate_sandbox.controlplane import Sandbox, SandboxConfig
 from podgate_sandbox.processes import alive
 
-CONFIG = SandboxConfig(port_offset=16000, pod_cidr="127.113.0.0/16", lb_cidr="127.213.0.0/16")
+#: podgate talks to HAProxy's runtime API directly, as beside a user's HAProxy: the sandbox's data
+#: plane (a Python proxy for every runtime command) is for Services that ask for a cloud's delays
+CONFIG = SandboxConfig(
+    port_offset=16000, pod_cidr="127.113.0.0/16", lb_cidr="127.213.0.0/16", data_plane=False
+)
 NS = "scale"
 INJECT = "podgate.dev/pod-readiness-gate-inject"
 GATE_PREFIX = "service.readiness.podgate.dev/"
@@ -625,10 +630,15 @@ def main() -> None:
     parser.add_argument("--rise", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds a pass may take")
     parser.add_argument("--no-restart", dest="restart", action="store_false")
+    parser.add_argument(
+        "--data-plane",
+        action="store_true",
+        help="put the sandbox's cloud-like data plane (a Python proxy) between podgate and HAProxy",
+    )
     parser.add_argument("--note", default="", help="a sentence for the Markdown (what was missed and why)")
     parser.add_argument("--out", default=str(RESULTS / "scale"))
     args = parser.parse_args()
-    with sandbox(CONFIG) as sb:
+    with sandbox(dataclasses.replace(CONFIG, data_plane=args.data_plane)) as sb:
         try:
             res = asyncio.run(run(sb, args))
         finally:  # the sandbox's logs outlive it, for a look at what happened

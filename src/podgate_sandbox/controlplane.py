@@ -73,6 +73,11 @@ class SandboxConfig:
     node: str = "agent"
     #: the real node's pod range, on a bridge the sandbox creates (its first address is the node's)
     node_pod_cidr: str = "10.244.0.0/24"
+    #: the cloud-like data plane between the controllers and HAProxy (:mod:`podgate_sandbox.dataplane`:
+    #: Services may ask it for a load balancer's delays); off, the controllers talk to HAProxy's
+    #: runtime API directly, as podgate does beside a user's HAProxy (``bench/scale.py``: a Python
+    #: hop for each of tens of thousands of commands is the sandbox's cost, not podgate's)
+    data_plane: bool = True
 
     def port(self, base: int) -> int:
         return base + self.port_offset
@@ -522,23 +527,29 @@ class Sandbox:
                 ],
                 lambda: _get(f"http://{HOST}:{c.haproxy_health_port}/healthz")[0] == 200,
             ),
-            Component(
-                "lb-data-plane",
-                f"podgate_sandbox.dataplane --kubeconfig {self.kubeconfig}",
+            *(
                 [
-                    sys.executable,
-                    "-m",
-                    "podgate_sandbox.dataplane",
-                    "--kubeconfig",
-                    str(self.kubeconfig),
-                    "--listen",
-                    str(self.data_plane_socket),
-                    "--haproxy",
-                    str(self.haproxy_runtime_socket),
-                ],
-                lambda: _unix_socket_answers(self.data_plane_socket),
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                needs=["kube-apiserver", "haproxy"],
+                    Component(
+                        "lb-data-plane",
+                        f"podgate_sandbox.dataplane --kubeconfig {self.kubeconfig}",
+                        [
+                            sys.executable,
+                            "-m",
+                            "podgate_sandbox.dataplane",
+                            "--kubeconfig",
+                            str(self.kubeconfig),
+                            "--listen",
+                            str(self.data_plane_socket),
+                            "--haproxy",
+                            str(self.haproxy_runtime_socket),
+                        ],
+                        lambda: _unix_socket_answers(self.data_plane_socket),
+                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                        needs=["kube-apiserver", "haproxy"],
+                    )
+                ]
+                if c.data_plane
+                else []
             ),
             *(
                 self._node_components()
@@ -573,7 +584,7 @@ class Sandbox:
                 self.controller_argv(replica=0),
                 lambda: _get(f"http://{HOST}:{c.port(8081)}/readyz")[0] == 200,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                needs=["kube-apiserver", "haproxy", "lb-data-plane"],
+                needs=["kube-apiserver", "haproxy", *(["lb-data-plane"] if c.data_plane else [])],
                 before_start=self._apply_controller_rbac,
                 ports=[c.port(9444), c.port(8081)],
             ),
@@ -670,7 +681,7 @@ class Sandbox:
             "--kubeconfig",
             str(self.state_dir / "controller.kubeconfig"),
             "--haproxy-runtime-socket",
-            str(self.data_plane_socket),
+            str(self.data_plane_socket if self.config.data_plane else self.haproxy_runtime_socket),
             "--haproxy-master-socket",
             str(self.haproxy_master_socket),
             "--haproxy-config",

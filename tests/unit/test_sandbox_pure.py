@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,19 @@ def test_the_workaround_covers_a_registration_delay() -> None:
     assert scenarios(1.0, 3)["workaround"].min_ready_seconds == 4
     assert scenarios(1.0, 3, (2.0, 10.0))["workaround"].min_ready_seconds == 14
     assert scenarios(1.0, 3, (2.0, 10.0), min_ready=20)["workaround"].min_ready_seconds == 20
+
+
+def test_without_the_data_plane_controllers_talk_to_haproxy_directly(tmp_path: Path) -> None:
+    """The cloud-like data plane is the sandbox's own hop in front of HAProxy; a benchmark of
+    podgate at scale leaves it out and the controller dials HAProxy's runtime API, as beside a
+    user's HAProxy."""
+    from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+
+    for data_plane in (True, False):
+        sb = Sandbox(tmp_path / str(data_plane), SandboxConfig(port_offset=12000, data_plane=data_plane))
+        names = [c.name for c in sb.components()]
+        controller = next(c for c in sb.components() if c.name == "podgate-controller")
+        socket = controller.argv[controller.argv.index("--haproxy-runtime-socket") + 1]
+        assert ("lb-data-plane" in names) is data_plane
+        assert socket == str(sb.data_plane_socket if data_plane else sb.haproxy_runtime_socket)
+        assert ("lb-data-plane" in controller.needs) is data_plane
