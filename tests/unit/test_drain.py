@@ -281,3 +281,53 @@ def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
     assert derived_drain_url(settings, {"podgate-system/podgate": svc}) == "http://10.96.0.12:8081"  # type: ignore[dict-item]
     assert derived_drain_url(settings, {}) is None
     assert derived_drain_url(ControllerSettings(), {"podgate-system/podgate": svc}) is None  # type: ignore[dict-item]
+
+
+async def test_a_burst_of_drains_saves_each_backend_a_few_times_not_once_per_drain(tmp_path: Path) -> None:
+    """The leader saves a backend's state after each change (a reload must restore it).  40
+    drains at once, as a scale-down's preStop hooks make them, are taken together by a few
+    saves instead of queueing 40 saves of the backend behind the provider's lock; each drain
+    returns only after a save that started after it, so every drain is in the saved state."""
+    backend = "podgate.shop.web.80"
+    targets = [Target(f"10.0.0.{i}", 8080) for i in range(1, 41)]
+    drained: set[str] = set()
+    commands: list[str] = []
+
+    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode().strip()
+        commands.append(line)
+        await asyncio.sleep(0.005)  # a loaded HAProxy's round trip
+        names = [f"podgate-{t.ip}-{t.port}" for t in targets]
+        if line.startswith("show stat"):
+            rows = "".join(
+                f"{backend},{n},0,{'DRAIN' if n in drained else 'UP'},L7OK,,,{t.ip}:{t.port}\n"
+                for n, t in zip(names, targets, strict=True)
+            )
+            writer.write((STAT_HEADER + rows).encode())
+        elif line.startswith("show servers state"):
+            rows = "".join(
+                f"3 {backend} {i} {n} {t.ip} 2 {8 if n in drained else 0}\n"
+                for i, (n, t) in enumerate(zip(names, targets, strict=True))
+            )
+            writer.write((SERVERS_STATE_HEADER + rows).encode())
+        elif line.endswith("state drain"):
+            drained.add(line.split("/")[1].split()[0])
+        writer.close()
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(runtime, str(sock))
+    config = tmp_path / "haproxy.cfg"
+    provider = HAProxyProvider([str(sock)], master_address=str(tmp_path / "master.sock"), config_path=config)
+    provider._initialised = True  # as after the leader's first structure (no master to reload here)
+    pool = PoolSpec(NS, "web", 80, "", 8080, "TCP", pools_for(service())[0].health)
+    try:
+        await provider.runtimes[0].servers(backend)  # the backend's proxy id, looked up once
+        commands.clear()
+        await asyncio.gather(*(provider.drain(pool, [t]) for t in targets))
+    finally:
+        server.close()
+    saves = [c for c in commands if c.startswith("show servers state")]
+    assert len(drained) == 40
+    assert 1 <= len(saves) <= 4, f"{len(saves)} saves for 40 drains"
+    saved = (tmp_path / "server-state" / backend).read_text()
+    assert saved.count(" 8\n") == 40, "a drain returned before a save that includes it"

@@ -116,6 +116,10 @@ class HAProxyProvider:
         self._lock = asyncio.Lock()
         #: backend → the view of its servers (as ``targets`` reads them) last saved
         self._saved: dict[str, tuple[tuple[object, ...], ...]] = {}
+        #: backends changed since the last save → whether their server list may have changed too
+        self._dirty: dict[str, bool] = {}
+        #: the save that will take the changes made now (see :meth:`_persist`)
+        self._next_save: asyncio.Future[None] | None = None
         self._initialised = False
         self.reloads = 0
 
@@ -270,13 +274,38 @@ class HAProxyProvider:
         in the configuration file (no reload)."""
         if not self._owns_files(pool):
             return
-        be = cfg.backend_name(pool)
+        await self._persist(cfg.backend_name(pool), relist=True)
+
+    async def _persist(self, backend: str, relist: bool) -> None:
+        """Save ``backend``'s state (and with ``relist``, list its servers in the configuration
+        file), returning once a save that started after this call is done.  Changes made while
+        a save waits for the lock or runs are taken together by the next one: a rollout of
+        5,000 pods made thousands of drains, each saving its backend and rendering every
+        backend's servers under the provider's one lock, and the drain hooks queued there for
+        tens of seconds (``bench/scale.py``).  A failed save keeps its backends for the next."""
+        self._dirty[backend] = self._dirty.get(backend, False) or relist
+        if self._next_save is None:
+            self._next_save = asyncio.ensure_future(self._save_dirty())
+        await asyncio.shield(self._next_save)
+
+    async def _save_dirty(self) -> None:
         async with self._lock:
-            await self._save_state(be)
-            listed = await self._listed(be)
-            if listed != self._servers.get(be, []):
-                self._servers[be] = listed
-                self._write(self._render())
+            self._next_save = None  # changes made from now on wait for the next save
+            dirty, self._dirty = self._dirty, {}
+            try:
+                relisted = False
+                for be, relist in dirty.items():
+                    await self._save_state(be)
+                    listed = await self._listed(be) if relist else None
+                    if listed is not None and listed != self._servers.get(be, []):
+                        self._servers[be] = listed
+                        relisted = True
+                if relisted:
+                    self._write(self._render())
+            except BaseException:
+                for be, relist in dirty.items():
+                    self._dirty[be] = self._dirty.get(be, False) or relist
+                raise
 
     def _owns_files(self, pool: PoolSpec) -> bool:
         """Whether this process keeps the pool's configuration and state files: in provisioning
@@ -349,8 +378,7 @@ class HAProxyProvider:
                 for r in rows
             )
             if self._saved.get(be) != view:
-                async with self._lock:
-                    await self._save_state(be)
+                await self._persist(be, relist=False)
                 self._saved[be] = view
         for rt, (rows, flags) in seen:
             where = (
