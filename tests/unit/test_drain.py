@@ -4,6 +4,7 @@ answered once the load balancer has drained the pod, or when the pod's drain bud
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -331,3 +332,32 @@ async def test_a_burst_of_drains_saves_each_backend_a_few_times_not_once_per_dra
     assert 1 <= len(saves) <= 4, f"{len(saves)} saves for 40 drains"
     saved = (tmp_path / "server-state" / backend).read_text()
     assert saved.count(" 8\n") == 40, "a drain returned before a save that includes it"
+
+
+async def test_a_read_whose_connection_is_dropped_is_asked_again_once_a_change_never(tmp_path: Path) -> None:
+    """Under load HAProxy drops a CLI connection now and then before answering: a read (``show``,
+    which always answers something) is repeated once; a change is not (it may have been made)."""
+    from podgate.providers.haproxy_runtime import Runtime
+
+    seen: list[str] = []
+
+    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode().strip()
+        seen.append(line)
+        if seen.count(line) == 1:  # the first of each: dropped unanswered
+            writer.transport.abort()
+            return
+        writer.write(b"Pid: 42\n")
+        writer.close()
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(runtime, str(sock))
+    rt = Runtime(str(sock))
+    try:
+        assert "Pid: 42" in await rt.command("show info")
+        # a change that succeeded answers nothing, too: it is never sent twice
+        with contextlib.suppress(ProviderError):
+            await rt.command("set server be/s state drain")
+    finally:
+        server.close()
+    assert seen == ["show info", "show info", "set server be/s state drain"]

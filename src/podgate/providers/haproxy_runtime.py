@@ -143,7 +143,19 @@ class Runtime:
         self._ids: dict[str, int] = {}
 
     async def command(self, line: str) -> str:
-        answer = await send(self.address, line, self.timeout)
+        # A read is safe to repeat, once: under load (5,000 servers, tens of CLI connections at
+        # once) HAProxy now and then drops a CLI connection before answering ("Connection lost",
+        # or nothing at all where every ``show`` says something), and a reconcile or a drain
+        # hook failed on it.  A change is never repeated: it may have been made.
+        read = line.startswith("show ")
+        try:
+            answer = await send(self.address, line, self.timeout)
+        except ProviderError:
+            if not read:
+                raise
+            answer = ""
+        if read and not answer.strip():
+            answer = await send(self.address, line, self.timeout)
         first = answer.strip().splitlines()[0] if answer.strip() else ""
         if first.startswith(("Unknown", "No such", "Require", "Permission denied")):
             raise ProviderError(
