@@ -361,3 +361,40 @@ async def test_a_read_whose_connection_is_dropped_is_asked_again_once_a_change_n
     finally:
         server.close()
     assert seen == ["show info", "show info", "set server be/s state drain"]
+
+
+async def test_a_target_left_without_health_checks_is_registered_again(tmp_path: Path) -> None:
+    """Seen at 5,000 pods: HAProxy dropped "enable health" unanswered, then took "enable
+    server", and the target served unchecked ("no check") while its gate waited forever.  It
+    reads as not registered, so the plan registers it again: checks back on, held down until
+    they pass."""
+    backend = "podgate.shop.web.80"
+    commands: list[str] = []
+
+    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode().strip()
+        commands.append(line)
+        if line.startswith("show stat"):
+            row = f"{backend},podgate-10.0.0.1-8080,0,no check,,,,10.0.0.1:8080\n"
+            writer.write((STAT_HEADER + row).encode())
+        elif line.startswith("show servers state"):
+            writer.write(
+                (SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 0\n").encode()
+            )
+        writer.close()
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(runtime, str(sock))
+    provider = HAProxyProvider([str(sock)])
+    pool = PoolSpec(NS, "web", 80, "", 8080, "TCP", pools_for(service())[0].health)
+    try:
+        (state,) = (await provider.targets(pool)).values()
+        assert (state.admin, state.health.health) == ("maint", Health.UNREGISTERED)
+        assert "registration incomplete" in state.health.detail
+        commands.clear()
+        await provider.register(pool, [TARGET])
+    finally:
+        server.close()
+    ref = f"{backend}/podgate-10.0.0.1-8080"
+    changes = [c for c in commands if not c.startswith("show ")]
+    assert changes == [f"enable health {ref}", f"enable server {ref}", f"set server {ref} health down"]

@@ -47,6 +47,8 @@ def stat(status: str, check: str, desc: str = "", last: str = "") -> ServerStat:
         (stat("DOWN", "L4CON", "Layer4 connection problem", "Connection refused"), "ready", Health.UNHEALTHY),
         (stat("MAINT", "L4OK"), "maint", Health.UNREGISTERED),
         (stat("DRAIN", "L7OK"), "drain", Health.DRAINING),
+        # in rotation without checks: an "enable health" lost on the way (registered again)
+        (stat("no check", ""), "maint", Health.UNREGISTERED),
     ],
 )
 def test_server_health(row: ServerStat, admin: str, health: Health) -> None:

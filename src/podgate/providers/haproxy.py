@@ -45,6 +45,12 @@ def server_health(stat: ServerStat, where: str, admin_flags: int = 0) -> tuple[A
         detail += f" ({stat.check_desc}" + (f": {stat.last_check})" if stat.last_check else ")")
     if status.startswith("MAINT"):
         return "maint", TargetHealth(Health.UNREGISTERED, detail, where)
+    if status == "no check":
+        # podgate's servers are checked: one in rotation without checks was half registered (at
+        # 5,000 pods HAProxy dropped an "enable health" unanswered, then took "enable server"):
+        # not registered until its checks run again, which the next register does
+        detail += ": health checks off, registration incomplete"
+        return "maint", TargetHealth(Health.UNREGISTERED, detail, where)
     if status.startswith("DRAIN") or status.startswith("NOLB") or admin_flags & ADMIN_DRAIN:
         if not status.startswith(("DRAIN", "NOLB")):
             detail += ", set to drain"
@@ -413,7 +419,9 @@ class HAProxyProvider:
             free = [s.name for s in rows if cfg.is_free_slot(s.name, s.address)]
             for t in targets:
                 if t in present:
-                    if present[t].status.startswith(("DRAIN", "MAINT", "NOLB")):
+                    if present[t].status == "no check":
+                        await rt.restart_checks(be, present[t].name)
+                    elif present[t].status.startswith(("DRAIN", "MAINT", "NOLB")):
                         await rt.set_ready(be, present[t].name)
                 elif free:
                     await rt.fill_slot(be, free.pop(0), t.ip, t.port)

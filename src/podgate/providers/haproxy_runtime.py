@@ -237,6 +237,11 @@ class Runtime:
         await self.command(f"enable server {ref}")
         await self.command(f"set server {ref} health down")
 
+    async def restart_checks(self, backend: str, server: str) -> None:
+        """A server left without health checks (a registration cut short) checked again, and
+        out of rotation until its checks pass, as a new one."""
+        await self._start_down(f"{check_name(backend)}/{check_name(server)}")
+
     async def set_ready(self, backend: str, server: str) -> None:
         """Back into rotation from drain; health checks never stopped, so its state is current."""
         await self.command(f"set server {check_name(backend)}/{check_name(server)} state ready")
