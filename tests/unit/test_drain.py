@@ -398,3 +398,23 @@ async def test_a_target_left_without_health_checks_is_registered_again(tmp_path:
     ref = f"{backend}/podgate-10.0.0.1-8080"
     changes = [c for c in commands if not c.startswith("show ")]
     assert changes == [f"enable health {ref}", f"enable server {ref}", f"set server {ref} health down"]
+
+
+async def test_a_load_balancer_slower_than_the_budget_is_a_timeout_not_a_late_drained() -> None:
+    """At 5,000 pods the load balancer's answers came late and hooks answered "drained" 6 s
+    into a 3 s budget, after the kubelet would have stopped the container: the answers count
+    against the budget, and a drain not seen within it is a timeout, with its Warning event."""
+    world, endpoint, _ = await world_with(draining_pod(grace=3))  # budget: 1 s
+    fast = world.provider.targets
+
+    async def slow(pool: PoolSpec) -> dict[Target, TargetState]:
+        await asyncio.sleep(2.0)
+        return await fast(pool)
+
+    world.provider.targets = slow  # type: ignore[method-assign]
+    started = time.monotonic()
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "timeout"
+    assert 1.0 <= time.monotonic() - started < 1.5
+    assert "did not answer within the budget" in outcome.message
+    assert ("Pod", "p1", "DrainTimedOut", "Warning") in world.recorder.events

@@ -207,27 +207,40 @@ class DrainEndpoint:
         while True:
             pending: list[str] = []
             problems: list[str] = []
-            for key, (ref, targets) in by_pool.items():
-                try:
-                    present = await self._read(ref)
-                    in_rotation = [
-                        t for t in targets if (st := present.get(t)) is not None and st.admin == "ready"
-                    ]
-                    if in_rotation and time.monotonic() - drained_at.get(key, -1e9) >= self.redrain:
-                        drained_at[key] = time.monotonic()
+            try:
+                # the load balancer's answers count against the budget too: a drain seen after
+                # it is too late for the kubelet, which stops the container at the grace period
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                    for key, (ref, targets) in by_pool.items():
                         try:
-                            await ref.provider.pool.drain(ref.pool, in_rotation)
-                        finally:
-                            self.reads.forget(ref.provider, ref.pool)
-                        present = await self._read(ref)
-                except ProviderError as e:
-                    problems.append(f"{ref.provider.name}: {e}")
-                    pending += [f"{t} ({ref.pool.service_key} port {ref.pool.port})" for t in targets]
-                    continue
-                pending += [
-                    f"{t} ({ref.pool.service_key} port {ref.pool.port}: {_state(present[t])})"
+                            present = await self._read(ref)
+                            in_rotation = [
+                                t
+                                for t in targets
+                                if (st := present.get(t)) is not None and st.admin == "ready"
+                            ]
+                            if in_rotation and time.monotonic() - drained_at.get(key, -1e9) >= self.redrain:
+                                drained_at[key] = time.monotonic()
+                                try:
+                                    await ref.provider.pool.drain(ref.pool, in_rotation)
+                                finally:
+                                    self.reads.forget(ref.provider, ref.pool)
+                                present = await self._read(ref)
+                        except ProviderError as e:
+                            problems.append(f"{ref.provider.name}: {e}")
+                            pending += [f"{t} ({ref.pool.service_key} port {ref.pool.port})" for t in targets]
+                            continue
+                        pending += [
+                            f"{t} ({ref.pool.service_key} port {ref.pool.port}: {_state(present[t])})"
+                            for t in targets
+                            if t in present and not present[t].drained
+                        ]
+            except TimeoutError:
+                problems.append("the load balancer did not answer within the budget")
+                pending = [
+                    f"{t} ({ref.pool.service_key} port {ref.pool.port})"
+                    for ref, targets in by_pool.values()
                     for t in targets
-                    if t in present and not present[t].drained
                 ]
             now = time.monotonic()
             if not pending:
