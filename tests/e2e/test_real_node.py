@@ -37,6 +37,7 @@ from podgate_sandbox.rollout import RolloutLab, summarise
 from .conftest import SandboxHandle, condition, podgate, wait_for, wide_row
 from .test_controller import INJECT, all_ready, external_ip, gate, pods, servers
 from .test_lb_selection import ALIBABA_GATE, ALIBABA_LABEL, SEED_IMAGE, seed_manifests
+from .test_webhook_replicas import front_door_up
 
 pytestmark = pytest.mark.real_node
 
@@ -438,20 +439,8 @@ def controller(node: SandboxHandle) -> SandboxHandle:
     on the real node's sandbox by a second, idempotent ``up``."""
     up = podgate("sandbox", "up", "--state-dir", str(node.state_dir), timeout=120)
     assert up.returncode == 0, up.stderr
-    wait_for("the webhook front door", front_door, timeout=30)
+    wait_for("the webhook front door", lambda: front_door_up(OFFSET), timeout=30)
     return node
-
-
-def front_door() -> bool:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-    for _ in range(3):
-        try:
-            with socket.create_connection(("127.0.0.1", 9443 + OFFSET), 2) as raw, ctx.wrap_socket(raw):
-                pass
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.parametrize("opt_in", ["podgate", "alibaba"])

@@ -98,15 +98,16 @@ def replicas(sandbox: SandboxHandle, n: int, *flags: str) -> Iterator[list[subpr
                 p.wait(15)
 
 
-def front_door_up() -> bool:
-    """Whether the webhook front door (HAProxy, checking every second) sends to a replica again:
-    as a Service's endpoints hold only Ready pods, it must before pods are created (the API
-    server would otherwise see the door close and admit them ungated)."""
+def front_door_up(offset: int = OFFSET) -> bool:
+    """Whether the webhook front door (HAProxy, checking every second) of the sandbox at
+    ``offset`` sends to a replica again: as a Service's endpoints hold only Ready pods, it must
+    before pods are created (the API server would otherwise see the door close and admit them
+    ungated)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     for _ in range(3):
         try:
-            with socket.create_connection(("127.0.0.1", 9443 + OFFSET), 2) as raw, ctx.wrap_socket(raw):
+            with socket.create_connection(("127.0.0.1", 9443 + offset), 2) as raw, ctx.wrap_socket(raw):
                 pass
         except OSError:  # ssl.SSLError too: the door closed on us
             return False
