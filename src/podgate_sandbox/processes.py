@@ -37,16 +37,31 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+#: How long a command line may read empty while its process execs before it counts as not ours.
+EXEC_GRACE = 0.2
+
+
 def alive(pid: int, marker: str) -> bool:
-    """The process exists, is not a zombie, and its command line carries our marker."""
+    """The process exists, is not a zombie, and its command line carries our marker.
+
+    A process's command line reads empty for a moment while it execs.  HAProxy's master does
+    that by itself about 30 ms after it starts (it re-executes into its wait mode), so an empty
+    read is asked again for up to :data:`EXEC_GRACE` before the process counts as gone; a
+    single read once made ``sandbox up`` report a healthy HAProxy as "exited during start-up".
+    """
     _reap(pid)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    return marker in cmdline(pid)
+    deadline = time.monotonic() + EXEC_GRACE
+    while True:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        line = cmdline(pid)
+        if line or time.monotonic() >= deadline:
+            return marker in line
+        time.sleep(0.002)
 
 
 def spawn(
