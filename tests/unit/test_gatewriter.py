@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -121,3 +122,96 @@ async def test_an_event_per_transition() -> None:
         ("Pod", "p1", "ProviderError", "Warning"),
         ("Pod", "p1", "ReadinessGateTrue", "Normal"),
     ]
+
+
+# -- the write queue (submit / run / flush) ---------------------------------------------------
+
+
+def patched_reasons(world: World) -> list[tuple[str, str, str]]:
+    """(pod, status, reason) of every pods/status PATCH, in the order sent."""
+    out = []
+    for w in world.kube.writes:
+        if w.resource == "pods/status":
+            c = w.body["status"]["conditions"][0]
+            out.append((w.name, c["status"], c["reason"]))
+    return out
+
+
+async def test_only_the_latest_wish_for_a_gate_is_sent() -> None:
+    """Under a backlog, "registering" and "health checking" are overtaken by "healthy" and never
+    sent: writes per pod fall when the API server is slowest."""
+    world, p = await writer()
+    world.gates.submit(p, cond("False", "RegistrationInProgress"), sticky=True)
+    world.gates.submit(p, cond("False", "InitialHealthChecking"), sticky=True)
+    world.gates.submit(p, cond("True", "LoadBalancerHealthy"), sticky=True)
+    await world.gates.flush()
+    assert patched_reasons(world) == [("p1", "True", "LoadBalancerHealthy")]
+
+
+async def test_a_wish_the_pod_already_has_is_dropped_with_any_older_one() -> None:
+    world, p = await writer()
+    assert await write(world, cond("False", "InitialHealthChecking"))
+    world.kube.writes.clear()
+    world.gates.submit(p, cond("False", "RegistrationInProgress"), sticky=True)
+    world.gates.submit(world.pods.cache[f"{NS}/p1"], cond("False", "InitialHealthChecking"), sticky=True)
+    await world.gates.flush()
+    assert patched_reasons(world) == []
+
+
+async def test_gates_changing_status_are_sent_before_progress() -> None:
+    world = World()
+    for i in range(5):
+        world.add(PODS, pod(f"p{i}"))
+    await world.sync()
+    for i in range(5):  # every gate False already: a new reason is progress
+        assert await world.gates.write(world.pods.cache[f"{NS}/p{i}"], cond("False", "A"), sticky=True)
+    world.kube.writes.clear()
+    for i in range(4):
+        world.gates.submit(world.pods.cache[f"{NS}/p{i}"], cond("False", "B"), sticky=True)
+    world.gates.submit(world.pods.cache[f"{NS}/p4"], cond("True", "LoadBalancerHealthy"), sticky=True)
+    await world.gates.flush()
+    assert patched_reasons(world) == [
+        ("p4", "True", "LoadBalancerHealthy"),
+        *((f"p{i}", "False", "B") for i in range(4)),
+    ]
+
+
+async def test_one_write_per_gate_in_flight_and_the_newer_wish_follows_it() -> None:
+    world, p = await writer()
+    started, release = asyncio.Event(), asyncio.Event()
+    real_patch = world.kube.patch
+    in_flight, peak = 0, 0
+
+    async def held_patch(*args: Any, **kw: Any) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        started.set()
+        await release.wait()
+        in_flight -= 1
+        return await real_patch(*args, **kw)
+
+    world.kube.patch = held_patch  # type: ignore[method-assign]
+    writers = asyncio.create_task(world.gates.run(concurrency=4))
+    world.gates.submit(p, cond("False", "InitialHealthChecking"), sticky=True)
+    await started.wait()
+    world.gates.submit(p, cond("True", "LoadBalancerHealthy"), sticky=True)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert peak == 1  # the True waits for the write in flight, on another writer or not
+    release.set()
+    await world.gates.idle()
+    writers.cancel()
+    assert patched_reasons(world) == [
+        ("p1", "False", "InitialHealthChecking"),
+        ("p1", "True", "LoadBalancerHealthy"),
+    ]
+    assert world.pods.cache[f"{NS}/p1"]["status"]["conditions"][-1]["status"] == "True"
+
+
+async def test_a_wish_for_a_pod_that_is_gone_is_not_sent() -> None:
+    world, p = await writer()
+    world.gates.submit(p, cond("False", "InitialHealthChecking"), sticky=True)
+    world.pods.cache.pop(f"{NS}/p1")
+    await world.gates.flush()
+    assert patched_reasons(world) == []

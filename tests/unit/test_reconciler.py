@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from podgate.controller import reconciler
 from podgate.kube.api import PODS, SERVICES, PatchType
 from podgate.kube.fake import Write
 from podgate.model import gates, lb, policy
@@ -106,28 +105,59 @@ async def test_a_pod_from_creation_to_ready_costs_three_status_writes() -> None:
     assert writes == 3
 
 
-async def test_the_gate_writes_of_a_pass_go_side_by_side() -> None:
-    """100 pods' writes one after another held a Service's pass for seconds on a busy API
-    server; they go side by side, a bounded number at a time."""
+async def test_a_pass_does_not_wait_for_its_writes_and_the_writers_send_them_side_by_side() -> None:
+    """A pass that waited for its 100 pods' PATCHes held its worker 1.3 s on a busy API server,
+    and 50 Services queued behind each other (bench/scale.py): the pass submits, and the
+    writer tasks send the writes, a bounded number at a time."""
     world = World()
     world.add(SERVICES, service())
     for i in range(40):
         world.add(PODS, pod(f"p{i}", ip=f"10.0.1.{i}"))
     in_flight, peak = 0, 0
+    release, eight = asyncio.Event(), asyncio.Event()
     real_patch = world.kube.patch
 
     async def slow_patch(*args: Any, **kw: Any) -> Any:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
+        if peak == 8:
+            eight.set()
+        await release.wait()
         in_flight -= 1
         return await real_patch(*args, **kw)
 
     world.kube.patch = slow_patch  # type: ignore[method-assign]
-    await world.reconcile()
+    await world.sync()
+    async with asyncio.timeout(1):
+        await world.reconciler.reconcile(KEY)  # returns with every PATCH still to come
+    assert world.gates.pending() == 40 and status_writes(world) == []
+    writers = asyncio.create_task(world.gates.run(concurrency=8))
+    await eight.wait()
+    await asyncio.sleep(0.01)
+    assert peak == 8  # no more than the writers at once
+    release.set()
+    await world.gates.idle()
+    writers.cancel()
     assert len(status_writes(world)) == 40
-    assert peak == reconciler.WRITE_CONCURRENCY
+    assert world.gates.pending() == 0
+    assert {gate(world, f"p{i}") for i in range(40)} == {("False", "InitialHealthChecking")}
+
+
+async def test_a_failed_gate_write_queues_the_service_again() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    requeued: list[str] = []
+    world.reconciler.on_write_failed = requeued.append
+
+    async def failing_patch(*args: Any, **kw: Any) -> Any:
+        raise OSError("connection reset by peer")
+
+    world.kube.patch = failing_patch  # type: ignore[method-assign]
+    await world.reconcile()
+    assert requeued == [KEY]
+    assert gate(world, "p1") is None  # nothing written, nothing claimed
 
 
 async def test_a_failing_health_check_never_opens_the_gate() -> None:

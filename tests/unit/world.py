@@ -123,7 +123,10 @@ class World:
         await self.sync()
         self.kube.writes.clear()
         self.recorder.events.clear()
-        await self.reconciler.reconcile(key)
+        try:
+            await self.reconciler.reconcile(key)
+        finally:
+            await self.gates.flush()  # what the controller's gate writers would send
 
     def condition(self, pod_name: str, service_name: str = "web") -> dict[str, Any] | None:
         obj = self.kube.object(PODS, pod_name, NS) or {}

@@ -1,14 +1,30 @@
-"""Writing readiness-gate conditions: the one place that PATCHes ``pods/status`` for podgate.
+r"""Writing readiness-gate conditions: the one place that PATCHes ``pods/status`` for podgate.
 
 Load-balancer gates and check gates both go through it, so both get the same rules: a
 strategic-merge patch holding only that condition, written only when it changes,
 ``lastTransitionTime`` only with the status, an Event per transition and failure, and the
 time-to-ready metrics.
+
+The reconciler does not wait for its writes: it :meth:`GateWriter.submit`\ s what each gate
+should be and goes on to the next Service.  A pass used to hold its worker until every PATCH
+of its 100 pods came back; on a saturated API server that was 1.3 s a pass, so with 50
+Services a healthy target waited tens of seconds for its Service's turn (bench/scale.py).
+Submitted writes wait in one queue that keeps only the latest wanted condition per pod and
+gate, and sends changes of status (a gate opening or closing) before progress (a new reason
+on a gate that stays False): when the API server falls behind, "registering" and "health
+checking" are overtaken by "healthy" and never sent, so writes per pod fall exactly when
+they cost the most.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
+import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from podgate.controller import metrics
 from podgate.kube.api import PODS, Conflict, Invalid, Kube, NotFound, PatchType
@@ -18,6 +34,29 @@ from podgate.model import conditions as cond
 from podgate.model import lb
 from podgate.model.policy import CLOSED, OPEN, TIMED_OUT
 from podgate.model.types import Condition, Pod, pod_conditions
+
+log = logging.getLogger(__name__)
+
+#: gate writes in flight at once (the queue's writer tasks)
+WRITE_CONCURRENCY = 32
+
+#: queue priorities: a gate changing status before one only changing its reason
+OPENING_OR_CLOSING, PROGRESS = 0, 1
+
+#: (pod key, gate type): what the queue keeps one wanted condition for
+WriteKey = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A condition the gate should have, as submitted; the pod is read afresh at write time."""
+
+    desired: Condition
+    sticky: bool
+    minimum: float
+    #: called with the error when the write fails (the reconciler queues its Service again)
+    on_error: Callable[[BaseException], None] | None
+
 
 #: reasons that are a problem someone should look at (Warning Events), not progress
 WARNING_REASONS = frozenset(
@@ -42,6 +81,109 @@ class GateWriter:
         #: load balancer: the phases of time-to-ready
         self.pending_since: dict[tuple[str, str], float] = {}
         self.registered_at: dict[tuple[str, str], float] = {}
+        #: the queue: the latest wanted condition per key, the keys to write in priority order
+        #: (a key may be listed twice; its first turn takes the wanted condition), the keys
+        #: being written (one write per key at a time; a newer wish waits for it to return)
+        self._wanted: dict[WriteKey, Wanted] = {}
+        self._queued: dict[WriteKey, int] = {}
+        self._order: asyncio.PriorityQueue[tuple[int, int, WriteKey]] = asyncio.PriorityQueue()
+        self._writing: set[WriteKey] = set()
+        self._seq = itertools.count()
+
+    def submit(
+        self,
+        pod: Pod,
+        desired: Condition,
+        *,
+        sticky: bool,
+        minimum: float = 0.0,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Queue ``desired`` for the pod's gate, replacing any wish for it not yet sent; the
+        writer tasks (:meth:`run`) send it unless the pod already has it when its turn comes."""
+        meta = pod["metadata"]
+        key = (f"{meta['namespace']}/{meta['name']}", desired["type"])
+        marker = (meta["uid"], desired["type"])
+        if desired["status"] != cond.TRUE and marker not in self.pending_since:
+            self.pending_since[marker] = time.monotonic()
+        current = cond.find(pod_conditions(self.pods.get(key[0]) or pod), desired["type"])
+        if current is not None and lb.next_condition(current, desired, sticky, now_rfc3339()) is None:
+            # nothing to write; a wish still queued for another condition is void too
+            self._wanted.pop(key, None)
+            return
+        self._wanted[key] = Wanted(desired, sticky, minimum, on_error)
+        self._enqueue(key, self._priority(key, desired))
+
+    def _priority(self, key: WriteKey, desired: Condition) -> int:
+        """Opening or closing a gate goes first; a new reason on a gate that stays as it is
+        (progress a user reads in ``kubectl describe``) after."""
+        current = cond.find(pod_conditions(self.pods.get(key[0]) or {}), key[1])
+        status = current.get("status", cond.FALSE) if current is not None else cond.FALSE
+        return OPENING_OR_CLOSING if status != desired["status"] else PROGRESS
+
+    def _enqueue(self, key: WriteKey, priority: int) -> None:
+        if key in self._writing:
+            return  # its writer queues it again when the write in flight returns
+        if self._queued.get(key, PROGRESS + 1) <= priority:
+            return
+        self._queued[key] = priority
+        self._order.put_nowait((priority, next(self._seq), key))
+
+    def pending(self) -> int:
+        """Wishes not yet sent (for the queue-depth gauge and tests)."""
+        return len(self._wanted)
+
+    async def run(self, concurrency: int = WRITE_CONCURRENCY) -> None:
+        """The writer tasks; they stop when cancelled (leadership lost: no write after it)."""
+        workers = [asyncio.create_task(self._writer(), name=f"gate writer {i}") for i in range(concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def idle(self) -> None:
+        """Return once every submitted wish was taken and its write returned."""
+        await self._order.join()
+
+    async def flush(self) -> None:
+        """Send every queued wish now, in this task (tests; a controller runs :meth:`run`)."""
+        while not self._order.empty():
+            await self._write_next(self._order.get_nowait())
+        await self.idle()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._write_next(await self._order.get())
+
+    async def _write_next(self, item: tuple[int, int, WriteKey]) -> None:
+        _, _, key = item
+        try:
+            if key in self._writing:
+                return  # a stale turn: the write in flight queues the newer wish when it returns
+            self._queued.pop(key, None)
+            wanted = self._wanted.pop(key, None)
+            pod = self.pods.get(key[0])
+            if wanted is None or pod is None:
+                return  # an earlier turn of this key took the wish, or the pod is gone
+            self._writing.add(key)
+            try:
+                await self.write(pod, wanted.desired, sticky=wanted.sticky, minimum=wanted.minimum)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("writing %s of pod %s failed: %s", key[1], key[0], e)
+                if wanted.on_error is not None:
+                    with contextlib.suppress(Exception):
+                        wanted.on_error(e)
+            finally:
+                self._writing.discard(key)
+                newer = self._wanted.get(key)
+                if newer is not None:
+                    self._enqueue(key, self._priority(key, newer.desired))
+        finally:
+            self._order.task_done()
 
     def registered(self, pod: Pod, gate: str) -> None:
         self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())

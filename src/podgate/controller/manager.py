@@ -138,6 +138,7 @@ class Controller:
             self.kube, self.pods, self.checks, self.reconciler.gates, self.recorder
         )
         self.queue = WorkQueue(name="services")
+        self.reconciler.on_write_failed = self.queue.add_rate_limited
         #: the preStop drain hook's endpoint: every replica serves it (webhook and health ports)
         self.drain = drain.DrainEndpoint(
             self.kube,
@@ -256,6 +257,8 @@ class Controller:
             if p.provisioning is not None
         ]
         work.append(asyncio.create_task(self._resync(), name="resync"))
+        # the reconcile passes submit gate writes; these tasks send them (see controller.gatewriter)
+        work.append(asyncio.create_task(self.reconciler.gates.run(), name="gate writers"))
         work.append(asyncio.create_task(self.check_runner.run(), name="check gates"))
         try:
             await asyncio.gather(*work)

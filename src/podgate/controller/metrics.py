@@ -195,6 +195,13 @@ class StateCollector:
         depth = GaugeMetricFamily("workqueue_depth", "Keys waiting in the queue", labels=["name"])
         depth.add_metric([q.name], len(q))
         yield depth
+        writes = GaugeMetricFamily(
+            "podgate_gate_writes_pending",
+            "Gate conditions submitted by reconciles and not sent yet (one per pod and gate: a newer "
+            "wish replaces an older one)",
+        )
+        writes.add_metric([], ctl.reconciler.gates.pending())
+        yield writes
         pending = GaugeMetricFamily(
             "podgate_pending_gates", "podgate gates not True, by reason", labels=["reason"]
         )

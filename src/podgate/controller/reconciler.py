@@ -7,11 +7,10 @@ writes a gate condition only when it changes, and never True because something f
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -42,8 +41,6 @@ from podgate.providers.reads import PoolReads
 log = logging.getLogger(__name__)
 
 
-#: gate writes in flight at once, across the workers
-WRITE_CONCURRENCY = 32
 GATE_INDEX = "gate"
 LABEL_INDEX = "label"
 IP_INDEX = "ip"
@@ -108,7 +105,8 @@ class ServiceReconciler:
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
         self.gates = GateWriter(kube, pods, recorder)
         self.reads = reads if reads is not None else PoolReads()
-        self._writing = asyncio.Semaphore(WRITE_CONCURRENCY)
+        #: a gate write failed: the manager queues that Service again (rate-limited)
+        self.on_write_failed: Callable[[str], None] | None = None
         # A reconcile reads only its Service's pods, through these (and never scans the cache):
         # by the Service each readiness gate is for, by label (a selector is the intersection
         # of its pairs), by IP (the pods behind a pool's present targets).
@@ -188,7 +186,8 @@ class ServiceReconciler:
             missing = lb.failure_condition(
                 gate, lb.SERVICE_NOT_FOUND, f"Service {namespace}/{name} does not exist"
             )
-            await self._write_all(self.set_gate(pod, missing) for pod in gated)
+            for pod in gated:
+                self.set_gate(pod, missing)
             return out
         deleting = is_terminating(service)
         try:
@@ -204,7 +203,8 @@ class ServiceReconciler:
             if deleting:  # podgate cannot tell which group: never hold a deletion forever
                 await self._set_finalizer(service, False)
             invalid = lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e))
-            await self._write_all(self.set_gate(pod, invalid) for pod in gated)
+            for pod in gated:
+                self.set_gate(pod, invalid)
             return out
         if provider_name is None or deleting:
             await self._let_go(key, service, self.providers[provider_name] if provider_name else None, pools)
@@ -218,14 +218,12 @@ class ServiceReconciler:
                 f"class {(service.get('spec') or {}).get('loadBalancerClass') or 'none'}, "
                 f"no {gates.PROVIDER_ANNOTATION} annotation)",
             )
-            writes = []
             for pod in gated:
                 # a vendor's gate (adopted prefix) on a Service podgate does not serve is that
                 # vendor's to write; podgate answers only for its own gate type
                 types = None if deleting else [t for t in self._gate_types_on(pod, name) if t == gate]
                 if types != []:
-                    writes.append(self.set_gate(pod, why, policy=policy, types=types))
-            await self._write_all(writes)
+                    self.set_gate(pod, why, policy=policy, types=types)
             return out
         provider = self.providers[provider_name]
         out.interval = provider.pool.poll_interval
@@ -234,7 +232,8 @@ class ServiceReconciler:
         except ProviderError as e:
             self.recorder_emit(service, "Service", "LoadBalancerError", str(e), "Warning")
             failed = lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e))
-            await self._write_all(self.set_gate(pod, failed, policy=policy) for pod in gated)
+            for pod in gated:
+                self.set_gate(pod, failed, policy=policy)
             raise
         await self._report_pods_without_gate(key, service, gate)
         return out
@@ -330,7 +329,6 @@ class ServiceReconciler:
                 )
         name = service["metadata"]["name"]
         minimum = pools[0].health.minimum_to_healthy if pools else 0.0
-        writes = []
         for pod in gated:
             if not policy.continuous and self._gates_true(pod, name):
                 continue  # sticky: a True gate stays True, so nothing to decide, write or poll for
@@ -352,8 +350,7 @@ class ServiceReconciler:
                     out.poll = True
                 if all(h.health is not lb.Health.UNREGISTERED for h in mine):
                     self.gates.registered(pod, gate)
-            writes.append(self.set_gate(pod, desired, minimum, policy))
-        await self._write_all(writes)
+            self.set_gate(pod, desired, minimum, policy)
         if policy.continuous and gated and pools and not out.poll:
             # Nothing pending, but True gates must notice a target the load balancer marks
             # unhealthy: re-read every half check interval (at least the provider's own poll
@@ -488,21 +485,6 @@ class ServiceReconciler:
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
 
-    async def _write_all(self, writes: Iterable[Awaitable[None]]) -> None:
-        """Gate writes of one pass, side by side (at most ``WRITE_CONCURRENCY`` at a time across
-        the workers): each is an API round trip, and 100 pods' writes one after another held a
-        Service's pass for seconds while the API server was busy.  Every write is tried; the
-        first failure is raised after the others finished."""
-
-        async def one(write: Awaitable[None]) -> None:
-            async with self._writing:
-                await write
-
-        results = await asyncio.gather(*(one(w) for w in writes), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-
     def _gates_true(self, pod: Pod, service: str) -> bool:
         """Every gate of the pod for this Service True on the load balancer's word (one opened
         by the timeout is still rewritten when the load balancer says healthy)."""
@@ -514,7 +496,7 @@ class ServiceReconciler:
             for t in self._gate_types_on(pod, service)
         )
 
-    async def set_gate(
+    def set_gate(
         self,
         pod: Pod,
         desired: Condition,
@@ -522,15 +504,23 @@ class ServiceReconciler:
         policy: GatePolicy | None = None,
         types: Sequence[str] | None = None,
     ) -> None:
-        """Write the Service's gate condition under each gate type the pod carries for it (or
+        """Submit the Service's gate condition under each gate type the pod carries for it (or
         under ``types``), after the Service's timeout policy (the controller's when the
-        Service's cannot be read)."""
+        Service's cannot be read).  The pass does not wait for the write (see
+        :mod:`podgate.controller.gatewriter`); a write that fails queues the Service again
+        through :attr:`on_write_failed`."""
         policy = policy or self.policy
         service = gates.service_of_gate(desired["type"]) or ""
+        key = f"{pod['metadata']['namespace']}/{service}"
+
+        def failed(_: BaseException) -> None:
+            if self.on_write_failed is not None:
+                self.on_write_failed(key)
+
         for gate_type in types or self._gate_types_on(pod, service) or [desired["type"]]:
             current = self.pods.get(f"{pod['metadata']['namespace']}/{pod['metadata']['name']}") or pod
             typed = with_timeout({**desired, "type": gate_type}, current, policy, time.time())
-            await self.gates.write(current, typed, sticky=not policy.continuous, minimum=minimum)
+            self.gates.submit(current, typed, sticky=not policy.continuous, minimum=minimum, on_error=failed)
 
     def recorder_emit(
         self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"

@@ -377,9 +377,13 @@ class HAProxyProvider:
         if self._owns_files(pool):
             # saved after the read: any health a gate is decided on is what a reload restores;
             # only when HAProxy's view changed since the last save (pending gates of 50 Services
-            # read every 0.1 s were 500 saves a second, each under the provider's lock)
+            # read every 0.1 s were 500 saves a second, each under the provider's lock), and
+            # only a change a gate can be decided on: UP, DOWN, MAINT, DRAIN, admin flags.  A
+            # check's progress ("DOWN 1/3" → "DOWN 2/3", L4CON → L4OK) is not: a reload that
+            # restores an older count only takes a pending server a check or two longer, and
+            # saving it made every read of a backend in health checking a save too (5,000 pods)
             view = tuple(
-                (rt.address, r.name, r.address, r.status, r.check_status, flags.get(r.name))
+                (rt.address, r.name, r.address, r.status.split(" ", 1)[0], flags.get(r.name))
                 for rt, (rows, flags) in seen
                 for r in rows
             )
