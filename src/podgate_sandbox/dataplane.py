@@ -119,8 +119,13 @@ class DataPlane:
         self.applied: list[tuple[float, str]] = []
 
     async def command(self, line: str) -> str:
+        if ";" in line:
+            # podgate batches changes (``a; b; c``): each is held or passed on by itself, in
+            # order, and the answers end with an empty line each, as HAProxy's do
+            answers = [await self.command(part.strip()) for part in line.split(";") if part.strip()]
+            return "".join(a.rstrip("\n") + "\n\n" if a.strip() else "\n" for a in answers)
         m = _SERVER_COMMAND.match(line)
-        if m is None or ";" in line:
+        if m is None:
             return await send(self.haproxy, line)
         backend, server = m.groups()
         ref = f"{backend}/{server}"

@@ -88,3 +88,27 @@ def test_annotations_and_backend_names() -> None:
     assert parse_delays(None) == Delays()
     assert backend_service("podgate.shop.web.80") == "shop/web"
     assert backend_service("users-backend") is None
+
+
+async def test_a_batch_of_changes_is_held_or_passed_command_by_command(tmp_path: Path) -> None:
+    """podgate sends changes as one ``a; b`` line: the slow Service's drain is still held, the
+    other's applied at once, and the answer splits into one per command, as HAProxy's does."""
+    seen: list[tuple[float, str]] = []
+    server = await stand_in(tmp_path / "haproxy.sock", seen)
+    plane = DataPlane(str(tmp_path / "haproxy.sock"), lambda b: Delays(0.3) if b == SLOW else Delays())
+    front = await asyncio.start_unix_server(plane.client, str(tmp_path / "plane.sock"))
+    rt = Runtime(str(tmp_path / "plane.sock"))
+    try:
+        answers = await rt.changes(
+            [
+                f"set server {SLOW}/podgate-10.0.0.1-8080 state drain",
+                f"set server {FAST}/podgate-10.0.0.2-8080 state drain",
+            ]
+        )
+        assert answers == ["", ""]
+        assert [line for _, line in seen] == [f"set server {FAST}/podgate-10.0.0.2-8080 state drain"]
+        await asyncio.sleep(0.45)
+    finally:
+        front.close()
+        server.close()
+    assert [line for _, line in seen][1:] == [f"set server {SLOW}/podgate-10.0.0.1-8080 state drain"]

@@ -19,6 +19,7 @@ from podgate.providers.base import ProviderError, TargetState
 from podgate.providers.fake import FakeProvider
 from podgate.providers.haproxy import HAProxyProvider, combine
 from podgate.webhook.drain import ROUTE, DrainEndpoint
+from tests.unit.haproxy_cli import cli
 from tests.unit.world import NS, World, pod, service
 
 TARGET = Target("10.0.0.1", 8080)
@@ -232,22 +233,19 @@ async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_o
     state = {"status": "UP"}
     commands: list[str] = []
 
-    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).decode().strip()
-        commands.append(line)
+    def answer(line: str) -> str:
         if line.startswith("show stat"):
             row = f"{backend},podgate-10.0.0.1-8080,0,{state['status']},L7OK,,,10.0.0.1:8080\n"
-            writer.write((STAT_HEADER + row).encode())
-        elif line.startswith("show servers state"):
+            return STAT_HEADER + row
+        if line.startswith("show servers state"):
             admin = 8 if state["status"] == "DRAIN" else 0  # SRV_ADMF_FDRAIN
-            row = f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {admin}\n"
-            writer.write((SERVERS_STATE_HEADER + row).encode())
-        elif line.endswith("state drain"):
+            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {admin}\n"
+        if line.endswith("state drain"):
             state["status"] = "DRAIN"
-        writer.close()
+        return ""
 
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(runtime, str(sock))
+    server = await asyncio.start_unix_server(cli(answer, commands), str(sock))
     config = tmp_path / "haproxy.cfg"
     config.write_text("# the leader's configuration\n")
     provider = HAProxyProvider([str(sock)], master_address=str(tmp_path / "master.sock"), config_path=config)
@@ -294,29 +292,30 @@ async def test_a_burst_of_drains_saves_each_backend_a_few_times_not_once_per_dra
     drained: set[str] = set()
     commands: list[str] = []
 
-    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).decode().strip()
-        commands.append(line)
-        await asyncio.sleep(0.005)  # a loaded HAProxy's round trip
+    def answer(line: str) -> str:
         names = [f"podgate-{t.ip}-{t.port}" for t in targets]
         if line.startswith("show stat"):
-            rows = "".join(
+            return STAT_HEADER + "".join(
                 f"{backend},{n},0,{'DRAIN' if n in drained else 'UP'},L7OK,,,{t.ip}:{t.port}\n"
                 for n, t in zip(names, targets, strict=True)
             )
-            writer.write((STAT_HEADER + rows).encode())
-        elif line.startswith("show servers state"):
-            rows = "".join(
+        if line.startswith("show servers state"):
+            return SERVERS_STATE_HEADER + "".join(
                 f"3 {backend} {i} {n} {t.ip} 2 {8 if n in drained else 0}\n"
                 for i, (n, t) in enumerate(zip(names, targets, strict=True))
             )
-            writer.write((SERVERS_STATE_HEADER + rows).encode())
-        elif line.endswith("state drain"):
+        if line.endswith("state drain"):
             drained.add(line.split("/")[1].split()[0])
-        writer.close()
+        return ""
+
+    handle = cli(answer, commands)
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.005)  # a loaded HAProxy's round trip
+        await handle(reader, writer)
 
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(runtime, str(sock))
+    server = await asyncio.start_unix_server(slow, str(sock))
     config = tmp_path / "haproxy.cfg"
     provider = HAProxyProvider([str(sock)], master_address=str(tmp_path / "master.sock"), config_path=config)
     provider._initialised = True  # as after the leader's first structure (no master to reload here)
@@ -341,17 +340,13 @@ async def test_a_read_whose_connection_is_dropped_is_asked_again_once_a_change_n
 
     seen: list[str] = []
 
-    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).decode().strip()
-        seen.append(line)
+    def answer(line: str) -> str | None:
         if seen.count(line) == 1:  # the first of each: dropped unanswered
-            writer.transport.abort()
-            return
-        writer.write(b"Pid: 42\n")
-        writer.close()
+            return None
+        return "Pid: 42"
 
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(runtime, str(sock))
+    server = await asyncio.start_unix_server(cli(answer, seen), str(sock))
     rt = Runtime(str(sock))
     try:
         assert "Pid: 42" in await rt.command("show info")
@@ -371,20 +366,15 @@ async def test_a_target_left_without_health_checks_is_registered_again(tmp_path:
     backend = "podgate.shop.web.80"
     commands: list[str] = []
 
-    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).decode().strip()
-        commands.append(line)
+    def answer(line: str) -> str:
         if line.startswith("show stat"):
-            row = f"{backend},podgate-10.0.0.1-8080,0,no check,,,,10.0.0.1:8080\n"
-            writer.write((STAT_HEADER + row).encode())
-        elif line.startswith("show servers state"):
-            writer.write(
-                (SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 0\n").encode()
-            )
-        writer.close()
+            return STAT_HEADER + f"{backend},podgate-10.0.0.1-8080,0,no check,,,,10.0.0.1:8080\n"
+        if line.startswith("show servers state"):
+            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 0\n"
+        return ""
 
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(runtime, str(sock))
+    server = await asyncio.start_unix_server(cli(answer, commands), str(sock))
     provider = HAProxyProvider([str(sock)])
     pool = PoolSpec(NS, "web", 80, "", 8080, "TCP", pools_for(service())[0].health)
     try:
@@ -429,19 +419,18 @@ async def test_reads_save_the_backend_when_a_server_changes_state_not_at_each_ch
     state = {"status": "DOWN", "check": "L4CON"}
     commands: list[str] = []
 
-    async def runtime(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        line = (await reader.readline()).decode().strip()
-        commands.append(line)
+    def answer(line: str) -> str:
         if line.startswith("show stat"):
-            row = f"{backend},podgate-10.0.0.1-8080,0,{state['status']},{state['check']},,,10.0.0.1:8080\n"
-            writer.write((STAT_HEADER + row).encode())
-        elif line.startswith("show servers state"):
-            row = f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 0\n"
-            writer.write((SERVERS_STATE_HEADER + row).encode())
-        writer.close()
+            return (
+                STAT_HEADER
+                + f"{backend},podgate-10.0.0.1-8080,0,{state['status']},{state['check']},,,10.0.0.1:8080\n"
+            )
+        if line.startswith("show servers state"):
+            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 0\n"
+        return ""
 
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(runtime, str(sock))
+    server = await asyncio.start_unix_server(cli(answer, commands), str(sock))
     provider = HAProxyProvider(
         [str(sock)], master_address=str(tmp_path / "master.sock"), config_path=tmp_path / "haproxy.cfg"
     )
@@ -466,3 +455,73 @@ async def test_reads_save_the_backend_when_a_server_changes_state_not_at_each_ch
     finally:
         server.close()
     assert saves == [True, False, False, False, True, False, False, True]
+
+
+async def test_registering_and_draining_many_targets_takes_a_connection_or_two_not_one_per_command(
+    tmp_path: Path,
+) -> None:
+    """A connection per command was 100 connections to register 25 targets, queued behind the
+    10 CLI slots while drain hooks waited for theirs (5,000 pods): changes go in one batch."""
+    backend = "podgate.shop.web.80"
+    targets = [Target(f"10.0.0.{i}", 8080) for i in range(1, 26)]
+    servers: dict[str, str] = {}  # name → status
+    commands: list[str] = []
+    connections = 0
+
+    def answer(line: str) -> str:
+        verb, ref = " ".join(line.split()[:2]), line.split()[2] if len(line.split()) > 2 else ""
+        name = ref.split("/")[-1]
+        if line.startswith("show stat"):
+            rows = "".join(
+                f"{backend},{n},0,{st},L4OK,,,{n.split('-')[1]}:8080\n" for n, st in servers.items()
+            )
+            return STAT_HEADER + rows
+        if line.startswith("show servers state"):
+            rows = "".join(f"3 {backend} {i} {n} x 2 0\n" for i, n in enumerate(servers))
+            return SERVERS_STATE_HEADER + rows
+        if verb == "add server":
+            servers[name] = "MAINT"
+            return "New server registered."
+        if name not in servers:
+            return "No such server."
+        if line.endswith("state drain"):
+            servers[name] = "DRAIN"
+        elif line.endswith("health down"):
+            servers[name] = "DOWN"
+        return ""
+
+    handle = cli(answer, commands)
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await handle(reader, writer)
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(counted, str(sock))
+    provider = HAProxyProvider([str(sock)])  # attach-like: no files kept
+    pool = PoolSpec(NS, "web", 80, "", 8080, "TCP", pools_for(service())[0].health)
+    try:
+        await provider.register(pool, targets)
+        registered = connections
+        await provider.targets(pool)  # the backend's proxy id, looked up once
+        connections = 0
+        await provider.drain(pool, [*targets[:10], Target("10.9.9.9", 8080)])  # one gone already
+        drained, connections = connections, 0
+        states = await provider.targets(pool)
+        read = connections
+    finally:
+        server.close()
+    assert len(servers) == 25 and registered <= 3, f"{registered} connections to register 25"
+    assert drained <= 2, f"{drained} connections to drain 11"
+    assert read == 1
+    for t in targets:
+        ref = f"{backend}/podgate-{t.ip}-8080"
+        mine = [c for c in commands if c.endswith((ref, ref + " health down")) or f" {ref} " in c]
+        assert [c.split()[0] + " " + c.split()[1] for c in mine[:4]] == [
+            "add server",
+            "enable health",
+            "enable server",
+            "set server",
+        ], mine
+    assert [t for t, st in states.items() if st.admin == "drain"] == targets[:10]

@@ -158,3 +158,33 @@ def test_a_drained_server_whose_checks_fail_is_draining_not_down() -> None:
     admin, health = server_health(down, "w", parse_admin_states(SERVERS_STATE)["s1"])
     assert (admin, health.health) == ("drain", Health.DRAINING) and "set to drain" in health.detail
     assert server_health(down, "w", 0)[0] == "ready"
+
+
+def test_batched_answers_split_as_haproxy_ends_them() -> None:
+    """What HAProxy 2.6 answered to ``add server be/a …; add server be/b …; add server be/a …;
+    enable health be/a; set server be/b state drain; set server be/zz state drain``."""
+    from podgate.providers.haproxy_runtime import split_answers
+
+    text = (
+        "New server registered.\n\nNew server registered.\n\n"
+        "Already exists a server with the same name in backend.\n\n\n\nNo such server.\n\n"
+    )
+    assert split_answers(text) == [
+        "New server registered.",
+        "New server registered.",
+        "Already exists a server with the same name in backend.",
+        "",
+        "",
+        "No such server.",
+    ]
+
+
+def test_batches_are_cut_below_the_line_limit() -> None:
+    from podgate.providers.haproxy_runtime import BATCH_CHARS, _chunks
+
+    lines = [f"set server be/podgate-10.0.{i // 250}.{i % 250}-8080 state drain" for i in range(1000)]
+    chunks = _chunks(lines, BATCH_CHARS)
+    assert [line for chunk in chunks for line in chunk] == lines
+    assert all(len("; ".join(chunk)) <= BATCH_CHARS for chunk in chunks)
+    longest = max(len(line) + 2 for line in lines)
+    assert len(chunks) <= -(-sum(len(line) + 2 for line in lines) // (BATCH_CHARS - longest))

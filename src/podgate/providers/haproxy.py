@@ -371,7 +371,7 @@ class HAProxyProvider:
         views: dict[Target, list[TargetState]] = {}
 
         async def read(rt: Runtime) -> tuple[list[ServerStat], dict[str, int]]:
-            return await rt.servers(be), await rt.admin_states(be)
+            return await rt.servers_and_admin(be)
 
         seen = await self._on_each(read)
         if self._owns_files(pool):
@@ -421,16 +421,24 @@ class HAProxyProvider:
             present = {cfg.target_of_server(s.name, s.address): s for s in rows}
             # the user's server-template slots first: they survive the user's reloads
             free = [s.name for s in rows if cfg.is_free_slot(s.name, s.address)]
+            unchecked, back, new = [], [], []
             for t in targets:
                 if t in present:
                     if present[t].status == "no check":
-                        await rt.restart_checks(be, present[t].name)
+                        unchecked.append(present[t].name)
                     elif present[t].status.startswith(("DRAIN", "MAINT", "NOLB")):
-                        await rt.set_ready(be, present[t].name)
+                        back.append(present[t].name)
                 elif free:
                     await rt.fill_slot(be, free.pop(0), t.ip, t.port)
                 else:
-                    await rt.add_server(be, cfg.server_name(t), str(t), options)
+                    new.append((cfg.server_name(t), str(t)))
+            # each kind in one batch: a connection per command queued drain hooks behind it
+            if new:
+                await rt.add_servers(be, new, options)
+            if unchecked:
+                await rt.recheck_servers(be, unchecked)
+            if back:
+                await rt.ready_servers(be, back)
 
         await self._on_each(on)
         await self._targets_changed(pool)
@@ -440,13 +448,8 @@ class HAProxyProvider:
 
         async def on(rt: Runtime) -> None:
             names = {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
-            for t in targets:
-                try:
-                    await rt.drain(be, names.get(t, cfg.server_name(t)))
-                except Unreachable:
-                    raise
-                except ProviderError:  # already gone on this one
-                    pass
+            # one batch; a server already gone on this HAProxy is no error
+            await rt.drain_servers(be, [names.get(t, cfg.server_name(t)) for t in targets])
 
         # a leaving target leaves every HAProxy that can be told, whatever the policy
         await self._on_each(on, require_all=False)

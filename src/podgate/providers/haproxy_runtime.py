@@ -13,6 +13,7 @@ import csv
 import io
 import re
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from podgate.providers.base import ProviderError
@@ -84,6 +85,58 @@ async def _send(address: str, line: str, timeout: float, half_close: bool) -> st
         ) from None
     finally:
         writer.close()
+
+
+#: how HAProxy's CLI begins the answer to a command it did not carry out
+REFUSALS = ("Unknown", "No such", "Require", "Permission denied")
+
+#: characters of one batched command line (HAProxy reads a line into one 16 KiB buffer)
+BATCH_CHARS = 8000
+
+
+def _chunks(lines: Sequence[str], limit: int) -> list[list[str]]:
+    out: list[list[str]] = []
+    size = limit + 1
+    for line in lines:
+        if size + len(line) + 2 > limit:
+            out.append([])
+            size = 0
+        out[-1].append(line)
+        size += len(line) + 2
+    return out
+
+
+def _start_down(ref: str) -> list[str]:
+    """Health checks on, in rotation, forced DOWN until ``rise`` checks pass (the order that
+    works: see :meth:`Runtime.add_servers`)."""
+    return [f"enable health {ref}", f"enable server {ref}", f"set server {ref} health down"]
+
+
+def _refusal(answer: str) -> str | None:
+    first = answer.strip().splitlines()[0] if answer.strip() else ""
+    return first if first.startswith(REFUSALS) else None
+
+
+def _raise_refusal(what: str, lines: Sequence[str], answers: Sequence[str]) -> None:
+    for line, answer in zip(lines, answers, strict=True):
+        refused = _refusal(answer)
+        if refused is not None:
+            raise ProviderError(f"HAProxy refused {line.split()[0]} {line.split()[1]} for {what}: {refused}")
+
+
+def split_answers(text: str) -> list[str]:
+    """The answers of ``a; b; c``: each ends with an empty line (an empty answer is the empty
+    line alone)."""
+    answers, current = [], []
+    for line in text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"):
+        if line.strip():
+            current.append(line)
+        else:
+            answers.append("\n".join(current))
+            current = []
+    if current:
+        answers.append("\n".join(current))
+    return answers
 
 
 @dataclass(frozen=True)
@@ -182,12 +235,33 @@ class Runtime:
             answer = ""
         if read and not answer.strip():
             answer = await send(self.address, line, self.timeout)
-        first = answer.strip().splitlines()[0] if answer.strip() else ""
-        if first.startswith(("Unknown", "No such", "Require", "Permission denied")):
+        refused = _refusal(answer)
+        if refused is not None:
             raise ProviderError(
-                f"HAProxy refused {line.split()[0]} {line.split()[1] if ' ' in line else ''}: {first}"
+                f"HAProxy refused {line.split()[0]} {line.split()[1] if ' ' in line else ''}: {refused}"
             )
         return answer
+
+    async def changes(self, lines: Sequence[str]) -> list[str]:
+        """Several changes, one connection per :data:`BATCH_CHARS` of them, their answers in
+        order ("" for a change HAProxy made without a word).  One connection per command was
+        100 connections to register 25 targets, queued behind :data:`CONNECTIONS` slots while
+        drain hooks waited for theirs (5,000 pods).  HAProxy runs ``a; b; c`` one after the
+        other and ends each answer with an empty line; only commands whose answer is one line
+        at most may go here (``del server``'s has no empty line after it: not here).  A
+        change is never repeated; an answer that does not split into one per command is an
+        error, and the caller reads HAProxy afresh."""
+        answers: list[str] = []
+        for chunk in _chunks(lines, BATCH_CHARS):
+            text = await send(self.address, "; ".join(chunk), self.timeout)
+            got = split_answers(text)
+            if len(got) != len(chunk):
+                raise ProviderError(
+                    f"HAProxy answered {len(got)} of {len(chunk)} commands ({chunk[0].split()[0]} ...): "
+                    f"{text.strip()[:200]}"
+                )
+            answers += got
+        return answers
 
     async def servers(self, backend: str) -> list[ServerStat]:
         """The backend's servers, read by the backend's proxy id: ``show stat NAME`` takes the
@@ -205,6 +279,25 @@ class Runtime:
             return []  # no servers to read
         self._ids[backend] = iid
         return [r for r in parse_stat(await self.command(f"show stat {iid} 4 -1")) if r.backend == backend]
+
+    async def servers_and_admin(self, backend: str) -> tuple[list[ServerStat], dict[str, int]]:
+        """:meth:`servers` and :meth:`admin_states` over one connection (``a; b``): the read a
+        pending gate makes every poll, half the connections.  Anything unexpected (the proxy
+        id unknown or stale, an answer cut short) falls back to the two reads one by one."""
+        iid = self._ids.get(backend)
+        if iid is not None:
+            line = f"show stat {iid} 4 -1; show servers state {check_name(backend)}"
+            try:
+                answers = split_answers(await send(self.address, line, self.timeout))
+            except Unreachable:
+                raise
+            except ProviderError:
+                answers = []
+            if len(answers) == 2 and answers[1].startswith("1"):
+                rows = parse_stat(answers[0])
+                if rows and all(r.backend == backend for r in rows):
+                    return rows, parse_admin_states(answers[1])
+        return await self.servers(backend), await self.admin_states(backend)
 
     async def _backend_id(self, backend: str) -> int | None:
         """The proxy id of ``backend`` (``show servers state`` looks up backends only), None
@@ -230,17 +323,26 @@ class Runtime:
         info = dict(ln.split(": ", 1) for ln in (await self.command("show info")).splitlines() if ": " in ln)
         return f"{info.get('Pid', '?')}/{info.get('Start_time_sec') or info.get('Uptime_sec', '?')}"
 
-    async def add_server(self, backend: str, server: str, address: str, options: str) -> None:
-        """Add a server that starts DOWN and turns UP only after ``rise`` passing checks.
+    async def add_servers(self, backend: str, servers: Sequence[tuple[str, str]], options: str) -> None:
+        """Add servers (name, address) that start DOWN and turn UP only after ``rise`` passing
+        checks, in one batch (see :meth:`changes`); every one is tried, the first refusal raised.
 
         The order matters (verified on HAProxy 2.6): ``enable server`` reports UP before any
         check ran unless the health is forced down *after* it.
         """
-        ref = f"{check_name(backend)}/{check_name(server)}"
-        answer = await self.command(f"add server {ref} {address} {options}")
-        if "New server registered" not in answer and "Already exists" not in answer:
-            raise ProviderError(f"HAProxy add server {ref}: {answer.strip()}")
-        await self._start_down(ref)
+        refs = [f"{check_name(backend)}/{check_name(server)}" for server, _ in servers]
+        lines: list[str] = []
+        for ref, (_, address) in zip(refs, servers, strict=True):
+            lines += [f"add server {ref} {address} {options}", *_start_down(ref)]
+        answers = await self.changes(lines)
+        for i, ref in enumerate(refs):
+            added, *started = answers[4 * i : 4 * i + 4]
+            if "New server registered" not in added and "Already exists" not in added:
+                raise ProviderError(f"HAProxy add server {ref}: {added.strip()}")
+            _raise_refusal(ref, lines[4 * i + 1 : 4 * i + 4], started)
+
+    async def add_server(self, backend: str, server: str, address: str, options: str) -> None:
+        await self.add_servers(backend, [(server, address)], options)
 
     async def fill_slot(self, backend: str, server: str, ip: str, port: int) -> None:
         """Put a target into an empty ``server-template`` slot; it starts DOWN, like
@@ -249,7 +351,7 @@ class Runtime:
         answer = await self.command(f"set server {ref} addr {check_name(ip)} port {int(port)}")
         if "changed" not in answer and "no need to change" not in answer:
             raise ProviderError(f"HAProxy set server {ref} addr: {answer.strip()}")
-        await self._start_down(ref)
+        await self.recheck_servers(backend, [server])
 
     async def empty_slot(self, backend: str, server: str) -> None:
         ref = f"{check_name(backend)}/{check_name(server)}"
@@ -258,22 +360,36 @@ class Runtime:
         # port mapping), as a template written with :0 would
         await self.command(f"set server {ref} addr 0.0.0.0 port 1")
 
-    async def _start_down(self, ref: str) -> None:
-        await self.command(f"enable health {ref}")
-        await self.command(f"enable server {ref}")
-        await self.command(f"set server {ref} health down")
+    async def recheck_servers(self, backend: str, servers: Sequence[str]) -> None:
+        """Servers left without health checks (a registration cut short) checked again, and
+        out of rotation until their checks pass, as new ones."""
+        await self._each(backend, servers, _start_down)
 
     async def restart_checks(self, backend: str, server: str) -> None:
-        """A server left without health checks (a registration cut short) checked again, and
-        out of rotation until its checks pass, as a new one."""
-        await self._start_down(f"{check_name(backend)}/{check_name(server)}")
+        await self.recheck_servers(backend, [server])
 
-    async def set_ready(self, backend: str, server: str) -> None:
-        """Back into rotation from drain; health checks never stopped, so its state is current."""
-        await self.command(f"set server {check_name(backend)}/{check_name(server)} state ready")
+    async def ready_servers(self, backend: str, servers: Sequence[str]) -> None:
+        """Back into rotation from drain; health checks never stopped, so their state is current."""
+        await self._each(backend, servers, lambda ref: [f"set server {ref} state ready"])
+
+    async def drain_servers(self, backend: str, servers: Sequence[str]) -> list[str]:
+        """Out of rotation, connections kept; returns the servers HAProxy does not have (gone
+        already)."""
+        refs = [f"{check_name(backend)}/{check_name(s)}" for s in servers]
+        answers = await self.changes([f"set server {ref} state drain" for ref in refs])
+        return [s for s, a in zip(servers, answers, strict=True) if a.startswith("No such")]
 
     async def drain(self, backend: str, server: str) -> None:
-        await self.command(f"set server {check_name(backend)}/{check_name(server)} state drain")
+        if await self.drain_servers(backend, [server]):
+            raise ProviderError(f"HAProxy has no server {backend}/{server}")
+
+    async def _each(
+        self, backend: str, servers: Sequence[str], lines_for: Callable[[str], list[str]]
+    ) -> None:
+        refs = [f"{check_name(backend)}/{check_name(s)}" for s in servers]
+        lines = [line for ref in refs for line in lines_for(ref)]
+        answers = await self.changes(lines)
+        _raise_refusal(", ".join(refs), lines, answers)
 
     async def remove(self, backend: str, server: str) -> None:
         ref = f"{check_name(backend)}/{check_name(server)}"
