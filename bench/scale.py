@@ -195,6 +195,44 @@ def ratio_histogram(
     }
 
 
+def drain_histogram(
+    before: dict[tuple[str, Any], float], after: dict[tuple[str, Any], float]
+) -> dict[str, Any]:
+    """podgate's preStop drain hooks over a pass (``podgate_drain_*``): answers by result, and
+    the wait of the drained ones as bucket bounds (the histogram's: p50 ≤ x s)."""
+    name = "podgate_drain_duration_seconds"
+
+    def delta(metric: str, **labels: str) -> float:
+        return total(after, metric, **labels) - total(before, metric, **labels)
+
+    results = {
+        r: delta("podgate_drain_requests_total", result=r)
+        for r in ("drained", "timeout", "no_targets", "not_terminating", "unknown_pod", "error")
+    }
+    n = delta(name + "_count", result="drained")
+    bounds = sorted(
+        {float(dict(labels)["le"]) for (m, labels) in after if m == name + "_bucket"} - {float("inf")}
+    )
+
+    def quantile(q: float) -> float | None:
+        for le in bounds:
+            if n and delta(name + "_bucket", result="drained", le=_le(le)) >= q * n:
+                return le
+        return None
+
+    return {
+        "answers": {r: v for r, v in results.items() if v},
+        "drained_mean_s": delta(name + "_sum", result="drained") / n if n else None,
+        "drained_p50_le_s": quantile(0.5),
+        "drained_p90_le_s": quantile(0.9),
+    }
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client labels it (1.0, not 1)."""
+    return str(float(bound))
+
+
 # -- the admission prober (a process of its own, so the benchmark's loop cannot delay it) -----
 def probe_main(url: str, out: str, period: float) -> None:
     import aiohttp
@@ -404,6 +442,9 @@ class Bench:
             "pods": len(pods),
             "took_s": took,
             "last_containers_ready_to_last_ready_s": last_ready - last_cr,
+            # podgate's part of it: the rest is the node agent writing Ready after the gate
+            "last_containers_ready_to_last_gate_s": max(tl.gate_true[p] for p in pods if p in tl.gate_true)
+            - last_cr,
             "containers_ready_to_gate_s": summary(cr_to_gate),
             "ratio_to_lb_minimum": {k: v / self.minimum for k, v in summary(cr_to_gate).items() if k != "n"},
             "controller_rss_mib": {"start": rss0, "peak": peak.peak},
@@ -416,6 +457,7 @@ class Bench:
             "webhook_apiserver": webhook_histogram(api_before, api_after),
             "webhook_connections": {"seen": len(connections.peers), "most_at_once": connections.most},
             "health_checking_ratio": ratio_histogram(before, after),
+            "drains": drain_histogram(before, after),
             "reconcile_errors": total(after, "controller_runtime_reconcile_errors_total")
             - total(before, "controller_runtime_reconcile_errors_total"),
         }
@@ -557,6 +599,11 @@ def markdown(res: dict[str, Any]) -> str:
         lambda p: f"{p['last_containers_ready_to_last_ready_s']:.1f} s",
         f"≤ {res['lb_minimum_s'] + 2:g} s",
     )
+    if all("last_containers_ready_to_last_gate_s" in res[p] for p in passes):
+        row(
+            "… of which podgate's: last ContainersReady → last gate True",
+            lambda p: f"{p['last_containers_ready_to_last_gate_s']:.1f} s",
+        )
     row(
         "ContainersReady → gate True, p50 / p99",
         lambda p: (
@@ -576,6 +623,21 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{p['health_checking_ratio']['share_within_1.2'] * 100:.0f} %"
             ),
         )
+    if all("drains" in res[p] for p in passes):
+
+        def drains(p: dict[str, Any]) -> str:
+            d = p["drains"]
+            if not d["answers"]:
+                return "none"
+            answers = ", ".join(f"{n:.0f} {r}" for r, n in sorted(d["answers"].items()))
+            if d["drained_mean_s"] is None:
+                return answers
+            return (
+                f"{answers}; drained in {d['drained_mean_s']:.2f} s mean, "
+                f"p50 ≤ {d['drained_p50_le_s']:g} s, p90 ≤ {d['drained_p90_le_s']:g} s"
+            )
+
+        row("preStop drain hooks (podgate's metrics)", drains, "0 timeout")
     row(
         "controller RSS, start → peak",
         lambda p: f"{p['controller_rss_mib']['start']:.0f} → {p['controller_rss_mib']['peak']:.0f} MiB",

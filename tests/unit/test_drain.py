@@ -451,6 +451,7 @@ async def test_reads_save_the_backend_when_a_server_changes_state_not_at_each_ch
             state.update(status=status, check=check)
             commands.clear()
             await provider.targets(pool)
+            await asyncio.sleep(0.05)  # a save not waited for is done by now
             saves.append(sum(c.startswith("show servers state") for c in commands) > 1)
     finally:
         server.close()
@@ -525,3 +526,64 @@ async def test_registering_and_draining_many_targets_takes_a_connection_or_two_n
             "set server",
         ], mine
     assert [t for t, st in states.items() if st.admin == "drain"] == targets[:10]
+
+
+async def test_a_read_waits_for_the_save_only_when_a_gate_may_open_on_it(tmp_path: Path) -> None:
+    """A server newly UP is saved before the read returns (a gate opens only on a state a
+    reload restores); a drain seen by a read is saved in the background: drain hooks waited
+    for two saves each at 5,000 pods and missed their budget."""
+    backend = "podgate.shop.web.80"
+    state = {"status": "DOWN", "admin": 0}
+
+    def answer(line: str) -> str:
+        if line.startswith("show stat"):
+            return STAT_HEADER + f"{backend},podgate-10.0.0.1-8080,0,{state['status']},L4OK,,,10.0.0.1:8080\n"
+        if line.startswith("show servers state"):
+            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {state['admin']}\n"
+        return ""
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(cli(answer), str(sock))
+    provider = HAProxyProvider(
+        [str(sock)], master_address=str(tmp_path / "master.sock"), config_path=tmp_path / "haproxy.cfg"
+    )
+    provider._initialised = True  # the leader, after its first structure
+    pool = PoolSpec(NS, "web", 80, "", 8080, "TCP", pools_for(service())[0].health)
+    release = asyncio.Event()
+    saves: list[str] = []
+    real_save = provider._save_state
+
+    async def held_save(be: str) -> None:
+        await release.wait()
+        await real_save(be)
+        saves.append(state["status"])
+
+    provider._save_state = held_save  # type: ignore[method-assign]
+    try:
+        release.set()
+        await provider.targets(pool)  # the first view: saved (nothing UP: in the background)
+        await asyncio.sleep(0.05)
+        release.clear()
+        state.update(status="UP")
+        read = asyncio.ensure_future(provider.targets(pool))
+        await asyncio.sleep(0.1)
+        assert not read.done()  # newly UP: the read waits for its save
+        release.set()
+        await read
+        assert saves == ["DOWN", "UP"]
+        release.clear()
+        state.update(status="DRAIN", admin=8)
+        async with asyncio.timeout(1):
+            states = await provider.targets(pool)  # a drain: not waited for
+        assert states[TARGET].admin == "drain" and saves == ["DOWN", "UP"]
+        release.set()
+        for _ in range(50):
+            if len(saves) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert saves == ["DOWN", "UP", "DRAIN"]  # saved soon after
+        await provider.targets(pool)
+        await asyncio.sleep(0.05)
+        assert len(saves) == 3  # and not again: the view is known saved
+    finally:
+        server.close()

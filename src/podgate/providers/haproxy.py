@@ -85,6 +85,22 @@ def combine(states: Sequence[TargetState]) -> TargetState:
     return TargetState(admin, worst.health, sum(s.connections for s in states), drained)
 
 
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """A save nobody waits for may fail unseen: log it (its backends stay dirty for the next)."""
+    if not future.cancelled() and (e := future.exception()) is not None:
+        log.warning("saving HAProxy's server state failed: %s; retried with the next save", e)
+
+
+#: HAProxy's view of a backend as last saved: (haproxy, server, address, UP/DOWN/..., admin flags)
+View = tuple[tuple[object, ...], ...]
+
+
+def _newly_up(saved: View | None, view: View) -> bool:
+    """Whether ``view`` has a server UP that ``saved`` did not (by HAProxy, name and address)."""
+    was_up = {row[:3] for row in saved or () if row[3] == "UP"}
+    return any(row[3] == "UP" and row[:3] not in was_up for row in view)
+
+
 class HAProxyProvider:
     """The target seam and provisioning (:class:`~podgate.providers.base.Provisioning`) in one:
     in attach mode :meth:`provision` only checks the user's backends exist, and the generation
@@ -121,7 +137,7 @@ class HAProxyProvider:
         self._servers: dict[str, list[tuple[str, str]]] = {}
         self._lock = asyncio.Lock()
         #: backend → the view of its servers (as ``targets`` reads them) last saved
-        self._saved: dict[str, tuple[tuple[object, ...], ...]] = {}
+        self._saved: dict[str, View] = {}
         #: backends changed since the last save → whether their server list may have changed too
         self._dirty: dict[str, bool] = {}
         #: the save that will take the changes made now (see :meth:`_persist`)
@@ -289,29 +305,42 @@ class HAProxyProvider:
         5,000 pods made thousands of drains, each saving its backend and rendering every
         backend's servers under the provider's one lock, and the drain hooks queued there for
         tens of seconds (``bench/scale.py``).  A failed save keeps its backends for the next."""
+        await asyncio.shield(self._schedule_save(backend, relist))
+
+    def _schedule_save(self, backend: str, relist: bool) -> asyncio.Future[None]:
+        """The save that will include ``backend`` (started after this call)."""
         self._dirty[backend] = self._dirty.get(backend, False) or relist
         if self._next_save is None:
             self._next_save = asyncio.ensure_future(self._save_dirty())
-        await asyncio.shield(self._next_save)
+            self._next_save.add_done_callback(_retrieved)
+        return self._next_save
 
     async def _save_dirty(self) -> None:
         async with self._lock:
             self._next_save = None  # changes made from now on wait for the next save
             dirty, self._dirty = self._dirty, {}
-            try:
-                relisted = False
-                for be, relist in dirty.items():
-                    await self._save_state(be)
-                    listed = await self._listed(be) if relist else None
-                    if listed is not None and listed != self._servers.get(be, []):
-                        self._servers[be] = listed
-                        relisted = True
-                if relisted:
-                    self._write(self._render())
-            except BaseException:
-                for be, relist in dirty.items():
-                    self._dirty[be] = self._dirty.get(be, False) or relist
-                raise
+
+            async def save(be: str, relist: bool) -> list[tuple[str, str]] | None:
+                await self._save_state(be)
+                return await self._listed(be) if relist else None
+
+            # side by side (the CLI slots bound them): one after the other, 50 backends dirty
+            # in a rollout were 100 round trips in a row, and drain hooks waited for them
+            results = await asyncio.gather(
+                *(save(be, rl) for be, rl in dirty.items()), return_exceptions=True
+            )
+            relisted, failure = False, None
+            for (be, relist), result in zip(dirty.items(), results, strict=True):
+                if isinstance(result, BaseException):
+                    self._dirty[be] = self._dirty.get(be, False) or relist  # for the next save
+                    failure = failure or result
+                elif result is not None and result != self._servers.get(be, []):
+                    self._servers[be] = result
+                    relisted = True
+            if relisted:
+                self._write(self._render())
+            if failure is not None:
+                raise failure
 
     def _owns_files(self, pool: PoolSpec) -> bool:
         """Whether this process keeps the pool's configuration and state files: in provisioning
@@ -387,9 +416,20 @@ class HAProxyProvider:
                 for rt, (rows, flags) in seen
                 for r in rows
             )
-            if self._saved.get(be) != view:
-                await self._persist(be, relist=False)
-                self._saved[be] = view
+            saved = self._saved.get(be)
+            if saved != view:
+                if _newly_up(saved, view):
+                    # a gate may open on this read: only once a reload would restore it
+                    await self._persist(be, relist=False)
+                    self._saved[be] = view
+                else:
+                    # nothing opens on it (a drain, a server down or gone): saved soon, not
+                    # waited for; drain hooks waited for two saves each and missed their budget
+                    def saved_as(future: asyncio.Future[None], view: View = view) -> None:
+                        if not future.cancelled() and future.exception() is None:
+                            self._saved[be] = view
+
+                    self._schedule_save(be, relist=False).add_done_callback(saved_as)
         for rt, (rows, flags) in seen:
             where = (
                 f"haproxy {rt.address} backend {be}" if len(self.runtimes) > 1 else f"haproxy backend {be}"
