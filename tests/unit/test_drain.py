@@ -285,8 +285,9 @@ def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
 async def test_a_burst_of_drains_saves_each_backend_a_few_times_not_once_per_drain(tmp_path: Path) -> None:
     """The leader saves a backend's state after each change (a reload must restore it).  40
     drains at once, as a scale-down's preStop hooks make them, are taken together by a few
-    saves instead of queueing 40 saves of the backend behind the provider's lock; each drain
-    returns only after a save that started after it, so every drain is in the saved state."""
+    saves instead of queueing 40 saves of the backend behind the provider's lock.  A drain
+    does not wait for its save (hooks missed their budget queued behind saves): the saves
+    follow within a moment, and the last holds every drain."""
     backend = "podgate.shop.web.80"
     targets = [Target(f"10.0.0.{i}", 8080) for i in range(1, 41)]
     drained: set[str] = set()
@@ -323,14 +324,19 @@ async def test_a_burst_of_drains_saves_each_backend_a_few_times_not_once_per_dra
     try:
         await provider.runtimes[0].servers(backend)  # the backend's proxy id, looked up once
         commands.clear()
-        await asyncio.gather(*(provider.drain(pool, [t]) for t in targets))
+        async with asyncio.timeout(2):
+            await asyncio.gather(*(provider.drain(pool, [t]) for t in targets))
+        state = tmp_path / "server-state" / backend
+        for _ in range(100):  # the saves follow
+            if state.exists() and state.read_text().count(" 8\n") == 40 and provider._next_save is None:
+                break
+            await asyncio.sleep(0.02)
     finally:
         server.close()
     saves = [c for c in commands if c.startswith("show servers state")]
     assert len(drained) == 40
     assert 1 <= len(saves) <= 4, f"{len(saves)} saves for 40 drains"
-    saved = (tmp_path / "server-state" / backend).read_text()
-    assert saved.count(" 8\n") == 40, "a drain returned before a save that includes it"
+    assert state.read_text().count(" 8\n") == 40, "the saves left a drain out"
 
 
 async def test_a_read_whose_connection_is_dropped_is_asked_again_once_a_change_never(tmp_path: Path) -> None:

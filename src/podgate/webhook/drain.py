@@ -102,6 +102,10 @@ class DrainEndpoint:
         #: seconds before a target seen back in rotation is drained again
         self.redrain = redrain
         self.reads = reads if reads is not None else PoolReads()
+        # A hook names its pod by token: found through an index, not a scan of the namespace's
+        # pods (a third of the controller's loop in a 5,000-pod restart: 5,000 hooks, each
+        # reading every pod's annotations)
+        pods.add_index(TOKEN_INDEX, _token_keys)
 
     async def _read(self, ref: _PoolRef) -> dict[lb.Target, TargetState]:
         """Hooks waiting on one pool share its reads: a scale-down of many pods of one Service
@@ -157,11 +161,7 @@ class DrainEndpoint:
         return await self.drain(pod)
 
     def _by_token(self, namespace: str, token: str) -> Pod | None:
-        found = [
-            p
-            for p in self.pods.in_namespace(namespace)
-            if (meta_of(p).get("annotations") or {}).get(gates.DRAIN_TOKEN_ANNOTATION) == token
-        ]
+        found = self.pods.by_index(TOKEN_INDEX, f"{namespace}/{token}")
         found.sort(key=lambda p: not is_terminating(p))
         return found[0] if found else None
 
@@ -260,6 +260,16 @@ class DrainEndpoint:
                 self.recorder.emit_later(pod, "Pod", TIMED_OUT, message, "Warning")
                 return DrainOutcome(TIMEOUT, message, waited, [str(t) for _, t in wanted])
             await asyncio.sleep(min(self.poll, max(deadline - now, 0.0)))
+
+
+#: the pods' index by ``namespace/drain token``
+TOKEN_INDEX = "drain-token"
+
+
+def _token_keys(pod: Pod) -> list[str]:
+    meta = meta_of(pod)
+    token = (meta.get("annotations") or {}).get(gates.DRAIN_TOKEN_ANNOTATION)
+    return [f"{meta.get('namespace')}/{token}"] if token else []
 
 
 def _grace_of(pod: Pod) -> float:
