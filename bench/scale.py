@@ -228,6 +228,18 @@ def drain_histogram(
     }
 
 
+def gc_pauses(before: dict[tuple[str, Any], float], after: dict[tuple[str, Any], float]) -> dict[str, float]:
+    """The controller's garbage-collection pauses over a pass (``podgate_gc_pause_seconds``):
+    how many, their sum, and how many took 100 ms or more (every thread stops for them)."""
+    name = "podgate_gc_pause_seconds"
+
+    def delta(suffix: str, **labels: str) -> float:
+        return total(after, name + suffix, **labels) - total(before, name + suffix, **labels)
+
+    n = delta("_count")
+    return {"count": n, "sum_s": delta("_sum"), "over_100ms": n - delta("_bucket", le="0.1")}
+
+
 def _le(bound: float) -> str:
     """A bucket bound as prometheus_client labels it (1.0, not 1)."""
     return str(float(bound))
@@ -458,6 +470,7 @@ class Bench:
             "webhook_connections": {"seen": len(connections.peers), "most_at_once": connections.most},
             "health_checking_ratio": ratio_histogram(before, after),
             "drains": drain_histogram(before, after),
+            "gc_pauses": gc_pauses(before, after),
             "reconcile_errors": total(after, "controller_runtime_reconcile_errors_total")
             - total(before, "controller_runtime_reconcile_errors_total"),
         }
@@ -638,6 +651,14 @@ def markdown(res: dict[str, Any]) -> str:
             )
 
         row("preStop drain hooks (podgate's metrics)", drains, "0 timeout")
+    if all("gc_pauses" in res[p] for p in passes):
+        row(
+            "controller GC pauses: count, sum; ≥ 100 ms",
+            lambda p: (
+                f"{p['gc_pauses']['count']:.0f}, {p['gc_pauses']['sum_s']:.1f} s; "
+                f"{p['gc_pauses']['over_100ms']:.0f}"
+            ),
+        )
     row(
         "controller RSS, start → peak",
         lambda p: f"{p['controller_rss_mib']['start']:.0f} → {p['controller_rss_mib']['peak']:.0f} MiB",

@@ -38,7 +38,7 @@ from podgate.cli.declared import (
     seconds,
     words,
 )
-from podgate.controller import metrics
+from podgate.controller import gctune, metrics
 from podgate.controller.manager import Controller, serve
 from podgate.controller.settings import (
     AlibabaSettings,
@@ -573,10 +573,12 @@ SWITCH_INTERVAL = 0.001
 
 async def run(settings: ControllerSettings, health_bind: str, health_port: int) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
+    gctune.tune()
     api = await api_client(settings.kubeconfig)
     controller = Controller(settings, api)
     metrics.watch(controller)
     main = asyncio.create_task(controller.run(), name="controller")
+    frozen = asyncio.create_task(_freeze_when_synced(controller), name="gc freeze")
     loop = asyncio.get_running_loop()
 
     def stop(sig: signal.Signals) -> None:
@@ -604,9 +606,18 @@ async def run(settings: ControllerSettings, health_bind: str, health_port: int) 
     except asyncio.CancelledError:
         logging.getLogger("podgate").info("controller stopping")
     finally:
+        frozen.cancel()
         for r in runners:
             await r.cleanup()
         await api.close()
+
+
+async def _freeze_when_synced(controller: Controller) -> None:
+    """The caches as first listed are never scanned by the garbage collector again."""
+    await asyncio.gather(
+        *(i.synced.wait() for i in (controller.pods, controller.services, controller.namespaces))
+    )
+    gctune.freeze()
 
 
 def cmd_controller(args: argparse.Namespace) -> int:

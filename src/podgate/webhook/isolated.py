@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 import logging
 import ssl
-import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -28,9 +27,6 @@ from typing import Any, Protocol
 from aiohttp import web
 
 log = logging.getLogger(__name__)
-
-#: seconds a busy thread keeps the GIL while the webhook thread waits for it (see ServerThread)
-SWITCH_INTERVAL = 0.001
 
 
 class Runner(Protocol):
@@ -110,11 +106,6 @@ class ServerThread:
         self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
-        # The webhook thread must get the GIL soon after each of its waits for I/O.  Python
-        # hands it over after the switch interval (5 ms by default) of a busy thread holding it,
-        # and an admission review waits on I/O a dozen times: with the controller's loop busy
-        # (5,000 pods) the webhook's p99 was 119 ms.  1 ms costs the busy loop little.
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._main, args=(started,), name=self.name, daemon=True)
         self._thread.start()
