@@ -35,12 +35,20 @@ async def stand_in(path: Path, seen: list[tuple[float, str]]) -> asyncio.Server:
     return await asyncio.start_unix_server(handle, str(path))
 
 
-async def test_a_drain_is_held_for_the_propagation_delay_and_applied_once(tmp_path: Path) -> None:
-    seen: list[tuple[float, str]] = []
+async def slow_web_plane(
+    tmp_path: Path, seen: list[tuple[float, str]]
+) -> tuple[asyncio.Server, asyncio.Server, Runtime]:
+    """The stand-in HAProxy, the data plane in front of it (0.3 s for SLOW, nothing for FAST),
+    and a runtime client of the plane."""
     server = await stand_in(tmp_path / "haproxy.sock", seen)
     plane = DataPlane(str(tmp_path / "haproxy.sock"), lambda b: Delays(0.3) if b == SLOW else Delays())
     front = await asyncio.start_unix_server(plane.client, str(tmp_path / "plane.sock"))
-    rt = Runtime(str(tmp_path / "plane.sock"))
+    return server, front, Runtime(str(tmp_path / "plane.sock"))
+
+
+async def test_a_drain_is_held_for_the_propagation_delay_and_applied_once(tmp_path: Path) -> None:
+    seen: list[tuple[float, str]] = []
+    server, front, rt = await slow_web_plane(tmp_path, seen)
     try:
         t0 = time.monotonic()
         await rt.drain(SLOW, "podgate-10.0.0.1-8080")
@@ -94,10 +102,7 @@ async def test_a_batch_of_changes_is_held_or_passed_command_by_command(tmp_path:
     """podgate sends changes as one ``a; b`` line: the slow Service's drain is still held, the
     other's applied at once, and the answer splits into one per command, as HAProxy's does."""
     seen: list[tuple[float, str]] = []
-    server = await stand_in(tmp_path / "haproxy.sock", seen)
-    plane = DataPlane(str(tmp_path / "haproxy.sock"), lambda b: Delays(0.3) if b == SLOW else Delays())
-    front = await asyncio.start_unix_server(plane.client, str(tmp_path / "plane.sock"))
-    rt = Runtime(str(tmp_path / "plane.sock"))
+    server, front, rt = await slow_web_plane(tmp_path, seen)
     try:
         answers = await rt.changes(
             [

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,22 @@ STAT_HEADER = "# pxname,svname,scur,status,check_status,check_desc,last_chk,addr
 SERVERS_STATE_HEADER = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n"
 
 
+def one_server(backend: str, state: dict[str, Any]) -> Callable[[str], str]:
+    """An HAProxy with one server, podgate-10.0.0.1-8080, as ``state`` says (``status``, and
+    optionally ``check`` and ``admin``), for :func:`tests.unit.haproxy_cli.cli`."""
+
+    def answer(line: str) -> str:
+        if line.startswith("show stat"):
+            row = f"{backend},podgate-10.0.0.1-8080,0,{state['status']},{state.get('check', 'L4OK')},,,"
+            return STAT_HEADER + row + "10.0.0.1:8080\n"
+        if line.startswith("show servers state"):
+            admin = state.get("admin", 0)
+            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {admin}\n"
+        return ""
+
+    return answer
+
+
 async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_only(tmp_path: Path) -> None:
     """A non-leader's provider never rendered the structure: the drain it makes for a hook must
     not rewrite the configuration file (it would drop every Service) nor the state files."""
@@ -372,15 +389,10 @@ async def test_a_target_left_without_health_checks_is_registered_again(tmp_path:
     backend = "podgate.shop.web.80"
     commands: list[str] = []
 
-    def answer(line: str) -> str:
-        if line.startswith("show stat"):
-            return STAT_HEADER + f"{backend},podgate-10.0.0.1-8080,0,no check,,,,10.0.0.1:8080\n"
-        if line.startswith("show servers state"):
-            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 0\n"
-        return ""
-
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(cli(answer, commands), str(sock))
+    server = await asyncio.start_unix_server(
+        cli(one_server(backend, {"status": "no check", "check": ""}), commands), str(sock)
+    )
     provider = HAProxyProvider([str(sock)])
     pool = PoolSpec(NS, "web", 80, "", 8080, "TCP", pools_for(service())[0].health)
     try:
@@ -425,18 +437,8 @@ async def test_reads_save_the_backend_when_a_server_changes_state_not_at_each_ch
     state = {"status": "DOWN", "check": "L4CON"}
     commands: list[str] = []
 
-    def answer(line: str) -> str:
-        if line.startswith("show stat"):
-            return (
-                STAT_HEADER
-                + f"{backend},podgate-10.0.0.1-8080,0,{state['status']},{state['check']},,,10.0.0.1:8080\n"
-            )
-        if line.startswith("show servers state"):
-            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 0\n"
-        return ""
-
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(cli(answer, commands), str(sock))
+    server = await asyncio.start_unix_server(cli(one_server(backend, state), commands), str(sock))
     provider = HAProxyProvider(
         [str(sock)], master_address=str(tmp_path / "master.sock"), config_path=tmp_path / "haproxy.cfg"
     )
@@ -541,15 +543,8 @@ async def test_a_read_waits_for_the_save_only_when_a_gate_may_open_on_it(tmp_pat
     backend = "podgate.shop.web.80"
     state = {"status": "DOWN", "admin": 0}
 
-    def answer(line: str) -> str:
-        if line.startswith("show stat"):
-            return STAT_HEADER + f"{backend},podgate-10.0.0.1-8080,0,{state['status']},L4OK,,,10.0.0.1:8080\n"
-        if line.startswith("show servers state"):
-            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {state['admin']}\n"
-        return ""
-
     sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(cli(answer), str(sock))
+    server = await asyncio.start_unix_server(cli(one_server(backend, state)), str(sock))
     provider = HAProxyProvider(
         [str(sock)], master_address=str(tmp_path / "master.sock"), config_path=tmp_path / "haproxy.cfg"
     )
