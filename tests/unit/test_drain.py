@@ -588,3 +588,28 @@ async def test_a_read_waits_for_the_save_only_when_a_gate_may_open_on_it(tmp_pat
         assert len(saves) == 3  # and not again: the view is known saved
     finally:
         server.close()
+
+
+async def test_a_backend_released_before_its_save_is_dropped_not_retried_for_ever(tmp_path: Path) -> None:
+    """A save not waited for may find its backend gone (the Service released, HAProxy
+    reloaded): kept dirty, it would fail every later save, and every register waiting on one."""
+
+    def answer(line: str) -> str:
+        if line == "show servers state podgate.shop.gone.80":
+            return "Can't find backend."
+        return one_server("podgate.shop.web.80", {"status": "UP"})(line)
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(cli(answer), str(sock))
+    provider = HAProxyProvider(
+        [str(sock)], master_address=str(tmp_path / "master.sock"), config_path=tmp_path / "haproxy.cfg"
+    )
+    provider._initialised = True
+    try:
+        provider._schedule_save("podgate.shop.gone.80", relist=False)
+        await provider._persist("podgate.shop.web.80", relist=False)  # no error from the other
+        await provider._persist("podgate.shop.web.80", relist=False)
+    finally:
+        server.close()
+    assert provider._dirty == {}
+    assert (tmp_path / "server-state" / "podgate.shop.web.80").exists()

@@ -215,3 +215,42 @@ async def test_a_wish_for_a_pod_that_is_gone_is_not_sent() -> None:
     world.pods.cache.pop(f"{NS}/p1")
     await world.gates.flush()
     assert patched_reasons(world) == []
+
+
+async def test_a_wish_is_not_written_to_a_pod_made_again_under_the_same_name() -> None:
+    """A StatefulSet's pod deleted and made again while the queue is backed up: the old pod's
+    "healthy" must not open the new one's gate (a sticky gate would then never be checked)."""
+    world, p = await writer()
+    world.gates.submit(p, cond("True", "LoadBalancerHealthy"), sticky=True)
+    world.pods.cache[f"{NS}/p1"] = {**p, "metadata": {**p["metadata"], "uid": "uid-p1-again"}}
+    await world.gates.flush()
+    assert patched_reasons(world) == []
+
+
+async def test_a_wish_made_while_a_write_is_in_flight_is_kept_even_if_the_cache_has_it() -> None:
+    """The cache does not show the write in flight yet: a wish equal to the cache (the gate
+    going back) must still follow that write, or the gate ends as the older wish left it."""
+    world, _ = await writer()
+    assert await write(world, cond("True", "LoadBalancerHealthy"), sticky=False)
+    world.kube.writes.clear()
+    started, release = asyncio.Event(), asyncio.Event()
+    real_patch = world.kube.patch
+
+    async def held_patch(*args: Any, **kw: Any) -> Any:
+        started.set()
+        await release.wait()
+        return await real_patch(*args, **kw)
+
+    world.kube.patch = held_patch  # type: ignore[method-assign]
+    writers = asyncio.create_task(world.gates.run(concurrency=2))
+    current = world.pods.cache[f"{NS}/p1"]
+    world.gates.submit(current, cond("False", "HealthCheckFailing"), sticky=False)
+    await started.wait()
+    world.gates.submit(current, cond("True", "LoadBalancerHealthy"), sticky=False)  # as cached
+    release.set()
+    await world.gates.idle()
+    writers.cancel()
+    assert [r[1:] for r in patched_reasons(world)] == [
+        ("False", "HealthCheckFailing"),
+        ("True", "LoadBalancerHealthy"),
+    ]

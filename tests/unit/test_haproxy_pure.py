@@ -188,3 +188,16 @@ def test_batches_are_cut_below_the_line_limit() -> None:
     assert all(len("; ".join(chunk)) <= BATCH_CHARS for chunk in chunks)
     longest = max(len(line) + 2 for line in lines)
     assert len(chunks) <= -(-sum(len(line) + 2 for line in lines) // (BATCH_CHARS - longest))
+
+
+def test_one_servers_commands_stay_on_one_connection() -> None:
+    """``enable server`` on one connection and ``health down`` on the next would leave the
+    server in rotation unchecked between them."""
+    from podgate.providers.haproxy_runtime import _chunks
+
+    lines = [f"{verb} be/podgate-10.0.{i // 250}.{i % 250}-8080" for i in range(300) for verb in "abcd"]
+    for limit in (150, 333, 1000, 8000):  # each above one group's length
+        chunks = _chunks(lines, limit, group=4)
+        assert [line for chunk in chunks for line in chunk] == lines
+        assert all(len(chunk) % 4 == 0 for chunk in chunks)
+        assert all(len("; ".join(chunk)) <= limit for chunk in chunks)

@@ -421,3 +421,21 @@ async def test_a_service_deleted_mid_rollout_times_out_by_its_own_policy() -> No
     world.add(PODS, long_ready())
     await world.reconcile()
     assert gate(world, "p1") == ("True", policy.TIMED_OUT)
+
+
+async def test_many_failed_writes_of_one_pass_queue_the_service_again_once() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    for i in range(5):
+        world.add(PODS, pod(f"p{i}", ip=f"10.0.1.{i}"))
+    requeued: list[str] = []
+    world.reconciler.on_write_failed = requeued.append
+
+    async def failing_patch(*args: Any, **kw: Any) -> Any:
+        raise OSError("connection reset by peer")
+
+    world.kube.patch = failing_patch  # type: ignore[method-assign]
+    await world.reconcile()
+    assert requeued == [KEY]
+    await world.reconcile()  # the retry's own failures queue it once more
+    assert requeued == [KEY, KEY]

@@ -54,6 +54,8 @@ class Wanted:
     desired: Condition
     sticky: bool
     minimum: float
+    #: the pod it was decided for: a pod made again under the same name is another pod
+    uid: str
     #: called with the error when the write fails (the reconciler queues its Service again)
     on_error: Callable[[BaseException], None] | None
 
@@ -107,11 +109,15 @@ class GateWriter:
         if desired["status"] != cond.TRUE and marker not in self.pending_since:
             self.pending_since[marker] = time.monotonic()
         current = cond.find(pod_conditions(self.pods.get(key[0]) or pod), desired["type"])
-        if current is not None and lb.next_condition(current, desired, sticky, now_rfc3339()) is None:
+        if (
+            key not in self._writing  # the cache does not show a write in flight yet
+            and current is not None
+            and lb.next_condition(current, desired, sticky, now_rfc3339()) is None
+        ):
             # nothing to write; a wish still queued for another condition is void too
             self._wanted.pop(key, None)
             return
-        self._wanted[key] = Wanted(desired, sticky, minimum, on_error)
+        self._wanted[key] = Wanted(desired, sticky, minimum, meta["uid"], on_error)
         self._enqueue(key, self._priority(key, desired))
 
     def _priority(self, key: WriteKey, desired: Condition) -> int:
@@ -144,7 +150,8 @@ class GateWriter:
             await asyncio.gather(*workers, return_exceptions=True)
 
     async def idle(self) -> None:
-        """Return once every submitted wish was taken and its write returned."""
+        """Return once every submitted wish was taken and its write returned (while :meth:`run`
+        runs, or :meth:`flush` is called: nothing else takes them)."""
         await self._order.join()
 
     async def flush(self) -> None:
@@ -165,8 +172,10 @@ class GateWriter:
             self._queued.pop(key, None)
             wanted = self._wanted.pop(key, None)
             pod = self.pods.get(key[0])
-            if wanted is None or pod is None:
-                return  # an earlier turn of this key took the wish, or the pod is gone
+            if wanted is None or pod is None or pod["metadata"].get("uid") != wanted.uid:
+                # an earlier turn of this key took the wish, or the pod is gone (or made again
+                # under its name: its gates are decided afresh by its own pass)
+                return
             self._writing.add(key)
             try:
                 await self.write(pod, wanted.desired, sticky=wanted.sticky, minimum=wanted.minimum)

@@ -34,12 +34,16 @@ GC_PAUSE = Histogram(
 
 _started: list[float] = []
 
+#: each generation's histogram, made before any callback runs: ``labels()`` takes the metric's
+#: lock, which a scrape holds while it allocates (a collection can start right there)
+_by_generation = {g: GC_PAUSE.labels(str(g)) for g in range(3)}
+
 
 def _measure(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _started[:] = [time.perf_counter()]
-    elif _started:
-        GC_PAUSE.labels(str(info.get("generation", "?"))).observe(time.perf_counter() - _started[0])
+    elif _started and (child := _by_generation.get(info.get("generation", -1))) is not None:
+        child.observe(time.perf_counter() - _started[0])
 
 
 def tune() -> None:

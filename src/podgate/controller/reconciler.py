@@ -107,6 +107,8 @@ class ServiceReconciler:
         self.reads = reads if reads is not None else PoolReads()
         #: a gate write failed: the manager queues that Service again (rate-limited)
         self.on_write_failed: Callable[[str], None] | None = None
+        #: Services queued again for a failed write since their last pass began
+        self._requeued: set[str] = set()
         # A reconcile reads only its Service's pods, through these (and never scans the cache):
         # by the Service each readiness gate is for, by label (a selector is the intersection
         # of its pairs), by IP (the pods behind a pool's present targets).
@@ -176,6 +178,7 @@ class ServiceReconciler:
 
     # -- reconcile ----------------------------------------------------------------------------
     async def reconcile(self, key: str) -> Outcome:
+        self._requeued.discard(key)
         namespace, name = key.split("/", 1)
         gate = gates.service_gate(name)
         service = self.services.get(key)
@@ -514,7 +517,10 @@ class ServiceReconciler:
         key = f"{pod['metadata']['namespace']}/{service}"
 
         def failed(_: BaseException) -> None:
-            if self.on_write_failed is not None:
+            # once per pass: 100 pods' writes failing together are one retry of the Service,
+            # not 100 (each would take a token of the queue's shared bucket)
+            if self.on_write_failed is not None and key not in self._requeued:
+                self._requeued.add(key)
                 self.on_write_failed(key)
 
         for gate_type in types or self._gate_types_on(pod, service) or [desired["type"]]:

@@ -271,7 +271,6 @@ class HAProxyProvider:
 
     async def _save_state(self, backend: str) -> None:
         """HAProxy's own state of the backend's servers, where the next worker will load it."""
-        self._saved.pop(backend, None)
         text = await self.runtimes[0].command(f"show servers state {backend}")
         if not text.startswith("1\n"):  # the format's version line; else HAProxy's complaint
             raise ProviderError(f"HAProxy show servers state {backend}: {text.strip()[:200]}")
@@ -332,6 +331,8 @@ class HAProxyProvider:
             relisted, failure = False, None
             for (be, relist), result in zip(dirty.items(), results, strict=True):
                 if isinstance(result, BaseException):
+                    if "Can't find backend" in str(result):
+                        continue  # released meanwhile: nothing left to save, never again
                     self._dirty[be] = self._dirty.get(be, False) or relist  # for the next save
                     failure = failure or result
                 elif result is not None and result != self._servers.get(be, []):

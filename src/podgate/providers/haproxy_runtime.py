@@ -94,15 +94,19 @@ REFUSALS = ("Unknown", "No such", "Require", "Permission denied")
 BATCH_CHARS = 8000
 
 
-def _chunks(lines: Sequence[str], limit: int) -> list[list[str]]:
+def _chunks(lines: Sequence[str], limit: int, group: int = 1) -> list[list[str]]:
+    """``lines`` cut into command lines of at most ``limit`` characters, never inside a group
+    of ``group`` lines (a group longer than the limit goes alone)."""
     out: list[list[str]] = []
     size = limit + 1
-    for line in lines:
-        if size + len(line) + 2 > limit:
+    for start in range(0, len(lines), group):
+        chunk = lines[start : start + group]
+        length = sum(len(line) + 2 for line in chunk)
+        if size + length > limit:
             out.append([])
             size = 0
-        out[-1].append(line)
-        size += len(line) + 2
+        out[-1].extend(chunk)
+        size += length
     return out
 
 
@@ -242,7 +246,7 @@ class Runtime:
             )
         return answer
 
-    async def changes(self, lines: Sequence[str]) -> list[str]:
+    async def changes(self, lines: Sequence[str], group: int = 1) -> list[str]:
         """Several changes, one connection per :data:`BATCH_CHARS` of them, their answers in
         order ("" for a change HAProxy made without a word).  One connection per command was
         100 connections to register 25 targets, queued behind :data:`CONNECTIONS` slots while
@@ -250,9 +254,11 @@ class Runtime:
         other and ends each answer with an empty line; only commands whose answer is one line
         at most may go here (``del server``'s has no empty line after it: not here).  A
         change is never repeated; an answer that does not split into one per command is an
-        error, and the caller reads HAProxy afresh."""
+        error, and the caller reads HAProxy afresh.  Each ``group`` lines in a row (one server's
+        commands) stay on one connection: ``enable server`` without the ``health down`` after
+        it would leave a server in rotation unchecked while the next connection waits."""
         answers: list[str] = []
-        for chunk in _chunks(lines, BATCH_CHARS):
+        for chunk in _chunks(lines, BATCH_CHARS, group):
             text = await send(self.address, "; ".join(chunk), self.timeout)
             got = split_answers(text)
             if len(got) != len(chunk):
@@ -334,7 +340,7 @@ class Runtime:
         lines: list[str] = []
         for ref, (_, address) in zip(refs, servers, strict=True):
             lines += [f"add server {ref} {address} {options}", *_start_down(ref)]
-        answers = await self.changes(lines)
+        answers = await self.changes(lines, group=4)
         for i, ref in enumerate(refs):
             added, *started = answers[4 * i : 4 * i + 4]
             if "New server registered" not in added and "Already exists" not in added:
@@ -363,7 +369,7 @@ class Runtime:
     async def recheck_servers(self, backend: str, servers: Sequence[str]) -> None:
         """Servers left without health checks (a registration cut short) checked again, and
         out of rotation until their checks pass, as new ones."""
-        await self._each(backend, servers, _start_down)
+        await self._each(backend, servers, _start_down, group=3)
 
     async def restart_checks(self, backend: str, server: str) -> None:
         await self.recheck_servers(backend, [server])
@@ -384,11 +390,15 @@ class Runtime:
             raise ProviderError(f"HAProxy has no server {backend}/{server}")
 
     async def _each(
-        self, backend: str, servers: Sequence[str], lines_for: Callable[[str], list[str]]
+        self,
+        backend: str,
+        servers: Sequence[str],
+        lines_for: Callable[[str], list[str]],
+        group: int = 1,
     ) -> None:
         refs = [f"{check_name(backend)}/{check_name(s)}" for s in servers]
         lines = [line for ref in refs for line in lines_for(ref)]
-        answers = await self.changes(lines)
+        answers = await self.changes(lines, group)
         _raise_refusal(", ".join(refs), lines, answers)
 
     async def remove(self, backend: str, server: str) -> None:
