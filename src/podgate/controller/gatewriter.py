@@ -179,9 +179,7 @@ class GateWriter:
             self._writing.add(key)
             try:
                 await self.write(pod, wanted.desired, sticky=wanted.sticky, minimum=wanted.minimum)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
+            except Exception as e:  # a cancellation (leadership lost) is no Exception: it goes on
                 log.warning("writing %s of pod %s failed: %s", key[1], key[0], e)
                 if wanted.on_error is not None:
                     with contextlib.suppress(Exception):

@@ -347,12 +347,9 @@ class Runtime:
                 raise ProviderError(f"HAProxy add server {ref}: {added.strip()}")
             _raise_refusal(ref, lines[4 * i + 1 : 4 * i + 4], started)
 
-    async def add_server(self, backend: str, server: str, address: str, options: str) -> None:
-        await self.add_servers(backend, [(server, address)], options)
-
     async def fill_slot(self, backend: str, server: str, ip: str, port: int) -> None:
         """Put a target into an empty ``server-template`` slot; it starts DOWN, like
-        :meth:`add_server`, and its health checks are the slot's own."""
+        :meth:`add_servers`, and its health checks are the slot's own."""
         ref = f"{check_name(backend)}/{check_name(server)}"
         answer = await self.command(f"set server {ref} addr {check_name(ip)} port {int(port)}")
         if "changed" not in answer and "no need to change" not in answer:
@@ -370,9 +367,6 @@ class Runtime:
         """Servers left without health checks (a registration cut short) checked again, and
         out of rotation until their checks pass, as new ones."""
         await self._each(backend, servers, _start_down, group=3)
-
-    async def restart_checks(self, backend: str, server: str) -> None:
-        await self.recheck_servers(backend, [server])
 
     async def ready_servers(self, backend: str, servers: Sequence[str]) -> None:
         """Back into rotation from drain; health checks never stopped, so their state is current."""
