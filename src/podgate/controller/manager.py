@@ -325,6 +325,7 @@ class Controller:
                 took = time.monotonic() - t0
                 metrics.RECONCILE_TIME.labels("service").observe(took)
                 metrics.WORK_DURATION.labels(self.queue.name).observe(took)
+                metrics.SERVICE_RECONCILES.labels(*key.split("/", 1)).inc()
                 self.queue.done(key)
 
     def _poll_period(self) -> float:

@@ -72,6 +72,13 @@ RECONCILE_TIME = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+SERVICE_RECONCILES = Counter(
+    "podgate_service_reconciles_total",
+    "Reconcile passes completed, by Service (whatever their result): a test or an operator that "
+    "changed something waits for this to advance before judging what podgate did about it",
+    ["namespace", "service"],
+    registry=REGISTRY,
+)
 QUEUE_DURATION = Histogram(
     "workqueue_queue_duration_seconds",
     "Time a key waits in the queue",
