@@ -138,6 +138,7 @@ def test_a_representative_command_line_gives_the_settings_it_always_did() -> Non
         poll_period=0.2,
         webhook_port=9444,
         webhook_bind="127.0.0.1",
+        health_bind="127.0.0.1",
         webhook_url="https://127.0.0.1:9444/mutate-pods",
         webhook_cert_dir=Path("/state/webhook-certs"),
         webhook_config_name="podgate-sandbox",
@@ -546,3 +547,26 @@ def test_the_prestop_hook_is_drain_unless_set_and_the_older_delay_is_an_alias() 
     with pytest.raises(SettingsError, match="--prestop and --prestop-delay"):
         parse([*HAPROXY, "--prestop", "drain", "--prestop-delay", "5"])
     assert parse([*HAPROXY, "--drain-url", "http://10.96.0.12:8081"]).drain_url == "http://10.96.0.12:8081"
+
+
+def test_each_setting_has_one_default() -> None:
+    """The flag's default and the settings' own default agree, for every setting that has a
+    field: a test or a library user building ``ControllerSettings()`` gets what the command gets."""
+    groups = {
+        "": ControllerSettings(),
+        "haproxy": HAProxySettings(name="haproxy", runtime_sockets=()),
+        "aws": AwsSettings(name="aws", region=None),
+        "alibaba": AlibabaSettings(name="ali", region=None),
+    }
+    checked = 0
+    for s in SETTINGS:
+        if s.target is None or s.default is None:
+            continue
+        group, _, name = s.target.rpartition(".")
+        if name in ("name",) or not hasattr(groups[group], name):
+            continue
+        default = getattr(groups[group], name)
+        wanted = tuple(s.default) if isinstance(default, tuple) else s.default
+        assert default == wanted, f"{s.flag}: flag default {s.default!r}, settings default {default!r}"
+        checked += 1
+    assert checked > 30

@@ -51,8 +51,7 @@ async def world_with(
         world.kube,
         world.pods,
         world.services,
-        world.reconciler.providers,
-        "fake",
+        world.resolutions,
         world.recorder,
         observe=lambda result, seconds: seen.append(result),
         poll=0.02,
@@ -280,7 +279,7 @@ async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_o
 
 
 def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
-    from podgate.controller.manager import derived_drain_url
+    from podgate.app.webhook import derived_drain_url
     from podgate.controller.settings import ControllerSettings
 
     svc = {

@@ -27,9 +27,7 @@ def guarded_world(minimum: str = "2", healthy: int = 2) -> tuple[World, Eviction
             Target(f"10.0.0.{i}", 8080), health, "UP" if health is Health.HEALTHY else "DOWN"
         )
     seen: list[str] = []
-    guard = EvictionGuard(
-        world.pods, world.services, world.reconciler.providers, "fake", policy.DEFAULT_POLICY, seen.append
-    )
+    guard = EvictionGuard(world.pods, world.services, world.resolutions, seen.append)
     return world, guard
 
 

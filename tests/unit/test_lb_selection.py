@@ -109,7 +109,7 @@ async def test_a_service_podgate_does_not_serve_gets_nothing_from_it(binds: bool
     assert world.kube.writes == []
     assert world.recorder.events == []
     assert [c for c in world.provider.calls if c[0] not in ("release", "unbind")] == []
-    assert not world.reconciler.handled(foreign())
+    assert not world.resolutions.of(foreign()).handled
 
 
 async def test_a_class_less_service_without_a_default_provider_gets_nothing() -> None:

@@ -178,8 +178,7 @@ async def test_a_drain_hook_reuses_the_reconcilers_read_of_the_pool() -> None:
         world.kube,
         world.pods,
         world.services,
-        world.reconciler.providers,
-        "fake",
+        world.resolutions,
         world.recorder,
         reads=world.reconciler.reads,
     )

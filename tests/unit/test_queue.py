@@ -75,7 +75,7 @@ async def test_adds_and_retries_are_prometheus_counters() -> None:
     def scraped() -> str:
         return generate_latest(metrics.REGISTRY).decode()
 
-    q = WorkQueue(base_delay=60, max_delay=60, name="unit-counters")
+    q = WorkQueue(base_delay=60, max_delay=60, name="unit-counters", metrics=metrics.QueueCounters())
     text = scraped()
     assert "# TYPE workqueue_adds_total counter" in text.splitlines()
     assert "# TYPE workqueue_retries_total counter" in text.splitlines()

@@ -414,8 +414,7 @@ async def test_failed_gate_writes_queue_the_service_again_once_a_pass() -> None:
     world.add(SERVICES, service())
     for i in range(5):
         world.add(PODS, pod(f"p{i}", ip=f"10.0.1.{i}"))
-    requeued: list[str] = []
-    world.reconciler.on_write_failed = requeued.append
+    requeued = world.requeued
 
     async def failing_patch(*args: Any, **kw: Any) -> Any:
         raise OSError("connection reset by peer")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from podgate.controller.manager import build_providers
+from podgate.app.build import build_providers
 from podgate.controller.settings import AlibabaSettings, AwsSettings, ControllerSettings, SettingsError
 from podgate.model.ratelimit import BucketRegistry, RateConflict
 from podgate.providers import aws_elbv2

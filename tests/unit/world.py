@@ -17,6 +17,7 @@ from podgate.model.policy import GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.types import Namespace, Pod, Service
 from podgate.providers.fake import FakeProvider
+from podgate.resolutions import ServiceResolutions
 
 NS = "shop"
 
@@ -93,22 +94,27 @@ class World:
         self.services: Informer[Service] = Informer(self.kube, SERVICES, project=slim_service)
         self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES, project=slim_namespace)
         self.recorder = Recorded(self.kube)
+        self.resolutions = ServiceResolutions(
+            self.services,
+            {"fake": self.provider.provider()},
+            default_provider=default,
+            policy=policy or GatePolicy(continuous=not sticky),
+        )
+        self.gates = GateWriter(self.kube, self.pods, self.recorder)
+        #: Service keys queued again because a gate write failed
+        self.requeued: list[str] = []
         self.reconciler = ServiceReconciler(
             self.kube,
             self.pods,
             self.services,
             self.namespaces,
-            {"fake": self.provider.provider()},
-            default,
+            self.resolutions,
             self.recorder,
+            self.gates,
             lb_cidr=lb_cidr,
-            policy=policy or GatePolicy(continuous=not sticky),
             adopted_prefixes=adopted_prefixes,
+            on_write_failed=self.requeued.append,
         )
-
-    @property
-    def gates(self) -> GateWriter:
-        return self.reconciler.gates
 
     def add(self, resource: Resource, *objs: Mapping[str, Any]) -> None:
         for obj in objs:

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
+from podgate.app.build import build, build_providers, state_readings
+from podgate.app.supervisor import SteppedDown
 from podgate.cli import declared
 from podgate.cli.declared import (
     BOOLEAN,
@@ -39,7 +38,6 @@ from podgate.cli.declared import (
     words,
 )
 from podgate.controller import gctune, metrics
-from podgate.controller.manager import Controller, serve
 from podgate.controller.settings import (
     AlibabaSettings,
     AwsSettings,
@@ -47,9 +45,10 @@ from podgate.controller.settings import (
     HAProxySettings,
     SettingsError,
 )
-from podgate.kube.client import api_client
+from podgate.kube.client import ApiKube, api_client
 from podgate.model import addresses, gates, policy
-from podgate.webhook import drain, isolated
+
+log = logging.getLogger("podgate")
 
 #: what Kubernetes accepts as a namespace (a DNS label) and as most object names (a DNS subdomain)
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -337,7 +336,6 @@ SETTINGS: tuple[Setting, ...] = (
         BIND,
         "0.0.0.0",
         "address /healthz, /readyz and /metrics listen on",
-        field=None,
     ),
     Setting(
         "--verbose",
@@ -526,98 +524,39 @@ def controller_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Cont
     return settings_from(declared.resolve(SETTINGS, parser.parse_args(argv), environ))
 
 
-async def _health(controller: Controller, bind: str, port: int, webhook_up: asyncio.Event) -> web.AppRunner:
-    async def healthz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(_: web.Request) -> web.Response:
-        problems = [
-            f"informer {i.name} not synced"
-            for i in (controller.pods, controller.services, controller.namespaces)
-            if not i.synced.is_set()
-        ]
-        problems += [f"load balancer {n} unreachable" for n, ok in controller.provider_ok.items() if not ok]
-        if not controller.ready.is_set():
-            problems.append("controller starting")
-        elif not webhook_up.is_set():
-            problems.append("webhook not serving yet (no certificate, or its CA bundle not registered)")
-        if problems:
-            return web.Response(status=503, text="\n".join(problems) + "\n")
-        return web.Response(text="ready\n")
-
-    async def metrics_handler(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_handler)
-    # the kubelet's preStop httpGet is plain HTTP before Kubernetes 1.25: the drain endpoint
-    # is served here as well as on the webhook's HTTPS port
-    app.router.add_get(drain.ROUTE, controller.drain.handle)
-    # a stopping replica cuts its waiting drain hooks after a second: the kubelet then sends
-    # SIGTERM, as it does when podgate cannot be reached at all
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, bind, port).start()
-    return runner
-
-
 #: seconds a thread holding the interpreter lock may keep it while another waits (Python's
 #: default is 5 ms): the webhook's thread needs it a few dozen times per review, and at 5 ms a
 #: wait while the reconcile loop computes, a burst of reviews queued for over a second
 SWITCH_INTERVAL = 0.001
 
 
-async def run(settings: ControllerSettings, health_bind: str, health_port: int) -> None:
+async def run(settings: ControllerSettings) -> None:
+    """The controller process until SIGTERM or SIGINT (then every part stops in order), or until
+    a part fails (then the process exits and its replacement starts clean)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     gctune.tune()
     api = await api_client(settings.kubeconfig)
-    controller = Controller(settings, api)
-    metrics.watch(controller)
-    main = asyncio.create_task(controller.run(), name="controller")
-    frozen = asyncio.create_task(_freeze_when_synced(controller), name="gc freeze")
-    loop = asyncio.get_running_loop()
-
-    def stop(sig: signal.Signals) -> None:
-        logging.getLogger("podgate").info("%s: stopping", sig.name)
-        main.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig)
-    webhook_up = asyncio.Event()
-    runners: list[isolated.Runner] = [await _health(controller, health_bind, health_port, webhook_up)]
     try:
-        await asyncio.wait(
-            [main, asyncio.create_task(controller.ready.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
-        if not main.done():
-            # The webhook starts once it has a certificate; a stop may come before that.
-            serving = asyncio.create_task(serve(settings, controller), name="webhook")
-            await asyncio.wait([main, serving], return_when=asyncio.FIRST_COMPLETED)
-            if serving.done():
-                runners += serving.result()
-                webhook_up.set()
-            else:
-                serving.cancel()
-        await main
-    except asyncio.CancelledError:
-        logging.getLogger("podgate").info("controller stopping")
+        app = build(settings, ApiKube(api), build_providers(settings))
+        metrics.REGISTRY.register(metrics.StateCollector(state_readings(app)))
+        assert app.supervisor is not None
+        main = asyncio.create_task(app.supervisor.run(), name="supervisor")
+        loop = asyncio.get_running_loop()
+
+        def stop(sig: signal.Signals) -> None:
+            log.info("%s: stopping", sig.name)
+            main.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            await main
+        except asyncio.CancelledError:
+            log.info("controller stopped")
+        finally:
+            await app.close()
     finally:
-        frozen.cancel()
-        for r in runners:
-            await r.cleanup()
         await api.close()
-
-
-async def _freeze_when_synced(controller: Controller) -> None:
-    """The caches as first listed are never scanned by the garbage collector again."""
-    await asyncio.gather(
-        *(i.synced.wait() for i in (controller.pods, controller.services, controller.namespaces))
-    )
-    gctune.freeze()
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -629,8 +568,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
         return 2
     setup_logging(values["verbose"], values["log_format"])
     try:
-        asyncio.run(run(settings, values["health_bind"], values["health_port"]))
+        asyncio.run(run(settings))
     except SettingsError as e:  # found while building the providers (e.g. two rates, one account)
         print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
         return 2
+    except SteppedDown as e:
+        log.error("%s", e)
+        return 1
     return 0

@@ -7,25 +7,19 @@ collector) instead of being updated on hot paths.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections import Counter as Tally
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from podgate.kube import queue as workqueue
-from podgate.model import conditions as c
-from podgate.model import gates, report
 from podgate.model.lb import PoolSpec, Target
 from podgate.providers.base import GroupBinding, Provider, Provisioning, ServiceLB, TargetPool, TargetState
-from podgate.webhook import drain
-
-if TYPE_CHECKING:
-    from podgate.controller.manager import Controller
 
 REGISTRY = CollectorRegistry()
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
@@ -121,8 +115,6 @@ DRAIN_REQUESTS = Counter(
     ["result"],
     registry=REGISTRY,
 )
-for _result in drain.RESULTS:
-    DRAIN_REQUESTS.labels(_result)
 DRAIN_TIMEOUTS = Counter(
     "podgate_drain_timeouts_total",
     "preStop drain hooks answered because the pod's drain budget passed before the load balancer "
@@ -184,45 +176,45 @@ class QueueCounters:
         QUEUE_RETRIES.labels(name).inc()
 
 
-workqueue.set_metrics_provider(QueueCounters())
+@dataclass(frozen=True)
+class StateReadings:
+    """What the scrape-time gauges read, each a narrow callable the composition root wires to
+    the component that owns the state; none walks every pod."""
+
+    queue_depth: Callable[[], Mapping[str, int]]
+    gate_writes_pending: Callable[[], int]
+    pending_by_reason: Callable[[], Mapping[str, int]]
+    pending_by_age: Callable[[datetime], Mapping[tuple[str, str], int]]
+    throttled: Callable[[], Mapping[str, int]]
+    leading: Callable[[], bool]
 
 
 class StateCollector:
-    """Gauges read from the controller at scrape time."""
+    """Gauges read at scrape time."""
 
-    def __init__(self, controller: Controller) -> None:
-        self.controller = controller
+    def __init__(self, readings: StateReadings) -> None:
+        self.readings = readings
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        ctl = self.controller
-        q = ctl.queue
+        r = self.readings
         depth = GaugeMetricFamily("workqueue_depth", "Keys waiting in the queue", labels=["name"])
-        depth.add_metric([q.name], len(q))
+        for name, n in sorted(r.queue_depth().items()):
+            depth.add_metric([name], n)
         yield depth
         writes = GaugeMetricFamily(
             "podgate_gate_writes_pending",
             "Gate conditions submitted by reconciles and not sent yet (one per pod and gate: a newer "
             "wish replaces an older one)",
         )
-        writes.add_metric([], ctl.reconciler.gates.pending())
+        writes.add_metric([], r.gate_writes_pending())
         yield writes
         pending = GaugeMetricFamily(
             "podgate_pending_gates", "podgate gates not True, by reason", labels=["reason"]
         )
-        tally: Tally[str] = Tally()
-        for pod in ctl.pods.cache.values():
-            if pod["metadata"].get("deletionTimestamp"):
-                continue
-            for gate in c.readiness_gates(pod.get("spec") or {}):
-                if gates.service_of_gate(gate) is None:
-                    continue
-                cond = c.find((pod.get("status") or {}).get("conditions"), gate)
-                if cond is None or cond.get("status") != c.TRUE:
-                    tally[(cond or {}).get("reason") or "NoCondition"] += 1
-        for reason, n in sorted(tally.items()):
+        for reason, n in sorted(r.pending_by_reason().items()):
             pending.add_metric([reason], n)
         yield pending
         aged = GaugeMetricFamily(
@@ -231,9 +223,7 @@ class StateCollector:
             'pending 6m counts in 30s, 1m and 5m), e.g. alert on {older_than="5m"} > 0',
             labels=["reason", "older_than"],
         )
-        for (reason, age), n in sorted(
-            report.pending_by_age(ctl.pods.cache.values(), datetime.now(UTC)).items()
-        ):
+        for (reason, age), n in sorted(r.pending_by_age(datetime.now(UTC)).items()):
             aged.add_metric([reason, age], n)
         yield aged
         retried = CounterMetricFamily(
@@ -241,17 +231,40 @@ class StateCollector:
             "Cloud API calls answered 'throttled' or 'busy' and retried after a back-off",
             labels=["provider"],
         )
-        for name, provider in sorted(ctl.providers.items()):
-            if provider.throttling is not None:
-                retried.add_metric([name], provider.throttling.throttled)
+        for name, n in sorted(r.throttled().items()):
+            retried.add_metric([name], n)
         yield retried
         leader = GaugeMetricFamily("podgate_leader", "1 when this replica is the leader and reconciles")
-        leader.add_metric([], 1.0 if ctl.is_leader else 0.0)
+        leader.add_metric([], 1.0 if r.leading() else 0.0)
         yield leader
 
 
-def watch(controller: Controller) -> None:
-    REGISTRY.register(StateCollector(controller))
+def observe_reconcile(key: str, result: str, seconds: float, waited: float, queue: str = "services") -> None:
+    """One reconcile pass of the Service ``key``, under controller-runtime's names."""
+    QUEUE_DURATION.labels(queue).observe(waited)
+    RECONCILE_TOTAL.labels("service", result).inc()
+    if result == "error":
+        RECONCILE_ERRORS.labels("service").inc()
+    RECONCILE_TIME.labels("service").observe(seconds)
+    WORK_DURATION.labels(queue).observe(seconds)
+    SERVICE_RECONCILES.labels(*key.split("/", 1)).inc()
+
+
+def forget_service(key: str) -> None:
+    """The Service is gone: its own series go with it (a cluster's Services come and go)."""
+    with contextlib.suppress(KeyError):
+        SERVICE_RECONCILES.remove(*key.split("/", 1))
+
+
+def observe_webhook(result: str, seconds: float) -> None:
+    WEBHOOK_REQUESTS.labels(result).inc()
+    WEBHOOK_LATENCY.observe(seconds)
+
+
+def drain_results(results: Iterable[str]) -> None:
+    """Every drain result's series exists from the start, so ``increase()`` sees the first."""
+    for result in results:
+        DRAIN_REQUESTS.labels(result)
 
 
 T = TypeVar("T")

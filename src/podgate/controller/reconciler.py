@@ -20,7 +20,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
-from podgate.model.policy import DEFAULT_POLICY, TIMED_OUT, GatePolicy, gate_policy, with_timeout
+from podgate.model.policy import TIMED_OUT, GatePolicy, with_timeout
 from podgate.model.types import (
     Condition,
     Namespace,
@@ -37,6 +37,7 @@ from podgate.model.types import (
 )
 from podgate.providers.base import Provider, ProviderError, TargetState
 from podgate.providers.reads import PoolReads
+from podgate.resolutions import ServiceResolutions
 
 log = logging.getLogger(__name__)
 
@@ -72,41 +73,39 @@ class ServiceReconciler:
         pods: Informer[Pod],
         services: Informer[Service],
         namespaces: Informer[Namespace],
-        providers: Mapping[str, Provider],
-        default_provider: str | None,
+        resolutions: ServiceResolutions,
         recorder: EventRecorder,
+        gate_writer: GateWriter,
         *,
-        classes: Mapping[str, str] | None = None,
         migration_labels: bool = False,
-        lb_cidr: str | None,
-        policy: GatePolicy = DEFAULT_POLICY,
+        lb_cidr: str | None = None,
         adopted_prefixes: Sequence[str] = (),
         reads: PoolReads | None = None,
+        on_write_failed: Callable[[str], None] = lambda key: None,
     ) -> None:
         """``reads``: the controller's shared pool reads (see :mod:`podgate.providers.reads`): a
         reconcile run by a pod's event within a poll interval of the last read reuses it, so a
-        group costs one health read per poll however many of its pods change."""
+        group costs one health read per poll however many of its pods change.
+        ``on_write_failed(key)``: a gate write of the Service failed (the controller queues it
+        again, rate-limited)."""
         self.kube = kube
         self.pods, self.services, self.namespaces = pods, services, namespaces
-        self.providers = providers
-        self.default_provider = default_provider
-        #: loadBalancerClass → provider (None: podgate.dev/<provider>)
-        self.classes = classes
+        self.resolutions = resolutions
+        self.providers = resolutions.providers
         self.migration_labels = migration_labels
         self.recorder = recorder
         self.net = addresses.loopback_network(lb_cidr) if lb_cidr else None
-        #: the controller-wide policy; a Service's annotations override it field by field
-        self.policy = policy
+        #: the controller-wide policy, for gates of a Service podgate cannot read
+        self.policy = resolutions.settings.policy
         #: other controllers' gate prefixes podgate manages as its own (migration)
         self.adopted_prefixes = tuple(adopted_prefixes)
         self._addresses: dict[str, str] | None = None
         self._missing_gate_counts: dict[str, int] = {}
         #: when podgate first saw each target draining: removal waits for the pool's drain delay
         self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
-        self.gates = GateWriter(kube, pods, recorder)
+        self.gates = gate_writer
         self.reads = reads if reads is not None else PoolReads()
-        #: a gate write failed: the manager queues that Service again (rate-limited)
-        self.on_write_failed: Callable[[str], None] | None = None
+        self.on_write_failed = on_write_failed
         #: Services queued again for a failed write since their last pass began
         self._requeued: set[str] = set()
         # A reconcile reads only its Service's pods, through these (and never scans the cache):
@@ -117,19 +116,6 @@ class ServiceReconciler:
         pods.add_index(IP_INDEX, _ip_keys)
 
     # -- helpers ------------------------------------------------------------------------------
-    def provider_of(self, service: Mapping[str, Any]) -> str | None:
-        """The provider serving this Service, None for another controller's (or none's)."""
-        return lb.provider_for(service, self.default_provider, self.providers, self.classes)
-
-    def handled(self, service: Mapping[str, Any]) -> bool:
-        try:
-            return self.provider_of(service) is not None
-        except lb.ServiceConfigError:
-            return True  # handled, and its pods must hear why it cannot be served
-
-    def pods_in(self, namespace: str) -> list[Pod]:
-        return self.pods.in_namespace(namespace)
-
     def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[Pod]:
         """The pods of the namespace a Service's selector matches (an empty one: none)."""
         if not selector:
@@ -193,22 +179,16 @@ class ServiceReconciler:
                 self.set_gate(pod, missing)
             return out
         deleting = is_terminating(service)
-        try:
-            provider_name = self.provider_of(service)
-            pools = (
-                lb.pools_for(service, self.providers[provider_name].group_annotations)
-                if provider_name
-                else []
-            )
-            policy = gate_policy(meta_of(service).get("annotations"), self.policy)
-        except lb.ServiceConfigError as e:
-            self.recorder_emit(service, "Service", "InvalidConfiguration", str(e), "Warning")
+        resolution = self.resolutions.of(service)
+        if resolution.error is not None:
+            self.recorder_emit(service, "Service", "InvalidConfiguration", resolution.error, "Warning")
             if deleting:  # podgate cannot tell which group: never hold a deletion forever
                 await self._set_finalizer(service, False)
-            invalid = lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, str(e))
+            invalid = lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, resolution.error)
             for pod in gated:
                 self.set_gate(pod, invalid)
             return out
+        provider_name, policy, pools = resolution.provider, resolution.policy, list(resolution.pools)
         if provider_name is None or deleting:
             await self._let_go(key, service, self.providers[provider_name] if provider_name else None, pools)
             why = lb.failure_condition(
@@ -511,7 +491,7 @@ class ServiceReconciler:
         under ``types``), after the Service's timeout policy (the controller's when the
         Service's cannot be read).  The pass does not wait for the write (see
         :mod:`podgate.controller.gatewriter`); a write that fails queues the Service again
-        through :attr:`on_write_failed`."""
+        through ``on_write_failed``."""
         policy = policy or self.policy
         service = gates.service_of_gate(desired["type"]) or ""
         key = f"{pod['metadata']['namespace']}/{service}"
@@ -519,7 +499,7 @@ class ServiceReconciler:
         def failed(_: BaseException) -> None:
             # once per pass: 100 pods' writes failing together are one retry of the Service,
             # not 100 (each would take a token of the queue's shared bucket)
-            if self.on_write_failed is not None and key not in self._requeued:
+            if key not in self._requeued:
                 self._requeued.add(key)
                 self.on_write_failed(key)
 

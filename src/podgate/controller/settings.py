@@ -3,7 +3,7 @@ start (podgate.cli.controller_cmd declares how each is given)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from podgate.model import gates
@@ -63,7 +63,7 @@ class ControllerSettings:
     resync_period: float = 300.0
     # webhook
     webhook_port: int = 9443
-    webhook_bind: str = "127.0.0.1"
+    webhook_bind: str = "0.0.0.0"
     webhook_url: str | None = None  # registered by URL (sandbox, out-of-cluster)
     webhook_service: str | None = None  # NAMESPACE/NAME of the Service in front of the webhook
     webhook_cert_dir: Path = Path("/tmp/podgate-webhook-certs")
@@ -90,12 +90,12 @@ class ControllerSettings:
     drain_url: str | None = None
     #: the plain-HTTP health port (/healthz, /readyz, /metrics and the drain endpoint)
     health_port: int = 8081
+    health_bind: str = "0.0.0.0"
     leader_elect: bool = False
     leader_election_namespace: str = "kube-system"
     leader_election_name: str = "podgate-controller"
     identity: str = "podgate"
     lease_duration: float = 15.0
-    extra: dict[str, str] = field(default_factory=dict)
     #: ``CLASS=PROVIDER`` pairs: the loadBalancerClasses podgate serves; () = podgate.dev/<provider>
     load_balancer_classes: tuple[str, ...] = ()
     #: the webhook also honours the AWS and Alibaba controllers' namespace opt-in labels

@@ -160,6 +160,11 @@ class Kube(Protocol):
     """The API server as podgate uses it.  ``namespace`` is None for cluster-scoped resources
     (and, in :meth:`list` and :meth:`watch`, for all namespaces)."""
 
+    async def version(self) -> Obj:
+        """The server's ``/version`` (``major``, ``minor``, ``gitVersion`` …): features such as
+        the lifecycle ``sleep`` action are chosen by it."""
+        ...
+
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj: ...
 
     async def list(

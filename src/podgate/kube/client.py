@@ -83,6 +83,10 @@ class ApiKube:
             raise error_for(resp.status, resp.reason or "", data)
         return json.loads(data) if data else None
 
+    async def version(self) -> Obj:
+        obj: Obj = await self._request("GET", "/version")
+        return obj
+
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
         obj: Obj = await self._request("GET", resource.path(namespace, name))
         return obj

@@ -69,6 +69,10 @@ class FakeKube:
     _failures: dict[tuple[str, str, str], _Failure] = field(default_factory=dict)
     _last_rv: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: what :meth:`version` answers (the API server's ``/version``)
+    server_version: Obj = field(
+        default_factory=lambda: {"major": "1", "minor": "20", "gitVersion": "v1.20.2"}
+    )
 
     # -- set-up and inspection for tests ------------------------------------------------------
     def add(self, resource: Resource, obj: Mapping[str, Any]) -> Obj:
@@ -89,6 +93,10 @@ class FakeKube:
         self._events.clear()
 
     # -- the Kube protocol --------------------------------------------------------------------
+    async def version(self) -> Obj:
+        await self._answer("get", _VERSION, "version")
+        return copy.deepcopy(self.server_version)
+
     async def get(self, resource: Resource, name: str, namespace: str | None = None) -> Obj:
         await self._answer("get", resource, name)
         return copy.deepcopy(self._existing(resource, name, namespace))
@@ -333,3 +341,7 @@ def merge_patch(current: Any, patch: Any) -> Any:
         else:
             out[k] = merge_patch(out.get(k), v)
     return out
+
+
+#: ``/version`` as a resource only so that a test can make it fail like any read
+_VERSION = Resource("", "version", "version", "Version", namespaced=False)

@@ -49,14 +49,7 @@ class _NoMetrics:
         pass
 
 
-_metrics: QueueMetrics = _NoMetrics()
-
-
-def set_metrics_provider(provider: QueueMetrics) -> None:
-    """Where every work queue reports from now on.  Looked up at each report, not when a queue
-    is made, so a queue created before the provider is installed is still counted."""
-    global _metrics
-    _metrics = provider
+NO_METRICS: QueueMetrics = _NoMetrics()
 
 
 class WorkQueue:
@@ -67,8 +60,12 @@ class WorkQueue:
         rate: float = 50.0,
         burst: int = 200,
         name: str = "queue",
+        metrics: QueueMetrics = NO_METRICS,
     ) -> None:
+        """``metrics``: where the queue reports its adds and retries (the composition root gives
+        the Prometheus counters; a test, nothing or its own)."""
         self.name = name
+        self._metrics = metrics
         self._base, self._max = base_delay, max_delay
         self._bucket = TokenBucket(rate, burst)
         self._queue: deque[str] = deque()
@@ -81,7 +78,7 @@ class WorkQueue:
         self._added_at: dict[str, float] = {}
         self._nonempty = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        _metrics.created(name)
+        self._metrics.created(name)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -93,11 +90,11 @@ class WorkQueue:
         if key in self._processing:
             if key not in self._dirty:
                 self._dirty.add(key)
-                _metrics.added(self.name)
+                self._metrics.added(self.name)
             return
         if key in self._queued:
             return
-        _metrics.added(self.name)
+        self._metrics.added(self.name)
         self._enqueue(key)
 
     def _enqueue(self, key: str) -> None:
@@ -117,7 +114,7 @@ class WorkQueue:
         """Re-add after a failure: per-key exponential back-off, and the global rate limit."""
         n = self._failures.get(key, 0)
         self._failures[key] = n + 1
-        _metrics.retried(self.name)
+        self._metrics.retried(self.name)
         delay = max(min(self._base * 2**n, self._max), self._bucket.reserve())
         self.add_after(key, delay)
 

@@ -22,15 +22,28 @@ def _parse(ts: str | None) -> datetime | None:
         return None
 
 
-def gate_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+def _gate_states(
+    pod: Mapping[str, Any],
+) -> list[tuple[str, Mapping[str, Any] | None, str, str, datetime | None]]:
+    """Each readiness gate of the pod as (gate, its condition, status, reason, since when): the
+    one reading behind the table, the JSON outputs and the pending-gate metrics."""
     meta = pod.get("metadata") or {}
     conds = (pod.get("status") or {}).get("conditions")
     created = _parse(meta.get("creationTimestamp"))
-    rows = []
+    out = []
     for gate in c.readiness_gates(pod.get("spec") or {}):
         cond = c.find(conds, gate)
         status = (cond or {}).get("status") or "Missing"
+        reason = (cond or {}).get("reason") or ("NoCondition" if cond is None else "")
         since = _parse((cond or {}).get("lastTransitionTime")) if cond else created
+        out.append((gate, cond, status, reason, since))
+    return out
+
+
+def gate_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+    meta = pod.get("metadata") or {}
+    rows = []
+    for gate, cond, status, reason, since in _gate_states(pod):
         pending = None if status == c.TRUE or since is None else max((now - since).total_seconds(), 0.0)
         rows.append(
             {
@@ -38,7 +51,7 @@ def gate_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
                 "pod": meta.get("name"),
                 "gate": gate,
                 "status": status,
-                "reason": (cond or {}).get("reason") or ("NoCondition" if cond is None else ""),
+                "reason": reason,
                 "message": (cond or {}).get("message")
                 or ("no controller has written this condition yet" if cond is None else ""),
                 "pending_seconds": pending,
@@ -188,22 +201,34 @@ def explain(
 AGES: Sequence[tuple[float, str]] = ((30, "30s"), (60, "1m"), (300, "5m"), (900, "15m"), (3600, "1h"))
 
 
-def pending_by_age(pods: Iterable[Mapping[str, Any]], now: datetime) -> dict[tuple[str, str], int]:
-    """Pending load-balancer gates of live pods, by reason and by each age in ``AGES`` they are
-    older than (cumulative, so ``{older_than="5m"} > 0`` is a stuck-gate alert)."""
+def pending_gates(pod: Mapping[str, Any]) -> list[tuple[str, datetime | None]]:
+    """The live pod's podgate load-balancer gates that are not True, each as (reason, pending
+    since), read as :func:`gate_rows` reads them: what the pending-gate metrics count."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return []
+    return [
+        (reason, since)
+        for gate, _, status, reason, since in _gate_states(pod)
+        if status != c.TRUE and gates.service_of_gate(gate) is not None
+    ]
+
+
+def by_age(pending: Iterable[tuple[str, datetime | None]], now: datetime) -> dict[tuple[str, str], int]:
+    """Pending gates by reason and by each age in ``AGES`` they are older than (cumulative, so
+    ``{older_than="5m"} > 0`` is a stuck-gate alert)."""
     out: dict[tuple[str, str], int] = {}
-    for pod in pods:
-        if (pod.get("metadata") or {}).get("deletionTimestamp"):
-            continue
-        for row in gate_rows(pod, now):
-            if gates.service_of_gate(row["gate"]) is None or row["status"] == c.TRUE:
-                continue
-            age = row["pending_seconds"] or 0.0
-            for limit, label in AGES:
-                if age >= limit:
-                    key = (row["reason"], label)
-                    out[key] = out.get(key, 0) + 1
+    for reason, since in pending:
+        age = max((now - since).total_seconds(), 0.0) if since is not None else 0.0
+        for limit, label in AGES:
+            if age >= limit:
+                key = (reason, label)
+                out[key] = out.get(key, 0) + 1
     return out
+
+
+def pending_by_age(pods: Iterable[Mapping[str, Any]], now: datetime) -> dict[tuple[str, str], int]:
+    """Pending load-balancer gates of live pods, by reason and age (see :func:`by_age`)."""
+    return by_age((entry for pod in pods for entry in pending_gates(pod)), now)
 
 
 def duration(seconds: float | None) -> str:

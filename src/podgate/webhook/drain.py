@@ -37,6 +37,7 @@ from podgate.model import gates, lb
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError, TargetState
 from podgate.providers.reads import PoolReads
+from podgate.resolutions import ServiceResolutions
 from podgate.webhook.isolated import Answer
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,9 @@ class DrainEndpoint:
         kube: Kube,
         pods: Informer[Pod],
         services: Informer[Service],
-        providers: Mapping[str, Provider],
-        default_provider: str | None,
+        resolutions: ServiceResolutions,
         recorder: EventRecorder,
         *,
-        classes: Mapping[str, str] | None = None,
         observe: Callable[[str, float], None] = lambda result, seconds: None,
         poll: float = 0.1,
         redrain: float = 1.0,
@@ -93,7 +92,7 @@ class DrainEndpoint:
         """``reads``: the controller's shared pool reads (the reconciler's and the eviction
         guard's too), so a pool waited on by hooks and polled by its Service is read once."""
         self.kube, self.pods, self.services = kube, pods, services
-        self.providers, self.default_provider, self.classes = providers, default_provider, classes
+        self.resolutions = resolutions
         self.recorder = recorder
         #: told every answer: result (one of RESULTS) and the seconds the call took
         self.observe = observe
@@ -174,14 +173,12 @@ class DrainEndpoint:
                 selector_of(service), labels(pod)
             ):
                 continue
-            try:
-                name = lb.provider_for(service, self.default_provider, self.providers, self.classes)
-                if name is None:
-                    continue
-                provider = self.providers[name]
-                pools = lb.pools_for(service, provider.group_annotations)
-            except lb.ServiceConfigError:
+            resolution = self.resolutions.of(service)
+            provider = self.resolutions.provider(resolution)
+            if provider is None or resolution.error is not None:
+                # podgate puts no pod of an invalid Service in a load balancer: nothing to drain
                 continue
+            pools = resolution.pools
             for pool in pools:
                 target = lb.target_of(pod, pool.target_port)
                 if target is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -22,10 +22,11 @@ from aiohttp import web
 from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
 from podgate.kube.informer import Informer
 from podgate.model import gates, lb
-from podgate.model.policy import GatePolicy, eviction_refusal, gate_policy
+from podgate.model.policy import eviction_refusal
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError
 from podgate.providers.reads import PoolReads
+from podgate.resolutions import ServiceResolutions
 from podgate.webhook import server
 from podgate.webhook.admission import BadReview, parse_review
 from podgate.webhook.isolated import Answer
@@ -44,21 +45,15 @@ class EvictionGuard:
         self,
         pods: Informer[Pod],
         services: Informer[Service],
-        providers: Mapping[str, Provider],
-        default_provider: str | None,
-        policy: GatePolicy,
+        resolutions: ServiceResolutions,
         observe: Callable[[str], None] = lambda result: None,
-        classes: Mapping[str, str] | None = None,
         reads: PoolReads | None = None,
     ) -> None:
         """``reads``: the controller's shared pool reads: an eviction within a poll interval of
         the pool's last read uses that answer (a ``kubectl drain`` of a node asks once a pod)."""
         self.pods, self.services = pods, services
         self.reads = reads if reads is not None else PoolReads()
-        self.providers, self.default_provider = providers, default_provider
-        #: loadBalancerClass → provider, as the reconciler selects Services
-        self.classes = classes
-        self.policy = policy
+        self.resolutions = resolutions
         self.observe = observe
         #: pods (namespace/name) whose eviction this replica allowed, and when
         self._evicted: dict[str, float] = {}
@@ -105,26 +100,31 @@ class EvictionGuard:
             meta = meta_of(service)
             if not gates.selector_matches(selector_of(service), labels(pod)):
                 continue
-            try:
-                minimum = gate_policy(meta.get("annotations"), self.policy).min_healthy_targets
-                if minimum <= 0:
-                    continue
-                provider_name = lb.provider_for(service, self.default_provider, self.providers, self.classes)
-                if provider_name is None:
-                    continue
-                provider = self.providers[provider_name]
-                pools = lb.pools_for(service, provider.group_annotations)
-                healthy = await self._healthy(provider, pools, selector_of(service), namespace)
-            except (lb.ServiceConfigError, ProviderError) as e:
-                warnings.append(f"podgate could not check Service {namespace}/{meta.get('name')}: {e}")
+            resolution = self.resolutions.of(service)
+            service_key = f"{namespace}/{meta.get('name')}"
+            if resolution.error is not None:
+                warnings.append(f"podgate could not check Service {service_key}: {resolution.error}")
                 continue
-            why = eviction_refusal(f"{namespace}/{meta.get('name')}", pod_key, healthy, minimum)
+            minimum = resolution.policy.min_healthy_targets
+            provider = self.resolutions.provider(resolution)
+            if minimum <= 0 or provider is None:
+                continue
+            try:
+                healthy = await self._healthy(provider, resolution.pools, selector_of(service), namespace)
+            except ProviderError as e:
+                warnings.append(f"podgate could not check Service {service_key}: {e}")
+                continue
+            why = eviction_refusal(service_key, pod_key, healthy, minimum)
             if why:
                 return why, warnings
         return None, warnings
 
     async def _healthy(
-        self, provider: Provider, pools: list[lb.PoolSpec], selector: Mapping[str, str] | None, namespace: str
+        self,
+        provider: Provider,
+        pools: Sequence[lb.PoolSpec],
+        selector: Mapping[str, str] | None,
+        namespace: str,
     ) -> set[str]:
         """Pods whose targets are healthy in every pool, as the load balancer reads them now;
         terminating pods and pods whose eviction was just allowed left out."""

@@ -1,0 +1,306 @@
+"""The composition root: every component of the controller process built once, with its
+dependencies given at construction, and the runnables the supervisor starts.
+
+Nothing here decides anything; it only says who gets what.  A unit test calls :func:`build`
+with :class:`~podgate.kube.fake.FakeKube` and a fake provider and gets the same process the
+command runs, minus the sockets it has not started yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from podgate.app.health import HealthServer
+from podgate.app.supervisor import Runnable, Supervisor
+from podgate.app.webhook import WebhookServer
+from podgate.controller import gctune, metrics
+from podgate.controller.checks import CheckRunner, checks_informer
+from podgate.controller.gatewriter import GateWriter
+from podgate.controller.pending import PendingGates
+from podgate.controller.reconciler import ServiceReconciler
+from podgate.controller.service_controller import ServiceController
+from podgate.controller.settings import ControllerSettings, SettingsError
+from podgate.kube.api import NAMESPACES, PODS, SERVICES, Kube, Obj
+from podgate.kube.events import EventRecorder
+from podgate.kube.informer import Informer
+from podgate.kube.leader import LeaderElector
+from podgate.kube.queue import WorkQueue
+from podgate.model.policy import OPEN, GatePolicy
+from podgate.model.projection import slim_namespace, slim_pod, slim_service
+from podgate.model.ratelimit import BucketRegistry, RateConflict
+from podgate.model.types import Namespace, Pod, Service
+from podgate.providers.alibaba import AlibabaProvider
+from podgate.providers.aws_elbv2 import AwsElbv2Provider
+from podgate.providers.base import Provider
+from podgate.providers.haproxy import HAProxyProvider
+from podgate.providers.reads import PoolReads
+from podgate.resolutions import ServiceResolutions
+from podgate.webhook import drain, eviction
+
+
+@dataclass
+class App:
+    """The controller process: its components, and the supervisor that runs them."""
+
+    settings: ControllerSettings
+    kube: Kube
+    providers: Mapping[str, Provider]
+    pods: Informer[Pod]
+    services: Informer[Service]
+    namespaces: Informer[Namespace]
+    checks: Informer[Obj]
+    recorder: EventRecorder
+    resolutions: ServiceResolutions
+    reads: PoolReads
+    gates: GateWriter
+    queue: WorkQueue
+    reconciler: ServiceReconciler
+    controller: ServiceController
+    check_runner: CheckRunner
+    drain: drain.DrainEndpoint
+    guard: eviction.EvictionGuard
+    pending: PendingGates
+    webhook: WebhookServer
+    health: HealthServer
+    elector: LeaderElector | None
+    #: whether this replica holds the lease (always, without leader election)
+    leading: bool = False
+    runnables: list[Runnable] = field(default_factory=list)
+    supervisor: Supervisor | None = None
+
+    def informers(self) -> tuple[Informer[Pod], Informer[Service], Informer[Namespace]]:
+        """The informers readiness waits for (ReadinessChecks do not hold it up: without the CRD
+        installed that informer retries in the background and check gates have no checks)."""
+        return (self.pods, self.services, self.namespaces)
+
+    async def synced(self) -> None:
+        await asyncio.gather(*(i.synced.wait() for i in self.informers()))
+
+    def problems(self) -> list[str]:
+        """Why this replica is not ready (/readyz); empty when it is."""
+        out = [f"informer {i.name} not synced" for i in self.informers() if not i.synced.is_set()]
+        out += [f"load balancer {n} unreachable" for n, ok in self.controller.provider_ok.items() if not ok]
+        if not out and not self.webhook.up.is_set():
+            out.append("webhook not serving yet (no certificate, or its CA bundle not registered)")
+        return out
+
+    def _set_leading(self, leading: bool) -> None:
+        self.leading = leading
+
+    async def close(self) -> None:
+        """Close the providers' connections (after the supervisor has stopped everything)."""
+        for provider in self.providers.values():
+            with contextlib.suppress(Exception):
+                await provider.pool.close()
+
+
+def build_providers(
+    settings: ControllerSettings, buckets: BucketRegistry | None = None
+) -> dict[str, Provider]:
+    """Each configured load balancer's record: its target seam and the capabilities it has.
+
+    The cloud providers draw their API calls from ``buckets`` (a new registry: the controller
+    builds its providers once), one token bucket per cloud account and region, so every Service
+    and every provider on one account and region share the configured rate.  Two providers on
+    one account and region with different rates: :class:`SettingsError`."""
+    buckets = buckets if buckets is not None else BucketRegistry()
+    providers: dict[str, Provider] = {}
+    try:
+        for h in settings.haproxy:
+            providers[h.name] = HAProxyProvider(
+                list(h.runtime_sockets),
+                name=h.name,
+                master_address=h.master_socket,
+                config_path=h.config_path,
+                base_config=h.base_config_path.read_text() if h.base_config_path else "",
+                require_all=h.ha_policy == "all",
+            ).provider()
+        for a in settings.aws:
+            providers[a.name] = AwsElbv2Provider(
+                a.name, a.region, rate=a.rate, poll_interval=a.poll_period, buckets=buckets
+            ).provider()
+        for ali in settings.alibaba:
+            providers[ali.name] = AlibabaProvider(
+                ali.name,
+                ali.region or "",
+                clb_endpoint=ali.clb_endpoint,
+                nlb_endpoint=ali.nlb_endpoint,
+                ecs_endpoint=ali.ecs_endpoint,
+                rate=ali.rate,
+                poll_interval=ali.poll_period,
+                buckets=buckets,
+            ).provider()
+    except RateConflict as e:
+        raise SettingsError(str(e)) from None
+    return providers
+
+
+def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Provider]) -> App:
+    """Every component once, each given what it needs; then the runnables, in start order."""
+    pods: Informer[Pod] = Informer(kube, PODS, project=slim_pod)
+    # snapshots: the webhook reads Services from its own thread (webhook.isolated)
+    services: Informer[Service] = Informer(kube, SERVICES, project=slim_service, snapshots=True)
+    namespaces: Informer[Namespace] = Informer(kube, NAMESPACES, project=slim_namespace)
+    checks = checks_informer(kube)
+    recorder = EventRecorder(kube, "podgate")
+    instrumented = {name: metrics.instrumented(p) for name, p in providers.items()}
+    policy = GatePolicy(
+        timeout=settings.readiness_timeout,
+        fail_open=settings.on_timeout == OPEN,
+        continuous=settings.continuous,
+    )
+    resolutions = ServiceResolutions(
+        services,
+        instrumented,
+        default_provider=settings.default_provider,
+        classes=settings.classes(),
+        policy=policy,
+    )
+    #: one read of a pool per poll, shared by the reconciler, the drain hooks and the guard
+    reads = PoolReads()
+    gate_writer = GateWriter(kube, pods, recorder)
+    queue = WorkQueue(name="services", metrics=metrics.QueueCounters())
+    reconciler = ServiceReconciler(
+        kube,
+        pods,
+        services,
+        namespaces,
+        resolutions,
+        recorder,
+        gate_writer,
+        migration_labels=settings.migration_labels,
+        lb_cidr=settings.lb_cidr,
+        adopted_prefixes=settings.adopt_gate_prefixes,
+        reads=reads,
+        on_write_failed=queue.add_rate_limited,
+    )
+    controller = ServiceController(
+        pods,
+        services,
+        namespaces,
+        resolutions,
+        reconciler,
+        queue,
+        workers=settings.workers,
+        poll_period=settings.poll_period,
+        resync_period=settings.resync_period,
+        adopted_prefixes=settings.adopt_gate_prefixes,
+        on_reconciled=metrics.observe_reconcile,
+        on_forgotten=metrics.forget_service,
+    )
+    metrics.drain_results(drain.RESULTS)
+    drain_endpoint = drain.DrainEndpoint(
+        kube,
+        pods,
+        services,
+        resolutions,
+        recorder,
+        observe=metrics.observe_drain,
+        poll=settings.poll_period,
+        reads=reads,
+    )
+    guard = eviction.EvictionGuard(
+        pods,
+        services,
+        resolutions,
+        lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
+        reads=reads,
+    )
+    webhook = WebhookServer(
+        settings,
+        kube,
+        services,
+        checks,
+        resolutions,
+        drain_endpoint,
+        guard,
+        observe=metrics.observe_webhook,
+        on_tls_failure=lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc(),
+    )
+    elector = (
+        LeaderElector(
+            kube,
+            settings.leader_election_namespace,
+            settings.leader_election_name,
+            settings.identity,
+            lease_duration=settings.lease_duration,
+            renew_deadline=settings.lease_duration * 2 / 3,
+            retry_period=settings.lease_duration / 7.5,
+        )
+        if settings.leader_elect
+        else None
+    )
+    app = App(
+        settings=settings,
+        kube=kube,
+        providers=instrumented,
+        pods=pods,
+        services=services,
+        namespaces=namespaces,
+        checks=checks,
+        recorder=recorder,
+        resolutions=resolutions,
+        reads=reads,
+        gates=gate_writer,
+        queue=queue,
+        reconciler=reconciler,
+        controller=controller,
+        check_runner=CheckRunner(kube, pods, checks, gate_writer, recorder),
+        drain=drain_endpoint,
+        guard=guard,
+        pending=PendingGates(pods),
+        webhook=webhook,
+        health=HealthServer(
+            settings.health_bind,
+            settings.health_port,
+            lambda: app.problems(),
+            metrics.REGISTRY,
+            drain_endpoint.handle,
+        ),
+        elector=elector,
+    )
+    app.runnables = _runnables(app)
+    app.supervisor = Supervisor(app.runnables, app.synced, elector, on_leading=app._set_leading)
+    return app
+
+
+def _runnables(app: App) -> list[Runnable]:
+    """In start order.  Every replica: the health listener (first, so probes answer while the
+    caches fill), the informers and the event sender; once synced, the webhook and a collection
+    that freezes the first-synced caches.  The leader only: the reconcile loop, the gate writers
+    that send what its passes submit, and the check gates."""
+    every = [Runnable("health server", app.health.run)]
+    every += [Runnable(f"informer {i.name}", i.run) for i in (*app.informers(), app.checks)]
+    every.append(Runnable("events", app.recorder.run))
+    after_sync = [
+        Runnable("webhook server", app.webhook.run, after_sync=True),
+        Runnable("gc freeze", _freeze, after_sync=True),
+    ]
+    leader = [
+        Runnable("gate writers", app.gates.run, leader_only=True),
+        Runnable("service controller", app.controller.run, leader_only=True),
+        Runnable("check gates", app.check_runner.run, leader_only=True),
+    ]
+    return every + after_sync + leader
+
+
+async def _freeze() -> None:
+    """The caches as first listed are never scanned by the garbage collector again."""
+    gctune.freeze()
+
+
+def state_readings(app: App) -> metrics.StateReadings:
+    """The scrape-time gauges, each read from the component that owns the state."""
+    return metrics.StateReadings(
+        queue_depth=lambda: {app.queue.name: len(app.queue)},
+        gate_writes_pending=app.gates.pending,
+        pending_by_reason=app.pending.by_reason,
+        pending_by_age=app.pending.by_age,
+        throttled=lambda: {
+            name: p.throttling.throttled for name, p in app.providers.items() if p.throttling is not None
+        },
+        leading=lambda: app.leading,
+    )

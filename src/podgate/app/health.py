@@ -1,0 +1,63 @@
+"""The plain-HTTP listener every replica serves: ``/healthz``, ``/readyz``, ``/metrics`` and the
+drain endpoint (the kubelet's preStop httpGet is plain HTTP before Kubernetes 1.25)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from podgate.webhook import drain
+
+
+class HealthServer:
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        problems: Callable[[], list[str]],
+        registry: CollectorRegistry,
+        drain_handler: Callable[[web.Request], Awaitable[web.Response]],
+    ) -> None:
+        """``problems()``: why this replica is not ready (empty: ready), each a line of /readyz."""
+        self.bind, self.port = bind, port
+        self.problems = problems
+        self.registry = registry
+        self.drain_handler = drain_handler
+        self.serving = asyncio.Event()
+
+    def app(self) -> web.Application:
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok\n")
+
+        async def readyz(_: web.Request) -> web.Response:
+            problems = self.problems()
+            if problems:
+                return web.Response(status=503, text="\n".join(problems) + "\n")
+            return web.Response(text="ready\n")
+
+        async def metrics(_: web.Request) -> web.Response:
+            return web.Response(
+                body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            )
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get(drain.ROUTE, self.drain_handler)
+        return app
+
+    async def run(self) -> None:
+        # a stopping replica cuts its waiting drain hooks after a second: the kubelet then sends
+        # SIGTERM, as it does when podgate cannot be reached at all
+        runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.bind, self.port).start()
+            self.serving.set()
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()

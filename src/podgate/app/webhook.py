@@ -1,0 +1,187 @@
+"""The webhook's HTTPS listener, every replica's: admission (pods), the eviction guard and the
+drain endpoint, with the certificate that keeps it trusted and the registration that points the
+API server at it.
+
+The server runs on a thread and event loop of its own (:mod:`podgate.webhook.isolated`), so
+admission never waits for a reconcile; eviction reviews and drain calls are handed back to the
+controller's loop, where the caches and the load balancers are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from podgate.controller.checks import parsed_checks
+from podgate.controller.settings import ControllerSettings
+from podgate.kube.api import Kube, Obj
+from podgate.kube.informer import Informer
+from podgate.kube.webhookcerts import CertificateSecret
+from podgate.model import gates
+from podgate.model.certs import RotationPolicy
+from podgate.model.types import Service
+from podgate.resolutions import ServiceResolutions
+from podgate.webhook import drain, eviction, isolated
+from podgate.webhook import server as webhook
+from podgate.webhook.admission import InjectionPolicy
+
+log = logging.getLogger(__name__)
+
+
+class WebhookServer:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        kube: Kube,
+        services: Informer[Service],
+        checks: Informer[Obj],
+        resolutions: ServiceResolutions,
+        drain_endpoint: drain.DrainEndpoint,
+        guard: eviction.EvictionGuard,
+        *,
+        observe: Callable[[str, float], None] = lambda result, seconds: None,
+        on_tls_failure: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.settings, self.kube = settings, kube
+        self.services, self.checks, self.resolutions = services, checks, resolutions
+        self.drain, self.guard = drain_endpoint, guard
+        self.observe, self.on_tls_failure = observe, on_tls_failure
+        #: set once the server listens with a certificate (and, when registering, its CA bundle
+        #: is registered): /readyz waits for it
+        self.up = asyncio.Event()
+
+    async def run(self) -> None:
+        """Serve until cancelled, once the first certificate is in place; then stop the server
+        and, after it, the certificate keeper."""
+        s = self.settings
+        app = webhook.make_app(
+            self.services,
+            lambda service: self.resolutions.of(service).handled,
+            await self.injection_policy(),
+            self.observe,
+            lambda: parsed_checks(self.checks),
+        )
+        loop = asyncio.get_running_loop()
+        app.router.add_post(eviction.PATH, isolated.on_loop(loop, self.guard.answer))
+        app.router.add_get(drain.ROUTE, isolated.route_on_loop(loop, self.drain.answer))
+        tls = webhook.ServingTLS(s.webhook_cert_dir, self.on_tls_failure)
+        registration = await self._registration()
+        first = asyncio.Event()
+        keeper = asyncio.create_task(
+            webhook.keep_serving(tls, self._source(), registration, s.webhook_cert_check_period, first),
+            name="webhook certificates",
+        )
+        # An admission call the API server has given up on (after its timeoutSeconds) need not
+        # hold up a stop: aiohttp would otherwise wait 60 s for in-flight requests.
+        server = isolated.ServerThread(
+            app, s.webhook_bind, s.webhook_port, tls.context, shutdown_timeout=webhook.TIMEOUT_SECONDS
+        )
+        try:
+            await first.wait()
+            await server.start()
+            try:
+                self.up.set()
+                await asyncio.Event().wait()
+            finally:
+                await server.cleanup()
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def injection_policy(self) -> InjectionPolicy:
+        s = self.settings
+        drain_url = s.drain_url or derived_drain_url(s, self.services.cache)
+        if s.prestop_default().mode == "drain" and not drain_url:
+            log.warning(
+                "the drain hook is the default preStop but podgate does not know where the kubelet can "
+                "reach it: give --drain-url (or --webhook-service); pods get no preStop hook meanwhile"
+            )
+        return InjectionPolicy(
+            s.inject,
+            s.remove_gate_prefixes,
+            s.skip_label_value,
+            s.prestop_default(),
+            drain_url,
+            gates.native_sleep_supported(await self.server_version()),
+        )
+
+    async def server_version(self) -> Mapping[str, Any] | None:
+        """The API server's ``/version`` (for the lifecycle ``sleep`` action, 1.30+); None when
+        it cannot be read, which means ``exec sleep``."""
+        try:
+            async with asyncio.timeout(5.0):
+                return await self.kube.version()
+        except Exception as e:
+            log.warning("cannot read the API server's version (%s): sleep hooks are exec sleep", e)
+            return None
+
+    def _source(self) -> webhook.CertificateSource:
+        s = self.settings
+        if s.webhook_cert_file and s.webhook_key_file:
+            return webhook.FileSource(s.webhook_cert_file, s.webhook_key_file)
+        dns, ips = webhook.certificate_names(s.webhook_url, s.webhook_service, s.webhook_bind)
+        rotation = RotationPolicy(
+            validity=s.webhook_cert_validity,
+            ca_validity=s.webhook_ca_validity,
+            renew_at=s.webhook_cert_renew_at,
+            settle=6 * s.webhook_cert_check_period,
+        )
+        return webhook.SharedSecretSource(
+            CertificateSecret(self.kube, s.namespace, s.webhook_cert_secret, s.identity, dns, ips, rotation)
+        )
+
+    async def _registration(self) -> Callable[[bytes], Any] | None:
+        """What registers the webhook configurations with each CA bundle (None: not registering);
+        with ``--no-inject`` the mutating one is removed, the eviction guard stays."""
+        s = self.settings
+        service_ref = None
+        if s.webhook_service:
+            ns, name = s.webhook_service.split("/", 1)
+            service_ref = (ns, name, 443)
+        if not (s.webhook_url or service_ref):
+            return None
+        if not s.inject:
+            await webhook.unregister(self.kube, s.webhook_config_name)
+
+        async def register(bundle: bytes) -> None:
+            if s.inject:
+                body = webhook.webhook_configuration(
+                    s.webhook_config_name,
+                    bundle,
+                    url=s.webhook_url,
+                    service=service_ref,
+                    skip_label_value=s.skip_label_value,
+                    migration_labels=s.migration_labels,
+                )
+                await webhook.register(self.kube, body)
+            eviction_url = (
+                urlunsplit(urlsplit(s.webhook_url)._replace(path=eviction.PATH)) if s.webhook_url else None
+            )
+            await eviction.register(
+                self.kube,
+                eviction.webhook_configuration(
+                    s.webhook_config_name, bundle, url=eviction_url, service=service_ref
+                ),
+            )
+
+        return register
+
+
+def derived_drain_url(settings: ControllerSettings, services: Mapping[str, Service]) -> str | None:
+    """Where the kubelet reaches the drain endpoint when no --drain-url is given: the ClusterIP of
+    the --webhook-service, at its port for the plain health listener (the kubelet's httpGet hook
+    is plain HTTP before Kubernetes 1.25).  None: not known."""
+    if not settings.webhook_service:
+        return None
+    svc = services.get(settings.webhook_service)
+    spec = (svc or {}).get("spec") or {}
+    ip = spec.get("clusterIP")
+    if not ip or ip == "None":
+        return None
+    for port in spec.get("ports") or ():
+        if port.get("targetPort") in ("health", settings.health_port) or port.get("name") == "drain":
+            return f"http://{ip}:{port['port']}"
+    return None

@@ -1,0 +1,275 @@
+"""The controller process as the command builds it, on FakeKube and a fake provider: its
+start-up order, the leader's work starting and stopping with the lease, the reconcile loop's
+handling of each outcome, its event filters, and the order it stops in."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podgate.app.build import build
+from podgate.app.supervisor import Runnable, SteppedDown, Supervisor
+from podgate.controller.reconciler import Outcome
+from podgate.controller.service_controller import (
+    POLLS_PER_PERIOD,
+    ServiceController,
+    pod_change_matters,
+    service_change_matters,
+)
+from podgate.controller.settings import ControllerSettings
+from podgate.kube.api import NAMESPACES, PODS, SERVICES
+from podgate.kube.fake import FakeKube
+from podgate.model import gates
+from podgate.model.lb import Health, Target
+from podgate.providers.base import ProviderError
+from podgate.providers.fake import FakeProvider
+
+from .world import NS, World, pod, service
+
+
+# -- the supervisor ----------------------------------------------------------------------------
+class Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def runnable(self, name: str, fail: BaseException | None = None, **kw: Any) -> Runnable:
+        async def run() -> None:
+            self.lines.append(f"start {name}")
+            try:
+                if fail is not None:
+                    raise fail
+                await asyncio.Event().wait()
+            finally:
+                self.lines.append(f"stop {name}")
+
+        return Runnable(name, run, **kw)
+
+
+class Elector:
+    """Leader election as a test drives it: ``win()`` and ``lose()``."""
+
+    def __init__(self) -> None:
+        self.started: Callable[[], None] = lambda: None
+        self.stopped: Callable[[], None] = lambda: None
+        self.released = False
+        self.running = asyncio.Event()
+
+    async def run(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
+        self.started, self.stopped = on_started, on_stopped
+        self.running.set()
+        await asyncio.Event().wait()
+
+    async def release(self) -> None:
+        self.released = True
+
+
+async def synced_at_once() -> None:
+    pass
+
+
+async def until(done: Callable[[], object], seconds: float = 10.0) -> None:
+    """Poll the in-memory world until ``done()``: its changes come from tasks, not events."""
+    async with asyncio.timeout(seconds):
+        while not done():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_runnables_start_in_order_and_stop_in_reverse_leader_work_first() -> None:
+    log, synced = Log(), asyncio.Event()
+    sup = Supervisor(
+        [
+            log.runnable("health"),
+            log.runnable("informers"),
+            log.runnable("webhook", after_sync=True),
+            log.runnable("reconcile", leader_only=True),
+        ],
+        synced.wait,
+    )
+    task = asyncio.create_task(sup.run())
+    await settle()
+    assert log.lines == ["start health", "start informers"]  # nothing reads an empty cache
+    synced.set()
+    await settle()
+    assert log.lines[2:] == ["start webhook", "start reconcile"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert log.lines[4:] == ["stop reconcile", "stop webhook", "stop informers", "stop health"]
+
+
+async def test_the_leaders_work_starts_with_the_lease_and_losing_it_stops_the_process() -> None:
+    log, elector, leading = Log(), Elector(), []
+    sup = Supervisor(
+        [log.runnable("webhook", after_sync=True), log.runnable("reconcile", leader_only=True)],
+        synced_at_once,
+        elector,
+        on_leading=leading.append,
+    )
+    task = asyncio.create_task(sup.run())
+    async with asyncio.timeout(5):
+        await elector.running.wait()
+    await settle()
+    assert log.lines == ["start webhook"] and leading == [False]  # a follower serves, reconciles not
+    elector.started()
+    await settle()
+    assert log.lines == ["start webhook", "start reconcile"] and leading == [False, True]
+    elector.stopped()
+    with pytest.raises(SteppedDown):
+        await task
+    assert log.lines[2:] == ["stop reconcile", "stop webhook"] and leading[-1] is False
+    assert elector.released
+
+
+async def test_a_failing_runnable_stops_every_other_and_its_error_ends_the_run() -> None:
+    log, synced = Log(), asyncio.Event()
+    sup = Supervisor(
+        [log.runnable("health"), log.runnable("informers", fail=RuntimeError("watch broke"))], synced.wait
+    )
+    with pytest.raises(RuntimeError, match="watch broke"):
+        await sup.run()  # before the caches ever synced
+    assert "stop health" in log.lines and sup.stopped == ["informers", "health"]
+
+
+# -- the reconcile loop ------------------------------------------------------------------------
+def controller(world: World, **kw: Any) -> tuple[ServiceController, list[tuple[str, str]]]:
+    from podgate.kube.queue import WorkQueue
+
+    seen: list[tuple[str, str]] = []
+    ctl = ServiceController(
+        world.pods,
+        world.services,
+        world.namespaces,
+        world.resolutions,
+        world.reconciler,
+        WorkQueue(base_delay=0.01, name="unit"),
+        on_reconciled=lambda key, result, took, waited: seen.append((key, result)),
+        **kw,
+    )
+    return ctl, seen
+
+
+@pytest.mark.parametrize(("pending", "period"), [(0, 0.1), (1, 0.1), (POLLS_PER_PERIOD, 0.1), (50, 0.5)])
+def test_pending_services_are_read_every_poll_period_stretched_beyond_ten(
+    pending: int, period: float
+) -> None:
+    ctl, _ = controller(World(), poll_period=0.1)
+    ctl.polling.update(f"ns/s{i}" for i in range(pending))
+    assert ctl.poll_period_now() == pytest.approx(period)
+
+
+async def test_each_outcome_queues_the_service_as_it_asks() -> None:
+    ctl, _ = controller(World(), poll_period=0.05)
+    assert ctl.settle(f"{NS}/web", Outcome(poll=True, interval=0.2)) == "requeue_after"
+    assert ctl.polling == {f"{NS}/web"}
+    assert len(ctl.queue) == 0  # not at once: after the provider's interval
+    key, waited = await ctl.queue.get()
+    assert key == f"{NS}/web" and waited >= 0
+    ctl.queue.done(key)
+    assert ctl.settle(f"{NS}/web", Outcome()) == "success"
+    assert ctl.polling == set()
+
+
+async def test_a_failed_pass_is_retried_with_back_off_and_counted_as_an_error() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    await world.sync()
+    world.provider.fail("targets", ProviderError("throttled"), times=1)
+    ctl, seen = controller(world)
+    ctl.queue.add(f"{NS}/web")
+    worker = asyncio.create_task(ctl.work())
+    try:
+        await until(lambda: len(seen) >= 2)
+    finally:
+        worker.cancel()
+    assert seen[:2] == [(f"{NS}/web", "error"), (f"{NS}/web", "requeue_after")]
+
+
+async def test_events_that_cannot_change_targets_or_gates_queue_nothing() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    await world.sync()
+    ctl, _ = controller(world)
+    forgotten: list[str] = []
+    ctl.on_forgotten = forgotten.append
+    p = pod("p1")
+    touched = {**p, "metadata": {**p["metadata"], "annotations": {"note": "x"}}}
+    assert not pod_change_matters(touched, p)  # type: ignore[arg-type]
+    ctl.on_pod("MODIFIED", touched, p)  # type: ignore[arg-type]
+    assert len(ctl.queue) == 0
+    relabelled = {**p, "metadata": {**p["metadata"], "labels": {"app": "other"}}}
+    ctl.on_pod("MODIFIED", relabelled, p)  # type: ignore[arg-type]
+    assert len(ctl.queue) == 1  # it left the Service's selector: drained
+
+    svc = service()
+    with_status = {**svc, "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}}}
+    assert not service_change_matters(with_status, svc)  # type: ignore[arg-type]
+    ctl.on_service("MODIFIED", with_status, svc)  # type: ignore[arg-type]
+    assert len(ctl.queue) == 1  # podgate's own address write: nothing to do
+    ctl.on_service("DELETED", svc, None)
+    assert forgotten == [f"{NS}/web"]
+
+
+# -- the process as built ----------------------------------------------------------------------
+def settings(tmp: Path, **kw: Any) -> ControllerSettings:
+    return ControllerSettings(
+        default_provider="fake",
+        health_bind="127.0.0.1",
+        health_port=0,
+        webhook_bind="127.0.0.1",
+        webhook_port=0,
+        webhook_cert_dir=tmp,
+        poll_period=0.02,
+        **kw,
+    )
+
+
+async def test_the_built_process_gates_a_pod_on_the_fake_load_balancers_word(tmp_path: Path) -> None:
+    kube, provider = FakeKube(), FakeProvider()
+    kube.add(NAMESPACES, {"metadata": {"name": NS}})
+    kube.add(SERVICES, service())
+    kube.add(PODS, pod("p1", "10.0.0.1"))
+    app = build(settings(tmp_path), kube, {"fake": provider.provider()})
+    assert app.supervisor is not None
+    run = asyncio.create_task(app.supervisor.run())
+    gate = gates.service_gate("web")
+
+    def condition() -> dict[str, Any] | None:
+        obj = kube.object(PODS, "p1", NS) or {}
+        return next((c for c in obj["status"].get("conditions", ()) if c["type"] == gate), None)
+
+    try:
+        await until(lambda: app.webhook.up.is_set() and condition())
+        assert app.leading and app.problems() == []
+        assert condition()["status"] == "False"  # type: ignore[index]  # registered, not healthy yet
+        provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+        await until(lambda: condition()["status"] == "True")  # type: ignore[index]
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await app.close()
+    started = app.supervisor.started
+    assert started.index("health server") < started.index("webhook server")
+    assert started.index("webhook server") < started.index("service controller")
+    stopped = app.supervisor.stopped
+    assert stopped[:3] == ["gate writers", "service controller", "check gates"]
+    assert stopped[-1] == "health server"
+
+
+def test_building_twice_shares_nothing(tmp_path: Path) -> None:
+    """No component is a module global: two processes in one interpreter (tests) stay apart."""
+    one = build(settings(tmp_path), FakeKube(), {"fake": FakeProvider().provider()})
+    two = build(settings(tmp_path), FakeKube(), {"fake": FakeProvider().provider()})
+    assert one.queue is not two.queue and one.resolutions is not two.resolutions
+    assert [r.name for r in one.runnables] == [r.name for r in two.runnables]
+    leader = {r.name for r in one.runnables if r.leader_only}
+    assert leader == {"gate writers", "service controller", "check gates"}
