@@ -161,6 +161,68 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
     )
     #: one read of a pool per poll, shared by the reconciler, the drain hooks and the guard
     reads = PoolReads()
+    gate_writer, queue, reconciler, controller = _reconciling(
+        settings, kube, pods, services, namespaces, resolutions, recorder, reads
+    )
+    metrics.drain_results(drain.RESULTS)
+    drain_endpoint = drain.DrainEndpoint(
+        kube,
+        pods,
+        services,
+        resolutions,
+        recorder,
+        observe=metrics.observe_drain,
+        poll=settings.poll_period,
+        reads=reads,
+    )
+    guard = eviction.EvictionGuard(
+        pods, services, resolutions, lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(), reads=reads
+    )
+    app = App(
+        settings=settings,
+        kube=kube,
+        providers=instrumented,
+        pods=pods,
+        services=services,
+        namespaces=namespaces,
+        checks=checks,
+        recorder=recorder,
+        resolutions=resolutions,
+        reads=reads,
+        gates=gate_writer,
+        queue=queue,
+        reconciler=reconciler,
+        controller=controller,
+        check_runner=CheckRunner(kube, pods, checks, gate_writer, recorder),
+        drain=drain_endpoint,
+        guard=guard,
+        pending=PendingGates(pods),
+        webhook=_webhook(settings, kube, services, checks, resolutions, drain_endpoint, guard),
+        health=HealthServer(
+            settings.health_bind,
+            settings.health_port,
+            lambda: app.problems(),
+            metrics.REGISTRY,
+            drain_endpoint.handle,
+        ),
+        elector=_elector(settings, kube),
+    )
+    app.runnables = _runnables(app)
+    app.supervisor = Supervisor(app.runnables, app.synced, app.elector, on_leading=app._set_leading)
+    return app
+
+
+def _reconciling(
+    settings: ControllerSettings,
+    kube: Kube,
+    pods: Informer[Pod],
+    services: Informer[Service],
+    namespaces: Informer[Namespace],
+    resolutions: ServiceResolutions,
+    recorder: EventRecorder,
+    reads: PoolReads,
+) -> tuple[GateWriter, WorkQueue, ServiceReconciler, ServiceController]:
+    """The leader's side: the gate writer, the work queue, the reconciler and its loop."""
     gate_writer = GateWriter(kube, pods, recorder)
     queue = WorkQueue(name="services", metrics=metrics.QueueCounters())
     reconciler = ServiceReconciler(
@@ -191,25 +253,19 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         on_reconciled=metrics.observe_reconcile,
         on_forgotten=metrics.forget_service,
     )
-    metrics.drain_results(drain.RESULTS)
-    drain_endpoint = drain.DrainEndpoint(
-        kube,
-        pods,
-        services,
-        resolutions,
-        recorder,
-        observe=metrics.observe_drain,
-        poll=settings.poll_period,
-        reads=reads,
-    )
-    guard = eviction.EvictionGuard(
-        pods,
-        services,
-        resolutions,
-        lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
-        reads=reads,
-    )
-    webhook = WebhookServer(
+    return gate_writer, queue, reconciler, controller
+
+
+def _webhook(
+    settings: ControllerSettings,
+    kube: Kube,
+    services: Informer[Service],
+    checks: Informer[Obj],
+    resolutions: ServiceResolutions,
+    drain_endpoint: drain.DrainEndpoint,
+    guard: eviction.EvictionGuard,
+) -> WebhookServer:
+    return WebhookServer(
         settings,
         kube,
         services,
@@ -220,51 +276,21 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         observe=metrics.observe_webhook,
         on_tls_failure=lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc(),
     )
-    elector = (
-        LeaderElector(
-            kube,
-            settings.leader_election_namespace,
-            settings.leader_election_name,
-            settings.identity,
-            lease_duration=settings.lease_duration,
-            renew_deadline=settings.lease_duration * 2 / 3,
-            retry_period=settings.lease_duration / 7.5,
-        )
-        if settings.leader_elect
-        else None
+
+
+def _elector(settings: ControllerSettings, kube: Kube) -> LeaderElector | None:
+    """client-go's proportions: renew within two thirds of the lease, retry every 2 s of 15."""
+    if not settings.leader_elect:
+        return None
+    return LeaderElector(
+        kube,
+        settings.leader_election_namespace,
+        settings.leader_election_name,
+        settings.identity,
+        lease_duration=settings.lease_duration,
+        renew_deadline=settings.lease_duration * 2 / 3,
+        retry_period=settings.lease_duration / 7.5,
     )
-    app = App(
-        settings=settings,
-        kube=kube,
-        providers=instrumented,
-        pods=pods,
-        services=services,
-        namespaces=namespaces,
-        checks=checks,
-        recorder=recorder,
-        resolutions=resolutions,
-        reads=reads,
-        gates=gate_writer,
-        queue=queue,
-        reconciler=reconciler,
-        controller=controller,
-        check_runner=CheckRunner(kube, pods, checks, gate_writer, recorder),
-        drain=drain_endpoint,
-        guard=guard,
-        pending=PendingGates(pods),
-        webhook=webhook,
-        health=HealthServer(
-            settings.health_bind,
-            settings.health_port,
-            lambda: app.problems(),
-            metrics.REGISTRY,
-            drain_endpoint.handle,
-        ),
-        elector=elector,
-    )
-    app.runnables = _runnables(app)
-    app.supervisor = Supervisor(app.runnables, app.synced, elector, on_leading=app._set_leading)
-    return app
 
 
 def _runnables(app: App) -> list[Runnable]:

@@ -6,14 +6,12 @@ strategic-merge patch holding only that condition, written only when it changes,
 time-to-ready metrics.
 
 The reconciler does not wait for its writes: it :meth:`GateWriter.submit`\ s what each gate
-should be and goes on to the next Service.  A pass used to hold its worker until every PATCH
-of its 100 pods came back; on a saturated API server that was 1.3 s a pass, so with 50
-Services a healthy target waited tens of seconds for its Service's turn (bench/scale.py).
-Submitted writes wait in one queue that keeps only the latest wanted condition per pod and
-gate, and sends changes of status (a gate opening or closing) before progress (a new reason
-on a gate that stays False): when the API server falls behind, "registering" and "health
-checking" are overtaken by "healthy" and never sent, so writes per pod fall exactly when
-they cost the most.
+should be and goes on to the next Service, so a slow API server delays writes, never the other
+Services' passes (whose targets may be turning healthy meanwhile).  Submitted writes wait in
+one queue that keeps only the latest wanted condition per pod and gate, and sends changes of
+status (a gate opening or closing) before progress (a new reason on a gate that stays False):
+when the API server falls behind, "registering" and "health checking" are overtaken by
+"healthy" and never sent, so writes per pod fall exactly when they cost the most.
 """
 
 from __future__ import annotations

@@ -2,13 +2,12 @@
 
 The controller holds tens of thousands of small dicts (a slim copy of every pod and Service),
 and every watch event makes and drops more.  CPython's cyclic collector scans them all on a
-full collection, with every thread stopped: the webhook's thread and the drain hooks too.
-Measured in a 5,000-pod create pass (``bench/scale.py``) with the default thresholds
-(700, 10, 10): 12 full collections of up to 567 ms each, 108 young ones over 10 ms, and the
-webhook's worst answer 587 ms.  The projections hold no reference cycles, so scanning them
-finds nothing: collections are made rarer (a young collection per 50,000 allocations), and
-what the caches hold when they are first synced is frozen out of every later scan
-(``gc.freeze``, as large Python services do).  ``podgate_gc_pause_seconds`` shows the pauses.
+full collection, with every thread stopped: the webhook's thread and the drain hooks too
+(bench/results/scale.md has the pauses with the default thresholds and with these).  The
+projections hold no reference cycles, so scanning them finds nothing: collections are made
+rarer (a young collection per 50,000 allocations), and what the caches hold when they are first
+synced is frozen out of every later scan (``gc.freeze``, as large Python services do).
+``podgate_gc_pause_seconds`` shows the pauses.
 """
 
 from __future__ import annotations

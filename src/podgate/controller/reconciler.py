@@ -232,6 +232,8 @@ class ServiceReconciler:
         policy: GatePolicy,
         out: Outcome,
     ) -> None:
+        """The Service's load balancer set up, each pool's targets brought to plan, then every
+        gated pod's condition decided from the pools' health."""
         namespace = service["metadata"]["namespace"]
         address = None
         if provider.provisioning is not None:
@@ -248,59 +250,7 @@ class ServiceReconciler:
         selected = self.selected(namespace, selector)
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
-            present = await self.reads.read(provider, pool, provider.pool.poll_interval)
-            # the pods the plan needs: those selected, and those behind a present target (a pod
-            # that left the selector drains rather than vanishes)
-            behind = [
-                p for ip in {t.ip for t in present} for p in self.pods.by_index(IP_INDEX, f"{namespace}/{ip}")
-            ]
-            plan = lb.plan_targets(pool, selector, [*selected, *behind])
-            drained = self._drained(key, pool, present)
-            diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
-            failed: ProviderError | None = None
-            try:
-                if diff.add:
-                    try:
-                        await provider.pool.register(pool, diff.add)
-                    except ProviderError as e:
-                        failed = e  # leaving pods must still leave: report after draining/removing
-                if diff.drain:
-                    await provider.pool.drain(pool, diff.drain)
-                if diff.remove:
-                    await provider.pool.deregister(pool, diff.remove)
-            finally:
-                if diff.add or diff.drain or diff.remove:
-                    self.reads.forget(provider, pool)  # changed (or maybe, on an error): read afresh
-            if failed is not None:
-                raise failed
-            if diff.add or diff.drain or diff.remove:
-                log.info(
-                    "%s port %d: register %s, drain %s, remove %s",
-                    key,
-                    pool.port,
-                    _targets(diff.add),
-                    _targets(diff.drain),
-                    _targets(diff.remove),
-                )
-                log.debug(
-                    "%s port %d: plan %s; present %s",
-                    key,
-                    pool.port,
-                    plan,
-                    {str(t): st.admin for t, st in present.items()},
-                )
-                for t in diff.drain:
-                    pk = plan.drain.get(t)
-                    p = self.pods.get(pk) if pk else None
-                    if p:
-                        log.debug(
-                            "drain %s: rv %s del %s conds %s",
-                            pk,
-                            p["metadata"].get("resourceVersion"),
-                            p["metadata"].get("deletionTimestamp"),
-                            [(c["type"], c["status"]) for c in pod_conditions(p)],
-                        )
-                present = await self.reads.read(provider, pool, provider.pool.poll_interval)
+            plan, present = await self._sync_pool(key, provider, pool, selector, selected)
             if any(st.admin == "drain" for st in present.values()):
                 out.poll = True  # remove drained targets as soon as their connections end
             for target, pod_key in plan.active.items():
@@ -310,7 +260,76 @@ class ServiceReconciler:
                     if st
                     else lb.TargetHealth(lb.Health.UNREGISTERED, f"{target} is being registered")
                 )
-        name = service["metadata"]["name"]
+        self._decide_gates(service, pools, gated, gate, policy, healths, out)
+
+    async def _sync_pool(
+        self,
+        key: str,
+        provider: Provider,
+        pool: lb.PoolSpec,
+        selector: Mapping[str, str] | None,
+        selected: list[Pod],
+    ) -> tuple[lb.TargetPlan, Mapping[lb.Target, TargetState]]:
+        """Register, drain and remove the pool's targets as the plan says; the plan, and the
+        pool as the load balancer has it afterwards."""
+        present = await self.reads.read(provider, pool, provider.pool.poll_interval)
+        # the pods the plan needs: those selected, and those behind a present target (a pod that
+        # left the selector drains rather than vanishes)
+        behind = [
+            p
+            for ip in {t.ip for t in present}
+            for p in self.pods.by_index(IP_INDEX, f"{pool.namespace}/{ip}")
+        ]
+        plan = lb.plan_targets(pool, selector, [*selected, *behind])
+        drained = self._drained(key, pool, present)
+        diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
+        if not (diff.add or diff.drain or diff.remove):
+            return plan, present
+        failed: ProviderError | None = None
+        try:
+            if diff.add:
+                try:
+                    await provider.pool.register(pool, diff.add)
+                except ProviderError as e:
+                    failed = e  # leaving pods must still leave: report after draining/removing
+            if diff.drain:
+                await provider.pool.drain(pool, diff.drain)
+            if diff.remove:
+                await provider.pool.deregister(pool, diff.remove)
+        finally:
+            self.reads.forget(provider, pool)  # changed (or maybe, on an error): read afresh
+        if failed is not None:
+            raise failed
+        log.info(
+            "%s port %d: register %s, drain %s, remove %s",
+            key,
+            pool.port,
+            _targets(diff.add),
+            _targets(diff.drain),
+            _targets(diff.remove),
+        )
+        log.debug(
+            "%s port %d: plan %s; present %s",
+            key,
+            pool.port,
+            plan,
+            {str(t): st.admin for t, st in present.items()},
+        )
+        return plan, await self.reads.read(provider, pool, provider.pool.poll_interval)
+
+    def _decide_gates(
+        self,
+        service: Service,
+        pools: list[lb.PoolSpec],
+        gated: list[Pod],
+        gate: str,
+        policy: GatePolicy,
+        healths: Mapping[str, list[lb.TargetHealth]],
+        out: Outcome,
+    ) -> None:
+        """Each gated pod's condition from its targets' health in every pool."""
+        namespace, name = service["metadata"]["namespace"], service["metadata"]["name"]
+        selector = selector_of(service)
         minimum = pools[0].health.minimum_to_healthy if pools else 0.0
         for pod in gated:
             if not policy.continuous and self._gates_true(pod, name):

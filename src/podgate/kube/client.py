@@ -6,8 +6,8 @@ also skips the client's status check, so every answer's status is checked here. 
 generated methods are not used: one ``call_api`` per verb, on a path built from the
 :class:`~podgate.kube.api.Resource`, keeps auth, TLS and kubeconfig handling from the library.
 
-``call`` is the older helper over a generated method; the sandbox's node agent and the
-benchmarks still use it.
+``call`` is a helper over a generated method, kept for the sandbox (node agent, binder, labs);
+the product itself goes through :class:`ApiKube` only.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class ApiKube:
         await self._request("DELETE", resource.path(namespace, name), body=options)
 
 
-# -- the older helpers, over generated methods (sandbox and benchmarks) ----------------------
+# -- helpers over generated methods, for the sandbox --------------------------------------
 async def call(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
     """Call a generated API method for its raw JSON body, parsed into dicts.
 

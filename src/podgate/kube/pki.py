@@ -27,7 +27,7 @@ def _key() -> rsa.RSAPrivateKey:
 def _serving_key() -> ec.EllipticCurvePrivateKey:
     """A serving certificate's key: ECDSA P-256.  Every new TLS connection costs the server one
     signature, about 20 times cheaper than RSA 2048's; the API server opens many at once to a
-    webhook during a burst of pod creations (over 2,000 for 5,000 pods, measured)."""
+    webhook during a burst of pod creations, one per concurrent review."""
     return ec.generate_private_key(ec.SECP256R1())
 
 

@@ -102,8 +102,7 @@ class DrainEndpoint:
         self.redrain = redrain
         self.reads = reads if reads is not None else PoolReads()
         # A hook names its pod by token: found through an index, not a scan of the namespace's
-        # pods (a third of the controller's loop in a 5,000-pod restart: 5,000 hooks, each
-        # reading every pod's annotations)
+        # pods (a mass restart sends a hook per pod, each of which would read every pod)
         pods.add_index(TOKEN_INDEX, _token_keys)
 
     async def _read(self, ref: _PoolRef) -> dict[lb.Target, TargetState]:
