@@ -50,6 +50,7 @@ async def evict(world: World, guard: EvictionGuard, name: str, **extra: Any) -> 
         },
     }
     request = make_mocked_request("POST", "/validate-eviction", payload=None)
+    # aiohttp's test request has no body setter: its cached body is the only way in
     request._read_bytes = json.dumps(review).encode()  # what the API server posts
     answer = await guard.handle(request)
     body: dict[str, Any] = json.loads(answer.body)  # type: ignore[arg-type]

@@ -99,7 +99,7 @@ async def test_update_if_newer_never_goes_back() -> None:
     assert inf.cache["ns/a"]["metadata"]["resourceVersion"] == "6"
     seen: list[str] = []
     inf.add_handler(lambda kind, obj, old: seen.append(kind))
-    inf._apply({"type": "MODIFIED", "object": pod("a", "5")})  # the watch catching up
+    inf.apply({"type": "MODIFIED", "object": pod("a", "5")})  # the watch catching up
     assert inf.cache["ns/a"]["metadata"]["resourceVersion"] == "6" and seen == []
 
 
@@ -114,7 +114,7 @@ async def test_a_change_that_arrives_in_our_own_writes_answer_is_emitted() -> No
     answer = {**pod("a", "7"), "status": {"ready": True, "gate": True}}
     inf.update_if_newer(answer)
     assert [(k, rv, old["status"]) for k, rv, old in seen] == [("MODIFIED", "7", {"ready": False})]
-    inf._apply({"type": "MODIFIED", "object": {**pod("a", "6"), "status": {"ready": True}}})
+    inf.apply({"type": "MODIFIED", "object": {**pod("a", "6"), "status": {"ready": True}}})
     assert len(seen) == 1  # the older event is dropped: the change was told once
     assert inf.cache["ns/a"]["status"] == {"ready": True, "gate": True}
 
@@ -127,11 +127,11 @@ async def test_our_answer_never_brings_back_what_the_watch_deleted() -> None:
         inf: Informer[Any] = Informer(FakeKube(), SERVICES)
         inf.cache["ns/a"] = pod("a", "8")
         if order == "deleted first":
-            inf._apply({"type": "DELETED", "object": gone})
+            inf.apply({"type": "DELETED", "object": gone})
             inf.update_if_newer(gone)
         else:
             inf.update_if_newer(gone)
-            inf._apply({"type": "DELETED", "object": gone})
+            inf.apply({"type": "DELETED", "object": gone})
         assert "ns/a" not in inf.cache, order
 
 
@@ -145,21 +145,21 @@ async def test_indexes_follow_every_change_and_a_relist() -> None:
     kube.add(PODS, labelled("b", "1", ns="other", app="web"))
     inf: Informer[Any] = Informer(kube, PODS)
     inf.add_index("app", lambda p: [p["metadata"]["labels"].get("app", "")])
-    await inf._relist()
+    await inf.relist()
 
     def names(index: str, value: str) -> list[str]:
         return sorted(p["metadata"]["name"] for p in inf.by_index(index, value))
 
     assert names("namespace", "ns") == ["a"] and names("app", "web") == ["a", "b"]
-    inf._apply({"type": "MODIFIED", "object": labelled("a", "2", app="api")})
+    inf.apply({"type": "MODIFIED", "object": labelled("a", "2", app="api")})
     assert names("app", "web") == ["b"] and names("app", "api") == ["a"]
-    inf._apply({"type": "ADDED", "object": labelled("c", "3", app="api")})
-    inf._apply({"type": "DELETED", "object": labelled("a", "4", app="api")})
+    inf.apply({"type": "ADDED", "object": labelled("c", "3", app="api")})
+    inf.apply({"type": "DELETED", "object": labelled("a", "4", app="api")})
     assert names("app", "api") == ["c"] and [p["metadata"]["name"] for p in inf.in_namespace("ns")] == ["c"]
     assert sorted(inf.index_values("app")) == ["api", "web"]
     inf.update_if_newer(labelled("c", "5", app="web"))  # our own write's answer
     assert names("app", "web") == ["b", "c"] and "api" not in inf.index_values("app")
-    await inf._relist()  # the API server's truth: a as first listed, c never there
+    await inf.relist()  # the API server's truth: a as first listed, c never there
     assert names("app", "web") == ["a", "b"] and names("namespace", "ns") == ["a"]
     assert "api" not in inf.index_values("app")
 
@@ -170,9 +170,9 @@ async def test_the_cache_keeps_only_the_projection() -> None:
     inf: Informer[Any] = Informer(kube, PODS, project=lambda p: {"metadata": p["metadata"], "slim": True})
     seen: list[Any] = []
     inf.add_handler(lambda kind, obj, old: seen.append(obj))
-    await inf._relist()
+    await inf.relist()
     inf.update_if_newer({**labelled("a", "2", app="web"), "spec": {"big": "y"}})
-    inf._apply({"type": "MODIFIED", "object": {**labelled("a", "3", app="web"), "spec": {"big": "z"}}})
+    inf.apply({"type": "MODIFIED", "object": {**labelled("a", "3", app="web"), "spec": {"big": "z"}}})
     assert all(obj.get("slim") and "spec" not in obj for obj in [*seen, *inf.cache.values()])
     assert len(seen) == 3
 
@@ -195,7 +195,7 @@ async def test_a_failed_page_is_asked_again_from_its_continue_token() -> None:
 
     kube.list = flaky_list  # type: ignore[method-assign]
     inf: Informer[Pod] = Informer(kube, PODS, page_size=2, max_backoff=0.01)
-    await inf._relist()
+    await inf.relist()
     assert asked == [None, "2", "2", "2", "4"]  # resumed, not started over
     assert len(inf.cache) == 5 and inf.relists == 1
 
@@ -217,5 +217,5 @@ async def test_an_expired_continue_token_starts_the_list_over() -> None:
 
     kube.list = compacting_list  # type: ignore[method-assign]
     inf: Informer[Pod] = Informer(kube, PODS, page_size=2)
-    await inf._relist()
+    await inf.relist()
     assert asked == [None, "2", None, "2"] and len(inf.cache) == 3

@@ -26,14 +26,14 @@ def lease(kube: FakeKube) -> dict[str, Any]:
 async def test_acquire_then_renew() -> None:
     kube = FakeKube()
     me = elector(kube)
-    assert await me._try_acquire_or_renew()
+    assert await me.try_acquire_or_renew()
     first = lease(kube)
     assert (first["holderIdentity"], first["leaseTransitions"], first["leaseDurationSeconds"]) == (
         "me",
         0,
         15,
     )
-    assert await me._try_acquire_or_renew()
+    assert await me.try_acquire_or_renew()
     renewed = lease(kube)
     assert renewed["acquireTime"] == first["acquireTime"] and renewed["leaseTransitions"] == 0
     assert [w.verb for w in kube.writes] == ["create", "replace"]
@@ -43,24 +43,24 @@ async def test_acquire_then_renew() -> None:
 
 async def test_a_live_lease_of_another_is_left_alone_an_expired_one_taken_over() -> None:
     kube = FakeKube()
-    assert await elector(kube, "other")._try_acquire_or_renew()
+    assert await elector(kube, "other").try_acquire_or_renew()
     kube.writes.clear()
-    assert not await elector(kube)._try_acquire_or_renew()
+    assert not await elector(kube).try_acquire_or_renew()
     assert kube.writes == []
     obj = kube.object(LEASES, NAME, NS)
     assert obj is not None
     obj["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z"
     await kube.replace(LEASES, NAME, obj, NS)
-    assert await elector(kube)._try_acquire_or_renew()
+    assert await elector(kube).try_acquire_or_renew()
     assert (lease(kube)["holderIdentity"], lease(kube)["leaseTransitions"]) == ("me", 1)
 
 
 async def test_losing_the_race_is_a_lost_round() -> None:
     kube = FakeKube()
     me = elector(kube)
-    assert await me._try_acquire_or_renew()
+    assert await me.try_acquire_or_renew()
     kube.fail("replace", LEASES, NAME, Conflict("the object has been modified"))
-    assert not await me._try_acquire_or_renew()
+    assert not await me.try_acquire_or_renew()
 
 
 async def test_a_leader_that_cannot_renew_steps_down() -> None:
@@ -87,11 +87,11 @@ async def test_a_leader_that_cannot_renew_steps_down() -> None:
 async def test_release_hands_the_lease_back() -> None:
     kube = FakeKube()
     me = elector(kube)
-    assert await me._try_acquire_or_renew()
+    assert await me.try_acquire_or_renew()
     await me.release()  # not leader yet as far as run() knows: nothing to give up
     assert lease(kube)["holderIdentity"] == "me"
     me.is_leader = True
     await me.release()
     released = lease(kube)
     assert (released["holderIdentity"], released["leaseDurationSeconds"]) == ("", 1)
-    assert await elector(kube, "next")._try_acquire_or_renew()  # a successor need not wait
+    assert await elector(kube, "next").try_acquire_or_renew()  # a successor need not wait

@@ -106,6 +106,7 @@ async def test_botocore_makes_one_attempt_per_call(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "podgate-unit-test-not-a-secret")
     provider = AwsElbv2Provider("aws", "eu-west-1")
     try:
+        # the SDK client's own configuration: no seam shows it, and it is what this test is about
         client = await provider._elbv2()
         assert client.meta.config.retries["total_max_attempts"] == 1
     finally:
@@ -117,5 +118,6 @@ def test_tea_runtime_does_not_retry() -> None:
     credential = CredentialClient(Config(type="access_key", access_key_id="ak", access_key_secret="sk"))
     provider = AlibabaProvider("ali", credential=credential)
     for product in ("clb", "nlb", "ecs"):
+        # the SDK client's own retry options: no seam shows them, and they are what this is about
         options = provider.transport._client(product)._retry_options
         assert options is not None and options.retryable is False

@@ -36,7 +36,7 @@ async def test_rate_limited_backoff_grows_and_caps() -> None:
     for _ in range(5):
         q.add_rate_limited("a")
     assert q.failures("a") == 5
-    delays = [d for d, _, _ in q._delayed]
+    delays = q.delays()
     spread = max(delays) - min(delays)
     assert 0.025 <= spread <= 0.045, "delays 0.01, 0.02, 0.04 (capped), 0.04, 0.04"
     q.forget("a")

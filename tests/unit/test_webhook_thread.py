@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def services() -> Informer[Service]:
     informer: Informer[Service] = Informer(FakeKube(), SERVICES, snapshots=True)
-    informer._apply(
+    informer.apply(
         {
             "type": "ADDED",
             "object": {
@@ -103,7 +103,7 @@ async def test_reviews_handed_to_the_controllers_loop_are_answered_there() -> No
 def test_a_snapshot_never_changes_under_its_reader() -> None:
     informer = services()
     before = informer.snapshot()
-    informer._apply({"type": "DELETED", "object": {"metadata": {"name": "web", "namespace": "shop"}}})
+    informer.apply({"type": "DELETED", "object": {"metadata": {"name": "web", "namespace": "shop"}}})
     assert set(before) == {"shop/web"} and set(informer.snapshot()) == set()
     with pytest.raises(TypeError):
         before["shop/x"] = {}  # type: ignore[index]

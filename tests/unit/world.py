@@ -123,7 +123,7 @@ class World:
     async def sync(self) -> None:
         """What the informers would hold once their watches caught up."""
         for informer in (self.pods, self.services, self.namespaces):
-            await informer._relist()
+            await informer.relist()
 
     async def reconcile(self, key: str = f"{NS}/web") -> None:
         await self.sync()

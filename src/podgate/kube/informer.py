@@ -189,7 +189,7 @@ class Informer(Generic[T]):
         while True:
             try:
                 if need_list:
-                    await self._relist()
+                    await self.relist()
                     need_list = False
                 await self._watch()
                 backoff = 0.5
@@ -203,9 +203,11 @@ class Informer(Generic[T]):
                 await asyncio.sleep(backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self._max_backoff)
 
-    async def _relist(self) -> None:
-        """List in pages, projecting each page as it comes (the raw items of the whole list are
-        never held at once); a failed page is asked again from its continue token."""
+    async def relist(self) -> None:
+        """Replace the cache with a fresh list, emitting the differences as events (what a watch
+        that expired does, and what a test does to catch the cache up with the API server).  In
+        pages, projecting each page as it comes (the raw items of the whole list are never held
+        at once); a failed page is asked again from its continue token."""
         fresh: dict[str, T] = {}
         token: str | None = None
         while True:
@@ -282,9 +284,10 @@ class Informer(Generic[T]):
             field_selector=self._field_selector,
             timeout_seconds=self._watch_timeout,
         ):
-            self._apply(event)
+            self.apply(event)
 
-    def _apply(self, event: WatchEvent) -> None:
+    def apply(self, event: WatchEvent) -> None:
+        """One watch event into the cache, its indexes and handlers."""
         kind, raw = event["type"], event["object"]
         rv = raw["metadata"].get("resourceVersion")
         if rv:

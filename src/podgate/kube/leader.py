@@ -59,7 +59,7 @@ class LeaderElector:
     async def run(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
         """Campaign forever; calls ``on_started`` on winning and ``on_stopped`` on losing."""
         while True:
-            if await self._try_acquire_or_renew():
+            if await self.try_acquire_or_renew():
                 if not self.is_leader:
                     self.is_leader = True
                     log.info("became leader (%s/%s as %s)", self.namespace, self.name, self.identity)
@@ -74,12 +74,14 @@ class LeaderElector:
         last_ok = time.monotonic()
         while True:
             await asyncio.sleep(self.retry_period)
-            if await self._try_acquire_or_renew():
+            if await self.try_acquire_or_renew():
                 last_ok = time.monotonic()
             elif time.monotonic() - last_ok > self.renew_deadline:
                 return
 
-    async def _try_acquire_or_renew(self) -> bool:
+    async def try_acquire_or_renew(self) -> bool:
+        """One round of the election: take the Lease if it is free or expired, renew it if it
+        is ours; whether this replica holds it now."""
         try:
             lease = cast(Lease, await self.kube.get(LEASES, self.name, self.namespace))
         except NotFound:

@@ -83,6 +83,10 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._queue)
 
+    def delays(self) -> list[float]:
+        """When each key waiting to be added again is due (monotonic seconds), earliest first."""
+        return sorted(due for due, _, _ in self._delayed)
+
     def add(self, key: str) -> None:
         """Queue ``key`` unless it already waits.  Counted as an add only when it changes
         something (client-go's rule): a key already waiting, or already due again after the

@@ -201,7 +201,7 @@ class HAProxyProvider:
             raise ProviderError("no load-balancer address for the Service")
         async with self._lock:
             self._services[service_key] = ServiceLB(address, list(pools))
-            await self._apply()
+            await self.apply()
         return address
 
     async def release(self, service_key: str) -> None:
@@ -209,7 +209,7 @@ class HAProxyProvider:
             return
         async with self._lock:
             if self._services.pop(service_key, None) is not None or not self._initialised:
-                await self._apply()
+                await self.apply()
 
     async def sync_all(self, services: Mapping[str, ServiceLB]) -> None:
         """Set the whole structure at once (controller start): no Service flickers out while
@@ -218,9 +218,9 @@ class HAProxyProvider:
             return
         async with self._lock:
             self._services = dict(services)
-            await self._apply()
+            await self.apply()
 
-    async def _apply(self) -> None:
+    async def apply(self) -> None:
         assert self.config_path is not None and self.master is not None
         mark = cfg.STRUCTURE_MARK + cfg.structure_id(self.base_config, self._services)
         try:
