@@ -425,3 +425,34 @@ async def test_failed_gate_writes_queue_the_service_again_once_a_pass() -> None:
     assert all(gate(world, f"p{i}") is None for i in range(5))  # nothing written, nothing claimed
     await world.reconcile()  # the retry's own failures queue it once more
     assert requeued == [KEY, KEY]
+
+
+@pytest.mark.parametrize("continuous", [True, False], ids=["continuous", "startup"])
+async def test_a_load_balancer_that_cannot_be_read_closes_no_open_gate(continuous: bool) -> None:
+    """Unknown is not unhealthy: a throttled or failed read keeps open gates open (in continuous
+    mode too) and closed ones closed, saying since when; the Service gets a Warning; once the
+    load balancer answers again its own verdict decides."""
+    world = World(sticky=not continuous)
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"), pod("p2", ip="10.0.0.2"))
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+    await world.reconcile()
+    assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+    assert gate(world, "p2") == ("False", "InitialHealthChecking")
+    world.provider.fail("targets", ProviderError("Throttling: Rate exceeded"), times=3)
+    for _ in range(3):
+        with pytest.raises(ProviderError):
+            await world.reconcile()
+        assert gate(world, "p1") == ("True", lb.HEALTHY_REASON)
+        assert ("Service", "web", "LoadBalancerError", "Warning") in world.recorder.events
+    assert gate(world, "p2") == ("False", lb.PROVIDER_ERROR)
+    message = (world.condition("p2") or {})["message"]
+    assert "cannot read the load balancer since 20" in message and "Throttling" in message
+    assert f"{NS}/web" in world.reconciler.unreadable_since
+    await world.reconcile()  # it answers again: its own word
+    assert gate(world, "p2") == ("False", "InitialHealthChecking")
+    assert world.reconciler.unreadable_since == {}
+    if continuous:  # and only the load balancer's own verdict closes an open gate
+        world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "connection refused")
+        await world.reconcile()
+        assert gate(world, "p1") == ("False", "HealthCheckFailing")

@@ -108,6 +108,8 @@ class ServiceReconciler:
         self.on_write_failed = on_write_failed
         #: Services queued again for a failed write since their last pass began
         self._requeued: set[str] = set()
+        #: Services whose load balancer could not be read, since when (wall clock, for messages)
+        self.unreadable_since: dict[str, float] = {}
         # A reconcile reads only its Service's pods, through these (and never scans the cache):
         # by the Service each readiness gate is for, by label (a selector is the intersection
         # of its pairs), by IP (the pods behind a pool's present targets).
@@ -213,13 +215,41 @@ class ServiceReconciler:
         try:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, policy, out)
         except ProviderError as e:
-            self.recorder_emit(service, "Service", "LoadBalancerError", str(e), "Warning")
-            failed = lb.failure_condition(gate, lb.PROVIDER_ERROR, str(e))
-            for pod in gated:
-                self.set_gate(pod, failed, policy=policy)
+            self._unreadable(key, service, gate, gated, policy, e)
             raise
+        self.unreadable_since.pop(key, None)
         await self._report_pods_without_gate(key, service, gate)
         return out
+
+    def _unreadable(
+        self,
+        key: str,
+        service: Service,
+        gate: str,
+        gated: list[Pod],
+        policy: GatePolicy,
+        error: ProviderError,
+    ) -> None:
+        """The load balancer could not be read or written: unknown is not unhealthy.  An open
+        gate stays open (only the load balancer's own verdict closes one: an API error or a
+        throttled call must not take every pod out of service); a closed one stays closed and
+        says since when podgate cannot read the load balancer.  For as long as it lasts."""
+        since = self.unreadable_since.setdefault(key, time.time())
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+        self.recorder_emit(
+            service,
+            "Service",
+            "LoadBalancerError",
+            f"{error}; podgate cannot read the load balancer since {at}: gates keep their status",
+            "Warning",
+        )
+        failed = lb.failure_condition(
+            gate, lb.PROVIDER_ERROR, f"podgate cannot read the load balancer since {at}: {error}"
+        )
+        name = service["metadata"]["name"]
+        for pod in gated:
+            if not self._gates_open(pod, name):
+                self.set_gate(pod, failed, policy=policy)
 
     async def _reconcile_pools(
         self,
@@ -447,6 +477,7 @@ class ServiceReconciler:
                     await provider.binding.unbind(key)
         finally:
             self.reads.forget_service(key)
+            self.unreadable_since.pop(key, None)
         if self._addresses is not None:
             self._addresses.pop(key, None)
         ip = _ingress_ip(service) if service else None
@@ -486,6 +517,14 @@ class ServiceReconciler:
             for g in cond.readiness_gates(pod_spec(pod))
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
+
+    def _gates_open(self, pod: Pod, service: str) -> bool:
+        """Every gate of the pod for this Service True, whatever the reason."""
+        conditions = pod_conditions(pod)
+        return all(
+            (c := cond.find(conditions, t)) is not None and c.get("status") == cond.TRUE
+            for t in self._gate_types_on(pod, service)
+        )
 
     def _gates_true(self, pod: Pod, service: str) -> bool:
         """Every gate of the pod for this Service True on the load balancer's word (one opened
