@@ -329,4 +329,5 @@ def state_readings(app: App) -> metrics.StateReadings:
             name: p.throttling.throttled for name, p in app.providers.items() if p.throttling is not None
         },
         leading=lambda: app.leading,
+        unreadable=lambda: len(app.reconciler.unreadable_since),
     )

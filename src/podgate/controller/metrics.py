@@ -187,6 +187,7 @@ class StateReadings:
     pending_by_age: Callable[[datetime], Mapping[tuple[str, str], int]]
     throttled: Callable[[], Mapping[str, int]]
     leading: Callable[[], bool]
+    unreadable: Callable[[], int] = lambda: 0
 
 
 class StateCollector:
@@ -234,6 +235,12 @@ class StateCollector:
         for name, n in sorted(r.throttled().items()):
             retried.add_metric([name], n)
         yield retried
+        unreadable = GaugeMetricFamily(
+            "podgate_services_unreadable",
+            "Services whose load balancer podgate cannot read now (their gates keep their status)",
+        )
+        unreadable.add_metric([], r.unreadable())
+        yield unreadable
         leader = GaugeMetricFamily("podgate_leader", "1 when this replica is the leader and reconciles")
         leader.add_metric([], 1.0 if r.leading() else 0.0)
         yield leader
