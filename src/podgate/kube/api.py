@@ -98,6 +98,14 @@ class WatchEvent(TypedDict):
     object: Obj
 
 
+#: seconds every API request may take before the client gives up on it (client-go's default
+#: timeout for a request is none, but its leader election and informers each bound theirs)
+REQUEST_TIMEOUT = 30.0
+#: seconds a client waits for a watch beyond its ``timeoutSeconds`` before calling it dead: a
+#: half-open connection otherwise leaves a cache stale for ever
+WATCH_GRACE = 10.0
+
+
 class KubeError(Exception):
     """A non-2xx answer: its HTTP status and the server's own message (from its Status body)."""
 

@@ -12,14 +12,26 @@ the product itself goes through :class:`ApiKube` only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from podgate.kube.api import ListPage, Obj, PatchBody, PatchType, Resource, WatchEvent, error_for
+from podgate.kube.api import (
+    REQUEST_TIMEOUT,
+    WATCH_GRACE,
+    ListPage,
+    Obj,
+    PatchBody,
+    PatchType,
+    Resource,
+    WatchEvent,
+    error_for,
+)
 
 __all__ = ["ApiException", "ApiKube", "api_client", "call", "status_of"]
 
@@ -43,8 +55,22 @@ async def api_client(kubeconfig: str | None = None, context: str | None = None) 
 class ApiKube:
     """:class:`~podgate.kube.api.Kube` over an ApiClient (which the caller owns and closes)."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        watch_grace: float = WATCH_GRACE,
+        retries: int = 5,
+        max_retry_after: float = 10.0,
+    ) -> None:
+        """``request_timeout``: seconds any request (and a watch's connection) may take;
+        ``watch_grace``: seconds a watch may outlive its ``timeoutSeconds``; ``retries``: how
+        often an answer 429 (or 5xx) that carries Retry-After is asked again after waiting as
+        it says (at most ``max_retry_after`` seconds), as client-go does."""
         self.api = api
+        self.request_timeout, self.watch_grace = request_timeout, watch_grace
+        self.retries, self.max_retry_after = retries, max_retry_after
 
     async def _open(
         self,
@@ -53,6 +79,7 @@ class ApiKube:
         query: Mapping[str, Any],
         body: Any = None,
         content_type: str = "application/json",
+        timeout: aiohttp.ClientTimeout | None = None,
     ) -> Any:
         """The raw aiohttp response, its status not checked yet (the caller releases it)."""
         return await self.api.call_api(
@@ -63,6 +90,7 @@ class ApiKube:
             body=body,
             auth_settings=["BearerToken"],
             _preload_content=False,
+            _request_timeout=timeout or aiohttp.ClientTimeout(total=self.request_timeout),
         )
 
     async def _request(
@@ -73,15 +101,21 @@ class ApiKube:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        """The answer's JSON body, or the typed error of a non-2xx answer."""
-        resp = await self._open(method, path, query or {}, body, content_type)
-        try:
-            data = await resp.read()
-        finally:
-            resp.release()
-        if not 200 <= resp.status <= 299:
-            raise error_for(resp.status, resp.reason or "", data)
-        return json.loads(data) if data else None
+        """The answer's JSON body, or the typed error of a non-2xx answer.  An answer that asks
+        to be retried later (Retry-After on a 429 or 5xx) is, up to ``retries`` times."""
+        for attempt in range(self.retries + 1):
+            resp = await self._open(method, path, query or {}, body, content_type)
+            try:
+                data = await resp.read()
+            finally:
+                resp.release()
+            if 200 <= resp.status <= 299:
+                return json.loads(data) if data else None
+            wait = retry_after(resp.status, resp.headers.get("Retry-After"), self.max_retry_after)
+            if wait is None or attempt == self.retries:
+                raise error_for(resp.status, resp.reason or "", data)
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
 
     async def version(self) -> Obj:
         obj: Obj = await self._request("GET", "/version")
@@ -136,7 +170,11 @@ class ApiKube:
             "labelSelector": label_selector,
             "fieldSelector": field_selector,
         }
-        resp = await self._open("GET", resource.path(namespace), query)
+        # the server ends the watch at timeoutSeconds; past that and a grace, the connection is dead
+        timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds + self.watch_grace, sock_connect=self.request_timeout
+        )
+        resp = await self._open("GET", resource.path(namespace), query, timeout=timeout)
         try:
             if resp.status != 200:
                 raise error_for(resp.status, resp.reason or "", await resp.read())
@@ -207,6 +245,18 @@ async def call(fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> 
         exc.body = data
         raise exc
     return json.loads(data) if data else None
+
+
+def retry_after(status: int, header: str | None, limit: float) -> float | None:
+    """Seconds to wait before asking again, when the answer asks for it: a 429 or 5xx with a
+    Retry-After in seconds (clamped to ``limit``); None: do not ask again."""
+    if header is None or not (status == 429 or 500 <= status <= 599):
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None  # an HTTP date: the API server sends seconds
+    return min(max(seconds, 0.0), limit)
 
 
 def status_of(exc: BaseException) -> int | None:

@@ -28,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar, cast
 
-from podgate.kube.api import Gone, Kube, KubeError, ListPage, Obj, Resource, WatchEvent
+from podgate.kube.api import WATCH_GRACE, Gone, Kube, KubeError, ListPage, Obj, Resource, WatchEvent
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class Informer(Generic[T]):
         self._page_size = page_size
         self._project: Callable[[Obj], T] = project or (lambda obj: cast(T, obj))
         self._handlers: list[Handler[T]] = []
+        #: when the informer last made progress (monotonic): a list, a watch opened or ended as
+        #: the server closed it, an event or a bookmark; see :meth:`stalled`
+        self.progressed_at = time.monotonic()
         self.cache: dict[str, T] = {}
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
@@ -184,6 +188,7 @@ class Informer(Generic[T]):
 
     async def run(self) -> None:
         """List, then watch forever; never returns except by cancellation."""
+        self.progressed_at = time.monotonic()
         backoff = 0.5
         need_list = True
         while True:
@@ -230,6 +235,7 @@ class Informer(Generic[T]):
             if token is None:
                 break
         self.relists += 1
+        self.progressed_at = time.monotonic()
         old_cache, self.cache = self.cache, fresh
         for fn, buckets in self._indexes.values():
             buckets.clear()
@@ -284,7 +290,16 @@ class Informer(Generic[T]):
             field_selector=self._field_selector,
             timeout_seconds=self._watch_timeout,
         ):
+            self.progressed_at = time.monotonic()
             self.apply(event)
+        self.progressed_at = time.monotonic()  # the server closed it at its timeout: alive
+
+    def stalled(self, now: float | None = None) -> bool:
+        """Whether the informer has made no progress for two watch timeouts: a healthy one
+        reopens its watch at least once per timeout, so its cache may be stale and the process
+        is wedged (liveness fails, and the kubelet restarts the replica)."""
+        now = time.monotonic() if now is None else now
+        return now - self.progressed_at > 2 * (self._watch_timeout + WATCH_GRACE)
 
     def apply(self, event: WatchEvent) -> None:
         """One watch event into the cache, its indexes and handlers."""

@@ -1,0 +1,135 @@
+"""The Kubernetes client under network faults, against a loopback server that misbehaves on
+purpose (a real API server cannot be made to hang half-way or to answer 429 on demand): every
+request is bounded, a watch outlives its timeoutSeconds only by a grace, and Retry-After is
+honoured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from podgate.kube.api import PODS, KubeError
+from podgate.kube.client import ApiKube, retry_after
+
+pytestmark = pytest.mark.contract
+
+POD = {
+    "kind": "Pod",
+    "apiVersion": "v1",
+    "metadata": {"name": "p", "namespace": "ns", "resourceVersion": "7"},
+}
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    runner = web.AppRunner(app, shutdown_timeout=0.2)  # the hanging handlers are cut
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # no public getter
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def kube_at(host: str, **kw: float) -> tuple[ApiKube, client.ApiClient]:
+    cfg = client.Configuration(host=host)
+    api = client.ApiClient(configuration=cfg)
+    return ApiKube(api, **kw), api  # type: ignore[arg-type]
+
+
+async def test_a_request_the_server_never_answers_fails_after_the_request_timeout() -> None:
+    async def hang(_: web.Request) -> web.Response:
+        await asyncio.sleep(60)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/pods/p", hang)
+    async with serve(app) as host:
+        kube, api = await kube_at(host, request_timeout=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await kube.get(PODS, "p", "ns")
+        assert time.monotonic() - t0 < 3.0
+        await api.close()
+
+
+async def test_retry_after_is_honoured_then_the_answer_is_returned() -> None:
+    calls: list[float] = []
+
+    async def busy_then_ok(_: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            status = {"kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "slow down"}
+            return web.json_response(status, status=429, headers={"Retry-After": "1"})
+        return web.json_response(POD)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/pods/p", busy_then_ok)
+    async with serve(app) as host:
+        kube, api = await kube_at(host)
+        assert (await kube.get(PODS, "p", "ns"))["metadata"]["name"] == "p"
+        assert len(calls) == 2 and calls[1] - calls[0] >= 0.95
+        await api.close()
+
+
+async def test_a_429_without_retry_after_is_the_callers_error_at_once() -> None:
+    async def busy(_: web.Request) -> web.Response:
+        return web.json_response({"kind": "Status", "code": 429, "message": "slow down"}, status=429)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/pods/p", busy)
+    async with serve(app) as host:
+        kube, api = await kube_at(host)
+        with pytest.raises(KubeError) as e:
+            await kube.get(PODS, "p", "ns")
+        assert e.value.status == 429
+        await api.close()
+
+
+async def test_a_watch_that_goes_silent_ends_after_its_timeout_and_the_grace() -> None:
+    async def silent_watch(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(json.dumps({"type": "ADDED", "object": POD}).encode() + b"\n")
+        await asyncio.sleep(60)  # a half-open connection: nothing more, ever
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/v1/pods", silent_watch)
+    async with serve(app) as host:
+        kube, api = await kube_at(host, watch_grace=0.5)
+        seen: list[str] = []
+        t0 = time.monotonic()
+
+        async def watch() -> None:
+            async for event in kube.watch(PODS, resource_version="1", timeout_seconds=1):
+                seen.append(event["type"])
+
+        with pytest.raises(TimeoutError):
+            await watch()
+        assert seen == ["ADDED"] and 1.0 <= time.monotonic() - t0 < 4.0
+        await api.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "want"),
+    [
+        (429, "2", 2.0),
+        (503, "1", 1.0),
+        (429, None, None),
+        (404, "2", None),
+        (429, "99", 10.0),
+        (429, "x", None),
+    ],
+)
+def test_retry_after_rules(status: int, header: str | None, want: float | None) -> None:
+    assert retry_after(status, header, 10.0) == want
