@@ -119,7 +119,7 @@ async def test_ha_pair_attach(pair: list[str], app_server: None) -> None:
     assert set(await provider.targets(POOL)) == {target}
 
     # One HAProxy of the pair drains it: the pair as a whole no longer calls it healthy.
-    await Runtime(pair[1]).drain("app", "podgate-127.77.0.10-8080")
+    assert await Runtime(pair[1]).drain_servers("app", ["podgate-127.77.0.10-8080"]) == []
     assert await wait_health(provider, Health.DRAINING) is Health.DRAINING
     # Registering again takes it back into rotation on both.
     await provider.register(POOL, [target])

@@ -4,9 +4,7 @@ answered once the load balancer has drained the pod, or when the pod's drain bud
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from podgate.providers.base import ProviderError, TargetState
 from podgate.providers.fake import FakeProvider
 from podgate.providers.haproxy import HAProxyProvider, combine
 from podgate.webhook.drain import ROUTE, DrainEndpoint
-from tests.unit.haproxy_cli import cli
+from tests.unit.haproxy_cli import SERVERS_STATE_HEADER, STAT_HEADER, cli, one_server
 from tests.unit.world import NS, World, pod, service
 
 TARGET = Target("10.0.0.1", 8080)
@@ -223,26 +221,6 @@ def test_an_haproxy_pair_is_drained_only_when_both_are() -> None:
     assert not combine([TargetState("drain", h, 0, True), TargetState("drain", h, 3, False)]).drained
 
 
-STAT_HEADER = "# pxname,svname,scur,status,check_status,check_desc,last_chk,addr\n"
-SERVERS_STATE_HEADER = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n"
-
-
-def one_server(backend: str, state: dict[str, Any]) -> Callable[[str], str]:
-    """An HAProxy with one server, podgate-10.0.0.1-8080, as ``state`` says (``status``, and
-    optionally ``check`` and ``admin``), for :func:`tests.unit.haproxy_cli.cli`."""
-
-    def answer(line: str) -> str:
-        if line.startswith("show stat"):
-            row = f"{backend},podgate-10.0.0.1-8080,0,{state['status']},{state.get('check', 'L4OK')},,,"
-            return STAT_HEADER + row + "10.0.0.1:8080\n"
-        if line.startswith("show servers state"):
-            admin = state.get("admin", 0)
-            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {admin}\n"
-        return ""
-
-    return answer
-
-
 async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_only(tmp_path: Path) -> None:
     """A non-leader's provider never rendered the structure: the drain it makes for a hook must
     not rewrite the configuration file (it would drop every Service) nor the state files."""
@@ -354,31 +332,6 @@ async def test_a_burst_of_drains_saves_each_backend_a_few_times_not_once_per_dra
     assert len(drained) == 40
     assert 1 <= len(saves) <= 4, f"{len(saves)} saves for 40 drains"
     assert state.read_text().count(" 8\n") == 40, "the saves left a drain out"
-
-
-async def test_a_read_whose_connection_is_dropped_is_asked_again_once_a_change_never(tmp_path: Path) -> None:
-    """Under load HAProxy drops a CLI connection now and then before answering: a read (``show``,
-    which always answers something) is repeated once; a change is not (it may have been made)."""
-    from podgate.providers.haproxy_runtime import Runtime
-
-    seen: list[str] = []
-
-    def answer(line: str) -> str | None:
-        if seen.count(line) == 1:  # the first of each: dropped unanswered
-            return None
-        return "Pid: 42"
-
-    sock = tmp_path / "runtime.sock"
-    server = await asyncio.start_unix_server(cli(answer, seen), str(sock))
-    rt = Runtime(str(sock))
-    try:
-        assert "Pid: 42" in await rt.command("show info")
-        # a change that succeeded answers nothing, too: it is never sent twice
-        with contextlib.suppress(ProviderError):
-            await rt.command("set server be/s state drain")
-    finally:
-        server.close()
-    assert seen == ["show info", "show info", "set server be/s state drain"]
 
 
 async def test_a_target_left_without_health_checks_is_registered_again(tmp_path: Path) -> None:

@@ -180,24 +180,24 @@ def test_batched_answers_split_as_haproxy_ends_them() -> None:
 
 
 def test_batches_are_cut_below_the_line_limit() -> None:
-    from podgate.providers.haproxy_runtime import BATCH_CHARS, _chunks
+    from podgate.providers.haproxy_runtime import BATCH_CHARS, chunks
 
     lines = [f"set server be/podgate-10.0.{i // 250}.{i % 250}-8080 state drain" for i in range(1000)]
-    chunks = _chunks(lines, BATCH_CHARS)
-    assert [line for chunk in chunks for line in chunk] == lines
-    assert all(len("; ".join(chunk)) <= BATCH_CHARS for chunk in chunks)
+    cut = chunks(lines, BATCH_CHARS)
+    assert [line for chunk in cut for line in chunk] == lines
+    assert all(len("; ".join(chunk)) <= BATCH_CHARS for chunk in cut)
     longest = max(len(line) + 2 for line in lines)
-    assert len(chunks) <= -(-sum(len(line) + 2 for line in lines) // (BATCH_CHARS - longest))
+    assert len(cut) <= -(-sum(len(line) + 2 for line in lines) // (BATCH_CHARS - longest))
 
 
 def test_one_servers_commands_stay_on_one_connection() -> None:
     """``enable server`` on one connection and ``health down`` on the next would leave the
     server in rotation unchecked between them."""
-    from podgate.providers.haproxy_runtime import _chunks
+    from podgate.providers.haproxy_runtime import chunks
 
     lines = [f"{verb} be/podgate-10.0.{i // 250}.{i % 250}-8080" for i in range(300) for verb in "abcd"]
     for limit in (150, 333, 1000, 8000):  # each above one group's length
-        chunks = _chunks(lines, limit, group=4)
-        assert [line for chunk in chunks for line in chunk] == lines
-        assert all(len(chunk) % 4 == 0 for chunk in chunks)
-        assert all(len("; ".join(chunk)) <= limit for chunk in chunks)
+        cut = chunks(lines, limit, group=4)
+        assert [line for chunk in cut for line in chunk] == lines
+        assert all(len(chunk) % 4 == 0 for chunk in cut)
+        assert all(len("; ".join(chunk)) <= limit for chunk in cut)
