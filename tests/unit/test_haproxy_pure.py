@@ -10,8 +10,8 @@ import pytest
 from podgate.model import lb
 from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
 from podgate.providers import haproxy_config as cfg
-from podgate.providers.haproxy import server_health
 from podgate.providers.haproxy_runtime import ServerStat, parse_stat
+from podgate.providers.haproxy_targets import server_health
 
 STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie
 be,podgate-127.100.0.4-80,0,0,2,0,,0,0,0,,0,,0,0,0,0,UP,1,1,0,0,1,1,1,,1,3,1,,0,,2,0,,0,L7OK,200,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,Layer7 check passed,,3,3,0,,,,127.100.0.4:80,
