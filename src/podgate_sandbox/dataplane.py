@@ -142,11 +142,11 @@ class DataPlane:
             return answer_for(line)  # asked again while held (podgate re-reads, re-asks): once
         self._queues.setdefault(ref, []).append(Held(time.monotonic() + hold, line))
         if ref not in self._workers or self._workers[ref].done():
-            self._workers[ref] = asyncio.create_task(self.apply(ref), name=f"held {ref}")
+            self._workers[ref] = asyncio.create_task(self._apply(ref), name=f"held {ref}")
         log.info("holding %r for %.1fs", line, hold)
         return answer_for(line)
 
-    async def apply(self, ref: str) -> None:
+    async def _apply(self, ref: str) -> None:
         queue = self._queues[ref]
         while queue:
             held = queue[0]

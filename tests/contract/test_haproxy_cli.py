@@ -1,8 +1,10 @@
 """podgate's HAProxy runtime client against a real HAProxy 2.6: batched changes (``a; b; c``),
-their answers split one per command, and the combined read of a backend."""
+their answers split one per command, and the combined read of a backend; and the in-memory
+HAProxy of the unit tests against the real one."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -10,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from podgate.providers.haproxy_runtime import BATCH_CHARS, Runtime
+from podgate.providers.haproxy_fake import FakeRuntime
+from podgate.providers.haproxy_runtime import (
+    BATCH_CHARS,
+    NoSuchBackend,
+    Runtime,
+    RuntimeAPI,
+    parse_admin_states,
+)
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"  # installed by `make setup`
 BACKEND = "podgate.shop.web.80"
@@ -76,3 +85,48 @@ async def test_a_batch_reports_servers_haproxy_does_not_have(runtime: Runtime) -
         ["add server podgate.shop.web.80/podgate-127.50.0.1-8080 127.50.0.1:8080"]
     )
     assert answers[0].startswith("Already exists")
+
+
+async def story(rt: RuntimeAPI) -> list[object]:
+    """What the provider relies on, step by step: each server's name, address, status and
+    admin flags after each kind of change, and the errors it tells apart."""
+    a, b = "podgate-127.50.0.1-8080", "podgate-127.50.0.2-8080"
+    options = "check inter 60s rise 3 fall 3"
+
+    async def rows() -> list[tuple[str, str, str, int | None]]:
+        servers, admin = await rt.servers_and_admin(BACKEND)
+        return [(s.name, s.address, s.status, admin.get(s.name)) for s in servers]
+
+    seen: list[object] = []
+    await rt.add_servers(BACKEND, [(a, "127.50.0.1:8080"), (b, "127.50.0.2:8080")], options)
+    await rt.add_servers(BACKEND, [(a, "127.50.0.1:8080")], options)  # there already: no error
+    seen.append(await rows())
+    seen.append(await rt.drain_servers(BACKEND, [a, "podgate-127.50.0.9-8080"]))
+    seen.append(await rows())
+    await rt.ready_servers(BACKEND, [a])
+    seen.append(await rows())
+    await rt.drain_servers(BACKEND, [a])
+    await rt.add_servers(BACKEND, [(a, "127.50.0.1:8080")], options)  # added again while drained
+    seen.append(await rows())
+    await rt.empty_slot(BACKEND, b)
+    seen.append(await rows())
+    await rt.fill_slot(BACKEND, b, "127.50.0.3", 8080)
+    seen.append(await rows())
+    await rt.recheck_servers(BACKEND, [b])
+    await rt.remove(BACKEND, a)
+    seen.append(await rows())
+    state = await rt.server_state(BACKEND)
+    seen.append((state.startswith("1\n"), parse_admin_states(state)))
+    for read in (rt.server_state("podgate.shop.gone.80"), rt.servers("podgate.shop.gone.80")):
+        with pytest.raises(NoSuchBackend):
+            await read
+    seen.append(BACKEND in await rt.backends())
+    seen.append(re.fullmatch(r"\d+/\d+", await rt.identity()) is not None)
+    return seen
+
+
+async def test_the_in_memory_haproxy_answers_as_the_real_one(runtime: Runtime) -> None:
+    """``haproxy_fake.FakeRuntime``, which the provider's unit tests run on, is held to HAProxy."""
+    fake = FakeRuntime()
+    fake.add_backend(BACKEND)
+    assert await story(fake) == await story(runtime)

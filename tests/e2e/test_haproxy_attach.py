@@ -12,7 +12,7 @@ from aiohttp import web
 
 from podgate.model.lb import HAPROXY_BACKEND, GroupRef, Health, HealthCheck, PoolSpec, Target, gate_condition
 from podgate.model.types import Condition
-from podgate.providers.base import ProviderError
+from podgate.providers.base import ProviderError, TargetPool
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.providers.haproxy_runtime import Runtime
 
@@ -80,10 +80,10 @@ POOL = PoolSpec(
 )
 
 
-async def wait_health(provider: HAProxyProvider, want: Health) -> Health:
+async def wait_health(pool: TargetPool, want: Health) -> Health:
     got = None
     for _ in range(60):
-        states = await provider.targets(POOL)
+        states = await pool.targets(POOL)
         got = states[Target(TARGET_IP, 8080)].health.health if states else None
         if got is want:
             return got
@@ -92,23 +92,25 @@ async def wait_health(provider: HAProxyProvider, want: Health) -> Health:
 
 
 async def test_ha_pair_attach(pair: list[str], app_server: None) -> None:
-    provider = HAProxyProvider(pair)
-    assert await provider.provision("shop/web", [POOL], None) is None  # attach: no address of ours
+    haproxy = HAProxyProvider(pair).provider()  # the controller's record of it
+    pool, provisioning = haproxy.pool, haproxy.provisioning
+    assert provisioning is not None
+    assert await provisioning.provision("shop/web", [POOL], None) is None  # attach: no address of ours
     missing = PoolSpec(
         "shop", "web", 80, "", 8080, "TCP", HealthCheck(), group=GroupRef(HAPROXY_BACKEND, "nope")
     )
     with pytest.raises(ProviderError, match="no backend 'nope'"):
-        await provider.provision("shop/web", [missing], None)
+        await provisioning.provision("shop/web", [missing], None)
 
     target = Target(TARGET_IP, 8080)
-    await provider.register(POOL, [target])
+    await pool.register(POOL, [target])
     # The pod's gate, read after read, as the controller writes it from the pair's answer: False
     # while both HAProxies hold the new server DOWN (checks not passed `rise` times yet), then True.
     story: list[Condition] = []
     while len(story) < 60 and not (story and story[-1]["status"] == "True"):
         if story:
             await asyncio.sleep(0.05)
-        story.append(gate_condition(GATE, [(await provider.targets(POOL))[target].health]))
+        story.append(gate_condition(GATE, [(await pool.targets(POOL))[target].health]))
     first, last = story[0], story[-1]
     assert (first["status"], first["reason"]) == ("False", "InitialHealthChecking"), story
     assert "is DOWN" in (first.get("message") or ""), first
@@ -116,16 +118,16 @@ async def test_ha_pair_attach(pair: list[str], app_server: None) -> None:
     assert "is UP" in (last.get("message") or ""), last
     assert {c["reason"] for c in story[:-1]} == {"InitialHealthChecking"}, story
     # The user's own server is neither reported as ours nor touched.
-    assert set(await provider.targets(POOL)) == {target}
+    assert set(await pool.targets(POOL)) == {target}
 
     # One HAProxy of the pair drains it: the pair as a whole no longer calls it healthy.
-    await Runtime(pair[1]).drain("app", "podgate-127.77.0.10-8080")
-    assert await wait_health(provider, Health.DRAINING) is Health.DRAINING
+    assert await Runtime(pair[1]).drain_servers("app", ["podgate-127.77.0.10-8080"]) == []
+    assert await wait_health(pool, Health.DRAINING) is Health.DRAINING
     # Registering again takes it back into rotation on both.
-    await provider.register(POOL, [target])
-    assert await wait_health(provider, Health.HEALTHY) is Health.HEALTHY
+    await pool.register(POOL, [target])
+    assert await wait_health(pool, Health.HEALTHY) is Health.HEALTHY
 
-    await provider.deregister(POOL, [target])
+    await pool.deregister(POOL, [target])
     for sock in pair:
         names = [s.name for s in await Runtime(sock).servers("app")]
         assert names == ["users-own"]

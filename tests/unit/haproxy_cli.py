@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 #: a command → its answer's text ("" for a change made without a word); None: the connection is
 #: dropped unanswered (HAProxy under load)
@@ -40,3 +41,23 @@ def cli(
         writer.close()
 
     return handle
+
+
+STAT_HEADER = "# pxname,svname,scur,status,check_status,check_desc,last_chk,addr\n"
+SERVERS_STATE_HEADER = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n"
+
+
+def one_server(backend: str, state: dict[str, Any]) -> Callable[[str], str]:
+    """An HAProxy with one server, podgate-10.0.0.1-8080, as ``state`` says (``status``, and
+    optionally ``check`` and ``admin``), for :func:`cli`."""
+
+    def answer(line: str) -> str:
+        if line.startswith("show stat"):
+            row = f"{backend},podgate-10.0.0.1-8080,0,{state['status']},{state.get('check', 'L4OK')},,,"
+            return STAT_HEADER + row + "10.0.0.1:8080\n"
+        if line.startswith("show servers state"):
+            admin = state.get("admin", 0)
+            return SERVERS_STATE_HEADER + f"3 {backend} 1 podgate-10.0.0.1-8080 10.0.0.1 2 {admin}\n"
+        return ""
+
+    return answer

@@ -51,9 +51,11 @@ async def test_a_drain_is_held_for_the_propagation_delay_and_applied_once(tmp_pa
     server, front, rt = await slow_web_plane(tmp_path, seen)
     try:
         t0 = time.monotonic()
-        await rt.drain(SLOW, "podgate-10.0.0.1-8080")
-        await rt.drain(SLOW, "podgate-10.0.0.1-8080")  # the leader asks again: held once
-        await rt.drain(FAST, "podgate-10.0.0.2-8080")
+        assert await rt.drain_servers(SLOW, ["podgate-10.0.0.1-8080"]) == []
+        assert (
+            await rt.drain_servers(SLOW, ["podgate-10.0.0.1-8080"]) == []
+        )  # the leader asks again: held once
+        assert await rt.drain_servers(FAST, ["podgate-10.0.0.2-8080"]) == []
         await rt.identity()
         await rt.remove(SLOW, "podgate-10.0.0.1-8080")  # answered "deleted" at once
         assert [line for _, line in seen] == [

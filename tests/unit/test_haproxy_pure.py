@@ -10,8 +10,8 @@ import pytest
 from podgate.model import lb
 from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
 from podgate.providers import haproxy_config as cfg
-from podgate.providers.haproxy import server_health
 from podgate.providers.haproxy_runtime import ServerStat, parse_stat
+from podgate.providers.haproxy_targets import server_health
 
 STAT = """# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime,qlimit,pid,iid,sid,throttle,lbtot,tracked,type,rate,rate_lim,rate_max,check_status,check_code,check_duration,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,hrsp_other,hanafail,req_rate,req_rate_max,req_tot,cli_abrt,srv_abrt,comp_in,comp_out,comp_byp,comp_rsp,lastsess,last_chk,last_agt,qtime,ctime,rtime,ttime,agent_status,agent_code,agent_duration,check_desc,agent_desc,check_rise,check_fall,check_health,agent_rise,agent_fall,agent_health,addr,cookie
 be,podgate-127.100.0.4-80,0,0,2,0,,0,0,0,,0,,0,0,0,0,UP,1,1,0,0,1,1,1,,1,3,1,,0,,2,0,,0,L7OK,200,,0,0,0,0,0,0,,,,0,0,0,,,,,-1,,,0,0,0,0,,,,Layer7 check passed,,3,3,0,,,,127.100.0.4:80,
@@ -180,24 +180,24 @@ def test_batched_answers_split_as_haproxy_ends_them() -> None:
 
 
 def test_batches_are_cut_below_the_line_limit() -> None:
-    from podgate.providers.haproxy_runtime import BATCH_CHARS, _chunks
+    from podgate.providers.haproxy_runtime import BATCH_CHARS, chunks
 
     lines = [f"set server be/podgate-10.0.{i // 250}.{i % 250}-8080 state drain" for i in range(1000)]
-    chunks = _chunks(lines, BATCH_CHARS)
-    assert [line for chunk in chunks for line in chunk] == lines
-    assert all(len("; ".join(chunk)) <= BATCH_CHARS for chunk in chunks)
+    cut = chunks(lines, BATCH_CHARS)
+    assert [line for chunk in cut for line in chunk] == lines
+    assert all(len("; ".join(chunk)) <= BATCH_CHARS for chunk in cut)
     longest = max(len(line) + 2 for line in lines)
-    assert len(chunks) <= -(-sum(len(line) + 2 for line in lines) // (BATCH_CHARS - longest))
+    assert len(cut) <= -(-sum(len(line) + 2 for line in lines) // (BATCH_CHARS - longest))
 
 
 def test_one_servers_commands_stay_on_one_connection() -> None:
     """``enable server`` on one connection and ``health down`` on the next would leave the
     server in rotation unchecked between them."""
-    from podgate.providers.haproxy_runtime import _chunks
+    from podgate.providers.haproxy_runtime import chunks
 
     lines = [f"{verb} be/podgate-10.0.{i // 250}.{i % 250}-8080" for i in range(300) for verb in "abcd"]
     for limit in (150, 333, 1000, 8000):  # each above one group's length
-        chunks = _chunks(lines, limit, group=4)
-        assert [line for chunk in chunks for line in chunk] == lines
-        assert all(len(chunk) % 4 == 0 for chunk in chunks)
-        assert all(len("; ".join(chunk)) <= limit for chunk in chunks)
+        cut = chunks(lines, limit, group=4)
+        assert [line for chunk in cut for line in chunk] == lines
+        assert all(len(chunk) % 4 == 0 for chunk in cut)
+        assert all(len("; ".join(chunk)) <= limit for chunk in cut)

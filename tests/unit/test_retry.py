@@ -120,3 +120,16 @@ async def test_each_attempt_takes_a_token() -> None:
     await retry.call(attempt, is_busy)
     # first attempt: the burst token; back-off 0.1 s refills exactly one token for the second
     assert clock.slept == pytest.approx([0.1])
+
+
+async def test_unmetered_at_once_retries_without_a_bucket_or_a_sleep() -> None:
+    """HAProxy's settings: no bucket, no back-off, no deadline, one retry."""
+    clock = Clock()
+    retry = Retry(None, max_retries=1, base_delay=0.0, deadline=float("inf"), sleep=clock.sleep, clock=clock)
+    calls, attempt = failing(1, Busy())
+    assert await retry.call(attempt, is_busy) == "answer"
+    assert len(calls) == 2 and clock.slept == []
+    calls, attempt = failing(2, Busy())
+    with pytest.raises(Busy):
+        await retry.call(attempt, is_busy)
+    assert len(calls) == 2

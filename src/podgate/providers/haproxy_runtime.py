@@ -1,9 +1,12 @@
 """The HAProxy seam: its runtime API (stats socket) and master CLI, as plain async calls.
 
-Nothing above this module builds a socket line.  Addresses are a unix socket path or
-``host:port`` for a TCP stats socket; each command uses its own connection (non-interactive
-mode: HAProxy answers and closes), so a reload never strands a half-read answer.  At most
-:data:`CONNECTIONS` of them are open to one HAProxy at a time.
+Nothing above this module builds a socket line.  The provider sees one HAProxy through the
+:class:`RuntimeAPI` and :class:`MasterAPI` protocols; :class:`Runtime` and :class:`Master`
+speak them on the sockets, and ``haproxy_fake`` keeps an HAProxy in memory behind them.
+
+Addresses are a unix socket path or ``host:port`` for a TCP stats socket; each command uses its
+own connection (non-interactive mode: HAProxy answers and closes), so a reload never strands a
+half-read answer.  At most :data:`CONNECTIONS` of them are open to one HAProxy at a time.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import math
 import re
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from podgate.providers.base import ProviderError
+from podgate.providers.retry import Retry
 
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
@@ -33,6 +39,15 @@ class Unreachable(ProviderError):
     """No connection to this HAProxy at all (as opposed to a command it refused)."""
 
 
+class NoSuchBackend(ProviderError):
+    """HAProxy has no backend of that name: released, or not there after a reload.  Retrying
+    cannot bring it back; a state save drops the backend instead of trying again."""
+
+
+class _NoAnswer(ProviderError):
+    """A read answered nothing: every ``show`` says something, so HAProxy dropped it."""
+
+
 async def _connect(address: str, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     async with asyncio.timeout(timeout):
         if address.startswith("/") or address.startswith("unix@"):
@@ -42,10 +57,9 @@ async def _connect(address: str, timeout: float) -> tuple[asyncio.StreamReader, 
 
 
 #: CLI connections one process keeps open to one HAProxy at once.  HAProxy's stats socket takes
-#: about 20 at a time (its default ``maxconn`` of 10 and a backlog) and drops the rest unanswered:
-#: measured on 2.6, 20 commands at once all answered, 100 at once lost 79 ("Connection lost"),
-#: and at 5,000 pods drains and reconciles failed on it.  Two replicas at 10 stay within the 20;
-#: at 5 the restart of 5,000 pods queued its drain hooks for 7.7 s at the median.
+#: about 20 at a time (its default ``maxconn`` of 10 and a backlog) and drops the rest
+#: unanswered (verified on 2.6); two replicas at 10 stay within the 20, and fewer queue drain
+#: hooks behind each other (bench/results).
 CONNECTIONS = 10
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Semaphore]] = (
     weakref.WeakKeyDictionary()
@@ -94,7 +108,7 @@ REFUSALS = ("Unknown", "No such", "Require", "Permission denied")
 BATCH_CHARS = 8000
 
 
-def _chunks(lines: Sequence[str], limit: int, group: int = 1) -> list[list[str]]:
+def chunks(lines: Sequence[str], limit: int, group: int = 1) -> list[list[str]]:
     """``lines`` cut into command lines of at most ``limit`` characters, never inside a group
     of ``group`` lines (a group longer than the limit goes alone)."""
     out: list[list[str]] = []
@@ -166,7 +180,7 @@ def parse_stat(text: str) -> list[ServerStat]:
         return []
     header = lines[0].lstrip("# ").split(",")
     # the columns read, by position (a row is some 90 of them: no dict per row, it is read on
-    # every poll of a pending pool, hundreds of rows a second at scale)
+    # every poll of a pending pool)
     where = {name: i for i, name in enumerate(header)}
     wanted = ("pxname", "svname", "addr", "status", "check_status", "check_desc", "last_chk", "scur")
     at = [where.get(name, -1) for name in wanted]
@@ -217,28 +231,84 @@ def parse_admin_states(text: str) -> dict[str, int]:
     return out
 
 
+class RuntimeAPI(Protocol):
+    """One HAProxy process's runtime API, as the provider uses it: every call names the backend,
+    and server names are HAProxy's (podgate's ``podgate-IP-PORT`` or a user's template slot)."""
+
+    #: where it listens (also how a read of an HA pair names the HAProxy it came from)
+    address: str
+
+    async def servers(self, backend: str) -> list[ServerStat]:
+        """The backend's servers; a :class:`NoSuchBackend` when HAProxy has no such backend."""
+
+    async def servers_and_admin(self, backend: str) -> tuple[list[ServerStat], dict[str, int]]:
+        """:meth:`servers` and each server's ``srv_admin_state`` flags (:data:`ADMIN_DRAIN`)."""
+
+    async def server_state(self, backend: str) -> str:
+        """The backend's ``show servers state``: what a server-state file holds for the next
+        worker to load."""
+
+    async def backends(self) -> list[str]: ...
+
+    async def identity(self) -> str:
+        """The worker answering (``pid/start``): changes on every reload and restart."""
+
+    async def add_servers(self, backend: str, servers: Sequence[tuple[str, str]], options: str) -> None:
+        """Add servers (name, address), checked, held DOWN until ``rise`` checks pass; one that
+        exists already is no error."""
+
+    async def fill_slot(self, backend: str, server: str, ip: str, port: int) -> None:
+        """Point an empty ``server-template`` slot at a target; it starts as an added server."""
+
+    async def empty_slot(self, backend: str, server: str) -> None:
+        """Take a slot's target out (maintenance, address 0.0.0.0); the slot stays."""
+
+    async def recheck_servers(self, backend: str, servers: Sequence[str]) -> None:
+        """Checks back on for servers left without them, held DOWN until they pass."""
+
+    async def ready_servers(self, backend: str, servers: Sequence[str]) -> None:
+        """Back into rotation from drain or maintenance."""
+
+    async def drain_servers(self, backend: str, servers: Sequence[str]) -> list[str]:
+        """Out of rotation, connections kept; returns the servers HAProxy does not have."""
+
+    async def remove(self, backend: str, server: str) -> None:
+        """Delete the server, cutting its remaining connections if HAProxy insists."""
+
+
+class MasterAPI(Protocol):
+    """The master process of an HAProxy in master-worker mode."""
+
+    async def reload(self) -> None:
+        """Start a new worker from the configuration file (the old one finishes its connections)."""
+
+
 class Runtime:
-    """One HAProxy process's runtime API."""
+    """One HAProxy process's runtime API on its socket (:class:`RuntimeAPI`)."""
 
     def __init__(self, address: str, timeout: float = 5.0) -> None:
         self.address, self.timeout = address, timeout
         #: backend name → its proxy id (``show stat`` by id: see :meth:`servers`)
         self._ids: dict[str, int] = {}
+        self._retry = Retry(None, max_retries=1, base_delay=0.0, deadline=math.inf)
 
     async def command(self, line: str) -> str:
-        # A read is safe to repeat, once: under load (5,000 servers, tens of CLI connections at
-        # once) HAProxy now and then drops a CLI connection before answering ("Connection lost",
-        # or nothing at all where every ``show`` says something), and a reconcile or a drain
-        # hook failed on it.  A change is never repeated: it may have been made.
+        """One command, its answer; a refusal is a ProviderError.  A read is asked again once,
+        at once, when its connection is dropped or it answers nothing: under load HAProxy drops
+        a CLI connection now and then before answering, and a reconcile or a drain hook would
+        fail on it.  A change is never repeated: it may have been made (and answers nothing)."""
         read = line.startswith("show ")
+
+        async def attempt() -> str:
+            answer = await send(self.address, line, self.timeout)
+            if read and not answer.strip():
+                raise _NoAnswer(f"HAProxy at {self.address}: {line.split()[0]} answered nothing")
+            return answer
+
         try:
-            answer = await send(self.address, line, self.timeout)
-        except ProviderError:
-            if not read:
-                raise
-            answer = ""
-        if read and not answer.strip():
-            answer = await send(self.address, line, self.timeout)
+            answer = await self._retry.call(attempt, lambda e: read and isinstance(e, ProviderError))
+        except _NoAnswer:
+            answer = ""  # nothing, twice: the caller reads it as HAProxy's (empty) answer
         refused = _refusal(answer)
         if refused is not None:
             raise ProviderError(
@@ -248,17 +318,17 @@ class Runtime:
 
     async def changes(self, lines: Sequence[str], group: int = 1) -> list[str]:
         """Several changes, one connection per :data:`BATCH_CHARS` of them, their answers in
-        order ("" for a change HAProxy made without a word).  One connection per command was
-        100 connections to register 25 targets, queued behind :data:`CONNECTIONS` slots while
-        drain hooks waited for theirs (5,000 pods).  HAProxy runs ``a; b; c`` one after the
-        other and ends each answer with an empty line; only commands whose answer is one line
-        at most may go here (``del server``'s has no empty line after it: not here).  A
-        change is never repeated; an answer that does not split into one per command is an
-        error, and the caller reads HAProxy afresh.  Each ``group`` lines in a row (one server's
-        commands) stay on one connection: ``enable server`` without the ``health down`` after
-        it would leave a server in rotation unchecked while the next connection waits."""
+        order ("" for a change HAProxy made without a word): a connection per command would
+        make a registration of many targets queue behind the :data:`CONNECTIONS` slots while
+        drain hooks wait for theirs.  HAProxy runs ``a; b; c`` one after the other and ends
+        each answer with an empty line; only commands whose answer is one line at most may go
+        here (``del server``'s has no empty line after it: not here).  A change is never
+        repeated; an answer that does not split into one per command is an error, and the
+        caller reads HAProxy afresh.  Each ``group`` lines in a row (one server's commands)
+        stay on one connection: ``enable server`` without the ``health down`` after it would
+        leave a server in rotation unchecked while the next connection waits."""
         answers: list[str] = []
-        for chunk in _chunks(lines, BATCH_CHARS, group):
+        for chunk in chunks(lines, BATCH_CHARS, group):
             text = await send(self.address, "; ".join(chunk), self.timeout)
             got = split_answers(text)
             if len(got) != len(chunk):
@@ -310,7 +380,7 @@ class Runtime:
         when it has no servers; a ProviderError when HAProxy has no such backend."""
         answer = await self.command(f"show servers state {check_name(backend)}")
         if "Can't find backend" in answer:
-            raise ProviderError(f"HAProxy has no backend {backend!r}")
+            raise NoSuchBackend(f"HAProxy has no backend {backend!r}")
         for line in answer.splitlines():
             fields = line.split()
             if len(fields) > 1 and not line.startswith("#") and fields[1] == backend and fields[0].isdigit():
@@ -319,6 +389,13 @@ class Runtime:
 
     async def admin_states(self, backend: str) -> dict[str, int]:
         return parse_admin_states(await self.command(f"show servers state {check_name(backend)}"))
+
+    async def server_state(self, backend: str) -> str:
+        text = await self.command(f"show servers state {check_name(backend)}")
+        if not text.startswith("1\n"):  # the format's version line; else HAProxy's complaint
+            error = NoSuchBackend if "Can't find backend" in text else ProviderError
+            raise error(f"HAProxy show servers state {backend}: {text.strip()[:200]}")
+        return text
 
     async def backends(self) -> list[str]:
         answer = await self.command("show backend")
@@ -379,10 +456,6 @@ class Runtime:
         answers = await self.changes([f"set server {ref} state drain" for ref in refs])
         return [s for s, a in zip(servers, answers, strict=True) if a.startswith("No such")]
 
-    async def drain(self, backend: str, server: str) -> None:
-        if await self.drain_servers(backend, [server]):
-            raise ProviderError(f"HAProxy has no server {backend}/{server}")
-
     async def _each(
         self,
         backend: str,
@@ -408,7 +481,7 @@ class Runtime:
 
 
 class Master:
-    """The master CLI of an HAProxy in master-worker mode (``-W -S SOCKET``)."""
+    """The master CLI of an HAProxy in master-worker mode (``-W -S SOCKET``): :class:`MasterAPI`."""
 
     def __init__(self, address: str, timeout: float = 10.0) -> None:
         self.address, self.timeout = address, timeout

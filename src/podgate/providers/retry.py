@@ -1,4 +1,4 @@
-"""One retry policy for every cloud provider's API calls.
+"""One retry loop for every provider's calls: the clouds' APIs and HAProxy's runtime CLI.
 
 A rollout of many pods must be a bounded trickle of calls, not a storm: every attempt takes a
 token from the bucket of its cloud account and region (shared by every provider and Service
@@ -13,6 +13,10 @@ reason to open a gate).  Every retried answer is counted (``throttled``) for the
 This loop is the only one: the SDKs' own retries are switched off where their clients are made
 (botocore's ``total_max_attempts=1``, the Tea runtime's ``RetryOptions(retryable=False)``), so
 attempts never multiply.  The sleep, the clock and the jitter are injectable for tests.
+
+HAProxy's CLI goes through the same loop with its own settings (no bucket, no back-off, one
+retry, no deadline, and only for reads: see ``haproxy_runtime.Runtime.command``): a local socket
+is not metered, and a change is never repeated because it may have been made.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ T = TypeVar("T")
 class Retry:
     def __init__(
         self,
-        bucket: TokenBucket,
+        bucket: TokenBucket | None,
         *,
         max_retries: int = 6,
         base_delay: float = 0.2,
@@ -41,7 +45,8 @@ class Retry:
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
     ) -> None:
-        """``deadline``: seconds one call may take with its back-offs; a back-off that would end
+        """``bucket``: the account's rate every attempt draws on (None: not metered).
+        ``deadline``: seconds one call may take with its back-offs; a back-off that would end
         after it is not slept, the last error is raised instead."""
         self.bucket = bucket
         self.max_retries, self.base_delay = max_retries, base_delay
@@ -70,7 +75,7 @@ class Retry:
         end = self._clock() + self.deadline
         n = 0
         while True:
-            wait = self.bucket.reserve()
+            wait = self.bucket.reserve() if self.bucket is not None else 0.0
             if wait:
                 await self._sleep(wait)
             try:
@@ -82,5 +87,6 @@ class Retry:
                 if self._clock() + delay > end:
                     raise
                 self.throttled += 1
-                await self._sleep(delay)
+                if delay > 0:
+                    await self._sleep(delay)
                 n += 1

@@ -1,0 +1,137 @@
+"""The provider's provisioning against a real HAProxy 2.6 in master-worker mode, and the in-memory
+HAProxy of the unit tests (``haproxy_fake``) held to it: the structure rendered, checked and
+reloaded through the master, and the registered targets with their drain state carried across
+podgate's reload and anyone else's."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
+from podgate.providers.base import ServiceLB, TargetPool
+from podgate.providers.haproxy import HAProxyProvider
+from podgate.providers.haproxy_fake import FakeMaster, FakeRuntime
+from podgate.providers.haproxy_runtime import Master
+from podgate_sandbox import processes
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"  # installed by `make setup`
+ADDRESS = "127.78.0.1"
+WEB = PoolSpec("shop", "web", 18080, "", 8080, "TCP", HealthCheck(None, 0.1, 3, 2))
+API = PoolSpec("shop", "api", 18081, "", 8080, "TCP", HealthCheck(None, 0.1, 3, 2))
+STAYING, LEAVING = Target("127.78.0.10", 8080), Target("127.78.0.11", 8080)
+BASE = """\
+global
+    stats socket {dir}/runtime.sock mode 600 level admin
+defaults
+    timeout connect 1s
+    timeout client 5s
+    timeout server 5s
+"""
+
+
+async def states(pool: TargetPool) -> dict[str, tuple[str, str]]:
+    return {str(t): (s.admin, s.health.health.value) for t, s in sorted((await pool.targets(WEB)).items())}
+
+
+async def story(
+    provider: HAProxyProvider,
+    all_up: Callable[[], Awaitable[None]],
+    reload: Callable[[], Awaitable[None]],
+    settle: float,
+) -> list[object]:
+    """Targets registered, one drained, then podgate's reload (a new Service) and someone
+    else's; what the leader reads after each step.  ``settle``: seconds for a new worker's first
+    checks to run (the fake runs none)."""
+    p, pool, files = provider.provisioning, provider.pool, provider.files
+    assert files is not None
+    seen: list[object] = []
+    await p.sync_all({"shop/web": ServiceLB(ADDRESS, [WEB])})
+    await pool.register(WEB, [STAYING, LEAVING])
+    await all_up()
+    seen.append(await states(pool))
+    await pool.drain(WEB, [LEAVING])
+    seen.append(await states(pool))
+    while files.saving:
+        await asyncio.sleep(0.01)
+    await p.provision("shop/api", [API], ADDRESS)  # podgate's reload
+    await asyncio.sleep(settle)
+    seen.append(await states(pool))
+    before = await p.generation()
+    await reload()  # anyone's: SIGUSR2, `reload` on the master CLI
+    while await p.generation() == before:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(settle)
+    seen.append(await states(pool))
+    return seen
+
+
+@pytest.fixture
+async def listening() -> AsyncIterator[None]:
+    """The two targets, accepting connections (HAProxy's TCP checks pass)."""
+
+    async def close(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    servers = [await asyncio.start_server(close, t.ip, t.port) for t in (STAYING, LEAVING)]
+    yield
+    for s in servers:
+        s.close()
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[Path]:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(BASE.format(dir=tmp_path))
+    master = tmp_path / "master.sock"
+    pid = processes.spawn(
+        [HAPROXY, "-W", "-S", f"{master},mode,600", "-f", str(config)], tmp_path / "haproxy.log"
+    )
+    try:
+        for _ in range(100):
+            if (tmp_path / "runtime.sock").exists() and master.exists():
+                break
+            time.sleep(0.05)
+        yield tmp_path
+    finally:
+        processes.stop(pid, str(master), grace=5)
+
+
+async def test_the_in_memory_haproxy_reloads_as_the_real_one(
+    haproxy: Path, listening: None, tmp_path: Path
+) -> None:
+    real = HAProxyProvider(
+        [str(haproxy / "runtime.sock")],
+        master_address=str(haproxy / "master.sock"),
+        config_path=haproxy / "haproxy.cfg",
+        base_config=BASE.format(dir=haproxy),
+    )
+
+    async def checked() -> None:
+        for _ in range(100):
+            if {h for _, h in (await states(real.pool)).values()} == {Health.HEALTHY.value}:
+                return
+            await asyncio.sleep(0.05)
+
+    truth = await story(real, checked, Master(str(haproxy / "master.sock")).reload, settle=0.3)
+    assert real.provisioning.reloads == 2
+
+    (tmp_path / "fake").mkdir()
+    rt = FakeRuntime()
+    master = FakeMaster(tmp_path / "fake" / "haproxy.cfg", [rt])
+    fake = HAProxyProvider(
+        [rt], master=master, config_path=master.config_path, base_config=BASE, validate=False
+    )
+
+    async def set_up() -> None:
+        for name in rt.table[f"podgate.shop.web.{WEB.port}"]:
+            rt.set_health(f"podgate.shop.web.{WEB.port}", name, "UP")
+
+    assert await story(fake, set_up, master.reload, settle=0.0) == truth
+    drained = ("drain", Health.DRAINING.value)
+    assert [s[str(LEAVING)] for s in truth[1:]] == [drained] * 3  # the drain survived both reloads

@@ -1,0 +1,83 @@
+"""podgate's HAProxy runtime client (``haproxy_runtime.Runtime``) on a stand-in socket that answers
+as HAProxy 2.6 does (``tests/unit/haproxy_cli.py``): reads repeated once, changes never, and the
+state dump a reload starts from."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from podgate.providers.base import ProviderError
+from podgate.providers.haproxy_runtime import NoSuchBackend, Runtime, Unreachable
+from tests.unit.haproxy_cli import cli, one_server
+
+BACKEND = "podgate.shop.web.80"
+
+
+async def test_a_read_whose_connection_is_dropped_is_asked_again_once_a_change_never(tmp_path: Path) -> None:
+    """Under load HAProxy drops a CLI connection now and then before answering: a read (``show``,
+    which always answers something) is repeated once; a change is not (it may have been made)."""
+    seen: list[str] = []
+
+    def answer(line: str) -> str | None:
+        if seen.count(line) == 1:  # the first of each: dropped unanswered
+            return None
+        return "Pid: 42"
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(cli(answer, seen), str(sock))
+    rt = Runtime(str(sock))
+    try:
+        assert "Pid: 42" in await rt.command("show info")
+        # a change that succeeded answers nothing, too: it is never sent twice
+        with contextlib.suppress(ProviderError):
+            await rt.command("set server be/s state drain")
+    finally:
+        server.close()
+    assert seen == ["show info", "show info", "set server be/s state drain"]
+
+
+async def test_a_read_is_asked_twice_at_most(tmp_path: Path) -> None:
+    """Once again only: a read dropped twice reads as HAProxy's empty answer (no rows, for the
+    caller to read afresh later), and a failure of the second try goes to the caller."""
+    seen: list[str] = []
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(cli(lambda line: None, seen), str(sock))
+    try:
+        assert await Runtime(str(sock)).command("show backend") == ""
+    finally:
+        server.close()
+    assert seen == ["show backend", "show backend"]
+    with pytest.raises(Unreachable):
+        await Runtime(str(tmp_path / "nobody.sock")).command("show info")
+
+
+async def test_the_state_dump_is_a_server_state_file_or_an_error(tmp_path: Path) -> None:
+    """What ``load-server-state-from-file`` reads begins with the format's version line; HAProxy's
+    complaint instead is an error, and a backend it does not have is one a save can drop."""
+
+    def answer(line: str) -> str:
+        if line == "show servers state podgate.shop.gone.80":
+            return "Can't find backend."
+        if line == "show servers state podgate.shop.busy.80":
+            return "Permission denied? no: something else"
+        return one_server(BACKEND, {"status": "UP"})(line)
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(cli(answer), str(sock))
+    rt = Runtime(str(sock))
+    try:
+        text = await rt.server_state(BACKEND)
+        with pytest.raises(NoSuchBackend, match="Can't find backend"):
+            await rt.server_state("podgate.shop.gone.80")
+        with pytest.raises(ProviderError) as error:
+            await rt.server_state("podgate.shop.busy.80")
+        with pytest.raises(NoSuchBackend, match=r"no backend 'podgate\.shop\.gone\.80'"):
+            await rt.servers("podgate.shop.gone.80")
+    finally:
+        server.close()
+    assert text.startswith("1\n") and "podgate-10.0.0.1-8080" in text
+    assert not isinstance(error.value, NoSuchBackend)
