@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from podgate.kube.api import LEASES, Conflict
 from podgate.kube.fake import FakeKube
-from podgate.kube.leader import LeaderElector
+from podgate.kube.leader import Fenced, LeaderElector
 
 NS, NAME = "podgate-system", "podgate"
 
@@ -41,18 +43,62 @@ async def test_acquire_then_renew() -> None:
     assert kube.writes[1].body["metadata"]["resourceVersion"] == "1"
 
 
-async def test_a_live_lease_of_another_is_left_alone_an_expired_one_taken_over() -> None:
-    kube = FakeKube()
+class Clock:
+    """Our own monotonic clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_lease_of_another_is_taken_over_once_seen_unchanged_for_its_duration() -> None:
+    """The observed-time rule: the holder's renewTime (its wall clock, maybe far off ours) is
+    never compared with our clock; what counts is how long we have seen the record unchanged."""
+    kube, clock = FakeKube(), Clock()
     assert await elector(kube, "other").try_acquire_or_renew()
-    kube.writes.clear()
-    assert not await elector(kube).try_acquire_or_renew()
-    assert kube.writes == []
     obj = kube.object(LEASES, NAME, NS)
     assert obj is not None
-    obj["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z"
+    obj["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z"  # a holder whose clock is years behind
     await kube.replace(LEASES, NAME, obj, NS)
-    assert await elector(kube).try_acquire_or_renew()
+    me = elector(kube, clock=clock)
+    kube.writes.clear()
+    assert not await me.try_acquire_or_renew()  # first seen now: live for a lease duration
+    clock.now += 14.0
+    assert not await me.try_acquire_or_renew()
+    assert kube.writes == []
+    clock.now += 1.5
+    assert await me.try_acquire_or_renew()
     assert (lease(kube)["holderIdentity"], lease(kube)["leaseTransitions"]) == ("me", 1)
+
+
+async def test_a_lease_renewed_meanwhile_is_live_again_whatever_its_timestamps_say() -> None:
+    kube, clock = FakeKube(), Clock()
+    other = elector(kube, "other")
+    assert await other.try_acquire_or_renew()
+    me = elector(kube, clock=clock)
+    assert not await me.try_acquire_or_renew()
+    clock.now += 10.0
+    assert await other.try_acquire_or_renew()  # renewed: a new record
+    clock.now += 10.0  # 20 s since first seen, 10 s since the renewal
+    assert not await me.try_acquire_or_renew()
+
+
+async def test_writes_are_fenced_once_the_last_renewal_is_older_than_the_renew_deadline() -> None:
+    kube, clock = FakeKube(), Clock()
+    me = elector(kube, clock=clock, lease_duration=15.0, renew_deadline=10.0, retry_period=2.0)
+    assert await me.try_acquire_or_renew()
+    me.is_leader = True  # as run() sets it on winning
+    me.fence()  # fresh: no error
+    clock.now += 9.9
+    assert me.fresh()
+    clock.now += 0.2
+    assert not me.fresh()
+    with pytest.raises(Fenced):
+        me.fence()
+    assert await me.try_acquire_or_renew()
+    me.fence()
 
 
 async def test_losing_the_race_is_a_lost_round() -> None:

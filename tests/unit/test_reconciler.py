@@ -10,6 +10,7 @@ import pytest
 
 from podgate.kube.api import PODS, SERVICES, PatchType
 from podgate.kube.fake import Write
+from podgate.kube.leader import Fenced
 from podgate.model import gates, lb, policy
 from podgate.model.lb import Health, Target
 from podgate.providers.base import ProviderError, TargetState
@@ -456,3 +457,31 @@ async def test_a_load_balancer_that_cannot_be_read_closes_no_open_gate(continuou
         world.provider.set_health(Target("10.0.0.1", 8080), Health.UNHEALTHY, "connection refused")
         await world.reconcile()
         assert gate(world, "p1") == ("False", "HealthCheckFailing")
+
+
+async def test_a_replica_whose_lease_is_not_fresh_writes_nothing() -> None:
+    """Fencing: a leader whose renewals stopped (a hung API server, a cut network) neither
+    changes the load balancer nor writes a gate, even with work queued before it noticed."""
+    fenced = [False]
+
+    def fence() -> None:
+        if fenced[0]:
+            raise Fenced("the leader lease is not fresh")
+
+    world = World(fence=fence)
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    await world.reconcile()
+    assert gate(world, "p1") == ("False", "InitialHealthChecking")
+    world.add(PODS, pod("p2", ip="10.0.0.2"))
+    world.provider.set_health(Target("10.0.0.1", 8080), Health.HEALTHY, "UP")
+    calls = len(world.provider.calls)
+    fenced[0] = True
+    with pytest.raises(Fenced):
+        await world.reconcile()
+    assert world.kube.writes == [] and len(world.provider.calls) == calls
+    world.reconciler.set_gate(
+        world.pods.get(f"{NS}/p1"), lb.gate_condition(GATE, [lb.TargetHealth(Health.HEALTHY, "UP")])
+    )  # type: ignore[arg-type]
+    await world.gates.flush()  # a write submitted before the lease went stale is not sent either
+    assert world.kube.writes == [] and gate(world, "p1") == ("False", "InitialHealthChecking")

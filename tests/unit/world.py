@@ -3,7 +3,7 @@ recorder that keeps its Events, and builders of the bodies podgate reads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from podgate.controller.gatewriter import GateWriter
@@ -85,6 +85,7 @@ class World:
         default: str | None = "fake",
         lb_cidr: str | None = None,
         adopted_prefixes: tuple[str, ...] = (),
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self.kube = FakeKube()
         self.kube.add(NAMESPACES, {"metadata": {"name": NS}})
@@ -100,7 +101,7 @@ class World:
             default_provider=default,
             policy=policy or GatePolicy(continuous=not sticky),
         )
-        self.gates = GateWriter(self.kube, self.pods, self.recorder)
+        self.gates = GateWriter(self.kube, self.pods, self.recorder, fence)
         #: Service keys queued again because a gate write failed
         self.requeued: list[str] = []
         self.reconciler = ServiceReconciler(
@@ -114,6 +115,7 @@ class World:
             lb_cidr=lb_cidr,
             adopted_prefixes=adopted_prefixes,
             on_write_failed=self.requeued.append,
+            fence=fence,
         )
 
     def add(self, resource: Resource, *objs: Mapping[str, Any]) -> None:

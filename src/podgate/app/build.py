@@ -161,8 +161,9 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
     )
     #: one read of a pool per poll, shared by the reconciler, the drain hooks and the guard
     reads = PoolReads()
+    elector = _elector(settings, kube)
     gate_writer, queue, reconciler, controller = _reconciling(
-        settings, kube, pods, services, namespaces, resolutions, recorder, reads
+        settings, kube, pods, services, namespaces, resolutions, recorder, reads, elector
     )
     metrics.drain_results(drain.RESULTS)
     drain_endpoint = drain.DrainEndpoint(
@@ -205,7 +206,7 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
             metrics.REGISTRY,
             drain_endpoint.handle,
         ),
-        elector=_elector(settings, kube),
+        elector=elector,
     )
     app.runnables = _runnables(app)
     app.supervisor = Supervisor(app.runnables, app.synced, app.elector, on_leading=app._set_leading)
@@ -221,9 +222,12 @@ def _reconciling(
     resolutions: ServiceResolutions,
     recorder: EventRecorder,
     reads: PoolReads,
+    elector: LeaderElector | None,
 ) -> tuple[GateWriter, WorkQueue, ServiceReconciler, ServiceController]:
-    """The leader's side: the gate writer, the work queue, the reconciler and its loop."""
-    gate_writer = GateWriter(kube, pods, recorder)
+    """The leader's side: the gate writer, the work queue, the reconciler and its loop, each
+    write fenced by the lease (with leader election)."""
+    fence = elector.fence if elector is not None else _unfenced
+    gate_writer = GateWriter(kube, pods, recorder, fence)
     queue = WorkQueue(name="services", metrics=metrics.QueueCounters())
     reconciler = ServiceReconciler(
         kube,
@@ -238,6 +242,7 @@ def _reconciling(
         adopted_prefixes=settings.adopt_gate_prefixes,
         reads=reads,
         on_write_failed=queue.add_rate_limited,
+        fence=fence,
     )
     controller = ServiceController(
         pods,
@@ -254,6 +259,10 @@ def _reconciling(
         on_forgotten=metrics.forget_service,
     )
     return gate_writer, queue, reconciler, controller
+
+
+def _unfenced() -> None:
+    """The only replica (no leader election) always writes."""
 
 
 def _webhook(

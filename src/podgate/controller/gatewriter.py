@@ -74,8 +74,17 @@ WARNING_REASONS = frozenset(
 
 
 class GateWriter:
-    def __init__(self, kube: Kube, pods: Informer[Pod], recorder: EventRecorder) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        pods: Informer[Pod],
+        recorder: EventRecorder,
+        fence: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``fence()`` raises when this replica may not write (its leader lease is not fresh);
+        it is asked before every write."""
         self.kube = kube
+        self.fence = fence
         self.pods, self.recorder = pods, recorder
         #: when each (pod uid, gate) was first seen pending, and first seen registered in the
         #: load balancer: the phases of time-to-ready
@@ -205,6 +214,7 @@ class GateWriter:
         if write is None:
             return False
         patch: Pod = {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [write]}}
+        self.fence()
         try:
             updated = await self.kube.patch(
                 PODS,

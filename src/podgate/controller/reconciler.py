@@ -82,12 +82,14 @@ class ServiceReconciler:
         adopted_prefixes: Sequence[str] = (),
         reads: PoolReads | None = None,
         on_write_failed: Callable[[str], None] = lambda key: None,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         """``reads``: the controller's shared pool reads (see :mod:`podgate.providers.reads`): a
         reconcile run by a pod's event within a poll interval of the last read reuses it, so a
         group costs one health read per poll however many of its pods change.
         ``on_write_failed(key)``: a gate write of the Service failed (the controller queues it
-        again, rate-limited)."""
+        again, rate-limited); ``fence()`` raises when this replica may not write (its leader
+        lease is not fresh), asked before every pass and every change to a load balancer."""
         self.kube = kube
         self.pods, self.services, self.namespaces = pods, services, namespaces
         self.resolutions = resolutions
@@ -106,6 +108,7 @@ class ServiceReconciler:
         self.gates = gate_writer
         self.reads = reads if reads is not None else PoolReads()
         self.on_write_failed = on_write_failed
+        self.fence = fence
         #: Services queued again for a failed write since their last pass began
         self._requeued: set[str] = set()
         #: Services whose load balancer could not be read, since when (wall clock, for messages)
@@ -166,6 +169,7 @@ class ServiceReconciler:
 
     # -- reconcile ----------------------------------------------------------------------------
     async def reconcile(self, key: str) -> Outcome:
+        self.fence()
         self._requeued.discard(key)
         namespace, name = key.split("/", 1)
         gate = gates.service_gate(name)
@@ -315,6 +319,7 @@ class ServiceReconciler:
         diff = lb.diff_targets(plan, {t: st.admin for t, st in present.items()}, drained)
         if not (diff.add or diff.drain or diff.remove):
             return plan, present
+        self.fence()
         failed: ProviderError | None = None
         try:
             if diff.add:

@@ -18,6 +18,7 @@ from typing import Any
 
 from podgate.controller.reconciler import Outcome, ServiceReconciler, services_for_event
 from podgate.kube.informer import EventType, Informer, key_of
+from podgate.kube.leader import Fenced
 from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates
@@ -158,8 +159,9 @@ class ServiceController:
             try:
                 result = self.settle(key, await self.reconciler.reconcile(key))
             except Exception as e:
-                level = logging.WARNING if isinstance(e, ProviderError) else logging.ERROR
-                log.log(level, "reconcile %s failed: %s", key, e, exc_info=not isinstance(e, ProviderError))
+                expected = isinstance(e, ProviderError | Fenced)
+                level = logging.WARNING if expected else logging.ERROR
+                log.log(level, "reconcile %s failed: %s", key, e, exc_info=not expected)
                 self.queue.add_rate_limited(key)
             finally:
                 self.on_reconciled(key, result, time.monotonic() - t0, waited)

@@ -1,10 +1,12 @@
 """Leader election on a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
 
-The leader renews the Lease every ``retry_period``; a candidate takes it over once
-``renewTime + leaseDurationSeconds`` has passed without renewal.  Updates carry the Lease's
-resourceVersion, so two candidates can never both win the same round.  A leader that cannot
-renew within ``renew_deadline`` steps down (the caller stops reconciling at once): a deposed
-leader must never keep writing.
+The leader renews the Lease every ``retry_period``; a candidate takes it over once it has
+seen the Lease's record unchanged for ``leaseDurationSeconds`` of its own clock (client-go's
+observed-time rule: the holder's ``renewTime`` is another machine's wall clock, never compared
+with ours).  Updates carry the Lease's resourceVersion, so two candidates can never both win the
+same round.  A leader that cannot renew within ``renew_deadline`` steps down, and before every
+write it checks that its last renewal is younger than that (:meth:`LeaderElector.fence`): a
+deposed leader, or one whose renewals hang, never keeps writing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
 from typing import cast
 
@@ -26,10 +28,8 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse(ts: str | None) -> float:
-    if not ts:
-        return 0.0
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+class Fenced(RuntimeError):
+    """A write refused because this replica's lease is not fresh."""
 
 
 class LeaderElector:
@@ -43,6 +43,7 @@ class LeaderElector:
         lease_duration: float = 15.0,
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("need retry_period < renew_deadline < lease_duration")
@@ -55,6 +56,11 @@ class LeaderElector:
         )
         self.is_leader = False
         self.transitions = 0
+        self.clock = clock
+        #: the Lease's record as last read, and when (our clock) it was first seen so
+        self._observed: tuple[Hashable, float] | None = None
+        #: when (our clock) the last renewal that succeeded was sent
+        self._renewed_at = -float("inf")
 
     async def run(self, on_started: Callable[[], None], on_stopped: Callable[[], None]) -> None:
         """Campaign forever; calls ``on_started`` on winning and ``on_stopped`` on losing."""
@@ -71,13 +77,31 @@ class LeaderElector:
             await asyncio.sleep(self.retry_period)
 
     async def _renew_loop(self) -> None:
-        last_ok = time.monotonic()
+        """Renew every ``retry_period`` until a renewal has not succeeded for ``renew_deadline``
+        (each attempt bounded by what is left of it, so a hung request cannot outlast it)."""
         while True:
             await asyncio.sleep(self.retry_period)
-            if await self.try_acquire_or_renew():
-                last_ok = time.monotonic()
-            elif time.monotonic() - last_ok > self.renew_deadline:
+            left = self.renew_deadline - (self.clock() - self._renewed_at)
+            if left <= 0:
                 return
+            try:
+                async with asyncio.timeout(left):
+                    await self.try_acquire_or_renew()
+            except TimeoutError:
+                log.warning(
+                    "renewing lease %s/%s took longer than the renew deadline", self.namespace, self.name
+                )
+
+    def fresh(self) -> bool:
+        """Whether this replica holds the lease by a renewal younger than ``renew_deadline``:
+        no other replica can have taken it over since (it waits a whole lease duration)."""
+        return self.is_leader and self.clock() - self._renewed_at < self.renew_deadline
+
+    def fence(self) -> None:
+        """Raise :class:`Fenced` unless the lease is :meth:`fresh`: called before every write
+        to a load balancer or a gate."""
+        if not self.fresh():
+            raise Fenced(f"the leader lease {self.namespace}/{self.name} is not fresh: not writing")
 
     async def try_acquire_or_renew(self) -> bool:
         """One round of the election: take the Lease if it is free or expired, renew it if it
@@ -91,10 +115,12 @@ class LeaderElector:
             return False
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity")
-        expires = _parse(spec.get("renewTime")) + float(
-            spec.get("leaseDurationSeconds") or self.lease_duration
-        )
-        if holder and holder != self.identity and time.time() < expires:
+        started = self.clock()
+        record = (holder, spec.get("renewTime"), spec.get("acquireTime"), spec.get("leaseTransitions"))
+        if self._observed is None or self._observed[0] != record:
+            self._observed = (record, started)
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
+        if holder and holder != self.identity and started - self._observed[1] < duration:
             return False
         now = _now()
         new_spec: LeaseSpec = {
@@ -120,6 +146,7 @@ class LeaderElector:
             return False
         if holder != self.identity:
             self.transitions += 1
+        self._renewed_at = started
         return True
 
     async def release(self) -> None:
@@ -149,9 +176,11 @@ class LeaderElector:
                 "leaseTransitions": 0,
             },
         }
+        started = self.clock()
         try:
             await self.kube.create(LEASES, body, self.namespace)
         except Exception as e:
             log.debug("lease create lost: %s", e)
             return False
+        self._renewed_at = started
         return True
