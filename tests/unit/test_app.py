@@ -273,3 +273,18 @@ def test_building_twice_shares_nothing(tmp_path: Path) -> None:
     assert [r.name for r in one.runnables] == [r.name for r in two.runnables]
     leader = {r.name for r in one.runnables if r.leader_only}
     assert leader == {"gate writers", "service controller", "check gates"}
+
+
+async def test_a_replica_whose_watch_stopped_making_progress_fails_liveness(tmp_path: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    kube = FakeKube()
+    kube.add(NAMESPACES, {"metadata": {"name": NS}})
+    app = build(settings(tmp_path), kube, {"fake": FakeProvider().provider()})
+    for informer in app.informers():
+        await informer.relist()
+    async with TestClient(TestServer(app.health.app())) as http:
+        assert (await http.get("/healthz")).status == 200
+        app.pods.progressed_at -= 3600  # an hour without an event, a bookmark or a new watch
+        answer = await http.get("/healthz")
+        assert answer.status == 503 and "informer pods has made no progress" in await answer.text()

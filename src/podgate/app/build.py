@@ -87,6 +87,15 @@ class App:
             out.append("webhook not serving yet (no certificate, or its CA bundle not registered)")
         return out
 
+    def wedged(self) -> list[str]:
+        """Why this replica should be restarted (/healthz): an informer that has made no
+        progress for two watch timeouts keeps a stale cache for ever."""
+        return [
+            f"informer {i.name} has made no progress since its watch stopped"
+            for i in (*self.informers(), self.checks)
+            if i.synced.is_set() and i.stalled()
+        ]
+
     def _set_leading(self, leading: bool) -> None:
         self.leading = leading
 
@@ -205,6 +214,7 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
             lambda: app.problems(),
             metrics.REGISTRY,
             drain_endpoint.handle,
+            lambda: app.wedged(),
         ),
         elector=elector,
     )

@@ -20,16 +20,22 @@ class HealthServer:
         problems: Callable[[], list[str]],
         registry: CollectorRegistry,
         drain_handler: Callable[[web.Request], Awaitable[web.Response]],
+        wedged: Callable[[], list[str]] = list,
     ) -> None:
-        """``problems()``: why this replica is not ready (empty: ready), each a line of /readyz."""
+        """``problems()``: why this replica is not ready (empty: ready), each a line of /readyz;
+        ``wedged()``: why it is stuck for good (empty: alive), each a line of /healthz."""
         self.bind, self.port = bind, port
         self.problems = problems
+        self.wedged = wedged
         self.registry = registry
         self.drain_handler = drain_handler
         self.serving = asyncio.Event()
 
     def app(self) -> web.Application:
         async def healthz(_: web.Request) -> web.Response:
+            wedged = self.wedged()
+            if wedged:
+                return web.Response(status=503, text="\n".join(wedged) + "\n")
             return web.Response(text="ok\n")
 
         async def readyz(_: web.Request) -> web.Response:
