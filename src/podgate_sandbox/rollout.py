@@ -142,16 +142,22 @@ class RolloutLab:
         prefix: str = "rollout",
         registration: tuple[float, float] | None = None,
         min_ready: int | None = None,
+        retries: bool = True,
+        keepalive: bool = False,
     ) -> None:
         """``registration``: run on the sandbox's cloud-like data plane (no retries, and each new
         target's checks start uniformly within these bounds after registration); podgate's
-        scenario then uses its drain hook, as a cloud load balancer without retries needs."""
+        scenario then uses its drain hook, as a cloud load balancer without retries needs.
+        ``retries=False``: HAProxy neither retries nor redispatches, so a failed connection is
+        the client's; ``keepalive``: the load reuses its connections (the clients a reload's
+        closing of idle connections hurts)."""
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
         self.kube = ApiKube(api)
         self.runtime = Runtime(runtime_socket)
         self.replicas, self.interval, self.rise, self.rate = replicas, interval, rise, rate
         self.prefix = prefix
         self.registration = registration
+        self.retries, self.keepalive = retries, keepalive
         self.scenarios = scenarios(interval, rise, registration, min_ready)
         self._watches: dict[str, Watch] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -193,6 +199,7 @@ class RolloutLab:
                             if self.registration
                             else {}
                         ),
+                        **({} if self.retries else {"podgate.dev/load-balancer-retries": "false"}),
                     },
                 },
                 "spec": web_service_spec(),
@@ -233,7 +240,7 @@ class RolloutLab:
         (e.g. killing the leading controller in the middle of it)."""
         ns = self.namespace(name)
         watch = self._watches[name]
-        load = LoadGenerator(f"http://{ip}/", rate=self.rate, max_seconds=300)
+        load = LoadGenerator(f"http://{ip}/", rate=self.rate, max_seconds=300, keepalive=self.keepalive)
         healthy: list[tuple[float, int]] = []
         load_task = asyncio.create_task(load.run())
         sampler = asyncio.create_task(self._sample(ns, healthy))

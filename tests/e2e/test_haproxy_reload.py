@@ -1,6 +1,7 @@
 """HAProxy reloads lose nothing: SIGUSR2 to the master (what ``systemctl reload haproxy`` does)
-in the middle of a gated rollout under load fails no request, and no gate opens for a target
-the new worker has not checked."""
+in the middle of a gated rollout under keep-alive load, with no retries or redispatch to hide
+a failure, fails no request, keeps every UP server UP, and opens no gate for a target the new
+worker has not checked."""
 
 from __future__ import annotations
 
@@ -31,20 +32,38 @@ GATE = "service.readiness.podgate.dev/web"
 async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) -> None:
     api = await api_client(str(sandbox.kubeconfig))
     runtime = Runtime(str(sandbox.state_dir / "haproxy" / "runtime.sock"))
-    lab = RolloutLab(api, runtime.address, replicas=4, interval=0.5, rise=3, prefix="reload")
+    lab = RolloutLab(
+        api, runtime.address, replicas=4, interval=0.5, rise=3, prefix="reload", retries=False, keepalive=True
+    )
     master = json.loads((sandbox.state_dir / "pids.json").read_text())["haproxy"]
     workers: list[str] = []
+    went_down: list[str] = []
+
+    async def statuses() -> dict[str, str]:
+        return {
+            s.address: s.status for s in await runtime.servers(f"podgate.{lab.namespace('podgate')}.web.80")
+        }
 
     async def reload_twice() -> None:
         # while the first new targets are health-checked, then while old ones drain
         for delay in (1.0, 2.0):
             await asyncio.sleep(delay)
-            before = await runtime.identity()
+            before, up = await runtime.identity(), await statuses()
             os.kill(master, signal.SIGUSR2)
             deadline = time.monotonic() + 10
             while (now := await runtime.identity()) == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             workers.append(now)
+            # the new worker starts from the saved state: an UP server is UP at once, not after
+            # rise checks (one podgate drained or removed meanwhile is no loss)
+            after = await statuses()
+            went_down.extend(
+                f"{address}: {status} → {after[address]}"
+                for address, status in up.items()
+                if status.startswith("UP")
+                and address in after
+                and not after[address].startswith(("UP", "DRAIN", "MAINT"))
+            )
 
     try:
         ip = await lab.prepare("podgate")
@@ -56,6 +75,7 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
     assert len(set([first, *workers])) == 3, f"two reloads, each a new worker: {first}, {workers}"
     assert result.requests >= 200, "steady load through the EXTERNAL-IP"
     assert result.failed == 0, result.failures
+    assert went_down == [], f"UP servers not UP in the new worker: {went_down}"
     pods = sandbox.get("pods", "-n", lab.namespace("podgate"))["items"]
     assert len(pods) == 4
     for p in pods:

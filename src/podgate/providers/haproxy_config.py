@@ -94,6 +94,9 @@ def render(
                 f"frontend {frontend_name(pool)}",
                 f"    bind {lb.address}:{pool.port}",
                 "    mode http",
+                # at a reload the old worker answers each idle keep-alive connection's next
+                # request with "Connection: close" instead of closing it under the client
+                "    option idle-close-on-response",
                 f"    default_backend {be}",
                 "",
                 f"backend {be}",
