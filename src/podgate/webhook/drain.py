@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -88,9 +88,12 @@ class DrainEndpoint:
         poll: float = 0.1,
         redrain: float = 1.0,
         reads: PoolReads | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """``reads``: the controller's shared pool reads (the reconciler's and the eviction
-        guard's too), so a pool waited on by hooks and polled by its Service is read once."""
+        guard's too), so a pool waited on by hooks and polled by its Service is read once.
+        ``clock`` and ``sleep`` measure and wait out the drain budget (a test's own time)."""
         self.kube, self.pods, self.services = kube, pods, services
         self.resolutions = resolutions
         self.recorder = recorder
@@ -101,6 +104,7 @@ class DrainEndpoint:
         #: seconds before a target seen back in rotation is drained again
         self.redrain = redrain
         self.reads = reads if reads is not None else PoolReads()
+        self.clock, self.sleep = clock, sleep
         # A hook names its pod by token: found through an index, not a scan of the namespace's
         # pods (a mass restart sends a hook per pod, each of which would read every pod)
         pods.add_index(TOKEN_INDEX, _token_keys)
@@ -191,7 +195,7 @@ class DrainEndpoint:
         pod_key = f"{meta.get('namespace')}/{meta.get('name')}"
         grace = _grace_of(pod)
         budget = gates.drain_budget(grace)
-        t0 = time.monotonic()
+        t0 = self.clock()
         deadline = t0 + budget
         wanted = self.targets_of(pod)
         if not wanted:
@@ -206,7 +210,7 @@ class DrainEndpoint:
             try:
                 # the load balancer's answers count against the budget too: a drain seen after
                 # it is too late for the kubelet, which stops the container at the grace period
-                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                async with asyncio.timeout(max(deadline - self.clock(), 0.0)):
                     for key, (ref, targets) in by_pool.items():
                         try:
                             present = await self._read(ref)
@@ -215,8 +219,8 @@ class DrainEndpoint:
                                 for t in targets
                                 if (st := present.get(t)) is not None and st.admin == "ready"
                             ]
-                            if in_rotation and time.monotonic() - drained_at.get(key, -1e9) >= self.redrain:
-                                drained_at[key] = time.monotonic()
+                            if in_rotation and self.clock() - drained_at.get(key, -1e9) >= self.redrain:
+                                drained_at[key] = self.clock()
                                 try:
                                     await ref.provider.pool.drain(ref.pool, in_rotation)
                                 finally:
@@ -238,7 +242,7 @@ class DrainEndpoint:
                     for ref, targets in by_pool.values()
                     for t in targets
                 ]
-            now = time.monotonic()
+            now = self.clock()
             if not pending:
                 waited = now - t0
                 log.info("drained %s in %.2fs", pod_key, waited)
@@ -255,7 +259,7 @@ class DrainEndpoint:
                 log.warning("drain of %s timed out: %s", pod_key, message)
                 self.recorder.emit_later(pod, "Pod", TIMED_OUT, message, "Warning")
                 return DrainOutcome(TIMEOUT, message, waited, [str(t) for _, t in wanted])
-            await asyncio.sleep(min(self.poll, max(deadline - now, 0.0)))
+            await self.sleep(min(self.poll, max(deadline - now, 0.0)))
 
 
 #: the pods' index by ``namespace/drain token``
