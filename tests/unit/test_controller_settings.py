@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from podgate.cli import controller_cmd, declared
+from podgate.cli import controller_cmd, declared, logs
 from podgate.cli.controller_cmd import SETTINGS, controller_settings
 from podgate.cli.main import build_parser, main
 from podgate.controller.settings import (
@@ -504,7 +504,7 @@ def test_accepted_forms() -> None:
 
 def test_json_log_lines() -> None:
     record = logging.LogRecord("podgate.x", logging.WARNING, __file__, 1, "gate %s stuck", ("web",), None)
-    line = json.loads(controller_cmd.JsonFormatter().format(record))
+    line = json.loads(logs.JsonFormatter().format(record))
     assert (
         line["level"] == "WARNING" and line["logger"] == "podgate.x" and line["message"] == "gate web stuck"
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import re
@@ -16,7 +15,6 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +35,7 @@ from podgate.cli.declared import (
     seconds,
     words,
 )
+from podgate.cli.logs import setup_logging
 from podgate.controller import gctune, metrics
 from podgate.controller.settings import (
     AlibabaSettings,
@@ -453,34 +452,6 @@ SETTINGS: tuple[Setting, ...] = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     declared.add_arguments(p, SETTINGS)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC), level, logger, message (and the exception, if any)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(verbose: bool, fmt: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    )
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True)
-    # The API client's own debug output may carry request details: never below INFO.
-    for noisy in ("kubernetes_asyncio", "aiohttp.access", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.INFO)
 
 
 def settings_from(values: declared.Values) -> ControllerSettings:

@@ -128,7 +128,7 @@ class DrainEndpoint:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the kubelet must always get an answer, and SIGTERM its due
-            log.exception("drain %s/%s failed", namespace, token)
+            log.exception("drain hook of a pod in %s failed", namespace)  # the token is a secret
             outcome = DrainOutcome("error", f"podgate could not drain the pod: {e}")
         took = time.monotonic() - t0
         self.observe(outcome.result, took)
