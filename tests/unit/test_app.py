@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from podgate.app.build import build
-from podgate.app.supervisor import Runnable, SteppedDown, Supervisor
+from podgate.app.supervisor import Runnable, Supervisor
 from podgate.controller.reconciler import Outcome
 from podgate.controller.service_controller import (
     POLLS_PER_PERIOD,
@@ -79,7 +79,7 @@ async def until(done: Callable[[], object], seconds: float = 10.0) -> None:
 
 
 async def settle() -> None:
-    for _ in range(5):
+    for _ in range(20):
         await asyncio.sleep(0)
 
 
@@ -106,7 +106,7 @@ async def test_runnables_start_in_order_and_stop_in_reverse_leader_work_first() 
     assert log.lines[4:] == ["stop reconcile", "stop webhook", "stop informers", "stop health"]
 
 
-async def test_the_leaders_work_starts_with_the_lease_and_losing_it_stops_the_process() -> None:
+async def test_the_leaders_work_runs_only_while_the_lease_is_held_and_serving_goes_on() -> None:
     log, elector, leading = Log(), Elector(), []
     sup = Supervisor(
         [log.runnable("webhook", after_sync=True), log.runnable("reconcile", leader_only=True)],
@@ -122,11 +122,32 @@ async def test_the_leaders_work_starts_with_the_lease_and_losing_it_stops_the_pr
     elector.started()
     await settle()
     assert log.lines == ["start webhook", "start reconcile"] and leading == [False, True]
-    elector.stopped()
-    with pytest.raises(SteppedDown):
+    elector.stopped()  # lost: the leader's work stops, the webhook keeps serving
+    await settle()
+    assert log.lines[2:] == ["stop reconcile"] and leading[-1] is False and not task.done()
+    elector.started()  # won again: the leader's work starts afresh
+    await settle()
+    assert log.lines[3:] == ["start reconcile"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
         await task
-    assert log.lines[2:] == ["stop reconcile", "stop webhook"] and leading[-1] is False
+    assert log.lines[4:] == ["stop reconcile", "stop webhook"]
     assert elector.released
+
+
+async def test_a_quick_loss_and_win_are_carried_out_in_order() -> None:
+    log, elector = Log(), Elector()
+    sup = Supervisor([log.runnable("reconcile", leader_only=True)], synced_at_once, elector)
+    task = asyncio.create_task(sup.run())
+    async with asyncio.timeout(5):
+        await elector.running.wait()
+    elector.started()
+    elector.stopped()
+    elector.started()  # all before any of them ran
+    await settle()
+    assert log.lines == ["start reconcile", "stop reconcile", "start reconcile"]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_a_failing_runnable_stops_every_other_and_its_error_ends_the_run() -> None:
@@ -136,7 +157,7 @@ async def test_a_failing_runnable_stops_every_other_and_its_error_ends_the_run()
     )
     with pytest.raises(RuntimeError, match="watch broke"):
         await sup.run()  # before the caches ever synced
-    assert "stop health" in log.lines and sup.stopped == ["informers", "health"]
+    assert "stop health" in log.lines and sup.stopped == ["health"]  # the failed one had ended
 
 
 # -- the reconcile loop ------------------------------------------------------------------------

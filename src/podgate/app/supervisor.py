@@ -5,9 +5,12 @@ controller-runtime's Manager in miniature: each part of the controller process i
 it needs the informers' caches synced first.  The :class:`Supervisor` starts every-replica
 runnables at once (informers, events, the health server), the after-sync ones once the caches
 have synced (the webhook must not answer from an empty cache), and the leader's runnables while
-this replica holds the lease.  A runnable that raises stops the process (its replacement starts
-clean); one that returns has simply finished.  Stopping cancels the leader's runnables first,
-then the rest in the reverse order of their start, so the health endpoint answers until the end.
+this replica holds the lease.  Losing the lease stops the leader's runnables only: the replica
+keeps serving admission, evictions and drain hooks, and campaigns again (its writes are fenced
+by the lease meanwhile, see :meth:`podgate.kube.leader.LeaderElector.fence`).  A runnable that
+raises stops the process (its replacement starts clean); one that returns has simply finished.
+Stopping cancels the leader's runnables first, then the rest in the reverse order of their
+start, so the health endpoint answers until the end.
 """
 
 from __future__ import annotations
@@ -44,10 +47,6 @@ class Elector(Protocol):
     async def release(self) -> None: ...
 
 
-class SteppedDown(RuntimeError):
-    """Leadership lost: the process stops (and is restarted) rather than risk a second writer."""
-
-
 class Supervisor:
     def __init__(
         self,
@@ -71,8 +70,11 @@ class Supervisor:
         #: names of the runnables stopped, in order
         self.stopped: list[str] = []
         self._tasks: list[tuple[Runnable, asyncio.Task[None]]] = []
+        #: the leader's runnables now running (empty while following)
+        self._leading: list[tuple[Runnable, asyncio.Task[None]]] = []
+        #: the latest change of leadership being carried out (they run one after another)
+        self._transition: asyncio.Task[None] | None = None
         self._failed: asyncio.Future[None] | None = None
-        self._stopped: set[int] = set()
 
     async def run(self) -> None:
         """Run every runnable until one fails or this is cancelled; then stop them all."""
@@ -82,14 +84,17 @@ class Supervisor:
             await self._until_failed(self.synced())
             self._start(r for r in self.runnables if r.after_sync and not r.leader_only)
             if self.elector is None:
-                self._lead()
+                self._won()
             else:
                 self.on_leading(False)
                 self._start([Runnable("leader election", self._elect)])
             await self._failed
         finally:
-            await self._stop([r for r, _ in self._tasks if r.leader_only])
-            await self._stop([r for r, _ in reversed(self._tasks)])
+            if self._transition is not None:
+                self._transition.cancel()
+            await self._stop(self._leading)
+            self._leading = []
+            await self._stop(list(reversed(self._tasks)))
             if self.elector is not None:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(3.0):
@@ -97,34 +102,53 @@ class Supervisor:
 
     async def _elect(self) -> None:
         assert self.elector is not None
+        await self.elector.run(self._won, self._lost)
 
-        def stopped() -> None:
-            self.on_leading(False)
-            self._fail(
-                SteppedDown("lost the leader lease; stopping so no two replicas ever reconcile at once")
-            )
-
-        await self.elector.run(self._lead, stopped)
-
-    def _lead(self) -> None:
+    def _won(self) -> None:
         self.on_leading(True)
-        self._start(r for r in self.runnables if r.leader_only)
+        self._then(self._lead)
 
-    def _start(self, runnables: Iterable[Runnable]) -> None:
+    def _lost(self) -> None:
+        log.warning("lost the leader lease: the leader's work stops, this replica keeps serving")
+        self.on_leading(False)
+        self._then(self._follow)
+
+    def _then(self, change: Callable[[], Awaitable[None]]) -> None:
+        """Carry out a change of leadership after the one before it has finished."""
+        before = self._transition
+
+        async def after() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await change()
+
+        self._transition = asyncio.create_task(after(), name="leadership change")
+
+    async def _lead(self) -> None:
+        self._leading = self._start(r for r in self.runnables if r.leader_only)
+
+    async def _follow(self) -> None:
+        leading, self._leading = self._leading, []
+        await self._stop(leading)
+
+    def _start(self, runnables: Iterable[Runnable]) -> list[tuple[Runnable, asyncio.Task[None]]]:
+        started = []
         for r in runnables:
             task: asyncio.Task[None] = asyncio.create_task(r.run(), name=r.name)
             task.add_done_callback(functools.partial(self._ended, r))
-            self._tasks.append((r, task))
+            started.append((r, task))
             self.started.append(r.name)
             log.debug("started %s", r.name)
+        if not any(r.leader_only for r, _ in started):
+            self._tasks += started
+        return started
 
     def _ended(self, runnable: Runnable, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         error = task.exception()
         if error is not None:
-            if not isinstance(error, SteppedDown):
-                log.error("%s failed: %r", runnable.name, error, exc_info=error)
+            log.error("%s failed: %r", runnable.name, error, exc_info=error)
             self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
@@ -143,15 +167,13 @@ class Supervisor:
         if self._failed.done():
             self._failed.result()
 
-    async def _stop(self, runnables: Sequence[Runnable]) -> None:
+    async def _stop(self, tasks: Sequence[tuple[Runnable, asyncio.Task[None]]]) -> None:
         """Cancel each runnable and wait for it, in the order given; one that outlives its
         cancellation by ``patience`` seconds is named in the log (a task that ignores
         cancellation is a bug) and left behind."""
-        for r in runnables:
-            task = next((t for known, t in self._tasks if known is r), None)
-            if task is None or id(r) in self._stopped:
+        for r, task in tasks:
+            if task.done():
                 continue
-            self._stopped.add(id(r))
             task.cancel()
             done, _ = await asyncio.wait([task], timeout=self.patience)
             if not done:

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from podgate.app.build import build, build_providers, state_readings
-from podgate.app.supervisor import SteppedDown
 from podgate.cli import declared
 from podgate.cli.declared import (
     BOOLEAN,
@@ -543,7 +542,4 @@ def cmd_controller(args: argparse.Namespace) -> int:
     except SettingsError as e:  # found while building the providers (e.g. two rates, one account)
         print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
         return 2
-    except SteppedDown as e:
-        log.error("%s", e)
-        return 1
     return 0

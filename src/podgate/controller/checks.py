@@ -86,6 +86,9 @@ class CheckRunner:
             status.cancel()
             for _, task in self.tasks.values():
                 task.cancel()
+            await asyncio.gather(*(task for _, task in self.tasks.values()), return_exceptions=True)
+            self.tasks.clear()  # a later run (leadership won again) starts every check afresh
+            self.ready.clear()
             await self.http.close()
 
     async def _sync(self) -> None:

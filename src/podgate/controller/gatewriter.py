@@ -147,7 +147,8 @@ class GateWriter:
         return len(self._wanted)
 
     async def run(self, concurrency: int = WRITE_CONCURRENCY) -> None:
-        """The writer tasks; they stop when cancelled (leadership lost: no write after it)."""
+        """The writer tasks; they stop when cancelled (leadership lost: no write after it, and
+        the wishes not sent are dropped: the next leader's passes decide afresh)."""
         workers = [asyncio.create_task(self._writer(), name=f"gate writer {i}") for i in range(concurrency)]
         try:
             await asyncio.gather(*workers)
@@ -155,6 +156,15 @@ class GateWriter:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            self._drop_queue()
+
+    def _drop_queue(self) -> None:
+        self._wanted.clear()
+        self._queued.clear()
+        self._writing.clear()
+        while not self._order.empty():
+            self._order.get_nowait()
+            self._order.task_done()
 
     async def idle(self) -> None:
         """Return once every submitted wish was taken and its write returned (while :meth:`run`
