@@ -3,6 +3,7 @@ answers ``kubectl drain`` would get."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -27,7 +28,7 @@ def guarded_world(minimum: str = "2", healthy: int = 2) -> tuple[World, Eviction
             Target(f"10.0.0.{i}", 8080), health, "UP" if health is Health.HEALTHY else "DOWN"
         )
     seen: list[str] = []
-    guard = EvictionGuard(world.pods, world.services, world.resolutions, seen.append)
+    guard = EvictionGuard(world.pods, world.services, world.resolutions, seen.append, settle=0.5)
     return world, guard
 
 
@@ -72,11 +73,28 @@ async def test_a_pod_the_load_balancer_does_not_call_healthy_may_go() -> None:
 
 
 async def test_one_spare_allows_one_eviction_and_then_refuses_the_next() -> None:
-    """The second drain comes before the pod cache shows the first pod terminating."""
+    """The second drain comes before the pod cache shows the first pod terminating: it waits
+    for the cache to show it, then counts it as gone."""
     world, guard = guarded_world(healthy=3)
     assert (await evict(world, guard, "p1"))["allowed"] is True
-    second = await evict(world, guard, "p2")
-    assert second["allowed"] is False and "(2 healthy now)" in second["status"]["message"]
+    second = asyncio.create_task(evict(world, guard, "p2"))
+    await asyncio.sleep(0.1)
+    assert not second.done()  # waiting for the first eviction to show
+    leaving = pod("p1", ip="10.0.0.1", terminating=True)
+    world.kube.add(PODS, leaving)  # the API server deletes the evicted pod
+    await world.pods.relist()
+    answer = await second
+    assert answer["allowed"] is False and "(2 healthy now)" in answer["status"]["message"]
+
+
+async def test_a_review_that_never_became_an_eviction_changes_nothing() -> None:
+    """A forged review (or one a later webhook refused): its pod is not counted as gone; the
+    next review waits at most the settle time, then judges from the cache alone."""
+    world, guard = guarded_world(healthy=3)
+    assert (await evict(world, guard, "p1"))["allowed"] is True  # and p1 is never deleted
+    started = asyncio.get_running_loop().time()
+    assert (await evict(world, guard, "p2"))["allowed"] is True
+    assert asyncio.get_running_loop().time() - started >= 0.5
 
 
 async def test_a_dry_run_counts_nothing() -> None:

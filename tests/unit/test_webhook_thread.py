@@ -21,7 +21,7 @@ from podgate.kube.informer import Informer
 from podgate.model.types import Service
 from podgate.webhook.admission import InjectionPolicy
 from podgate.webhook.isolated import Answer, ServerThread, on_loop
-from podgate.webhook.server import PATH, make_app
+from podgate.webhook.server import MAX_REVIEW_BYTES, PATH, make_app
 from tests.unit.test_admission_fuzz import REVIEW
 
 
@@ -107,3 +107,45 @@ def test_a_snapshot_never_changes_under_its_reader() -> None:
     assert set(before) == {"shop/web"} and set(informer.snapshot()) == set()
     with pytest.raises(TypeError):
         before["shop/x"] = {}  # type: ignore[index]
+
+
+def post_raw(port: int, path: str, body: bytes, out: dict[str, Any], chunked: bool = False) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    if chunked:  # no Content-Length: the size shows only as it is read
+        conn.request(
+            "POST",
+            path,
+            iter([body[i : i + 65536] for i in range(0, len(body), 65536)]),
+            {},
+            encode_chunked=True,
+        )
+    else:
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    out.update(status=resp.status)
+    conn.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+async def test_an_oversized_review_is_413_and_never_reaches_the_controllers_loop(chunked: bool) -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[bytes] = []
+
+    async def answering(raw: bytes, remote: str | None) -> Answer:
+        seen.append(raw)
+        return Answer(200, b"{}")
+
+    app = make_app(services(), lambda s: True, InjectionPolicy())
+    app.router.add_post("/validate-eviction", on_loop(loop, answering, 64 * 1024))
+    port = free_port()
+    server = ServerThread(app, "127.0.0.1", port)
+    await server.start()
+    eviction: dict[str, Any] = {}
+    admission: dict[str, Any] = {}
+    try:
+        await asyncio.to_thread(post_raw, port, "/validate-eviction", b"x" * (65 * 1024), eviction, chunked)
+        await asyncio.to_thread(post_raw, port, PATH, b"x" * (MAX_REVIEW_BYTES + 1), admission)
+    finally:
+        await server.cleanup()
+    assert eviction["status"] == 413 and seen == []
+    assert admission["status"] == 413

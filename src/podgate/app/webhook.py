@@ -65,7 +65,9 @@ class WebhookServer:
             lambda: parsed_checks(self.checks),
         )
         loop = asyncio.get_running_loop()
-        app.router.add_post(eviction.PATH, isolated.on_loop(loop, self.guard.answer))
+        app.router.add_post(
+            eviction.PATH, isolated.on_loop(loop, self.guard.answer, eviction.MAX_REVIEW_BYTES)
+        )
         app.router.add_get(drain.ROUTE, isolated.route_on_loop(loop, self.drain.answer))
         tls = webhook.ServingTLS(s.webhook_cert_dir, self.on_tls_failure)
         registration = await self._registration()
@@ -163,7 +165,11 @@ class WebhookServer:
             await eviction.register(
                 self.kube,
                 eviction.webhook_configuration(
-                    s.webhook_config_name, bundle, url=eviction_url, service=service_ref
+                    s.webhook_config_name,
+                    bundle,
+                    url=eviction_url,
+                    service=service_ref,
+                    migration_labels=s.migration_labels,
                 ),
             )
 

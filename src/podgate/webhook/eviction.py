@@ -11,6 +11,8 @@ lets the eviction through, with a warning kubectl prints.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -20,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
-from podgate.kube.informer import Informer
+from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import gates, lb
 from podgate.model.policy import eviction_refusal
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
@@ -33,9 +35,15 @@ from podgate.webhook.isolated import Answer
 
 log = logging.getLogger(__name__)
 PATH = "/validate-eviction"
-#: how long an allowed eviction counts its pod as gone, until the pod cache shows it terminating:
-#: two drains racing must not both take the last spare target
-EVICTED_FOR = 30.0
+#: how long a review waits for an eviction allowed just before it (in the same namespace) to
+#: show in the pod cache as a deletion: two drains racing must not both take the last spare
+#: target, and a review that never became an eviction (refused further on, or forged) must not
+#: make a pod count as gone: it only delays the next review by this much
+SETTLE = 2.0
+#: the largest eviction review read: an Eviction is a few hundred bytes
+MAX_REVIEW_BYTES = 64 * 1024
+#: evictions allowed and not yet seen in the cache, at most (a flood of reviews cannot grow it)
+UNSETTLED_MAX = 1000
 
 
 class EvictionGuard:
@@ -48,15 +56,44 @@ class EvictionGuard:
         resolutions: ServiceResolutions,
         observe: Callable[[str], None] = lambda result: None,
         reads: PoolReads | None = None,
+        settle: float = SETTLE,
     ) -> None:
         """``reads``: the controller's shared pool reads: an eviction within a poll interval of
-        the pool's last read uses that answer (a ``kubectl drain`` of a node asks once a pod)."""
+        the pool's last read uses that answer (a ``kubectl drain`` of a node asks once a pod).
+        ``settle``: see :data:`SETTLE`."""
         self.pods, self.services = pods, services
         self.reads = reads if reads is not None else PoolReads()
         self.resolutions = resolutions
         self.observe = observe
-        #: pods (namespace/name) whose eviction this replica allowed, and when
-        self._evicted: dict[str, float] = {}
+        #: pods (namespace/name) whose eviction this replica allowed and whose deletion the
+        #: pod cache does not show yet, with when: later reviews in the namespace wait for them
+        self._unsettled: dict[str, float] = {}
+        self.settle = settle
+        self._settled = asyncio.Event()
+        pods.add_handler(self._on_pod)
+
+    def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
+        key = key_of(pod)
+        if key in self._unsettled and (kind == "DELETED" or is_terminating(pod)):
+            del self._unsettled[key]
+            self._settled.set()
+
+    async def _settle(self, namespace: str) -> None:
+        """Wait (at most ``settle`` seconds each) until the evictions this replica allowed in the
+        namespace show in the pod cache; then the cache alone says which pods are going."""
+        prefix = f"{namespace}/"
+        while True:
+            now = time.monotonic()
+            for key, at in list(self._unsettled.items()):
+                if now - at >= self.settle:
+                    del self._unsettled[key]  # never became a deletion: counts for nothing
+            waiting = [at for key, at in self._unsettled.items() if key.startswith(prefix)]
+            if not waiting:
+                return
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settle - (now - min(waiting))):
+                    await self._settled.wait()
 
     async def handle(self, request: web.Request) -> web.Response:
         answer = await self.answer(await request.read(), request.remote)
@@ -79,8 +116,8 @@ class EvictionGuard:
             response["allowed"] = False
             response["status"] = {"code": 429, "reason": "TooManyRequests", "message": refusal}
             log.info("eviction of %s refused: %s", pod_key, refusal)
-        elif not req.get("dryRun"):
-            self._evicted[pod_key] = time.monotonic()
+        elif not req.get("dryRun") and len(self._unsettled) < UNSETTLED_MAX:
+            self._unsettled[pod_key] = time.monotonic()
         if warnings:
             response["warnings"] = warnings
         self.observe("refused" if refusal else "allowed")
@@ -93,8 +130,7 @@ class EvictionGuard:
         if pod is None or is_terminating(pod):
             return None, []
         namespace = meta_of(pod).get("namespace") or ""
-        now = time.monotonic()
-        self._evicted = {k: t for k, t in self._evicted.items() if now - t < EVICTED_FOR}
+        await self._settle(namespace)
         warnings = []
         for service in self.services.in_namespace(namespace):
             meta = meta_of(service)
@@ -127,7 +163,7 @@ class EvictionGuard:
         namespace: str,
     ) -> set[str]:
         """Pods whose targets are healthy in every pool, as the load balancer reads them now;
-        terminating pods and pods whose eviction was just allowed left out."""
+        terminating pods left out."""
         pods = self.pods.in_namespace(namespace)
         healthy: set[str] | None = None
         for pool in pools:
@@ -139,7 +175,6 @@ class EvictionGuard:
                 if (st := present.get(target)) is not None
                 and st.admin == "ready"
                 and st.health.health is lb.Health.HEALTHY
-                and key not in self._evicted
             }
             healthy = here if healthy is None else healthy & here
         return healthy or set()
@@ -152,16 +187,19 @@ def webhook_configuration(
     url: str | None,
     service: tuple[str, str, int] | None,
     timeout_seconds: int = 5,
+    migration_labels: bool = False,
 ) -> dict[str, Any]:
-    """ValidatingWebhookConfiguration for evictions of pods in any namespace (pure): only
-    Services with ``min-healthy-targets`` ever refuse one."""
+    """ValidatingWebhookConfiguration for evictions of pods in opted-in namespaces (pure), one
+    webhook per opt-in label as for injection: an eviction anywhere else (kube-system, a tenant
+    who never opted in) never reaches podgate; only Services with ``min-healthy-targets`` ever
+    refuse one."""
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "podgate"}},
         "webhooks": [
             {
-                "name": "eviction-guard.podgate.dev",
+                "name": "eviction-guard.podgate.dev" if i == 0 else f"eviction-guard-{i}.podgate.dev",
                 "admissionReviewVersions": ["v1"],
                 "clientConfig": server.client_config(ca_bundle, url, service, PATH),
                 "rules": [
@@ -173,11 +211,13 @@ def webhook_configuration(
                         "scope": "Namespaced",
                     }
                 ],
+                "namespaceSelector": selector,
                 # podgate being down must never block a drain
                 "failurePolicy": "Ignore",
                 "sideEffects": "NoneOnDryRun",
                 "timeoutSeconds": timeout_seconds,
             }
+            for i, selector in enumerate(gates.namespace_selectors(migration_labels))
         ],
     }
 

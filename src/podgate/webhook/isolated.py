@@ -49,18 +49,35 @@ Answering = Callable[[bytes, str | None], Awaitable[Answer]]
 
 
 def on_loop(
-    loop: asyncio.AbstractEventLoop, answering: Answering
+    loop: asyncio.AbstractEventLoop, answering: Answering, max_bytes: int | None = None
 ) -> Callable[[web.Request], Awaitable[web.Response]]:
     """A handler for the server's thread that reads the request there and has ``answering`` run
-    on ``loop`` (the controller's), where the caches and the load-balancer clients live."""
+    on ``loop`` (the controller's), where the caches and the load-balancer clients live.  A
+    body over ``max_bytes`` is answered 413 without being read."""
 
     async def handle(request: web.Request) -> web.Response:
-        raw = await request.read()
+        raw = await request.read() if max_bytes is None else await read_at_most(request, max_bytes)
+        if raw is None:
+            return web.Response(status=413, text=f"request body over {max_bytes} bytes\n")
         future = asyncio.run_coroutine_threadsafe(_call(answering, raw, request.remote), loop)
         answer = await asyncio.wrap_future(future)
         return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
 
     return handle
+
+
+async def read_at_most(request: web.Request, max_bytes: int) -> bytes | None:
+    """The request's body, or None as soon as it is known to be over ``max_bytes`` (declared or
+    sent): nothing beyond is read."""
+    if (request.content_length or 0) > max_bytes:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > max_bytes:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def route_on_loop(

@@ -28,6 +28,10 @@ from podgate.webhook.admission import BadReview, InjectionPolicy, parse_review, 
 
 log = logging.getLogger(__name__)
 PATH = "/mutate-pods"
+#: the largest AdmissionReview read (aiohttp answers 413 beyond, before parsing it): a pod's
+#: review is a few KiB, and every byte is parsed on a thread that shares the interpreter lock
+#: with the controller; a larger one fails open (failurePolicy Ignore: the pod goes ungated)
+MAX_REVIEW_BYTES = 1024 * 1024
 
 
 def make_app(
@@ -58,7 +62,7 @@ def make_app(
         observe("patched" if "patch" in answer["response"] else "unchanged", time.monotonic() - t0)
         return web.json_response(answer)
 
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app = web.Application(client_max_size=MAX_REVIEW_BYTES)
     app.router.add_post(PATH, mutate)
     return app
 
