@@ -16,7 +16,7 @@ from podgate.model import gates
 from podgate.model.lb import PoolSpec, Target, pools_for
 from podgate.providers.base import ProviderError, TargetState
 from podgate.providers.fake import FakeProvider
-from podgate.webhook.drain import ROUTE, DrainEndpoint
+from podgate.webhook.drain import MAX_BUDGET, ROUTE, DrainEndpoint
 from tests.unit.world import NS, World, pod, service
 
 TARGET = Target("10.0.0.1", 8080)
@@ -45,7 +45,7 @@ class Clock:
 
 
 async def world_with(
-    *pods: Any, provider: FakeProvider | None = None, clock: Clock | None = None
+    *pods: Any, provider: FakeProvider | None = None, clock: Clock | None = None, max_waiting: int = 100
 ) -> tuple[World, DrainEndpoint, list[str]]:
     """A Service whose pods are registered (and healthy), then the given pods as they are now."""
     world = World(provider)
@@ -66,6 +66,7 @@ async def world_with(
         world.recorder,
         observe=lambda result, seconds: seen.append(result),
         poll=0.02,
+        max_waiting=max_waiting,
         **({"clock": clock, "sleep": clock.sleep} if clock else {}),
     )
     return world, endpoint, seen
@@ -265,3 +266,33 @@ async def test_a_load_balancer_slower_than_the_budget_is_a_timeout_not_a_late_dr
     assert 1.0 <= time.monotonic() - started < 1.5
     assert "did not answer within the budget" in outcome.message
     assert ("Pod", "p1", "DrainTimedOut", "Warning") in world.recorder.events
+
+
+async def test_many_calls_for_one_pod_share_one_drain_and_a_flood_of_pods_is_told_busy() -> None:
+    """Each container's hook, or a caller calling again, waits on the same drain; beyond
+    ``max_waiting`` pods at once a call is answered 429 at once instead of held."""
+    clock = Clock()
+    world, endpoint, seen = await world_with(
+        draining_pod(grace=10),
+        draining_pod("p2", ip="10.0.0.2", token="tok-p2", grace=10),
+        clock=clock,
+        max_waiting=1,
+    )
+    world.provider.sessions[TARGET] = 1  # p1 drains slowly
+    first = asyncio.create_task(endpoint.answer({"namespace": NS, "token": "tok-p1"}))
+    second = asyncio.create_task(endpoint.answer({"namespace": NS, "token": "tok-p1"}))
+    await asyncio.sleep(0)
+    busy = await endpoint.answer({"namespace": NS, "token": "tok-p2"})
+    assert busy.status == 429 and seen == ["busy"]
+    world.provider.sessions[TARGET] = 0
+    answers = await asyncio.gather(first, second)
+    assert [a.status for a in answers] == [200, 200] and seen[1:] == ["drained", "drained"]
+    assert sum(1 for call in world.provider.calls if call[0] == "drain" and "10.0.0.1:8080" in call[2]) == 1
+
+
+async def test_a_long_grace_period_holds_the_hook_at_most_the_maximum_budget() -> None:
+    clock = Clock()
+    world, endpoint, _ = await world_with(draining_pod(grace=3600), clock=clock)
+    world.provider.sessions[TARGET] = 1  # never finishes
+    outcome = await endpoint.drain_token(NS, "tok-p1")
+    assert outcome.result == "timeout" and outcome.waited == pytest.approx(MAX_BUDGET)

@@ -53,8 +53,16 @@ DRAINED, TIMEOUT, NO_TARGETS, NOT_TERMINATING, UNKNOWN_POD = (
     "not_terminating",
     "unknown_pod",
 )
-#: every answer's result, for the metric (``error``: podgate failed and answered anyway)
-RESULTS = (DRAINED, TIMEOUT, NO_TARGETS, NOT_TERMINATING, UNKNOWN_POD, "error")
+BUSY = "busy"
+#: every answer's result, for the metric (``error``: podgate failed and answered anyway;
+#: ``busy``: more pods waiting at once than ``max_waiting``, answered 429 at once)
+RESULTS = (DRAINED, TIMEOUT, NO_TARGETS, NOT_TERMINATING, UNKNOWN_POD, BUSY, "error")
+#: pods whose drain one replica waits for at once (a mass restart of a large cluster stays well
+#: within it; a flood of calls does not make the replica hold a task and a poll each without end)
+MAX_WAITING = 20_000
+#: the longest a hook is held, whatever the pod's grace period (an hour-long grace period must
+#: not hold a connection and a poll for an hour)
+MAX_BUDGET = 600.0
 
 
 @dataclass
@@ -90,6 +98,7 @@ class DrainEndpoint:
         reads: PoolReads | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_waiting: int = MAX_WAITING,
     ) -> None:
         """``reads``: the controller's shared pool reads (the reconciler's and the eviction
         guard's too), so a pool waited on by hooks and polled by its Service is read once.
@@ -105,6 +114,10 @@ class DrainEndpoint:
         self.redrain = redrain
         self.reads = reads if reads is not None else PoolReads()
         self.clock, self.sleep = clock, sleep
+        self.max_waiting = max_waiting
+        #: one drain per pod (by uid), however many calls wait for it: the kubelet calls the
+        #: hook of each container, and a caller may call again
+        self._draining: dict[str, asyncio.Task[DrainOutcome]] = {}
         # A hook names its pod by token: found through an index, not a scan of the namespace's
         # pods (a mass restart sends a hook per pod, each of which would read every pod)
         pods.add_index(TOKEN_INDEX, _token_keys)
@@ -132,7 +145,7 @@ class DrainEndpoint:
             outcome = DrainOutcome("error", f"podgate could not drain the pod: {e}")
         took = time.monotonic() - t0
         self.observe(outcome.result, took)
-        status = 404 if outcome.result == UNKNOWN_POD else 200
+        status = {UNKNOWN_POD: 404, BUSY: 429}.get(outcome.result, 200)
         return Answer(status, f"{outcome.result}: {outcome.message}\n".encode(), "text/plain")
 
     async def drain_token(self, namespace: str, token: str) -> DrainOutcome:
@@ -160,7 +173,20 @@ class DrainEndpoint:
                 NOT_TERMINATING,
                 "the pod is not being deleted (a container restart?): it stays a target, nothing drained",
             )
-        return await self.drain(pod)
+        return await self._one_drain(pod)
+
+    async def _one_drain(self, pod: Pod) -> DrainOutcome:
+        """The pod's drain, shared by every call that waits for it; a new one only while fewer
+        than ``max_waiting`` pods are being waited for."""
+        uid = meta_of(pod).get("uid") or f"{meta_of(pod).get('namespace')}/{meta_of(pod).get('name')}"
+        task = self._draining.get(uid)
+        if task is None:
+            if len(self._draining) >= self.max_waiting:
+                return DrainOutcome(BUSY, f"podgate waits for {self.max_waiting} pods' drains already")
+            task = asyncio.create_task(self.drain(pod), name="drain")
+            self._draining[uid] = task
+            task.add_done_callback(lambda _: self._draining.pop(uid, None))
+        return await asyncio.shield(task)
 
     def _by_token(self, namespace: str, token: str) -> Pod | None:
         found = self.pods.by_index(TOKEN_INDEX, f"{namespace}/{token}")
@@ -194,7 +220,7 @@ class DrainEndpoint:
         meta = meta_of(pod)
         pod_key = f"{meta.get('namespace')}/{meta.get('name')}"
         grace = _grace_of(pod)
-        budget = gates.drain_budget(grace)
+        budget = min(gates.drain_budget(grace), MAX_BUDGET)
         t0 = self.clock()
         deadline = t0 + budget
         wanted = self.targets_of(pod)
