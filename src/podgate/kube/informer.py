@@ -10,7 +10,7 @@ informer holds, ``Informer[Pod]``) and run in the informer's task: they should b
 At scale (thousands of pods) three options matter:
 
 - ``project``: what the cache keeps of each object, built once per event (the controller keeps
-  a slim projection, ``podgate.model.types.slim_pod``: a tenth of the raw object); the raw
+  a slim projection, ``podgate.model.projection.slim_pod``: a tenth of the raw object); the raw
   object is dropped as soon as it is projected, a list page at a time.  Handlers and readers
   see only projections.
 - indexes (``add_index``; by namespace always, for a namespaced resource): readers ask for the
