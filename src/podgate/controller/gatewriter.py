@@ -33,7 +33,7 @@ from podgate.kube.informer import Informer
 from podgate.model import conditions as cond
 from podgate.model import lb
 from podgate.model.policy import CLOSED, OPEN, TIMED_OUT
-from podgate.model.types import Condition, Pod, pod_conditions
+from podgate.model.types import Condition, Pod, PodView, pod_conditions
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ WARNING_REASONS = frozenset(
 
 
 class GateWriter:
-    def __init__(self, kube: Kube, pods: Informer[Pod], recorder: EventRecorder) -> None:
+    def __init__(self, kube: Kube, pods: Informer[PodView], recorder: EventRecorder) -> None:
         self.kube = kube
         self.pods, self.recorder = pods, recorder
         #: when each (pod uid, gate) was first seen pending, and first seen registered in the
@@ -94,7 +94,7 @@ class GateWriter:
 
     def submit(
         self,
-        pod: Pod,
+        pod: PodView,
         desired: Condition,
         *,
         sticky: bool,
@@ -192,10 +192,10 @@ class GateWriter:
         finally:
             self._order.task_done()
 
-    def registered(self, pod: Pod, gate: str) -> None:
+    def registered(self, pod: PodView, gate: str) -> None:
         self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())
 
-    async def write(self, pod: Pod, desired: Condition, *, sticky: bool, minimum: float = 0.0) -> bool:
+    async def write(self, pod: PodView, desired: Condition, *, sticky: bool, minimum: float = 0.0) -> bool:
         """Write the condition if it changed; True if it did.  ``minimum`` is the load
         balancer's own floor (rise × interval) for the time-to-ready ratio metric."""
         meta = pod["metadata"]
@@ -247,7 +247,7 @@ class GateWriter:
         return True
 
     def _ready(
-        self, pod: Pod, marker: tuple[str, str], desired: Condition, write: Condition, minimum: float
+        self, pod: PodView, marker: tuple[str, str], desired: Condition, write: Condition, minimum: float
     ) -> None:
         since = self.pending_since.pop(marker, None)
         registered = self.registered_at.pop(marker, None)

@@ -34,7 +34,7 @@ from podgate.model.certs import RotationPolicy
 from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.ratelimit import BucketRegistry, RateConflict
-from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
+from podgate.model.types import Namespace, PodView, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
@@ -105,7 +105,7 @@ class Controller:
         self.settings = settings
         self.kube = ApiKube(api)
         # slim projections (model.projection): the raw objects are not kept
-        self.pods: Informer[Pod] = Informer(self.kube, PODS, project=slim_pod)
+        self.pods: Informer[PodView] = Informer(self.kube, PODS, project=slim_pod)
         # snapshots: the webhook reads Services from its own thread (webhook.isolated)
         self.services: Informer[Service] = Informer(self.kube, SERVICES, project=slim_service, snapshots=True)
         self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES, project=slim_namespace)
@@ -177,7 +177,7 @@ class Controller:
         self._polling: set[str] = set()
 
     # -- event handlers: enqueue keys, nothing else --------------------------------------------
-    def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
+    def _on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
         if old is not None and kind == "MODIFIED" and not _pod_change_matters(pod, old):
             return
         namespace = meta_of(pod).get("namespace") or ""
@@ -369,11 +369,11 @@ async def _raise_when(event: asyncio.Event) -> None:
     raise SteppedDown("lost the leader lease; stopping so no two replicas ever reconcile at once")
 
 
-def _pod_change_matters(pod: Pod, old: Pod) -> bool:
+def _pod_change_matters(pod: PodView, old: PodView) -> bool:
     """Pod updates that can change targets or gates.  A gate status podgate wrote itself counts
     too (its answer is emitted by the informer): one more pass, which writes nothing new."""
 
-    def view(p: Pod) -> tuple[Any, ...]:
+    def view(p: PodView) -> tuple[Any, ...]:
         conds = {
             c["type"]: c.get("status")
             for c in pod_conditions(p)

@@ -21,6 +21,7 @@ from podgate.kube import queue as workqueue
 from podgate.model import conditions as c
 from podgate.model import gates, report
 from podgate.model.lb import PoolSpec, Target
+from podgate.model.types import is_terminating, pod_conditions, pod_spec
 from podgate.providers.base import GroupBinding, Provider, Provisioning, ServiceLB, TargetPool, TargetState
 from podgate.webhook import drain
 
@@ -214,12 +215,12 @@ class StateCollector:
         )
         tally: Tally[str] = Tally()
         for pod in ctl.pods.cache.values():
-            if pod["metadata"].get("deletionTimestamp"):
+            if is_terminating(pod):
                 continue
-            for gate in c.readiness_gates(pod.get("spec") or {}):
+            for gate in c.readiness_gates(pod_spec(pod)):
                 if gates.service_of_gate(gate) is None:
                     continue
-                cond = c.find((pod.get("status") or {}).get("conditions"), gate)
+                cond = c.find(pod_conditions(pod), gate)
                 if cond is None or cond.get("status") != c.TRUE:
                     tally[(cond or {}).get("reason") or "NoCondition"] += 1
         for reason, n in sorted(tally.items()):

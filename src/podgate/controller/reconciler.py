@@ -24,7 +24,7 @@ from podgate.model.policy import DEFAULT_POLICY, TIMED_OUT, GatePolicy, gate_pol
 from podgate.model.types import (
     Condition,
     Namespace,
-    Pod,
+    PodView,
     Service,
     ingress,
     is_terminating,
@@ -46,12 +46,12 @@ LABEL_INDEX = "label"
 IP_INDEX = "ip"
 
 
-def _label_keys(pod: Pod) -> list[str]:
+def _label_keys(pod: PodView) -> list[str]:
     ns = meta_of(pod).get("namespace")
     return [f"{ns}/{k}={v}" for k, v in labels(pod).items()]
 
 
-def _ip_keys(pod: Pod) -> list[str]:
+def _ip_keys(pod: PodView) -> list[str]:
     ip = pod_ip(pod)
     return [f"{meta_of(pod).get('namespace')}/{ip}"] if ip else []
 
@@ -69,7 +69,7 @@ class ServiceReconciler:
     def __init__(
         self,
         kube: Kube,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         services: Informer[Service],
         namespaces: Informer[Namespace],
         providers: Mapping[str, Provider],
@@ -127,10 +127,10 @@ class ServiceReconciler:
         except lb.ServiceConfigError:
             return True  # handled, and its pods must hear why it cannot be served
 
-    def pods_in(self, namespace: str) -> list[Pod]:
+    def pods_in(self, namespace: str) -> list[PodView]:
         return self.pods.in_namespace(namespace)
 
-    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[Pod]:
+    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[PodView]:
         """The pods of the namespace a Service's selector matches (an empty one: none)."""
         if not selector:
             return []
@@ -141,11 +141,11 @@ class ServiceReconciler:
         keys = set.intersection(*sets)
         return [p for k in sorted(keys) if (p := self.pods.get(k)) is not None]
 
-    def gated_pods(self, key: str) -> list[Pod]:
+    def gated_pods(self, key: str) -> list[PodView]:
         """The pods carrying a gate for this Service (podgate's or an adopted vendor's)."""
         return self.pods.by_index(GATE_INDEX, key)
 
-    def _gate_keys(self, pod: Pod) -> list[str]:
+    def _gate_keys(self, pod: PodView) -> list[str]:
         ns = meta_of(pod).get("namespace")
         out = []
         for g in cond.readiness_gates(pod_spec(pod)):
@@ -247,7 +247,7 @@ class ServiceReconciler:
         service: Service,
         provider: Provider,
         pools: list[lb.PoolSpec],
-        gated: list[Pod],
+        gated: list[PodView],
         gate: str,
         policy: GatePolicy,
         out: Outcome,
@@ -316,8 +316,8 @@ class ServiceReconciler:
                         log.debug(
                             "drain %s: rv %s del %s conds %s",
                             pk,
-                            p["metadata"].get("resourceVersion"),
-                            p["metadata"].get("deletionTimestamp"),
+                            meta_of(p).get("resourceVersion"),
+                            meta_of(p).get("deletionTimestamp"),
                             [(c["type"], c["status"]) for c in pod_conditions(p)],
                         )
                 present = await self.reads.read(provider, pool, provider.pool.poll_interval)
@@ -480,7 +480,7 @@ class ServiceReconciler:
                 )
 
     # -- gate writes --------------------------------------------------------------------------
-    def _gate_types_on(self, pod: Pod, service: str) -> list[str]:
+    def _gate_types_on(self, pod: PodView, service: str) -> list[str]:
         """The pod's gates for this Service: podgate's own and any adopted vendor's."""
         return [
             g
@@ -488,7 +488,7 @@ class ServiceReconciler:
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
 
-    def _gates_true(self, pod: Pod, service: str) -> bool:
+    def _gates_true(self, pod: PodView, service: str) -> bool:
         """Every gate of the pod for this Service True on the load balancer's word (one opened
         by the timeout is still rewritten when the load balancer says healthy)."""
         conditions = pod_conditions(pod)
@@ -501,7 +501,7 @@ class ServiceReconciler:
 
     def set_gate(
         self,
-        pod: Pod,
+        pod: PodView,
         desired: Condition,
         minimum: float = 0.0,
         policy: GatePolicy | None = None,
@@ -547,7 +547,7 @@ def _ingress_ip(service: Service) -> str | None:
         return None
 
 
-def _why_not_target(pod: Pod, selector: Mapping[str, str]) -> str:
+def _why_not_target(pod: PodView, selector: Mapping[str, str]) -> str:
     if not gates.selector_matches(selector, labels(pod)):
         return "the Service's selector does not match this pod, so the load balancer will not get it"
     if not pod_ip(pod):
@@ -556,7 +556,7 @@ def _why_not_target(pod: Pod, selector: Mapping[str, str]) -> str:
 
 
 def services_for_event(
-    pod: Pod, old: Pod | None, services: Iterable[Service], adopted_prefixes: Sequence[str] = ()
+    pod: PodView, old: PodView | None, services: Iterable[Service], adopted_prefixes: Sequence[str] = ()
 ) -> set[str]:
     """Service keys a pod event concerns: matching selectors (before or after) and gates."""
     ns = meta_of(pod).get("namespace")

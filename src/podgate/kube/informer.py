@@ -4,13 +4,13 @@ Lists in pages, resumes a dropped watch from the last resourceVersion, relists o
 resourceVersion fell out of etcd's window), and backs off with a cap on any other error, so a
 flaky API server delays the cache but never stops it.  It talks to the API only through the
 :class:`~podgate.kube.api.Kube` seam.  Handlers get the plain dicts (typed as the body the
-informer holds, ``Informer[Pod]``) and run in the informer's task: they should be quick
+informer holds, ``Informer[PodView]``) and run in the informer's task: they should be quick
 (enqueue a key, set an event), not do I/O.
 
 At scale (thousands of pods) three options matter:
 
 - ``project``: what the cache keeps of each object, built once per event (the controller keeps
-  a slim projection, ``podgate.model.types.slim_pod``: a tenth of the raw object); the raw
+  a slim projection, ``podgate.model.projection.slim_pod``: a tenth of the raw object); the raw
   object is dropped as soon as it is projected, a list page at a time.  Handlers and readers
   see only projections.
 - indexes (``add_index``; by namespace always, for a namespaced resource): readers ask for the
@@ -37,7 +37,7 @@ from podgate.kube.api import Gone, Kube, KubeError, ListPage, Obj, Resource, Wat
 log = logging.getLogger(__name__)
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
-#: the typed body the cache holds (``podgate.model.types.Pod`` …)
+#: the typed body the cache holds (``podgate.model.types.PodView`` …)
 T = TypeVar("T", bound=Mapping[str, Any])
 Handler = Callable[[EventType, T, T | None], None]
 #: an index function: the index values an object is filed under (none, one or several)

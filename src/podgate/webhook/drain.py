@@ -34,7 +34,16 @@ from podgate.kube.api import PODS, Kube, KubeError, NotFound
 from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import gates, lb
-from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
+from podgate.model.types import (
+    PodView,
+    Service,
+    annotations_of,
+    is_terminating,
+    labels,
+    meta_of,
+    pod_spec,
+    selector_of,
+)
 from podgate.providers.base import Provider, ProviderError, TargetState
 from podgate.providers.reads import PoolReads
 from podgate.webhook.isolated import Answer
@@ -78,7 +87,7 @@ class DrainEndpoint:
     def __init__(
         self,
         kube: Kube,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         services: Informer[Service],
         providers: Mapping[str, Provider],
         default_provider: str | None,
@@ -160,12 +169,12 @@ class DrainEndpoint:
             )
         return await self.drain(pod)
 
-    def _by_token(self, namespace: str, token: str) -> Pod | None:
+    def _by_token(self, namespace: str, token: str) -> PodView | None:
         found = self.pods.by_index(TOKEN_INDEX, f"{namespace}/{token}")
         found.sort(key=lambda p: not is_terminating(p))
         return found[0] if found else None
 
-    def targets_of(self, pod: Pod) -> list[tuple[_PoolRef, lb.Target]]:
+    def targets_of(self, pod: PodView) -> list[tuple[_PoolRef, lb.Target]]:
         """The pod's targets in every pool of every handled Service that selects it."""
         namespace = meta_of(pod).get("namespace")
         out: list[tuple[_PoolRef, lb.Target]] = []
@@ -188,7 +197,7 @@ class DrainEndpoint:
                     out.append((_PoolRef(provider, pool), target))
         return out
 
-    async def drain(self, pod: Pod) -> DrainOutcome:
+    async def drain(self, pod: PodView) -> DrainOutcome:
         """Drain the pod's targets and wait until the load balancer says they are drained, at
         most the pod's drain budget; then a Warning Event says which were not."""
         meta = meta_of(pod)
@@ -266,18 +275,18 @@ class DrainEndpoint:
 TOKEN_INDEX = "drain-token"
 
 
-def _token_keys(pod: Pod) -> list[str]:
+def _token_keys(pod: PodView) -> list[str]:
     meta = meta_of(pod)
-    token = (meta.get("annotations") or {}).get(gates.DRAIN_TOKEN_ANNOTATION)
+    token = annotations_of(pod).get(gates.DRAIN_TOKEN_ANNOTATION)
     return [f"{meta.get('namespace')}/{token}"] if token else []
 
 
-def _grace_of(pod: Pod) -> float:
+def _grace_of(pod: PodView) -> float:
     """The grace period the kubelet gives this deletion: the delete call's, else the pod's."""
     meta = meta_of(pod)
     grace = meta.get("deletionGracePeriodSeconds")
     if grace is None:
-        grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        grace = pod_spec(pod).get("terminationGracePeriodSeconds")
     try:
         return float(grace) if grace is not None else 30.0
     except (TypeError, ValueError):

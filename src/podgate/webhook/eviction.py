@@ -23,7 +23,7 @@ from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
 from podgate.kube.informer import Informer
 from podgate.model import gates, lb
 from podgate.model.policy import GatePolicy, eviction_refusal, gate_policy
-from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
+from podgate.model.types import PodView, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError
 from podgate.providers.reads import PoolReads
 from podgate.webhook import server
@@ -42,7 +42,7 @@ class EvictionGuard:
 
     def __init__(
         self,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         services: Informer[Service],
         providers: Mapping[str, Provider],
         default_provider: str | None,
