@@ -11,7 +11,7 @@ import pytest
 from podgate.controller import gatewriter
 from podgate.kube.api import PODS, Conflict, Invalid, KubeError, NotFound, PatchType
 from podgate.kube.fake import Write
-from podgate.model.types import Condition, Pod
+from podgate.model.types import Condition, PodView
 from tests.unit.world import NS, World, pod
 
 GATE = "service.readiness.podgate.dev/web"
@@ -27,7 +27,7 @@ def cond(status: str, reason: str, message: str = "m") -> Condition:
     return {"type": GATE, "status": status, "reason": reason, "message": message}
 
 
-async def writer() -> tuple[World, Pod]:
+async def writer() -> tuple[World, PodView]:
     world = World()
     world.add(PODS, pod("p1"))
     await world.sync()

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+from mypy import api as mypy_api
 
 from podgate.controller.reconciler import services_for_event
 from podgate.model import conditions as c
-from podgate.model import gates, lb, policy, report
+from podgate.model import gates, lb, policy, report, types
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.types import Pod
 
@@ -231,3 +234,130 @@ def test_a_service_and_a_namespace_keep_what_podgate_reads() -> None:
     assert slim["status"] == raw["status"] and slim["metadata"]["finalizers"] == [lb.TARGETS_FINALIZER]
     ns = slim_namespace({"metadata": {"name": "shop", "labels": {"a": "b"}, "managedFields": [{}]}})
     assert ns == {"metadata": {"name": "shop", "labels": {"a": "b"}}}
+
+
+# -- what a pod's projection keeps, and its type ----------------------------------------------
+def _full_pod() -> dict[str, Any]:
+    """A raw pod with every field the projection keeps present (and more it drops)."""
+    raw = raw_pod(**{"metadata.deletionTimestamp": "2026-01-01T00:01:00Z"})
+    raw["metadata"]["deletionGracePeriodSeconds"] = 5
+    raw["metadata"]["annotations"][gates.DRAIN_TOKEN_ANNOTATION] = "tok"
+    raw["metadata"]["finalizers"] = ["example.com/hold"]
+    raw["metadata"]["generation"] = 1
+    return raw
+
+
+def _at(obj: Any, path: tuple[str | int, ...]) -> Any:
+    """The value at ``path`` (a list of conditions is entered by ``type=NAME``), or KeyError."""
+    for step in path:
+        if isinstance(step, str) and step.startswith("type="):
+            obj = next((x for x in obj if x.get("type") == step[5:]), None)
+            if obj is None:
+                raise KeyError(step)
+        else:
+            obj = obj[step]
+    return obj
+
+
+KEEPS: list[tuple[tuple[str | int, ...], bool]] = [
+    (("kind",), False),
+    (("apiVersion",), False),
+    (("metadata", "name"), True),
+    (("metadata", "namespace"), True),
+    (("metadata", "uid"), True),
+    (("metadata", "resourceVersion"), True),
+    (("metadata", "creationTimestamp"), True),
+    (("metadata", "labels", "app"), True),
+    (("metadata", "deletionTimestamp"), True),
+    (("metadata", "deletionGracePeriodSeconds"), True),
+    (("metadata", "annotations", gates.DRAIN_TOKEN_ANNOTATION), True),
+    (("metadata", "annotations", "kubectl.kubernetes.io/restartedAt"), False),
+    (("metadata", "ownerReferences", 0, "controller"), True),
+    (("metadata", "ownerReferences", 0, "blockOwnerDeletion"), False),
+    (("metadata", "generateName"), False),
+    (("metadata", "generation"), False),
+    (("metadata", "finalizers"), False),
+    (("metadata", "managedFields"), False),
+    (("spec", "containers", 0, "name"), True),
+    (("spec", "containers", 0, "ports", 0, "name"), True),
+    (("spec", "containers", 0, "image"), False),
+    (("spec", "containers", 0, "env"), False),
+    (("spec", "containers", 0, "readinessProbe"), False),
+    (("spec", "readinessGates", 1, "conditionType"), True),
+    (("spec", "terminationGracePeriodSeconds"), True),
+    (("spec", "nodeName"), False),
+    (("spec", "restartPolicy"), False),
+    (("spec", "tolerations"), False),
+    (("status", "podIP"), True),
+    (("status", "conditions", "type=Ready", "reason"), True),
+    (("status", "conditions", "type=Ready", "lastProbeTime"), False),
+    (("status", "conditions", "type=ContainersReady", "lastTransitionTime"), True),
+    (("status", "conditions", f"type={GATE}", "message"), True),
+    (("status", "conditions", "type=PodScheduled"), False),
+    (("status", "conditions", "type=Initialized"), False),
+    (("status", "phase"), False),
+    (("status", "podIPs"), False),
+    (("status", "hostIP"), False),
+    (("status", "startTime"), False),
+    (("status", "containerStatuses"), False),
+]
+
+
+@pytest.mark.parametrize(("path", "kept"), KEEPS, ids=["/".join(map(str, p)) for p, _ in KEEPS])
+def test_what_a_pods_projection_keeps(path: tuple[str | int, ...], kept: bool) -> None:
+    raw = _full_pod()
+    value = _at(raw, path)  # the raw pod has it: the row means something
+    slim = slim_pod(copy.deepcopy(raw))
+    if kept:
+        assert _at(slim, path) == value
+    else:
+        with pytest.raises((KeyError, IndexError)):
+            _at(slim, path)
+
+
+def test_the_pod_view_type_declares_exactly_what_the_projection_keeps() -> None:
+    """``PodView`` and its parts name every key ``slim_pod`` gives a full pod and no other; each
+    is also declared by the raw type, so a raw ``Pod`` is a ``PodView``."""
+    slim = slim_pod(_full_pod())
+    for kept, view_type, raw_type in (
+        (slim, types.PodView, types.Pod),
+        (slim["metadata"], types.PodViewMeta, types.ObjectMeta),
+        (slim["spec"], types.PodViewSpec, types.PodSpec),
+        (slim["status"], types.PodViewStatus, types.PodStatus),
+        (slim["spec"]["containers"][0], types.ContainerView, types.Container),
+    ):
+        assert set(kept) == set(view_type.__annotations__), view_type.__name__
+        assert set(view_type.__annotations__) <= set(raw_type.__annotations__), view_type.__name__
+    for cond in slim["status"]["conditions"]:
+        assert set(cond) <= set(types.Condition.__annotations__)
+    for owner in slim["metadata"]["ownerReferences"]:
+        assert set(owner) <= set(types.OwnerReference.__annotations__)
+
+
+def test_mypy_rejects_reading_what_the_projection_drops(tmp_path: Path) -> None:
+    """mypy on ``pod_view_misuse.py``: an error on exactly the lines marked ``# error: CODE``,
+    with that code (reading a dropped field from a ``PodView``), none on the raw ``Pod``'s reads."""
+    snippet = Path(__file__).with_name("pod_view_misuse.py")
+    config = tmp_path / "mypy.ini"
+    src = Path(__file__).resolve().parents[2] / "src"
+    config.write_text(f"[mypy]\nstrict = True\npython_version = 3.11\nmypy_path = {src}\n")
+    out, err, status = mypy_api.run(
+        [
+            "--config-file",
+            str(config),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-error-summary",
+            str(snippet),
+        ]
+    )
+    assert not err, err
+    found = re.findall(r"^[^:\n]+:(\d+): error: .*\[([a-z-]+)\]$", out, re.MULTILINE)
+    expected = [
+        (str(n), m.group(1))
+        for n, line in enumerate(snippet.read_text().splitlines(), 1)
+        if (m := re.search(r"# error: ([a-z-]+)$", line))
+    ]
+    assert len(expected) >= 10
+    assert sorted(found) == sorted(expected), out
+    assert status == 1

@@ -15,7 +15,7 @@ from podgate.kube.informer import Informer
 from podgate.model import gates
 from podgate.model.policy import GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
-from podgate.model.types import Namespace, Pod, Service
+from podgate.model.types import Namespace, Pod, PodView, Service
 from podgate.providers.fake import FakeProvider
 from podgate.resolutions import ServiceResolutions
 
@@ -91,7 +91,7 @@ class World:
         self.kube.add(NAMESPACES, {"metadata": {"name": NS}})
         self.provider = provider or FakeProvider()
         # the controller's projections (model.projection)
-        self.pods: Informer[Pod] = Informer(self.kube, PODS, project=slim_pod)
+        self.pods: Informer[PodView] = Informer(self.kube, PODS, project=slim_pod)
         self.services: Informer[Service] = Informer(self.kube, SERVICES, project=slim_service)
         self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES, project=slim_namespace)
         self.recorder = Recorded(self.kube)

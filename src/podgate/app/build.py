@@ -31,7 +31,7 @@ from podgate.kube.queue import WorkQueue
 from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.ratelimit import BucketRegistry, RateConflict
-from podgate.model.types import Namespace, Pod, Service
+from podgate.model.types import Namespace, PodView, Service
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider
@@ -48,7 +48,7 @@ class App:
     settings: ControllerSettings
     kube: Kube
     providers: Mapping[str, Provider]
-    pods: Informer[Pod]
+    pods: Informer[PodView]
     services: Informer[Service]
     namespaces: Informer[Namespace]
     checks: Informer[Obj]
@@ -71,7 +71,7 @@ class App:
     runnables: list[Runnable] = field(default_factory=list)
     supervisor: Supervisor | None = None
 
-    def informers(self) -> tuple[Informer[Pod], Informer[Service], Informer[Namespace]]:
+    def informers(self) -> tuple[Informer[PodView], Informer[Service], Informer[Namespace]]:
         """The informers readiness waits for (ReadinessChecks do not hold it up: without the CRD
         installed that informer retries in the background and check gates have no checks)."""
         return (self.pods, self.services, self.namespaces)
@@ -149,7 +149,7 @@ def build_providers(
 
 def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Provider]) -> App:
     """Every component once, each given what it needs; then the runnables, in start order."""
-    pods: Informer[Pod] = Informer(kube, PODS, project=slim_pod)
+    pods: Informer[PodView] = Informer(kube, PODS, project=slim_pod)
     # snapshots: the webhook reads Services from its own thread (webhook.isolated)
     services: Informer[Service] = Informer(kube, SERVICES, project=slim_service, snapshots=True)
     namespaces: Informer[Namespace] = Informer(kube, NAMESPACES, project=slim_namespace)
@@ -226,7 +226,7 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
 def _reconciling(
     settings: ControllerSettings,
     kube: Kube,
-    pods: Informer[Pod],
+    pods: Informer[PodView],
     services: Informer[Service],
     namespaces: Informer[Namespace],
     resolutions: ServiceResolutions,

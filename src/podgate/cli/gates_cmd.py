@@ -16,7 +16,7 @@ from podgate.kube.client import ApiKube, api_client
 from podgate.kube.events import now_rfc3339
 from podgate.model import conditions as c
 from podgate.model import gates, lb, report
-from podgate.model.types import Condition, Pod, pod_conditions, pod_spec
+from podgate.model.types import Condition, Pod, meta_of, pod_conditions, pod_spec
 
 
 class CommandError(Exception):
@@ -131,7 +131,7 @@ async def _gate_set(args: argparse.Namespace) -> str:
         write = lb.next_condition(current, desired, sticky=False, now=now_rfc3339(), words=True)
         if write is None:
             return f"pod/{args.pod} {args.condition_type} is already {args.status}: unchanged"
-        patch: Pod = {"metadata": {"uid": pod["metadata"]["uid"]}, "status": {"conditions": [write]}}
+        patch: Pod = {"metadata": {"uid": meta_of(pod)["uid"]}, "status": {"conditions": [write]}}
         await kube.patch(PODS, args.pod, patch, ns, patch_type=PatchType.STRATEGIC, subresource="status")
         return f"pod/{args.pod} {args.condition_type}={args.status} (reason {write['reason']})"
     finally:

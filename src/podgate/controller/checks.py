@@ -24,7 +24,7 @@ from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import checks as chk
 from podgate.model import conditions as cond
 from podgate.model.probes import ProbeSpecError, ProbeState, observe, resolve_port
-from podgate.model.types import Pod, is_terminating, meta_of, pod_conditions, pod_ip, pod_spec
+from podgate.model.types import PodView, containers, is_terminating, meta_of, pod_conditions, pod_ip, pod_spec
 
 log = logging.getLogger(__name__)
 Pair = tuple[str, str]  # (check key, pod key)
@@ -52,7 +52,7 @@ class CheckRunner:
     def __init__(
         self,
         kube: Kube,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         checks: Informer[Obj],
         gates: GateWriter,
         recorder: EventRecorder,
@@ -100,7 +100,7 @@ class CheckRunner:
             for p in self.pods.by_index(CHECK_INDEX, value)
         }
         for pod_key, pod in checked.items():
-            meta = pod["metadata"]
+            meta = meta_of(pod)
             if is_terminating(pod) or not pod_ip(pod):
                 continue
             for gate in cond.readiness_gates(pod_spec(pod)):
@@ -129,7 +129,7 @@ class CheckRunner:
             if pair not in self.tasks:
                 self.tasks[pair] = (version, asyncio.create_task(self._loop(pair), name=f"check {pair}"))
 
-    async def _fail(self, pod: Pod, gate: str, reason: str, message: str) -> None:
+    async def _fail(self, pod: PodView, gate: str, reason: str, message: str) -> None:
         """A gate whose check cannot run: False with why (sticky: a True gate stays True)."""
         await self.gates.write(
             pod, {"type": gate, "status": cond.FALSE, "reason": reason, "message": message}, sticky=True
@@ -139,7 +139,7 @@ class CheckRunner:
         check_key, pod_key = pair
         spec = chk.parse_check(self.checks.cache[check_key])
         pod = self.pods.cache[pod_key]
-        offset = int(hashlib.sha1(f"{pair}{pod['metadata']['uid']}".encode()).hexdigest()[:8], 16) % 1000
+        offset = int(hashlib.sha1(f"{pair}{meta_of(pod)['uid']}".encode()).hexdigest()[:8], 16) % 1000
         await asyncio.sleep(spec.period * offset / 1000)
         state, sticky = ProbeState(), spec.mode == "startup"
         while True:
@@ -157,7 +157,7 @@ class CheckRunner:
                 return  # startup mode: True stays True, nothing more to check
             await asyncio.sleep(spec.period)
 
-    async def _run(self, spec: chk.CheckSpec, pod: Pod) -> tuple[bool, str]:
+    async def _run(self, spec: chk.CheckSpec, pod: PodView) -> tuple[bool, str]:
         """One check; (passed, what it saw in words)."""
         ip = pod_ip(pod)
         check = spec.check
@@ -183,9 +183,7 @@ class CheckRunner:
         except (OSError, aiohttp.ClientError, ProbeSpecError, chk.CheckSpecError) as e:
             return False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
-    async def _prometheus(
-        self, check: chk.PrometheusCheck, timeout: float, pod: Mapping[str, Any]
-    ) -> tuple[bool, str]:
+    async def _prometheus(self, check: chk.PrometheusCheck, timeout: float, pod: PodView) -> tuple[bool, str]:
         query = chk.render_query(check.query, pod)
         assert self.http is not None
         async with self.http.get(
@@ -260,16 +258,16 @@ class CheckRunner:
 CHECK_INDEX = "check"
 
 
-def _check_keys(pod: Pod) -> list[str]:
+def _check_keys(pod: PodView) -> list[str]:
     """The ReadinessChecks (namespace/name) whose gates the pod carries."""
     ns = meta_of(pod).get("namespace")
     return [f"{ns}/{name}" for g in cond.readiness_gates(pod_spec(pod)) if (name := chk.check_of_gate(g))]
 
 
-def _port(port: int | str, pod: Pod) -> int:
+def _port(port: int | str, pod: PodView) -> int:
     if isinstance(port, int) or str(port).isdigit():
         return int(port)
-    for container in pod_spec(pod).get("containers") or ():
+    for container in containers(pod):
         with contextlib.suppress(ProbeSpecError):
             return resolve_port(port, container)
     raise chk.CheckSpecError(f"no container of the pod has a port named {port!r}")

@@ -31,7 +31,7 @@ from podgate.kube.informer import Informer
 from podgate.model import conditions as cond
 from podgate.model import lb
 from podgate.model.policy import CLOSED, OPEN, TIMED_OUT
-from podgate.model.types import Condition, Pod, pod_conditions
+from podgate.model.types import Condition, Pod, PodView, pod_conditions
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class GateWriter:
     def __init__(
         self,
         kube: Kube,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         recorder: EventRecorder,
         fence: Callable[[], None] = lambda: None,
     ) -> None:
@@ -101,7 +101,7 @@ class GateWriter:
 
     def submit(
         self,
-        pod: Pod,
+        pod: PodView,
         desired: Condition,
         *,
         sticky: bool,
@@ -209,10 +209,10 @@ class GateWriter:
         finally:
             self._order.task_done()
 
-    def registered(self, pod: Pod, gate: str) -> None:
+    def registered(self, pod: PodView, gate: str) -> None:
         self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())
 
-    async def write(self, pod: Pod, desired: Condition, *, sticky: bool, minimum: float = 0.0) -> bool:
+    async def write(self, pod: PodView, desired: Condition, *, sticky: bool, minimum: float = 0.0) -> bool:
         """Write the condition if it changed; True if it did.  ``minimum`` is the load
         balancer's own floor (rise × interval) for the time-to-ready ratio metric."""
         meta = pod["metadata"]
@@ -265,7 +265,7 @@ class GateWriter:
         return True
 
     def _ready(
-        self, pod: Pod, marker: tuple[str, str], desired: Condition, write: Condition, minimum: float
+        self, pod: PodView, marker: tuple[str, str], desired: Condition, write: Condition, minimum: float
     ) -> None:
         since = self.pending_since.pop(marker, None)
         registered = self.registered_at.pop(marker, None)

@@ -12,16 +12,16 @@ from datetime import datetime
 
 from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import report
-from podgate.model.types import Pod
+from podgate.model.types import PodView
 
 
 class PendingGates:
-    def __init__(self, pods: Informer[Pod]) -> None:
+    def __init__(self, pods: Informer[PodView]) -> None:
         #: pod key → its pending gates (reason, since); pods with none are not kept
         self._pending: dict[str, list[tuple[str, datetime | None]]] = {}
         pods.add_handler(self._on_pod)
 
-    def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
+    def _on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
         key = key_of(pod)
         entries = [] if kind == "DELETED" else report.pending_gates(pod)
         if entries:

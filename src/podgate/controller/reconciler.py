@@ -24,7 +24,7 @@ from podgate.model.policy import TIMED_OUT, GatePolicy, with_timeout
 from podgate.model.types import (
     Condition,
     Namespace,
-    Pod,
+    PodView,
     Service,
     ingress,
     is_terminating,
@@ -47,12 +47,12 @@ LABEL_INDEX = "label"
 IP_INDEX = "ip"
 
 
-def _label_keys(pod: Pod) -> list[str]:
+def _label_keys(pod: PodView) -> list[str]:
     ns = meta_of(pod).get("namespace")
     return [f"{ns}/{k}={v}" for k, v in labels(pod).items()]
 
 
-def _ip_keys(pod: Pod) -> list[str]:
+def _ip_keys(pod: PodView) -> list[str]:
     ip = pod_ip(pod)
     return [f"{meta_of(pod).get('namespace')}/{ip}"] if ip else []
 
@@ -70,7 +70,7 @@ class ServiceReconciler:
     def __init__(
         self,
         kube: Kube,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         services: Informer[Service],
         namespaces: Informer[Namespace],
         resolutions: ServiceResolutions,
@@ -121,7 +121,7 @@ class ServiceReconciler:
         pods.add_index(IP_INDEX, _ip_keys)
 
     # -- helpers ------------------------------------------------------------------------------
-    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[Pod]:
+    def selected(self, namespace: str, selector: Mapping[str, str] | None) -> list[PodView]:
         """The pods of the namespace a Service's selector matches (an empty one: none)."""
         if not selector:
             return []
@@ -132,11 +132,11 @@ class ServiceReconciler:
         keys = set.intersection(*sets)
         return [p for k in sorted(keys) if (p := self.pods.get(k)) is not None]
 
-    def gated_pods(self, key: str) -> list[Pod]:
+    def gated_pods(self, key: str) -> list[PodView]:
         """The pods carrying a gate for this Service (podgate's or an adopted vendor's)."""
         return self.pods.by_index(GATE_INDEX, key)
 
-    def _gate_keys(self, pod: Pod) -> list[str]:
+    def _gate_keys(self, pod: PodView) -> list[str]:
         ns = meta_of(pod).get("namespace")
         out = []
         for g in cond.readiness_gates(pod_spec(pod)):
@@ -230,7 +230,7 @@ class ServiceReconciler:
         key: str,
         service: Service,
         gate: str,
-        gated: list[Pod],
+        gated: list[PodView],
         policy: GatePolicy,
         error: ProviderError,
     ) -> None:
@@ -261,7 +261,7 @@ class ServiceReconciler:
         service: Service,
         provider: Provider,
         pools: list[lb.PoolSpec],
-        gated: list[Pod],
+        gated: list[PodView],
         gate: str,
         policy: GatePolicy,
         out: Outcome,
@@ -302,7 +302,7 @@ class ServiceReconciler:
         provider: Provider,
         pool: lb.PoolSpec,
         selector: Mapping[str, str] | None,
-        selected: list[Pod],
+        selected: list[PodView],
     ) -> tuple[lb.TargetPlan, Mapping[lb.Target, TargetState]]:
         """Register, drain and remove the pool's targets as the plan says; the plan, and the
         pool as the load balancer has it afterwards."""
@@ -356,7 +356,7 @@ class ServiceReconciler:
         self,
         service: Service,
         pools: list[lb.PoolSpec],
-        gated: list[Pod],
+        gated: list[PodView],
         gate: str,
         policy: GatePolicy,
         healths: Mapping[str, list[lb.TargetHealth]],
@@ -515,7 +515,7 @@ class ServiceReconciler:
                 )
 
     # -- gate writes --------------------------------------------------------------------------
-    def _gate_types_on(self, pod: Pod, service: str) -> list[str]:
+    def _gate_types_on(self, pod: PodView, service: str) -> list[str]:
         """The pod's gates for this Service: podgate's own and any adopted vendor's."""
         return [
             g
@@ -523,7 +523,7 @@ class ServiceReconciler:
             if gates.service_of_gate(g, self.adopted_prefixes) == service
         ]
 
-    def _gates_open(self, pod: Pod, service: str) -> bool:
+    def _gates_open(self, pod: PodView, service: str) -> bool:
         """Every gate of the pod for this Service True, whatever the reason."""
         conditions = pod_conditions(pod)
         return all(
@@ -531,7 +531,7 @@ class ServiceReconciler:
             for t in self._gate_types_on(pod, service)
         )
 
-    def _gates_true(self, pod: Pod, service: str) -> bool:
+    def _gates_true(self, pod: PodView, service: str) -> bool:
         """Every gate of the pod for this Service True on the load balancer's word (one opened
         by the timeout is still rewritten when the load balancer says healthy)."""
         conditions = pod_conditions(pod)
@@ -544,7 +544,7 @@ class ServiceReconciler:
 
     def set_gate(
         self,
-        pod: Pod,
+        pod: PodView,
         desired: Condition,
         minimum: float = 0.0,
         policy: GatePolicy | None = None,
@@ -590,7 +590,7 @@ def _ingress_ip(service: Service) -> str | None:
         return None
 
 
-def _why_not_target(pod: Pod, selector: Mapping[str, str]) -> str:
+def _why_not_target(pod: PodView, selector: Mapping[str, str]) -> str:
     if not gates.selector_matches(selector, labels(pod)):
         return "the Service's selector does not match this pod, so the load balancer will not get it"
     if not pod_ip(pod):
@@ -599,7 +599,7 @@ def _why_not_target(pod: Pod, selector: Mapping[str, str]) -> str:
 
 
 def services_for_event(
-    pod: Pod, old: Pod | None, services: Iterable[Service], adopted_prefixes: Sequence[str] = ()
+    pod: PodView, old: PodView | None, services: Iterable[Service], adopted_prefixes: Sequence[str] = ()
 ) -> set[str]:
     """Service keys a pod event concerns: matching selectors (before or after) and gates."""
     ns = meta_of(pod).get("namespace")

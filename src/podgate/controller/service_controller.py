@@ -22,7 +22,7 @@ from podgate.kube.leader import Fenced
 from podgate.kube.queue import WorkQueue
 from podgate.model import conditions as cond
 from podgate.model import gates
-from podgate.model.types import Namespace, Pod, Service, meta_of, pod_conditions, pod_ip, pod_spec
+from podgate.model.types import Namespace, PodView, Service, meta_of, pod_conditions, pod_ip, pod_spec
 from podgate.providers.base import Provider, ProviderError, Provisioning, ServiceLB
 from podgate.resolutions import ServiceResolutions
 
@@ -40,7 +40,7 @@ def _nothing(key: str, result: str, seconds: float, waited: float) -> None:
 class ServiceController:
     def __init__(
         self,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         services: Informer[Service],
         namespaces: Informer[Namespace],
         resolutions: ServiceResolutions,
@@ -77,7 +77,7 @@ class ServiceController:
         namespaces.add_handler(self.on_namespace)
 
     # -- event handlers: enqueue keys, nothing else --------------------------------------------
-    def on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
+    def on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
         if old is not None and kind == "MODIFIED" and not pod_change_matters(pod, old):
             return
         namespace = meta_of(pod).get("namespace") or ""
@@ -209,11 +209,11 @@ class ServiceController:
             self.enqueue_all()
 
 
-def pod_change_matters(pod: Pod, old: Pod) -> bool:
+def pod_change_matters(pod: PodView, old: PodView) -> bool:
     """Pod updates that can change targets or gates.  A gate status podgate wrote itself counts
     too (its answer is emitted by the informer): one more pass, which writes nothing new."""
 
-    def view(p: Pod) -> tuple[Any, ...]:
+    def view(p: PodView) -> tuple[Any, ...]:
         conds = {
             c["type"]: c.get("status")
             for c in pod_conditions(p)

@@ -4,7 +4,7 @@ Lists in pages, resumes a dropped watch from the last resourceVersion, relists o
 resourceVersion fell out of etcd's window), and backs off with a cap on any other error, so a
 flaky API server delays the cache but never stops it.  It talks to the API only through the
 :class:`~podgate.kube.api.Kube` seam.  Handlers get the plain dicts (typed as the body the
-informer holds, ``Informer[Pod]``) and run in the informer's task: they should be quick
+informer holds, ``Informer[PodView]``) and run in the informer's task: they should be quick
 (enqueue a key, set an event), not do I/O.
 
 At scale (thousands of pods) three options matter:
@@ -38,7 +38,7 @@ from podgate.kube.api import WATCH_GRACE, Gone, Kube, KubeError, ListPage, Obj, 
 log = logging.getLogger(__name__)
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
-#: the typed body the cache holds (``podgate.model.types.Pod`` …)
+#: the typed body the cache holds (``podgate.model.types.PodView`` …)
 T = TypeVar("T", bound=Mapping[str, Any])
 Handler = Callable[[EventType, T, T | None], None]
 #: an index function: the index values an object is filed under (none, one or several)

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from podgate.model import conditions as c
 from podgate.model.gates import CHECK_GATE_PREFIX
-from podgate.model.types import Condition
+from podgate.model.types import Condition, PodView, labels, meta_of, pod_ip
 
 GROUP, VERSION, PLURAL, KIND = "podgate.dev", "v1alpha1", "readinesschecks", "ReadinessCheck"
 OPERATORS = (">", ">=", "<", "<=", "==", "!=")
@@ -139,19 +139,19 @@ def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str
     return True
 
 
-def render_query(query: str, pod: Mapping[str, Any]) -> str:
+def render_query(query: str, pod: PodView) -> str:
     """Substitute ``{{pod}}``, ``{{namespace}}``, ``{{ip}}`` and ``{{labels.KEY}}`` (PromQL-escaped)."""
-    meta = pod.get("metadata") or {}
-    labels = meta.get("labels") or {}
+    meta = meta_of(pod)
+    pod_labels = labels(pod)
     values = {
         "pod": meta.get("name", ""),
         "namespace": meta.get("namespace", ""),
-        "ip": (pod.get("status") or {}).get("podIP") or "",
+        "ip": pod_ip(pod) or "",
     }
 
     def sub(m: re.Match[str]) -> str:
         key = m.group(1).strip()
-        value = labels.get(key[len("labels.") :]) if key.startswith("labels.") else values.get(key)
+        value = pod_labels.get(key[len("labels.") :]) if key.startswith("labels.") else values.get(key)
         if value is None:
             raise CheckSpecError(f"query placeholder {{{{{key}}}}} has no value for this pod")
         return str(value).replace("\\", "\\\\").replace('"', '\\"')

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
+from podgate.model.types import Pod, annotations_of, containers, meta_of, pod_spec
+
 DOMAIN = "podgate.dev"
 SERVICE_GATE_PREFIX = "service.readiness.podgate.dev/"
 CHECK_GATE_PREFIX = "check.podgate.dev/"
@@ -128,7 +130,7 @@ def services_for_pod(
 
 
 def injection_patch(
-    pod: Mapping[str, Any],
+    pod: Pod,
     gate_types: Sequence[str],
     remove_prefixes: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
@@ -136,7 +138,7 @@ def injection_patch(
 
     An empty list means "leave the pod as it is".
     """
-    spec = pod.get("spec") or {}
+    spec = pod_spec(pod)
     current = [g for g in spec.get("readinessGates") or () if isinstance(g, Mapping)]
     kept = [g for g in current if not str(g.get("conditionType", "")).startswith(tuple(remove_prefixes))]
     present = {g.get("conditionType") for g in kept}
@@ -181,11 +183,11 @@ def prestop_delay_as_prestop(seconds: float) -> PreStop:
     return PreStop("sleep", seconds) if seconds > 0 else NO_PRESTOP
 
 
-def prestop_for(pod: Mapping[str, Any], default: PreStop) -> PreStop:
+def prestop_for(pod: Pod, default: PreStop) -> PreStop:
     """The hook for a pod: its ``podgate.dev/prestop`` annotation, else its older
     ``podgate.dev/prestop-delay``, else the setting.  A value podgate cannot read counts as the
     setting (the webhook must not fail a pod)."""
-    annotations = ((pod.get("metadata") or {}).get("annotations")) or {}
+    annotations = annotations_of(pod)
     raw = annotations.get(PRESTOP_ANNOTATION)
     if raw is not None:
         try:
@@ -260,13 +262,13 @@ def drain_hook(url: str, namespace: str, token: str) -> dict[str, Any]:
     }
 
 
-def prestop_patch(pod: Mapping[str, Any], hook: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def prestop_patch(pod: Pod, hook: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """JSONPatch giving each container without a preStop hook of its own ``hook``.  A
     container's own hook wins; None gives none."""
     if hook is None:
         return []
     ops: list[dict[str, Any]] = []
-    for i, container in enumerate((pod.get("spec") or {}).get("containers") or ()):
+    for i, container in enumerate(containers(pod)):
         lifecycle = container.get("lifecycle")
         if lifecycle is None:
             ops.append({"op": "add", "path": f"/spec/containers/{i}/lifecycle", "value": {"preStop": hook}})
@@ -275,9 +277,9 @@ def prestop_patch(pod: Mapping[str, Any], hook: Mapping[str, Any] | None) -> lis
     return ops
 
 
-def annotation_patch(pod: Mapping[str, Any], key: str, value: str) -> list[dict[str, Any]]:
+def annotation_patch(pod: Pod, key: str, value: str) -> list[dict[str, Any]]:
     """JSONPatch setting one annotation (``/`` in the key escaped as JSON Pointer wants)."""
-    annotations = (pod.get("metadata") or {}).get("annotations")
+    annotations = meta_of(pod).get("annotations")
     if annotations is None:
         path = "/metadata/annotations" if "metadata" in pod else "/metadata"
         value_obj: dict[str, Any] = {key: value} if "metadata" in pod else {"annotations": {key: value}}
@@ -287,7 +289,7 @@ def annotation_patch(pod: Mapping[str, Any], key: str, value: str) -> list[dict[
 
 
 def termination_patch(
-    pod: Mapping[str, Any],
+    pod: Pod,
     default: PreStop,
     *,
     drain_url: str | None,
@@ -300,8 +302,7 @@ def termination_patch(
     reach it) gives no hook.  A pod whose containers all have a hook is left alone, which also
     makes a second review of the same pod (reinvocation) add nothing."""
     chosen = prestop_for(pod, default)
-    containers = (pod.get("spec") or {}).get("containers") or ()
-    if not any(not (c.get("lifecycle") or {}).get("preStop") for c in containers):
+    if not any(not (x.get("lifecycle") or {}).get("preStop") for x in containers(pod)):
         return []  # every container has its own hook
     if chosen.mode == "sleep":
         return prestop_patch(pod, sleep_hook(chosen.seconds, native_sleep))

@@ -12,7 +12,16 @@ from typing import Any
 from podgate.model import conditions as c
 from podgate.model.gates import DOMAIN, PROVIDER_ANNOTATION, selector_matches
 from podgate.model.probes import ProbeSpecError, resolve_port
-from podgate.model.types import Condition
+from podgate.model.types import (
+    Condition,
+    PodView,
+    containers,
+    is_terminating,
+    labels,
+    meta_of,
+    pod_conditions,
+    pod_ip,
+)
 
 HC_PATH = f"{DOMAIN}/health-check-path"
 HC_PROTOCOL = f"{DOMAIN}/health-check-protocol"
@@ -298,31 +307,30 @@ class Membership(enum.Enum):
     DRAIN = "drain"  # leaving: no new connections, removed once drained
 
 
-def _true(pod: Mapping[str, Any], ctype: str) -> bool:
-    cond = c.find((pod.get("status") or {}).get("conditions"), ctype)
+def _true(pod: PodView, ctype: str) -> bool:
+    cond = c.find(pod_conditions(pod), ctype)
     return cond is not None and cond.get("status") == c.TRUE
 
 
-def membership(pod: Mapping[str, Any], selector: Mapping[str, str] | None) -> Membership | None:
+def membership(pod: PodView, selector: Mapping[str, str] | None) -> Membership | None:
     """ACTIVE for matching pods that are ContainersReady (or Ready) and not terminating; DRAIN
     for pods that were eligible and no longer are; None for pods that never were targets."""
-    meta = pod.get("metadata") or {}
-    if not (pod.get("status") or {}).get("podIP"):
+    if not pod_ip(pod):
         return None
-    eligible = (_true(pod, c.CONTAINERS_READY) or _true(pod, c.READY)) and not meta.get("deletionTimestamp")
-    if eligible and selector_matches(selector, meta.get("labels")):
+    eligible = (_true(pod, c.CONTAINERS_READY) or _true(pod, c.READY)) and not is_terminating(pod)
+    if eligible and selector_matches(selector, labels(pod)):
         return Membership.ACTIVE
     return Membership.DRAIN
 
 
-def target_of(pod: Mapping[str, Any], target_port: int | str) -> Target | None:
+def target_of(pod: PodView, target_port: int | str) -> Target | None:
     """The pod's address for a Service targetPort (a number, or a named container port)."""
-    ip = (pod.get("status") or {}).get("podIP")
+    ip = pod_ip(pod)
     if not ip:
         return None
     if isinstance(target_port, int) or str(target_port).isdigit():
         return Target(ip, int(target_port))
-    for container in (pod.get("spec") or {}).get("containers") or ():
+    for container in containers(pod):
         try:
             return Target(ip, resolve_port(target_port, container))
         except ProbeSpecError:
@@ -338,12 +346,10 @@ class TargetPlan:
     drain: dict[Target, str] = field(default_factory=dict)
 
 
-def plan_targets(
-    pool: PoolSpec, selector: Mapping[str, str] | None, pods: Iterable[Mapping[str, Any]]
-) -> TargetPlan:
+def plan_targets(pool: PoolSpec, selector: Mapping[str, str] | None, pods: Iterable[PodView]) -> TargetPlan:
     plan = TargetPlan()
     for pod in pods:
-        meta = pod["metadata"]
+        meta = meta_of(pod)
         if meta.get("namespace") != pool.namespace:
             continue
         member = membership(pod, selector)

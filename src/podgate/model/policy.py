@@ -20,7 +20,7 @@ from typing import Any
 from podgate.model import conditions as c
 from podgate.model.gates import DOMAIN
 from podgate.model.lb import ServiceConfigError
-from podgate.model.types import Condition
+from podgate.model.types import Condition, PodView, pod_conditions
 
 READINESS_TIMEOUT = f"{DOMAIN}/readiness-timeout"
 ON_TIMEOUT = f"{DOMAIN}/on-timeout"
@@ -125,10 +125,10 @@ def _time(ts: Any) -> float | None:
         return None
 
 
-def clock_start(pod: Mapping[str, Any], gate: str) -> float | None:
+def clock_start(pod: PodView, gate: str) -> float | None:
     """When the gate's wait began: the pod turning ContainersReady, or the gate last going False
     after that (a continuous gate that fell back gets a fresh wait).  None: not waiting yet."""
-    conditions = (pod.get("status") or {}).get("conditions")
+    conditions = pod_conditions(pod)
     ready = c.find(conditions, c.CONTAINERS_READY)
     if ready is None or ready.get("status") != c.TRUE:
         return None
@@ -140,7 +140,7 @@ def clock_start(pod: Mapping[str, Any], gate: str) -> float | None:
     return max(started, fell)
 
 
-def with_timeout(desired: Condition, pod: Mapping[str, Any], policy: GatePolicy, now: float) -> Condition:
+def with_timeout(desired: Condition, pod: PodView, policy: GatePolicy, now: float) -> Condition:
     """The condition to write once the policy's timeout is applied to the load balancer's verdict.
 
     Before the deadline, or when the load balancer says healthy, the verdict stands.  After it,
@@ -151,7 +151,7 @@ def with_timeout(desired: Condition, pod: Mapping[str, Any], policy: GatePolicy,
     """
     if policy.timeout is None or desired["status"] == c.TRUE:
         return desired
-    current = c.find((pod.get("status") or {}).get("conditions"), desired["type"])
+    current = c.find(pod_conditions(pod), desired["type"])
     if (
         policy.fail_open
         and current is not None

@@ -2,19 +2,23 @@
 
 A pod as the API server sends it is 10-40 KiB of JSON (managed fields, the whole spec, every
 container status); podgate reads a few dozen fields of it.  The informers keep only these, in
-the same shape (a ``Pod`` is still a ``Pod``: every reader and accessor works unchanged), and
-drop the raw object as soon as it is projected.  Strings that repeat across thousands of pods
-(label keys and values, condition types and statuses) are interned, so they are stored once.
+the same shape (plain dicts, the same keys), and drop the raw object as soon as it is
+projected.  A projected pod is typed ``PodView`` (``podgate.model.types``), which declares
+only the kept fields: reading a dropped one from a cached pod is a type error.  Strings that
+repeat across thousands of pods (label keys and values, condition types and statuses) are
+interned, so they are stored once.
 
 What a pod keeps: its key (name, namespace), uid, resourceVersion, creation time, labels,
 deletion time and grace period, podgate's annotations (``podgate.dev/``: the drain token), owner
-references (kind, name, uid, controller), its readiness gates, the
-containers' names and ports (for a Service's named targetPort), its termination grace period,
-its IP, and of its conditions
-ContainersReady, Ready and those of its readiness gates (or podgate's prefix), each with its
-status, reason, message and transition time.  A Service keeps what ``model.lb`` and
-``model.policy`` read: metadata without managed fields, its type, selector, ports and class,
-and its load-balancer ingress.
+references (apiVersion, kind, name, uid, controller), its readiness gates, the containers'
+names and ports (for a Service's named targetPort), its termination grace period, its IP, and
+of its conditions ContainersReady, Ready and those of its readiness gates (or podgate's
+prefix), each with its status, reason, message and transition time.  Nothing else: no kind or
+apiVersion, phase, container statuses, probes, node name, finalizers, other annotations,
+PodScheduled or Initialized (``podgate status`` reads those from the API, never the cache).
+
+A Service keeps what ``model.lb`` and ``model.policy`` read: metadata without managed fields,
+its type, selector, ports and class, and its load-balancer ingress.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, cast
 
 from podgate.model import conditions as c
 from podgate.model.gates import SERVICE_GATE_PREFIX
-from podgate.model.types import Namespace, Pod, Service
+from podgate.model.types import Namespace, PodView, Service
 
 #: a pod's annotations kept: podgate's own (the drain token the preStop hook names it by)
 PODGATE_PREFIX = "podgate.dev/"
@@ -39,7 +43,7 @@ def _labels(raw: Mapping[str, str] | None) -> dict[str, str]:
     return {_intern(k): _intern(v) for k, v in (raw or {}).items()}
 
 
-def slim_pod(raw: Mapping[str, Any]) -> Pod:
+def slim_pod(raw: Mapping[str, Any]) -> PodView:
     """The pod as the controller keeps it (see the module's docstring)."""
     meta = raw.get("metadata") or {}
     spec = raw.get("spec") or {}
@@ -85,7 +89,7 @@ def slim_pod(raw: Mapping[str, Any]) -> Pod:
     slim_status: dict[str, Any] = {"conditions": conditions}
     if status.get("podIP"):
         slim_status["podIP"] = status["podIP"]
-    return cast(Pod, {"metadata": slim_meta, "spec": slim_spec, "status": slim_status})
+    return cast(PodView, {"metadata": slim_meta, "spec": slim_spec, "status": slim_status})
 
 
 def _container(raw: Mapping[str, Any]) -> dict[str, Any]:

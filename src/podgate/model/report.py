@@ -1,7 +1,11 @@
 """What ``podgate status`` shows for a pod: each readiness gate, its state and how long it has
 been pending, and for a pod that is not Ready every other reason too (a container or its probe,
 a load-balanced Service it has no gate for).  Pure, so the table, JSON/YAML outputs and the
-pending-gate metrics agree."""
+pending-gate metrics agree.
+
+The gate rows read only what the controller's cache keeps (they take a ``PodView``: the metrics
+count cached pods); why a pod is not Ready reads container statuses, probes and PodScheduled,
+which the cache drops, so ``container_rows`` and ``explain`` take a raw ``Pod`` from the API."""
 
 from __future__ import annotations
 
@@ -11,6 +15,17 @@ from typing import Any
 
 from podgate.model import conditions as c
 from podgate.model import gates
+from podgate.model.types import (
+    Pod,
+    PodView,
+    containers,
+    is_terminating,
+    labels,
+    meta_of,
+    pod_conditions,
+    pod_spec,
+    pod_status,
+)
 
 
 def _parse(ts: str | None) -> datetime | None:
@@ -23,15 +38,15 @@ def _parse(ts: str | None) -> datetime | None:
 
 
 def _gate_states(
-    pod: Mapping[str, Any],
+    pod: PodView,
 ) -> list[tuple[str, Mapping[str, Any] | None, str, str, datetime | None]]:
     """Each readiness gate of the pod as (gate, its condition, status, reason, since when): the
     one reading behind the table, the JSON outputs and the pending-gate metrics."""
-    meta = pod.get("metadata") or {}
-    conds = (pod.get("status") or {}).get("conditions")
+    meta = meta_of(pod)
+    conds = pod_conditions(pod)
     created = _parse(meta.get("creationTimestamp"))
     out = []
-    for gate in c.readiness_gates(pod.get("spec") or {}):
+    for gate in c.readiness_gates(pod_spec(pod)):
         cond = c.find(conds, gate)
         status = (cond or {}).get("status") or "Missing"
         reason = (cond or {}).get("reason") or ("NoCondition" if cond is None else "")
@@ -40,8 +55,8 @@ def _gate_states(
     return out
 
 
-def gate_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
-    meta = pod.get("metadata") or {}
+def gate_rows(pod: PodView, now: datetime) -> list[dict[str, Any]]:
+    meta = meta_of(pod)
     rows = []
     for gate, cond, status, reason, since in _gate_states(pod):
         pending = None if status == c.TRUE or since is None else max((now - since).total_seconds(), 0.0)
@@ -61,9 +76,9 @@ def gate_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
 
 
 def _row(
-    pod: Mapping[str, Any], what: str, status: str, reason: str, message: str, pending: float | None
+    pod: PodView, what: str, status: str, reason: str, message: str, pending: float | None
 ) -> dict[str, Any]:
-    meta = pod.get("metadata") or {}
+    meta = meta_of(pod)
     return {
         "namespace": meta.get("namespace"),
         "pod": meta.get("name"),
@@ -80,10 +95,11 @@ def _since(ts: str | None, now: datetime) -> float | None:
     return None if at is None else max((now - at).total_seconds(), 0.0)
 
 
-def container_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]]:
+def container_rows(pod: Pod, now: datetime) -> list[dict[str, Any]]:
     """Why the kubelet's own part of Ready is False: unscheduled, or which container is not
-    ready and why (waiting, terminated, or running with its readiness probe not passing)."""
-    status = pod.get("status") or {}
+    ready and why (waiting, terminated, or running with its readiness probe not passing).  A
+    raw pod: the controller's cache keeps none of this."""
+    status = pod_status(pod)
     conds = status.get("conditions")
     scheduled = c.find(conds, c.POD_SCHEDULED)
     if scheduled is None or scheduled.get("status") != c.TRUE:
@@ -95,8 +111,7 @@ def container_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]
                 (scheduled or {}).get("reason") or "Unscheduled",
                 (scheduled or {}).get("message") or "no node has taken the pod yet",
                 _since(
-                    (scheduled or {}).get("lastTransitionTime")
-                    or (pod.get("metadata") or {}).get("creationTimestamp"),
+                    (scheduled or {}).get("lastTransitionTime") or meta_of(pod).get("creationTimestamp"),
                     now,
                 ),
             )
@@ -105,7 +120,7 @@ def container_rows(pod: Mapping[str, Any], now: datetime) -> list[dict[str, Any]
     if ready is not None and ready.get("status") == c.TRUE:
         return []
     pending = _since((ready or {}).get("lastTransitionTime"), now)
-    probes = {x.get("name"): "readinessProbe" in x for x in (pod.get("spec") or {}).get("containers") or ()}
+    probes = {x.get("name"): "readinessProbe" in x for x in containers(pod)}
     rows = []
     for cs in status.get("containerStatuses") or ():
         if cs.get("ready"):
@@ -150,14 +165,14 @@ def load_balanced(service: Mapping[str, Any]) -> bool:
 
 
 def missing_gate_rows(
-    pod: Mapping[str, Any], services: Iterable[Mapping[str, Any]], now: datetime
+    pod: PodView, services: Iterable[Mapping[str, Any]], now: datetime
 ) -> list[dict[str, Any]]:
     """A load-balanced Service selects the pod but the pod has no gate for it: it was created
     before the Service (injection happens at creation only), so a rollout will not wait."""
-    meta = pod.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
+    meta = meta_of(pod)
+    if is_terminating(pod):
         return []
-    have = set(c.readiness_gates(pod.get("spec") or {}))
+    have = set(c.readiness_gates(pod_spec(pod)))
     rows = []
     for s in services:
         smeta = s.get("metadata") or {}
@@ -165,7 +180,7 @@ def missing_gate_rows(
         if (
             smeta.get("namespace") == meta.get("namespace")
             and load_balanced(s)
-            and gates.selector_matches((s.get("spec") or {}).get("selector"), meta.get("labels"))
+            and gates.selector_matches((s.get("spec") or {}).get("selector"), labels(pod))
             and gate not in have
         ):
             rows.append(
@@ -183,16 +198,13 @@ def missing_gate_rows(
     return rows
 
 
-def explain(
-    pod: Mapping[str, Any], services: Iterable[Mapping[str, Any]], now: datetime
-) -> list[dict[str, Any]]:
-    """Every row ``podgate status`` shows for a pod: its gates; if it is not Ready, what else
-    holds it; and the load-balanced Services it has no gate for."""
+def explain(pod: Pod, services: Iterable[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Every row ``podgate status`` shows for a pod (as the API server sends it: a cached pod
+    lacks what ``container_rows`` reads): its gates; if it is not Ready, what else holds it;
+    and the load-balanced Services it has no gate for."""
     rows = gate_rows(pod, now)
-    ready = c.find((pod.get("status") or {}).get("conditions"), c.READY)
-    if (ready is None or ready.get("status") != c.TRUE) and not (pod.get("metadata") or {}).get(
-        "deletionTimestamp"
-    ):
+    ready = c.find(pod_conditions(pod), c.READY)
+    if (ready is None or ready.get("status") != c.TRUE) and not is_terminating(pod):
         rows += container_rows(pod, now)
     return rows + missing_gate_rows(pod, services, now)
 
@@ -201,10 +213,10 @@ def explain(
 AGES: Sequence[tuple[float, str]] = ((30, "30s"), (60, "1m"), (300, "5m"), (900, "15m"), (3600, "1h"))
 
 
-def pending_gates(pod: Mapping[str, Any]) -> list[tuple[str, datetime | None]]:
+def pending_gates(pod: PodView) -> list[tuple[str, datetime | None]]:
     """The live pod's podgate load-balancer gates that are not True, each as (reason, pending
     since), read as :func:`gate_rows` reads them: what the pending-gate metrics count."""
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if is_terminating(pod):
         return []
     return [
         (reason, since)
@@ -226,7 +238,7 @@ def by_age(pending: Iterable[tuple[str, datetime | None]], now: datetime) -> dic
     return out
 
 
-def pending_by_age(pods: Iterable[Mapping[str, Any]], now: datetime) -> dict[tuple[str, str], int]:
+def pending_by_age(pods: Iterable[PodView], now: datetime) -> dict[tuple[str, str], int]:
     """Pending load-balancer gates of live pods, by reason and age (see :func:`by_age`)."""
     return by_age((entry for pod in pods for entry in pending_gates(pod)), now)
 

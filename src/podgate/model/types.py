@@ -4,12 +4,28 @@ The API server omits empty fields, so almost everything is ``total=False``: the 
 the end read a field or its empty value, so callers never dig with ``(x.get(...) or {})``.
 Bodies stay plain JSON dicts on the wire (see ``podgate.kube.client``); these types only tell
 mypy and the reader which fields podgate relies on.
+
+A pod comes in two types.  ``Pod`` is the object as the API server sends it (the webhook's
+review, ``podgate status``, a write's answer).  ``PodView`` is what the controller's caches keep
+of it (``podgate.model.projection.slim_pod``): only the fields the projection keeps, every one
+read-only (a cached object is shared by the cache, its indexes and snapshots).  A raw ``Pod`` is
+a ``PodView`` (it has every field the view has), so code that reads only view fields takes a
+``PodView`` and accepts both; a ``PodView`` is not a ``Pod``, so reading a field the projection
+dropped (``status.phase``, ``status.containerStatuses``, a container's probes, ``finalizers``)
+from a cached pod is a type error instead of a silent empty value.  Read fields by subscript or
+through the accessors: mypy gives ``.get`` of an undeclared key the type ``object`` without an
+error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast, overload
+
+if TYPE_CHECKING:
+    # typing.ReadOnly is Python 3.13's; with ``from __future__ import annotations`` the fields'
+    # types stay strings at run time, so only mypy needs it
+    from typing_extensions import ReadOnly
 
 
 class Condition(TypedDict):
@@ -30,6 +46,7 @@ class OwnerReference(TypedDict, total=False):
     kind: str
     name: str
     uid: str
+    controller: bool
 
 
 class ObjectMeta(TypedDict, total=False):
@@ -57,6 +74,8 @@ class Container(TypedDict, total=False):
     name: str
     image: str
     ports: list[ContainerPort]
+    readinessProbe: dict[str, Any]
+    lifecycle: dict[str, Any]
 
 
 class PodReadinessGate(TypedDict):
@@ -70,18 +89,91 @@ class PodSpec(TypedDict, total=False):
     terminationGracePeriodSeconds: int
 
 
+class ContainerStateWaiting(TypedDict, total=False):
+    reason: str
+    message: str
+
+
+class ContainerStateRunning(TypedDict, total=False):
+    startedAt: str
+
+
+class ContainerStateTerminated(TypedDict, total=False):
+    reason: str
+    message: str
+    exitCode: int
+
+
+class ContainerState(TypedDict, total=False):
+    waiting: ContainerStateWaiting
+    running: ContainerStateRunning
+    terminated: ContainerStateTerminated
+
+
+class ContainerStatus(TypedDict, total=False):
+    name: str
+    ready: bool
+    state: ContainerState
+
+
 class PodStatus(TypedDict, total=False):
     phase: str
     podIP: str
     conditions: list[PodCondition]
+    containerStatuses: list[ContainerStatus]
 
 
 class Pod(TypedDict, total=False):
+    """A pod as the API server sends it."""
+
     apiVersion: str
     kind: str
     metadata: ObjectMeta
     spec: PodSpec
     status: PodStatus
+
+
+# -- the pod as the controller's caches keep it (model.projection.slim_pod) -----------------
+class PodViewMeta(TypedDict, total=False):
+    name: ReadOnly[str]
+    namespace: ReadOnly[str]
+    uid: ReadOnly[str]
+    resourceVersion: ReadOnly[str]
+    creationTimestamp: ReadOnly[str]
+    deletionTimestamp: ReadOnly[str]
+    deletionGracePeriodSeconds: ReadOnly[int]
+    labels: ReadOnly[Mapping[str, str]]
+    #: podgate's own only (``podgate.dev/…``: the drain token)
+    annotations: ReadOnly[Mapping[str, str]]
+    ownerReferences: ReadOnly[Sequence[OwnerReference]]
+
+
+class ContainerView(TypedDict, total=False):
+    name: ReadOnly[str]
+    ports: ReadOnly[Sequence[ContainerPort]]
+
+
+class PodViewSpec(TypedDict, total=False):
+    containers: ReadOnly[Sequence[ContainerView]]
+    readinessGates: ReadOnly[Sequence[PodReadinessGate]]
+    terminationGracePeriodSeconds: ReadOnly[int]
+
+
+class PodViewStatus(TypedDict, total=False):
+    podIP: ReadOnly[str]
+    #: ContainersReady, Ready and the readiness gates' conditions only (no PodScheduled,
+    #: Initialized …), without lastProbeTime
+    conditions: ReadOnly[Sequence[PodCondition]]
+
+
+class PodView(TypedDict, total=False):
+    """A pod as the controller's caches keep it: what ``slim_pod`` keeps, read-only.  No kind
+    or apiVersion, no phase, container statuses, probes, node name, finalizers or other
+    annotations; see ``podgate.model.projection``."""
+
+    metadata: ReadOnly[PodViewMeta]
+    spec: ReadOnly[PodViewSpec]
+    status: ReadOnly[PodViewStatus]
 
 
 class ServicePort(TypedDict, total=False):
@@ -170,28 +262,61 @@ class Event(TypedDict, total=False):
 
 
 # -- accessors: a field or its empty value ---------------------------------------------------
-def meta_of(obj: Mapping[str, Any]) -> ObjectMeta:
+# Each takes a raw ``Pod`` and a cached ``PodView`` alike and answers with the matching type: a
+# view's metadata, spec or status has only the view's fields.
+@overload
+def meta_of(obj: Pod) -> ObjectMeta: ...
+@overload
+def meta_of(obj: PodView) -> PodViewMeta: ...
+@overload
+def meta_of(obj: Mapping[str, Any]) -> ObjectMeta: ...
+def meta_of(obj: Mapping[str, Any]) -> ObjectMeta | PodViewMeta:
     return cast(ObjectMeta, obj.get("metadata") or {})
 
 
-def labels(obj: Mapping[str, Any]) -> dict[str, str]:
-    return meta_of(obj).get("labels") or {}
+def labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    return cast(ObjectMeta, obj.get("metadata") or {}).get("labels") or {}
+
+
+def annotations_of(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    """The object's annotations (of a ``PodView``, podgate's own only)."""
+    return cast(ObjectMeta, obj.get("metadata") or {}).get("annotations") or {}
 
 
 def is_terminating(obj: Mapping[str, Any]) -> bool:
-    return bool(meta_of(obj).get("deletionTimestamp"))
+    return bool(cast(ObjectMeta, obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def pod_conditions(pod: Pod) -> Sequence[PodCondition]:
+@overload
+def pod_spec(pod: Pod) -> PodSpec: ...
+@overload
+def pod_spec(pod: PodView) -> PodViewSpec: ...
+def pod_spec(pod: PodView) -> PodSpec | PodViewSpec:
+    return pod.get("spec") or {}
+
+
+@overload
+def pod_status(pod: Pod) -> PodStatus: ...
+@overload
+def pod_status(pod: PodView) -> PodViewStatus: ...
+def pod_status(pod: PodView) -> PodStatus | PodViewStatus:
+    return pod.get("status") or {}
+
+
+@overload
+def containers(pod: Pod) -> Sequence[Container]: ...
+@overload
+def containers(pod: PodView) -> Sequence[ContainerView]: ...
+def containers(pod: PodView) -> Sequence[Container] | Sequence[ContainerView]:
+    return (pod.get("spec") or {}).get("containers") or ()
+
+
+def pod_conditions(pod: PodView) -> Sequence[PodCondition]:
     return (pod.get("status") or {}).get("conditions") or ()
 
 
-def pod_ip(pod: Pod) -> str | None:
+def pod_ip(pod: PodView) -> str | None:
     return (pod.get("status") or {}).get("podIP") or None
-
-
-def pod_spec(pod: Pod) -> PodSpec:
-    return pod.get("spec") or {}
 
 
 def selector_of(service: Service) -> dict[str, str]:

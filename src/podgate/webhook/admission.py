@@ -11,10 +11,11 @@ import json
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from podgate.model import gates
 from podgate.model.checks import CheckSpec, check_gates_for_pod
+from podgate.model.types import Pod, labels, meta_of
 
 
 class BadReview(ValueError):
@@ -140,19 +141,19 @@ def review_response(
     per handled Service and per ReadinessCheck of the namespace that selects the pod."""
     request = review["request"]
     response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
-    pod = request.get("object") or {}
+    pod = cast(Pod, request.get("object") or {})
     resource = request.get("resource") or {}
     is_pod_create = (
         request.get("operation", "CREATE") == "CREATE"
         and resource.get("resource", "pods") == "pods"
         and (request.get("kind") or {}).get("kind", "Pod") == "Pod"
     )
-    labels = ((pod.get("metadata") or {}).get("labels")) or {}
-    if policy.enabled and is_pod_create and labels.get(gates.INJECT_LABEL) != policy.skip_label_value:
-        namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace")
+    pod_labels = labels(pod)
+    if policy.enabled and is_pod_create and pod_labels.get(gates.INJECT_LABEL) != policy.skip_label_value:
+        namespace = request.get("namespace") or meta_of(pod).get("namespace")
         in_ns = [s for s in services if s["metadata"].get("namespace") == namespace]
-        names = gates.services_for_pod(labels, in_ns, handled)
-        check_gates = check_gates_for_pod(labels, [c for c in checks if c.namespace == namespace])
+        names = gates.services_for_pod(pod_labels, in_ns, handled)
+        check_gates = check_gates_for_pod(pod_labels, [c for c in checks if c.namespace == namespace])
         patch = gates.injection_patch(
             pod, [gates.service_gate(n) for n in names] + check_gates, policy.remove_prefixes
         )

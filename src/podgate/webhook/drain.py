@@ -34,7 +34,16 @@ from podgate.kube.api import PODS, Kube, KubeError, NotFound
 from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import gates, lb
-from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
+from podgate.model.types import (
+    PodView,
+    Service,
+    annotations_of,
+    is_terminating,
+    labels,
+    meta_of,
+    pod_spec,
+    selector_of,
+)
 from podgate.providers.base import Provider, ProviderError, TargetState
 from podgate.providers.reads import PoolReads
 from podgate.resolutions import ServiceResolutions
@@ -87,7 +96,7 @@ class DrainEndpoint:
     def __init__(
         self,
         kube: Kube,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         services: Informer[Service],
         resolutions: ServiceResolutions,
         recorder: EventRecorder,
@@ -175,7 +184,7 @@ class DrainEndpoint:
             )
         return await self._one_drain(pod)
 
-    async def _one_drain(self, pod: Pod) -> DrainOutcome:
+    async def _one_drain(self, pod: PodView) -> DrainOutcome:
         """The pod's drain, shared by every call that waits for it; a new one only while fewer
         than ``max_waiting`` pods are being waited for."""
         uid = meta_of(pod).get("uid") or f"{meta_of(pod).get('namespace')}/{meta_of(pod).get('name')}"
@@ -188,12 +197,12 @@ class DrainEndpoint:
             task.add_done_callback(lambda _: self._draining.pop(uid, None))
         return await asyncio.shield(task)
 
-    def _by_token(self, namespace: str, token: str) -> Pod | None:
+    def _by_token(self, namespace: str, token: str) -> PodView | None:
         found = self.pods.by_index(TOKEN_INDEX, f"{namespace}/{token}")
         found.sort(key=lambda p: not is_terminating(p))
         return found[0] if found else None
 
-    def targets_of(self, pod: Pod) -> list[tuple[_PoolRef, lb.Target]]:
+    def targets_of(self, pod: PodView) -> list[tuple[_PoolRef, lb.Target]]:
         """The pod's targets in every pool of every handled Service that selects it."""
         namespace = meta_of(pod).get("namespace")
         out: list[tuple[_PoolRef, lb.Target]] = []
@@ -214,7 +223,7 @@ class DrainEndpoint:
                     out.append((_PoolRef(provider, pool), target))
         return out
 
-    async def drain(self, pod: Pod) -> DrainOutcome:
+    async def drain(self, pod: PodView) -> DrainOutcome:
         """Drain the pod's targets and wait until the load balancer says they are drained, at
         most the pod's drain budget; then a Warning Event says which were not."""
         meta = meta_of(pod)
@@ -292,18 +301,18 @@ class DrainEndpoint:
 TOKEN_INDEX = "drain-token"
 
 
-def _token_keys(pod: Pod) -> list[str]:
+def _token_keys(pod: PodView) -> list[str]:
     meta = meta_of(pod)
-    token = (meta.get("annotations") or {}).get(gates.DRAIN_TOKEN_ANNOTATION)
+    token = annotations_of(pod).get(gates.DRAIN_TOKEN_ANNOTATION)
     return [f"{meta.get('namespace')}/{token}"] if token else []
 
 
-def _grace_of(pod: Pod) -> float:
+def _grace_of(pod: PodView) -> float:
     """The grace period the kubelet gives this deletion: the delete call's, else the pod's."""
     meta = meta_of(pod)
     grace = meta.get("deletionGracePeriodSeconds")
     if grace is None:
-        grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
+        grace = pod_spec(pod).get("terminationGracePeriodSeconds")
     try:
         return float(grace) if grace is not None else 30.0
     except (TypeError, ValueError):

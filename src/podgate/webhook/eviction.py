@@ -25,7 +25,7 @@ from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
 from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import gates, lb
 from podgate.model.policy import eviction_refusal
-from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
+from podgate.model.types import PodView, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError
 from podgate.providers.reads import PoolReads
 from podgate.resolutions import ServiceResolutions
@@ -51,7 +51,7 @@ class EvictionGuard:
 
     def __init__(
         self,
-        pods: Informer[Pod],
+        pods: Informer[PodView],
         services: Informer[Service],
         resolutions: ServiceResolutions,
         observe: Callable[[str], None] = lambda result: None,
@@ -72,7 +72,7 @@ class EvictionGuard:
         self._settled = asyncio.Event()
         pods.add_handler(self._on_pod)
 
-    def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
+    def _on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
         key = key_of(pod)
         if key in self._unsettled and (kind == "DELETED" or is_terminating(pod)):
             del self._unsettled[key]
