@@ -149,8 +149,8 @@ class RolloutLab:
         target's checks start uniformly within these bounds after registration); podgate's
         scenario then uses its drain hook, as a cloud load balancer without retries needs.
         ``retries=False``: HAProxy neither retries nor redispatches, so a failed connection is
-        the client's (podgate's scenario then uses the drain hook too); ``keepalive``: the load reuses its connections (the clients a reload's
-        closing of idle connections hurts)."""
+        the client's (podgate's scenario then uses the drain hook too); ``keepalive``: the load
+        reuses its connections (the clients a reload's closing of idle connections hurts)."""
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
         self.kube = ApiKube(api)
         self.runtime = Runtime(runtime_socket)
