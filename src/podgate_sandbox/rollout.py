@@ -149,8 +149,8 @@ class RolloutLab:
         target's checks start uniformly within these bounds after registration); podgate's
         scenario then uses its drain hook, as a cloud load balancer without retries needs.
         ``retries=False``: HAProxy neither retries nor redispatches, so a failed connection is
-        the client's; ``keepalive``: the load reuses its connections (the clients a reload's
-        closing of idle connections hurts)."""
+        the client's (podgate's scenario then uses the drain hook too); ``keepalive``: the load
+        reuses its connections (the clients a reload's closing of idle connections hurts)."""
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
         self.kube = ApiKube(api)
         self.runtime = Runtime(runtime_socket)
@@ -209,7 +209,8 @@ class RolloutLab:
         if s.prestop_sleep:
             container["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{s.prestop_sleep:g}"]}}}
         hook = {"podgate.dev/prestop-delay": f"{s.prestop_delay:g}"}
-        if self.registration and s.name == "podgate":
+        if (self.registration or not self.retries) and s.name == "podgate":
+            # no retries to hide a pod stopping while in rotation: the drain hook's wait
             hook = {"podgate.dev/prestop": "drain"}
         template: dict[str, Any] = {
             "metadata": {"labels": {"app": "web"}, "annotations": hook},
