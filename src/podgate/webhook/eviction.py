@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
-from podgate.kube.informer import Informer
+from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import gates, lb
 from podgate.model.policy import GatePolicy, eviction_refusal, gate_policy
 from podgate.model.types import Pod, Service, is_terminating, labels, meta_of, selector_of
@@ -60,8 +60,18 @@ class EvictionGuard:
         self.classes = classes
         self.policy = policy
         self.observe = observe
-        #: pods (namespace/name) whose eviction this replica allowed, and when
+        #: pods (namespace/name) whose eviction this replica allowed, and when; a pod's entry
+        #: goes after ``EVICTED_FOR`` or with the pod
         self._evicted: dict[str, float] = {}
+        pods.add_handler(self._on_pod)
+
+    def _on_pod(self, kind: EventType, pod: Pod, old: Pod | None) -> None:
+        if kind == "DELETED":
+            self._evicted.pop(key_of(pod), None)
+
+    def tracked(self) -> dict[str, int]:
+        """How many entries the guard's per-pod map holds (leak tests)."""
+        return {"evicted": len(self._evicted)}
 
     async def handle(self, request: web.Request) -> web.Response:
         answer = await self.answer(await request.read(), request.remote)
@@ -84,7 +94,8 @@ class EvictionGuard:
             response["allowed"] = False
             response["status"] = {"code": 429, "reason": "TooManyRequests", "message": refusal}
             log.info("eviction of %s refused: %s", pod_key, refusal)
-        elif not req.get("dryRun"):
+        elif not req.get("dryRun") and self.pods.get(pod_key) is not None:
+            # (a pod gone meanwhile, or never cached, is nothing to remember: see _on_pod)
             self._evicted[pod_key] = time.monotonic()
         if warnings:
             response["warnings"] = warnings
