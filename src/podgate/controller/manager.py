@@ -168,6 +168,10 @@ class Controller:
         self.pods.add_handler(self._on_pod)
         self.services.add_handler(self._on_service)
         self.namespaces.add_handler(self._on_namespace)
+        # what the process keeps about a pod or Service goes with it (their Events' folding here;
+        # the gate writer, check runner and eviction guard forget in handlers of their own)
+        self.pods.add_handler(self.recorder.forget_deleted)
+        self.services.add_handler(self._forget_service)
         self.ready = asyncio.Event()
         #: leader election sets this; without it, this replica is the only one and reconciles
         self.is_leader = True
@@ -200,6 +204,27 @@ class Controller:
     def _on_namespace(self, kind: EventType, ns: Namespace, old: Namespace | None) -> None:
         for svc in self.services.in_namespace(ns["metadata"]["name"]):
             self.queue.add(key_of(svc))
+
+    def _forget_service(self, kind: EventType, svc: Service, old: Service | None) -> None:
+        """A Service gone takes with it what this replica kept about it: its Events' folding
+        and its pools' reads (on every replica; on the leader the reconcile of the gone Service
+        releases its load balancer and forgets the rest)."""
+        if kind == "DELETED":
+            self.recorder.forget_deleted(kind, svc, old)
+            self.reads.forget_service(key_of(svc))
+
+    def tracked(self) -> dict[str, int]:
+        """How many entries every per-pod, per-target and per-Service map of this replica holds
+        (``podgate_tracked_entries``: the churn benchmark reads it)."""
+        parts: dict[str, Mapping[str, int]] = {
+            "gatewriter": self.reconciler.gates.tracked(),
+            "reconciler": self.reconciler.tracked(),
+            "checks": self.check_runner.tracked(),
+            "events": self.recorder.tracked(),
+            "reads": {"pools": len(self.reads)},
+            "controller": {"polling": len(self._polling)},
+        }
+        return {f"{owner}.{name}": n for owner, sizes in parts.items() for name, n in sizes.items()}
 
     # -- run ----------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -325,7 +350,7 @@ class Controller:
                 took = time.monotonic() - t0
                 metrics.RECONCILE_TIME.labels("service").observe(took)
                 metrics.WORK_DURATION.labels(self.queue.name).observe(took)
-                metrics.SERVICE_RECONCILES.labels(*key.split("/", 1)).inc()
+                metrics.service_reconciled(key, gone=self.services.get(key) is None)
                 self.queue.done(key)
 
     def _poll_period(self) -> float:

@@ -7,6 +7,7 @@ collector) instead of being updated on hot paths.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import Counter as Tally
@@ -161,6 +162,17 @@ PROVIDER_LATENCY = Histogram(
 )
 
 
+def service_reconciled(key: str, *, gone: bool) -> None:
+    """Count a pass of the Service's (``podgate_service_reconciles_total``); the pass that finds
+    the Service gone removes its series instead, so a deleted Service leaves none behind."""
+    namespace, name = key.split("/", 1)
+    if gone:
+        with contextlib.suppress(KeyError):
+            SERVICE_RECONCILES.remove(namespace, name)
+    else:
+        SERVICE_RECONCILES.labels(namespace, name).inc()
+
+
 def observe_drain(result: str, seconds: float) -> None:
     DRAIN_REQUESTS.labels(result).inc()
     DRAIN_DURATION.labels(result).observe(seconds)
@@ -248,6 +260,15 @@ class StateCollector:
         leader = GaugeMetricFamily("podgate_leader", "1 when this replica is the leader and reconciles")
         leader.add_metric([], 1.0 if ctl.is_leader else 0.0)
         yield leader
+        tracked = GaugeMetricFamily(
+            "podgate_tracked_entries",
+            "Entries of the controller's per-pod, per-target and per-Service maps, by map: each is "
+            "forgotten when its pod, target or Service goes, so none grows with churn",
+            labels=["map"],
+        )
+        for name, n in sorted(ctl.tracked().items()):
+            tracked.add_metric([name], n)
+        yield tracked
 
 
 def watch(controller: Controller) -> None:
