@@ -234,16 +234,29 @@ async def test_the_event_recorder_forgets_an_object_that_goes_and_events_it_can_
     world = World()
     recorder = EventRecorder(world.kube, "podgate")
     world.pods.add_handler(recorder.forget_deleted)  # as the controller wires it
-    world.add(PODS, pod("p1"), pod("p2", ip="10.0.0.2"))
+    world.add(PODS, pod("p1"), pod("p2", ip="10.0.0.2"), pod("p3", ip="10.0.0.3"))
     await world.sync()
     for name in ("p1", "p2"):
         await recorder.emit(world.pods.cache[f"{NS}/{name}"], "Pod", "ReadinessGateTrue", "web is True")
         await recorder.emit(world.pods.cache[f"{NS}/{name}"], "Pod", "ReadinessGateTrue", "web is True")
-    assert recorder.tracked() == {"objects": 2, "events": 2}
+    assert recorder.tracked() == {"objects": 2, "events": 2, "outstanding": 0, "gone": 0}
     await gone(world, "p1")
-    assert recorder.tracked() == {"objects": 1, "events": 1}
+    assert recorder.tracked() == {"objects": 1, "events": 1, "outstanding": 0, "gone": 0}
     recorder.sweep(time.monotonic() + events.FOLD_FOR)  # p2 stays, its Event too old to fold into
-    assert recorder.tracked() == {"objects": 0, "events": 0}
+    assert recorder.tracked() == {"objects": 0, "events": 0, "outstanding": 0, "gone": 0}
+    # an Event queued for a pod that goes before it is sent: remembered after the pod went, then
+    # forgotten once sent
+    recorder.emit_later(world.pods.cache[f"{NS}/p3"], "Pod", "ReadinessGateTrue", "web is True")
+    await gone(world, "p3")
+    assert recorder.tracked() == {"objects": 0, "events": 0, "outstanding": 1, "gone": 1}
+    sending = asyncio.create_task(recorder.run(senders=1))
+    try:
+        await until(lambda: recorder.tracked()["outstanding"] == 0)
+    finally:
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+    assert [w.verb for w in world.kube.writes if w.resource == "events"][-1] == "create"  # it was sent
+    assert recorder.tracked() == {"objects": 0, "events": 0, "outstanding": 0, "gone": 0}
 
 
 async def until(condition: Callable[[], bool], limit: float = 5.0) -> None:

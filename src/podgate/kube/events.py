@@ -11,7 +11,6 @@ emits it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -51,20 +50,31 @@ class EventRecorder:
         self._pending: asyncio.Queue[tuple[Mapping[str, Any], str, str, str, str]] = asyncio.Queue(
             maxsize=5000
         )
+        #: Events queued or being sent, by object uid; the objects forgotten meanwhile (their
+        #: Events, sent after the object went, are forgotten again once the last is sent)
+        self._outstanding: dict[str, int] = {}
+        self._gone: set[str] = set()
 
     def emit_later(
         self, obj: Mapping[str, Any], kind: str, reason: str, message: str, type_: str = "Normal"
     ) -> None:
         """Queue an Event for :meth:`run` to send: the caller never waits on the API for it.
         When the queue is full (an API outage), Events are dropped rather than memory grown."""
-        with contextlib.suppress(asyncio.QueueFull):
+        try:
             self._pending.put_nowait((obj, kind, reason, message, type_))
+        except asyncio.QueueFull:
+            return
+        uid = str(meta_of(obj).get("uid"))
+        self._outstanding[uid] = self._outstanding.get(uid, 0) + 1
 
     async def run(self, senders: int = 2) -> None:
         async def sender() -> None:
             while True:
                 obj, kind, reason, message, type_ = await self._pending.get()
-                await self.emit(obj, kind, reason, message, type_)
+                try:
+                    await self.emit(obj, kind, reason, message, type_)
+                finally:
+                    self._sent(str(meta_of(obj).get("uid")))
 
         async def sweeper() -> None:
             while True:
@@ -76,6 +86,16 @@ class EventRecorder:
     def forget(self, uid: str) -> None:
         """The object is gone: nothing will be folded into its Events any more."""
         self._remembered -= len(self._seen.pop(uid, {}))
+        if uid in self._outstanding:
+            self._gone.add(uid)
+
+    def _sent(self, uid: str) -> None:
+        left = self._outstanding.pop(uid, 1) - 1
+        if left > 0:
+            self._outstanding[uid] = left
+        elif uid in self._gone:
+            self._gone.discard(uid)
+            self.forget(uid)  # what its Events sent after it went left behind
 
     def forget_deleted(self, kind: str, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
         """An informer handler: a deleted object's Events are forgotten with it."""
@@ -97,7 +117,12 @@ class EventRecorder:
     def tracked(self) -> dict[str, int]:
         """How many objects and Events the recorder remembers for folding (leak tests, the
         churn benchmark)."""
-        return {"objects": len(self._seen), "events": self._remembered}
+        return {
+            "objects": len(self._seen),
+            "events": self._remembered,
+            "outstanding": len(self._outstanding),
+            "gone": len(self._gone),
+        }
 
     def _remember(self, uid: str, what: _What, sent: tuple[str, int, float]) -> None:
         events = self._seen.setdefault(uid, {})
