@@ -78,6 +78,7 @@ bench: setup
 	$(PY) bench/termination.py
 	$(PY) bench/cloud_calls.py
 	$(PY) bench/scale.py
+	$(PY) bench/churn.py
 	$(PY) bench/real_node.py
 
 # The Dockerfile's image without a Docker engine (buildah, a Debian base from mmdebstrap):

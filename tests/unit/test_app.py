@@ -220,8 +220,6 @@ async def test_events_that_cannot_change_targets_or_gates_queue_nothing() -> Non
     world.add(SERVICES, service())
     await world.sync()
     ctl, _ = controller(world)
-    forgotten: list[str] = []
-    ctl.on_forgotten = forgotten.append
     p = pod("p1")
     touched = {**p, "metadata": {**p["metadata"], "annotations": {"note": "x"}}}
     assert not pod_change_matters(touched, p)  # type: ignore[arg-type]
@@ -237,7 +235,7 @@ async def test_events_that_cannot_change_targets_or_gates_queue_nothing() -> Non
     ctl.on_service("MODIFIED", with_status, svc)  # type: ignore[arg-type]
     assert len(ctl.queue) == 1  # podgate's own address write: nothing to do
     ctl.on_service("DELETED", svc, None)
-    assert forgotten == [f"{NS}/web"]
+    assert len(ctl.queue) == 1  # queued: its pass releases the load balancer, then forgets it
 
 
 # -- the process as built ----------------------------------------------------------------------
@@ -309,3 +307,23 @@ async def test_a_replica_whose_watch_stopped_making_progress_fails_liveness(tmp_
         app.pods.progressed_at -= 3600  # an hour without an event, a bookmark or a new watch
         answer = await http.get("/healthz")
         assert answer.status == 503 and "informer pods has made no progress" in await answer.text()
+
+
+async def test_the_pass_that_finds_a_service_gone_forgets_it() -> None:
+    world = World()
+    world.add(SERVICES, service())
+    await world.sync()
+    forgotten: list[str] = []
+    ctl, seen = controller(world, on_forgotten=forgotten.append)
+    worker = asyncio.create_task(ctl.work())
+    try:
+        ctl.queue.add(f"{NS}/web")
+        await until(lambda: len(seen) == 1)
+        assert forgotten == []
+        await world.kube.delete(SERVICES, "web", NS)
+        await world.sync()
+        ctl.queue.add(f"{NS}/web")
+        await until(lambda: len(seen) == 2)
+    finally:
+        worker.cancel()
+    assert forgotten == [f"{NS}/web"]

@@ -25,7 +25,7 @@ from podgate.controller.service_controller import ServiceController
 from podgate.controller.settings import ControllerSettings, SettingsError
 from podgate.kube.api import NAMESPACES, PODS, SERVICES, Kube, Obj
 from podgate.kube.events import EventRecorder
-from podgate.kube.informer import Informer
+from podgate.kube.informer import EventType, Informer, key_of
 from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
 from podgate.model.policy import OPEN, GatePolicy
@@ -95,6 +95,31 @@ class App:
             for i in (*self.informers(), self.checks)
             if i.synced.is_set() and i.stalled()
         ]
+
+    def tracked(self) -> dict[str, int]:
+        """How many entries every per-pod, per-target and per-Service map of this replica holds
+        (``podgate_tracked_entries``; the churn benchmark reads it): each is forgotten when its
+        pod, target or Service goes."""
+        parts: dict[str, Mapping[str, int]] = {
+            "gatewriter": self.gates.tracked(),
+            "reconciler": {**self.reconciler.tracked(), "unreadable": len(self.reconciler.unreadable_since)},
+            "checks": self.check_runner.tracked(),
+            "events": self.recorder.tracked(),
+            "eviction": self.guard.tracked(),
+            "reads": {"pools": len(self.reads)},
+            "resolutions": {"services": len(self.resolutions)},
+            "controller": {"polling": len(self.controller.polling)},
+            "pending": {"pods": len(self.pending)},
+        }
+        return {f"{owner}.{name}": n for owner, sizes in parts.items() for name, n in sizes.items()}
+
+    def _forget_service(self, kind: EventType, svc: Service, old: Service | None) -> None:
+        """A Service gone takes with it what this replica kept about it: its Events' folding
+        and its pools' reads (on every replica; on the leader the pass that finds it gone
+        releases its load balancer and forgets the rest)."""
+        if kind == "DELETED":
+            self.recorder.forget_deleted(kind, svc, old)
+            self.reads.forget_service(key_of(svc))
 
     def _set_leading(self, leading: bool) -> None:
         self.leading = leading
@@ -218,6 +243,10 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         ),
         elector=elector,
     )
+    # what the process keeps about a pod or Service goes with it (the gate writer, check runner,
+    # eviction guard and pending tally forget in handlers of their own)
+    pods.add_handler(recorder.forget_deleted)
+    services.add_handler(app._forget_service)
     app.runnables = _runnables(app)
     app.supervisor = Supervisor(app.runnables, app.synced, app.elector, on_leading=app._set_leading)
     return app
@@ -349,4 +378,5 @@ def state_readings(app: App) -> metrics.StateReadings:
         },
         leading=lambda: app.leading,
         unreadable=lambda: len(app.reconciler.unreadable_since),
+        tracked=app.tracked,
     )

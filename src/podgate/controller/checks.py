@@ -67,12 +67,28 @@ class CheckRunner:
         self._status_written: dict[str, tuple[int, int, str]] = {}
         self.http: aiohttp.ClientSession | None = None
         pods.add_handler(self._on_change)
-        checks.add_handler(self._on_change)
+        checks.add_handler(self._on_check)
         # only pods with a check gate are looked at, by the checks they name
         pods.add_index(CHECK_INDEX, _check_keys)
 
     def _on_change(self, kind: EventType, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
         self._dirty.set()
+
+    def _on_check(self, kind: EventType, obj: Mapping[str, Any], old: Mapping[str, Any] | None) -> None:
+        """A check deleted takes its last written status with it (its tasks stop at the next
+        sync, as a deleted pod's do)."""
+        if kind == "DELETED":
+            self._status_written.pop(key_of(obj), None)
+        self._dirty.set()
+
+    def tracked(self) -> dict[str, int]:
+        """How many entries each of the runner's per-(check, pod) and per-check maps holds
+        (leak tests, the churn benchmark)."""
+        return {
+            "tasks": len(self.tasks),
+            "ready": len(self.ready),
+            "status_written": len(self._status_written),
+        }
 
     async def run(self) -> None:
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from podgate.controller import metrics
 from podgate.kube.api import PODS, Conflict, Invalid, Kube, NotFound, PatchType
 from podgate.kube.events import EventRecorder, now_rfc3339
-from podgate.kube.informer import Informer
+from podgate.kube.informer import EventType, Informer
 from podgate.model import conditions as cond
 from podgate.model import lb
 from podgate.model.policy import CLOSED, OPEN, TIMED_OUT
@@ -86,10 +86,11 @@ class GateWriter:
         self.kube = kube
         self.fence = fence
         self.pods, self.recorder = pods, recorder
-        #: when each (pod uid, gate) was first seen pending, and first seen registered in the
-        #: load balancer: the phases of time-to-ready
-        self.pending_since: dict[tuple[str, str], float] = {}
-        self.registered_at: dict[tuple[str, str], float] = {}
+        #: when each pod's gate was first seen pending, and first seen registered in the load
+        #: balancer (pod uid → gate → monotonic time): the phases of time-to-ready.  A pod's
+        #: entries go when its gate turns True or when the pod goes (:meth:`_on_pod`)
+        self.pending_since: dict[str, dict[str, float]] = {}
+        self.registered_at: dict[str, dict[str, float]] = {}
         #: the queue: the latest wanted condition per key, the keys to write in priority order
         #: (a key may be listed twice; its first turn takes the wanted condition), the keys
         #: being written (one write per key at a time; a newer wish waits for it to return)
@@ -98,6 +99,52 @@ class GateWriter:
         self._order: asyncio.PriorityQueue[tuple[int, int, WriteKey]] = asyncio.PriorityQueue()
         self._writing: set[WriteKey] = set()
         self._seq = itertools.count()
+        pods.add_handler(self._on_pod)
+
+    def _on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
+        """A pod deleted (or made again under its name while the watch was away: its
+        predecessor's uid is gone) takes its time-to-ready marks with it."""
+        uid = pod["metadata"].get("uid")
+        if kind == "DELETED" and uid:
+            self.forget(uid)
+        if old is not None and (gone := old["metadata"].get("uid")) and gone != uid:
+            self.forget(gone)
+
+    def forget(self, uid: str) -> None:
+        """Drop the time-to-ready marks of the pod with this uid."""
+        self.pending_since.pop(uid, None)
+        self.registered_at.pop(uid, None)
+
+    def tracked(self) -> dict[str, int]:
+        """How many entries each of the writer's per-pod maps holds (leak tests, the churn
+        benchmark): pods with a pending or registered mark, wishes queued or being written."""
+        return {
+            "pending_since": len(self.pending_since),
+            "registered_at": len(self.registered_at),
+            "wanted": len(self._wanted),
+            "queued": len(self._queued),
+            "writing": len(self._writing),
+        }
+
+    def _mark(self, table: dict[str, dict[str, float]], pod: PodView, gate: str) -> None:
+        """Note now in ``table`` for the pod's gate unless noted already: only for a pod the
+        cache still holds (one whose deletion was seen while its pass or check awaited must
+        not be noted after its marks were forgotten)."""
+        meta = pod["metadata"]
+        cached = self.pods.get(f"{meta['namespace']}/{meta['name']}")
+        if cached is None or cached["metadata"].get("uid") != meta["uid"]:
+            return
+        table.setdefault(meta["uid"], {}).setdefault(gate, time.monotonic())
+
+    @staticmethod
+    def _take(table: dict[str, dict[str, float]], uid: str, gate: str) -> float | None:
+        marks = table.get(uid)
+        if marks is None:
+            return None
+        at = marks.pop(gate, None)
+        if not marks:
+            del table[uid]
+        return at
 
     def submit(
         self,
@@ -112,9 +159,8 @@ class GateWriter:
         writer tasks (:meth:`run`) send it unless the pod already has it when its turn comes."""
         meta = pod["metadata"]
         key = (f"{meta['namespace']}/{meta['name']}", desired["type"])
-        marker = (meta["uid"], desired["type"])
-        if desired["status"] != cond.TRUE and marker not in self.pending_since:
-            self.pending_since[marker] = time.monotonic()
+        if desired["status"] != cond.TRUE:
+            self._mark(self.pending_since, pod, desired["type"])
         current = cond.find(pod_conditions(self.pods.get(key[0]) or pod), desired["type"])
         if (
             key not in self._writing  # the cache does not show a write in flight yet
@@ -210,7 +256,7 @@ class GateWriter:
             self._order.task_done()
 
     def registered(self, pod: PodView, gate: str) -> None:
-        self.registered_at.setdefault((pod["metadata"]["uid"], gate), time.monotonic())
+        self._mark(self.registered_at, pod, gate)
 
     async def write(self, pod: PodView, desired: Condition, *, sticky: bool, minimum: float = 0.0) -> bool:
         """Write the condition if it changed; True if it did.  ``minimum`` is the load
@@ -219,8 +265,8 @@ class GateWriter:
         current = cond.find(pod_conditions(pod), desired["type"])
         write = lb.next_condition(current, desired, sticky, now_rfc3339())
         marker = (meta["uid"], desired["type"])
-        if desired["status"] != cond.TRUE and marker not in self.pending_since:
-            self.pending_since[marker] = time.monotonic()
+        if desired["status"] != cond.TRUE:
+            self._mark(self.pending_since, pod, desired["type"])
         if write is None:
             return False
         patch: Pod = {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [write]}}
@@ -242,8 +288,8 @@ class GateWriter:
             metrics.GATE_TIMEOUTS.labels(OPEN if write["status"] == cond.TRUE else CLOSED).inc()
         if write["status"] == cond.TRUE and write.get("reason") == TIMED_OUT:
             # opened by the user's timeout policy, not by the load balancer: no time-to-ready
-            self.pending_since.pop(marker, None)
-            self.registered_at.pop(marker, None)
+            self._take(self.pending_since, *marker)
+            self._take(self.registered_at, *marker)
             self.recorder.emit_later(
                 pod, "Pod", TIMED_OUT, f"{desired['type']} is True: {write.get('message', '')}", "Warning"
             )
@@ -267,8 +313,8 @@ class GateWriter:
     def _ready(
         self, pod: PodView, marker: tuple[str, str], desired: Condition, write: Condition, minimum: float
     ) -> None:
-        since = self.pending_since.pop(marker, None)
-        registered = self.registered_at.pop(marker, None)
+        since = self._take(self.pending_since, *marker)
+        registered = self._take(self.registered_at, *marker)
         now = time.monotonic()
         if since is not None:
             metrics.TIME_TO_READY.labels("total").observe(now - since)

@@ -188,6 +188,7 @@ class StateReadings:
     throttled: Callable[[], Mapping[str, int]]
     leading: Callable[[], bool]
     unreadable: Callable[[], int] = lambda: 0
+    tracked: Callable[[], Mapping[str, int]] = dict
 
 
 class StateCollector:
@@ -244,6 +245,15 @@ class StateCollector:
         leader = GaugeMetricFamily("podgate_leader", "1 when this replica is the leader and reconciles")
         leader.add_metric([], 1.0 if r.leading() else 0.0)
         yield leader
+        tracked = GaugeMetricFamily(
+            "podgate_tracked_entries",
+            "Entries of the controller's per-pod, per-target and per-Service maps, by map: each is "
+            "forgotten when its pod, target or Service goes, so none grows with churn",
+            labels=["map"],
+        )
+        for name, n in sorted(r.tracked().items()):
+            tracked.add_metric([name], n)
+        yield tracked
 
 
 def observe_reconcile(key: str, result: str, seconds: float, waited: float, queue: str = "services") -> None:

@@ -103,8 +103,10 @@ class ServiceReconciler:
         self.adopted_prefixes = tuple(adopted_prefixes)
         self._addresses: dict[str, str] | None = None
         self._missing_gate_counts: dict[str, int] = {}
-        #: when podgate first saw each target draining: removal waits for the pool's drain delay
-        self._draining_since: dict[tuple[str, int, lb.Target], float] = {}
+        #: when podgate first saw each target draining, by (Service key, port): removal waits for
+        #: the pool's drain delay.  A target's entry goes when it leaves the pool, a Service's
+        #: when its load balancer is released (see :meth:`_forget_service`)
+        self._draining_since: dict[tuple[str, int], dict[lb.Target, float]] = {}
         self.gates = gate_writer
         self.reads = reads if reads is not None else PoolReads()
         self.on_write_failed = on_write_failed
@@ -331,6 +333,7 @@ class ServiceReconciler:
                 await provider.pool.drain(pool, diff.drain)
             if diff.remove:
                 await provider.pool.deregister(pool, diff.remove)
+                self._forget_targets(key, pool, diff.remove)
         finally:
             self.reads.forget(provider, pool)  # changed (or maybe, on an error): read afresh
         if failed is not None:
@@ -400,16 +403,48 @@ class ServiceReconciler:
     ) -> list[lb.Target]:
         now = time.monotonic()
         done = []
+        draining = self._draining_since.pop((key, pool.port), {})
+        # kept: the targets still draining in the pool (one that left it, with its pod or by
+        # another's hand, is forgotten with it)
+        kept: dict[lb.Target, float] = {}
         for target, st in present.items():
-            marker = (key, pool.port, target)
             if st.admin != "drain":
-                self._draining_since.pop(marker, None)
                 continue
-            since = self._draining_since.setdefault(marker, now)
+            since = draining.get(target, now)
             if st.connections == 0 and now - since >= pool.drain_delay:
                 done.append(target)
-                self._draining_since.pop(marker, None)
+            else:
+                kept[target] = since
+        if kept:
+            self._draining_since[(key, pool.port)] = kept
         return done
+
+    def _forget_targets(self, key: str, pool: lb.PoolSpec, removed: Iterable[lb.Target]) -> None:
+        """Targets taken out of the pool leave no drain mark behind."""
+        draining = self._draining_since.get((key, pool.port))
+        if draining is None:
+            return
+        for target in removed:
+            draining.pop(target, None)
+        if not draining:
+            del self._draining_since[(key, pool.port)]
+
+    def _forget_service(self, key: str) -> None:
+        """The Service's load balancer was released (the Service gone or no longer podgate's):
+        nothing the reconciler noted about it is kept."""
+        self._missing_gate_counts.pop(key, None)
+        for marker in [m for m in self._draining_since if m[0] == key]:
+            del self._draining_since[marker]
+
+    def tracked(self) -> dict[str, int]:
+        """How many entries each of the reconciler's per-Service and per-target maps holds
+        (leak tests, the churn benchmark; ``address_for``'s addresses only once allocated)."""
+        return {
+            "draining_since": sum(len(d) for d in self._draining_since.values()),
+            "missing_gate_counts": len(self._missing_gate_counts),
+            "addresses": len(self._addresses or ()),
+            "requeued": len(self._requeued),
+        }
 
     async def _let_go(
         self, key: str, service: Service, provider: Provider | None, pools: Sequence[lb.PoolSpec]
@@ -483,6 +518,7 @@ class ServiceReconciler:
         finally:
             self.reads.forget_service(key)
             self.unreadable_since.pop(key, None)
+            self._forget_service(key)
         if self._addresses is not None:
             self._addresses.pop(key, None)
         ip = _ingress_ip(service) if service else None

@@ -56,7 +56,8 @@ class ServiceController:
     ) -> None:
         """``on_reconciled(key, result, seconds, waited)`` hears of every pass: its result (one of
         ``RESULTS``), how long it took and how long its key waited in the queue;
-        ``on_forgotten(key)`` of every Service deleted (its per-Service series go with it)."""
+        ``on_forgotten(key)`` of every pass that found its Service gone (after the release of its
+        load balancer: its per-Service series go then)."""
         self.pods, self.services, self.namespaces = pods, services, namespaces
         self.resolutions = resolutions
         self.providers: Mapping[str, Provider] = resolutions.providers
@@ -90,7 +91,6 @@ class ServiceController:
         key = key_of(svc)
         if kind == "DELETED":
             self.polling.discard(key)
-            self.on_forgotten(key)
         self.queue.add(key)
 
     def on_namespace(self, kind: EventType, ns: Namespace, old: Namespace | None) -> None:
@@ -165,6 +165,8 @@ class ServiceController:
                 self.queue.add_rate_limited(key)
             finally:
                 self.on_reconciled(key, result, time.monotonic() - t0, waited)
+                if self.services.get(key) is None:
+                    self.on_forgotten(key)  # the pass that found it gone: its series go
                 self.queue.done(key)
 
     def settle(self, key: str, outcome: Outcome) -> str:

@@ -68,6 +68,11 @@ class SharedReads(Generic[T]):
             if task.done() and now - at >= KEEP:
                 del self._reads[key]
 
+    def __len__(self) -> int:
+        """Reads held (in flight or finished): one per pool read in the last ``KEEP`` seconds
+        at most, and none of a Service forgotten (leak tests, the churn benchmark)."""
+        return len(self._reads)
+
     def drop(self, key: Hashable) -> None:
         """What ``key`` reads was just changed: the next read starts after the change.  A read
         in flight goes on for those already waiting on it."""

@@ -95,6 +95,10 @@ class EvictionGuard:
                 async with asyncio.timeout(self.settle - (now - min(waiting))):
                     await self._settled.wait()
 
+    def tracked(self) -> dict[str, int]:
+        """How many entries the guard's per-pod map holds (leak tests)."""
+        return {"unsettled": len(self._unsettled)}
+
     async def handle(self, request: web.Request) -> web.Response:
         answer = await self.answer(await request.read(), request.remote)
         return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
@@ -116,7 +120,12 @@ class EvictionGuard:
             response["allowed"] = False
             response["status"] = {"code": 429, "reason": "TooManyRequests", "message": refusal}
             log.info("eviction of %s refused: %s", pod_key, refusal)
-        elif not req.get("dryRun") and len(self._unsettled) < UNSETTLED_MAX:
+        elif (
+            not req.get("dryRun")
+            and len(self._unsettled) < UNSETTLED_MAX
+            and self.pods.get(pod_key) is not None
+        ):
+            # (a pod gone meanwhile, or never cached, is nothing to wait for)
             self._unsettled[pod_key] = time.monotonic()
         if warnings:
             response["warnings"] = warnings
