@@ -246,6 +246,146 @@ def samples(text: str, metric_name: str, **labels: str) -> list[float]:
     ]
 
 
+#: the sandbox's controller's health port (/metrics)
+CONTROLLER_HEALTH_PORT = 8081 + OFFSET
+#: the stand-in's of ``controller_replaced`` (replica 1)
+STAND_IN_HEALTH_PORT = 8181 + OFFSET
+#: the annotation :func:`reconciled_after` changes to queue a Service (podgate reads no such key)
+NUDGE = "e2e.podgate.dev/nudge"
+
+
+def _counter(port: int, metric_name: str, **labels: str) -> float | None:
+    """The counter's value (0 before its first sample), None while the controller does not answer."""
+    try:
+        status, text = scrape(port)
+    except OSError:  # not listening (yet): a controller starting or restarting
+        return None
+    return sum(samples(text, metric_name, **labels)) if status == 200 else None
+
+
+def passes_after(
+    what: str,
+    port: int,
+    metric_name: str,
+    labels: dict[str, str],
+    change: Callable[[], object] | None = None,
+    *,
+    nudge: Callable[[], None] | None = None,
+    timeout: float = 60.0,
+) -> float:
+    """Do ``change`` (the test's step; None: the step is done and was seen), then return once
+    a pass that *began after it* has completed, by a per-object pass counter of the controller's
+    ``/metrics`` on ``port``; fail loudly after ``timeout``.  This is the positive signal a
+    negative check waits for before asserting that nothing was written.
+
+    The rule: the counter is read once ``change`` has returned (the API server has the change;
+    read before it, a whole pass could begin and end before the change lands).  At that moment
+    at most one pass of the object is running (the controller never runs one object's passes
+    at once), and it may have begun before the change and finish without having seen it: the
+    counter's first step may be that pass.  Its second step is a pass that began after the
+    read, so after the change: wait for the counter to advance by two.
+
+    ``nudge`` makes a pass happen (at once, each time the counter moves short of the goal, and
+    after a second without any move), for objects the controller would otherwise not look at
+    again until its next resync.  A counter that goes back (the controller restarted under the
+    test) fails the wait: the reading before it says nothing about the new process."""
+    if change is not None:
+        change()
+    deadline = time.monotonic() + timeout
+    start = _counter(port, metric_name, **labels)
+    while start is None and time.monotonic() < deadline:  # the controller is (re)starting
+        time.sleep(0.1)
+        start = _counter(port, metric_name, **labels)
+    if start is None:
+        raise AssertionError(f"{what}: no answer from the controller's /metrics on port {port}")
+    goal, seen, moved = start + 2, start, time.monotonic()
+    if nudge is not None:
+        nudge()
+    while True:
+        now = _counter(port, metric_name, **labels)
+        if now is not None and now < seen:
+            raise AssertionError(f"{what}: {metric_name} {labels} went back from {seen} to {now}")
+        if now is not None and now >= goal:
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:.0f}s waiting for {what}: {metric_name} {labels} went "
+                f"from {start} to {now}, needs {goal} (two passes: the second began after the change)"
+            )
+        if now is not None and (now > seen or time.monotonic() - moved > 1.0):
+            seen, moved = now, time.monotonic()
+            if nudge is not None:
+                nudge()
+        time.sleep(0.05)
+
+
+def reconciled_after(
+    sandbox: SandboxHandle,
+    service: str,
+    change: Callable[[], object] | None = None,
+    *,
+    port: int = CONTROLLER_HEALTH_PORT,
+    timeout: float = 60.0,
+) -> None:
+    """Do ``change``, then return once a reconcile pass of ``service`` ("namespace/name") that
+    began after it has completed and the gate writes it submitted have been sent
+    (``podgate_service_reconciles_total``, ``podgate_gate_writes_pending``; the rule is
+    :func:`passes_after`'s).  The Service must exist: between passes it is nudged (an annotation
+    of the test's own, which queues it as any annotation change does).
+
+    What a pass decides is then in the API server, but for two short tails the controller does
+    not count: a gate write taken by a writer and not yet answered (the gauge counts wishes
+    until a writer takes them), and an Event queued for the recorder's senders.  Both are one
+    loopback call, which the check's own ``kubectl`` (a process started afterwards) outlasts."""
+    ns, name = service.split("/", 1)
+    n = iter(range(1_000_000))
+
+    def nudge() -> None:
+        sandbox.kubectl("annotate", "service", name, "-n", ns, f"{NUDGE}={next(n)}", "--overwrite")
+
+    passes_after(
+        f"a reconcile of {service} after the change",
+        port,
+        "podgate_service_reconciles_total",
+        {"namespace": ns, "service": name},
+        change,
+        nudge=nudge,
+        timeout=timeout,
+    )
+
+    def writes_sent() -> bool:
+        try:
+            status, text = scrape(port)
+        except OSError:
+            return False
+        return status == 200 and samples(text, "podgate_gate_writes_pending") == [0.0]
+
+    wait_for("the gate writes the passes submitted sent", writes_sent, timeout, 0.05)
+
+
+def checked_after(
+    check: str,
+    change: Callable[[], object] | None = None,
+    *,
+    port: int = CONTROLLER_HEALTH_PORT,
+    timeout: float = 30.0,
+) -> None:
+    """Do ``change``, then return once a run of ReadinessCheck ``check`` ("namespace/name") that
+    began after it has completed, its gate written or found unchanged
+    (``podgate_check_runs_total``; the rule is :func:`passes_after`'s: one pod's runs of a check
+    follow one another, so for a check of one pod at most one run is in flight at a time).  A
+    check runs every period by itself: no nudge."""
+    ns, name = check.split("/", 1)
+    passes_after(
+        f"a run of check {check} after the change",
+        port,
+        "podgate_check_runs_total",
+        {"namespace": ns, "check": name},
+        change,
+        timeout=timeout,
+    )
+
+
 def assert_not_logged(log: Path, secrets: Iterable[str]) -> None:
     """No secret in the log, which must have something in it: an empty or missing log would
     let the check pass without having looked at anything."""

@@ -15,11 +15,13 @@ from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
 from .conftest import (
     ALIBABA_ACCESS_KEY_SECRET,
     CLOUD_SECRETS,
+    STAND_IN_HEALTH_PORT,
     GateWatch,
     SandboxHandle,
     assert_not_logged,
     controller_replaced,
     metric,
+    reconciled_after,
     scrape,
     wait_for,
 )
@@ -171,7 +173,8 @@ async def test_gates_follow_nlb_server_health(
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
         down = await watch.wait("provider error", lambda g: g[1] == "ProviderError", 40)
         assert down[0] == "False" and "cannot reach the API" in down[2]
-        await asyncio.sleep(2)
+        # podgate has reconciled the Service since it failed to reach the API: still False
+        await asyncio.to_thread(reconciled_after, sandbox, f"{namespace}/web", port=STAND_IN_HEALTH_PORT)
         assert (watch.gate_of_new_pod() or ("",))[0] == "False"
         await cloud.start("127.0.0.1", PORT)
         await watch.wait("healthy once the API is back", lambda g: g[0] == "True", 60)
@@ -193,7 +196,8 @@ async def test_gates_follow_nlb_server_health(
         assert "podgate.dev/load-balancer-targets" in svc["metadata"]["finalizers"]
         swap.stop()
         sandbox.kubectl("delete", "service", "web", "-n", namespace, "--wait=false")
-        await asyncio.sleep(2)
+        # no wait: no podgate runs (stop() waited for it) to take a server out, and the deletion
+        # is in the API server once kubectl has returned
         assert sandbox.get("service", "web", "-n", namespace)["metadata"]["deletionTimestamp"]
         assert len(cloud.nlb_servers("sgp-web")) == 1
         swap.start()

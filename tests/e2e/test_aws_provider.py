@@ -18,10 +18,12 @@ from podgate_sandbox.doubles.elb import ElbDouble
 from .conftest import (
     AWS_SECRET_ACCESS_KEY,
     CLOUD_SECRETS,
+    STAND_IN_HEALTH_PORT,
     GateWatch,
     SandboxHandle,
     assert_not_logged,
     controller_replaced,
+    reconciled_after,
     wait_for,
 )
 
@@ -172,7 +174,8 @@ async def test_gates_follow_elb_target_health(
         sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
         down = await watch.wait("provider error", lambda g: g[1] == "ProviderError", 40)
         assert down[0] == "False"
-        await asyncio.sleep(2)
+        # podgate has reconciled the Service since it failed to reach the API: still False
+        await asyncio.to_thread(reconciled_after, sandbox, f"{namespace}/web", port=STAND_IN_HEALTH_PORT)
         assert (watch.gate_of_new_pod() or ("",))[0] == "False"
         await double.start("127.0.0.1", DOUBLE_PORT)
         await watch.wait("healthy once the API is back", lambda g: g[0] == "True", 60)

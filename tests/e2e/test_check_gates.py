@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .conftest import SandboxHandle, condition, wait_for, wide_row
+from .conftest import SandboxHandle, checked_after, condition, wait_for, wide_row
 
 pytestmark = pytest.mark.sandbox
 INJECT = "podgate.dev/pod-readiness-gate-inject"
@@ -101,9 +100,19 @@ def test_http_check_passes_and_fails(sandbox: SandboxHandle, namespace: str) -> 
     )
     assert bad[:2] == ("False", "CheckFailing")
     assert "returned 200, expected 204" in bad[2]
-    time.sleep(2)
+    # two more runs of the check since: still failing, the gate still False, the pod not Ready
+    checked_after(f"{namespace}/strict")
+    assert (gate_state(sandbox, namespace, "bad", "check.podgate.dev/strict") or ("",))[0] == "False"
     assert (condition(the_pod(sandbox, namespace, "bad") or {}, "Ready") or {}).get("status") == "False"
-    status = sandbox.get("readinesscheck", "strict", "-n", namespace)["status"]
+    status = wait_for(
+        "the check's status counting the pod",
+        lambda: (
+            (s := sandbox.get("readinesscheck", "strict", "-n", namespace).get("status") or {})
+            and s.get("passing", 0) + s.get("pending", 0) == 1
+            and s
+        ),
+        10,
+    )
     assert (status["passing"], status["pending"]) == (0, 1)
     assert status["conditions"][0]["type"] == "Usable" and status["conditions"][0]["status"] == "True"
 
@@ -165,7 +174,7 @@ def test_tcp_check_waits_for_the_port(sandbox: SandboxHandle, namespace: str) ->
     assert [g["conditionType"] for g in pod["spec"]["readinessGates"]] == [gate]
     assert failing[1] == "CheckFailing"
     assert failing[2].startswith("ConnectionRefusedError") and f"'{ip}', {TCP_PORT}" in failing[2], failing
-    time.sleep(2)  # two more periods: still refused, still held
+    checked_after(f"{namespace}/port")  # two more runs since: still refused, still held
     assert gate_is("False"), gate_state(sandbox, namespace, "tcp", gate)
     row = wide_row(sandbox, namespace, name)
     assert (row["READY"], row["READINESS GATES"]) == ("1/1", "0/1"), row

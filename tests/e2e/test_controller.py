@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from podgate.providers.haproxy_runtime import Runtime, ServerStat
+from podgate_sandbox import processes
 
 from .conftest import (
     CLOUD_SECRETS,
@@ -23,6 +24,7 @@ from .conftest import (
     condition,
     metric,
     podgate,
+    reconciled_after,
     samples,
     scrape,
     wait_for,
@@ -347,10 +349,14 @@ def test_haproxy_and_controller_restarts_resync_without_false_trues(
         for p in before
     }
     os.killpg(pids["podgate-controller"], signal.SIGTERM)
-    time.sleep(1)
-    up = podgate("sandbox", "up", "--state-dir", str(sandbox.state_dir))
-    assert up.returncode == 0, up.stderr
-    time.sleep(3)
+    wait_for("the controller gone", lambda: not processes.alive(pids["podgate-controller"], "controller"), 20)
+
+    def restart() -> None:
+        up = podgate("sandbox", "up", "--state-dir", str(sandbox.state_dir))
+        assert up.returncode == 0, up.stderr
+
+    # the new controller has reconciled the Service and sent what it would write
+    reconciled_after(sandbox, f"{namespace}/resync", restart)
     after = all_ready(sandbox, namespace, "resync", 2)
     assert after is not None
     assert {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in after} == versions, (

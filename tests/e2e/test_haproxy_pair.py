@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from podgate_sandbox.controlplane import ControllerSwap, Sandbox
 
-from .conftest import SandboxHandle, condition, wait_for, wide_row
+from .conftest import STAND_IN_HEALTH_PORT, SandboxHandle, condition, reconciled_after, wait_for, wide_row
 from .test_controller import INJECT, deployment, gate, lb_service, pods
 from .test_webhook_replicas import front_door_up
 
@@ -131,7 +130,9 @@ def test_ha_pair_with_one_haproxy_down(
             30,
         )
         name = pending["metadata"]["name"]
-        time.sleep(3)  # several times rise × interval: the reachable HAProxy has long said UP
+        # podgate has reconciled the Service since the new pod's containers were ready: the pair
+        # cannot be read whole, so podgate registers it nowhere and the gate waits
+        reconciled_after(sandbox, f"{namespace}/web", port=STAND_IN_HEALTH_PORT)
         c = condition(new_pod(sandbox, namespace, known), gate("web")) or {}
         assert c.get("status") == "False", c
         assert sockets[1] in c.get("message", ""), f"the reason names the unreachable HAProxy: {c}"

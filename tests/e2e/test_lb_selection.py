@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import SandboxHandle, condition, wait_for, wide_row
+from .conftest import SandboxHandle, condition, reconciled_after, wait_for, wide_row
 from .test_controller import (
     INJECT,
     all_ready,
@@ -49,7 +49,8 @@ def test_a_service_opted_out_gets_nothing_and_the_annotation_serves_a_cluster_ip
     [theirs] = wait_for("the other pod Ready", lambda: all_ready(sandbox, namespace, "theirs", 1), 30)
     assert "readinessGates" not in theirs["spec"], "no gate for a Service podgate does not serve"
     assert wide_row(sandbox, namespace, theirs["metadata"]["name"])["READINESS GATES"] == "<none>"
-    time.sleep(2)  # time for any stray write
+    # podgate has looked at "theirs" since it and its pod were made, and decided nothing to do
+    reconciled_after(sandbox, f"{namespace}/theirs")
     svc = sandbox.get("service", "theirs", "-n", namespace)
     assert not (svc.get("status") or {}).get("loadBalancer"), "no status.loadBalancer write"
     assert not svc["metadata"].get("finalizers")

@@ -14,6 +14,7 @@ from podgate_sandbox.controlplane import Sandbox
 from podgate_sandbox.termination import Scenario, TerminationLab, summarise
 
 from .conftest import OFFSET, SandboxHandle, wait_for
+from .test_controller import servers
 
 pytestmark = pytest.mark.sandbox
 NONE, DRAIN = Scenario("none", "haproxy"), Scenario("drain", "haproxy")
@@ -72,7 +73,14 @@ def test_with_podgate_down_the_hook_fails_and_the_pod_stops_at_once(sandbox: San
         pytest.skip("needs the drain scenario's pods (test_scale_down_under_slow_posts)")
     with Sandbox(sandbox.state_dir).controller_replaced(env={}, log="termination-down.log") as swap:
         swap.stop()  # no replica at all now
-        time.sleep(2.5)  # the front door's checks (every second, 2 to fall) see them gone
+        wait_for(
+            "the drain front door's checks (every second, 2 to fall) to see every replica gone",
+            lambda: (
+                (rows := servers(sandbox, "podgate-drain")) and all(s.status.startswith("DOWN") for s in rows)
+            ),
+            10,
+            0.1,
+        )
         started = time.monotonic()
         sandbox.kubectl("delete", "pod", "-n", ns, pods[0], "--wait=false")
         wait_for(

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from podgate.controller import metrics
 from podgate.controller.gatewriter import GateWriter
 from podgate.kube.api import Kube, Obj, PatchType, Resource
 from podgate.kube.events import EventRecorder, now_rfc3339
@@ -169,6 +170,7 @@ class CheckRunner:
             self.ready[pair] = state.ready
             desired = chk.condition_for(spec.gate, state.ready, True, detail)
             await self.gates.write(pod, desired, sticky=sticky)
+            metrics.CHECK_RUNS.labels(*check_key.split("/", 1)).inc()
             if sticky and state.ready:
                 return  # startup mode: True stays True, nothing more to check
             await asyncio.sleep(spec.period)

@@ -73,6 +73,13 @@ SERVICE_RECONCILES = Counter(
     ["namespace", "service"],
     registry=REGISTRY,
 )
+CHECK_RUNS = Counter(
+    "podgate_check_runs_total",
+    "ReadinessCheck runs completed, each with its gate written or found unchanged, by check: the "
+    "positive signal a test waits for before judging that a check gate stayed as it was",
+    ["namespace", "check"],
+    registry=REGISTRY,
+)
 QUEUE_DURATION = Histogram(
     "workqueue_queue_duration_seconds",
     "Time a key waits in the queue",
