@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -301,6 +302,11 @@ def served_releases(go: Path) -> list[str]:
     return list(json.loads(out.stdout).get("Versions", []))
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _du(path: Path) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -381,7 +387,9 @@ def ensure_release(
     cgo = shutil.which("gcc") is not None
     binaries.bin_dir.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for name in [n for n in GO_BINARIES if n in broken]:
+        before = _children_cpu()
         static = name in STATIC_BINARIES or not cgo
         if name not in STATIC_BINARIES and not cgo:
             progress.say(f"no C compiler: {name} built without cgo (upstream builds it with)")
@@ -404,9 +412,13 @@ def ensure_release(
             cwd=module,
             env=env | {"CGO_ENABLED": "0" if static else "1"},
         )
+        cpu[name] = _children_cpu() - before
         tmp.chmod(0o755)
         tmp.replace(binaries.path(name))
     report["build_s"] = times
+    # CPU seconds (user + system) of the go command and its compilers: unlike the wall clock,
+    # independent of what else the machine runs meanwhile
+    report["build_cpu_s"] = cpu
     binaries.stamp.write_text(f"{RECIPE}\n")
     still = binaries.broken(GO_BINARIES)
     if still:
