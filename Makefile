@@ -40,7 +40,8 @@ $(STAMP): pyproject.toml sandbox/pyproject.toml
 
 # kube-apiserver, kube-controller-manager, kubelet and kube-proxy built from Debian's source
 # package, kubectl from Debian's kubernetes-client: cached per version, rebuilt only when missing
-# or broken.
+# or broken. `podgate sandbox install --kubernetes 1.NN` builds a current release (all five,
+# kubectl too) from the Go module proxy instead (podgate_sandbox.gobuild; not the default yet).
 binaries: venv
 	$(VENV)/bin/podgate sandbox install
 

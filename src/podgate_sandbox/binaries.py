@@ -43,6 +43,9 @@ RECIPE = 2
 REFLECT2_PACKAGE = "golang-github-modern-go-reflect2-dev"
 #: What the default sandbox (node agent) needs.
 ALL_BINARIES = (*SERVER_BINARIES, "kubectl")
+#: The tree's Makefile builds with whatever ``go`` comes first on PATH; the recipe was verified
+#: with Debian's golang-go (1.19), not the newer Go a machine may put first (/usr/local/go).
+DEBIAN_GO_BIN = Path("/usr/lib/go-1.19/bin")
 
 
 def cache_root() -> Path:
@@ -53,9 +56,14 @@ def cache_root() -> Path:
 
 @dataclass(frozen=True)
 class KubeBinaries:
-    """Where the cached binaries of one Kubernetes version live."""
+    """Where the cached binaries of one Kubernetes version live, and the recipe that built
+    them (the Debian one here; :mod:`podgate_sandbox.gobuild` for releases from Go modules)."""
 
     root: Path
+    version: str = KUBE_VERSION
+    recipe: str = str(RECIPE)
+    #: the binaries the recipe builds: a stale recipe stamp makes them all broken
+    built: tuple[str, ...] = BUILT_BINARIES
 
     @property
     def bin_dir(self) -> Path:
@@ -71,15 +79,19 @@ class KubeBinaries:
     def broken(self, names: Sequence[str] = ALL_BINARIES) -> list[str]:
         """Names among ``names`` of binaries that are missing, do not answer ``--version``, or
         were built by an older recipe."""
-        stale = not self.stamp.exists() or self.stamp.read_text().strip() != str(RECIPE)
-        return [name for name in names if not _runs(self.path(name)) or (stale and name in BUILT_BINARIES)]
+        stale = not self.stamp.exists() or self.stamp.read_text().strip() != self.recipe
+        return [
+            name
+            for name in names
+            if not _runs(self.path(name), self.version) or (stale and name in self.built)
+        ]
 
 
 def default_binaries() -> KubeBinaries:
     return KubeBinaries(cache_root() / "kubernetes" / KUBE_VERSION)
 
 
-def _runs(binary: Path) -> bool:
+def _runs(binary: Path, version: str) -> bool:
     if not binary.is_file() or not os.access(binary, os.X_OK):
         return False
     args = [str(binary), "version", "--client"] if binary.name == "kubectl" else [str(binary), "--version"]
@@ -87,7 +99,7 @@ def _runs(binary: Path) -> bool:
         out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
     except OSError:
         return False
-    return out.returncode == 0 and KUBE_VERSION in (out.stdout + out.stderr)
+    return out.returncode == 0 and version in (out.stdout + out.stderr)
 
 
 def deb_src_sources(sources_list: str, deb822_files: Sequence[str]) -> str:
@@ -140,8 +152,9 @@ class Progress:
         elapsed = time.monotonic() - self._t0
         print(f"[{int(elapsed) // 60:02d}:{int(elapsed) % 60:02d}] {message}", file=self._stream, flush=True)
 
-    def run(self, step: str, args: Sequence[str], **kwargs: object) -> None:
-        """Run a command for a step; on failure raise with the tail of its output."""
+    def run(self, step: str, args: Sequence[str], **kwargs: object) -> float:
+        """Run a command for a step; on failure raise with the tail of its output.  Returns the
+        step's duration in seconds."""
         self.say(f"{step} ...")
         start = time.monotonic()
         done = threading.Event()
@@ -173,7 +186,9 @@ class Progress:
         if code != 0:
             tail = "\n".join(lines[-20:])
             raise RuntimeError(f"{step} failed (exit {code}):\n{tail}")
-        self.say(f"{step}: done in {time.monotonic() - start:.0f}s")
+        elapsed = time.monotonic() - start
+        self.say(f"{step}: done in {elapsed:.0f}s")
+        return elapsed
 
 
 def ensure_binaries(binaries: KubeBinaries | None = None, progress: Progress | None = None) -> KubeBinaries:
@@ -314,6 +329,10 @@ def _build(
         "GOCACHE": str(work / "gocache"),
         "CGO_ENABLED": "0",
     }
+    if (DEBIAN_GO_BIN / "go").exists():
+        env["PATH"] = f"{DEBIAN_GO_BIN}:{env.get('PATH', '')}"
+        env.pop("GOROOT", None)
+        env.pop("GOTOOLCHAIN", None)
     shutil.rmtree(tree / "_output", ignore_errors=True)
     progress.run(
         f"go build {' '.join(names)} (about 4 minutes per pair on 2 cores)",

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from podgate_sandbox.binaries import ensure_binaries
 from podgate_sandbox.controlplane import Sandbox, SandboxConfig, SandboxError
+from podgate_sandbox.gobuild import GoBuildError, binaries_for, ensure
 
 
 def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
@@ -23,11 +23,20 @@ def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
         args.run_commands
         or any(
             v is not None
-            for v in (args.port_offset, args.pod_cidr, args.lb_cidr, args.node, args.node_pod_cidr)
+            for v in (
+                args.port_offset,
+                args.pod_cidr,
+                args.lb_cidr,
+                args.node,
+                args.node_pod_cidr,
+                args.kubernetes,
+            )
         )
     ):
         defaults = SandboxConfig()
         config = SandboxConfig(
+            # the exact release whose binaries the cache holds for the request (1.37 → 1.37.2)
+            kubernetes=binaries_for(args.kubernetes).version if args.kubernetes else defaults.kubernetes,
             port_offset=args.port_offset if args.port_offset is not None else defaults.port_offset,
             pod_cidr=args.pod_cidr or defaults.pod_cidr,
             lb_cidr=args.lb_cidr or defaults.lb_cidr,
@@ -41,7 +50,7 @@ def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
 def cmd_sandbox(args: argparse.Namespace) -> int:
     try:
         return _run(args)
-    except SandboxError as e:
+    except (SandboxError, GoBuildError) as e:
         print(f"podgate: {e}", file=sys.stderr)
         return 2
 
@@ -51,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"podgate: sandbox {args.action} takes no argument (got {args.archive!r})", file=sys.stderr)
         return 2
     if args.action == "install":
-        ensure_binaries()
+        ensure(args.kubernetes)
         return 0
     sb = _sandbox(args, for_up=args.action == "up")
     if args.action == "up":
@@ -118,6 +127,12 @@ def add_commands(sub: Any) -> None:
     sb.add_argument(
         "--node-pod-cidr",
         help="up --node kubelet: the pods' range on the sandbox's bridge (default 10.244.0.0/24)",
+    )
+    sb.add_argument(
+        "--kubernetes",
+        metavar="VERSION",
+        help="install, up: the Kubernetes release, 1.NN (the newest 1.NN.x) or 1.NN.P; 1.20 (the default) "
+        "is built from Debian's source, any newer one from the Go module proxy by `install`",
     )
     sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
     sb.set_defaults(func=cmd_sandbox)

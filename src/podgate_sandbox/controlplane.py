@@ -32,7 +32,8 @@ import yaml
 from podgate.kube import pki
 from podgate.model.addresses import loopback_network, overlaps
 from podgate_sandbox import processes
-from podgate_sandbox.binaries import ALL_BINARIES, NODE_BINARIES, KubeBinaries, Progress, default_binaries
+from podgate_sandbox.binaries import ALL_BINARIES, KUBE_VERSION, NODE_BINARIES, KubeBinaries, Progress
+from podgate_sandbox.gobuild import binaries_for
 from podgate_sandbox.node import images as node_images
 from podgate_sandbox.node import render as node_render
 from podgate_sandbox.node.certs import KUBELET_CLIENT, ensure_kubelet_client_cert
@@ -58,6 +59,29 @@ class SandboxError(RuntimeError):
     """Something the user has to act on; the message says what."""
 
 
+def kube_minor(version: str) -> tuple[int, int]:
+    """``1.37.2`` → (1, 37)."""
+    major, minor = version.strip().lstrip("v").split(".")[:2]
+    return int(major), int(minor)
+
+
+def apiserver_version_flags(version: str) -> list[str]:
+    """kube-apiserver flags that depend on the release (pure)."""
+    flags = []
+    if kube_minor(version) < (1, 24):
+        # the insecure port is off by this flag before 1.24, which removed both
+        flags.append("--insecure-port=0")
+    return flags
+
+
+def controller_manager_version_flags(version: str) -> list[str]:
+    """kube-controller-manager flags that depend on the release (pure)."""
+    flags = []
+    if kube_minor(version) < (1, 24):
+        flags.append("--port=0")
+    return flags
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     """Addresses and names of one sandbox; persisted in its state directory on first ``up``."""
@@ -78,6 +102,8 @@ class SandboxConfig:
     #: runtime API directly, as podgate does beside a user's HAProxy (``bench/scale.py``: a Python
     #: hop for each of tens of thousands of commands is the sandbox's cost, not podgate's)
     data_plane: bool = True
+    #: the Kubernetes release (exact): 1.20.2 is Debian's build, newer ones come from Go modules
+    kubernetes: str = KUBE_VERSION
 
     def port(self, base: int) -> int:
         return base + self.port_offset
@@ -161,11 +187,11 @@ class Sandbox:
         binaries: KubeBinaries | None = None,
     ) -> None:
         self.state_dir = (state_dir or default_state_dir()).resolve()
-        self.binaries = binaries or default_binaries()
         saved = self.state_dir / "sandbox.json"
         self._saved = SandboxConfig(**json.loads(saved.read_text())) if saved.exists() else None
         self.config = config or self._saved or SandboxConfig()
         self.config.validate()
+        self.binaries = binaries or binaries_for(self.config.kubernetes)
 
     # -- paths -----------------------------------------------------------------------------
     @property
@@ -455,7 +481,7 @@ class Sandbox:
                     # loopback listener (pods get in-cluster access); with the node agent, none.
                     f"--advertise-address={self.node_layout.node_ip if c.node == 'kubelet' else HOST}",
                     *(["--endpoint-reconciler-type=none"] if c.node == "agent" else []),
-                    "--insecure-port=0",
+                    *apiserver_version_flags(c.kubernetes),
                     "--authorization-mode=RBAC",
                     f"--token-auth-file={p / 'tokens.csv'}",
                     f"--client-ca-file={p / 'ca.crt'}",
@@ -500,7 +526,7 @@ class Sandbox:
                     "--kube-api-qps=200",
                     "--kube-api-burst=400",
                     "--leader-elect=false",
-                    "--port=0",
+                    *controller_manager_version_flags(c.kubernetes),
                     f"--secure-port={c.port(10257)}",
                     f"--bind-address={HOST}",
                     f"--cert-dir={self.state_dir / 'kcm-certs'}",
@@ -743,12 +769,29 @@ class Sandbox:
         self, progress: Progress | None = None, timeout: float = 60.0, with_controller: bool = True
     ) -> None:
         progress = progress or Progress()
+        if (
+            self._saved is not None
+            and self._saved.kubernetes != self.config.kubernetes
+            and (self.state_dir / "etcd").exists()
+        ):
+            # etcd keeps objects in the storage versions of the release that wrote them: no
+            # downgrade is possible, and an upgrade across many releases is not a sandbox's job
+            raise SandboxError(
+                f"{self.state_dir} holds a Kubernetes {self._saved.kubernetes} cluster; for "
+                f"{self.config.kubernetes} use another --state-dir (and --port-offset if it stays up), "
+                "or `podgate sandbox down` and remove this one"
+            )
         needed = (*ALL_BINARIES, *NODE_BINARIES) if self.config.node == "kubelet" else ALL_BINARIES
         missing = self.binaries.broken(needed)
         if missing:
+            install = "podgate sandbox install" + (
+                f" --kubernetes {self.config.kubernetes}" if self.config.kubernetes != KUBE_VERSION else ""
+            )
             raise SandboxError(
-                f"Kubernetes binaries missing or broken: {', '.join(missing)}. Run `make setup` "
-                "(or `podgate sandbox install`) to build them."
+                f"Kubernetes {self.binaries.version} binaries missing or broken: {', '.join(missing)}. "
+                f"Run `{install}`"
+                + (" (or `make setup`)" if install.endswith("install") else "")
+                + " to build them."
             )
         if self._saved is not None and self._saved.node != self.config.node and self._running():
             raise SandboxError(
