@@ -91,7 +91,7 @@ async def test_writes_are_fenced_once_the_last_renewal_is_older_than_the_renew_d
     assert await me.try_acquire_or_renew()
     me.is_leader = True  # as run() sets it on winning
     me.fence()  # fresh: no error
-    clock.now += 9.9
+    clock.now += 11.9  # renew deadline + retry period: still less than the lease of 15 s
     assert me.fresh()
     clock.now += 0.2
     assert not me.fresh()

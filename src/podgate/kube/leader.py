@@ -4,9 +4,10 @@ The leader renews the Lease every ``retry_period``; a candidate takes it over on
 seen the Lease's record unchanged for ``leaseDurationSeconds`` of its own clock (client-go's
 observed-time rule: the holder's ``renewTime`` is another machine's wall clock, never compared
 with ours).  Updates carry the Lease's resourceVersion, so two candidates can never both win the
-same round.  A leader that cannot renew within ``renew_deadline`` steps down, and before every
-write it checks that its last renewal is younger than that (:meth:`LeaderElector.fence`): a
-deposed leader, or one whose renewals hang, never keeps writing.
+same round.  A leader that cannot renew within ``renew_deadline`` of a renewal's start steps
+down, and before every write it checks that its last renewal is younger than that plus a retry
+period, still less than a lease duration (:meth:`LeaderElector.fence`): a deposed leader, or
+one whose renewals hang, never keeps writing.
 """
 
 from __future__ import annotations
@@ -77,25 +78,32 @@ class LeaderElector:
             await asyncio.sleep(self.retry_period)
 
     async def _renew_loop(self) -> None:
-        """Renew every ``retry_period`` until a renewal has not succeeded for ``renew_deadline``
-        (each attempt bounded by what is left of it, so a hung request cannot outlast it)."""
+        """Every ``retry_period``, renew: attempts (each bounded by what is left) until one
+        succeeds within ``renew_deadline`` of the renewal's start, as client-go's renew does;
+        none in time and the lease is given up."""
         while True:
             await asyncio.sleep(self.retry_period)
-            left = self.renew_deadline - (self.clock() - self._renewed_at)
-            if left <= 0:
-                return
-            try:
-                async with asyncio.timeout(left):
-                    await self.try_acquire_or_renew()
-            except TimeoutError:
-                log.warning(
-                    "renewing lease %s/%s took longer than the renew deadline", self.namespace, self.name
-                )
+            deadline = self.clock() + self.renew_deadline
+            while not await self._attempt(deadline - self.clock()):
+                if self.clock() + self.retry_period >= deadline:
+                    return
+                await asyncio.sleep(self.retry_period)
+
+    async def _attempt(self, seconds: float) -> bool:
+        """One round, at most ``seconds`` long (a hung request cannot outlast the deadline)."""
+        try:
+            async with asyncio.timeout(max(seconds, 0.0)):
+                return await self.try_acquire_or_renew()
+        except TimeoutError:
+            log.warning("renewing lease %s/%s took longer than the renew deadline", self.namespace, self.name)
+            return False
 
     def fresh(self) -> bool:
-        """Whether this replica holds the lease by a renewal younger than ``renew_deadline``:
-        no other replica can have taken it over since (it waits a whole lease duration)."""
-        return self.is_leader and self.clock() - self._renewed_at < self.renew_deadline
+        """Whether this replica holds the lease by a renewal younger than ``renew_deadline`` plus
+        ``retry_period`` (the longest a renewing leader goes between successes): no other
+        replica can have taken it over since, as it waits a whole lease duration after it last
+        saw the Lease change, and the two are less than that."""
+        return self.is_leader and self.clock() - self._renewed_at < self.renew_deadline + self.retry_period
 
     def fence(self) -> None:
         """Raise :class:`Fenced` unless the lease is :meth:`fresh`: called before every write
