@@ -58,13 +58,7 @@ class FakeProvider:
 
     def _call(self, method: str, key: str, targets: Sequence[Target] = ()) -> None:
         self.calls.append((method, key, tuple(map(str, targets))))
-        error, times = self.failures.get(method, (None, 0))
-        if error is not None:
-            if times <= 1:
-                del self.failures[method]
-            else:
-                self.failures[method] = (error, times - 1)
-            raise error
+        raise_scripted(self.failures, method)
 
     def _pool(self, pool: PoolSpec) -> dict[Target, TargetState]:
         return self.pools.setdefault((pool.service_key, pool.port), {})
@@ -130,3 +124,16 @@ class FakeProvider:
 
     async def close(self) -> None:
         self._call("close", "")
+
+
+def raise_scripted(failures: dict[str, tuple[ProviderError, int]], method: str) -> None:
+    """Raise the error a test scripted for ``method``'s next calls (see ``fail``), one call
+    fewer each time: the fakes beside the seams share the rule."""
+    error, times = failures.get(method, (None, 0))
+    if error is None:
+        return
+    if times <= 1:
+        del failures[method]
+    else:
+        failures[method] = (error, times - 1)
+    raise error

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podgate.providers.base import ProviderError
+from podgate.providers.fake import raise_scripted
 from podgate.providers.haproxy_runtime import (
     ADMIN_DRAIN,
     MasterAPI,
@@ -132,13 +133,7 @@ class FakeRuntime:
             await gate.wait()
         if self.down:
             raise Unreachable(f"HAProxy at {self.address} unreachable: ConnectionRefusedError")
-        error, times = self.failures.get(method, (None, 0))
-        if error is not None:
-            if times <= 1:
-                del self.failures[method]
-            else:
-                self.failures[method] = (error, times - 1)
-            raise error
+        raise_scripted(self.failures, method)
 
     def _backend(self, backend: str) -> dict[str, FakeServer]:
         if backend not in self.table:
