@@ -178,6 +178,8 @@ def test_cloud_overlays_configure_their_provider(
     # the cloud's own controller keeps class-less Services; podgate serves podgate.dev/<provider>
     assert settings.default_provider is None and settings.haproxy == ()
     assert settings.classes() == {f"podgate.dev/{provider}": provider}
+    # namespaces labelled for the vendor's controller get podgate's gates too
+    assert settings.migration_labels is True
     assert [p.name for p in (settings.aws if provider == "aws" else settings.alibaba)] == [provider]
     kind, annotation = credentials
     assert annotation in next(d for d in docs if d["kind"] == kind)["metadata"]["annotations"]

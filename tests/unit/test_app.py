@@ -327,3 +327,57 @@ async def test_the_pass_that_finds_a_service_gone_forgets_it() -> None:
     finally:
         worker.cancel()
     assert forgotten == [f"{NS}/web"]
+
+
+async def test_with_cert_manager_files_podgate_registers_nothing_and_still_injects_the_drain_hook(
+    tmp_path: Path,
+) -> None:
+    """The cert-manager overlay: a leaf from cert-manager's CA in files, ``--webhook-service`` for
+    the drain URL.  podgate writes no webhook configuration and no Secret (cert-manager's CA
+    injector owns the caBundle; a leaf written there would swap the trust anchor at every
+    renewal), and pods still get the drain hook at the Service's ClusterIP."""
+    import datetime as dt
+
+    from podgate.kube.pki import new_ca, new_serving_cert
+
+    ca = new_ca("podgate-webhook-ca", dt.timedelta(days=3650))
+    crt, key = new_serving_cert("podgate", ["podgate.podgate-system.svc"], [], ca, dt.timedelta(days=90))
+    (tmp_path / "tls.crt").write_bytes(crt)
+    (tmp_path / "tls.key").write_bytes(key)
+    kube = FakeKube()
+    kube.add(NAMESPACES, {"metadata": {"name": NS}})
+    kube.add(
+        SERVICES,
+        {
+            "metadata": {"name": "podgate", "namespace": "podgate-system"},
+            "spec": {
+                "clusterIP": "10.96.0.12",
+                "ports": [
+                    {"name": "webhook", "port": 443, "targetPort": "webhook"},
+                    {"name": "metrics", "port": 8081, "targetPort": "health"},
+                ],
+            },
+        },
+    )
+    app = build(
+        settings(
+            tmp_path,
+            webhook_service="podgate-system/podgate",
+            webhook_cert_file=tmp_path / "tls.crt",
+            webhook_key_file=tmp_path / "tls.key",
+        ),
+        kube,
+        {"fake": FakeProvider().provider()},
+    )
+    assert app.supervisor is not None
+    run = asyncio.create_task(app.supervisor.run())
+    try:
+        await until(lambda: app.webhook.up.is_set())
+        policy = await app.webhook.injection_policy()
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await app.close()
+    assert policy.drain_url == "http://10.96.0.12:8081"
+    written = {w.resource for w in kube.writes}
+    assert not written & {"mutatingwebhookconfigurations", "validatingwebhookconfigurations", "secrets"}

@@ -13,6 +13,8 @@ from podgate.webhook import eviction
 from podgate.webhook import server as webhook
 
 OVERLAY = Path(__file__).parents[2] / "deploy" / "overlays" / "cert-manager" / "webhook.yaml"
+CERTIFICATES = OVERLAY.with_name("certificate.yaml")
+PATCH = OVERLAY.with_name("deployment-patch.yaml")
 SERVICE = ("podgate-system", "podgate", 443)
 
 
@@ -27,7 +29,8 @@ def _static(kind: str) -> dict[str, Any]:
     docs = [d for d in yaml.safe_load_all(OVERLAY.read_text()) if d]
     (found,) = [d for d in docs if d["kind"] == kind]
     injected = found["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
-    assert injected == "podgate-system/podgate-webhook"
+    # from the CA, not the serving certificate: a leaf renewal leaves the trust anchor alone
+    assert injected == "podgate-system/podgate-ca"
     return found
 
 
@@ -39,3 +42,37 @@ def test_the_mutating_webhook_is_the_one_the_controller_registers() -> None:
 def test_the_eviction_guard_is_there_too() -> None:
     registered = eviction.webhook_configuration("podgate", b"", url=None, service=SERVICE)
     assert _static("ValidatingWebhookConfiguration")["webhooks"] == _without_ca(registered)
+
+
+def test_the_chain_is_root_then_ca_issuer_then_leaf() -> None:
+    """A self-signed root issues the CA Certificate; a CA Issuer signs from its Secret; the
+    webhook's leaf comes from that Issuer and is what the Deployment mounts.  The CA keeps its
+    key when renewed, so leaves signed before still verify."""
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(CERTIFICATES.read_text()) if d}
+    root = docs["Issuer", "podgate-selfsigned"]["spec"]
+    assert root == {"selfSigned": {}}
+    ca = docs["Certificate", "podgate-ca"]["spec"]
+    assert ca["isCA"] is True and ca["issuerRef"] == {"name": "podgate-selfsigned", "kind": "Issuer"}
+    assert ca["privateKey"]["rotationPolicy"] == "Never"
+    ca_issuer = docs["Issuer", "podgate-ca"]["spec"]
+    assert ca_issuer == {"ca": {"secretName": ca["secretName"]}}
+    leaf = docs["Certificate", "podgate-webhook"]["spec"]
+    assert leaf["issuerRef"] == {"name": "podgate-ca", "kind": "Issuer"} and not leaf.get("isCA")
+    assert set(leaf["dnsNames"]) >= {"podgate.podgate-system.svc"}
+    (deployment,) = [d for d in yaml.safe_load_all(PATCH.read_text()) if d]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert next(v for v in volumes if v["name"] == "certs")["secret"] == {"secretName": leaf["secretName"]}
+
+
+def test_the_overlay_names_its_service_so_pods_get_the_drain_hook() -> None:
+    """Without --webhook-service podgate does not know the ClusterIP the kubelet reaches the
+    drain endpoint at, and injects no drain hook at all."""
+    from podgate.cli import controller_cmd
+
+    (deployment,) = [d for d in yaml.safe_load_all(PATCH.read_text()) if d]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    settings = controller_cmd.controller_settings(
+        [*args[1:], "--haproxy-runtime-socket", "127.0.0.1:9999"], {}
+    )
+    assert settings.webhook_service == "podgate-system/podgate"
+    assert settings.webhook_cert_file is not None and settings.prestop_default().mode == "drain"

@@ -137,8 +137,15 @@ class WebhookServer:
 
     async def _registration(self) -> Callable[[bytes], Any] | None:
         """What registers the webhook configurations with each CA bundle (None: not registering);
-        with ``--no-inject`` the mutating one is removed, the eviction guard stays."""
+        with ``--no-inject`` the mutating one is removed, the eviction guard stays.
+
+        Certificate files (``--webhook-cert-file``, cert-manager's Secret) mean someone else owns
+        the trust: a serving certificate is not a trust anchor (cert-manager issues it from a CA
+        whose certificate its CA injector writes into the static configurations), so podgate
+        registers nothing then, even with ``--webhook-service`` (given there for the drain URL)."""
         s = self.settings
+        if s.webhook_cert_file is not None:
+            return None
         service_ref = None
         if s.webhook_service:
             ns, name = s.webhook_service.split("/", 1)

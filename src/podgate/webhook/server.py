@@ -160,8 +160,8 @@ class SharedSecretSource:
 
 @dataclass
 class FileSource:
-    """Certificate files someone else renews (cert-manager); registered, if podgate registers,
-    with the certificate itself as the bundle."""
+    """Certificate files someone else renews and whose CA someone else registers (cert-manager
+    and its CA injector): podgate only serves them."""
 
     cert_file: Path
     key_file: Path
