@@ -3,9 +3,10 @@
 podgate registers pod IPs in the target group, reads ``DescribeTargetHealth`` and gates on it,
 with ELB's own reason and description in the condition.  Draining is ELB's: ``drain`` is
 ``DeregisterTargets``, after which the target group reports the target ``draining`` for its
-deregistration delay.  Credentials come from the standard chain (environment, shared files, web
-identity for IRSA) and ``AWS_ENDPOINT_URL`` is honoured, both by botocore itself.  Every call
-goes through podgate's retry loop (:mod:`podgate.providers.retry`: a token per attempt,
+deregistration delay; the drain hook counts it drained :data:`DRAIN_PROPAGATION` seconds into
+that, once no new request reaches it.  Credentials come from the standard chain (environment,
+shared files, web identity for IRSA) and ``AWS_ENDPOINT_URL`` is honoured, both by botocore
+itself.  Every call goes through podgate's retry loop (:mod:`podgate.providers.retry`: a token per attempt,
 throttling backed off with jitter), with botocore's own retries off so they do not nest inside
 it; any other error is a ProviderError, which never opens a gate.
 """
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from podgate.model import lb
@@ -27,6 +29,17 @@ THROTTLING = frozenset(
     {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
 )
 BATCH = 200  # targets per Register/DeregisterTargets call, well within the API's limit
+#: Seconds after a target turns ``draining`` before podgate counts it as out of rotation on every
+#: load-balancer node.  AWS documents that ELB "stops sending requests to targets that are
+#: deregistering" once they are ``draining`` and states no propagation time; this is podgate's
+#: allowance for it (Application Load Balancers stop within seconds).  Network Load Balancers
+#: were measured by users to keep opening connections to a draining target for 30-120 s
+#: (kubernetes-sigs/aws-load-balancer-controller#2366, aws/containers-roadmap#470): no drain
+#: budget of a 30 s grace period covers that; README says how to size the grace period then.
+#: The drain hook does not wait for the end of ``draining``: that is the target group's
+#: deregistration delay (300 s by default), for in-flight requests, which the pod serves anyway
+#: until its grace period ends.
+DRAIN_PROPAGATION = 10.0
 
 _STATES: dict[str, tuple[Health, AdminState]] = {
     "initial": (Health.INITIAL, "ready"),
@@ -103,10 +116,15 @@ class AwsElbv2Provider:
         base_delay: float = 0.2,
         poll_interval: float = 1.0,
         buckets: BucketRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``buckets``: the process's shared buckets (one per account and region, see
         :class:`~podgate.model.ratelimit.BucketRegistry`); None: a bucket of this provider's own."""
         self.name, self.region = name, region
+        self.clock = clock
+        #: target group ARN → target → when this replica first knew it draining (its own
+        #: DeregisterTargets, else the first read that showed it): the drain hook's clock
+        self._draining_since: dict[str, dict[Target, float]] = {}
         #: ELB checks every 5 s at the least: reading target health faster only spends API quota
         self.poll_interval = poll_interval
         bucket = (
@@ -201,17 +219,31 @@ class AwsElbv2Provider:
             for i in range(0, len(present), BATCH):
                 await self._call("deregister_targets", TargetGroupArn=arn, Targets=present[i : i + BATCH])
             del self._owners[arn]
+            self._draining_since.pop(arn, None)
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
+        """The group's targets; a ``draining`` one is ``drained`` once it has been draining for
+        :data:`DRAIN_PROPAGATION` (the load balancer has stopped sending it new requests), not at
+        the end of the deregistration delay."""
         arn = self._arn(pool)
         answer = await self._call("describe_target_health", TargetGroupArn=arn)
+        now = self.clock()
+        known = self._draining_since.pop(arn, {})
+        draining: dict[Target, float] = {}
         out = {}
         for d in answer.get("TargetHealthDescriptions") or ():
             t = d.get("Target") or {}
             if "Port" not in t:
                 continue
             admin, health = target_health(d, f"target group {arn.rsplit(':', 1)[-1]}")
-            out[Target(str(t["Id"]), int(t["Port"]))] = TargetState(admin, health)
+            target = Target(str(t["Id"]), int(t["Port"]))
+            drained = False
+            if admin == "drain":
+                since = draining[target] = known.get(target, now)
+                drained = now - since >= DRAIN_PROPAGATION
+            out[target] = TargetState(admin, health, drained=drained)
+        if draining:  # only targets still draining are remembered
+            self._draining_since[arn] = draining
         return out
 
     async def _batched(self, operation: str, pool: PoolSpec, targets: Sequence[Target]) -> None:
@@ -224,7 +256,11 @@ class AwsElbv2Provider:
         await self._batched("register_targets", pool, targets)
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        started = self.clock()
         await self._batched("deregister_targets", pool, targets)
+        since = self._draining_since.setdefault(self._arn(pool), {})
+        for t in targets:
+            since.setdefault(t, started)
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         await self._batched("deregister_targets", pool, targets)

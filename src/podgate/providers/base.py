@@ -39,9 +39,9 @@ class TargetState:
     connections: int = 0
     #: out of rotation and idle by the load balancer's own account: nothing new goes to it and
     #: nothing is in flight (HAProxy: DRAIN or MAINT with no current sessions).  Providers that
-    #: cannot count connections leave it False: their targets are drained once they have left the
-    #: pool (ELB drops a target when its ``draining`` ends; podgate removes Alibaba's weight-0
-    #: backends after the drain delay)
+    #: cannot count connections leave it False (their targets are drained once they have left the
+    #: pool: podgate removes Alibaba's weight-0 backends after the drain delay) or set it by time
+    #: (ELB: ``draining`` for its propagation allowance, when no new request reaches the target)
     drained: bool = False
 
 

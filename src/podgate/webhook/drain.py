@@ -9,9 +9,10 @@ through the pool right here (idempotent with the leader's own drain at the pod's
 deletionTimestamp), so deregistration begins at whichever comes first, wherever the hook lands.
 
 What "drained" means is the provider's: HAProxy, in DRAIN or MAINT with no current sessions
-(``TargetState.drained``); ELB, once the target has left ``draining`` (it drops out of the
-group); Alibaba, weight 0 for the drain delay, then removed by the leader.  A target gone from
-the pool is drained whatever the provider.
+(``TargetState.drained``); ELB, once the target has been ``draining`` for the propagation
+allowance (``aws_elbv2.DRAIN_PROPAGATION``), not the whole deregistration delay; Alibaba,
+weight 0 for the drain delay, then removed by the leader.  A target gone from the pool is
+drained whatever the provider.
 
 The kubelet's httpGet hook, before Kubernetes 1.25 (ConsistentHTTPGetHandlers), is plain HTTP
 whatever its ``scheme`` and puts a second ``/`` before the path; the route accepts that.  When
