@@ -751,11 +751,21 @@ class Sandbox:
         return argv + list(extra)
 
     def _apply_controller_rbac(self) -> None:
-        """The controller's RBAC rules and the ReadinessCheck CRD, before the controller starts."""
+        """The controller's RBAC rules and podgate's CRDs (ReadinessCheck, LoadBalancerGroupGrant),
+        before the controller starts."""
         rbac = resources.files("podgate_sandbox").joinpath("rbac.yaml")
-        crd = resources.files("podgate").joinpath("crds", "readinesscheck.yaml")
+        crds = [
+            resources.files("podgate").joinpath("crds", f)
+            for f in ("readinesscheck.yaml", "loadbalancergroupgrant.yaml")
+        ]
         out = subprocess.run(
-            [str(self.binaries.path("kubectl")), "apply", "-f", str(rbac), "-f", str(crd)],
+            [
+                str(self.binaries.path("kubectl")),
+                "apply",
+                "-f",
+                str(rbac),
+                *(a for c in crds for a in ("-f", str(c))),
+            ],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             capture_output=True,
             text=True,

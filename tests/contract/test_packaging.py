@@ -35,6 +35,7 @@ def test_the_product_wheel_holds_no_sandbox_code(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("podgate-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "podgate/crds/readinesscheck.yaml" in names
+    assert "podgate/crds/loadbalancergroupgrant.yaml" in names
     assert "podgate/cli/main.py" in names
     assert not [n for n in names if n.startswith("podgate_sandbox/") or "/sandbox/" in n], names
 

@@ -128,6 +128,27 @@ def namespace(sandbox: SandboxHandle) -> Iterator[str]:
     )
     yield name
     sandbox.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    # grants are cluster-scoped: they do not go with the namespace
+    sandbox.kubectl("delete", "loadbalancergroupgrants", "-l", f"{GRANTED_TO}={name}", check=False)
+
+
+#: the label on the grants a test writes, naming the test namespace they go with
+GRANTED_TO = "podgate.test/granted-to"
+
+
+def grant(sandbox: SandboxHandle, provider: str, namespace: str, *groups: str) -> str:
+    """What an administrator does before a tenant's Service may bind a group: a
+    LoadBalancerGroupGrant giving ``namespace`` the ``groups`` of ``provider``.  Its name."""
+    name = f"{namespace}-{provider}-{uuid.uuid4().hex[:6]}"
+    sandbox.apply(
+        {
+            "apiVersion": "podgate.dev/v1alpha1",
+            "kind": "LoadBalancerGroupGrant",
+            "metadata": {"name": name, "labels": {GRANTED_TO: namespace}},
+            "spec": {"provider": provider, "namespaces": [namespace], "groups": list(groups)},
+        }
+    )
+    return name
 
 
 def condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:

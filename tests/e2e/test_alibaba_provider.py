@@ -20,6 +20,7 @@ from .conftest import (
     SandboxHandle,
     assert_not_logged,
     controller_replaced,
+    grant,
     metric,
     reconciled_after,
     scrape,
@@ -135,6 +136,7 @@ async def test_gates_follow_nlb_server_health(
 ) -> None:
     watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/web", "app=web")
     with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log") as swap:
+        grant(sandbox, "alibaba", namespace, "sgp-web")
         sandbox.apply(service("web", {"podgate.dev/alibaba-nlb-server-group-id": "sgp-web"}), namespace)
 
         # Healthy after N polls: the gate waits through the add job and the initial checks.
@@ -219,6 +221,7 @@ async def test_gates_follow_clb_backend_health(
 ) -> None:
     watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/shop", "app=shop")
     with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log") as swap:
+        grant(sandbox, "alibaba", namespace, "rsp-shop")
         sandbox.apply(service("shop", {"podgate.dev/alibaba-clb-vserver-group-id": "rsp-shop"}), namespace)
 
         # A Service naming the provider but no group is told why and never held: no finalizer,
@@ -287,3 +290,26 @@ async def test_gates_follow_clb_backend_health(
             wait_for, "the deleted pod's backend gone", lambda: not cloud.clb_backends("rsp-shop"), 30
         )
     assert_not_logged(swap.log, CLOUD_SECRETS)
+
+
+async def test_a_server_group_not_granted_to_the_namespace_is_left_as_it_is(
+    sandbox: SandboxHandle, namespace: str, cloud: AlibabaDouble
+) -> None:
+    """A tenant's Service naming an NLB server group no LoadBalancerGroupGrant gives its
+    namespace: its pod's gate and a Warning Event say which grant is missing, and podgate makes no
+    call on the group (no read, no add, no removal)."""
+    watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/web", "app=web")
+    with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-refused-{namespace}.log"):
+        grant(sandbox, "alibaba", namespace, "sgp-other")  # a grant, but of another group
+        sandbox.apply(service("web", {"podgate.dev/alibaba-nlb-server-group-id": "sgp-web"}), namespace)
+        sandbox.apply(deployment("web"), namespace)
+        refused = await watch.wait("refused", lambda g: g[1] == "GroupNotGranted")
+        assert refused[0] == "False" and "sgp-web" in refused[2] and "LoadBalancerGroupGrant" in refused[2]
+        await asyncio.to_thread(reconciled_after, sandbox, f"{namespace}/web", port=STAND_IN_HEALTH_PORT)
+        events = sandbox.get("events", "-n", namespace, "--field-selector", "involvedObject.name=web")[
+            "items"
+        ]
+        assert any(e["reason"] == "GroupNotGranted" and e["type"] == "Warning" for e in events), events
+        assert cloud.nlb_servers("sgp-web") == {}
+        assert [c for c in cloud.script.calls if "Server" in c or "Health" in c] == []
+        assert "finalizers" not in sandbox.get("service", "web", "-n", namespace)["metadata"]

@@ -23,6 +23,7 @@ from .conftest import (
     SandboxHandle,
     assert_not_logged,
     controller_replaced,
+    grant,
     reconciled_after,
     wait_for,
 )
@@ -107,6 +108,7 @@ async def test_gates_follow_elb_target_health(
         env=AWS_ENV,
         log=log.name,
     ):
+        grant(sandbox, "aws", namespace, arn)
         sandbox.apply(
             {
                 "apiVersion": "v1",
@@ -200,3 +202,65 @@ async def test_gates_follow_elb_target_health(
         )
     # Through throttling, errors and an unreachable API, the controller never logged its secret.
     assert_not_logged(log, CLOUD_SECRETS)
+
+
+async def test_a_target_group_not_granted_to_the_namespace_is_left_as_it_is(
+    sandbox: SandboxHandle, namespace: str, elb: tuple[ElbDouble, str]
+) -> None:
+    """A tenant's Service naming a target group no LoadBalancerGroupGrant gives its namespace:
+    its pod's gate says which grant is missing, a Warning Event too, and the target group keeps
+    exactly what it held (here another owner's target) while podgate registers nothing."""
+    double, arn = elb
+    async with get_session().create_client("elbv2", **MOTO_KW) as elbv2:
+        await elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": "10.0.9.9", "Port": 8080}])
+    watch = GateWatch(sandbox, namespace, GATE, "app=web")
+    with controller_replaced(
+        sandbox, "--aws-provider", "aws", env=AWS_ENV, log=f"aws-refused-{namespace}.log"
+    ):
+        grant(sandbox, "aws", "another-namespace", arn)  # a grant, but not for this namespace
+        sandbox.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": "web",
+                    "annotations": {
+                        "podgate.dev/load-balancer-provider": "aws",
+                        "podgate.dev/aws-target-group-arn": arn,
+                    },
+                },
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            },
+            namespace,
+        )
+        sandbox.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {
+                            "readinessGates": [{"conditionType": GATE}],
+                            "containers": [
+                                {"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}
+                            ],
+                        },
+                    },
+                },
+            },
+            namespace,
+        )
+        refused = await watch.wait("refused", lambda g: g[1] == "GroupNotGranted")
+        assert refused[0] == "False" and arn in refused[2] and "LoadBalancerGroupGrant" in refused[2]
+        await asyncio.to_thread(reconciled_after, sandbox, f"{namespace}/web", port=STAND_IN_HEALTH_PORT)
+        events = sandbox.get("events", "-n", namespace, "--field-selector", "involvedObject.name=web")[
+            "items"
+        ]
+        assert any(e["reason"] == "GroupNotGranted" and e["type"] == "Warning" for e in events), events
+        assert await registered(arn) == ["10.0.9.9:8080"]
+        assert double.script.polls == 0  # podgate did not even read the group's health
+        assert "finalizers" not in sandbox.get("service", "web", "-n", namespace)["metadata"]

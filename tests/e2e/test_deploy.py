@@ -112,16 +112,20 @@ def test_rbac_is_what_the_controller_runs_with(sandbox: SandboxHandle) -> None:
     assert rules(ROOT / "deploy/base/rbac.yaml") == rules(ROOT / "src/podgate_sandbox/rbac.yaml")
     for kind, _groups, resources, names, verbs in rules(ROOT / "deploy/base/rbac.yaml"):
         assert "*" not in resources and "*" not in verbs
+        # grants are the administrator's: podgate reads them and can never grant itself a group
+        assert "loadbalancergroupgrants" not in resources or set(verbs) <= {"get", "list", "watch"}
         # deleting only its own webhook configuration (--no-inject), by name
         assert "delete" not in verbs or (names and resources == ["mutatingwebhookconfigurations"])
         # its Lease and certificate Secret: in its own namespace only
         assert kind == "Role" or not {"leases", "secrets"} & set(resources)
 
 
-def test_crd_is_the_one_the_sandbox_installs() -> None:
-    assert (ROOT / "deploy/base/readinesscheck-crd.yaml").read_text() == (
-        ROOT / "src/podgate/crds/readinesscheck.yaml"
+@pytest.mark.parametrize("crd", ["readinesscheck", "loadbalancergroupgrant"])
+def test_crd_is_the_one_the_sandbox_installs(crd: str) -> None:
+    assert (ROOT / f"deploy/base/{crd}-crd.yaml").read_text() == (
+        ROOT / f"src/podgate/crds/{crd}.yaml"
     ).read_text()
+    assert f"{crd}-crd.yaml" in (ROOT / "deploy/base/kustomization.yaml").read_text()
 
 
 def test_pods_are_hardened_and_never_gated(sandbox: SandboxHandle) -> None:

@@ -5,6 +5,7 @@ names the unreachable one; ``reachable`` decides on the one that answers."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -15,8 +16,16 @@ import pytest
 
 from podgate_sandbox.controlplane import ControllerSwap, Sandbox
 
-from .conftest import STAND_IN_HEALTH_PORT, SandboxHandle, condition, reconciled_after, wait_for, wide_row
-from .test_controller import INJECT, deployment, gate, lb_service, pods
+from .conftest import (
+    STAND_IN_HEALTH_PORT,
+    SandboxHandle,
+    condition,
+    grant,
+    reconciled_after,
+    wait_for,
+    wide_row,
+)
+from .test_controller import INJECT, deployment, events, gate, lb_service, pods
 from .test_webhook_replicas import front_door_up
 
 pytestmark = pytest.mark.sandbox
@@ -90,6 +99,7 @@ def test_ha_pair_with_one_haproxy_down(
     sockets, procs = pair
     with Sandbox(sandbox.state_dir).controller_replaced(env={}, log=f"pair-{namespace}.log") as swap:
         attach_to(swap, sockets, "all")
+        grant(sandbox, "haproxy", namespace, "app")
         sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
         sandbox.apply(
             lb_service(
@@ -148,3 +158,75 @@ def test_ha_pair_with_one_haproxy_down(
         c = condition(new_pod(sandbox, namespace, known), gate("web")) or {}
         assert c.get("status") == "True" and "is UP" in c.get("message", ""), c
         assert answers(FRONTENDS[0]) == {first["metadata"]["name"], name}
+
+
+def servers(sock: str, backend: str = "app") -> set[tuple[str, str, str]]:
+    """Each server of ``backend`` as HAProxy holds it: (name, address, admin state)."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(sock)
+        conn.sendall(f"show servers state {backend}\n".encode())
+        out = b""
+        while chunk := conn.recv(65536):
+            out += chunk
+    rows = [line.split() for line in out.decode().splitlines()[1:] if line and not line.startswith("#")]
+    return {(r[3], r[4], r[6]) for r in rows if len(r) > 6}
+
+
+def test_a_tenant_naming_another_tenants_backend_is_refused_and_the_backend_untouched(
+    sandbox: SandboxHandle, namespace: str, pair: tuple[list[str], list[subprocess.Popen[bytes]]]
+) -> None:
+    """Tenant A is granted the backend ``app`` and serves through it; tenant B's Service names
+    the same backend without a grant: B's pods hear why, an Event says which grant is missing,
+    and the backend keeps exactly A's servers, in the state they were in."""
+    sockets, _ = pair
+    other = f"{namespace}-b"
+    annotations = {"podgate.dev/load-balancer-provider": "haproxy", "podgate.dev/haproxy-backend": "app"}
+    with Sandbox(sandbox.state_dir).controller_replaced(env={}, log=f"grant-{namespace}.log") as swap:
+        try:
+            attach_to(swap, sockets, "all")
+            grant(sandbox, "haproxy", namespace, "app")
+            sandbox.kubectl("create", "namespace", other)
+            for ns in (namespace, other):
+                sandbox.kubectl("label", "namespace", ns, f"{INJECT}=enabled")
+            sandbox.apply(lb_service("web", "web", "ClusterIP", **annotations), namespace)
+            sandbox.apply(deployment("web", 1), namespace)
+            [owner] = wait_for(
+                "tenant A's pod Ready through the granted backend",
+                lambda: (
+                    (ps := pods(sandbox, namespace, "web"))
+                    and all((condition(p, "Ready") or {}).get("status") == "True" for p in ps)
+                    and ps
+                ),
+                60,
+            )
+            before = [servers(s) for s in sockets]
+            assert all(owner["status"]["podIP"] in {addr for _, addr, _ in b} for b in before), before
+
+            wait_for(
+                "tenant B's default ServiceAccount",
+                lambda: "default" in sandbox.kubectl("get", "serviceaccount", "-n", other, check=False),
+            )
+            sandbox.apply(lb_service("web", "web", "ClusterIP", **annotations), other)
+            sandbox.apply(deployment("web", 1), other)
+            [intruder] = wait_for(
+                "tenant B's pod's containers ready",
+                lambda: (
+                    (ps := pods(sandbox, other, "web"))
+                    and all((condition(p, "ContainersReady") or {}).get("status") == "True" for p in ps)
+                    and ps
+                ),
+                60,
+            )
+            reconciled_after(sandbox, f"{other}/web", port=STAND_IN_HEALTH_PORT)
+            [intruder] = pods(sandbox, other, "web")
+            c = condition(intruder, gate("web")) or {}
+            assert (c.get("status"), c.get("reason")) == ("False", "GroupNotGranted"), c
+            assert "app" in c.get("message", "") and "LoadBalancerGroupGrant" in c["message"], c
+            assert (condition(intruder, "Ready") or {}).get("status") == "False"
+            warnings = [e for e in events(sandbox, other, "web") if e["reason"] == "GroupNotGranted"]
+            assert warnings and warnings[0]["type"] == "Warning", events(sandbox, other, "web")
+            assert [servers(s) for s in sockets] == before, "the backend is exactly as tenant A left it"
+            for ip in FRONTENDS:
+                assert answers(ip) == {owner["metadata"]["name"]}, f"only tenant A's pod behind {ip}"
+        finally:
+            sandbox.kubectl("delete", "namespace", other, "--wait=false", check=False)

@@ -21,7 +21,7 @@ from podgate_sandbox.controlplane import Sandbox
 from podgate_sandbox.loadgen import LoadGenerator
 from podgate_sandbox.rollout import RolloutLab
 
-from .conftest import SandboxHandle, condition, wait_for
+from .conftest import SandboxHandle, condition, grant, wait_for
 from .test_controller import INJECT, all_ready, deployment, lb_service
 from .test_haproxy_pair import attach_to
 
@@ -145,6 +145,7 @@ async def test_the_users_reload_in_attach_mode_loses_nothing(
         await asyncio.to_thread(wait_for, "the user's HAProxy", sock.exists, 10, 0.05)
         with Sandbox(sandbox.state_dir).controller_replaced(env={}, log=f"attach-{namespace}.log") as swap:
             attach_to(swap, [str(sock)], "all")
+            grant(sandbox, "haproxy", namespace, "app")
             sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
             annotations = {
                 "podgate.dev/load-balancer-provider": "haproxy",

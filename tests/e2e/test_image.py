@@ -19,7 +19,7 @@ from podgate.model.lb import HAPROXY_BACKEND
 from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE
 from podgate_sandbox.image import BUILDAH, TAG, build
 
-from .conftest import OFFSET, SandboxHandle, condition, wait_for
+from .conftest import OFFSET, SandboxHandle, condition, grant, wait_for
 from .test_controller import INJECT, deployment, gate, lb_service
 from .test_webhook_replicas import CONFIG, controller_stopped, front_door_up, ready
 
@@ -127,6 +127,7 @@ def test_the_image_runs_as_the_sandboxs_controller(
     ]
     path = bundle(tmp_path, rootfs, sandbox, haproxy, argv)
     sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    grant(sandbox, "haproxy", namespace, "app")
     # no --default-provider (as in deploy/): the Service names its provider
     sandbox.apply(
         lb_service("web", "web", **{HAPROXY_BACKEND: "app", "podgate.dev/load-balancer-provider": "haproxy"}),

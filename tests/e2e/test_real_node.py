@@ -34,7 +34,7 @@ from podgate_sandbox.node import render
 from podgate_sandbox.node.host import UNIFIED, NodeHost, iptables_save, sysctls
 from podgate_sandbox.rollout import RolloutLab, summarise
 
-from .conftest import SandboxHandle, condition, podgate, wait_for, wide_row
+from .conftest import GRANTED_TO, SandboxHandle, condition, grant, podgate, wait_for, wide_row
 from .test_controller import INJECT, all_ready, external_ip, gate, pods, servers
 from .test_lb_selection import ALIBABA_GATE, ALIBABA_LABEL, SEED_IMAGE, seed_manifests
 from .test_webhook_replicas import front_door_up
@@ -162,6 +162,7 @@ def namespace(node: SandboxHandle) -> Iterator[str]:
     )
     yield name
     node.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    node.kubectl("delete", "loadbalancergroupgrants", "-l", f"{GRANTED_TO}={name}", check=False)
 
 
 def patch_status(node: SandboxHandle, namespace: str, pod: str, body: dict[str, Any]) -> None:
@@ -671,6 +672,7 @@ def test_podgate_deployed_from_its_image_two_replicas_through_deploy(
     assert "url" not in hook
 
     node.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    grant(node, "haproxy", namespace, DEPLOYED_BACKEND)
     node.apply(
         {
             "apiVersion": "v1",

@@ -14,8 +14,9 @@ from podgate.model.lb import Health, PoolSpec, Target, TargetHealth, pools_for
 from podgate.providers.base import Provider, ProviderError, TargetState
 from podgate.providers.fake import FAKE_GROUP, FakeProvider
 from podgate.providers.reads import PoolReads
+from podgate.resolutions import GRANTS
 from podgate.webhook.drain import DrainEndpoint
-from tests.unit.world import NS, World, pod, service
+from tests.unit.world import NS, World, grant, pod, service
 
 HEALTHY = TargetState("ready", TargetHealth(Health.HEALTHY, "ok", "slow"))
 
@@ -141,6 +142,7 @@ async def test_pod_events_within_a_poll_cost_no_extra_read_of_the_group() -> Non
     (register), after which the group is read afresh once."""
     provider = FakeProvider(poll_interval=5.0, binds_user_groups=True)
     world = World(provider)
+    world.add(GRANTS, grant("shop-grp", "fake", [NS], ["grp-1"]))
     world.add(SERVICES, service(annotations={FAKE_GROUP: "grp-1"}))
     world.add(PODS, *(pod(f"p{i}", f"10.0.0.{i}") for i in range(1, 4)))
     await world.reconcile()
@@ -164,6 +166,7 @@ async def test_a_drain_hook_reuses_the_reconcilers_read_of_the_pool() -> None:
     the group; the pod's preStop hook landing within the poll interval answers from that read."""
     provider = FakeProvider(poll_interval=5.0, binds_user_groups=True)
     world = World(provider)
+    world.add(GRANTS, grant("shop-grp", "fake", [NS], ["grp-1"]))
     world.add(SERVICES, service(annotations={FAKE_GROUP: "grp-1"}))
     leaving = pod("p1", "10.0.0.1")
     world.add(PODS, leaving)
@@ -190,12 +193,14 @@ async def test_a_drain_hook_reuses_the_reconcilers_read_of_the_pool() -> None:
 async def test_a_released_service_is_read_afresh_when_made_again() -> None:
     provider = FakeProvider(poll_interval=5.0, binds_user_groups=True)
     world = World(provider)
+    world.add(GRANTS, grant("shop-grp", "fake", [NS], ["grp-1"]))
     world.add(SERVICES, service(annotations={FAKE_GROUP: "grp-1"}))
     world.add(PODS, pod("p1", "10.0.0.1"))
     await world.reconcile()
     await world.kube.delete(SERVICES, "web", NS)
     await world.reconcile()  # gone: its pods leave the group (unbind)
     assert provider.pools.get((f"{NS}/web", 80), {}) == {}
+    world.add(GRANTS, grant("shop-grp", "fake", [NS], ["grp-1"]))
     world.add(SERVICES, service(annotations={FAKE_GROUP: "grp-1"}))
     await world.reconcile()
     assert Target("10.0.0.1", 8080) in provider.pools[(f"{NS}/web", 80)]

@@ -8,7 +8,7 @@ from typing import Any
 
 from podgate.controller.gatewriter import GateWriter
 from podgate.controller.reconciler import ServiceReconciler
-from podgate.kube.api import NAMESPACES, PODS, SERVICES, Resource
+from podgate.kube.api import NAMESPACES, PODS, SERVICES, Obj, Resource
 from podgate.kube.events import EventRecorder
 from podgate.kube.fake import FakeKube
 from podgate.kube.informer import Informer
@@ -17,7 +17,7 @@ from podgate.model.policy import GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.types import Namespace, Pod, PodView, Service
 from podgate.providers.fake import FakeProvider
-from podgate.resolutions import ServiceResolutions
+from podgate.resolutions import ServiceResolutions, grants_informer
 
 NS = "shop"
 
@@ -75,6 +75,16 @@ def service(name: str = "web", *, port: int = 80, target_port: int = 8080, **met
     return s
 
 
+def grant(name: str, provider: str, namespaces: list[str], groups: list[str]) -> Obj:
+    """A LoadBalancerGroupGrant as an administrator would write it."""
+    return {
+        "apiVersion": "podgate.dev/v1alpha1",
+        "kind": "LoadBalancerGroupGrant",
+        "metadata": {"name": name},
+        "spec": {"provider": provider, "namespaces": namespaces, "groups": groups},
+    }
+
+
 class World:
     def __init__(
         self,
@@ -94,12 +104,14 @@ class World:
         self.pods: Informer[PodView] = Informer(self.kube, PODS, project=slim_pod)
         self.services: Informer[Service] = Informer(self.kube, SERVICES, project=slim_service)
         self.namespaces: Informer[Namespace] = Informer(self.kube, NAMESPACES, project=slim_namespace)
+        self.grants: Informer[Obj] = grants_informer(self.kube)
         self.recorder = Recorded(self.kube)
         self.resolutions = ServiceResolutions(
             self.services,
             {"fake": self.provider.provider()},
             default_provider=default,
             policy=policy or GatePolicy(continuous=not sticky),
+            grants=self.grants,
         )
         self.gates = GateWriter(self.kube, self.pods, self.recorder, fence)
         #: Service keys queued again because a gate write failed
@@ -124,7 +136,7 @@ class World:
 
     async def sync(self) -> None:
         """What the informers would hold once their watches caught up."""
-        for informer in (self.pods, self.services, self.namespaces):
+        for informer in (self.pods, self.services, self.namespaces, self.grants):
             await informer.relist()
 
     async def reconcile(self, key: str = f"{NS}/web") -> None:

@@ -37,7 +37,7 @@ from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate.providers.base import Provider
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.providers.reads import PoolReads
-from podgate.resolutions import ServiceResolutions
+from podgate.resolutions import ServiceResolutions, grants_informer
 from podgate.webhook import drain, eviction
 
 
@@ -52,6 +52,8 @@ class App:
     services: Informer[Service]
     namespaces: Informer[Namespace]
     checks: Informer[Obj]
+    #: the administrator's LoadBalancerGroupGrants (model.grants)
+    grants: Informer[Obj]
     recorder: EventRecorder
     resolutions: ServiceResolutions
     reads: PoolReads
@@ -71,10 +73,13 @@ class App:
     runnables: list[Runnable] = field(default_factory=list)
     supervisor: Supervisor | None = None
 
-    def informers(self) -> tuple[Informer[PodView], Informer[Service], Informer[Namespace]]:
-        """The informers readiness waits for (ReadinessChecks do not hold it up: without the CRD
-        installed that informer retries in the background and check gates have no checks)."""
-        return (self.pods, self.services, self.namespaces)
+    def informers(
+        self,
+    ) -> tuple[Informer[PodView], Informer[Service], Informer[Namespace], Informer[Obj]]:
+        """The informers readiness waits for.  The grants do: before they are listed every
+        Service naming a group would be refused.  ReadinessChecks do not: without that CRD
+        installed its informer retries in the background and check gates have no checks."""
+        return (self.pods, self.services, self.namespaces, self.grants)
 
     async def synced(self) -> None:
         await asyncio.gather(*(i.synced.wait() for i in self.informers()))
@@ -179,6 +184,7 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
     services: Informer[Service] = Informer(kube, SERVICES, project=slim_service, snapshots=True)
     namespaces: Informer[Namespace] = Informer(kube, NAMESPACES, project=slim_namespace)
     checks = checks_informer(kube)
+    grants = grants_informer(kube)
     recorder = EventRecorder(kube, "podgate")
     instrumented = {name: metrics.instrumented(p) for name, p in providers.items()}
     policy = GatePolicy(
@@ -192,6 +198,7 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         default_provider=settings.default_provider,
         classes=settings.classes(),
         policy=policy,
+        grants=grants,
     )
     #: one read of a pool per poll, shared by the reconciler, the drain hooks and the guard
     reads = PoolReads()
@@ -221,6 +228,7 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         services=services,
         namespaces=namespaces,
         checks=checks,
+        grants=grants,
         recorder=recorder,
         resolutions=resolutions,
         reads=reads,

@@ -189,10 +189,14 @@ class ServiceReconciler:
         deleting = is_terminating(service)
         resolution = self.resolutions.of(service)
         if resolution.error is not None:
-            self.recorder_emit(service, "Service", "InvalidConfiguration", resolution.error, "Warning")
-            if deleting:  # podgate cannot tell which group: never hold a deletion forever
+            # a bad annotation, or a group not granted to the namespace: the load balancer is
+            # not touched (a refused group keeps every target it has, podgate's own included)
+            granted = resolution.error_reason != lb.GROUP_NOT_GRANTED
+            reason = "InvalidConfiguration" if granted else lb.GROUP_NOT_GRANTED
+            self.recorder_emit(service, "Service", reason, resolution.error, "Warning")
+            if deleting:  # podgate cannot (or may not) clean up: never hold a deletion forever
                 await self._set_finalizer(service, False)
-            invalid = lb.failure_condition(gate, lb.SERVICE_CONFIG_ERROR, resolution.error)
+            invalid = lb.failure_condition(gate, resolution.error_reason, resolution.error)
             for pod in gated:
                 self.set_gate(pod, invalid)
             return out

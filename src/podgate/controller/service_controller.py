@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from podgate.controller.reconciler import Outcome, ServiceReconciler, services_for_event
+from podgate.kube.api import Obj
 from podgate.kube.informer import EventType, Informer, key_of
 from podgate.kube.leader import Fenced
 from podgate.kube.queue import WorkQueue
@@ -76,6 +77,8 @@ class ServiceController:
         pods.add_handler(self.on_pod)
         services.add_handler(self.on_service)
         namespaces.add_handler(self.on_namespace)
+        if resolutions.grant_informer is not None:
+            resolutions.grant_informer.add_handler(self.on_grant)
 
     # -- event handlers: enqueue keys, nothing else --------------------------------------------
     def on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
@@ -96,6 +99,13 @@ class ServiceController:
     def on_namespace(self, kind: EventType, ns: Namespace, old: Namespace | None) -> None:
         for svc in self.services.in_namespace(ns["metadata"]["name"]):
             self.queue.add(key_of(svc))
+
+    def on_grant(self, kind: EventType, grant: Obj, old: Obj | None) -> None:
+        """A grant given, changed or taken back: every Service that names a group may be bound
+        or refused now (the resolutions have read the grants again: their handler runs first)."""
+        for key, svc in self.services.cache.items():
+            if any(p.group is not None for p in self.resolutions.of(svc).pools):
+                self.queue.add(key)
 
     # -- run (the leader's) ---------------------------------------------------------------------
     async def run(self) -> None:

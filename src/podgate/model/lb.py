@@ -421,6 +421,8 @@ SERVICE_NOT_FOUND = "ServiceNotFound"
 NOT_LOAD_BALANCED = "ServiceNotLoadBalanced"
 SERVICE_CONFIG_ERROR = "ServiceConfigInvalid"
 PROVIDER_ERROR = "ProviderError"
+#: the Service names a load-balancer group no LoadBalancerGroupGrant gives its namespace
+GROUP_NOT_GRANTED = "GroupNotGranted"
 
 
 def gate_condition(gate: str, healths: Sequence[TargetHealth]) -> Condition:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podgate.model import lb
+from podgate.model.grants import NO_GRANTS, Grants
 from podgate.model.policy import DEFAULT_POLICY, GatePolicy, gate_policy
 
 
@@ -40,8 +41,11 @@ class Resolution:
     provider: str | None = None
     pools: tuple[lb.PoolSpec, ...] = ()
     policy: GatePolicy = DEFAULT_POLICY
-    #: a bad annotation, named: podgate serves the Service but cannot, and its pods must hear why
+    #: a bad annotation, or a group its namespace is not granted, named: podgate serves the
+    #: Service but cannot, and its pods must hear why
     error: str | None = None
+    #: the reason the Event and the gates give for ``error``
+    error_reason: str = lb.SERVICE_CONFIG_ERROR
 
     @property
     def handled(self) -> bool:
@@ -54,9 +58,11 @@ class Resolution:
         return self.provider is not None and self.error is None
 
 
-def resolve(service: Mapping[str, Any], settings: Settings) -> Resolution:
+def resolve(service: Mapping[str, Any], settings: Settings, grants: Grants = NO_GRANTS) -> Resolution:
     """The Service's provider, pools and policy; a bad annotation becomes ``error`` (with the
-    controller's policy, so a timeout the operator chose still applies to its gates)."""
+    controller's policy, so a timeout the operator chose still applies to its gates), and so does
+    a group the Service's namespace is not granted (:mod:`podgate.model.grants`; with its pools
+    kept, for the message, but never bound: ``served`` is False)."""
     meta = service.get("metadata") or {}
     key = f"{meta.get('namespace')}/{meta.get('name')}"
     provider: str | None = None
@@ -68,6 +74,12 @@ def resolve(service: Mapping[str, Any], settings: Settings) -> Resolution:
         policy = gate_policy(meta.get("annotations"), settings.policy)
     except lb.ServiceConfigError as e:
         return Resolution(key, provider, policy=settings.policy, error=str(e))
+    named = [p.group.id for p in pools if p.group is not None]
+    refusal = grants.refusal(provider, str(meta.get("namespace")), named) if provider and named else None
+    if refusal is not None:
+        return Resolution(
+            key, provider, tuple(pools), policy, error=refusal, error_reason=lb.GROUP_NOT_GRANTED
+        )
     return Resolution(key, provider, tuple(pools), policy)
 
 
