@@ -127,3 +127,40 @@ def test_gate_set_force(sandbox: SandboxHandle, namespace: str) -> None:
         "the condition", lambda: condition(sandbox.get("pod", "free", "-n", namespace), "example.com/extra")
     )
     assert cond["status"] == "False" and cond["reason"] == "SetFalseByHand"
+
+
+def test_status_counts_only_services_podgate_serves(sandbox: SandboxHandle, namespace: str) -> None:
+    """A class-less ``type: LoadBalancer`` Service is the cloud controller's unless podgate is
+    told it has a default provider (deploy/'s cloud overlays have none): ``podgate status`` does
+    not tell its pods to restart for a gate podgate would never give them."""
+    sandbox.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "behind", "labels": {"app": "vendor"}},
+            "spec": {"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}]},
+        },
+        namespace,
+    )
+    sandbox.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "vendor", "annotations": {"podgate.dev/prestop": "none"}},
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": {"app": "vendor"},
+                "ports": [{"port": 80, "targetPort": 8080}],
+            },
+        },
+        namespace,
+    )
+    plain = run(sandbox, "status", "behind", "-n", namespace, "-o", "json")
+    assert plain.returncode == 0, plain.stderr
+    assert [r for r in json.loads(plain.stdout) if r["status"] == "NoGate"] == []
+    told = run(sandbox, "status", "behind", "-n", namespace, "-o", "json", "--default-provider", "haproxy")
+    assert told.returncode == 0, told.stderr
+    [row] = [r for r in json.loads(told.stdout) if r["status"] == "NoGate"]
+    assert row["gate"] == "service.readiness.podgate.dev/vendor" and "restart" in row["message"]
+    bad = run(sandbox, "status", "-n", namespace, "--load-balancer-class", "service.k8s.aws/nlb")
+    assert bad.returncode == 2 and "give CLASS=PROVIDER" in bad.stderr

@@ -48,6 +48,7 @@ async def _read_pod(kube: Kube, namespace: str, name: str) -> Pod:
 
 
 async def _status(args: argparse.Namespace) -> list[dict[str, Any]]:
+    serving = serving_of(args)
     api = await api_client(args.kubeconfig)
     try:
         kube = ApiKube(api)
@@ -60,7 +61,20 @@ async def _status(args: argparse.Namespace) -> list[dict[str, Any]]:
     finally:
         await api.close()
     now = datetime.now(UTC)
-    return [row for pod in pods for row in report.explain(pod, services, now)]
+    return [row for pod in pods for row in report.explain(pod, services, now, serving)]
+
+
+def serving_of(args: argparse.Namespace) -> report.Serving:
+    """What the controller serves, from the flags that mirror its own."""
+    classes = None
+    if args.load_balancer_class:
+        classes = {}
+        for pair in args.load_balancer_class:
+            cls, eq, provider = pair.partition("=")
+            if not (cls and eq and provider):
+                raise CommandError(f"--load-balancer-class {pair!r}: give CLASS=PROVIDER")
+            classes[cls] = provider
+    return report.Serving(args.default_provider, classes, tuple(args.adopt_gate_prefix or ()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -154,6 +168,26 @@ def add_commands(sub: Any, kubeconfig_default: str | None) -> None:
     st.add_argument("-A", "--all-namespaces", action="store_true")
     st.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
     st.add_argument("--kubeconfig", default=kubeconfig_default)
+    # which Services are podgate's: the controller's own settings, given the same way (podgate
+    # cannot read them from the cluster); without them, only Services with podgate's annotation
+    # or a podgate.dev/ class are counted, never another controller's
+    st.add_argument(
+        "--default-provider",
+        metavar="NAME",
+        help="the controller's --default-provider: class-less type LoadBalancer Services are podgate's",
+    )
+    st.add_argument(
+        "--load-balancer-class",
+        action="append",
+        metavar="CLASS=PROVIDER",
+        help="the controller's --load-balancer-class (repeatable; default podgate.dev/<provider>)",
+    )
+    st.add_argument(
+        "--adopt-gate-prefix",
+        action="append",
+        metavar="PREFIX",
+        help="the controller's --adopt-gate-prefix: a vendor gate with it counts as the Service's gate",
+    )
     st.set_defaults(func=cmd_status)
     gate = sub.add_parser("gate", help="set a readiness gate condition by hand")
     gsub = gate.add_subparsers(dest="gate_command", required=True)

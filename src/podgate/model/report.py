@@ -10,11 +10,12 @@ which the cache drops, so ``container_rows`` and ``explain`` take a raw ``Pod`` 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from podgate.model import conditions as c
-from podgate.model import gates
+from podgate.model import gates, resolution
 from podgate.model.types import (
     Pod,
     PodView,
@@ -154,34 +155,56 @@ def container_rows(pod: Pod, now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
-def load_balanced(service: Mapping[str, Any]) -> bool:
-    """Whether podgate would gate this Service's pods, as far as a reader without the
-    controller's settings can tell: type LoadBalancer or a provider annotation, not ``none``."""
-    annotations = (service.get("metadata") or {}).get("annotations") or {}
-    chosen = (annotations.get(gates.PROVIDER_ANNOTATION) or "").strip()
-    if chosen:
-        return chosen != "none"
-    return (service.get("spec") or {}).get("type") == "LoadBalancer"
+@dataclass(frozen=True)
+class Serving:
+    """What the controller serves, as ``podgate status`` is told it (the controller's own
+    ``--default-provider``, ``--load-balancer-class`` and ``--adopt-gate-prefix``): the CLI has
+    no other way to know, and a Service beside a cloud controller is that controller's unless
+    podgate's class or annotation says otherwise."""
+
+    default_provider: str | None = None
+    #: loadBalancerClass → provider; None: ``podgate.dev/<provider>``
+    classes: Mapping[str, str] | None = None
+    adopted_prefixes: tuple[str, ...] = ()
+
+    def serves(self, service: Mapping[str, Any]) -> bool:
+        """Whether podgate gates this Service's pods, as :func:`resolution.resolve` decides it
+        for the controller.  The provider names are the controller's; the CLI takes the ones the
+        Service itself names (its annotation, a ``podgate.dev/<name>`` class), so a name podgate
+        may not have configured still counts: the controller then tells the pods why."""
+        annotations = (service.get("metadata") or {}).get("annotations") or {}
+        lb_class = (service.get("spec") or {}).get("loadBalancerClass") or ""
+        names = {(annotations.get(gates.PROVIDER_ANNOTATION) or "").strip(), self.default_provider or ""}
+        names |= set((self.classes or {}).values())
+        if self.classes is None and lb_class.startswith(f"{gates.DOMAIN}/"):
+            names.add(lb_class.split("/", 1)[1])
+        names -= {"", "none"}
+        settings = resolution.Settings({n: () for n in names}, self.default_provider, self.classes)
+        return resolution.resolve(service, settings).handled
 
 
 def missing_gate_rows(
-    pod: PodView, services: Iterable[Mapping[str, Any]], now: datetime
+    pod: PodView, services: Iterable[Mapping[str, Any]], now: datetime, serving: Serving | None = None
 ) -> list[dict[str, Any]]:
-    """A load-balanced Service selects the pod but the pod has no gate for it: it was created
-    before the Service (injection happens at creation only), so a rollout will not wait."""
+    """A Service podgate serves selects the pod but the pod has no gate for it (podgate's own or
+    an adopted vendor's): it was created before the Service (injection happens at creation
+    only), so a rollout will not wait.  Another controller's Service is never counted: its pods
+    are not podgate's to restart."""
+    serving = serving or Serving()
     meta = meta_of(pod)
     if is_terminating(pod):
         return []
-    have = set(c.readiness_gates(pod_spec(pod)))
+    have = {gates.service_of_gate(g, serving.adopted_prefixes) for g in c.readiness_gates(pod_spec(pod))}
     rows = []
     for s in services:
         smeta = s.get("metadata") or {}
-        gate = gates.service_gate(smeta.get("name") or "")
+        name = smeta.get("name") or ""
+        gate = gates.service_gate(name)
         if (
             smeta.get("namespace") == meta.get("namespace")
-            and load_balanced(s)
+            and name not in have
             and gates.selector_matches((s.get("spec") or {}).get("selector"), labels(pod))
-            and gate not in have
+            and serving.serves(s)
         ):
             rows.append(
                 _row(
@@ -198,15 +221,17 @@ def missing_gate_rows(
     return rows
 
 
-def explain(pod: Pod, services: Iterable[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
+def explain(
+    pod: Pod, services: Iterable[Mapping[str, Any]], now: datetime, serving: Serving | None = None
+) -> list[dict[str, Any]]:
     """Every row ``podgate status`` shows for a pod (as the API server sends it: a cached pod
     lacks what ``container_rows`` reads): its gates; if it is not Ready, what else holds it;
-    and the load-balanced Services it has no gate for."""
+    and the Services podgate serves that it has no gate for."""
     rows = gate_rows(pod, now)
     ready = c.find(pod_conditions(pod), c.READY)
     if (ready is None or ready.get("status") != c.TRUE) and not is_terminating(pod):
         rows += container_rows(pod, now)
-    return rows + missing_gate_rows(pod, services, now)
+    return rows + missing_gate_rows(pod, services, now, serving)
 
 
 #: the ages ``podgate_pending_gates_older_than`` reports (seconds, label)
