@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from .conftest import SandboxHandle, checked_after, condition, wait_for, wide_row
+from .conftest import SandboxHandle, checked_after, condition, controller_replaced, wait_for, wide_row
+from .test_webhook_replicas import front_door_up
 
 pytestmark = pytest.mark.sandbox
 INJECT = "podgate.dev/pod-readiness-gate-inject"
 PROM_PORT = 19191
 METRICS_PORT = 19192
 TCP_PORT = 15641  # no container declares it: only the test listens there
+OTHER_REQUESTS = "requests other than Prometheus's scrapes"  # metrics_target's count
 
 
 def check(name: str, app: str, **spec: Any) -> dict[str, Any]:
@@ -249,11 +251,16 @@ async def metrics_target() -> AsyncIterator[dict[str, float]]:
     values: dict[str, float] = {}
 
     async def metrics(_: web.Request) -> web.Response:
-        lines = [f'warm{{pod="{pod}"}} {value}' for pod, value in values.items()]
+        lines = [f'warm{{pod="{pod}"}} {value}' for pod, value in values.items() if pod != OTHER_REQUESTS]
         return web.Response(text="# TYPE warm gauge\n" + "\n".join(lines) + "\n")
+
+    async def other(_: web.Request) -> web.Response:
+        values[OTHER_REQUESTS] = values.get(OTHER_REQUESTS, 0) + 1
+        return web.Response(status=404)
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", other)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", METRICS_PORT).start()
@@ -300,9 +307,22 @@ def _ok(url: str) -> bool:
 async def test_prometheus_check(
     sandbox: SandboxHandle, namespace: str, prometheus: str, metrics_target: dict[str, float]
 ) -> None:
+    """The administrator allows this Prometheus (``--prometheus-allow``); a check naming another
+    server on the same host is refused with its reason, and that server gets no request."""
     import asyncio
 
     sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    log = f"prometheus-allow-{namespace}.log"
+    with controller_replaced(sandbox, "--prometheus-allow", prometheus, env={}, log=log):
+        await asyncio.to_thread(wait_for, "the webhook front door", front_door_up, 30)
+        await _prometheus_check(sandbox, namespace, prometheus, metrics_target)
+
+
+async def _prometheus_check(
+    sandbox: SandboxHandle, namespace: str, prometheus: str, metrics_target: dict[str, float]
+) -> None:
+    import asyncio
+
     sandbox.apply(
         check(
             "metric",
@@ -311,6 +331,12 @@ async def test_prometheus_check(
             failureThreshold=1,
             prometheus={"url": prometheus, "query": 'warm{pod="{{pod}}"}', "operator": ">", "value": 0.5},
         ),
+        namespace,
+    )
+    # the test's metrics target speaks HTTP on loopback too, but is not on the allowlist
+    elsewhere = f"http://127.0.0.1:{METRICS_PORT}"
+    sandbox.apply(
+        check("elsewhere", "prom", prometheus={"url": elsewhere, "query": "up", "operator": ">", "value": 0}),
         namespace,
     )
     sandbox.apply(deployment("prom"), namespace)
@@ -341,3 +367,14 @@ async def test_prometheus_check(
     )
     assert state[:2] == ("False", "CheckFailing")
     assert f'query `warm{{pod="{name}"}}` returned 0.2, needs > 0.5' == state[2]
+    refused = gate_state(sandbox, namespace, "prom", "check.podgate.dev/elsewhere")
+    assert refused is not None and refused[:2] == ("False", "URLNotAllowed"), refused
+    assert (
+        f"spec.prometheus.url '{elsewhere}' is not allowed by the controller's --prometheus-allow"
+        in refused[2]
+    )
+    assert metrics_target.get(OTHER_REQUESTS, 0) == 0, "no request to a URL the allowlist refuses"
+    events = sandbox.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=elsewhere", "-o", "name"
+    )
+    assert events.strip(), "a Warning Event on the refused ReadinessCheck"

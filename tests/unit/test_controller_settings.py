@@ -323,6 +323,7 @@ BAD_VALUES: dict[str, str] = {
     "--log-format": "xml",
     "--load-balancer-class": "podgate.dev/haproxy",
     "--migration-labels": "maybe",
+    "--prometheus-allow": "http://169.254.169.254",
     "--haproxy-ha-policy": "some",
     "--namespace": "Podgate_System",
     "--webhook-cert-secret": "-certs",

@@ -236,7 +236,9 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         queue=queue,
         reconciler=reconciler,
         controller=controller,
-        check_runner=CheckRunner(kube, pods, checks, gate_writer, recorder),
+        check_runner=CheckRunner(
+            kube, pods, checks, gate_writer, recorder, prometheus_allow=settings.prometheus_allow
+        ),
         drain=drain_endpoint,
         guard=guard,
         pending=PendingGates(pods),

@@ -44,7 +44,7 @@ from podgate.controller.settings import (
     SettingsError,
 )
 from podgate.kube.client import ApiKube, api_client
-from podgate.model import addresses, gates, policy
+from podgate.model import addresses, checks, gates, policy
 
 log = logging.getLogger("podgate")
 
@@ -436,6 +436,19 @@ SETTINGS: tuple[Setting, ...] = (
         "with several runtime sockets (an HA pair) and one unreachable: 'all' keeps pending gates "
         "False with a reason naming it; 'reachable' decides on the reachable ones",
         field="haproxy.ha_policy",
+    ),
+    Setting(
+        "--prometheus-allow",
+        checked(
+            "http(s)://HOST[:PORT][/PATH] or HOST:PORT, never a link-local or metadata address",
+            checks.parse_allowed,
+        ),
+        (),
+        "a Prometheus server ReadinessChecks may query (spec.prometheus.url within it); repeat for "
+        "several; none by default: a check naming any other URL gets URLNotAllowed and no request",
+        env="PROMETHEUS_ALLOW",
+        repeated=True,
+        field="prometheus_allow",
     ),
     Setting(
         "--migration-labels",

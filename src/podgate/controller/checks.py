@@ -12,10 +12,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+import socket
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from podgate.controller import metrics
 from podgate.controller.gatewriter import GateWriter
@@ -58,8 +61,12 @@ class CheckRunner:
         gates: GateWriter,
         recorder: EventRecorder,
         concurrency: int = 64,
+        prometheus_allow: Sequence[str] = (),
     ) -> None:
+        """``prometheus_allow``: the administrator's ``--prometheus-allow`` entries (validated
+        at start-up); a Prometheus check outside them is refused without a request."""
         self.kube = kube
+        self.prometheus_allow = tuple(chk.parse_allowed(a) for a in prometheus_allow)
         self.pods, self.checks, self.gates, self.recorder = pods, checks, gates, recorder
         self.sem = asyncio.Semaphore(concurrency)
         self.tasks: dict[Pair, tuple[str, asyncio.Task[None]]] = {}  # pair → (check version, task)
@@ -91,8 +98,16 @@ class CheckRunner:
             "status_written": len(self._status_written),
         }
 
+    def refusal(self, spec: chk.CheckSpec) -> str | None:
+        """Why the check may not run here (a Prometheus URL outside the allowlist), or None."""
+        if isinstance(spec.check, chk.PrometheusCheck):
+            return chk.prometheus_url_refusal(spec.check.url, self.prometheus_allow)
+        return None
+
     async def run(self) -> None:
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
+        self.http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True, resolver=GuardedResolver())
+        )
         try:
             status = asyncio.create_task(self._status_loop())
             while True:
@@ -130,9 +145,13 @@ class CheckRunner:
                     await self._fail(pod, gate, "CheckNotFound", f"ReadinessCheck {check_key} does not exist")
                     continue
                 try:
-                    chk.parse_check(obj)
+                    spec = chk.parse_check(obj)
                 except (chk.CheckSpecError, KeyError, TypeError, ValueError) as e:
                     await self._fail(pod, gate, "CheckInvalid", f"ReadinessCheck {check_key}: {e}")
+                    continue
+                refused = self.refusal(spec)
+                if refused is not None:
+                    await self._fail(pod, gate, chk.URL_NOT_ALLOWED, f"ReadinessCheck {check_key}: {refused}")
                     continue
                 wanted[(check_key, pod_key)] = str(
                     obj["metadata"].get("generation") or obj["metadata"].get("resourceVersion")
@@ -202,10 +221,16 @@ class CheckRunner:
             return False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
     async def _prometheus(self, check: chk.PrometheusCheck, timeout: float, pod: PodView) -> tuple[bool, str]:
+        refused = chk.prometheus_url_refusal(check.url, self.prometheus_allow)
+        if refused is not None:  # _sync starts no task for it; never a request, whatever the path
+            return False, refused
         query = chk.render_query(check.query, pod)
         assert self.http is not None
         async with self.http.get(
-            f"{check.url}/api/v1/query", params={"query": query}, timeout=aiohttp.ClientTimeout(total=timeout)
+            f"{check.url}/api/v1/query",
+            params={"query": query},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,  # a redirect would leave the allowed server
         ) as resp:
             body = await resp.json(content_type=None)
         if resp.status != 200 or body.get("status") != "success":
@@ -242,13 +267,12 @@ class CheckRunner:
             else:
                 pending += 1
         try:
-            chk.parse_check(obj)
-            usable = {
-                "type": "Usable",
-                "status": "True",
-                "reason": "SpecValid",
-                "message": "the check can run",
-            }
+            refused = self.refusal(chk.parse_check(obj))
+            usable = (
+                {"type": "Usable", "status": "True", "reason": "SpecValid", "message": "the check can run"}
+                if refused is None
+                else {"type": "Usable", "status": "False", "reason": chk.URL_NOT_ALLOWED, "message": refused}
+            )
         except (chk.CheckSpecError, KeyError, TypeError, ValueError) as e:
             usable = {"type": "Usable", "status": "False", "reason": "InvalidSpec", "message": str(e)}
         mark = (passing, pending, usable["status"] + usable["message"])
@@ -270,10 +294,36 @@ class CheckRunner:
         )
         self._status_written[key] = mark
         if usable["status"] == "False":
-            self.recorder.emit_later(obj, "ReadinessCheck", "InvalidSpec", usable["message"], "Warning")
+            self.recorder.emit_later(obj, "ReadinessCheck", usable["reason"], usable["message"], "Warning")
 
 
 CHECK_INDEX = "check"
+
+
+class GuardedResolver(AbstractResolver):
+    """The system resolver, without link-local and metadata answers: an allowed host name that
+    resolves to 169.254.169.254 (a DNS record pointed there, ``2852039166``) is not dialled.
+    Literal addresses never reach a resolver; :func:`checks.prometheus_url_refusal` refuses those."""
+
+    def __init__(self) -> None:
+        self._inner = DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        answers = await self._inner.resolve(host, port, family)
+        kept = [a for a in answers if not _forbidden(a["host"])]
+        if not kept:
+            raise OSError(f"{host} resolves only to link-local or cloud metadata addresses: not queried")
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _forbidden(address: str) -> bool:
+    ip = chk.host_address(address)
+    return ip is None or chk.forbidden_address(ip)
 
 
 def _check_keys(pod: PodView) -> list[str]:

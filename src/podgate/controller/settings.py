@@ -100,6 +100,8 @@ class ControllerSettings:
     load_balancer_classes: tuple[str, ...] = ()
     #: the webhook also honours the AWS and Alibaba controllers' namespace opt-in labels
     migration_labels: bool = False
+    #: the URL prefixes or HOST:PORTs ReadinessCheck ``prometheus.url`` may name; () = none
+    prometheus_allow: tuple[str, ...] = ()
 
     def classes(self) -> dict[str, str]:
         """loadBalancerClass → provider name."""
