@@ -223,7 +223,7 @@ class Sandbox:
     @property
     def drain_url(self) -> str:
         """Where a preStop hook reaches podgate's drain endpoint: the front door's plain-HTTP
-        side, to every replica's health port (as a cluster's Service would)."""
+        side, to every replica's drain port (as a cluster's Service port ``drain`` would)."""
         return f"http://{HOST}:{self.config.port(9447)}"
 
     @property
@@ -385,7 +385,8 @@ class Sandbox:
             f"    server replica-0 {HOST}:{c.port(9444)} check inter 1s fall 2 rise 1\n"
             f"    server replica-1 {HOST}:{c.port(9445)} check inter 1s fall 2 rise 1\n"
             f"    server replica-2 {HOST}:{c.port(9446)} check inter 1s fall 2 rise 1\n"
-            # the drain endpoint, plain HTTP as the kubelet's preStop httpGet speaks it
+            # the drain endpoint, plain HTTP as the kubelet's preStop httpGet speaks it, to each
+            # replica's drain listener (a port of its own, as deploy/'s Service port "drain")
             "frontend podgate-drain\n"
             "    mode tcp\n"
             f"    bind {HOST}:{c.port(9447)}\n"
@@ -394,9 +395,9 @@ class Sandbox:
             "    mode tcp\n"
             "    retries 3\n"
             "    option redispatch 1\n"
-            f"    server replica-0 {HOST}:{c.port(8081)} check inter 1s fall 2 rise 1\n"
-            f"    server replica-1 {HOST}:{c.port(8181)} check inter 1s fall 2 rise 1\n"
-            f"    server replica-2 {HOST}:{c.port(8281)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-0 {HOST}:{c.port(8082)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-1 {HOST}:{c.port(8182)} check inter 1s fall 2 rise 1\n"
+            f"    server replica-2 {HOST}:{c.port(8282)} check inter 1s fall 2 rise 1\n"
         ) + (self._node_haproxy_proxies() if c.node == "kubelet" else "")
 
     def _node_haproxy_global(self) -> str:
@@ -612,7 +613,7 @@ class Sandbox:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 needs=["kube-apiserver", "haproxy", *(["lb-data-plane"] if c.data_plane else [])],
                 before_start=self._apply_controller_rbac,
-                ports=[c.port(9444), c.port(8081)],
+                ports=[c.port(9444), c.port(8081), c.port(8082)],
             ),
         ]
 
@@ -695,7 +696,7 @@ class Sandbox:
 
     def controller_argv(self, replica: int = 0, *extra: str) -> list[str]:
         """``podgate controller`` for this sandbox.  Replica 0 is the one ``up`` starts; replicas 1
-        and 2 (tests, failover) take the webhook front door's next slots, their own health ports
+        and 2 (tests, failover) take the webhook front door's next slots, their own health and drain ports
         and their own certificate directories (as a cluster's emptyDirs): the certificates they
         serve come from the Secret in the controller's namespace, which all of them share."""
         c = self.config
@@ -731,6 +732,10 @@ class Sandbox:
             HOST,
             "--health-port",
             str(c.port(8081 + 100 * replica)),
+            "--drain-bind",
+            HOST,
+            "--drain-port",
+            str(c.port(8082 + 100 * replica)),
             "--leader-elect",
             "--lease-duration",
             "6",

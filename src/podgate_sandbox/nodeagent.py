@@ -37,7 +37,7 @@ from podgate.kube.informer import EventType, Informer, key_of, resource_version
 from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
 from podgate.model.probes import ProbeSpec, ProbeSpecError, ProbeState, observe, parse_probe, resolve_port
-from podgate_sandbox import processes, runtime, scheduling
+from podgate_sandbox import hooks, processes, runtime, scheduling
 from podgate_sandbox.app import AppConfigError
 from podgate_sandbox.podstatus import ContainerView, State, desired_status, needs_write
 
@@ -277,6 +277,8 @@ class PodWorker:
                     await self._pre_stop(slot, hook)
             except TimeoutError:
                 pass
+            except hooks.HookFailed as e:
+                self.agent.event(self.pod, "FailedPreStopHook", str(e), "Warning")
             except Exception as e:
                 self.agent.event(self.pod, "FailedPreStopHook", f"PreStopHook failed: {e}", "Warning")
         self.agent.termination(self, "sigterm")
@@ -286,13 +288,21 @@ class PodWorker:
 
     async def _pre_stop(self, slot: ContainerSlot, hook: Mapping[str, Any]) -> None:
         if hook.get("httpGet"):
+            # as the kubelet of the release the agent plays calls it (podgate_sandbox.hooks)
+            version = str(getattr(self.agent, "kube_version", "v1.20.2"))
             h = hook["httpGet"]
-            port = resolve_port(h.get("port"), slot.spec)
-            scheme = (h.get("scheme") or "HTTP").lower()
-            path = h.get("path") or "/"
-            url = f"{scheme}://{h.get('host') or self.ip}:{port}{'' if path.startswith('/') else '/'}{path}"
-            async with self.agent.http.get(url, ssl=False) as resp:
-                await resp.read()
+            call = hooks.http_hook_call(h, self.ip, slot.spec, version)
+            try:
+                async with self.agent.http.get(
+                    call.url, headers=call.headers, ssl=False, skip_auto_headers=("User-Agent",)
+                ) as resp:
+                    await resp.read()  # any status will do: only a call with no answer fails
+            except aiohttp.ClientError as e:
+                raise hooks.HookFailed(
+                    hooks.failed_hook_message(
+                        version, h, slot.name, self.pod, call.url, str(e) or type(e).__name__
+                    )
+                ) from e
         elif hook.get("exec"):
             command = list(hook["exec"].get("command") or ())
             seconds = sleep_seconds(command)

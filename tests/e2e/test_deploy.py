@@ -23,6 +23,7 @@ KUSTOMIZATIONS = [
     "deploy/overlays/aws",
     "deploy/overlays/alibaba",
     "deploy/overlays/sandbox",
+    "deploy/overlays/network-policy",
 ]
 
 STUB_CRDS = [
@@ -118,6 +119,35 @@ def test_rbac_is_what_the_controller_runs_with(sandbox: SandboxHandle) -> None:
         assert "delete" not in verbs or (names and resources == ["mutatingwebhookconfigurations"])
         # its Lease and certificate Secret: in its own namespace only
         assert kind == "Role" or not {"leases", "secrets"} & set(resources)
+
+
+def test_network_policies_open_each_listener_to_its_callers_only(sandbox: SandboxHandle) -> None:
+    """deploy/overlays/network-policy (dry-run above): podgate's pods take ingress on three
+    ports, each from one kind of caller (the webhook from an address range, the control plane's;
+    the drain port from one, the nodes'; /metrics from the namespace monitoring), on container
+    ports the Deployment declares under those names, and README tells where to set the ranges."""
+    docs = render(sandbox, "deploy/overlays/network-policy")
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    declared = {p["name"] for c in deployment["spec"]["template"]["spec"]["containers"] for p in c["ports"]}
+    allowed: dict[str, list[dict[str, Any]]] = {}
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+        for rule in spec["ingress"]:
+            assert rule["from"], f"{policy['metadata']['name']}: a rule with no source opens to all"
+            for port in rule["ports"]:
+                allowed.setdefault(port["port"], []).extend(rule["from"])
+    assert set(allowed) == {"webhook", "drain", "health"} <= declared
+    assert [list(f) for f in allowed["webhook"]] == [["ipBlock"]]
+    assert [list(f) for f in allowed["drain"]] == [["ipBlock"]]
+    assert allowed["health"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    readme = (ROOT / "README.md").read_text()
+    assert "deploy/overlays/network-policy" in readme and "NODE RANGE" in readme
 
 
 @pytest.mark.parametrize("crd", ["readinesscheck", "loadbalancergroupgrant"])

@@ -124,6 +124,8 @@ def test_the_image_runs_as_the_sandboxs_controller(
         "--lease-duration=6",
         "--health-bind=127.0.0.1",
         f"--health-port={8081 + OFFSET}",
+        "--drain-bind=127.0.0.1",
+        f"--drain-port={8082 + OFFSET}",
     ]
     path = bundle(tmp_path, rootfs, sandbox, haproxy, argv)
     sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")

@@ -11,9 +11,20 @@ from typing import Any
 
 import pytest
 
-from .conftest import SandboxHandle, condition, metric, samples, scrape, wait_for, wide_row
+from .conftest import (
+    STAND_IN_HEALTH_PORT,
+    SandboxHandle,
+    condition,
+    controller_replaced,
+    metric,
+    samples,
+    scrape,
+    wait_for,
+    wide_row,
+)
 from .test_cli_gates import run
 from .test_controller import INJECT, all_ready, deployment, events, gate, lb_service, pods, servers
+from .test_webhook_replicas import front_door_up
 
 pytestmark = pytest.mark.sandbox
 METRICS_PORT = 8081 + 10000
@@ -213,6 +224,15 @@ def test_the_eviction_guard_keeps_the_minimum_of_targets_haproxy_calls_healthy(
     assert "TooManyRequests" in out or "429" in out, out
     assert f"Service {namespace}/guarded" in out and "(2 healthy now)" in out, out
     assert "podgate.dev/min-healthy-targets=2" in out, out
+    # 2 of 2 pods: no eviction can ever pass, as a PDB allowing no disruption; the Service says so
+    assert f"is at or above the 2 pod(s) Service {namespace}/guarded selects" in out, out
+    wait_for(
+        "the MinHealthyTargetsUnreachable Warning on the Service",
+        lambda: any(
+            e["reason"] == "MinHealthyTargetsUnreachable" and e["type"] == "Warning"
+            for e in events(sandbox, namespace, "guarded")
+        ),
+    )
 
     sandbox.kubectl("scale", "deployment", "guarded", "-n", namespace, "--replicas=3")
     three = wait_for("3 pods Ready and UP in HAProxy", lambda: up_in_haproxy(3), 40)
@@ -221,7 +241,7 @@ def test_the_eviction_guard_keeps_the_minimum_of_targets_haproxy_calls_healthy(
     assert allowed, out
     allowed, out = _evict(sandbox, namespace, second)
     assert not allowed, out
-    assert "(2 healthy now)" in out, out
+    assert "(2 healthy now)" in out and "at or above" not in out, out  # 3 pods now, or their replacement
     assert any(s.status == "UP" for s in servers(sandbox, backend))
     assert metric(scrape(METRICS_PORT)[1], "podgate_eviction_reviews_total", result="refused") >= 2
 
@@ -298,3 +318,54 @@ def test_status_explains_every_pod_that_is_not_ready_and_pods_without_a_gate(
         45,
         1.0,
     )
+
+
+def test_an_eviction_refused_for_the_longest_refusal_goes_through_with_a_warning(
+    sandbox: SandboxHandle, namespace: str
+) -> None:
+    """A floor no eviction can pass (min-healthy-targets 2 over 2 pods) holds a drain at most
+    --max-eviction-refusal (here 4 s; 10 minutes by default): retried as ``kubectl drain``
+    retries, the eviction goes through once that has passed since the first refusal, with a
+    warning kubectl prints, an EvictionForced Warning on the pod and the metric."""
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    with controller_replaced(sandbox, "--max-eviction-refusal", "4s", env={}, log=f"forced-{namespace}.log"):
+        wait_for("the webhook front door to reach the replica", front_door_up, 30)
+        sandbox.apply(
+            lb_service("held", "held", **{"podgate.dev/min-healthy-targets": "2"}),
+            namespace,
+        )
+        sandbox.apply(deployment("held", 2), namespace)
+        backend = f"podgate.{namespace}.held.80"
+        pods_up = wait_for(
+            "2 pods Ready and UP in HAProxy",
+            lambda: (
+                (ready := all_ready(sandbox, namespace, "held", 2))
+                and len([s for s in servers(sandbox, backend) if s.status == "UP"]) == 2
+                and ready
+            ),
+            40,
+        )
+        name = pods_up[0]["metadata"]["name"]
+        first_refused = time.monotonic()  # no later than the guard's first refusal
+        allowed, out = _evict(sandbox, namespace, name)
+        assert not allowed and ("429" in out or "TooManyRequests" in out), out
+        outcomes: list[tuple[float, bool, str]] = []
+
+        def retried() -> str | None:
+            ok, text = _evict(sandbox, namespace, name)
+            outcomes.append((time.monotonic() - first_refused, ok, text))
+            return text if ok else None
+
+        out = wait_for("the eviction to go through", retried, 30, 0.5)
+        refused_for = [t for t, ok, _ in outcomes if not ok]
+        assert refused_for and max(refused_for) < 5.0, outcomes  # refused until then
+        assert outcomes[-1][0] >= 4.0, outcomes  # not before the 4 s
+        assert "podgate let this eviction through after refusing it for" in out, out
+        wait_for(
+            "the EvictionForced Warning on the pod",
+            lambda: any(
+                e["reason"] == "EvictionForced" and e["type"] == "Warning"
+                for e in events(sandbox, namespace, name)
+            ),
+        )
+        assert metric(scrape(STAND_IN_HEALTH_PORT)[1], "podgate_evictions_forced_total") == 1

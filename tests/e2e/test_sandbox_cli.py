@@ -82,7 +82,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         v = json.loads(version.stdout)
         assert v["clientVersion"]["gitVersion"] == v["serverVersion"]["gitVersion"] == "v1.20.2"
 
-        ports = {p + OFFSET for p in (2379, 2380, 6443, 10257, 8404, 10248, 9443, 9444, 8081, 9447)}
+        ports = {p + OFFSET for p in (2379, 2380, 6443, 10257, 8404, 10248, 9443, 9444, 8081, 8082, 9447)}
         assert len(listeners_on(ports)) >= len(ports)
         # a pod, so that down also has pod listeners to remove
         subprocess.run(

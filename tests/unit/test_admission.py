@@ -193,6 +193,23 @@ def test_the_drain_hook_calls_podgate_with_a_token_the_pod_carries() -> None:
     ]
 
 
+def test_where_every_kubelet_sends_headers_the_token_is_in_a_header_not_the_path() -> None:
+    """The kubelet's FailedPreStopHook Event quotes the hook's path: on a cluster whose kubelets
+    all send a hook's headers (API server 1.27+), the path names the namespace only."""
+    policy = InjectionPolicy(prestop=DRAIN, drain_url="http://10.96.0.12:8081", drain_token_header=True)
+    ops = patch_of(review_response(review({"app": "web"}), SERVICES, handled, policy, new_token=token)) or []
+    assert ops[-1]["value"]["preStop"] == {
+        "httpGet": {
+            "scheme": "HTTP",
+            "host": "10.96.0.12",
+            "port": 8081,
+            "path": "/drain/shop",
+            "httpHeaders": [{"name": "Podgate-Drain-Token", "value": "tok-0123456789"}],
+        }
+    }
+    assert "tok-0123456789" not in ops[-1]["value"]["preStop"]["httpGet"]["path"]
+
+
 def test_the_drain_token_joins_existing_annotations_and_replaces_a_copied_one() -> None:
     rev = review({"app": "web"})
     rev["request"]["object"]["metadata"]["annotations"] = {"podgate.dev/drain-token": "copied-token"}

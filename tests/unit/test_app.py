@@ -354,7 +354,8 @@ async def test_with_cert_manager_files_podgate_registers_nothing_and_still_injec
                 "clusterIP": "10.96.0.12",
                 "ports": [
                     {"name": "webhook", "port": 443, "targetPort": "webhook"},
-                    {"name": "metrics", "port": 8081, "targetPort": "health"},
+                    {"name": "metrics", "port": 8080, "targetPort": "health"},
+                    {"name": "drain", "port": 8081, "targetPort": "drain"},  # deploy/base's
                 ],
             },
         },

@@ -191,6 +191,8 @@ def test_the_sandboxs_command_line(replica: int, tmp_path: Path) -> None:
         6.0,
     )
     assert s.adopt_gate_prefixes == ("service.readiness.alibabacloud.com/",)
+    # each replica's drain listener on a port of its own, beside its health port
+    assert (s.health_port, s.drain_port) == (8081 + 100 * replica, 8082 + 100 * replica)
     assert s.alibaba == (AlibabaSettings("alibaba", "cn-hangzhou", rate=50.0),)
     assert (s.webhook_config_name, s.webhook_url is not None) == (
         ("podgate-sandbox", True) if replica == 0 else ("podgate", False)
@@ -298,6 +300,7 @@ BAD_VALUES: dict[str, str] = {
     "--readiness-timeout": "10 minutes",
     "--on-timeout": "ignore",
     "--workers": "abc",
+    "--max-eviction-refusal": "forever",
     "--poll-period": "30",
     "--webhook-port": "70000",
     "--webhook-bind": "any where",
@@ -315,6 +318,8 @@ BAD_VALUES: dict[str, str] = {
     "--drain-url": "http://127.0.0.1:9447/drain",
     "--health-port": "0",
     "--health-bind": "a b",
+    "--drain-port": "http",
+    "--drain-bind": "a b",
     "--verbose": "TRACE",
     "--leader-elect": "1",
     "--leader-election-namespace": "Kube_System",
@@ -464,6 +469,8 @@ def test_other_commands_never_read_controller_settings(
             [*HAPROXY, "--webhook-cert-validity", "60", "--webhook-cert-renew-at", "0.9"],
             "must leave 12 --webhook-cert-check-period",
         ),
+        ([*HAPROXY, "--drain-port", "8081"], "--drain-port and --health-port must differ"),
+        ([*HAPROXY, "--drain-port", "9443"], "--drain-port and --webhook-port must differ"),
     ],
 )
 def test_settings_that_do_not_fit_together(argv: list[str], error: str) -> None:

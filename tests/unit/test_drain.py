@@ -193,6 +193,32 @@ async def test_the_route_answers_the_kubelets_double_slash_and_unknown_tokens() 
     assert seen == ["drained", "unknown_pod"]
 
 
+async def test_the_drain_port_takes_the_token_from_the_header_and_serves_nothing_else() -> None:
+    """The drain listener (``--drain-port``): the hook with its token in a header, as kubelets
+    1.25+ send it, and in the path; a call naming no token is a 404 that says so; no health,
+    metrics or admission route is on it, and the health port no longer serves the hook."""
+    from podgate.app.drain_server import DrainServer
+    from podgate.app.health import HealthServer
+    from podgate.controller.metrics import REGISTRY
+
+    _, endpoint, seen = await world_with(draining_pod(), draining_pod("p2", ip="10.0.0.2", token="tok-p2"))
+    server = DrainServer("127.0.0.1", 0, endpoint)
+    async with TestClient(TestServer(server.app())) as client:
+        async with client.get(f"/drain/{NS}", headers={gates.DRAIN_TOKEN_HEADER: "tok-p1"}) as r:
+            assert (r.status, (await r.text()).split(":")[0]) == (200, "drained")
+        async with client.get(f"/drain/{NS}/tok-p2") as r:
+            assert r.status == 200
+        async with client.get(f"/drain/{NS}") as r:
+            assert r.status == 404 and "names no drain token" in await r.text()
+        for path in ("/healthz", "/readyz", "/metrics", "/mutate-pods"):
+            async with client.get(path) as r:
+                assert r.status == 404, path
+    assert seen == ["drained", "drained", "unknown_pod"]
+    health = HealthServer("127.0.0.1", 0, list, REGISTRY)
+    async with TestClient(TestServer(health.app())) as client, client.get(f"/drain/{NS}/tok-p1") as r:
+        assert r.status == 404
+
+
 async def test_podgate_down_means_the_hook_fails_and_the_pod_goes_on() -> None:
     """What the kubelet meets when no replica answers: a refused connection, no wait at all (it
     records FailedPreStopHook and sends SIGTERM).  Shown against a port nothing listens on."""
@@ -228,7 +254,10 @@ def test_the_budget_stays_below_the_grace_period() -> None:
     assert all(gates.drain_budget(g) <= g - 2 or gates.drain_budget(g) == 0 for g in range(0, 600))
 
 
-def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
+def test_the_default_drain_url_is_the_webhook_services_drain_port_never_the_health_port() -> None:
+    """deploy/'s Service: port 8081 named drain targets the drain listener (8082), so hooks
+    injected before the drain had a port of its own (http://CLUSTER-IP:8081/drain/...) still
+    reach it; metrics moved to port 8080.  A Service with no drain port gives no URL."""
     from podgate.app.webhook import derived_drain_url
     from podgate.controller.settings import ControllerSettings
 
@@ -238,7 +267,8 @@ def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
             "clusterIP": "10.96.0.12",
             "ports": [
                 {"name": "webhook", "port": 443, "targetPort": "webhook"},
-                {"name": "metrics", "port": 8081, "targetPort": "health"},
+                {"name": "metrics", "port": 8080, "targetPort": "health"},
+                {"name": "drain", "port": 8081, "targetPort": "drain"},
             ],
         },
     }
@@ -246,6 +276,9 @@ def test_the_default_drain_url_is_the_webhook_services_health_port() -> None:
     assert derived_drain_url(settings, {"podgate-system/podgate": svc}) == "http://10.96.0.12:8081"  # type: ignore[dict-item]
     assert derived_drain_url(settings, {}) is None
     assert derived_drain_url(ControllerSettings(), {"podgate-system/podgate": svc}) is None  # type: ignore[dict-item]
+    ports = [{"name": "metrics", "port": 8081, "targetPort": "health"}]
+    health_only = {**svc, "spec": {**svc["spec"], "ports": ports}}  # type: ignore[dict-item]
+    assert derived_drain_url(settings, {"podgate-system/podgate": health_only}) is None  # type: ignore[dict-item]
 
 
 async def test_a_load_balancer_slower_than_the_budget_is_a_timeout_not_a_late_drained() -> None:

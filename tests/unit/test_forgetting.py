@@ -149,7 +149,8 @@ async def test_a_target_that_leaves_by_another_hand_is_forgotten_at_the_next_pas
 async def test_a_deleted_service_leaves_nothing_behind() -> None:
     world = World(lb_cidr="127.240.0.0/24")
     world.kube.add(NAMESPACES, {"metadata": {"name": NS, "labels": {gates.INJECT_LABEL: "enabled"}}})
-    world.add(SERVICES, service(annotations={lb.DRAIN_DELAY: "30"}))
+    # a floor of 3 over the 3 pods it selects: reported (once), and forgotten with the Service
+    world.add(SERVICES, service(annotations={lb.DRAIN_DELAY: "30", policy.MIN_HEALTHY_TARGETS: "3"}))
     draining = pod("p1")
     world.add(PODS, draining, pod("p2", ip="10.0.0.2"), pod("p3", ip="10.0.0.3", gate_for=None))
     await world.reconcile()
@@ -162,6 +163,7 @@ async def test_a_deleted_service_leaves_nothing_behind() -> None:
     assert world.reconciler.tracked() == {
         "draining_since": 1,
         "missing_gate_counts": 1,  # p3, created before the Service
+        "floor_reported": 1,
         "addresses": 1,
         "requeued": 0,
     }
@@ -185,9 +187,23 @@ async def test_an_evicted_pod_is_forgotten_by_the_guard_when_it_goes() -> None:
         world.provider.set_health(Target(f"10.0.0.{i}", 8080), lb.Health.HEALTHY, "UP")
     guard = EvictionGuard(world.pods, world.services, world.resolutions, settle=60.0)
     assert (await evict(world, guard, "p1"))["allowed"]
-    assert guard.tracked() == {"unsettled": 1}
+    assert guard.tracked() == {"unsettled": 1, "refused": 0}
     await gone(world, "p1")
-    assert guard.tracked() == {"unsettled": 0}
+    assert guard.tracked() == {"unsettled": 0, "refused": 0}
+
+
+async def test_a_refused_pod_is_forgotten_by_the_guard_when_it_goes() -> None:
+    """When a pod's eviction was first refused (for --max-eviction-refusal) goes with the pod."""
+    world = World()
+    world.add(SERVICES, service(annotations={policy.MIN_HEALTHY_TARGETS: "3"}))
+    for i in range(1, 4):
+        world.add(PODS, pod(f"p{i}", ip=f"10.0.0.{i}"))
+        world.provider.set_health(Target(f"10.0.0.{i}", 8080), lb.Health.HEALTHY, "UP")
+    guard = EvictionGuard(world.pods, world.services, world.resolutions, settle=60.0)
+    assert not (await evict(world, guard, "p1"))["allowed"]
+    assert guard.tracked() == {"unsettled": 0, "refused": 1}
+    await gone(world, "p1")
+    assert guard.tracked() == {"unsettled": 0, "refused": 0}
 
 
 async def test_check_tasks_and_statuses_go_with_their_pods_and_checks() -> None:

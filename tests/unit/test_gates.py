@@ -150,3 +150,15 @@ def test_prestop_values_and_the_clusters_that_have_the_sleep_action() -> None:
     assert not native_sleep_supported({"major": "1", "minor": "29"})
     assert not native_sleep_supported({"major": "1", "minor": "20"})
     assert not native_sleep_supported(None)
+
+
+def test_the_drain_token_goes_in_a_header_only_where_no_kubelet_ignores_headers() -> None:
+    """Kubelets send a hook's httpHeaders from 1.25; a kubelet may be two minor releases older
+    than the API server (three from 1.28): from an API server of 1.27 every one sends them."""
+    from podgate.model.gates import hook_headers_sent
+
+    assert hook_headers_sent({"major": "1", "minor": "27"})
+    assert hook_headers_sent({"major": "1", "minor": "37+"})
+    assert not hook_headers_sent({"major": "1", "minor": "26"})
+    assert not hook_headers_sent({"major": "1", "minor": "20"})
+    assert not hook_headers_sent(None)

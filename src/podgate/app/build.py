@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from podgate.app.drain_server import DrainServer
 from podgate.app.health import HealthServer
 from podgate.app.supervisor import Runnable, Supervisor
 from podgate.app.webhook import WebhookServer
@@ -67,6 +68,7 @@ class App:
     pending: PendingGates
     webhook: WebhookServer
     health: HealthServer
+    drain_server: DrainServer
     elector: LeaderElector | None
     #: whether this replica holds the lease (always, without leader election)
     leading: bool = False
@@ -218,7 +220,14 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         reads=reads,
     )
     guard = eviction.EvictionGuard(
-        pods, services, resolutions, lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(), reads=reads
+        pods,
+        services,
+        resolutions,
+        lambda result: metrics.EVICTION_REVIEWS.labels(result).inc(),
+        reads=reads,
+        recorder=recorder,
+        max_refusal=settings.max_eviction_refusal,
+        on_forced=metrics.EVICTIONS_FORCED.inc,
     )
     app = App(
         settings=settings,
@@ -242,15 +251,15 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         drain=drain_endpoint,
         guard=guard,
         pending=PendingGates(pods),
-        webhook=_webhook(settings, kube, services, checks, resolutions, drain_endpoint, guard),
+        webhook=_webhook(settings, kube, services, checks, resolutions, guard),
         health=HealthServer(
             settings.health_bind,
             settings.health_port,
             lambda: app.problems(),
             metrics.REGISTRY,
-            drain_endpoint.handle,
             lambda: app.wedged(),
         ),
+        drain_server=DrainServer(settings.drain_bind, settings.drain_port, drain_endpoint),
         elector=elector,
     )
     # what the process keeps about a pod or Service goes with it (the gate writer, check runner,
@@ -320,7 +329,6 @@ def _webhook(
     services: Informer[Service],
     checks: Informer[Obj],
     resolutions: ServiceResolutions,
-    drain_endpoint: drain.DrainEndpoint,
     guard: eviction.EvictionGuard,
 ) -> WebhookServer:
     return WebhookServer(
@@ -329,7 +337,6 @@ def _webhook(
         services,
         checks,
         resolutions,
-        drain_endpoint,
         guard,
         observe=metrics.observe_webhook,
         on_tls_failure=lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc(),
@@ -353,10 +360,11 @@ def _elector(settings: ControllerSettings, kube: Kube) -> LeaderElector | None:
 
 def _runnables(app: App) -> list[Runnable]:
     """In start order.  Every replica: the health listener (first, so probes answer while the
-    caches fill), the informers and the event sender; once synced, the webhook and a collection
+    caches fill), the drain listener (a hook arriving before the caches fill waits for them a
+    few seconds), the informers and the event sender; once synced, the webhook and a collection
     that freezes the first-synced caches.  The leader only: the reconcile loop, the gate writers
     that send what its passes submit, and the check gates."""
-    every = [Runnable("health server", app.health.run)]
+    every = [Runnable("health server", app.health.run), Runnable("drain server", app.drain_server.run)]
     every += [Runnable(f"informer {i.name}", i.run) for i in (*app.informers(), app.checks)]
     every.append(Runnable("events", app.recorder.run))
     after_sync = [

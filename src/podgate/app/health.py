@@ -1,15 +1,14 @@
-"""The plain-HTTP listener every replica serves: ``/healthz``, ``/readyz``, ``/metrics`` and the
-drain endpoint (the kubelet's preStop httpGet is plain HTTP before Kubernetes 1.25)."""
+"""The plain-HTTP listener every replica serves: ``/healthz``, ``/readyz`` and ``/metrics`` (the
+kubelet's probes and the monitoring namespace's scrapes; the drain hook has a port of its own,
+:mod:`podgate.app.drain_server`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-from podgate.webhook import drain
 
 
 class HealthServer:
@@ -19,7 +18,6 @@ class HealthServer:
         port: int,
         problems: Callable[[], list[str]],
         registry: CollectorRegistry,
-        drain_handler: Callable[[web.Request], Awaitable[web.Response]],
         wedged: Callable[[], list[str]] = list,
     ) -> None:
         """``problems()``: why this replica is not ready (empty: ready), each a line of /readyz;
@@ -28,7 +26,6 @@ class HealthServer:
         self.problems = problems
         self.wedged = wedged
         self.registry = registry
-        self.drain_handler = drain_handler
         self.serving = asyncio.Event()
 
     def app(self) -> web.Application:
@@ -53,12 +50,9 @@ class HealthServer:
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/metrics", metrics)
-        app.router.add_get(drain.ROUTE, self.drain_handler)
         return app
 
     async def run(self) -> None:
-        # a stopping replica cuts its waiting drain hooks after a second: the kubelet then sends
-        # SIGTERM, as it does when podgate cannot be reached at all
         runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:

@@ -1,10 +1,10 @@
-"""The webhook's HTTPS listener, every replica's: admission (pods), the eviction guard and the
-drain endpoint, with the certificate that keeps it trusted and the registration that points the
-API server at it.
+"""The webhook's HTTPS listener, every replica's: admission (pods) and the eviction guard, with
+the certificate that keeps it trusted and the registration that points the API server at it
+(the drain hook has a port of its own: :mod:`podgate.app.drain_server`).
 
 The server runs on a thread and event loop of its own (:mod:`podgate.webhook.isolated`), so
-admission never waits for a reconcile; eviction reviews and drain calls are handed back to the
-controller's loop, where the caches and the load balancers are.
+admission never waits for a reconcile; eviction reviews are handed back to the controller's
+loop, where the caches and the load balancers are.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from podgate.model import gates
 from podgate.model.certs import RotationPolicy
 from podgate.model.types import Service
 from podgate.resolutions import ServiceResolutions
-from podgate.webhook import drain, eviction, isolated
+from podgate.webhook import eviction, isolated
 from podgate.webhook import server as webhook
 from podgate.webhook.admission import InjectionPolicy
 
@@ -39,7 +39,6 @@ class WebhookServer:
         services: Informer[Service],
         checks: Informer[Obj],
         resolutions: ServiceResolutions,
-        drain_endpoint: drain.DrainEndpoint,
         guard: eviction.EvictionGuard,
         *,
         observe: Callable[[str, float], None] = lambda result, seconds: None,
@@ -47,7 +46,7 @@ class WebhookServer:
     ) -> None:
         self.settings, self.kube = settings, kube
         self.services, self.checks, self.resolutions = services, checks, resolutions
-        self.drain, self.guard = drain_endpoint, guard
+        self.guard = guard
         self.observe, self.on_tls_failure = observe, on_tls_failure
         #: set once the server listens with a certificate (and, when registering, its CA bundle
         #: is registered): /readyz waits for it
@@ -68,7 +67,6 @@ class WebhookServer:
         app.router.add_post(
             eviction.PATH, isolated.on_loop(loop, self.guard.answer, eviction.MAX_REVIEW_BYTES)
         )
-        app.router.add_get(drain.ROUTE, isolated.route_on_loop(loop, self.drain.answer))
         tls = webhook.ServingTLS(s.webhook_cert_dir, self.on_tls_failure)
         registration = await self._registration()
         first = asyncio.Event()
@@ -101,18 +99,21 @@ class WebhookServer:
                 "the drain hook is the default preStop but podgate does not know where the kubelet can "
                 "reach it: give --drain-url (or --webhook-service); pods get no preStop hook meanwhile"
             )
+        version = await self.server_version()
         return InjectionPolicy(
             s.inject,
             s.remove_gate_prefixes,
             s.skip_label_value,
             s.prestop_default(),
             drain_url,
-            gates.native_sleep_supported(await self.server_version()),
+            gates.native_sleep_supported(version),
+            gates.hook_headers_sent(version),
         )
 
     async def server_version(self) -> Mapping[str, Any] | None:
-        """The API server's ``/version`` (for the lifecycle ``sleep`` action, 1.30+); None when
-        it cannot be read, which means ``exec sleep``."""
+        """The API server's ``/version`` (the lifecycle ``sleep`` action, 1.30+; the drain token
+        in a header, 1.27+); None when it cannot be read, which means ``exec sleep`` and the
+        token in the path (both work on every release)."""
         try:
             async with asyncio.timeout(5.0):
                 return await self.kube.version()
@@ -185,8 +186,9 @@ class WebhookServer:
 
 def derived_drain_url(settings: ControllerSettings, services: Mapping[str, Service]) -> str | None:
     """Where the kubelet reaches the drain endpoint when no --drain-url is given: the ClusterIP of
-    the --webhook-service, at its port for the plain health listener (the kubelet's httpGet hook
-    is plain HTTP before Kubernetes 1.25).  None: not known."""
+    the --webhook-service, at its port named ``drain`` or targeting the drain listener (plain
+    HTTP: the kubelet's httpGet hook is before Kubernetes 1.25).  None: not known; never the
+    health port, which no longer serves the hook."""
     if not settings.webhook_service:
         return None
     svc = services.get(settings.webhook_service)
@@ -195,6 +197,6 @@ def derived_drain_url(settings: ControllerSettings, services: Mapping[str, Servi
     if not ip or ip == "None":
         return None
     for port in spec.get("ports") or ():
-        if port.get("targetPort") in ("health", settings.health_port) or port.get("name") == "drain":
+        if port.get("targetPort") in ("drain", settings.drain_port) or port.get("name") == "drain":
             return f"http://{ip}:{port['port']}"
     return None

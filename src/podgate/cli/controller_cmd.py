@@ -235,6 +235,13 @@ SETTINGS: tuple[Setting, ...] = (
         "the gate when --readiness-timeout passes: open (True, reason ReadinessTimedOut, a Warning) or "
         f"closed (False with that reason); per Service: annotation {policy.ON_TIMEOUT}",
     ),
+    Setting(
+        "--max-eviction-refusal",
+        Kind("a duration such as 90s, 10m or 1h30m", policy.parse_duration),
+        600.0,
+        "the longest the eviction guard refuses one pod's eviction (any Service editor sets "
+        f"{policy.MIN_HEALTHY_TARGETS}); then it goes through with an EvictionForced Warning Event",
+    ),
     Setting("--workers", integer(1), 4, "reconcile workers"),
     Setting(
         "--poll-period",
@@ -319,15 +326,14 @@ SETTINGS: tuple[Setting, ...] = (
         "--drain-url",
         checked("http://HOST:PORT or https://HOST:PORT (no path)", _drain_url),
         None,
-        "where the kubelet reaches podgate's drain endpoint (the health port serves it over plain "
-        "HTTP, the webhook port over HTTPS); default: http://CLUSTER-IP:PORT of --webhook-service's "
-        "port for the health listener",
+        "where the kubelet reaches podgate's drain endpoint (--drain-port, plain HTTP); default: "
+        "http://CLUSTER-IP:PORT of --webhook-service's port named drain",
     ),
     Setting(
         "--health-port",
         integer(1, 65535),
         8081,
-        "plain-HTTP /healthz, /readyz, /metrics and drain endpoint port",
+        "plain-HTTP /healthz, /readyz and /metrics port",
     ),
     Setting(
         "--health-bind",
@@ -335,6 +341,14 @@ SETTINGS: tuple[Setting, ...] = (
         "0.0.0.0",
         "address /healthz, /readyz and /metrics listen on",
     ),
+    Setting(
+        "--drain-port",
+        integer(1, 65535),
+        8082,
+        "plain-HTTP port of the drain endpoint alone (the kubelets' preStop hooks: open it to the "
+        "nodes only)",
+    ),
+    Setting("--drain-bind", BIND, "0.0.0.0", "address the drain endpoint listens on"),
     Setting(
         "--verbose",
         words({"DEBUG": True, "INFO": False}),

@@ -111,8 +111,14 @@ WEBHOOK_LATENCY = Histogram(
 )
 EVICTION_REVIEWS = Counter(
     "podgate_eviction_reviews_total",
-    "Evictions the eviction guard answered, by result (allowed, refused, bad_request)",
+    "Evictions the eviction guard answered, by result (allowed, refused, forced, bad_request)",
     ["result"],
+    registry=REGISTRY,
+)
+EVICTIONS_FORCED = Counter(
+    "podgate_evictions_forced_total",
+    "Evictions let through although below a Service's min-healthy-targets, because the pod's "
+    "eviction had been refused for --max-eviction-refusal",
     registry=REGISTRY,
 )
 DRAIN_REQUESTS = Counter(

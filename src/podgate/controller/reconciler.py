@@ -20,7 +20,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
-from podgate.model.policy import TIMED_OUT, GatePolicy, with_timeout
+from podgate.model.policy import FLOOR_UNREACHABLE, TIMED_OUT, GatePolicy, floor_unreachable, with_timeout
 from podgate.model.types import (
     Condition,
     Namespace,
@@ -103,6 +103,8 @@ class ServiceReconciler:
         self.adopted_prefixes = tuple(adopted_prefixes)
         self._addresses: dict[str, str] | None = None
         self._missing_gate_counts: dict[str, int] = {}
+        #: the MinHealthyTargetsUnreachable Warning last sent per Service (sent once per change)
+        self._floor_reported: dict[str, str] = {}
         #: when podgate first saw each target draining, by (Service key, port): removal waits for
         #: the pool's drain delay.  A target's entry goes when it leaves the pool, a Service's
         #: when its load balancer is released (see :meth:`_forget_service`)
@@ -288,6 +290,7 @@ class ServiceReconciler:
             await self._publish_address(service, address)
         selector = selector_of(service)
         selected = self.selected(namespace, selector)
+        self._report_floor(key, service, policy, len(selected))
         healths: dict[str, list[lb.TargetHealth]] = {}
         for pool in pools:
             plan, present = await self._sync_pool(key, provider, pool, selector, selected)
@@ -437,6 +440,7 @@ class ServiceReconciler:
         """The Service's load balancer was released (the Service gone or no longer podgate's):
         nothing the reconciler noted about it is kept."""
         self._missing_gate_counts.pop(key, None)
+        self._floor_reported.pop(key, None)
         for marker in [m for m in self._draining_since if m[0] == key]:
             del self._draining_since[marker]
 
@@ -446,6 +450,7 @@ class ServiceReconciler:
         return {
             "draining_since": sum(len(d) for d in self._draining_since.values()),
             "missing_gate_counts": len(self._missing_gate_counts),
+            "floor_reported": len(self._floor_reported),
             "addresses": len(self._addresses or ()),
             "requeued": len(self._requeued),
         }
@@ -529,6 +534,17 @@ class ServiceReconciler:
         if service is not None and ip and self.net is not None and addresses.contains(self.net, ip):
             status: Service = {"status": {"loadBalancer": {"ingress": None}}}
             await self._patch_service(service, status, PatchType.MERGE, "status")
+
+    def _report_floor(self, key: str, service: Service, policy: GatePolicy, selected: int) -> None:
+        """A ``min-healthy-targets`` at or above the pods the Service selects refuses every
+        eviction (as a PodDisruptionBudget allowing no disruption): a Warning on the Service,
+        once per change, before any drain meets it (the eviction guard's refusals say it too)."""
+        why = floor_unreachable(key, policy.min_healthy_targets, selected)
+        if why is None:
+            self._floor_reported.pop(key, None)
+        elif self._floor_reported.get(key) != why:
+            self._floor_reported[key] = why
+            self.recorder_emit(service, "Service", FLOOR_UNREACHABLE, why, "Warning")
 
     async def _report_pods_without_gate(self, key: str, service: Service, gate: str) -> None:
         """Pods created before their Service get no gate (injection happens at creation only):

@@ -88,9 +88,14 @@ class ControllerSettings:
     #: ``http(s)://HOST:PORT`` where the kubelet reaches the drain endpoint; None: derived from
     #: --webhook-service's ClusterIP, if any
     drain_url: str | None = None
-    #: the plain-HTTP health port (/healthz, /readyz, /metrics and the drain endpoint)
+    #: the plain-HTTP health port (/healthz, /readyz, /metrics)
     health_port: int = 8081
     health_bind: str = "0.0.0.0"
+    #: the longest one pod's eviction is refused (seconds): then it goes through, with a Warning
+    max_eviction_refusal: float = 600.0
+    #: the drain endpoint's own plain-HTTP port (the kubelets call it: open to the nodes only)
+    drain_port: int = 8082
+    drain_bind: str = "0.0.0.0"
     leader_elect: bool = False
     leader_election_namespace: str = "kube-system"
     leader_election_name: str = "podgate-controller"
@@ -168,5 +173,11 @@ class ControllerSettings:
             )
         if self.webhook_url and self.webhook_service:
             raise SettingsError("--webhook-url and --webhook-service are alternatives; give one")
+        listeners = {"--webhook-port": self.webhook_port, "--health-port": self.health_port}
+        for flag, port in listeners.items():
+            if port and port == self.drain_port:
+                raise SettingsError(
+                    f"--drain-port and {flag} must differ (the drain hook has a port of its own)"
+                )
         if self.prestop is not None and self.prestop_delay is not None:
             raise SettingsError("--prestop and --prestop-delay (its older form) are alternatives; give one")

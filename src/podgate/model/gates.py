@@ -27,6 +27,9 @@ PRESTOP_DELAY_ANNOTATION = f"{DOMAIN}/prestop-delay"
 #: no name yet for a pod made from ``generateName``, and no uid)
 DRAIN_TOKEN_ANNOTATION = f"{DOMAIN}/drain-token"
 DRAIN_PATH = "/drain"
+#: the hook's header carrying the drain token (where the kubelets send headers): out of the
+#: path, the token stays out of the kubelet's FailedPreStopHook Events, which quote the path
+DRAIN_TOKEN_HEADER = "Podgate-Drain-Token"
 #: Namespace opt-in labels of the controllers podgate replaces, honoured with the migration
 #: setting, so a namespace set up for them needs no relabelling (value ``enabled`` as for ours).
 VENDOR_INJECT_LABELS = (
@@ -214,6 +217,11 @@ def drain_budget(grace: float) -> float:
 def native_sleep_supported(version: Mapping[str, Any] | None) -> bool:
     """Whether the API server's ``/version`` answer is of a cluster with the ``sleep`` lifecycle
     action on by default (PodLifecycleSleepAction, beta in 1.30).  ``minor`` may read ``30+``."""
+    return _minor_at_least(version, 30)
+
+
+def _minor_at_least(version: Mapping[str, Any] | None, minor_wanted: int) -> bool:
+    """Whether ``/version`` says 1.``minor_wanted`` or later (``minor`` may read ``30+``)."""
     if not version:
         return False
     try:
@@ -221,7 +229,7 @@ def native_sleep_supported(version: Mapping[str, Any] | None) -> bool:
         minor = int(re.sub(r"\D.*", "", str(version.get("minor", ""))) or 0)
     except ValueError:
         return False
-    return (major, minor) >= (1, 30)
+    return (major, minor) >= (1, minor_wanted)
 
 
 def sleep_hook(seconds: float, native: bool) -> dict[str, Any]:
@@ -246,20 +254,28 @@ def drain_url_errors(url: str) -> str | None:
     return None
 
 
-def drain_hook(url: str, namespace: str, token: str) -> dict[str, Any]:
+def drain_hook(url: str, namespace: str, token: str, *, token_header: bool = False) -> dict[str, Any]:
     """The preStop ``httpGet`` calling the drain endpoint at ``url`` for the pod holding
-    ``token``.  Kubelets before 1.25 (ConsistentHTTPGetHandlers) ignore ``scheme`` and call
-    plain HTTP, so the endpoint is served on the plain health port too."""
+    ``token``: in a header with ``token_header`` (kubelets 1.25+ send a hook's ``httpHeaders``;
+    older ones ignore them, and ``scheme`` too), else in the path, which the kubelet's
+    ``FailedPreStopHook`` Event quotes."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    return {
-        "httpGet": {
-            "scheme": parts.scheme.upper(),
-            "host": parts.hostname,
-            "port": port,
-            "path": f"{DRAIN_PATH}/{quote(namespace, safe='')}/{quote(token, safe='')}",
-        }
-    }
+    path = f"{DRAIN_PATH}/{quote(namespace, safe='')}"
+    action: dict[str, Any] = {"scheme": parts.scheme.upper(), "host": parts.hostname, "port": port}
+    if token_header:
+        action |= {"path": path, "httpHeaders": [{"name": DRAIN_TOKEN_HEADER, "value": token}]}
+    else:
+        action["path"] = f"{path}/{quote(token, safe='')}"
+    return {"httpGet": action}
+
+
+def hook_headers_sent(version: Mapping[str, Any] | None) -> bool:
+    """Whether every kubelet an API server of this ``/version`` admits sends a hook's
+    ``httpHeaders``: kubelets do from 1.25 (ConsistentHTTPGetHandlers, GA), and a kubelet may be
+    two minor releases older than its API server (three from 1.28), so from an API server of
+    1.27.  Unknown: False (the path form works everywhere)."""
+    return _minor_at_least(version, 27)
 
 
 def prestop_patch(pod: Pod, hook: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -296,6 +312,7 @@ def termination_patch(
     native_sleep: bool,
     namespace: str,
     new_token: Callable[[], str],
+    token_header: bool = False,
 ) -> list[dict[str, Any]]:
     """The preStop hooks (and the drain token) for a load-balanced pod, by its annotation or the
     setting.  ``drain`` without a ``drain_url`` (podgate does not know where the kubelet can
@@ -311,5 +328,5 @@ def termination_patch(
     # always a new token: one copied into a template with a pod's manifest would name them all
     token = new_token()
     return annotation_patch(pod, DRAIN_TOKEN_ANNOTATION, token) + prestop_patch(
-        pod, drain_hook(drain_url, namespace, token)
+        pod, drain_hook(drain_url, namespace, token, token_header=token_header)
     )

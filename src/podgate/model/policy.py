@@ -197,3 +197,35 @@ def eviction_refusal(service: str, pod: str, healthy: Collection[str], minimum: 
         f"load balancer calls healthy, fewer than {MIN_HEALTHY_TARGETS}={minimum} "
         f"({len(healthy)} healthy now)"
     )
+
+
+#: the Warning Event of a Service whose floor no eviction can pass (a PDB allowing none)
+FLOOR_UNREACHABLE = "MinHealthyTargetsUnreachable"
+#: the Warning Event of a pod whose eviction went through after the longest refusal
+EVICTION_FORCED = "EvictionForced"
+
+
+def floor_unreachable(service: str, minimum: int, selected: int) -> str | None:
+    """Why the Service's ``min-healthy-targets`` refuses every eviction of its pods, or None.
+    ``selected``: the pods the Service selects, terminating ones included (a pod just evicted
+    stands for its replacement until that shows).
+
+    At or above the pods the Service selects, even all of them healthy leave none to spare: as a
+    PodDisruptionBudget that allows no disruption, every drain of a node holding one waits until
+    the cluster-wide ``--max-eviction-refusal`` passes.  A Service selecting no pod has nothing
+    to evict and says nothing."""
+    if minimum <= 0 or selected <= 0 or minimum < selected:
+        return None
+    return (
+        f"{MIN_HEALTHY_TARGETS}={minimum} is at or above the {selected} pod(s) Service {service} "
+        "selects: no eviction of its pods can pass (as a PodDisruptionBudget allowing no "
+        "disruption); lower it below the replicas, or scale up"
+    )
+
+
+def forced_eviction(refusal: str, refused_for: float, limit: float) -> str:
+    """What the user reads when an eviction refused for ``refused_for`` seconds goes through."""
+    return (
+        f"podgate let this eviction through after refusing it for {format_duration(round(refused_for))} "
+        f"(--max-eviction-refusal={format_duration(limit)}); it would still be refused: {refusal}"
+    )

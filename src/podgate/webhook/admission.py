@@ -33,6 +33,8 @@ class InjectionPolicy:
     drain_url: str | None = None
     #: the cluster has the kubelet's ``sleep`` action (1.30+): ``sleep N`` needs no binary
     native_sleep: bool = False
+    #: every kubelet of the cluster sends a hook's headers: the drain token goes in one
+    drain_token_header: bool = False
 
 
 def new_drain_token() -> str:
@@ -165,6 +167,7 @@ def review_response(
                 native_sleep=policy.native_sleep,
                 namespace=namespace or "",
                 new_token=new_token,
+                token_header=policy.drain_token_header,
             )
         if patch:
             response["patchType"] = "JSONPatch"

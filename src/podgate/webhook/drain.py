@@ -14,10 +14,16 @@ allowance (``aws_elbv2.DRAIN_PROPAGATION``), not the whole deregistration delay;
 weight 0 for the drain delay, then removed by the leader.  A target gone from the pool is
 drained whatever the provider.
 
-The kubelet's httpGet hook, before Kubernetes 1.25 (ConsistentHTTPGetHandlers), is plain HTTP
-whatever its ``scheme`` and puts a second ``/`` before the path; the route accepts that.  When
-podgate cannot be reached the hook fails, the kubelet records ``FailedPreStopHook`` and sends
-SIGTERM at once: podgate being down never holds a pod, it only loses the wait.
+The hook names its pod by the drain token the webhook gave it: in the ``Podgate-Drain-Token``
+header (``/drain/NAMESPACE``) where every kubelet the API server allows sends a hook's
+``httpHeaders`` (1.25+, ConsistentHTTPGetHandlers; an API server of 1.27+ admits no older
+kubelet), else in the path (``/drain/NAMESPACE/TOKEN``).  The path form puts the token in the
+kubelet's ``FailedPreStopHook`` Event when the call fails (the Event quotes the hook's path and
+the URL), so it is used only where it must be; both forms are always served, for pods made
+before an upgrade.  The kubelet's httpGet hook before 1.25 is plain HTTP whatever its
+``scheme`` and puts a second ``/`` before the path; the routes accept that.  When podgate cannot
+be reached the hook fails, the kubelet records ``FailedPreStopHook`` and sends SIGTERM at once:
+podgate being down never holds a pod, it only loses the wait.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ log = logging.getLogger(__name__)
 
 #: aiohttp route: ``/drain/NAMESPACE/TOKEN``, also with the kubelet's leading ``//``
 ROUTE = "/{lead:/*}drain/{namespace}/{token}"
+#: aiohttp route: ``/drain/NAMESPACE``, the token in :data:`gates.DRAIN_TOKEN_HEADER`
+HEADER_ROUTE = "/{lead:/*}drain/{namespace}"
+#: a hook is a GET with no body: anything larger than this is not one
+MAX_REQUEST_BYTES = 1024
 TIMED_OUT = "DrainTimedOut"
 
 DRAINED, TIMEOUT, NO_TARGETS, NOT_TERMINATING, UNKNOWN_POD = (
@@ -138,7 +148,10 @@ class DrainEndpoint:
         return await self.reads.read(ref.provider, ref.pool, max(self.poll, ref.provider.pool.poll_interval))
 
     async def handle(self, request: web.Request) -> web.Response:
-        answer = await self.answer(request.match_info)
+        """A hook call on either route: the token from the path, else from the header."""
+        match = request.match_info
+        token = match.get("token") or request.headers.get(gates.DRAIN_TOKEN_HEADER) or ""
+        answer = await self.answer({"namespace": match["namespace"], "token": token})
         return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
 
     async def answer(self, match: Mapping[str, str]) -> Answer:
@@ -146,6 +159,10 @@ class DrainEndpoint:
         the webhook's server thread hands calls to the controller's loop, where this runs."""
         t0 = time.monotonic()
         namespace, token = match["namespace"], match["token"]
+        if not token:
+            self.observe(UNKNOWN_POD, 0.0)
+            message = f"{UNKNOWN_POD}: the call names no drain token (header {gates.DRAIN_TOKEN_HEADER})\n"
+            return Answer(404, message.encode(), "text/plain")
         try:
             outcome = await self.drain_token(namespace, token)
         except asyncio.CancelledError:

@@ -7,6 +7,18 @@ A PodDisruptionBudget counts Ready pods; the load balancer may not have a Ready 
 (or any more), so the guard asks the load balancer itself.  Registered with failurePolicy Ignore:
 podgate being down never blocks a drain; for the same reason a load balancer that cannot be read
 lets the eviction through, with a warning kubectl prints.
+
+Bounds, since any Service editor sets the floor: a floor at or above the pods the Service
+selects refuses every eviction, which a refusal says and a ``MinHealthyTargetsUnreachable``
+Warning on the Service reports; and no pod's eviction is refused longer than
+``--max-eviction-refusal`` (10 minutes): after that it goes through, with an ``EvictionForced``
+Warning on the pod and ``podgate_evictions_forced_total``.  When a pod was first refused is
+kept in each replica's memory (by pod uid), not in the cluster: with two replicas a pod's
+eviction goes through at most that long after the replica answering its retry first refused it
+(a retry landing on the other replica, which refused it earlier or never, goes through sooner
+or counts from its own first refusal), and a replica that restarts counts again from its next
+refusal.  A refusal more than the maximum after the last one starts the count afresh, so a
+drain given up and tried again hours later is not let through at once.
 """
 
 from __future__ import annotations
@@ -22,9 +34,16 @@ from typing import Any
 from aiohttp import web
 
 from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
+from podgate.kube.events import EventRecorder
 from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import gates, lb
-from podgate.model.policy import eviction_refusal
+from podgate.model.policy import (
+    EVICTION_FORCED,
+    FLOOR_UNREACHABLE,
+    eviction_refusal,
+    floor_unreachable,
+    forced_eviction,
+)
 from podgate.model.types import PodView, Service, is_terminating, labels, meta_of, selector_of
 from podgate.providers.base import Provider, ProviderError
 from podgate.providers.reads import PoolReads
@@ -44,6 +63,10 @@ SETTLE = 2.0
 MAX_REVIEW_BYTES = 64 * 1024
 #: evictions allowed and not yet seen in the cache, at most (a flood of reviews cannot grow it)
 UNSETTLED_MAX = 1000
+#: the longest one pod's eviction is refused (``--max-eviction-refusal``), seconds
+MAX_REFUSAL = 600.0
+#: pods whose first refusal one replica remembers, at most (pods being drained at once)
+REFUSED_MAX = 20_000
 
 
 class EvictionGuard:
@@ -57,10 +80,17 @@ class EvictionGuard:
         observe: Callable[[str], None] = lambda result: None,
         reads: PoolReads | None = None,
         settle: float = SETTLE,
+        *,
+        recorder: EventRecorder | None = None,
+        max_refusal: float = MAX_REFUSAL,
+        on_forced: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``reads``: the controller's shared pool reads: an eviction within a poll interval of
         the pool's last read uses that answer (a ``kubectl drain`` of a node asks once a pod).
-        ``settle``: see :data:`SETTLE`."""
+        ``settle``: see :data:`SETTLE`.  ``max_refusal``: the longest one pod's eviction is
+        refused (seconds, counted by ``clock``); ``on_forced`` is told each eviction let through
+        because of it; ``recorder`` sends the guard's Warning Events."""
         self.pods, self.services = pods, services
         self.reads = reads if reads is not None else PoolReads()
         self.resolutions = resolutions
@@ -70,6 +100,12 @@ class EvictionGuard:
         self._unsettled: dict[str, float] = {}
         self.settle = settle
         self._settled = asyncio.Event()
+        self.recorder = recorder
+        self.max_refusal = max_refusal
+        self.on_forced = on_forced
+        self.clock = clock
+        #: pod uid → (first, last) refusal of its eviction by this replica, by ``clock``
+        self._refused: dict[str, tuple[float, float]] = {}
         pods.add_handler(self._on_pod)
 
     def _on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
@@ -77,6 +113,8 @@ class EvictionGuard:
         if key in self._unsettled and (kind == "DELETED" or is_terminating(pod)):
             del self._unsettled[key]
             self._settled.set()
+        if kind == "DELETED":
+            self._refused.pop(str(meta_of(pod).get("uid")), None)
 
     async def _settle(self, namespace: str) -> None:
         """Wait (at most ``settle`` seconds each) until the evictions this replica allowed in the
@@ -97,7 +135,7 @@ class EvictionGuard:
 
     def tracked(self) -> dict[str, int]:
         """How many entries the guard's per-pod map holds (leak tests)."""
-        return {"unsettled": len(self._unsettled)}
+        return {"unsettled": len(self._unsettled), "refused": len(self._refused)}
 
     async def handle(self, request: web.Request) -> web.Response:
         answer = await self.answer(await request.read(), request.remote)
@@ -116,6 +154,12 @@ class EvictionGuard:
         response: dict[str, Any] = {"uid": req["uid"], "allowed": True}
         pod_key = f"{req.get('namespace')}/{req.get('name')}"
         refusal, warnings = await self.refusal(pod_key)
+        forced: str | None = None
+        if refusal:
+            forced = self._refused_too_long(pod_key, refusal, bool(req.get("dryRun")))
+            if forced:
+                warnings.append(forced)
+                refusal = None
         if refusal:
             response["allowed"] = False
             response["status"] = {"code": 429, "reason": "TooManyRequests", "message": refusal}
@@ -129,9 +173,34 @@ class EvictionGuard:
             self._unsettled[pod_key] = time.monotonic()
         if warnings:
             response["warnings"] = warnings
-        self.observe("refused" if refusal else "allowed")
+        self.observe("refused" if refusal else "forced" if forced else "allowed")
         body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
         return Answer(200, json.dumps(body).encode())
+
+    def _refused_too_long(self, pod_key: str, refusal: str, dry_run: bool) -> str | None:
+        """The warning of an eviction let through because this replica has refused it for
+        ``max_refusal`` already (then an ``EvictionForced`` Event and ``on_forced``), else None
+        with the refusal counted (a dry run counts nothing)."""
+        pod = self.pods.get(pod_key)
+        if pod is None:
+            return None
+        uid = str(meta_of(pod).get("uid"))
+        now = self.clock()
+        first, last = self._refused.get(uid, (now, now))
+        if now - last > self.max_refusal:
+            first = now  # given up and tried again long after: a new drain, counted afresh
+        if now - first >= self.max_refusal:
+            message = forced_eviction(refusal, now - first, self.max_refusal)
+            if not dry_run:
+                self._refused.pop(uid, None)
+                log.warning("eviction of %s forced: %s", pod_key, message)
+                if self.recorder is not None:
+                    self.recorder.emit_later(pod, "Pod", EVICTION_FORCED, message, "Warning")
+                self.on_forced()
+            return message
+        if not dry_run and (uid in self._refused or len(self._refused) < REFUSED_MAX):
+            self._refused[uid] = (first, now)
+        return None
 
     async def refusal(self, pod_key: str) -> tuple[str | None, list[str]]:
         """Why the eviction must wait (None: it may go), and warnings for the user."""
@@ -161,6 +230,18 @@ class EvictionGuard:
                 continue
             why = eviction_refusal(service_key, pod_key, healthy, minimum)
             if why:
+                # terminating pods counted too: one just evicted, before its replacement shows,
+                # must not make a floor below the replicas read as one above them
+                selected = [
+                    p
+                    for p in self.pods.in_namespace(namespace)
+                    if gates.selector_matches(selector_of(service), labels(p))
+                ]
+                floor = floor_unreachable(service_key, minimum, len(selected))
+                if floor:
+                    why = f"{why}. {floor}"
+                    if self.recorder is not None:
+                        self.recorder.emit_later(service, "Service", FLOOR_UNREACHABLE, floor, "Warning")
                 return why, warnings
         return None, warnings
 

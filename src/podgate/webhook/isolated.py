@@ -20,9 +20,9 @@ import concurrent.futures
 import logging
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
@@ -78,20 +78,6 @@ async def read_at_most(request: web.Request, max_bytes: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def route_on_loop(
-    loop: asyncio.AbstractEventLoop, answering: Callable[[dict[str, str]], Coroutine[Any, Any, Answer]]
-) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """A handler for the server's thread that has ``answering`` run on ``loop`` with the route's
-    variables (a GET whose path says it all: the drain hook)."""
-
-    async def handle(request: web.Request) -> web.Response:
-        future = asyncio.run_coroutine_threadsafe(answering(dict(request.match_info)), loop)
-        answer = await asyncio.wrap_future(future)
-        return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
-
-    return handle
 
 
 async def _call(answering: Answering, raw: bytes, remote: str | None) -> Answer:
