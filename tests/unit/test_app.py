@@ -244,6 +244,8 @@ def settings(tmp: Path, **kw: Any) -> ControllerSettings:
         default_provider="fake",
         health_bind="127.0.0.1",
         health_port=0,
+        drain_bind="127.0.0.1",
+        drain_port=0,
         webhook_bind="127.0.0.1",
         webhook_port=0,
         webhook_cert_dir=tmp,
@@ -277,6 +279,8 @@ async def test_the_built_process_gates_a_pod_on_the_fake_load_balancers_word(tmp
         await asyncio.gather(run, return_exceptions=True)
         await app.close()
     started = app.supervisor.started
+    # the hook's own listener on every replica, with the health one, before the caches fill
+    assert started[:2] == ["health server", "drain server"]
     assert started.index("health server") < started.index("webhook server")
     assert started.index("webhook server") < started.index("service controller")
     stopped = app.supervisor.stopped

@@ -172,6 +172,8 @@ async def test_a_refused_url_gets_its_reason_and_no_request_an_allowed_one_is_qu
         default_provider="fake",
         health_bind="127.0.0.1",
         health_port=0,
+        drain_bind="127.0.0.1",
+        drain_port=0,
         webhook_bind="127.0.0.1",
         webhook_port=0,
         webhook_cert_dir=tmp_path,

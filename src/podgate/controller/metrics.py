@@ -124,7 +124,8 @@ EVICTIONS_FORCED = Counter(
 DRAIN_REQUESTS = Counter(
     "podgate_drain_requests_total",
     "preStop drain hooks answered, by result (drained; timeout: the drain budget passed first, "
-    "with a DrainTimedOut Event; no_targets; not_terminating; unknown_pod; error)",
+    "with a DrainTimedOut Event; no_targets; not_terminating; unknown_pod; busy: over the cap of "
+    "pods waited for, 429; error)",
     ["result"],
     registry=REGISTRY,
 )

@@ -114,7 +114,7 @@ class EvictionGuard:
             del self._unsettled[key]
             self._settled.set()
         if kind == "DELETED":
-            self._refused.pop(str(meta_of(pod).get("uid")), None)
+            self._refused.pop(str(meta_of(pod).get("uid") or key), None)
 
     async def _settle(self, namespace: str) -> None:
         """Wait (at most ``settle`` seconds each) until the evictions this replica allowed in the
@@ -184,7 +184,7 @@ class EvictionGuard:
         pod = self.pods.get(pod_key)
         if pod is None:
             return None
-        uid = str(meta_of(pod).get("uid"))
+        uid = str(meta_of(pod).get("uid") or pod_key)
         now = self.clock()
         first, last = self._refused.get(uid, (now, now))
         if now - last > self.max_refusal:
