@@ -76,3 +76,63 @@ def test_the_overlay_names_its_service_so_pods_get_the_drain_hook() -> None:
     )
     assert settings.webhook_service == "podgate-system/podgate"
     assert settings.webhook_cert_file is not None and settings.prestop_default().mode == "drain"
+
+
+def test_a_leaf_signed_before_a_ca_renewal_verifies_against_the_renewed_ca() -> None:
+    """Why the CA keeps its key (``rotationPolicy: Never``): the API server trusts the CA's
+    certificate from the caBundle; after cert-manager renews the CA, the serving certificate
+    still in use (signed before) must verify against the new CA certificate until the leaf
+    is reissued — as it does with the same name and key, and does not with a new key."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+    now = dt.datetime.now(dt.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "podgate-webhook-ca")])
+
+    def ca(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    dns = "podgate.podgate-system.svc"
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(name)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def verifies(anchor: x509.Certificate) -> bool:
+        verifier = PolicyBuilder().store(Store([anchor])).build_server_verifier(x509.DNSName(dns))
+        try:
+            verifier.verify(leaf, [])
+        except VerificationError:
+            return False
+        return True
+
+    assert verifies(ca(ca_key))  # the CA renewed, same key: the old leaf still verifies
+    assert not verifies(ca(ec.generate_private_key(ec.SECP256R1())))  # a new key would break it
