@@ -8,15 +8,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client
 
 from podgate.kube.api import PODS, KubeError
-from podgate.kube.client import ApiKube, retry_after
+from podgate.kube.client import (
+    KEEPALIVE_COUNT,
+    KEEPALIVE_IDLE,
+    KEEPALIVE_INTERVAL,
+    ApiKube,
+    keepalive_socket,
+    retry_after,
+    with_keepalive,
+)
 
 pytestmark = pytest.mark.contract
 
@@ -133,3 +143,33 @@ async def test_a_watch_that_goes_silent_ends_after_its_timeout_and_the_grace() -
 )
 def test_retry_after_rules(status: int, header: str | None, want: float | None) -> None:
     assert retry_after(status, header, 10.0) == want
+
+
+async def test_api_connections_are_opened_with_tcp_keepalive() -> None:
+    """A half-open connection (the peer gone without a FIN) is found by the kernel's keepalive
+    probes, as client-go's dialer arranges: every socket the client opens has it on."""
+    opened: list[socket.socket] = []
+
+    def recording(addr_info: tuple[Any, ...]) -> socket.socket:
+        sock = keepalive_socket(addr_info)
+        opened.append(sock)
+        return sock
+
+    async def pod(_: web.Request) -> web.Response:
+        return web.json_response(POD)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/pods/p", pod)
+    async with serve(app) as host:
+        api = with_keepalive(client.ApiClient(configuration=client.Configuration(host=host)), recording)
+        try:
+            assert (await ApiKube(api).get(PODS, "p", "ns"))["metadata"]["name"] == "p"  # type: ignore[arg-type]
+            # the connection is pooled, its socket still open: read its options
+            assert opened, "the client opened its connection without the keepalive factory"
+            sock = opened[0]
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT
+        finally:
+            await api.close()

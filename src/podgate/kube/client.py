@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -33,23 +34,61 @@ from podgate.kube.api import (
     error_for,
 )
 
-__all__ = ["ApiException", "ApiKube", "api_client", "call", "status_of"]
+__all__ = ["ApiException", "ApiKube", "api_client", "call", "keepalive_socket", "status_of", "with_keepalive"]
 
 STRATEGIC_MERGE = PatchType.STRATEGIC.value
 MERGE_PATCH = PatchType.MERGE.value
 
 
+#: TCP keepalive on every API connection, as client-go's dialer keeps one (30 s): a connection
+#: whose peer vanished without a FIN or RST (a dead node, a NAT that forgot it) is found dead by
+#: the kernel after 30 s idle + 3 unanswered probes 10 s apart, instead of never.  Requests are
+#: bounded by their timeouts anyway; this also clears idle pooled connections and a watch whose
+#: server went silent before its read timeout.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 10, 3
+
+
+def keepalive_socket(addr_info: tuple[Any, ...]) -> socket.socket:
+    """A TCP socket for ``addr_info`` (``getaddrinfo``'s tuple) with keepalive on."""
+    family, type_, proto = addr_info[0], addr_info[1], addr_info[2]
+    sock = socket.socket(family=family, type=type_, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        if hasattr(socket, option):  # Linux has all three
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+    return sock
+
+
+def with_keepalive(
+    api: client.ApiClient, factory: Callable[[tuple[Any, ...]], socket.socket] = keepalive_socket
+) -> client.ApiClient:
+    """``api`` whose connections are opened by ``factory``.  kubernetes_asyncio builds its
+    aiohttp connector itself and offers no hook, so its socket factory (aiohttp 3.12+) is set on
+    the connector before any connection is made; a contract test sees the option on a real
+    connection, so a library change that drops the attribute fails there, not silently."""
+    connector = api.rest_client.pool_manager.connector
+    if connector is None or not hasattr(connector, "_socket_factory"):
+        raise RuntimeError("aiohttp's TCPConnector has no socket factory: TCP keepalive cannot be set")
+    connector._socket_factory = factory  # no public setter
+    return api
+
+
 async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
-    """An ApiClient from a kubeconfig file, or the in-cluster service account when none is given."""
+    """An ApiClient from a kubeconfig file, or the in-cluster service account when none is given,
+    with TCP keepalive on its connections."""
     if kubeconfig is None:
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
-            return client.ApiClient()
+            return with_keepalive(client.ApiClient())
         except config.ConfigException:
             pass
     cfg = client.Configuration()
     await config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
-    return client.ApiClient(configuration=cfg)
+    return with_keepalive(client.ApiClient(configuration=cfg))
 
 
 class ApiKube:
