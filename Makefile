@@ -16,7 +16,7 @@ DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-cer
 	$(IMAGE_PACKAGES)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench image clean
+.PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench image image-lock clean
 
 setup: system venv binaries
 
@@ -86,6 +86,11 @@ bench: setup
 # an OCI archive at dist/podgate-image.tar.
 image: setup
 	$(PY) -m podgate_sandbox.image --out dist/podgate-image.tar
+
+# Re-pin the image: the Debian bases' packages as the mirror has them now (image/debian-*.lock)
+# and the Python dependencies with hashes (image/*requirements.txt, pip-tools). Review the diff.
+image-lock: setup
+	$(PY) -m podgate_sandbox.image --lock
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -6,6 +6,7 @@ backend (attach mode: the image holds no haproxy binary, as in a cluster)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import uuid
@@ -17,11 +18,13 @@ import pytest
 
 from podgate.model.lb import HAPROXY_BACKEND
 from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE
-from podgate_sandbox.image import BUILDAH, TAG, build
+from podgate_sandbox.image import BUILDAH, TAG, build, lock_path, parse_lock
 
 from .conftest import OFFSET, SandboxHandle, condition, grant, wait_for
 from .test_controller import INJECT, deployment, gate, lb_service
 from .test_webhook_replicas import CONFIG, controller_stopped, front_door_up, ready
+
+LOCKED_PYTHON = Path(__file__).resolve().parents[2] / "image" / "requirements.txt"
 
 pytestmark = pytest.mark.sandbox
 HAPROXY_FRONT = "127.78.0.1"
@@ -161,3 +164,44 @@ def test_the_image_runs_as_the_sandboxs_controller(
                 subprocess.run(["runc", "delete", "--force", name], capture_output=True, check=False)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
+
+
+def test_the_image_is_its_locks_and_holds_no_pip(rootfs: Path) -> None:
+    """What ran above is exactly what the repo pins: the runtime base's Debian packages at
+    image/debian-runtime.lock's versions, the Python packages at image/requirements.txt's (and
+    podgate), and no package installer anywhere in the image."""
+    installed: dict[str, str] = {}
+    for block in (rootfs / "var/lib/dpkg/status").read_text().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and line[0] != " ")
+        if fields.get("Status") == "install ok installed":
+            installed[fields["Package"]] = fields["Version"]
+    assert installed == parse_lock(lock_path("runtime").read_text())
+
+    def canonical(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    locked = {
+        canonical(m.group(1)): m.group(2)
+        for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", LOCKED_PYTHON.read_text(), re.M)
+    }
+    (site,) = (rootfs / "opt/podgate/lib").glob("python3*/site-packages")
+    present = {}
+    for meta in site.glob("*.dist-info/METADATA"):
+        headers = dict(
+            line.split(": ", 1)
+            for line in meta.read_text(errors="replace").split("\n\n", 1)[0].splitlines()
+            if ": " in line
+        )
+        present[canonical(headers["Name"])] = headers["Version"]
+    assert present.pop("podgate") == "0.1.0"
+    assert present == locked
+
+    pips = [
+        str(p.relative_to(rootfs))
+        for pattern in ("usr/lib/python3*/**/pip", "usr/local/lib/python3*/**/pip", "opt/podgate/lib/*/*/pip")
+        for p in rootfs.glob(pattern)
+    ]
+    pips += [
+        str(p) for d in ("usr/bin", "usr/local/bin", "opt/podgate/bin") for p in (rootfs / d).glob("pip*")
+    ]
+    assert pips == [], pips
