@@ -729,6 +729,27 @@ def test_podgate_deployed_from_its_image_two_replicas_through_deploy(
     with urllib.request.urlopen(f"http://{sb.deployed_lb_address}/", timeout=5) as r:
         assert r.headers["Server"].startswith("nginx/") and r.headers["X-Pod-Name"].startswith("web-")
 
+    # the drain hook as a cluster wires it: the real kubelet (1.20: plain HTTP, the token in the
+    # path) calls the podgate Service's port drain (8081), which kube-proxy sends to a replica's
+    # drain port (8082); that replica drains the pod in HAProxy before SIGTERM
+    leaving = ready[0]["metadata"]["name"]
+    prestop = ready[0]["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]
+    svc = node.get("service", "podgate", "-n", CONTROLLER_NAMESPACE)
+    assert (prestop["host"], prestop["port"]) == (svc["spec"]["clusterIP"], 8081), prestop
+    assert prestop["path"].startswith(f"/drain/{namespace}/"), prestop
+    node.kubectl("delete", "pod", leaving, "-n", namespace, "--wait=false")
+    wait_for(
+        "the deleted pod gone",
+        lambda: leaving not in node.kubectl("get", "pods", "-n", namespace, "-o", "name"),
+        timeout=60,
+    )
+    logs = node.kubectl(
+        "logs", "-n", CONTROLLER_NAMESPACE, "-l", "app.kubernetes.io/name=podgate", "--tail=-1"
+    )
+    assert f"drained {namespace}/{leaving} in " in logs, logs[-3000:]
+    failed = [e for e in pod_events(node, namespace, leaving) if e.startswith("FailedPreStopHook")]
+    assert failed == [], failed
+
 
 def _connect_from_node_cgroup(cgroup_procs: Path, host: str, port: int) -> str:
     """Connect from a process inside the node's cgroup; returns "connected" or the error."""
