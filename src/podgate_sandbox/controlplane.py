@@ -55,6 +55,24 @@ def default_state_dir() -> Path:
     return Path(base) / "podgate" / "sandbox"
 
 
+#: what the sandbox's API server audits: the writes of podgate's sandbox controller (user
+#: ``podgate-controller``) to pods' status and to Leases, with their bodies; nothing else
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Request
+  users: [podgate-controller]
+  verbs: [create, update, patch]
+  resources:
+  - group: ""
+    resources: [pods/status]
+  - group: coordination.k8s.io
+    resources: [leases]
+- level: None
+"""
+
+
 class SandboxError(RuntimeError):
     """Something the user has to act on; the message says what."""
 
@@ -256,6 +274,16 @@ class Sandbox:
             lb_cidr=c.lb_cidr,
         )
 
+    @property
+    def audit_policy(self) -> Path:
+        return self.state_dir / "audit-policy.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: podgate's own writes of gates and of its Lease (who wrote
+        what, when the server took it), which the fault tests read (tests/e2e/test_faults.py)."""
+        return self.log_dir / "audit.log"
+
     def log_of(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
@@ -330,6 +358,7 @@ class Sandbox:
             path = self.state_dir / name
             path.write_text(yaml.safe_dump(self._kubeconfig(user, tokens[user])))
             path.chmod(0o600)
+        self.audit_policy.write_text(AUDIT_POLICY)
         # The controller renders haproxy.cfg as base.cfg plus one frontend/backend per Service.
         self.haproxy_base_config.write_text(self.base_haproxy_config())
         if not self.haproxy_config.exists():
@@ -508,6 +537,10 @@ class Sandbox:
                     ),
                     "--allow-privileged=true",
                     "--profiling=false",
+                    f"--audit-policy-file={self.audit_policy}",
+                    f"--audit-log-path={self.audit_log}",
+                    "--audit-log-maxsize=100",
+                    "--audit-log-maxbackup=1",
                     "--v=1",
                 ],
                 lambda: _get(f"{self.apiserver_url}/readyz", token, insecure=True)[0] == 200,

@@ -55,6 +55,30 @@ async def test_a_read_is_asked_twice_at_most(tmp_path: Path) -> None:
         await Runtime(str(tmp_path / "nobody.sock")).command("show info")
 
 
+async def test_an_haproxy_that_accepts_and_never_answers_is_unreachable(tmp_path: Path) -> None:
+    """A stopped HAProxy (SIGSTOP, a wedged worker) still accepts on its socket and answers
+    nothing: that is an HAProxy podgate cannot reach (``reachable`` decides without it), for a
+    read and a change alike, not a refusal."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()
+
+    sock = tmp_path / "stopped.sock"
+    server = await asyncio.start_unix_server(silent, str(sock))
+    rt = Runtime(str(sock), timeout=0.2)
+    try:
+        with pytest.raises(Unreachable, match=r"did not answer show within 0\.2s"):
+            await rt.command("show info")
+        with pytest.raises(Unreachable):
+            await rt.command("set server be/s state drain")
+    finally:
+        server.close()
+        for w in held:
+            w.close()
+
+
 async def test_the_state_dump_is_a_server_state_file_or_an_error(tmp_path: Path) -> None:
     """What ``load-server-state-from-file`` reads begins with the format's version line; HAProxy's
     complaint instead is an error, and a backend it does not have is one a save can drop."""

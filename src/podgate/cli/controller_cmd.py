@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from podgate import __version__
 from podgate.app.build import build, build_providers, state_readings
 from podgate.cli import declared
 from podgate.cli.declared import (
@@ -527,12 +528,20 @@ def controller_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Cont
 SWITCH_INTERVAL = 0.001
 
 
+def user_agent(identity: str) -> str:
+    """The User-Agent of the controller's API requests: ``podgate/VERSION (IDENTITY)``."""
+    return f"podgate/{__version__} ({identity})"
+
+
 async def run(settings: ControllerSettings) -> None:
     """The controller process until SIGTERM or SIGINT (then every part stops in order), or until
     a part fails (then the process exits and its replacement starts clean)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     gctune.tune()
     api = await api_client(settings.kubeconfig)
+    # the replica's identity (its Lease holder name) in every request: an audit log then says
+    # which replica wrote what; the field manager (the part before "/") stays "podgate"
+    api.user_agent = user_agent(settings.identity)
     try:
         app = build(settings, ApiKube(api), build_providers(settings))
         metrics.REGISTRY.register(metrics.StateCollector(state_readings(app)))

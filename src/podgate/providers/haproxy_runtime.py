@@ -93,7 +93,14 @@ async def _send(address: str, line: str, timeout: float, half_close: bool) -> st
             writer.write_eof()
         async with asyncio.timeout(timeout):
             return (await reader.read()).decode(errors="replace")
-    except (OSError, TimeoutError) as e:
+    except TimeoutError:
+        # a stopped (or wedged) HAProxy: its socket still accepts (the kernel's backlog) and
+        # never answers.  That is one podgate cannot reach, which `--haproxy-ha-policy
+        # reachable` decides without, not an answer to wait on (the command may have been made)
+        raise Unreachable(
+            f"HAProxy at {address} did not answer {line.split()[0]} within {timeout:g}s"
+        ) from None
+    except OSError as e:
         raise ProviderError(
             f"HAProxy at {address}: {line.split()[0]} failed: {e or type(e).__name__}"
         ) from None
