@@ -1,4 +1,5 @@
-"""Scale: S Services × P gated pods on the node agent, created at once, then all restarted at once.
+"""Scale: S Services × P gated pods on the node agent, created at once, then all restarted at once,
+beside the same Deployments admitted by a no-op webhook and never gated, in the same run.
 
 In a sandbox of its own (port offset 16000): one namespace opted in to injection, S LoadBalancer
 Services (HAProxy, TCP check every ``--interval`` s, ``--rise`` passes to turn healthy) and a
@@ -8,7 +9,19 @@ Deployment of P replicas behind each.  Two passes, each timed by a watch of the 
 2. restart: ``kubectl rollout restart`` of every Deployment at once (each Deployment's template
    annotated), until every rollout is complete.
 
-For each pass: the time from the last pod ContainersReady to the last pod Ready; each pod's
+Before them, the baseline (``--no-baseline`` leaves it out): the same two passes in a namespace
+podgate does not serve, whose pods the API server sends to ``bench/noop_webhook.go`` (built with
+the machine's Go, standard library only) instead; then that namespace is deleted.  Set side by
+side: the API server's own ``apiserver_admission_webhook_admission_duration_seconds`` for each
+webhook, the CPU-seconds of each webhook's process, of the node agent and of the API server, and
+pods/status writes by everyone (the node agent alone, then with podgate).
+
+For each gated pod, five times (:mod:`podgate_sandbox.decompose`): (a) ContainersReady, (d) gate
+True and (e) Ready as the benchmark's watch saw them, (b) its target registered and (c) HAProxy's
+checks turning it UP from HAProxy's own ring of server state changes, read after each pass;
+podgate's share is (b − a) + (d − c).
+
+Also for each pass: the time from the last pod ContainersReady to the last pod Ready; each pod's
 ContainersReady → gate True as a ratio of the load balancer's minimum (rise × interval); the
 controller's RSS (at the start, and its peak, VmHWM) and CPU seconds; podgate's pods/status
 writes per pod (``podgate_gate_transitions_total``: one per PATCH the API server accepted);
@@ -16,17 +29,20 @@ admission latency, from a prober in a process of its own that sends the webhook 
 50 ms (keep-alive, as the API server's client) and from the API server's own histogram.
 
     .venv/bin/python bench/scale.py [--services 50] [--pods 100] [--interval 2] [--rise 3]
+    .venv/bin/python bench/scale.py --short     # 10 × 100 = 1,000 pods, a few minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import dataclasses
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +58,16 @@ from common import RESULTS, sandbox, summary, write
 from podgate.kube.api import PODS
 from podgate.kube.client import ApiKube, api_client, call
 from podgate.kube.informer import Informer
-from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+from podgate_sandbox.controlplane import EVENTS_RING, Sandbox, SandboxConfig
+from podgate_sandbox.decompose import (
+    PARTS,
+    PodTimes,
+    ServerEvent,
+    by_target,
+    histogram_quantile,
+    parts,
+    server_events,
+)
 from podgate_sandbox.processes import alive
 
 #: podgate talks to HAProxy's runtime API directly, as beside a user's HAProxy: the sandbox's data
@@ -54,23 +79,37 @@ NS = "scale"
 INJECT = "podgate.dev/pod-readiness-gate-inject"
 GATE_PREFIX = "service.readiness.podgate.dev/"
 WEBHOOK_BUCKET = 0.1  # the API server's histogram bucket the goal is (p99 ≤ 100 ms)
+PORT = 8080  # the pods' container port: their targets are IP:8080
+#: the baseline's namespace: the same Deployments, admitted by the no-op webhook, never gated
+NOOP_NS = "scale-noop"
+NOOP_LABEL = "bench.podgate.dev/noop"
+PODGATE_WEBHOOK = "readiness-gates"  # podgate's webhook names start so
+WEBHOOK_TIMEOUT_S = 5  # podgate's registration's timeoutSeconds (podgate.webhook.server)
+GO = "/usr/local/go/bin/go"
 
 
 # -- what the benchmark watches ---------------------------------------------------------------
 class Timeline:
-    """First time (monotonic) each pod was seen ContainersReady, gate True and Ready."""
+    """First time (wall clock, to set beside HAProxy's) each pod was seen at all, ContainersReady,
+    gate True and Ready, and its target (IP:8080) once it had an address."""
 
     def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self.target: dict[str, str] = {}
         self.containers_ready: dict[str, float] = {}
         self.gate_true: dict[str, float] = {}
         self.ready: dict[str, float] = {}
         self.deleting: set[str] = set()
 
     def on_pod(self, kind: str, pod: dict[str, Any], old: dict[str, Any] | None) -> None:
-        now, name = time.monotonic(), pod["metadata"]["name"]
+        now, name = time.time(), pod["metadata"]["name"]
+        self.seen.setdefault(name, now)
         if kind == "DELETED" or pod["metadata"].get("deletionTimestamp"):
             self.deleting.add(name)
-        for c in (pod.get("status") or {}).get("conditions") or ():
+        status = pod.get("status") or {}
+        if status.get("podIP") and name not in self.target:
+            self.target[name] = f"{status['podIP']}:{PORT}"
+        for c in status.get("conditions") or ():
             if c.get("status") != "True":
                 continue
             if c["type"] == "ContainersReady":
@@ -79,6 +118,15 @@ class Timeline:
                 self.ready.setdefault(name, now)
             elif c["type"].startswith(GATE_PREFIX):
                 self.gate_true.setdefault(name, now)
+
+    def times(self, name: str) -> PodTimes:
+        return PodTimes(
+            self.seen[name],
+            self.target.get(name),
+            self.containers_ready.get(name),
+            self.gate_true.get(name),
+            self.ready.get(name),
+        )
 
 
 class Process:
@@ -154,6 +202,68 @@ def scrape(url: str, token: str | None = None) -> dict[tuple[str, tuple[tuple[st
 
 def total(samples: dict[tuple[str, Any], float], name: str, **match: str) -> float:
     return sum(v for (n, labels), v in samples.items() if n == name and match.items() <= dict(labels).items())
+
+
+def haproxy_events(runtime: Path) -> list[ServerEvent]:
+    """HAProxy's ring of server state changes, whole (``show events``; read after a pass)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(str(runtime))
+        s.sendall(f"show events {EVENTS_RING}\n".encode())
+        chunks = []
+        while data := s.recv(1 << 20):
+            chunks.append(data)
+    return server_events(b"".join(chunks).decode(errors="replace").splitlines())
+
+
+def admission(
+    before: dict[tuple[str, Any], float], after: dict[tuple[str, Any], float], webhook: str
+) -> dict[str, Any]:
+    """The API server's own ``apiserver_admission_webhook_admission_duration_seconds`` for pod
+    CREATE over a pass, for the webhooks whose name starts with ``webhook``: calls, mean, p50
+    and p99 interpolated in its buckets (0.005, 0.025, 0.1, 0.5, 1, 2.5 s...), share ≤ 100 ms."""
+    name = "apiserver_admission_webhook_admission_duration_seconds"
+
+    def mine(labels: tuple[tuple[str, str], ...]) -> bool:
+        d = dict(labels)
+        return (
+            d.get("name", "").startswith(webhook)
+            and d.get("operation") == "CREATE"
+            and d.get("type") == "admit"
+        )
+
+    buckets: dict[float, float] = {}
+    count = sum_s = 0.0
+    for (n, labels), v in after.items():
+        if not n.startswith(name) or not mine(labels):
+            continue
+        delta = v - before.get((n, labels), 0.0)
+        if n == name + "_bucket":
+            le = float(dict(labels)["le"])
+            buckets[le] = buckets.get(le, 0.0) + delta
+        elif n == name + "_count":
+            count += delta
+        elif n == name + "_sum":
+            sum_s += delta
+    return {
+        "calls": count,
+        "mean_s": sum_s / count if count else None,
+        "p50_s": histogram_quantile(0.5, buckets) if count else None,
+        "p99_s": histogram_quantile(0.99, buckets) if count else None,
+        "share_within_100ms": buckets.get(WEBHOOK_BUCKET, 0.0) / count if count else None,
+    }
+
+
+def status_writes(samples: dict[tuple[str, Any], float]) -> float:
+    """pods/status writes the API server answered, by anyone (``apiserver_request_total``)."""
+    return sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == "apiserver_request_total"
+        and dict(labels).get("resource") == "pods"
+        and dict(labels).get("subresource") == "status"
+        and dict(labels).get("verb") in ("PATCH", "UPDATE", "APPLY")
+    )
 
 
 def webhook_histogram(
@@ -344,7 +454,7 @@ def service_body(i: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def deployment_body(i: int, replicas: int) -> dict[str, Any]:
-    container = {"name": "app", "image": "nginx", "ports": [{"name": "http", "containerPort": 8080}]}
+    container = {"name": "app", "image": "nginx", "ports": [{"name": "http", "containerPort": PORT}]}
     return {
         "metadata": {"name": f"svc-{i}"},
         "spec": {
@@ -358,22 +468,106 @@ def deployment_body(i: int, replicas: int) -> dict[str, Any]:
     }
 
 
+class Watched:
+    """One namespace's pods as the benchmark's watch sees them."""
+
+    def __init__(self, api: client.ApiClient, ns: str) -> None:
+        self.ns, self.timeline = ns, Timeline()
+        self.informer: Informer[dict[str, Any]] = Informer(
+            ApiKube(api), PODS, namespace=ns, name=f"bench-{ns}"
+        )
+        self.informer.add_handler(self.timeline.on_pod)
+
+    def live(self) -> dict[str, dict[str, Any]]:
+        return {n: p for n, p in self.informer.cache.items() if not p["metadata"].get("deletionTimestamp")}
+
+
+class NoopWebhook:
+    """The floor: ``bench/noop_webhook.go`` built with the machine's Go (standard library only,
+    nothing downloaded), registered for pod CREATE in :data:`NOOP_NS` as podgate's webhook is in
+    :data:`NS` (same rules, failure policy, timeout and reinvocation), answering allowed with no
+    patch.  podgate's webhook is reached through the sandbox's front door (HAProxy, TCP passed
+    through); this one directly."""
+
+    NAME = "noop.bench.podgate.dev"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = CONFIG.port(9460)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        """Build and start it; returns its certificate (PEM) for the caBundle."""
+        binary, cert = self.workdir / "noop-webhook", self.workdir / "noop-webhook.pem"
+        env = {**os.environ, "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOFLAGS": "", "CGO_ENABLED": "0"}
+        source = Path(__file__).parent / "noop_webhook.go"
+        subprocess.run([GO, "build", "-o", str(binary), str(source)], check=True, env=env)
+        self.proc = subprocess.Popen([str(binary), f"127.0.0.1:{self.port}", str(cert)])
+        deadline = time.monotonic() + 30
+        while not cert.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the no-op webhook did not start")
+            time.sleep(0.1)
+        return cert.read_text()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def configuration(self, cert: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": "bench-noop"},
+            "webhooks": [
+                {
+                    "name": self.NAME,
+                    "admissionReviewVersions": ["v1"],
+                    "clientConfig": {
+                        "url": f"https://127.0.0.1:{self.port}/mutate",
+                        "caBundle": base64.b64encode(cert.encode()).decode(),
+                    },
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["pods"],
+                            "scope": "Namespaced",
+                        }
+                    ],
+                    "namespaceSelector": {"matchLabels": {NOOP_LABEL: "enabled"}},
+                    "failurePolicy": "Ignore",
+                    "sideEffects": "None",
+                    "timeoutSeconds": WEBHOOK_TIMEOUT_S,
+                    "reinvocationPolicy": "IfNeeded",
+                }
+            ],
+        }
+
+
 class Bench:
-    def __init__(self, sb: Sandbox, api: client.ApiClient, args: argparse.Namespace) -> None:
+    def __init__(self, sb: Sandbox, api: client.ApiClient, args: argparse.Namespace, workdir: Path) -> None:
         self.sb, self.args = sb, args
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
-        self.timeline = Timeline()
-        self.informer: Informer[dict[str, Any]] = Informer(ApiKube(api), PODS, namespace=NS, name="bench")
-        self.informer.add_handler(self.timeline.on_pod)
+        self.admission = client.AdmissionregistrationV1Api(api)
+        self.gated = Watched(api, NS)
+        self.baseline = Watched(api, NOOP_NS)
         pids = json.loads((sb.state_dir / "pids.json").read_text())
         self.controller = Process(pids["podgate-controller"])
         self.agent = Process(pids["node-agent"])
+        self.apiserver = Process(pids["kube-apiserver"])
+        self.noop = NoopWebhook(workdir)
+        self.noop_proc: Process | None = None
         self.metrics_url = f"http://127.0.0.1:{CONFIG.port(8081)}/metrics"
         self.webhook_url = f"https://127.0.0.1:{CONFIG.port(9444)}/mutate-pods"
         self.apiserver_metrics = f"{sb.apiserver_url}/metrics"
         self.token = sb.admin_token()
         self.tasks: list[asyncio.Task[None]] = []
         self._told = time.monotonic()
+        #: per gated pass, each decomposed pod's ContainersReady (s after the pass's first pod) and parts
+        self.rows: list[list[tuple[float, dict[str, float]]]] = []
 
     @property
     def minimum(self) -> float:
@@ -381,8 +575,18 @@ class Bench:
 
     async def setup(self) -> None:
         await call(self.core.create_namespace, {"metadata": {"name": NS, "labels": {INJECT: "enabled"}}})
-        self.tasks.append(asyncio.create_task(self.informer.run()))
-        await self.informer.synced.wait()
+        for w in (self.gated, self.baseline):
+            self.tasks.append(asyncio.create_task(w.informer.run()))
+            await w.informer.synced.wait()
+        if self.args.baseline:
+            cert = await asyncio.to_thread(self.noop.start)
+            assert self.noop.proc is not None
+            self.noop_proc = Process(self.noop.proc.pid)
+            await call(self.admission.create_mutating_webhook_configuration, self.noop.configuration(cert))
+            await call(
+                self.core.create_namespace,
+                {"metadata": {"name": NOOP_NS, "labels": {NOOP_LABEL: "enabled"}}},
+            )
         sem = asyncio.Semaphore(10)
 
         async def create(i: int) -> None:
@@ -404,23 +608,34 @@ class Bench:
             await asyncio.sleep(0.5)
         await asyncio.sleep(2.0)  # the controller idle again before the clock starts
 
-    def progress(self) -> str:
-        live = [p["metadata"]["name"] for p in self.live().values()]
-        tl = self.timeline
-        return (
-            f"{len(live)} live pods, {sum(n in tl.containers_ready for n in live)} ContainersReady, "
-            f"{sum(n in tl.gate_true for n in live)} gated True, {sum(n in tl.ready for n in live)} Ready; "
-            f"{len(self.informer.cache) - len(live)} terminating"
-            + ("" if alive(self.controller.pid, "podgate") else "; THE CONTROLLER HAS EXITED")
-        )
+    def progress(self, w: Watched) -> Any:
+        def told() -> str:
+            live = [p["metadata"]["name"] for p in w.live().values()]
+            tl = w.timeline
+            cr, gated, ready = (
+                sum(n in d for n in live) for d in (tl.containers_ready, tl.gate_true, tl.ready)
+            )
+            return (
+                f"{w.ns}: {len(live)} live pods, {cr} ContainersReady, {gated} gated True, {ready} Ready; "
+                f"{len(w.informer.cache) - len(live)} terminating"
+                + ("" if alive(self.controller.pid, "podgate") else "; THE CONTROLLER HAS EXITED")
+            )
 
-    async def measured(self, name: str, act: Any, done: Any, pods_of: Any) -> dict[str, Any]:
+        return told
+
+    def cpu(self) -> dict[str, float]:
+        procs = {"controller": self.controller, "agent": self.agent, "apiserver": self.apiserver}
+        if self.noop_proc is not None:
+            procs["noop_webhook"] = self.noop_proc
+        return {k: p.cpu_s() for k, p in procs.items()}
+
+    async def measured(self, name: str, w: Watched, act: Any, done: Any, pods_of: Any) -> dict[str, Any]:
         """Run one pass: ``act()`` starts it, ``done()`` says it is over, ``pods_of()`` names the
         pods it made (after it is over)."""
         before = await asyncio.to_thread(scrape, self.metrics_url)
         api_before = await asyncio.to_thread(scrape, self.apiserver_metrics, self.token)
-        rss0, cpu0 = self.controller.rss_mib(), self.controller.cpu_s()
-        agent_rss0, agent_cpu0 = self.agent.rss_mib(), self.agent.cpu_s()
+        rss0, cpu0 = self.controller.rss_mib(), self.cpu()
+        agent_rss0 = self.agent.rss_mib()
         peak = PeakRss(self.controller)
         agent_peak = PeakRss(self.agent)
         connections = Connections(CONFIG.port(9444))
@@ -434,38 +649,41 @@ class Bench:
         wall0, t0 = time.time(), time.monotonic()
         print(f"{name}: started", flush=True)
         await act()
-        await wait_until(done, self.args.timeout, f"{name} to finish", self.progress)
+        await wait_until(done, self.args.timeout, f"{name} to finish", self.progress(w))
         took, wall1 = time.monotonic() - t0, time.time()
-        cpu1, agent_cpu1 = self.controller.cpu_s(), self.agent.cpu_s()
+        cpu1 = self.cpu()
         for t in sampler:
             t.cancel()
         probes = prober.stop(wall0, wall1)
         after = await asyncio.to_thread(scrape, self.metrics_url)
         api_after = await asyncio.to_thread(scrape, self.apiserver_metrics, self.token)
         pods = pods_of()
-        tl = self.timeline
+        tl = w.timeline
         last_cr = max(tl.containers_ready[p] for p in pods)
         last_ready = max(tl.ready[p] for p in pods)
-        cr_to_gate = [tl.gate_true[p] - tl.containers_ready[p] for p in pods if p in tl.gate_true]
         writes = total(after, "podgate_gate_transitions_total") - total(
             before, "podgate_gate_transitions_total"
         )
-        res = {
+        all_writes = status_writes(api_after) - status_writes(api_before)
+        res: dict[str, Any] = {
             "pods": len(pods),
             "took_s": took,
             "last_containers_ready_to_last_ready_s": last_ready - last_cr,
-            # podgate's part of it: the rest is the node agent writing Ready after the gate
-            "last_containers_ready_to_last_gate_s": max(tl.gate_true[p] for p in pods if p in tl.gate_true)
-            - last_cr,
-            "containers_ready_to_gate_s": summary(cr_to_gate),
-            "ratio_to_lb_minimum": {k: v / self.minimum for k, v in summary(cr_to_gate).items() if k != "n"},
+            "containers_ready_to_ready_s": summary([tl.ready[p] - tl.containers_ready[p] for p in pods]),
             "controller_rss_mib": {"start": rss0, "peak": peak.peak},
-            "controller_cpu_s": cpu1 - cpu0,
+            "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
+            "controller_cpu_s": cpu1["controller"] - cpu0["controller"],
             "agent_rss_mib": {"start": agent_rss0, "peak": agent_peak.peak},
-            "agent_cpu_s": agent_cpu1 - agent_cpu0,
+            "agent_cpu_s": cpu1["agent"] - cpu0["agent"],
             "status_writes": writes,
             "status_writes_per_pod": writes / len(pods),
+            "all_status_writes": all_writes,
+            "all_status_writes_per_pod": all_writes / len(pods),
             "webhook_probe": probes,
+            "admission": {
+                "podgate": admission(api_before, api_after, PODGATE_WEBHOOK),
+                "noop": admission(api_before, api_after, NoopWebhook.NAME),
+            },
             "webhook_apiserver": webhook_histogram(api_before, api_after),
             "webhook_connections": {"seen": len(connections.peers), "most_at_once": connections.most},
             "health_checking_ratio": ratio_histogram(before, after),
@@ -474,53 +692,72 @@ class Bench:
             "reconcile_errors": total(after, "controller_runtime_reconcile_errors_total")
             - total(before, "controller_runtime_reconcile_errors_total"),
         }
+        if w is self.gated:
+            cr_to_gate = [tl.gate_true[p] - tl.containers_ready[p] for p in pods if p in tl.gate_true]
+            res["last_containers_ready_to_last_gate_s"] = (
+                max(tl.gate_true[p] for p in pods if p in tl.gate_true) - last_cr
+            )
+            res["containers_ready_to_gate_s"] = summary(cr_to_gate)
+            res["ratio_to_lb_minimum"] = {
+                k: v / self.minimum for k, v in summary(cr_to_gate).items() if k != "n"
+            }
+            res["decomposition"] = await self.decomposition(tl, pods)
         print(json.dumps({name: res}, indent=1), flush=True)
         return res
 
-    def live(self) -> dict[str, dict[str, Any]]:
-        return {n: p for n, p in self.informer.cache.items() if not p["metadata"].get("deletionTimestamp")}
+    async def decomposition(self, tl: Timeline, pods: list[str]) -> dict[str, Any]:
+        """Each pod's five times, (b) and (c) from HAProxy's ring of server state changes."""
+        events = by_target(await asyncio.to_thread(haproxy_events, self.sb.haproxy_runtime_socket))
+        rows = [parts(tl.times(p), events.get(tl.target.get(p) or "", [])) for p in pods]
+        got = [r for r in rows if r is not None]
+        wall0 = min(tl.seen[p] for p in pods)
+        self.rows.append([(tl.containers_ready[p] - wall0, r) for p, r in zip(pods, rows, strict=True) if r])
+        out: dict[str, Any] = {"pods": len(pods), "decomposed": len(got)}
+        if got:
+            out["parts_s"] = {k: summary([r[k] for r in got]) for k, _ in PARTS}
+            out["podgate_share_over_1s"] = sum(r["podgate"] > 1.0 for r in got)
+        return out
 
-    async def create_pass(self) -> dict[str, Any]:
+    async def create_pass(self, w: Watched, name: str) -> dict[str, Any]:
         want = self.args.services * self.args.pods
         sem = asyncio.Semaphore(10)
 
         async def create(i: int) -> None:
             async with sem:
-                await call(self.apps.create_namespaced_deployment, NS, deployment_body(i, self.args.pods))
+                await call(self.apps.create_namespaced_deployment, w.ns, deployment_body(i, self.args.pods))
 
         async def act() -> None:
             await asyncio.gather(*(create(i) for i in range(self.args.services)))
 
         def done() -> bool:
-            live = self.live()
-            return len(live) == want and all(
-                p["metadata"]["name"] in self.timeline.ready for p in live.values()
-            )
+            live = w.live()
+            return len(live) == want and all(p["metadata"]["name"] in w.timeline.ready for p in live.values())
 
         return await self.measured(
-            "create", act, done, lambda: [p["metadata"]["name"] for p in self.live().values()]
+            name, w, act, done, lambda: [p["metadata"]["name"] for p in w.live().values()]
         )
 
-    async def restart_pass(self) -> dict[str, Any]:
-        old = {p["metadata"]["name"] for p in self.informer.cache.values()}
+    async def restart_pass(self, w: Watched, name: str) -> dict[str, Any]:
+        old = {p["metadata"]["name"] for p in w.informer.cache.values()}
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         patch = {
             "spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}}
         }
         complete: dict[str, bool] = {}
+        watcher: list[asyncio.Task[None]] = []
 
         async def act() -> None:
             await asyncio.gather(
                 *(
-                    call(self.apps.patch_namespaced_deployment, f"svc-{i}", NS, patch)
+                    call(self.apps.patch_namespaced_deployment, f"svc-{i}", w.ns, patch)
                     for i in range(self.args.services)
                 )
             )
-            self.tasks.append(asyncio.create_task(watch_rollouts()))
+            watcher.append(asyncio.create_task(watch_rollouts()))
 
         async def watch_rollouts() -> None:
             while True:
-                deployments = (await call(self.apps.list_namespaced_deployment, NS))["items"]
+                deployments = (await call(self.apps.list_namespaced_deployment, w.ns))["items"]
                 for d in deployments:
                     st, spec = d.get("status") or {}, d["spec"]
                     complete[d["metadata"]["name"]] = (
@@ -532,7 +769,7 @@ class Bench:
                 await asyncio.sleep(0.5)
 
         def new_pods() -> list[str]:
-            return [n for n in (p["metadata"]["name"] for p in self.live().values()) if n not in old]
+            return [n for n in (p["metadata"]["name"] for p in w.live().values()) if n not in old]
 
         def done() -> bool:
             if time.monotonic() - self._told > 30:
@@ -543,16 +780,32 @@ class Bench:
                 len(complete) == self.args.services
                 and all(complete.values())
                 and len(fresh) == self.args.services * self.args.pods
-                and all(n in self.timeline.ready for n in fresh)
+                and all(n in w.timeline.ready for n in fresh)
             )
 
-        return await self.measured("restart", act, done, new_pods)
+        try:
+            return await self.measured(name, w, act, done, new_pods)
+        finally:
+            for t in watcher:
+                t.cancel()
+
+    async def remove_baseline(self) -> None:
+        """The baseline's pods gone before podgate's passes: neither the node agent nor any
+        watch carries them into podgate's figures."""
+        await call(self.core.delete_namespace, NOOP_NS)
+        await wait_until(
+            lambda: not self.baseline.informer.cache,
+            self.args.timeout,
+            "the baseline's pods to go",
+            self.progress(self.baseline),
+        )
+        await call(self.admission.delete_mutating_webhook_configuration, "bench-noop")
 
 
-async def run(sb: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
+async def run(sb: Sandbox, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     api = await api_client(str(sb.kubeconfig))
     api.configuration.connection_pool_maxsize = 32
-    bench = Bench(sb, api, args)
+    bench = Bench(sb, api, args, workdir)
     try:
         await bench.setup()
         out: dict[str, Any] = {
@@ -561,17 +814,53 @@ async def run(sb: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
             "interval_s": args.interval,
             "rise": args.rise,
             "lb_minimum_s": bench.minimum,
-            "create": await bench.create_pass(),
+            "kubernetes": sb.config.kubernetes,
         }
+        if args.baseline:
+            out["baseline_create"] = await bench.create_pass(bench.baseline, "baseline_create")
+            if args.restart:
+                await asyncio.sleep(5.0)
+                out["baseline_restart"] = await bench.restart_pass(bench.baseline, "baseline_restart")
+            await bench.remove_baseline()
+            await asyncio.sleep(5.0)
+        out["create"] = await bench.create_pass(bench.gated, "create")
+        if bench.rows:
+            plot_parts(bench.rows[0], f"{args.services * args.pods} gated pods created at once", args.out)
         if args.restart:
             await asyncio.sleep(5.0)
-            out["restart"] = await bench.restart_pass()
+            out["restart"] = await bench.restart_pass(bench.gated, "restart")
         return out
     finally:
         for t in bench.tasks:
             t.cancel()
         await asyncio.gather(*bench.tasks, return_exceptions=True)
         await api.close()
+        bench.noop.stop()
+
+
+def plot_parts(rows: list[tuple[float, dict[str, float]]], title: str, out: str) -> None:
+    """A PNG of each pod's parts against the time its ContainersReady was seen: which component
+    held the pods, and when in the pass (``OUT-create.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colors = {"registered": "tab:orange", "checked": "tab:green", "gated": "tab:red", "ready": "tab:blue"}
+    labels = dict(PARTS)
+    xs = [x for x, _ in rows]
+    for key, color in colors.items():
+        ax.scatter(xs, [r[key] for _, r in rows], s=3, color=color, label=labels[key], alpha=0.6)
+    ax.scatter(xs, [r["podgate"] for _, r in rows], s=3, color="black", marker="x", label=labels["podgate"])
+    ax.set_xlabel("ContainersReady seen, s after the pass's first pod")
+    ax.set_ylabel("seconds")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8, markerscale=4)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out + "-create.png", dpi=100)
+    plt.close(fig)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -695,9 +984,114 @@ def markdown(res: dict[str, Any]) -> str:
         "every 50 ms on a kept-alive connection; the API server's share is from its "
         "`apiserver_admission_webhook_admission_duration_seconds` histogram (bucket 100 ms).",
     ]
+    lines += decomposition_markdown(res, passes) + baseline_markdown(res, passes)
     if res.get("note"):
         lines += ["", res["note"]]
     return "\n".join(lines) + "\n"
+
+
+def _s(v: float | None, unit: float = 1.0, digits: int = 2) -> str:
+    return "-" if v is None else f"{v * unit:.{digits}f}"
+
+
+def decomposition_markdown(res: dict[str, Any], passes: list[str]) -> list[str]:
+    """Where each gated pod's time went, part by part, per pass."""
+    if not all(res[p].get("decomposition", {}).get("parts_s") for p in passes):
+        return []
+    lines = [
+        "",
+        "## Where a pod's time goes",
+        "",
+        "Per pod, seconds, p50 / p99 / max over the pass's pods. (a) ContainersReady, (d) gate True "
+        "and (e) Ready are the times the benchmark's watch saw the writes; (b) registered and "
+        "(c) UP are HAProxy's own, from its ring of server state changes (`show events`): (b) is "
+        '`enable server` ("leaving forced maintenance"), (c) "is UP, reason: Layer4 check '
+        "passed\". The watch's own lag makes (b − a) shorter and (d − c) longer by the same amount.",
+        "",
+        "| part | " + " | ".join(passes) + " | goal |",
+        "|---|" + "---|" * len(passes) + "---|",
+    ]
+    for key, label in PARTS:
+        cells = []
+        for p in passes:
+            st = res[p]["decomposition"]["parts_s"][key]
+            cells.append(f"{st['p50']:.2f} / {st['p99']:.2f} / {st['max']:.2f}")
+        goal = "p99 ≤ 1 s" if key == "podgate" else ""
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+    lines.append(
+        "| pods decomposed; podgate's share over 1 s | "
+        + " | ".join(
+            f"{res[p]['decomposition']['decomposed']} of {res[p]['decomposition']['pods']}; "
+            f"{res[p]['decomposition']['podgate_share_over_1s']}"
+            for p in passes
+        )
+        + " | |"
+    )
+    return lines
+
+
+def baseline_markdown(res: dict[str, Any], passes: list[str]) -> list[str]:
+    """The same passes admitted by a no-op webhook and never gated, beside podgate's."""
+    pairs = [(f"baseline_{p}", p) for p in passes if f"baseline_{p}" in res]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "## Beside a no-op webhook, in the same run",
+        "",
+        "Before podgate's passes, the same Deployments in a namespace of their own, admitted by "
+        "`bench/noop_webhook.go` (Go, answers allowed with no patch, TLS, registered as podgate's "
+        "webhook is) and never gated: the node agent alone. Then that namespace is deleted and "
+        "podgate's passes run. Admission is the API server's own "
+        "`apiserver_admission_webhook_admission_duration_seconds` (pod CREATE), quantiles "
+        "interpolated in its buckets (5, 25, 100, 500 ms, 1 s...); CPU-seconds from /proc over "
+        "each pass (podgate's is its whole controller process).",
+        "",
+        "| measure | " + " | ".join(f"no-op {p} | podgate {p} | ratio" for _, p in pairs) + " | goal |",
+        "|---|" + "---|---|---|" * len(pairs) + "---|",
+    ]
+
+    def row(label: str, get: Any, fmt: Any, goal: str = "") -> None:
+        cells = []
+        for base, gated in pairs:
+            b, g = get(res[base], "noop"), get(res[gated], "podgate")
+            ratio = f"{g / b:.2f}" if b and g is not None else "-"
+            cells += [fmt(b), fmt(g), ratio]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+
+    def ms(v: float | None) -> str:
+        return _s(v, 1000, 0) + " ms" if v is not None else "-"
+
+    row("admission calls", lambda r, w: r["admission"][w]["calls"], lambda v: f"{v:.0f}")
+    row("admission p50 (API server)", lambda r, w: r["admission"][w]["p50_s"], ms)
+    row("admission p99 (API server)", lambda r, w: r["admission"][w]["p99_s"], ms, "podgate ≤ 1.5 × no-op")
+    row("admission mean (API server)", lambda r, w: r["admission"][w]["mean_s"], ms)
+    row(
+        "admission within 100 ms",
+        lambda r, w: r["admission"][w]["share_within_100ms"],
+        lambda v: "-" if v is None else f"{v * 100:.0f} %",
+    )
+    row(
+        "webhook process CPU-s (no-op webhook / podgate controller)",
+        lambda r, w: r["cpu_s"].get("noop_webhook" if w == "noop" else "controller"),
+        lambda v: _s(v, 1, 1),
+    )
+    row("node agent CPU-s", lambda r, w: r["cpu_s"]["agent"], lambda v: _s(v, 1, 1))
+    row("API server CPU-s", lambda r, w: r["cpu_s"]["apiserver"], lambda v: _s(v, 1, 1))
+    row(
+        "pods/status writes per pod (API server, everyone's)",
+        lambda r, w: r["all_status_writes_per_pod"],
+        lambda v: _s(v),
+        "podgate's ≤ 3",
+    )
+    row("… podgate's own", lambda r, w: r["status_writes_per_pod"], lambda v: _s(v))
+    row(
+        "ContainersReady → Ready p99 (s)",
+        lambda r, w: r["containers_ready_to_ready_s"]["p99"],
+        lambda v: _s(v),
+    )
+    row("pass took (s)", lambda r, w: r["took_s"], lambda v: _s(v, 1, 0))
+    return lines
 
 
 def main() -> None:
@@ -714,16 +1108,34 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds a pass may take")
     parser.add_argument("--no-restart", dest="restart", action="store_false")
     parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="leave out the baseline passes (the same Deployments admitted by a no-op webhook)",
+    )
+    parser.add_argument(
         "--data-plane",
         action="store_true",
         help="put the sandbox's cloud-like data plane (a Python proxy) between podgate and HAProxy",
     )
     parser.add_argument("--note", default="", help="a sentence for the Markdown (what was missed and why)")
     parser.add_argument("--out", default=str(RESULTS / "scale"))
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="the short form: 10 Services × 100 pods, results in bench/results/scale-1000.{json,md}",
+    )
     args = parser.parse_args()
-    with sandbox(dataclasses.replace(CONFIG, data_plane=args.data_plane)) as sb:
+    if args.short:
+        args.services, args.pods = 10, 100
+        if args.out == str(RESULTS / "scale"):
+            args.out = str(RESULTS / "scale-1000")
+    with (
+        sandbox(dataclasses.replace(CONFIG, data_plane=args.data_plane)) as sb,
+        tempfile.TemporaryDirectory(prefix="podgate-scale-") as workdir,
+    ):
         try:
-            res = asyncio.run(run(sb, args))
+            res = asyncio.run(run(sb, args, Path(workdir)))
         finally:  # the sandbox's logs outlive it, for a look at what happened
             logs = Path(tempfile.gettempdir()) / "podgate-scale-logs"
             shutil.copytree(sb.state_dir / "logs", logs, dirs_exist_ok=True)

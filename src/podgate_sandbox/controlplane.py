@@ -43,6 +43,10 @@ HOST = "127.0.0.1"
 NODE_MODES = ("agent", "kubelet")
 #: the controller's own namespace, as deploy/base's (created by rbac.yaml)
 CONTROLLER_NAMESPACE = "podgate-system"
+#: HAProxy's ring of server state changes (notice and above: no traffic is logged), 32 MiB:
+#: about 150,000 events, enough for two passes of 5,000 pods (``bench/scale.py``)
+EVENTS_RING = "podgate-events"
+
 #: With a real node, HAProxy's runtime API also listens on the bridge's address, this port, for
 #: podgate running in pods (deploy/overlays/sandbox); one real node per machine, so it is fixed.
 NODE_RUNTIME_PORT = 9999
@@ -391,12 +395,21 @@ class Sandbox:
         Service would: the API server keeps reaching a webhook while one replica is down)."""
         c = self.config
         return (
+            # HAProxy's own record of each server's state changes (registered, DOWN, UP after its
+            # checks, drain, maintenance) with microsecond times, read with ``show events``:
+            # benchmarks time the load balancer's part from it, not from podgate's reads
+            f"ring {EVENTS_RING}\n"
+            "    format iso\n"
+            "    maxlen 1024\n"
+            "    size 33554432\n"
             "global\n"
             f"    stats socket {self.haproxy_runtime_socket} mode 600 level admin expose-fd listeners\n"
             + (self._node_haproxy_global() if c.node == "kubelet" else "")
             + "    stats timeout 30s\n"
+            f"    log ring@{EVENTS_RING} local0 notice\n"
             "defaults\n"
             "    mode http\n"
+            "    log global\n"
             "    timeout connect 2s\n"
             "    timeout client 30s\n"
             "    timeout server 30s\n"
