@@ -49,7 +49,8 @@ from kubernetes_asyncio import client
 
 from common import RESULTS, sandbox, write
 from podgate.kube.client import api_client, call
-from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+from podgate.model.ownership import owner_tags
+from podgate_sandbox.controlplane import CLUSTER_NAME, Sandbox, SandboxConfig
 from podgate_sandbox.doubles.alibaba import AlibabaDouble
 
 CONFIG = SandboxConfig(port_offset=18000, pod_cidr="127.121.0.0/16", lb_cidr="127.221.0.0/16")
@@ -157,6 +158,8 @@ async def one_round(api: client.ApiClient, double: AlibabaDouble, ns: str, cfg: 
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     await call(core.create_namespace, {"metadata": {"name": ns}})
     for i in range(cfg.services):
+        # the administrator's ownership tags, for this round's Service (podgate.model.ownership)
+        double.tag(f"sgp-web{i}", owner_tags(CLUSTER_NAME, f"{ns}/web{i}"))
         annotations = {
             "podgate.dev/load-balancer-provider": "alibaba",
             "podgate.dev/alibaba-nlb-server-group-id": f"sgp-web{i}",

@@ -42,6 +42,8 @@ from podgate_sandbox.node.host import HostError, NodeHost
 HOST = "127.0.0.1"
 NODE_MODES = ("agent", "kubelet")
 #: the controller's own namespace, as deploy/base's (created by rbac.yaml)
+#: this sandbox's name as cloud groups' ownership tags give it (``podgate.dev/cluster``)
+CLUSTER_NAME = "sandbox"
 CONTROLLER_NAMESPACE = "podgate-system"
 #: HAProxy's ring of server state changes (notice and above: no traffic is logged), 32 MiB:
 #: about 150,000 events, enough for two passes of 5,000 pods (``bench/scale.py``)
@@ -977,7 +979,11 @@ class Sandbox:
         if pid is not None:
             processes.stop(pid, comp.marker)
         swap = ControllerSwap(
-            self.controller_argv(1, *flags), {**os.environ, **env}, self.state_dir / "logs" / log
+            self.controller_argv(1, *flags),
+            # the name the cloud doubles' groups are tagged with (podgate.dev/cluster); a variable,
+            # not a flag, so a controller from before the setting (bench/cloud_calls.py) still runs
+            {**os.environ, "PODGATE_CLUSTER_NAME": CLUSTER_NAME, **env},
+            self.state_dir / "logs" / log,
         )
         swap.start()
         try:

@@ -535,3 +535,93 @@ async def test_stop_then_start_again(cloud: tuple[AlibabaDouble, str]) -> None:
     assert await double.start("127.0.0.1", PORT) == endpoint
     await clb_call(client, "add", "rsp-web", [eni("10.10.0.3", 80)])
     assert double.clb_backends("rsp-web") == {"10.10.0.1:80": 100, "10.10.0.3:80": 100}
+
+
+async def test_tags_round_trip_through_both_sdks(cloud: tuple[AlibabaDouble, str]) -> None:
+    """TagResources and ListTagResources as each product's SDK models send and read them: by
+    resource id, by tag (a key alone matches any value), paged by NextToken, and a type the
+    product does not tag refused in its own words."""
+    double, endpoint = cloud
+    c, n = SlbClient(config(endpoint)), NlbClient(config(endpoint))
+    owner = [("podgate.dev/cluster", "sandbox"), ("podgate.dev/service", "shop/web")]
+    await c.tag_resources_async(
+        slb.TagResourcesRequest(
+            region_id=REGION,
+            resource_type="vservergroup",
+            resource_id=["rsp-web"],
+            tag=[slb.TagResourcesRequestTag(key=k, value=v) for k, v in owner],
+        )
+    )
+    await n.tag_resources_async(
+        nlb.TagResourcesRequest(
+            region_id=REGION,
+            resource_type="servergroup",
+            resource_id=["sgp-web", "sgp-inst"],
+            tag=[nlb.TagResourcesRequestTag(key=k, value=v) for k, v in owner],
+        )
+    )
+    body = (
+        await c.list_tag_resources_async(
+            slb.ListTagResourcesRequest(
+                region_id=REGION, resource_type="vservergroup", resource_id=["rsp-web"]
+            )
+        )
+    ).body
+    assert [(r.resource_id, r.tag_key, r.tag_value) for r in body.tag_resources.tag_resource] == [
+        ("rsp-web", k, v) for k, v in owner
+    ]
+    assert body.next_token is None
+    rows = (
+        await n.list_tag_resources_async(
+            nlb.ListTagResourcesRequest(
+                region_id=REGION,
+                resource_type="servergroup",
+                tag=[nlb.ListTagResourcesRequestTag(key="podgate.dev/service")],
+                max_results=2,
+            )
+        )
+    ).body
+    assert [(r.resource_id, r.tag_key) for r in rows.tag_resources] == [
+        ("sgp-web", "podgate.dev/cluster"),
+        ("sgp-web", "podgate.dev/service"),
+    ]
+    rest = (
+        await n.list_tag_resources_async(
+            nlb.ListTagResourcesRequest(
+                region_id=REGION,
+                resource_type="servergroup",
+                tag=[nlb.ListTagResourcesRequestTag(key="podgate.dev/service")],
+                max_results=2,
+                next_token=rows.next_token,
+            )
+        )
+    ).body
+    assert [r.resource_id for r in rest.tag_resources] == ["sgp-inst", "sgp-inst"] and not rest.next_token
+    # ListServerGroups shows the same tags
+    groups = (
+        await n.list_server_groups_async(
+            nlb.ListServerGroupsRequest(region_id=REGION, server_group_ids=["sgp-web"])
+        )
+    ).body.server_groups
+    assert [(t.key, t.value) for t in groups[0].tags] == owner
+    assert double.tags_of("rsp-web") == dict(owner)
+    with pytest.raises(ClientException) as refused:
+        await n.tag_resources_async(
+            nlb.TagResourcesRequest(
+                region_id=REGION,
+                resource_type="vservergroup",
+                resource_id=["sgp-web"],
+                tag=[nlb.TagResourcesRequestTag(key="a", value="b")],
+            )
+        )
+    assert refused.value.code == "IllegalParam.ResourceType"
+    with pytest.raises(ClientException) as missing:
+        await c.tag_resources_async(
+            slb.TagResourcesRequest(
+                region_id=REGION,
+                resource_type="vservergroup",
+                resource_id=["rsp-nope"],
+                tag=[slb.TagResourcesRequestTag(key="a", value="b")],
+            )
+        )
+    assert missing.value.code == "ResourceNotFound"

@@ -4,6 +4,7 @@ API's limits, paging, the errors a user must be able to act on, and throttling b
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,11 +13,14 @@ from alibabacloud_credentials.models import Config
 
 from podgate.model import lb
 from podgate.model.lb import GroupRef, Health, HealthCheck, PoolSpec, Target
+from podgate.model.ownership import SERVICE_TAG, owner_tags
 from podgate.providers.alibaba import AlibabaProvider
-from podgate.providers.base import ProviderError
+from podgate.providers.base import NotOwned, ProviderError
+from podgate.providers.ownership import ACCEPT_TTL
 from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
 
 PORT = 15635
+CLUSTER = "test"
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 
 
@@ -30,9 +34,40 @@ async def cloud() -> AsyncIterator[AlibabaDouble]:
     double.add_clb("lb-1", {80: "rsp-1"})
     await double.start("127.0.0.1", PORT)
     try:
+        # an administrator tags the groups for Service ns/web (the last test's for ns/api), through
+        # the SDK's own TagResources of each product
+        for product, kind, group in (
+            ("clb", "vservergroup", "rsp-1"),
+            ("nlb", "servergroup", "sgp-1"),
+            ("nlb", "servergroup", "sgp-ecs"),
+            ("nlb", "servergroup", "sgp-any"),
+        ):
+            await tag(product, kind, group, owner_tags(CLUSTER, "ns/web"))
         yield double
     finally:
         await double.stop()
+
+
+async def tag(product: str, kind: str, group: str, tags: dict[str, str]) -> None:
+    """TagResources through the product's own SDK client, as an administrator's tool calls it."""
+    from alibabacloud_tea_openapi import utils_models as openapi
+
+    if product == "clb":
+        from alibabacloud_slb20140515 import models
+        from alibabacloud_slb20140515.client import Client
+    else:
+        from alibabacloud_nlb20220430 import models  # type: ignore[no-redef]
+        from alibabacloud_nlb20220430.client import Client  # type: ignore[assignment]
+    config = openapi.Config(
+        credential=credential(), region_id="cn-hangzhou", endpoint=f"127.0.0.1:{PORT}", protocol="http"
+    )
+    request = models.TagResourcesRequest(
+        region_id="cn-hangzhou",
+        resource_type=kind,
+        resource_id=[group],
+        tag=[models.TagResourcesRequestTag(key=k, value=v) for k, v in tags.items()],
+    )
+    await asyncio.to_thread(Client(config).tag_resources, request)
 
 
 def credential(secret: str = "podgate-test-secret") -> CredentialClient:
@@ -53,6 +88,7 @@ def provider(secret: str = "podgate-test-secret") -> AlibabaProvider:
         burst=1000,
         base_delay=0.01,
         credential=credential(secret),
+        cluster=CLUSTER,
     )
 
 
@@ -153,17 +189,52 @@ async def test_nlb_new_server_waits_for_the_first_checks(cloud: AlibabaDouble) -
     assert st.health.health is Health.HEALTHY
 
 
-async def test_a_group_belongs_to_one_service(cloud: AlibabaDouble) -> None:
+async def test_a_group_is_bound_only_with_the_tags_of_this_cluster_and_service(cloud: AlibabaDouble) -> None:
+    """The tags say whose a group is, in the cloud: another Service, another cluster or no tag
+    at all is refused with a message naming the group and the tag, and nothing in it changes."""
     p = provider()
-    await p.bind("ns/web", [pool("nlb", "sgp-1")])
-    with pytest.raises(ProviderError, match="sgp-1 is already bound to Service ns/web"):
+    await p.bind("ns/web", [pool("nlb", "sgp-1"), pool("clb", "rsp-1")])
+    with pytest.raises(
+        NotOwned,
+        match=r"NLB server group sgp-1 is tagged podgate\.dev/service=ns/web: it is another Service's",
+    ):
         await p.bind("ns/other", [pool("nlb", "sgp-1")])
-    await p.unbind("ns/web")
-    await p.bind("ns/other", [pool("nlb", "sgp-1")])
+    cloud.add_nlb("nlb-9", {"lsn-9": (80, "sgp-9")})
+    with pytest.raises(NotOwned, match=r"NLB server group sgp-9 has no tag podgate\.dev/cluster"):
+        await p.bind("ns/web", [pool("nlb", "sgp-9")])
+    await tag("nlb", "servergroup", "sgp-9", owner_tags("prod", "ns/web"))
+    with pytest.raises(NotOwned, match=r"sgp-9 is tagged podgate\.dev/cluster=prod: it is another cluster's"):
+        await p.bind("ns/web", [pool("nlb", "sgp-9")])
+    cloud.add_clb("lb-9", {80: "rsp-9"})
+    with pytest.raises(NotOwned, match=r"CLB vServer group rsp-9 has no tag podgate\.dev/cluster"):
+        await p.bind("ns/web", [pool("clb", "rsp-9")])
+    refused = [c for c in cloud.script.calls if c not in ("ListTagResources", "TagResources")]
+    await tag("clb", "vservergroup", "rsp-9", owner_tags(CLUSTER, "ns/web"))
+    await p.bind("ns/web", [pool("clb", "rsp-9")])  # tagged by the administrator: bound
+    assert "AddVServerGroupBackendServers" not in refused and "AddServersToServerGroup" not in refused
+    assert (cloud.nlb_servers("sgp-9"), cloud.clb_backends("rsp-9")) == ({}, {})
+
+
+async def test_an_accepted_group_is_read_again_after_the_accept_ttl(cloud: AlibabaDouble) -> None:
+    """Tags are read on bind; an acceptance is remembered for a short while only, so a tag an
+    administrator takes away is seen within that while, by this replica or a restarted one."""
+    p = provider()
+    now = [0.0]
+    p.ownership.clock = lambda: now[0]
+    await p.bind("ns/web", [pool("nlb", "sgp-1")])
+    await p.bind("ns/web", [pool("nlb", "sgp-1")])
+    assert cloud.script.calls.count("ListTagResources") == 1
+    cloud.tag("sgp-1", {SERVICE_TAG: "ns/api"})
+    now[0] += ACCEPT_TTL
+    with pytest.raises(NotOwned, match="another Service's"):
+        await p.bind("ns/web", [pool("nlb", "sgp-1")])
+    with pytest.raises(NotOwned, match="another Service's"):  # a refusal is not remembered
+        await provider().bind("ns/web", [pool("nlb", "sgp-1")])
 
 
 async def test_unbind_takes_the_services_pods_out_of_its_groups(cloud: AlibabaDouble) -> None:
     p, clb, nlb = provider(), pool("clb", "rsp-1"), pool("nlb", "sgp-1")
+    cloud.tag("sgp-1", {SERVICE_TAG: "ns/api"})
     await p.bind("ns/web", [clb])
     await p.bind("ns/api", [nlb])
     for each in (clb, nlb):
@@ -210,3 +281,44 @@ async def test_api_down_is_a_provider_error(cloud: AlibabaDouble) -> None:
         ProviderError, match=r"ListServerGroupServers: cannot reach the API: .*Connection refused"
     ):
         await provider().targets(pool("nlb", "sgp-1"))
+
+
+async def test_only_podgates_own_backends_are_listed_drained_and_removed(cloud: AlibabaDouble) -> None:
+    """Backends someone else added to a group tagged for the Service (no description, or not
+    podgate's) are never listed, so never drained or removed, by this provider or a restarted
+    one; podgate's own carry ``podgate/<namespace>/<name>``."""
+    p, clb, nlb = provider(), pool("clb", "rsp-1"), pool("nlb", "sgp-1")
+    cloud.script.nlb_adding_polls = 0
+    foreign = Target("10.9.9.9", 8080)
+    await p.transport.call(  # an administrator's server, through the SDK
+        "nlb",
+        "AddServersToServerGroup",
+        {
+            "ServerGroupId": "sgp-1",
+            "Servers": [{"ServerId": foreign.ip, "ServerType": "Ip", "ServerIp": foreign.ip, "Port": 8080}],
+        },
+    )
+    backend = {"ServerId": eni_for(foreign.ip), "Type": "eni", "ServerIp": foreign.ip, "Port": 8080}
+    await p.transport.call(
+        "clb",
+        "AddVServerGroupBackendServers",
+        {"VServerGroupId": "rsp-1", "BackendServers": json.dumps([{**backend, "Description": "admin"}])},
+    )
+    await p.bind("ns/web", [clb, nlb])
+    for each in (clb, nlb):
+        assert await p.targets(each) == {}
+        await p.register(each, ips(2))
+        assert set(await p.targets(each)) == set(ips(2))
+        await p.drain(each, [foreign, *ips(1)])
+        await p.deregister(each, [foreign])
+    assert cloud.nlb_servers("sgp-1") == {
+        "10.1.0.1:8080": ("Available", 0),
+        "10.1.0.2:8080": ("Available", 100),
+        "10.9.9.9:8080": ("Available", 100),
+    }
+    assert cloud.clb_backends("rsp-1") == {"10.9.9.9:8080": 100, "10.1.0.1:8080": 0, "10.1.0.2:8080": 100}
+    restarted = provider()
+    await restarted.bind("ns/web", [clb, nlb])
+    await restarted.unbind("ns/web")
+    assert list(cloud.nlb_servers("sgp-1")) == ["10.9.9.9:8080"]
+    assert list(cloud.clb_backends("rsp-1")) == ["10.9.9.9:8080"]

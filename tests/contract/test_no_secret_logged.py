@@ -20,8 +20,10 @@ from alibabacloud_credentials.client import Client as CredentialClient
 from alibabacloud_credentials.models import Config
 
 from podgate.cli.logs import setup_logging
+from podgate.kube.records import MemoryRecords
 from podgate.model import lb
 from podgate.model.lb import GroupRef, HealthCheck, PoolSpec, Target
+from podgate.model.ownership import owner_tags
 from podgate.providers.alibaba import AlibabaProvider
 from podgate.providers.aws_elbv2 import AwsElbv2Provider
 from podgate_sandbox.doubles.alibaba import AlibabaDouble
@@ -77,7 +79,12 @@ async def target_group(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[E
                 await asyncio.sleep(0.2)
         async with get_session().create_client("elbv2", **kw) as elbv2:
             group = await elbv2.create_target_group(
-                Name="web", Protocol="HTTP", Port=8080, VpcId=vpc, TargetType="ip"
+                Name="web",
+                Protocol="HTTP",
+                Port=8080,
+                VpcId=vpc,
+                TargetType="ip",
+                Tags=[{"Key": k, "Value": v} for k, v in owner_tags("test", "ns/web").items()],
             )
         for name, value in {
             "AWS_ACCESS_KEY_ID": "testing",
@@ -99,7 +106,9 @@ async def test_the_aws_provider_logs_no_credential(target_group: tuple[ElbDouble
     group = GroupRef(lb.AWS_TARGET_GROUP, arn)
 
     async def calls() -> None:
-        provider = AwsElbv2Provider("aws", "us-east-1", base_delay=0.01)
+        provider = AwsElbv2Provider(
+            "aws", "us-east-1", records=MemoryRecords(), base_delay=0.01, cluster="test"
+        )
         pool = PoolSpec("ns", "web", 80, "", 8080, "TCP", HealthCheck(), group=group)
         try:
             await provider.bind("ns/web", [pool])
@@ -121,6 +130,7 @@ async def test_the_alibaba_provider_logs_no_credential(
     monkeypatch.setenv("DEBUG", "sdk")  # the SDK's own request dump, headers and all
     cloud = AlibabaDouble("cn-hangzhou", credentials={"canary-ak": SECRET})
     cloud.add_nlb("nlb-1", {"lsn-1": (80, "sgp-1")})
+    cloud.tag("sgp-1", owner_tags("test", "ns/web"))
     endpoint = f"http://127.0.0.1:{ALIBABA_PORT}"
     group = GroupRef(lb.ALIBABA_NLB_GROUP, "sgp-1")
 
@@ -136,6 +146,7 @@ async def test_the_alibaba_provider_logs_no_credential(
             ecs_endpoint=endpoint,
             credential=credential,
             base_delay=0.01,
+            cluster="test",
         )
         pool = PoolSpec("ns", "web", 80, "", 8080, "TCP", HealthCheck(), group=group)
         try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from podgate.model.ownership import owner_tags
 from podgate_sandbox.controlplane import Sandbox
 from podgate_sandbox.doubles.alibaba import AlibabaDouble, eni_for
 
@@ -29,6 +30,8 @@ from .conftest import (
 
 pytestmark = pytest.mark.sandbox
 PORT = 15630
+FOREIGN_IP = "10.99.0.9"  # a server someone else put in a group: not a pod's address
+FOREIGN = f"{FOREIGN_IP}:8080"
 ENDPOINT = f"http://127.0.0.1:{PORT}"
 ENV = {
     "ALIBABA_CLOUD_ACCESS_KEY_ID": "podgate-test-ak",
@@ -60,6 +63,15 @@ async def cloud() -> AsyncIterator[AlibabaDouble]:
         yield double
     finally:
         await double.stop()
+
+
+def warned(sandbox: SandboxHandle, namespace: str, service: str, group: str) -> bool:
+    """Whether the Service has a GroupNotOwned Warning Event naming the group."""
+    events = sandbox.get("events", "-n", namespace, "--field-selector", f"involvedObject.name={service}")
+    return any(
+        e["reason"] == "GroupNotOwned" and e["type"] == "Warning" and group in e["message"]
+        for e in events["items"]
+    )
 
 
 def service(name: str, annotations: dict[str, str]) -> dict[str, Any]:
@@ -139,16 +151,32 @@ async def test_gates_follow_nlb_server_health(
         grant(sandbox, "alibaba", namespace, "sgp-web")
         sandbox.apply(service("web", {"podgate.dev/alibaba-nlb-server-group-id": "sgp-web"}), namespace)
 
-        # Healthy after N polls: the gate waits through the add job and the initial checks.
+        # Not tagged for this cluster and Service yet: refused, named in a Warning and in the
+        # gate, and the group untouched.
         cloud.script.initial_polls = 10
         sandbox.apply(deployment("web"), namespace)
-        first = await watch.wait("initial checks", lambda g: g[1] == "Initial")
+        refused = await watch.wait("refused", lambda g: g[1] == "GroupNotOwned", 40)
+        assert (
+            refused[0] == "False" and "NLB server group sgp-web has no tag podgate.dev/cluster" in refused[2]
+        )
+        await asyncio.to_thread(
+            wait_for, "a GroupNotOwned Warning", lambda: warned(sandbox, namespace, "web", "sgp-web"), 30
+        )
+        assert cloud.nlb_servers("sgp-web") == {}
+        assert not {"AddServersToServerGroup", "RemoveServersFromServerGroup"} & set(cloud.script.calls)
+
+        # An administrator tags it: bound (within the reconcile back-off, 30 s at most).
+        # Healthy after N polls: the gate waits through the add job and the initial checks.
+        cloud.tag("sgp-web", owner_tags("sandbox", f"{namespace}/web"))
+        # and someone else's server is in the group too: podgate never drains or removes it
+        cloud.add_backend("sgp-web", FOREIGN_IP, 8080, "added by hand")
+        first = await watch.wait("initial checks", lambda g: g[1] == "Initial", 60)
         assert first[0] == "False" and "listener lsn-web" in first[2]
         done = await watch.wait("healthy", lambda g: g[0] == "True")
         assert done[1] == "TargetHealthy" and "NLB server group sgp-web" in done[2]
         assert cloud.script.health_polls >= 10
         (ip,) = live_pod_ips(sandbox, namespace, "web")
-        assert cloud.nlb_servers("sgp-web") == {f"{ip}:8080": ("Available", 100)}
+        assert cloud.nlb_servers("sgp-web") == {f"{ip}:8080": ("Available", 100), FOREIGN: ("Available", 100)}
         assert "AddServersToServerGroup" in cloud.script.calls
 
         # Throttled: the provider backs off and gets through; nothing opens early.
@@ -187,7 +215,7 @@ async def test_gates_follow_nlb_server_health(
             namespace,
             cloud,
             "web",
-            lambda: cloud.nlb_servers("sgp-web"),
+            lambda: {k: v for k, v in cloud.nlb_servers("sgp-web").items() if k != FOREIGN},
             "server group",
             ("UpdateServerGroupServersAttribute", "RemoveServersFromServerGroup"),
         )
@@ -201,10 +229,13 @@ async def test_gates_follow_nlb_server_health(
         # no wait: no podgate runs (stop() waited for it) to take a server out, and the deletion
         # is in the API server once kubectl has returned
         assert sandbox.get("service", "web", "-n", namespace)["metadata"]["deletionTimestamp"]
-        assert len(cloud.nlb_servers("sgp-web")) == 1
+        assert len(cloud.nlb_servers("sgp-web")) == 2
         swap.start()
         await asyncio.to_thread(
-            wait_for, "an empty server group", lambda: not cloud.nlb_servers("sgp-web"), 30
+            wait_for,
+            "only someone else's server left in the group",
+            lambda: list(cloud.nlb_servers("sgp-web")) == [FOREIGN],
+            30,
         )
         await asyncio.to_thread(
             wait_for,
@@ -222,6 +253,7 @@ async def test_gates_follow_clb_backend_health(
     watch = GateWatch(sandbox, namespace, "service.readiness.podgate.dev/shop", "app=shop")
     with controller_replaced(sandbox, *FLAGS, env=ENV, log=f"alibaba-controller-{namespace}.log") as swap:
         grant(sandbox, "alibaba", namespace, "rsp-shop")
+        cloud.tag("rsp-shop", owner_tags("sandbox", f"{namespace}/shop"))
         sandbox.apply(service("shop", {"podgate.dev/alibaba-clb-vserver-group-id": "rsp-shop"}), namespace)
 
         # A Service naming the provider but no group is told why and never held: no finalizer,

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 
+from podgate.model.ownership import owner_tags
+from podgate_sandbox.controlplane import CLUSTER_NAME
 from podgate_sandbox.doubles.elb import ElbDouble
 
 from .conftest import (
@@ -38,12 +40,22 @@ AWS_ENV = {
     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{DOUBLE_PORT}",
 }
 GATE = "service.readiness.podgate.dev/web"
+FOREIGN_IP = "10.99.0.9"  # a target someone else registered: not a pod's address
+FOREIGN = f"{FOREIGN_IP}:8080"
 MOTO_KW: dict[str, Any] = {
     "region_name": "us-east-1",
     "endpoint_url": f"http://127.0.0.1:{MOTO_PORT}",
     "aws_access_key_id": "testing",
     "aws_secret_access_key": "testing",
 }
+
+
+async def tag_for(arn: str, service_key: str) -> None:
+    """What an administrator does before a Service may bind the target group: its ownership
+    tags for this (the sandbox's) cluster and the Service."""
+    async with get_session().create_client("elbv2", **MOTO_KW) as elbv2:
+        tags = owner_tags(CLUSTER_NAME, service_key)
+        await elbv2.add_tags(ResourceArns=[arn], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
 
 async def registered(arn: str) -> list[str]:
@@ -141,12 +153,35 @@ async def test_gates_follow_elb_target_health(
             },
         }
 
-        # Healthy after N polls: the gate waits through ELB's initial health checking.
+        # Not tagged for this cluster and Service yet: refused, named in a Warning and in the
+        # gate, and the target group untouched.
         double.script.default_initial_polls = 15
         sandbox.apply(dep, namespace)
+        refused = await watch.wait("refused", lambda g: g[1] == "GroupNotOwned", 40)
+        assert refused[0] == "False" and f"target group {arn} has no tag podgate.dev/cluster" in refused[2]
+        await asyncio.to_thread(
+            wait_for,
+            "a GroupNotOwned Warning naming the target group",
+            lambda: any(
+                e["reason"] == "GroupNotOwned" and e["type"] == "Warning" and arn in e["message"]
+                for e in sandbox.get(
+                    "events", "-n", namespace, "--field-selector", "involvedObject.name=web"
+                )["items"]
+            ),
+            30,
+        )
+        assert await registered(arn) == []
+
+        # An administrator tags it: bound (within the reconcile back-off, 30 s at most).
+        # Healthy after N polls: the gate waits through ELB's initial health checking.
+        await tag_for(arn, f"{namespace}/web")
+        async with get_session().create_client("elbv2", **MOTO_KW) as elbv2:
+            # and someone else's target is in the group too: podgate never deregisters it
+            await elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": FOREIGN_IP, "Port": 8080}])
         first = await watch.wait(
             "initial health checking",
             lambda g: g[1] == "Elb.InitialHealthChecking",
+            60,
         )
         assert first[0] == "False" and "Initial health checks in progress" in first[2]
         done = await watch.wait("healthy", lambda g: g[0] == "True")
@@ -185,15 +220,15 @@ async def test_gates_follow_elb_target_health(
         # The Service is deleted: podgate's finalizer holds it until its pods have left the
         # target group, which stays (it is the user's).  (--wait=false: the ELB front runs on
         # this test's event loop, which a waiting kubectl would block.)
-        assert len(await registered(arn)) == 4
+        assert len(await registered(arn)) == 5 and FOREIGN in await registered(arn)
         svc = sandbox.get("service", "web", "-n", namespace)
         assert "podgate.dev/load-balancer-targets" in svc["metadata"]["finalizers"]
         sandbox.kubectl("delete", "service", "web", "-n", namespace, "--wait=false")
         for _ in range(100):
-            if not await registered(arn):
+            if await registered(arn) == [FOREIGN]:
                 break
             await asyncio.sleep(0.2)
-        assert await registered(arn) == []
+        assert await registered(arn) == [FOREIGN]
         await asyncio.to_thread(
             wait_for,
             "the Service gone",

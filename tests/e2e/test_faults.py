@@ -496,6 +496,7 @@ async def test_a_throttled_elb_api_closes_no_gate(
         log=log,
     ):
         grant(sandbox, "aws", namespace, arn)
+        await aws_e2e.tag_for(arn, f"{namespace}/web")  # the administrator's ownership tags
         annotations = {
             "podgate.dev/load-balancer-provider": "aws",
             "podgate.dev/aws-target-group-arn": arn,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from podgate.kube.records import MemoryRecords
 from podgate.model import lb
 from podgate.providers.aws_elbv2 import DRAIN_PROPAGATION, AwsElbv2Provider
 
@@ -47,7 +48,9 @@ class TargetGroup:
 
 def provider() -> tuple[AwsElbv2Provider, TargetGroup, list[float]]:
     now = [1000.0]
-    aws = AwsElbv2Provider("aws", "eu-west-1", clock=lambda: now[0])
+    records = MemoryRecords()
+    records.records[(ARN, POOL.service_key)] = {A: 0.0, B: 0.0}  # both registered by podgate
+    aws = AwsElbv2Provider("aws", "eu-west-1", records=records, clock=lambda: now[0])
     group = TargetGroup()
     aws._client = group  # the SDK client's place: the seam below podgate's calls
     return aws, group, now

@@ -28,7 +28,14 @@ class FakeTransport:
         await asyncio.sleep(0)
         if action == "DescribeVServerGroupAttribute":
             ip, _ = GROUPS[params["VServerGroupId"]]
-            backend = {"ServerId": f"eni-{ip}", "Type": "eni", "ServerIp": ip, "Port": 8080, "Weight": 100}
+            backend = {
+                "ServerId": f"eni-{ip}",
+                "Type": "eni",
+                "ServerIp": ip,
+                "Port": 8080,
+                "Weight": 100,
+                "Description": OWNER,
+            }
             return {"LoadBalancerId": "lb-1", "BackendServers": {"BackendServer": [backend]}}
         if action == "DescribeVServerGroups":
             groups = [
@@ -53,6 +60,9 @@ class FakeTransport:
         raise AssertionError(action)
 
 
+OWNER = "podgate/shop/web"
+
+
 def clb(age: float) -> tuple[Clb, FakeTransport]:
     fake = FakeTransport()
     transport = cast(Transport, fake)
@@ -61,24 +71,24 @@ def clb(age: float) -> tuple[Clb, FakeTransport]:
 
 async def test_groups_of_one_load_balancer_share_its_health_read() -> None:
     c, fake = clb(10.0)
-    a, b = await asyncio.gather(c.targets("rsp-a"), c.targets("rsp-b"))
+    a, b = await asyncio.gather(c.targets("rsp-a", OWNER), c.targets("rsp-b", OWNER))
     assert a[Target("10.0.0.1", 8080)].health.health is Health.HEALTHY
     assert b[Target("10.0.0.2", 8080)].health.health is Health.HEALTHY
-    await c.targets("rsp-a")
+    await c.targets("rsp-a", OWNER)
     assert fake.calls.count("DescribeHealthStatus") == 1
     assert fake.calls.count("DescribeVServerGroupAttribute") >= 3  # each group's backends: its own
 
 
 async def test_a_change_to_one_group_makes_the_next_health_read_fresh() -> None:
     c, fake = clb(10.0)
-    await c.targets("rsp-a")
+    await c.targets("rsp-a", OWNER)
     await c.set_weight("rsp-a", [Target("10.0.0.1", 8080)], 0)
-    await c.targets("rsp-b")
+    await c.targets("rsp-b", OWNER)
     assert fake.calls.count("DescribeHealthStatus") == 2
 
 
 async def test_age_zero_shares_only_a_read_in_flight() -> None:
     c, fake = clb(0.0)
-    await c.targets("rsp-a")
-    await c.targets("rsp-b")
+    await c.targets("rsp-a", OWNER)
+    await c.targets("rsp-b", OWNER)
     assert fake.calls.count("DescribeHealthStatus") == 2

@@ -21,7 +21,7 @@ from podgate.controller.settings import (
     HAProxySettings,
     SettingsError,
 )
-from podgate_sandbox.controlplane import Sandbox
+from podgate_sandbox.controlplane import CLUSTER_NAME, Sandbox
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +43,7 @@ def values(argv: list[str], environ: dict[str, str] | None = None) -> declared.V
 
 
 HAPROXY = ["--haproxy-runtime-socket", "/s"]
-ALI = ["--alibaba-provider", "ali", "--default-provider", "ali"]
+ALI = ["--alibaba-provider", "ali", "--default-provider", "ali", "--cluster-name", "c"]
 
 
 def test_a_representative_command_line_gives_the_settings_it_always_did() -> None:
@@ -63,6 +63,8 @@ def test_a_representative_command_line_gives_the_settings_it_always_did() -> Non
             "/state/base.cfg",
             "--lb-cidr",
             "127.200.0.0/16",
+            "--cluster-name",
+            "prod-eu",
             "--aws-provider",
             "aws",
             "--aws-region",
@@ -112,6 +114,7 @@ def test_a_representative_command_line_gives_the_settings_it_always_did() -> Non
     )
     assert dataclasses.replace(s, identity="test") == ControllerSettings(
         kubeconfig="/state/controller.kubeconfig",
+        cluster_name="prod-eu",
         default_provider="haproxy",
         haproxy=(
             HAProxySettings(
@@ -183,7 +186,8 @@ def test_defaults() -> None:
 def test_the_sandboxs_command_line(replica: int, tmp_path: Path) -> None:
     """What podgate_sandbox.controlplane passes (with a cloud provider, as the e2e tests swap in)."""
     argv = Sandbox(tmp_path).controller_argv(replica, "--alibaba-provider", "alibaba", "--alibaba-region")
-    s = parse([*argv[argv.index("controller") + 1 :], "cn-hangzhou", "--alibaba-rate", "50"])
+    env = {"PODGATE_CLUSTER_NAME": CLUSTER_NAME}  # what controller_replaced adds to the environment
+    s = parse([*argv[argv.index("controller") + 1 :], "cn-hangzhou", "--alibaba-rate", "50"], env)
     assert (s.haproxy[0].name, s.lb_cidr, s.leader_elect, s.lease_duration) == (
         "haproxy",
         "127.200.0.0/16",
@@ -206,6 +210,7 @@ def test_the_deployment_overlays_environment() -> None:
         args,
         {
             "PODGATE_AWS_PROVIDER": "aws",
+            "PODGATE_CLUSTER_NAME": "my-cluster",
             "PODGATE_DEFAULT_PROVIDER": "aws",
             "AWS_REGION": "us-east-1",
             "PODGATE_REMOVE_GATE_PREFIXES": "target-health.elbv2.k8s.aws/",
@@ -217,6 +222,7 @@ def test_the_deployment_overlays_environment() -> None:
         (AwsSettings("aws", "us-east-1"),),
         ("target-health.elbv2.k8s.aws/",),
     )
+    assert aws.cluster_name == "my-cluster"
     assert (aws.webhook_service, aws.leader_election_namespace) == (
         "podgate-system/podgate",
         "podgate-system",
@@ -225,6 +231,7 @@ def test_the_deployment_overlays_environment() -> None:
         args,
         {
             "PODGATE_ALIBABA_PROVIDER": "alibaba",
+            "PODGATE_CLUSTER_NAME": "my-cluster",
             "PODGATE_DEFAULT_PROVIDER": "alibaba",
             "PODGATE_ALIBABA_REGION": "cn-hangzhou",
             "PODGATE_ADOPT_GATE_PREFIXES": "service.readiness.alibabacloud.com/",
@@ -255,14 +262,15 @@ def test_config_file_with_flags_winning(tmp_path: Path) -> None:
 def test_precedence_flag_then_variable_then_file_then_ambient_variable_then_default(tmp_path: Path) -> None:
     cfg = tmp_path / "podgate.yaml"
     cfg.write_text("workers: 6\naws-region: eu-west-1\nremove-gate-prefix: file.example/\n")
-    argv = ["--config", str(cfg), "--aws-provider", "aws", "--default-provider", "aws"]
+    argv = ["--config", str(cfg), "--aws-provider", "aws", "--default-provider", "aws", "--cluster-name", "c"]
     env = {"PODGATE_WORKERS": "7", "AWS_REGION": "us-east-1", "PODGATE_REMOVE_GATE_PREFIXES": "env.example/"}
     assert parse(argv).workers == 6
     s = parse(argv, env)
     assert (s.workers, s.aws[0].region, s.remove_gate_prefixes) == (7, "eu-west-1", ("env.example/",))
     s = parse([*argv, "--workers", "9", "--remove-gate-prefix", "flag.example/"], env)
     assert (s.workers, s.remove_gate_prefixes) == (9, ("flag.example/",))
-    assert parse(["--aws-provider", "aws", "--default-provider", "aws"], env).aws[0].region == "us-east-1"
+    aws = ["--aws-provider", "aws", "--default-provider", "aws", "--cluster-name", "c"]
+    assert parse(aws, env).aws[0].region == "us-east-1"
     s = parse(argv, {**env, "PODGATE_AWS_REGION": "ap-south-1", "PODGATE_WORKERS": ""})
     assert (s.aws[0].region, s.workers) == ("ap-south-1", 6)  # an empty variable is as if unset
 
@@ -284,6 +292,7 @@ BAD_VALUES: dict[str, str] = {
     "--haproxy-master-socket": "haproxy:http",
     "--haproxy-config": " ",
     "--haproxy-base-config": " ",
+    "--cluster-name": "my cluster",
     "--aws-provider": "AWS",
     "--aws-region": "useast",
     "--aws-rate": "0",
@@ -444,9 +453,15 @@ def test_other_commands_never_read_controller_settings(
         ([*HAPROXY, "--haproxy-master-socket", "/m", "--haproxy-config", "/c"], "--lb-cidr is required"),
         ([], "no load balancer configured"),
         (
-            ["--aws-provider", "aws", "--default-provider", "haproxy"],
+            ["--aws-provider", "aws", "--default-provider", "haproxy", "--cluster-name", "c"],
             "--default-provider='haproxy' is not a configured provider; configured: aws",
         ),
+        (
+            ["--aws-provider", "aws"],
+            "--cluster-name is required with --aws-provider or --alibaba-provider: a group is bound "
+            "only when its podgate.dev/cluster tag names this cluster",
+        ),
+        ([*ALI[:-2], "--alibaba-region", "cn-r"], "--cluster-name is required"),
         (
             [*HAPROXY, "--load-balancer-class", "example.com/edge=edge"],
             "--load-balancer-class='example.com/edge=edge': 'edge' is not a configured provider",
@@ -498,6 +513,8 @@ def test_accepted_forms() -> None:
             "ali",
             "--alibaba-region",
             "cn-beijing",
+            "--cluster-name",
+            "prod_eu.1",
             "--alibaba-clb-endpoint",
             "slb.internal:8080",
             "--webhook-bind",

@@ -77,7 +77,16 @@ def test_the_annotation_on_another_controllers_class_is_a_clear_error() -> None:
 
 
 def test_classes_from_the_settings() -> None:
-    base = ["--haproxy-runtime-socket", "/run/h.sock", "--aws-provider", "aws", "--aws-region", "us-east-1"]
+    base = [
+        "--haproxy-runtime-socket",
+        "/run/h.sock",
+        "--aws-provider",
+        "aws",
+        "--aws-region",
+        "us-east-1",
+        "--cluster-name",
+        "c",
+    ]
     settings = controller_settings(base, {})
     assert settings.default_provider is None  # class-less Services are left alone by default
     assert settings.classes() == {"podgate.dev/haproxy": "haproxy", "podgate.dev/aws": "aws"}

@@ -10,6 +10,7 @@ from alibabacloud_credentials.client import Client as CredentialClient
 from alibabacloud_credentials.models import Config
 
 from podgate.controller import metrics
+from podgate.kube.records import MemoryRecords
 from podgate.model import lb
 from podgate.model.lb import HealthCheck, PoolSpec, Target
 from podgate.providers.alibaba import AlibabaProvider
@@ -25,7 +26,7 @@ def test_each_provider_says_what_it_can() -> None:
     assert haproxy.provisioning is not None and haproxy.binding is None and haproxy.throttling is None
     assert haproxy.group_annotations == (lb.HAPROXY_BACKEND,)
     for cloud, keys in (
-        (AwsElbv2Provider("aws").provider(), (lb.AWS_TARGET_GROUP,)),
+        (AwsElbv2Provider("aws", records=MemoryRecords()).provider(), (lb.AWS_TARGET_GROUP,)),
         (AlibabaProvider("ali").provider(), (lb.ALIBABA_CLB_GROUP, lb.ALIBABA_NLB_GROUP)),
     ):
         assert cloud.binding is not None and cloud.provisioning is None and cloud.throttling is not None
@@ -104,7 +105,7 @@ async def test_botocore_makes_one_attempt_per_call(monkeypatch: pytest.MonkeyPat
     metadata service, which no test may ask)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDPODGATEUNITTEST")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "podgate-unit-test-not-a-secret")
-    provider = AwsElbv2Provider("aws", "eu-west-1")
+    provider = AwsElbv2Provider("aws", "eu-west-1", records=MemoryRecords())
     try:
         # the SDK client's own configuration: no seam shows it, and it is what this test is about
         client = await provider._elbv2()

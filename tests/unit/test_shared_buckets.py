@@ -7,6 +7,8 @@ import pytest
 
 from podgate.app.build import build_providers
 from podgate.controller.settings import AlibabaSettings, AwsSettings, ControllerSettings, SettingsError
+from podgate.kube.fake import FakeKube
+from podgate.kube.records import MemoryRecords
 from podgate.model.ratelimit import BucketRegistry, RateConflict
 from podgate.providers import aws_elbv2
 from podgate.providers.alibaba import AlibabaProvider
@@ -83,13 +85,14 @@ def test_provider_instances_share_the_bucket_of_their_account(monkeypatch: pytes
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-TEST")
     monkeypatch.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", "LTAI-TEST")
     reg = BucketRegistry()
-    aws = [AwsElbv2Provider(n, "eu-west-1", buckets=reg) for n in ("aws-a", "aws-b")]
+    aws = [AwsElbv2Provider(n, "eu-west-1", records=MemoryRecords(), buckets=reg) for n in ("aws-a", "aws-b")]
     assert aws[0].retry.bucket is aws[1].retry.bucket
-    assert AwsElbv2Provider("aws-c", "us-east-1", buckets=reg).retry.bucket is not aws[0].retry.bucket
+    other = AwsElbv2Provider("aws-c", "us-east-1", records=MemoryRecords(), buckets=reg)
+    assert other.retry.bucket is not aws[0].retry.bucket
     ali = [AlibabaProvider(n, "cn-hangzhou", buckets=reg) for n in ("ali-a", "ali-b")]
     assert ali[0].retry.bucket is ali[1].retry.bucket is not aws[0].retry.bucket
     # without a registry (tests, one-off tools) a provider keeps a bucket of its own
-    assert AwsElbv2Provider("x", "eu-west-1").retry.bucket is not aws[0].retry.bucket
+    assert AwsElbv2Provider("x", "eu-west-1", records=MemoryRecords()).retry.bucket is not aws[0].retry.bucket
 
 
 def test_the_controllers_providers_share_buckets_and_refuse_two_rates(
@@ -100,11 +103,11 @@ def test_the_controllers_providers_share_buckets_and_refuse_two_rates(
         aws=(AwsSettings("aws-a", "eu-west-1"), AwsSettings("aws-b", "eu-west-1")),
         alibaba=(AlibabaSettings("ali", "cn-hangzhou"),),
     )
-    providers = build_providers(settings)
+    providers = build_providers(settings, kube=FakeKube())
     a, b = (providers[n].throttling for n in ("aws-a", "aws-b"))
     assert isinstance(a, Retry) and isinstance(b, Retry) and a.bucket is b.bucket
     clash = ControllerSettings(
         aws=(AwsSettings("aws-a", "eu-west-1"), AwsSettings("aws-b", "eu-west-1", rate=20.0))
     )
     with pytest.raises(SettingsError, match=r"aws-a and aws-b .* different API rates"):
-        build_providers(clash)
+        build_providers(clash, kube=FakeKube())

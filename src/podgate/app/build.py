@@ -29,6 +29,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import EventType, Informer, key_of
 from podgate.kube.leader import LeaderElector
 from podgate.kube.queue import WorkQueue
+from podgate.kube.records import ConfigMapRecords
 from podgate.model.policy import OPEN, GatePolicy
 from podgate.model.projection import slim_namespace, slim_pod, slim_service
 from podgate.model.ratelimit import BucketRegistry, RateConflict
@@ -139,15 +140,17 @@ class App:
 
 
 def build_providers(
-    settings: ControllerSettings, buckets: BucketRegistry | None = None
+    settings: ControllerSettings, buckets: BucketRegistry | None = None, *, kube: Kube
 ) -> dict[str, Provider]:
     """Each configured load balancer's record: its target seam and the capabilities it has.
 
     The cloud providers draw their API calls from ``buckets`` (a new registry: the controller
     builds its providers once), one token bucket per cloud account and region, so every Service
     and every provider on one account and region share the configured rate.  Two providers on
-    one account and region with different rates: :class:`SettingsError`."""
+    one account and region with different rates: :class:`SettingsError`.  ``kube`` keeps the
+    AWS provider's records of the targets it registered (ConfigMaps in ``settings.namespace``)."""
     buckets = buckets if buckets is not None else BucketRegistry()
+    records = ConfigMapRecords(kube, settings.namespace)
     providers: dict[str, Provider] = {}
     try:
         for h in settings.haproxy:
@@ -161,7 +164,13 @@ def build_providers(
             ).provider()
         for a in settings.aws:
             providers[a.name] = AwsElbv2Provider(
-                a.name, a.region, rate=a.rate, poll_interval=a.poll_period, buckets=buckets
+                a.name,
+                a.region,
+                records=records,
+                rate=a.rate,
+                poll_interval=a.poll_period,
+                buckets=buckets,
+                cluster=settings.cluster_name,
             ).provider()
         for ali in settings.alibaba:
             providers[ali.name] = AlibabaProvider(
@@ -173,6 +182,7 @@ def build_providers(
                 rate=ali.rate,
                 poll_interval=ali.poll_period,
                 buckets=buckets,
+                cluster=settings.cluster_name,
             ).provider()
     except RateConflict as e:
         raise SettingsError(str(e)) from None

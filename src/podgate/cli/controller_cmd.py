@@ -179,6 +179,16 @@ SETTINGS: tuple[Setting, ...] = (
         "global/defaults sections the rendered configuration starts with",
         field="haproxy.base_config_path",
     ),
+    Setting(
+        "--cluster-name",
+        pattern(
+            "a name of letters, digits, '-', '_' and '.' (at most 63)",
+            r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?",
+        ),
+        None,
+        "this cluster's name: a cloud group is bound only when tagged podgate.dev/cluster=NAME and "
+        "podgate.dev/service=NAMESPACE/SERVICE (required with a cloud provider)",
+    ),
     *_cloud_settings(
         "aws",
         "AWS",
@@ -543,7 +553,8 @@ async def run(settings: ControllerSettings) -> None:
     # which replica wrote what; the field manager (the part before "/") stays "podgate"
     api.user_agent = user_agent(settings.identity)
     try:
-        app = build(settings, ApiKube(api), build_providers(settings))
+        kube = ApiKube(api)
+        app = build(settings, kube, build_providers(settings, kube=kube))
         metrics.REGISTRY.register(metrics.StateCollector(state_readings(app)))
         assert app.supervisor is not None
         main = asyncio.create_task(app.supervisor.run(), name="supervisor")

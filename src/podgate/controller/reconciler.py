@@ -20,6 +20,7 @@ from podgate.kube.events import EventRecorder
 from podgate.kube.informer import Informer
 from podgate.model import addresses, gates, lb
 from podgate.model import conditions as cond
+from podgate.model.ownership import GROUP_NOT_OWNED
 from podgate.model.policy import FLOOR_UNREACHABLE, TIMED_OUT, GatePolicy, floor_unreachable, with_timeout
 from podgate.model.types import (
     Condition,
@@ -35,7 +36,7 @@ from podgate.model.types import (
     pod_spec,
     selector_of,
 )
-from podgate.providers.base import Provider, ProviderError, TargetState
+from podgate.providers.base import NotOwned, Provider, ProviderError, TargetState
 from podgate.providers.reads import PoolReads
 from podgate.resolutions import ServiceResolutions
 
@@ -226,12 +227,27 @@ class ServiceReconciler:
         out.interval = provider.pool.poll_interval
         try:
             await self._reconcile_pools(key, service, provider, pools, gated, gate, policy, out)
+        except NotOwned as e:
+            self._not_owned(service, gate, gated, policy, e)
+            raise  # retried with back-off: only an administrator's tag changes the answer
         except ProviderError as e:
             self._unreadable(key, service, gate, gated, policy, e)
             raise
         self.unreadable_since.pop(key, None)
         await self._report_pods_without_gate(key, service, gate)
         return out
+
+    def _not_owned(
+        self, service: Service, gate: str, gated: list[PodView], policy: GatePolicy, error: NotOwned
+    ) -> None:
+        """A group refused for its ownership tags: a Warning naming it, and closed gates say why.
+        The group is untouched, so an open gate stays open (its pod is still in the group)."""
+        self.recorder_emit(service, "Service", GROUP_NOT_OWNED, str(error), "Warning")
+        refused = lb.failure_condition(gate, GROUP_NOT_OWNED, str(error))
+        name = service["metadata"]["name"]
+        for pod in gated:
+            if not self._gates_open(pod, name):
+                self.set_gate(pod, refused, policy=policy)
 
     def _unreadable(
         self,
@@ -468,7 +484,9 @@ class ServiceReconciler:
             if held and deleting and provider is not None and provider.binding is not None:
                 # after a restart the provider may not know the groups yet: bind them again
                 await provider.binding.bind(key, pools)
-            await self._release(key, service)
+            # unbind only where podgate's finalizer is (it goes on before the first target goes
+            # in): a Service podgate never bound costs no look-up of records or groups
+            await self._release(key, service, unbind=held)
         except ProviderError as e:
             if not held:
                 raise
@@ -517,12 +535,12 @@ class ServiceReconciler:
         await self._patch_service(service, status, PatchType.MERGE, "status")
         self.recorder_emit(service, "Service", "EnsuredLoadBalancer", f"Load balancer at {address}")
 
-    async def _release(self, key: str, service: Service | None = None) -> None:
+    async def _release(self, key: str, service: Service | None = None, *, unbind: bool = True) -> None:
         try:
             for provider in self.providers.values():
                 if provider.provisioning is not None:
                     await provider.provisioning.release(key)
-                if provider.binding is not None:
+                if provider.binding is not None and unbind:
                     await provider.binding.unbind(key)
         finally:
             self.reads.forget_service(key)

@@ -48,6 +48,9 @@ class AlibabaSettings:
 @dataclass(frozen=True)
 class ControllerSettings:
     kubeconfig: str | None = None
+    #: this cluster's name in the cloud groups' ownership tags (``podgate.dev/cluster``);
+    #: required with a cloud provider
+    cluster_name: str | None = None
     #: provider for class-less ``type: LoadBalancer`` Services; None: podgate leaves them alone
     default_provider: str | None = None
     haproxy: tuple[HAProxySettings, ...] = ()
@@ -136,6 +139,11 @@ class ControllerSettings:
             raise SettingsError(
                 "no load balancer configured: give --haproxy-runtime-socket, --aws-provider "
                 "and/or --alibaba-provider"
+            )
+        if (self.aws or self.alibaba) and not self.cluster_name:
+            raise SettingsError(
+                "--cluster-name is required with --aws-provider or --alibaba-provider: a group is "
+                "bound only when its podgate.dev/cluster tag names this cluster"
             )
         for a in self.alibaba:
             if not a.region:

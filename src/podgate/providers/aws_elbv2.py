@@ -1,14 +1,16 @@
 """AWS ELBv2 provider: a Service port bound to an existing IP-type target group.
 
 podgate registers pod IPs in the target group, reads ``DescribeTargetHealth`` and gates on it,
-with ELB's own reason and description in the condition.  Draining is ELB's: ``drain`` is
+with ELB's own reason and description in the condition.  A target group is bound only when its
+tags give it to this cluster and Service (:mod:`podgate.model.ownership`, ``DescribeTags``), and
+podgate touches only the targets it registered (its records).  Draining is ELB's: ``drain`` is
 ``DeregisterTargets``, after which the target group reports the target ``draining`` for its
 deregistration delay; the drain hook counts it drained :data:`DRAIN_PROPAGATION` seconds into
 that, once no new request reaches it.  Credentials come from the standard chain (environment,
 shared files, web identity for IRSA) and ``AWS_ENDPOINT_URL`` is honoured, both by botocore
-itself.  Every call goes through podgate's retry loop (:mod:`podgate.providers.retry`: a token per attempt,
-throttling backed off with jitter), with botocore's own retries off so they do not nest inside
-it; any other error is a ProviderError, which never opens a gate.
+itself.  Every call goes through podgate's retry loop (:mod:`podgate.providers.retry`: a token per
+attempt, throttling backed off with jitter), with botocore's own retries off so they do not nest
+inside it; any other error is a ProviderError, which never opens a gate.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from podgate.model import lb
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
+from podgate.model.ownership import stale
 from podgate.model.ratelimit import BucketRegistry, TokenBucket
-from podgate.providers.base import AdminState, Provider, ProviderError, TargetState
+from podgate.providers.base import AdminState, Provider, ProviderError, TargetRecords, TargetState
+from podgate.providers.ownership import Ownership
 from podgate.providers.retry import Retry
 
 THROTTLING = frozenset(
@@ -110,6 +115,7 @@ class AwsElbv2Provider:
         name: str = "aws",
         region: str | None = None,
         *,
+        records: TargetRecords,
         rate: float = 10.0,
         burst: int = 20,
         max_retries: int = 6,
@@ -117,8 +123,12 @@ class AwsElbv2Provider:
         poll_interval: float = 1.0,
         buckets: BucketRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cluster: str | None = None,
     ) -> None:
-        """``buckets``: the process's shared buckets (one per account and region, see
+        """``records``: where the targets podgate registered are kept (ELBv2 targets carry no
+        mark of who registered them).  ``cluster``: ``--cluster-name``, which the target groups'
+        ownership tags must name.
+        ``buckets``: the process's shared buckets (one per account and region, see
         :class:`~podgate.model.ratelimit.BucketRegistry`); None: a bucket of this provider's own."""
         self.name, self.region = name, region
         self.clock = clock
@@ -134,7 +144,12 @@ class AwsElbv2Provider:
         )
         self.retry = Retry(bucket, max_retries=max_retries, base_delay=base_delay)
         self._client: Any = None
-        self._owners: dict[str, str] = {}  # target group ARN → the Service key that names it
+        self.ownership = Ownership(cluster)
+        self.records = records
+        #: (target group, Service) → when the last read of the group started and what it held:
+        #: which records are stale (podgate.model.ownership.stale)
+        self._last_read: dict[tuple[str, str], tuple[float, frozenset[Target]]] = {}
+        self.epoch = time.time  # the records' clock: seconds since the epoch
         self._stack = contextlib.AsyncExitStack()
 
     def provider(self) -> Provider:
@@ -186,57 +201,73 @@ class AwsElbv2Provider:
         return pool.group.id
 
     async def bind(self, service_key: str, pools: Sequence[PoolSpec]) -> None:
-        arns = sorted({self._arn(p) for p in pools})
-        for arn in arns:
-            owner = self._owners.setdefault(arn, service_key)
-            if owner != service_key:
-                raise ProviderError(
-                    f"target group {arn} is already bound to Service {owner}; "
-                    "each target group belongs to one Service port",
-                    permanent=True,
-                )
-        answer = await self._call("describe_target_groups", TargetGroupArns=arns)
-        for tg in answer.get("TargetGroups") or ():
-            if tg.get("TargetType") != "ip":
-                raise ProviderError(
-                    f"target group {tg.get('TargetGroupArn')} has TargetType "
-                    f"{tg.get('TargetType')!r}; podgate registers pod IPs and needs 'ip'",
-                    permanent=True,
-                )
+        """Each target group must exist, be of type ``ip`` and carry the ownership tags for this
+        cluster and Service (``DescribeTags``); read again at most every
+        :data:`~podgate.providers.ownership.ACCEPT_TTL` seconds once accepted."""
+        for arn in sorted({self._arn(p) for p in pools}):
+            if self.ownership.fresh(arn, service_key):
+                continue
+            answer = await self._call("describe_target_groups", TargetGroupArns=[arn])
+            for tg in answer.get("TargetGroups") or ():
+                if tg.get("TargetType") != "ip":
+                    raise ProviderError(
+                        f"target group {tg.get('TargetGroupArn')} has TargetType "
+                        f"{tg.get('TargetType')!r}; podgate registers pod IPs and needs 'ip'",
+                        permanent=True,
+                    )
+            await self.ownership.check(f"target group {arn}", arn, service_key, partial(self._tags, arn))
+
+    async def _tags(self, arn: str) -> dict[str, str]:
+        answer = await self._call("describe_tags", ResourceArns=[arn])
+        return {
+            str(t.get("Key")): str(t.get("Value") or "")
+            for d in answer.get("TagDescriptions") or ()
+            if d.get("ResourceArn") == arn
+            for t in d.get("Tags") or ()
+        }
 
     async def unbind(self, service_key: str) -> None:
-        """The Service is gone or no longer podgate's: its pods leave its target groups (the
-        groups themselves are the user's and stay), and podgate's claim on them ends."""
-        for arn, owner in list(self._owners.items()):
-            if owner != service_key:
-                continue
+        """The Service is gone or no longer podgate's: the targets podgate registered for it
+        leave its target groups (found from the records, so also after a restart), and nothing
+        else does; the groups themselves are the user's and stay."""
+        for arn in await self.records.groups(service_key):
+            recorded = await self.records.read(arn, service_key)
             answer = await self._call("describe_target_health", TargetGroupArn=arn)
             present = [
-                {"Id": str(t["Id"]), "Port": int(t["Port"])}
+                t
                 for d in answer.get("TargetHealthDescriptions") or ()
-                if "Port" in (t := d.get("Target") or {})
+                if "Port" in (raw := d.get("Target") or {})
+                and (t := Target(str(raw["Id"]), int(raw["Port"]))) in recorded
             ]
-            for i in range(0, len(present), BATCH):
-                await self._call("deregister_targets", TargetGroupArn=arn, Targets=present[i : i + BATCH])
-            del self._owners[arn]
+            await self._batched_arn("deregister_targets", arn, present)
+            await self.records.remove(arn, service_key, list(recorded))
+            self._last_read.pop((arn, service_key), None)
             self._draining_since.pop(arn, None)
+        self.ownership.forget(service_key)
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
-        """The group's targets; a ``draining`` one is ``drained`` once it has been draining for
-        :data:`DRAIN_PROPAGATION` (the load balancer has stopped sending it new requests), not at
-        the end of the deregistration delay."""
+        """The target group's targets podgate registered for this Service (by its record):
+        another's target in the group is neither listed nor ever drained or removed.  A
+        ``draining`` one is ``drained`` once it has been draining for :data:`DRAIN_PROPAGATION`
+        (the load balancer has stopped sending it new requests), not at the end of the
+        deregistration delay."""
         arn = self._arn(pool)
+        read_at = self.epoch()
         answer = await self._call("describe_target_health", TargetGroupArn=arn)
+        recorded = await self.records.read(arn, pool.service_key)
         now = self.clock()
         known = self._draining_since.pop(arn, {})
         draining: dict[Target, float] = {}
-        out = {}
+        out, present = {}, set()
         for d in answer.get("TargetHealthDescriptions") or ():
             t = d.get("Target") or {}
             if "Port" not in t:
                 continue
-            admin, health = target_health(d, f"target group {arn.rsplit(':', 1)[-1]}")
             target = Target(str(t["Id"]), int(t["Port"]))
+            present.add(target)
+            if target not in recorded:
+                continue
+            admin, health = target_health(d, f"target group {arn.rsplit(':', 1)[-1]}")
             drained = False
             if admin == "drain":
                 since = draining[target] = known.get(target, now)
@@ -244,23 +275,42 @@ class AwsElbv2Provider:
             out[target] = TargetState(admin, health, drained=drained)
         if draining:  # only targets still draining are remembered
             self._draining_since[arn] = draining
+        self._last_read[(arn, pool.service_key)] = (read_at, frozenset(present))
         return out
 
     async def _batched(self, operation: str, pool: PoolSpec, targets: Sequence[Target]) -> None:
-        arn = self._arn(pool)
+        await self._batched_arn(operation, self._arn(pool), targets)
+
+    async def _batched_arn(self, operation: str, arn: str, targets: Sequence[Target]) -> None:
         for i in range(0, len(targets), BATCH):
             chunk = [{"Id": t.ip, "Port": t.port} for t in targets[i : i + BATCH]]
             await self._call(operation, TargetGroupArn=arn, Targets=chunk)
 
+    async def _own(self, pool: PoolSpec, targets: Sequence[Target]) -> list[Target]:
+        """Of these targets, the ones podgate registered for the pool's Service."""
+        recorded = await self.records.read(self._arn(pool), pool.service_key)
+        return [t for t in targets if t in recorded]
+
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
+        """Recorded first, then registered: a crash in between leaves a record of a target that
+        is not in the group (dropped once stale), never a target podgate would not take out."""
+        arn, key = self._arn(pool), pool.service_key
+        await self.records.add(arn, key, targets)
         await self._batched("register_targets", pool, targets)
+        read_at, present = self._last_read.get((arn, key), (0.0, frozenset()))
+        gone = stale(await self.records.read(arn, key), present | set(targets), read_at)
+        if gone:
+            await self.records.remove(arn, key, sorted(gone, key=str))
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         started = self.clock()
-        await self._batched("deregister_targets", pool, targets)
+        own = await self._own(pool, targets)
+        await self._batched("deregister_targets", pool, own)
         since = self._draining_since.setdefault(self._arn(pool), {})
-        for t in targets:
+        for t in own:
             since.setdefault(t, started)
 
     async def deregister(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
-        await self._batched("deregister_targets", pool, targets)
+        own = await self._own(pool, targets)
+        await self._batched("deregister_targets", pool, own)
+        await self.records.remove(self._arn(pool), pool.service_key, own)

@@ -30,6 +30,15 @@ class ProviderError(RuntimeError):
         self.permanent = permanent
 
 
+class NotOwned(ProviderError):
+    """The group's ownership tags (:mod:`podgate.model.ownership`) do not give it to this cluster
+    and Service: refused, the group untouched.  Permanent: only an administrator's tag changes
+    the answer (a Service being deleted then lets go without taking anything out)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
 @dataclass(frozen=True)
 class TargetState:
     """A target as the load balancer holds it."""
@@ -62,7 +71,8 @@ class TargetPool(Protocol):
     poll_interval: float
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
-        """The pool's targets managed by podgate, with admin state and health."""
+        """The pool's targets podgate registered, with admin state and health: a target someone
+        else put in the group is not listed, so it is never drained or removed."""
 
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         """Make the targets active: add the absent ones, take draining ones back into rotation."""
@@ -78,15 +88,37 @@ class TargetPool(Protocol):
         """Let go of connections and clients (controller shutdown)."""
 
 
+class TargetRecords(Protocol):
+    """Where a provider whose groups cannot mark a target as podgate's (ELBv2) keeps which
+    targets it registered in each group for each Service (:mod:`podgate.model.ownership`), so a
+    restarted controller, or another replica, never takes out a target podgate did not put in:
+    ``kube.records.ConfigMapRecords`` (a ConfigMap per group and Service in podgate's namespace),
+    ``kube.records.MemoryRecords`` beside it for tests."""
+
+    async def read(self, group: str, service_key: str) -> Mapping[Target, float]:
+        """The recorded targets and when each was recorded (seconds since the epoch)."""
+
+    async def add(self, group: str, service_key: str, targets: Sequence[Target]) -> None:
+        """Record the targets (now), before they are registered."""
+
+    async def remove(self, group: str, service_key: str, targets: Sequence[Target]) -> None:
+        """Take the targets off the record (the record goes once empty)."""
+
+    async def groups(self, service_key: str) -> list[str]:
+        """The groups the Service has a record in."""
+
+
 class GroupBinding(Protocol):
     """Pools bound to groups the user owns (cloud target/server groups): podgate puts pods into
     them and only podgate can take them out, so the controller holds such a Service with a
     finalizer from its first bind until :meth:`unbind` has run."""
 
     async def bind(self, service_key: str, pools: Sequence[PoolSpec]) -> None:
-        """Check each pool's group exists, suits podgate and is this Service's alone; claim it.
-        Nothing is created.  Idempotent: also how a restarted controller learns the groups of a
-        Service that is being deleted."""
+        """Check each pool's group exists, suits podgate and carries the ownership tags for this
+        cluster and Service (else :class:`NotOwned`), on every call (a short-lived memory of a
+        group accepted is allowed; a claim kept only in memory is not).  Nothing is created or
+        changed.  Idempotent: also how a restarted controller learns the groups of a Service
+        that is being deleted."""
 
     async def unbind(self, service_key: str) -> None:
         """The Service is gone or no longer podgate's: its pods leave its groups (the groups

@@ -25,6 +25,9 @@ Simplifications, each chosen because podgate never depends on the difference:
   one request counts once, as CLB documents for AddBackendServers).
 - NLB removal and weight changes take effect at once (no ``Removing``/``Configuring`` phase);
   only adding is an asynchronous job (``Adding`` for ``Script.nlb_adding_polls`` list calls).
+- Tags (``TagResources``, ``ListTagResources``) only on what the double models: CLB instances
+  and vServer groups, NLB instances, server groups and listeners; another documented
+  ``ResourceType`` is accepted as a type but none of its resources exists.
 - No STS tokens, bearer tokens or RAM policy: a known AccessKey may do everything.
 """
 
@@ -254,6 +257,8 @@ class AlibabaDouble:
         self._nlb_listeners: dict[str, _NlbListener] = {}
         self._initial_left: dict[str, int] = {}  # "ip:port" → health polls still unchecked
         self._seen: set[str] = set()  # every "ip:port" ever added
+        #: (product version, ResourceType, ResourceId) → tags, as TagResources left them
+        self._tags: dict[tuple[str, str, str], dict[str, str]] = {}
         self._actions: dict[tuple[str, str], Callable[[Params], Answer]] = {
             ("DescribeVServerGroupAttribute", CLB_VERSION): self._describe_vserver_group_attribute,
             ("AddVServerGroupBackendServers", CLB_VERSION): self._add_vserver_group_backend_servers,
@@ -268,6 +273,10 @@ class AlibabaDouble:
             ("RemoveServersFromServerGroup", NLB_VERSION): self._remove_servers_from_server_group,
             ("UpdateServerGroupServersAttribute", NLB_VERSION): self._update_server_group_servers_attribute,
             ("GetListenerHealthStatus", NLB_VERSION): self._get_listener_health_status,
+            ("TagResources", CLB_VERSION): self._clb_tag_resources,
+            ("ListTagResources", CLB_VERSION): self._clb_list_tag_resources,
+            ("TagResources", NLB_VERSION): self._nlb_tag_resources,
+            ("ListTagResources", NLB_VERSION): self._nlb_list_tag_resources,
             ("DescribeNetworkInterfaces", ECS_VERSION): self._describe_network_interfaces,
         }
 
@@ -729,6 +738,10 @@ class AlibabaDouble:
                 "RegionId": self.region,
                 "VpcId": "vpc-podgatedouble",
                 "AnyPortEnabled": g.any_port,
+                "Tags": [
+                    {"Key": k, "Value": v}
+                    for k, v in sorted(self._tags.get((NLB_VERSION, "servergroup", g.group_id), {}).items())
+                ],
                 "HealthCheck": {
                     "HealthCheckEnabled": True,
                     "HealthCheckType": "TCP",
@@ -936,6 +949,142 @@ class AlibabaDouble:
             ],
             **meta,
         }
+
+    # -- tags (CLB and NLB) -----------------------------------------------------------------------
+    def tag(self, group_id: str, tags: dict[str, str]) -> None:
+        """Tag a CLB vServer group or NLB server group as an administrator would (TagResources)."""
+        kind = "vservergroup" if group_id in self._clb_groups else "servergroup"
+        version = CLB_VERSION if kind == "vservergroup" else NLB_VERSION
+        self._tags.setdefault((version, kind, group_id), {}).update(tags)
+
+    def add_backend(self, group_id: str, ip: str, port: int, description: str | None = None) -> None:
+        """A backend someone else put in a group (an administrator, another tool): an NLB ``Ip``
+        server or a CLB ``eni`` backend, at full weight."""
+        key = f"{ip}:{port}"
+        if group_id in self._clb_groups:
+            self._clb_groups[group_id].backends[key] = _ClbBackend(eni_for(ip), ip, port, 100, description)
+        else:
+            server = _NlbServer(ip, "Ip", ip, port, 100, description, 0)
+            self._nlb_groups[group_id].servers[key] = server
+        self._added(key)
+
+    def tags_of(self, group_id: str) -> dict[str, str]:
+        """A CLB vServer group's or NLB server group's tags; reading calls nothing."""
+        kind = "vservergroup" if group_id in self._clb_groups else "servergroup"
+        version = CLB_VERSION if kind == "vservergroup" else NLB_VERSION
+        return dict(self._tags.get((version, kind, group_id), {}))
+
+    def _tagged(self, version: str, kind: str, resource_id: str) -> bool:
+        """Whether a resource of this kind exists here (only what the double models can be tagged)."""
+        if version == CLB_VERSION:
+            return {
+                "instance": resource_id in self._clb_listeners,
+                "vservergroup": resource_id in self._clb_groups,
+            }.get(kind, False)
+        return {
+            "loadbalancer": any(resource_id in g.load_balancer_ids for g in self._nlb_groups.values()),
+            "servergroup": resource_id in self._nlb_groups,
+            "listener": resource_id in self._nlb_listeners,
+        }.get(kind, False)
+
+    def _tag_request(
+        self,
+        params: Params,
+        version: str,
+        kinds: tuple[str, ...],
+        max_ids: int,
+        error: Callable[[str], ApiError],
+    ) -> tuple[str, list[str], list[dict[str, str]]]:
+        """ResourceType, ResourceId.N and Tag.N.Key/Value of a tag call, checked as documented:
+        20 tags at most, keys 1 to 64 characters (128 for a value), never ``aliyun``/``acs:``."""
+        kind = params.get("ResourceType", "")
+        if not kind:
+            raise _missing("ResourceType") if version == CLB_VERSION else _nlb_missing("ResourceType")
+        if kind not in kinds:
+            raise error("ResourceType")
+        ids = _flat_list(params, "ResourceId")
+        if len(ids) > max_ids:
+            raise error("ResourceId")
+        tags = _flat_records(params, "Tag")
+        if len(tags) > 20:
+            raise error("Tag")
+        for tag in tags:
+            key, value = tag.get("Key", ""), tag.get("Value", "")
+            if not 1 <= len(key) <= 64 or len(value) > 128:
+                raise error("Tag.Key" if not 1 <= len(key) <= 64 else "Tag.Value")
+            if key.startswith(("aliyun", "acs:")) or "http://" in key or "https://" in key:
+                raise error("Tag.Key")
+        return kind, ids, tags
+
+    def _tag(
+        self, version: str, params: Params, kinds: tuple[str, ...], error: Callable[[str], ApiError]
+    ) -> None:
+        kind, ids, tags = self._tag_request(
+            params, version, kinds, 20 if version == CLB_VERSION else 50, error
+        )
+        if not ids:
+            raise _missing("ResourceId") if version == CLB_VERSION else _nlb_missing("ResourceId")
+        if not tags:
+            raise _missing("Tag") if version == CLB_VERSION else _nlb_missing("Tag")
+        # tagging checks the resources exist; listing does not (an unknown id has no rows)
+        for resource_id in ids:
+            if not self._tagged(version, kind, resource_id):
+                raise ApiError(
+                    404, "ResourceNotFound", f"The specified resource {resource_id} of {kind} is not found."
+                )
+        for resource_id in ids:
+            have = self._tags.setdefault((version, kind, resource_id), {})
+            merged = {**have, **{t["Key"]: t.get("Value", "") for t in tags}}
+            if len(merged) > 20:  # "You can add at most 20 tags to each instance."
+                raise ApiError(400, "QuotaExceeded.TagNum", "The number of tags exceeds the limit.")
+            have.update(merged)
+
+    def _tag_rows(
+        self, version: str, params: Params, kinds: tuple[str, ...], error: Callable[[str], ApiError]
+    ) -> list[Answer]:
+        """ListTagResources' rows: one per (resource, tag) of the resources asked for by id and/or
+        carrying every Tag.N asked for (a Tag.N without Value: any value of that key)."""
+        kind, ids, tags = self._tag_request(
+            params, version, kinds, 20 if version == CLB_VERSION else 50, error
+        )
+        if not ids and not tags:
+            raise _missing("ResourceId") if version == CLB_VERSION else _nlb_missing("ResourceId")
+        rows: list[Answer] = []
+        for (v, k, resource_id), have in self._tags.items():
+            if v != version or k != kind or (ids and resource_id not in ids):
+                continue
+            if any(t["Key"] not in have or ("Value" in t and have[t["Key"]] != t["Value"]) for t in tags):
+                continue
+            rows += [
+                {"ResourceId": resource_id, "ResourceType": kind, "TagKey": key, "TagValue": value}
+                for key, value in sorted(have.items())
+            ]
+        return rows
+
+    CLB_TAGGABLE = ("instance", "certificate", "acl", "listener", "vservergroup", "masterslaveservergroup")
+    NLB_TAGGABLE = ("loadbalancer", "securitypolicy", "servergroup", "listener")
+
+    def _clb_tag_resources(self, params: Params) -> Answer:
+        self._tag(CLB_VERSION, params, self.CLB_TAGGABLE, _invalid)
+        return {}
+
+    def _clb_list_tag_resources(self, params: Params) -> Answer:
+        """CLB pages by NextToken alone (no page size), 50 rows a page, rows under ``TagResource``."""
+        rows = self._tag_rows(CLB_VERSION, params, self.CLB_TAGGABLE, _invalid)
+        page, meta = self._page({**params, "MaxResults": "50"}, rows)
+        return {
+            "TagResources": {"TagResource": page},
+            **({"NextToken": meta["NextToken"]} if "NextToken" in meta else {}),
+        }
+
+    def _nlb_tag_resources(self, params: Params) -> Answer:
+        self._tag(NLB_VERSION, params, self.NLB_TAGGABLE, _nlb_illegal)
+        return {}
+
+    def _nlb_list_tag_resources(self, params: Params) -> Answer:
+        rows = self._tag_rows(NLB_VERSION, params, self.NLB_TAGGABLE, _nlb_illegal)
+        page, meta = self._page(params, rows)
+        return {"TagResources": page, **meta}
 
     # -- ECS --------------------------------------------------------------------------------------
     def _describe_network_interfaces(self, params: Params) -> Answer:

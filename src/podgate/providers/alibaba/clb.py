@@ -71,12 +71,14 @@ class Clb:
     def forget(self, gid: str) -> None:
         self._discovered.pop(gid, None)
 
-    async def targets(self, gid: str) -> dict[Target, TargetState]:
+    async def targets(self, gid: str, owner: str) -> dict[Target, TargetState]:
+        """The group's ``eni`` backends whose description is ``owner`` (podgate's for the
+        Service): another's backend is neither listed nor ever changed."""
         attr = await self.transport.call("clb", "DescribeVServerGroupAttribute", {"VServerGroupId": gid})
         backends = {
             Target(str(b["ServerIp"]), int(b["Port"])): b
             for b in (attr.get("BackendServers") or {}).get("BackendServer") or ()
-            if b.get("Type") == "eni" and b.get("ServerIp")
+            if b.get("Type") == "eni" and b.get("ServerIp") and b.get("Description") == owner
         }
         self._seen[gid] = backends
         found = await self.discover(gid)

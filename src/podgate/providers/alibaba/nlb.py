@@ -85,12 +85,14 @@ class Nlb:
     def forget(self, gid: str) -> None:
         self._discovered.pop(gid, None)
 
-    async def targets(self, gid: str) -> dict[Target, TargetState]:
+    async def targets(self, gid: str, owner: str) -> dict[Target, TargetState]:
+        """The group's ``Ip`` servers whose description is ``owner`` (podgate's for the Service):
+        another's server is neither listed nor ever changed."""
         servers: dict[Target, dict[str, Any]] = {}
         removing: set[Target] = set()
         async for page in self.transport.pages("nlb", "ListServerGroupServers", {"ServerGroupId": gid}):
             for s in page.get("Servers") or ():
-                if s.get("ServerType") != "Ip" or not s.get("ServerIp"):
+                if s.get("ServerType") != "Ip" or not s.get("ServerIp") or s.get("Description") != owner:
                     continue
                 target = Target(str(s["ServerIp"]), int(s.get("Port") or 0))
                 if s.get("Status") == "Removing":

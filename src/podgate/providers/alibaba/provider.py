@@ -5,9 +5,10 @@ pod IPs), through the official SDK (:mod:`.transport`).
 The cloud's own words are the gate's reason: NLB's ``ReasonCode`` or status, CLB's
 ``ServerHealthStatus`` (:mod:`.mapping`).  Draining is weight 0 (no new connections, existing
 ones run on) until the pool's drain delay has passed; then the backend is removed.  Like the AWS
-provider's target groups, the group belongs to the Service that names it: every pod-type
-backend in it (NLB ``Ip`` servers, CLB ``eni`` backends) is podgate's to add and remove, while
-ECS instances in the same group are left alone; two Services naming one group is refused.
+provider's target groups, a group is bound only when its tags give it to this cluster and the
+Service naming it (:mod:`podgate.model.ownership`, ``ListTagResources``).  The backends podgate adds carry the
+description ``podgate/<namespace>/<name>``: those are the only ones it lists, drains and removes;
+anything else in the group (ECS instances, another's servers) is left alone.
 """
 
 from __future__ import annotations
@@ -15,16 +16,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 from podgate.model import lb
 from podgate.model.lb import PoolSpec, Target
+from podgate.model.ownership import own_description
 from podgate.model.ratelimit import BucketRegistry, TokenBucket
 from podgate.providers.alibaba.clb import Clb
 from podgate.providers.alibaba.ecs import Enis
 from podgate.providers.alibaba.nlb import Nlb
 from podgate.providers.alibaba.transport import Transport
 from podgate.providers.base import Provider, ProviderError, TargetState
+from podgate.providers.ownership import Ownership
 from podgate.providers.retry import Retry
 
 
@@ -44,7 +48,7 @@ class _Product(Protocol):
 
     def forget(self, gid: str) -> None: ...
 
-    async def targets(self, gid: str) -> dict[Target, TargetState]: ...
+    async def targets(self, gid: str, owner: str) -> dict[Target, TargetState]: ...
 
     async def register(self, gid: str, targets: Sequence[Target], description: str) -> None: ...
 
@@ -92,8 +96,10 @@ class AlibabaProvider:
         poll_interval: float = 1.0,
         credential: Any = None,
         buckets: BucketRegistry | None = None,
+        cluster: str | None = None,
     ) -> None:
-        """``credential``: an ``alibabacloud_credentials`` client; None is the SDK's default
+        """``cluster``: ``--cluster-name``, which the groups' ownership tags must name.
+        ``credential``: an ``alibabacloud_credentials`` client; None is the SDK's default
         chain (which reads its environment variables once, when first imported).  ``buckets``:
         the process's shared buckets (one per account and region, see
         :class:`~podgate.model.ratelimit.BucketRegistry`); None: a bucket of this provider's own."""
@@ -118,7 +124,10 @@ class AlibabaProvider:
             "clb": Clb(self.transport, Enis(self.transport), health_age=poll_interval / 2),
             "nlb": Nlb(self.transport),
         }
-        self._owners: dict[str, tuple[str, ServerGroup]] = {}  # group id → (Service key, group)
+        self.ownership = Ownership(cluster)
+        #: Service key → the groups it bound, to clean up when it goes (a bind after a restart
+        #: fills it again: the ownership itself is the groups' tags, never this)
+        self._bound: dict[str, dict[str, ServerGroup]] = {}
 
     def provider(self) -> Provider:
         """The controller's record: pods go into the user's groups (a finalizer holds the
@@ -139,40 +148,58 @@ class AlibabaProvider:
         return ServerGroup("clb" if pool.group.annotation == lb.ALIBABA_CLB_GROUP else "nlb", pool.group.id)
 
     async def bind(self, service_key: str, pools: Sequence[PoolSpec]) -> None:
-        """Check each group exists, suits podgate, and is named by this Service only; find what
-        it is attached to.  Nothing is created: the groups and load balancers are the user's."""
+        """Check each group exists, suits podgate and carries the ownership tags for this
+        cluster and Service (``ListTagResources``); find what it is attached to.  Nothing is
+        created or changed: the groups and load balancers are the user's."""
         for pool in pools:
             group = self._group(pool)
-            owner, _ = self._owners.setdefault(group.group_id, (service_key, group))
-            if owner != service_key:
-                raise ProviderError(
-                    f"server group {group.group_id} is already bound to Service {owner}; "
-                    "each group belongs to one Service port",
-                    permanent=True,
-                )
+            words = f"{'CLB vServer' if group.product == 'clb' else 'NLB server'} group {group.group_id}"
             await self._products[group.product].discover(group.group_id)
+            await self.ownership.check(words, group.group_id, service_key, partial(self._tags, group))
+            self._bound.setdefault(service_key, {})[group.group_id] = group
+
+    async def _tags(self, group: ServerGroup) -> dict[str, str]:
+        """The group's tags, every page (CLB's list call takes no page size; NLB's does)."""
+        kind = "vservergroup" if group.product == "clb" else "servergroup"
+        params: dict[str, Any] = {"ResourceType": kind, "ResourceId": [group.group_id]}
+        tags: dict[str, str] = {}
+        token: str | None = None
+        while True:
+            page = await self.transport.call(
+                group.product, "ListTagResources", {**params, **({"NextToken": token} if token else {})}
+            )
+            rows = page.get("TagResources") or ()
+            if isinstance(rows, dict):  # CLB wraps the list: {"TagResource": [...]}
+                rows = rows.get("TagResource") or ()
+            for row in rows:
+                if row.get("ResourceId") == group.group_id and row.get("TagKey") is not None:
+                    tags[str(row["TagKey"])] = str(row.get("TagValue") or "")
+            token = page.get("NextToken")
+            if not token:
+                return tags
 
     async def unbind(self, service_key: str) -> None:
         """The Service is gone or no longer podgate's: its pods leave its groups (the groups
-        themselves are the user's and stay), and podgate's claim on them ends."""
-        for gid, (owner, group) in list(self._owners.items()):
-            if owner != service_key:
-                continue
+        themselves are the user's and stay)."""
+        for gid, group in list(self._bound.get(service_key, {}).items()):
             product = self._products[group.product]
-            present = await product.targets(gid)
+            present = await product.targets(gid, own_description(service_key))
             await product.remove(gid, list(present))
-            del self._owners[gid]
+            del self._bound[service_key][gid]
             product.forget(gid)
+        self._bound.pop(service_key, None)
+        self.ownership.forget(service_key)
 
     async def targets(self, pool: PoolSpec) -> dict[Target, TargetState]:
         group = self._group(pool)
-        return await self._products[group.product].targets(group.group_id)
+        return await self._products[group.product].targets(group.group_id, own_description(pool.service_key))
 
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         """Absent targets are added at full weight; draining ones (weight 0) get it back."""
         group = self._group(pool)
-        description = f"podgate/{pool.namespace}/{pool.service}"[:80]
-        await self._products[group.product].register(group.group_id, targets, description)
+        await self._products[group.product].register(
+            group.group_id, targets, own_description(pool.service_key)
+        )
 
     async def drain(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         group = self._group(pool)

@@ -39,6 +39,7 @@ _METHODS = {
     "AddServersToServerGroup": "add_servers_to_server_group",
     "RemoveServersFromServerGroup": "remove_servers_from_server_group",
     "UpdateServerGroupServersAttribute": "update_server_group_servers_attribute",
+    "ListTagResources": "list_tag_resources",  # CLB's and NLB's alike
 }
 #: actions sent through the core client: ECS (no product SDK needed for one call), and NLB's
 #: GetListenerHealthStatus, whose SDK request model (4.1.3) lacks the API's paging parameters
