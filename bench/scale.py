@@ -826,6 +826,7 @@ async def run(sb: Sandbox, args: argparse.Namespace, workdir: Path) -> dict[str,
         out["create"] = await bench.create_pass(bench.gated, "create")
         if bench.rows:
             plot_parts(bench.rows[0], f"{args.services * args.pods} gated pods created at once", args.out)
+            out["plot"] = Path(args.out).name + "-create.png"
         if args.restart:
             await asyncio.sleep(5.0)
             out["restart"] = await bench.restart_pass(bench.gated, "restart")
@@ -987,6 +988,11 @@ def markdown(res: dict[str, Any]) -> str:
     lines += decomposition_markdown(res, passes) + baseline_markdown(res, passes)
     if res.get("note"):
         lines += ["", res["note"]]
+    if res.get("plot"):
+        lines += [
+            "",
+            f"![Each pod's parts against the time its ContainersReady was seen, create pass]({res['plot']})",
+        ]
     return "\n".join(lines) + "\n"
 
 
