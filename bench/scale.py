@@ -61,9 +61,11 @@ from podgate.kube.informer import Informer
 from podgate_sandbox.controlplane import EVENTS_RING, Sandbox, SandboxConfig
 from podgate_sandbox.decompose import (
     PARTS,
+    SUBPARTS,
     PodTimes,
     ServerEvent,
     by_target,
+    gate_writes,
     histogram_quantile,
     parts,
     server_events,
@@ -708,13 +710,28 @@ class Bench:
     async def decomposition(self, tl: Timeline, pods: list[str]) -> dict[str, Any]:
         """Each pod's five times, (b) and (c) from HAProxy's ring of server state changes."""
         events = by_target(await asyncio.to_thread(haproxy_events, self.sb.haproxy_runtime_socket))
-        rows = [parts(tl.times(p), events.get(tl.target.get(p) or "", [])) for p in pods]
+        audit = self.sb.audit_log
+        writes = (
+            await asyncio.to_thread(lambda: gate_writes(audit.read_text().splitlines(), GATE_PREFIX))
+            if audit.exists()
+            else {}
+        )
+        rows = [
+            parts(
+                dataclasses.replace(tl.times(p), gate_write=writes.get(p)),
+                events.get(tl.target.get(p) or "", []),
+            )
+            for p in pods
+        ]
         got = [r for r in rows if r is not None]
         wall0 = min(tl.seen[p] for p in pods)
         self.rows.append([(tl.containers_ready[p] - wall0, r) for p, r in zip(pods, rows, strict=True) if r])
         out: dict[str, Any] = {"pods": len(pods), "decomposed": len(got)}
         if got:
             out["parts_s"] = {k: summary([r[k] for r in got]) for k, _ in PARTS}
+            out["gate_write_s"] = {
+                k: summary([r[k] for r in got if k in r]) for k, _ in SUBPARTS if any(k in r for r in got)
+            }
             out["podgate_share_over_1s"] = sum(r["podgate"] > 1.0 for r in got)
         return out
 
@@ -1008,11 +1025,13 @@ def decomposition_markdown(res: dict[str, Any], passes: list[str]) -> list[str]:
         "",
         "## Where a pod's time goes",
         "",
-        "Per pod, seconds, p50 / p99 / max over the pass's pods. (a) ContainersReady, (d) gate True "
-        "and (e) Ready are the times the benchmark's watch saw the writes; (b) registered and "
+        "Per pod, seconds, p50 / p99 / max over the pass's pods. (a) ContainersReady, (d′) gate True "
+        "and (e) Ready are the times the benchmark's watch saw the writes; (d) the API server's "
+        "completion of podgate's gate PATCH and (d₀) its arrival, from the API server's audit log; "
+        "(b) registered and "
         "(c) UP are HAProxy's own, from its ring of server state changes (`show events`): (b) is "
         '`enable server` ("leaving forced maintenance"), (c) "is UP, reason: Layer4 check '
-        "passed\". The watch's own lag makes (b − a) shorter and (d − c) longer by the same amount.",
+        "passed\". The watch's own lag makes (b − a) shorter.",
         "",
         "| part | " + " | ".join(passes) + " | goal |",
         "|---|" + "---|" * len(passes) + "---|",
@@ -1020,10 +1039,18 @@ def decomposition_markdown(res: dict[str, Any], passes: list[str]) -> list[str]:
     for key, label in PARTS:
         cells = []
         for p in passes:
-            st = res[p]["decomposition"]["parts_s"][key]
-            cells.append(f"{st['p50']:.2f} / {st['p99']:.2f} / {st['max']:.2f}")
+            st = res[p]["decomposition"]["parts_s"].get(key)  # runs before a part was measured: none
+            cells.append(f"{st['p50']:.2f} / {st['p99']:.2f} / {st['max']:.2f}" if st else "-")
         goal = "p99 ≤ 1 s" if key == "podgate" else ""
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} |")
+    for key, label in SUBPARTS:
+        if not all(key in res[p]["decomposition"].get("gate_write_s", {}) for p in passes):
+            continue
+        cells = []
+        for p in passes:
+            st = res[p]["decomposition"]["gate_write_s"][key]
+            cells.append(f"{st['p50']:.2f} / {st['p99']:.2f} / {st['max']:.2f}")
+        lines.append(f"| … of c→d: {label} | " + " | ".join(cells) + " | |")
     lines.append(
         "| pods decomposed; podgate's share over 1 s | "
         + " | ".join(

@@ -4,7 +4,9 @@ A gated pod becomes Ready through five writes by four components: the node agent
 ContainersReady (a), podgate registers the pod's target with HAProxy (b), HAProxy's checks turn
 the server UP (c), podgate writes the pod's gate True (d), the node agent writes Ready (e).
 podgate's own share is (b − a) + (d − c); the rest belongs to HAProxy's checks (c − b) and the
-node agent (e − d).  (a), (d), (e) are the times a watch saw the writes; (b) and (c) come from
+node agent (e − d).  (a) and (e) are the times a watch saw the writes; (d) is the API server's
+completion of the gate's PATCH, from its audit log (else the watch's sight of it), the watch's
+lag after it a part of its own; (b) and (c) come from
 HAProxy's own ring of server state changes (``show events``), not from anything podgate read:
 registering ends with ``enable server`` ("is UP/READY (leaving forced maintenance)", verified on
 HAProxy 2.6) and checks passing says "is UP, reason: Layer4 check passed".
@@ -16,6 +18,7 @@ Also here: quantiles of a Prometheus histogram (the API server's admission laten
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -70,10 +73,16 @@ def server_events(lines: Iterable[str]) -> list[ServerEvent]:
 PARTS = (
     ("registered", "a→b ContainersReady → podgate registered the target"),
     ("checked", "b→c registered → HAProxy's checks turned it UP"),
-    ("gated", "c→d UP → podgate's gate write seen"),
-    ("ready", "d→e gate → the node agent's Ready seen"),
+    ("gated", "c→d UP → podgate's gate write accepted"),
+    ("seen", "d→d′ accepted → the watch saw the gate"),
+    ("ready", "d′→e gate seen → the node agent's Ready seen"),
     ("podgate", "podgate's share (b−a)+(d−c)"),
     ("total", "a→e ContainersReady → Ready"),
+)
+#: c→d in two: podgate's (HAProxy's UP → its PATCH reaches the API server) and the API server's
+SUBPARTS = (
+    ("gate_sent", "c→d₀ UP → podgate's gate PATCH received by the API server"),
+    ("gate_api", "d₀→d the API server on that PATCH"),
 )
 
 
@@ -84,16 +93,43 @@ class PodTimes:
     seen: float  # first seen at all: events of its target before it belong to an earlier pod
     target: str | None
     containers_ready: float | None
-    gate_true: float | None
+    gate_true: float | None  # the watch's
     ready: float | None
+    #: the API server's own times of the gate's PATCH (audit log), when known: received, completed
+    gate_write: tuple[float, float] | None = None
+
+
+def gate_writes(lines: Iterable[str], gate_prefix: str) -> dict[str, tuple[float, float]]:
+    """From the API server's audit log (one JSON event a line): each pod's first accepted
+    pods/status write that set one of its gates True, as (received, completed), by pod name."""
+    out: dict[str, tuple[float, float]] = {}
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        ref = ev.get("objectRef") or {}
+        if ref.get("subresource") != "status" or (ev.get("responseStatus") or {}).get("code") != 200:
+            continue
+        conditions = ((ev.get("requestObject") or {}).get("status") or {}).get("conditions") or ()
+        if not any(
+            c.get("status") == "True" and str(c.get("type", "")).startswith(gate_prefix) for c in conditions
+        ):
+            continue
+        received = datetime.fromisoformat(ev["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+        completed = datetime.fromisoformat(ev["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+        out.setdefault(ref.get("name", ""), (received, completed))
+    return out
 
 
 def parts(pod: PodTimes, events: Sequence[ServerEvent]) -> dict[str, float] | None:
-    """The pod's parts (seconds, keys of :data:`PARTS`), or ``None`` when one of its five times
-    is missing.  (b) is the target's first registration after the pod was first seen, (c) the
-    first UP after that registration."""
-    a, d, e = pod.containers_ready, pod.gate_true, pod.ready
-    if pod.target is None or a is None or d is None or e is None:
+    """The pod's parts (seconds, keys of :data:`PARTS`, and of :data:`SUBPARTS` when the API
+    server's times of the gate write are known), or ``None`` when one of its five times is
+    missing.  (b) is the target's first registration after the pod was first seen, (c) the first
+    UP after that registration; (d) is the gate write's completion at the API server when known,
+    else the watch's sight of it."""
+    a, seen_d, e = pod.containers_ready, pod.gate_true, pod.ready
+    if pod.target is None or a is None or seen_d is None or e is None:
         return None
     b = c = None
     for ev in events:
@@ -106,14 +142,20 @@ def parts(pod: PodTimes, events: Sequence[ServerEvent]) -> dict[str, float] | No
             break
     if b is None or c is None:
         return None
-    return {
+    d = pod.gate_write[1] if pod.gate_write else seen_d
+    out = {
         "registered": b - a,
         "checked": c - b,
         "gated": d - c,
-        "ready": e - d,
+        "seen": seen_d - d,
+        "ready": e - seen_d,
         "podgate": (b - a) + (d - c),
         "total": e - a,
     }
+    if pod.gate_write:
+        out["gate_sent"] = pod.gate_write[0] - c
+        out["gate_api"] = pod.gate_write[1] - pod.gate_write[0]
+    return out
 
 
 def by_target(events: Iterable[ServerEvent]) -> dict[str, list[ServerEvent]]:
