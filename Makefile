@@ -12,8 +12,7 @@ NODE_PACKAGES := containerd runc containernetworking-plugins iptables nftables c
 	gcc libc6-dev busybox-static
 # `make image` and its tests: buildah, and mmdebstrap for a Debian base (no registry is reachable)
 IMAGE_PACKAGES := buildah mmdebstrap
-DEB_PACKAGES := golang-go etcd-server haproxy prometheus rsync make patch ca-certificates $(NODE_PACKAGES) \
-	$(IMAGE_PACKAGES)
+DEB_PACKAGES := etcd-server haproxy prometheus make ca-certificates $(NODE_PACKAGES) $(IMAGE_PACKAGES)
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml sandbox/pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: setup system venv binaries test lint unit contract e2e e2e-real-node demo bench image image-lock clean
@@ -38,12 +37,14 @@ $(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PY) -m pip install -q -e '.[test]' -e './sandbox[demo]'
 	rm -f $(VENV)/.installed-*; touch $@
 
-# kube-apiserver, kube-controller-manager, kubelet and kube-proxy built from Debian's source
-# package, kubectl from Debian's kubernetes-client: cached per version, rebuilt only when missing
-# or broken. `podgate sandbox install --kubernetes 1.NN` builds a current release (all five,
-# kubectl too) from the Go module proxy instead (podgate_sandbox.gobuild; not the default yet).
+# kube-apiserver, kube-controller-manager, kubelet, kube-proxy and kubectl of the newest supported
+# release (the default), and the control plane and kubectl of the oldest (its compatibility run
+# uses the node agent), built from the Go module proxy with the machine's Go (/usr/local/go
+# first; podgate_sandbox.gobuild): cached per version, rebuilt only when missing or broken.
+OLDEST_KUBERNETES := 1.34
 binaries: venv
 	$(VENV)/bin/podgate sandbox install
+	$(VENV)/bin/podgate sandbox install --kubernetes $(OLDEST_KUBERNETES) --node agent
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
@@ -66,8 +67,11 @@ e2e: setup
 e2e-real-node: setup
 	$(VENV)/bin/pytest -q -m real_node tests/e2e/test_real_node.py
 
+# Everything on the newest release, then the compatibility subset (tests marked `compat`: seed
+# 000's flow, a gated rollout, the drain hook, the eviction guard) on the oldest supported one.
 test: lint
 	$(VENV)/bin/pytest -q
+	PODGATE_KUBERNETES=$(OLDEST_KUBERNETES) $(VENV)/bin/pytest -q -m compat tests/e2e
 
 demo: setup
 	$(PY) -m podgate_sandbox.demo

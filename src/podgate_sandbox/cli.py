@@ -12,8 +12,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from podgate_sandbox.binaries import ALL_BINARIES
 from podgate_sandbox.controlplane import Sandbox, SandboxConfig, SandboxError
-from podgate_sandbox.gobuild import GoBuildError, binaries_for, ensure
+from podgate_sandbox.gobuild import (
+    GO_BINARIES,
+    NEWEST_RELEASE,
+    OLDEST_RELEASE,
+    GoBuildError,
+    binaries_for,
+    check_supported,
+    ensure,
+)
 
 
 def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
@@ -34,9 +43,11 @@ def _sandbox(args: argparse.Namespace, for_up: bool = False) -> Sandbox:
         )
     ):
         defaults = SandboxConfig()
+        if args.kubernetes:
+            check_supported(args.kubernetes)
         config = SandboxConfig(
             # the exact release whose binaries the cache holds for the request (1.37 → 1.37.2)
-            kubernetes=binaries_for(args.kubernetes).version if args.kubernetes else defaults.kubernetes,
+            kubernetes=binaries_for(args.kubernetes).version,
             port_offset=args.port_offset if args.port_offset is not None else defaults.port_offset,
             pod_cidr=args.pod_cidr or defaults.pod_cidr,
             lb_cidr=args.lb_cidr or defaults.lb_cidr,
@@ -60,7 +71,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"podgate: sandbox {args.action} takes no argument (got {args.archive!r})", file=sys.stderr)
         return 2
     if args.action == "install":
-        ensure(args.kubernetes)
+        # --node agent: what a node-agent sandbox runs (no kubelet, no kube-proxy)
+        ensure(args.kubernetes, names=ALL_BINARIES if args.node == "agent" else GO_BINARIES)
         return 0
     sb = _sandbox(args, for_up=args.action == "up")
     if args.action == "up":
@@ -111,7 +123,11 @@ def add_commands(sub: Any) -> None:
     sb.add_argument("archive", nargs="?", help="import: the OCI archive (make image: dist/podgate-image.tar)")
     sb.add_argument("--state-dir", help="where the sandbox keeps its state (default: XDG state dir)")
     sb.add_argument("--port-offset", type=int, help="added to every sandbox port (run a second sandbox)")
-    sb.add_argument("--pod-cidr", help="loopback range for pod IPs (default 127.100.0.0/16)")
+    sb.add_argument(
+        "--pod-cidr",
+        help="the node agent's pod IPs: inside 198.18.0.0/15, made local by a route `up` adds "
+        "(default 198.18.0.0/16), or inside 127.0.0.0/8 (no route; Endpoints refuse loopback)",
+    )
     sb.add_argument("--lb-cidr", help="loopback range for load-balancer addresses (default 127.200.0.0/16)")
     sb.add_argument(
         "--run-commands",
@@ -122,7 +138,8 @@ def add_commands(sub: Any) -> None:
         "--node",
         choices=["agent", "kubelet"],
         help="up: the node agent (default: fast, loopback pods) or a real node (kubelet, containerd, "
-        "runc, a CNI bridge and kube-proxy; needs root)",
+        "runc, a CNI bridge and kube-proxy; needs root); install --node agent: only what the node "
+        "agent's sandbox needs (control plane and kubectl)",
     )
     sb.add_argument(
         "--node-pod-cidr",
@@ -131,8 +148,8 @@ def add_commands(sub: Any) -> None:
     sb.add_argument(
         "--kubernetes",
         metavar="VERSION",
-        help="install, up: the Kubernetes release, 1.NN (the newest 1.NN.x) or 1.NN.P; 1.20 (the default) "
-        "is built from Debian's source, any newer one from the Go module proxy by `install`",
+        help=f"install, up: the Kubernetes release, 1.NN (the newest 1.NN.x) or 1.NN.P, from "
+        f"{OLDEST_RELEASE} to {NEWEST_RELEASE} (the default); `install` builds it from the Go module proxy",
     )
     sb.add_argument("--without-controller", action="store_true", help="up: leave the podgate controller out")
     sb.set_defaults(func=cmd_sandbox)

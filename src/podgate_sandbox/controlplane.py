@@ -30,10 +30,10 @@ from pathlib import Path
 import yaml
 
 from podgate.kube import pki
-from podgate.model.addresses import loopback_network, overlaps
-from podgate_sandbox import processes
-from podgate_sandbox.binaries import ALL_BINARIES, KUBE_VERSION, NODE_BINARIES, KubeBinaries, Progress
-from podgate_sandbox.gobuild import binaries_for
+from podgate.model.addresses import AddressPoolError, loopback_network
+from podgate_sandbox import podnet, processes
+from podgate_sandbox.binaries import ALL_BINARIES, NODE_BINARIES, KubeBinaries, Progress
+from podgate_sandbox.gobuild import NEWEST_RELEASE, binaries_for
 from podgate_sandbox.node import images as node_images
 from podgate_sandbox.node import render as node_render
 from podgate_sandbox.node.certs import KUBELET_CLIENT, ensure_kubelet_client_cert
@@ -78,32 +78,18 @@ rules:
 - level: None
 """
 
+#: the release of a state directory whose sandbox.json names none (sandboxes before session 8)
+LEGACY_RELEASE = "1.20.2"
+
 
 class SandboxError(RuntimeError):
     """Something the user has to act on; the message says what."""
 
 
 def kube_minor(version: str) -> tuple[int, int]:
-    """``1.37.2`` → (1, 37)."""
+    """``1.37.2`` → (1, 37): patch releases of one minor share a cluster's etcd."""
     major, minor = version.strip().lstrip("v").split(".")[:2]
     return int(major), int(minor)
-
-
-def apiserver_version_flags(version: str) -> list[str]:
-    """kube-apiserver flags that depend on the release (pure)."""
-    flags = []
-    if kube_minor(version) < (1, 24):
-        # the insecure port is off by this flag before 1.24, which removed both
-        flags.append("--insecure-port=0")
-    return flags
-
-
-def controller_manager_version_flags(version: str) -> list[str]:
-    """kube-controller-manager flags that depend on the release (pure)."""
-    flags = []
-    if kube_minor(version) < (1, 24):
-        flags.append("--port=0")
-    return flags
 
 
 @dataclass(frozen=True)
@@ -112,7 +98,8 @@ class SandboxConfig:
 
     port_offset: int = 0
     node_name: str = "podgate-node"
-    pod_cidr: str = "127.100.0.0/16"
+    #: the node agent's pods (:mod:`podgate_sandbox.podnet`: local by a route ``up`` adds)
+    pod_cidr: str = "198.18.0.0/16"
     lb_cidr: str = "127.200.0.0/16"
     service_cidr: str = "10.96.0.0/16"
     #: the node agent runs containers' explicit commands as local processes (no isolation)
@@ -126,8 +113,9 @@ class SandboxConfig:
     #: runtime API directly, as podgate does beside a user's HAProxy (``bench/scale.py``: a Python
     #: hop for each of tens of thousands of commands is the sandbox's cost, not podgate's)
     data_plane: bool = True
-    #: the Kubernetes release (exact): 1.20.2 is Debian's build, newer ones come from Go modules
-    kubernetes: str = KUBE_VERSION
+    #: the Kubernetes release (built from Go modules): exact as ``up --kubernetes`` saves it, or a
+    #: minor (the newest cached patch of it)
+    kubernetes: str = NEWEST_RELEASE
 
     def port(self, base: int) -> int:
         return base + self.port_offset
@@ -149,9 +137,11 @@ class SandboxConfig:
         return self.port(10248)
 
     def validate(self) -> None:
-        loopback_network(self.pod_cidr)
-        loopback_network(self.lb_cidr)
-        if overlaps(self.pod_cidr, self.lb_cidr):
+        try:
+            pods, lbs = podnet.pod_network(self.pod_cidr), loopback_network(self.lb_cidr)
+        except AddressPoolError as e:
+            raise SandboxError(str(e)) from e
+        if pods.overlaps(lbs):
             raise SandboxError(f"pod CIDR {self.pod_cidr} overlaps load-balancer CIDR {self.lb_cidr}")
         if not 0 <= self.port_offset <= 50000:
             raise SandboxError(f"port offset {self.port_offset} is out of range 0..50000")
@@ -212,7 +202,12 @@ class Sandbox:
     ) -> None:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         saved = self.state_dir / "sandbox.json"
-        self._saved = SandboxConfig(**json.loads(saved.read_text())) if saved.exists() else None
+        self._saved = None
+        if saved.exists():
+            fields = json.loads(saved.read_text())
+            # written before releases were chosen: the Debian-built 1.20.2 the sandbox ran then
+            fields.setdefault("kubernetes", LEGACY_RELEASE)
+            self._saved = SandboxConfig(**fields)
         self.config = config or self._saved or SandboxConfig()
         self.config.validate()
         self.binaries = binaries or binaries_for(self.config.kubernetes)
@@ -278,6 +273,7 @@ class Sandbox:
             kubeconfig=self.state_dir / "node-agent.kubeconfig",
             ca_file=self.pki_dir / "ca.crt",
             lb_cidr=c.lb_cidr,
+            kubernetes=c.kubernetes,
         )
 
     @property
@@ -526,7 +522,6 @@ class Sandbox:
                     # loopback listener (pods get in-cluster access); with the node agent, none.
                     f"--advertise-address={self.node_layout.node_ip if c.node == 'kubelet' else HOST}",
                     *(["--endpoint-reconciler-type=none"] if c.node == "agent" else []),
-                    *apiserver_version_flags(c.kubernetes),
                     "--authorization-mode=RBAC",
                     f"--token-auth-file={p / 'tokens.csv'}",
                     f"--client-ca-file={p / 'ca.crt'}",
@@ -575,7 +570,6 @@ class Sandbox:
                     "--kube-api-qps=200",
                     "--kube-api-burst=400",
                     "--leader-elect=false",
-                    *controller_manager_version_flags(c.kubernetes),
                     f"--secure-port={c.port(10257)}",
                     f"--bind-address={HOST}",
                     f"--cert-dir={self.state_dir / 'kcm-certs'}",
@@ -650,6 +644,7 @@ class Sandbox:
                         lambda: _get(f"http://{HOST}:{c.agent_healthz_port}/healthz")[0] == 200,
                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
                         needs=["kube-apiserver"],
+                        before_start=self._route_pods,
                     ),
                 ]
             ),
@@ -834,7 +829,7 @@ class Sandbox:
         progress = progress or Progress()
         if (
             self._saved is not None
-            and self._saved.kubernetes != self.config.kubernetes
+            and kube_minor(self._saved.kubernetes) != kube_minor(self.config.kubernetes)
             and (self.state_dir / "etcd").exists()
         ):
             # etcd keeps objects in the storage versions of the release that wrote them: no
@@ -848,7 +843,7 @@ class Sandbox:
         missing = self.binaries.broken(needed)
         if missing:
             install = "podgate sandbox install" + (
-                f" --kubernetes {self.config.kubernetes}" if self.config.kubernetes != KUBE_VERSION else ""
+                f" --kubernetes {self.config.kubernetes}" if self.config.kubernetes != NEWEST_RELEASE else ""
             )
             raise SandboxError(
                 f"Kubernetes {self.binaries.version} binaries missing or broken: {', '.join(missing)}. "
@@ -924,6 +919,16 @@ class Sandbox:
         except HostError as e:
             raise SandboxError(f"the real node cannot start: {e}") from e
         return host.cgroup_procs
+
+    def _route_pods(self) -> None:
+        """The node agent's pod range made local (:mod:`podgate_sandbox.podnet`), before the
+        agent gives a pod its first address there."""
+        net = podnet.pod_network(self.config.pod_cidr)
+        if podnet.needs_route(net):
+            try:
+                podnet.add_route(net)
+            except AddressPoolError as e:
+                raise SandboxError(str(e)) from e
 
     def _running(self) -> list[str]:
         """Names of recorded processes still alive (whatever the mode that started them)."""
@@ -1005,6 +1010,9 @@ class Sandbox:
             ):
                 stopped.append(comp.name)
             self._save_pid(comp.name, None)
+        pod_net = podnet.pod_network(self.config.pod_cidr)
+        if podnet.needs_route(pod_net) and podnet.has_route(pod_net):
+            podnet.remove_route(pod_net)
         problems = NodeHost(self.node_layout).teardown()
         if problems:
             raise SandboxError("the real node was not fully undone: " + "; ".join(problems))
@@ -1024,8 +1032,18 @@ class Sandbox:
         except RuntimeError as e:
             raise SandboxError(f"import: {e}") from e
 
+    @property
+    def kubectl_cache(self) -> Path:
+        """kubectl's discovery cache for this sandbox: the default (~/.kube/cache, keyed by host
+        and port) would serve one release's API groups to another sandbox later on the same port
+        (seen: 1.37's kubectl failing on EndpointSlices after a 1.20 sandbox there)."""
+        return self.state_dir / "kubectl-cache"
+
     def env(self) -> str:
-        return f"export KUBECONFIG={self.kubeconfig}\nexport PATH={self.binaries.bin_dir}:$PATH\n"
+        return (
+            f"export KUBECONFIG={self.kubeconfig}\nexport PATH={self.binaries.bin_dir}:$PATH\n"
+            f"export KUBECACHEDIR={self.kubectl_cache}\n"
+        )
 
 
 class ControllerSwap:

@@ -49,6 +49,8 @@ def main() -> None:
             print(out.stdout.rstrip(), flush=True)
         return out.stdout
 
+    # client and server of one release: the sandbox's kubectl is built with its control plane
+    k("version")
     k("get", "nodes", "-o", "wide")
     if NS in k("get", "namespaces", "-o", "name", show=False):
         progress.say(f"removing the previous demo's namespace {NS}")

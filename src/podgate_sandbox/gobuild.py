@@ -16,8 +16,8 @@ command from fetching another toolchain.  Downloads go through the go command an
 module proxy the environment configures (nothing here names one).
 
 The pure part (go.mod parsing and generation, ldflags, picking a release) is unit-tested; the
-rest runs ``go``.  Binaries are cached per version like the Debian build's
-(``~/.cache/podgate/kubernetes/<version>``) and rebuilt only when missing or broken.
+rest runs ``go``.  Binaries are cached per version (``~/.cache/podgate/kubernetes/<version>``)
+and rebuilt only when missing or broken.
 """
 
 from __future__ import annotations
@@ -35,16 +35,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from podgate_sandbox.binaries import (
-    KUBE_VERSION,
-    KubeBinaries,
-    Progress,
-    cache_root,
-    default_binaries,
-    ensure_binaries,
-)
+from podgate_sandbox.binaries import KubeBinaries, Progress, cache_root
 
 MODULE = "k8s.io/kubernetes"
+#: The sandbox's default release: the newest minor verified here (its newest patch the proxy
+#: serves).  A pinned minor, not "latest": a new upstream minor would otherwise change what
+#: ``make test`` runs, and cost a 35-minute build, on the day it appears.
+NEWEST_RELEASE = "1.37"
+#: The oldest supported minor: the oldest still in a major cloud's standard support (GKE's 1.34,
+#: December 2026; README says why).  ``make test`` runs a compatibility subset on it.
+OLDEST_RELEASE = "1.34"
 #: What a release from Go modules provides, in build order (the control plane first: the
 #: default sandbox needs only it and kubectl).
 GO_BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl", "kube-proxy", "kubelet")
@@ -215,12 +215,19 @@ def pick_release(requested: str, served: Sequence[str]) -> str:
     return ".".join(map(str, found[0]))
 
 
-def is_debian_request(requested: str | None) -> bool:
-    """Whether a request names the Debian-built 1.20.2 (or nothing: still the default)."""
-    if requested is None:
-        return True
+def check_supported(requested: str) -> None:
+    """Refuse a request for a minor older than :data:`OLDEST_RELEASE` (one line, no build)."""
     want = requested.strip().lstrip("v")
-    return want in (KUBE_VERSION, ".".join(KUBE_VERSION.split(".")[:2]))
+    if want in ("latest", "newest"):
+        return
+    parts = want.split(".")
+    if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]):
+        oldest = tuple(int(p) for p in OLDEST_RELEASE.split("."))
+        if (int(parts[0]), int(parts[1])) < oldest:
+            raise GoBuildError(
+                f"Kubernetes {want} is older than the oldest release podgate supports ({OLDEST_RELEASE}); "
+                f"--kubernetes takes {OLDEST_RELEASE} to {NEWEST_RELEASE} (the default)"
+            )
 
 
 # -- the cache ----------------------------------------------------------------------------------
@@ -240,18 +247,16 @@ def cached_release(requested: str) -> str | None:
     root = kubernetes_cache()
     present = [p.name for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
     try:
-        return pick_release(requested, [v for v in present if v != KUBE_VERSION])
+        return pick_release(requested, present)
     except GoBuildError:
         return None
 
 
 def binaries_for(requested: str | None) -> KubeBinaries:
-    """The binaries serving a requested version: the Debian 1.20.2 build for none or 1.20, else
-    the newest cached build the request names (``podgate sandbox install --kubernetes`` makes it).
-    A request nothing cached answers gets a cache directory that is empty: ``broken`` says so."""
-    if is_debian_request(requested):
-        return default_binaries()
-    assert requested is not None
+    """The binaries serving a requested version (none: :data:`NEWEST_RELEASE`): the newest cached
+    build the request names (``podgate sandbox install --kubernetes`` makes it).  A request
+    nothing cached answers gets a cache directory that is empty: ``broken`` says so."""
+    requested = requested or NEWEST_RELEASE
     found = cached_release(requested)
     return release_binaries(found or requested.strip().lstrip("v"))
 
@@ -318,9 +323,14 @@ def _du(path: Path) -> int:
 
 
 def ensure_release(
-    requested: str, progress: Progress | None = None, keep_caches: bool = False
+    requested: str,
+    progress: Progress | None = None,
+    keep_caches: bool = False,
+    names: Sequence[str] = GO_BINARIES,
 ) -> KubeBinaries:
-    """Build (or find cached) the binaries of the release ``requested`` names; idempotent.
+    """Build (or find cached) the binaries ``names`` of the release ``requested`` names;
+    idempotent.  A sandbox with the node agent needs only the control plane and kubectl: the
+    kubelet (the one cgo build, about a third of the CPU time) is left for a real node.
 
     Writes ``build.json`` beside the binaries: download and per-binary build times, sizes.  The
     Go module and build caches are removed after a successful build unless ``keep_caches``."""
@@ -334,7 +344,7 @@ def ensure_release(
             raise
         version = cached
     binaries = release_binaries(version)
-    broken = binaries.broken(GO_BINARIES)
+    broken = binaries.broken(names)
     if not broken:
         progress.say(f"Kubernetes {version} binaries cached in {binaries.bin_dir}")
         return binaries
@@ -420,7 +430,7 @@ def ensure_release(
     # independent of what else the machine runs meanwhile
     report["build_cpu_s"] = cpu
     binaries.stamp.write_text(f"{RECIPE}\n")
-    still = binaries.broken(GO_BINARIES)
+    still = binaries.broken(names)
     if still:
         raise GoBuildError(f"after the build these binaries still do not run: {', '.join(still)}")
     report["bin_bytes"] = _du(binaries.bin_dir)
@@ -436,10 +446,11 @@ def ensure_release(
     return binaries
 
 
-def ensure(requested: str | None, progress: Progress | None = None) -> KubeBinaries:
-    """``podgate sandbox install [--kubernetes V]``: the Debian 1.20.2 build by default (and for
-    1.20), else the release from Go modules."""
-    if is_debian_request(requested):
-        return ensure_binaries(progress=progress)
-    assert requested is not None
-    return ensure_release(requested, progress)
+def ensure(
+    requested: str | None, progress: Progress | None = None, names: Sequence[str] = GO_BINARIES
+) -> KubeBinaries:
+    """``podgate sandbox install [--kubernetes V] [--node agent]``: the release from Go modules,
+    by default the newest patch of :data:`NEWEST_RELEASE`."""
+    requested = requested or NEWEST_RELEASE
+    check_supported(requested)
+    return ensure_release(requested, progress, names=names)

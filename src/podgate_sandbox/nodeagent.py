@@ -37,7 +37,7 @@ from podgate.kube.informer import EventType, Informer, key_of, resource_version
 from podgate.kube.queue import WorkQueue
 from podgate.model import addresses
 from podgate.model.probes import ProbeSpec, ProbeSpecError, ProbeState, observe, parse_probe, resolve_port
-from podgate_sandbox import hooks, processes, runtime, scheduling
+from podgate_sandbox import hooks, podnet, processes, runtime, scheduling
 from podgate_sandbox.app import AppConfigError
 from podgate_sandbox.podstatus import ContainerView, State, desired_status, needs_write
 
@@ -289,7 +289,7 @@ class PodWorker:
     async def _pre_stop(self, slot: ContainerSlot, hook: Mapping[str, Any]) -> None:
         if hook.get("httpGet"):
             # as the kubelet of the release the agent plays calls it (podgate_sandbox.hooks)
-            version = str(getattr(self.agent, "kube_version", "v1.20.2"))
+            version = self.agent.kube_version
             h = hook["httpGet"]
             call = hooks.http_hook_call(h, self.ip, slot.spec, version)
             try:
@@ -329,6 +329,12 @@ class PodWorker:
 _SLEEP = re.compile(r"^\s*(?:exec\s+)?(?:/bin/|/usr/bin/)?sleep\s+(\d+(?:\.\d+)?)s?\s*$")
 
 
+def probe_user_agent(kube_version: str) -> str:
+    """The kubelet's probe User-Agent: ``kube-probe/1.37`` for v1.37.2 (pure)."""
+    major, minor = hooks.release(kube_version)
+    return f"kube-probe/{major}.{minor}"
+
+
 def sleep_seconds(command: list[str]) -> float | None:
     """``N`` when a preStop exec is just ``sleep N`` (directly or via ``sh -c``), else None."""
     if len(command) >= 3 and command[0].rsplit("/", 1)[-1] in ("sh", "bash", "ash") and command[1] == "-c":
@@ -359,7 +365,7 @@ class NodeAgent:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.node_name = node_name
-        self.net = addresses.loopback_network(pod_cidr)
+        self.net = podnet.pod_network(pod_cidr)
         self.log_dir = log_dir
         self.run_commands = run_commands
         self.workers: dict[str, PodWorker] = {}
@@ -378,6 +384,8 @@ class NodeAgent:
         self._background: set[asyncio.Task[Any]] = set()
         self._next_ip = 0
         self.registered = asyncio.Event()
+        #: the release this agent plays the kubelet of: the API server's (read at registration)
+        self.kube_version = "v0.0.0"
         self.http: aiohttp.ClientSession
         #: "namespace/name uid" → wall-clock times of its termination's steps ("deleting": the
         #: agent saw the deletion, "sigterm": the first container's, "gone": deleted), for the
@@ -430,8 +438,8 @@ class NodeAgent:
             ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {
-                "kubeletVersion": "v1.20.2",
-                "kubeProxyVersion": "v1.20.2",
+                "kubeletVersion": self.kube_version,
+                "kubeProxyVersion": self.kube_version,
                 "operatingSystem": "linux",
                 "architecture": "amd64",
                 "containerRuntimeVersion": f"podgate://{__version__}",
@@ -450,6 +458,10 @@ class NodeAgent:
             "kubernetes.io/arch": "amd64",
             "node.podgate.dev/sandbox": "true",
         }
+        # A node reports its kubelet's release; the agent stands in for the kubelet of the
+        # control plane's release, so it reports the API server's (``kubectl get nodes``).
+        info = await call(client.VersionApi(self.api).get_code)
+        self.kube_version = str(info["gitVersion"])
         try:
             await call(
                 self.core.create_node,
@@ -686,7 +698,7 @@ class NodeAgent:
                 return True, "connected"
             url = f"{spec.scheme.lower()}://{host}:{port}{spec.path}"
             timeout = aiohttp.ClientTimeout(total=spec.timeout)
-            headers = {"User-Agent": "kube-probe/1.20", **dict(spec.headers)}
+            headers = {"User-Agent": probe_user_agent(self.kube_version), **dict(spec.headers)}
             async with self.http.get(
                 url, timeout=timeout, headers=headers, ssl=False, allow_redirects=False
             ) as resp:
@@ -812,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="podgate-node-agent", description=__doc__)
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--node-name", default="podgate-node")
-    parser.add_argument("--pod-cidr", default="127.100.0.0/16")
+    parser.add_argument("--pod-cidr", default="198.18.0.0/16", help="local by the sandbox's route (podnet)")
     parser.add_argument("--healthz-port", type=int, default=10248)
     parser.add_argument("--log-dir", default=None, help="where logs of --run-commands containers go")
     parser.add_argument(

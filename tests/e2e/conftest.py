@@ -23,18 +23,33 @@ from typing import Any, TypeVar
 
 import pytest
 
-from podgate_sandbox.binaries import default_binaries
 from podgate_sandbox.controlplane import ControllerSwap, Sandbox
 
 T = TypeVar("T")
 PODGATE = [sys.executable, "-m", "podgate"]
 OFFSET = 10000
-POD_CIDR = "127.101.0.0/16"
+#: inside 198.18.0.0/15, local by the route ``up`` adds (podgate_sandbox.podnet): Endpoints and
+#: EndpointSlices accept these addresses, as they refuse loopback ones
+POD_CIDR = "198.19.0.0/20"
 LB_CIDR = "127.201.0.0/16"
 #: The cloud tests' secrets, given to their controllers in the environment; no log may show them.
 AWS_SECRET_ACCESS_KEY = "podgate-test-aws-secret-Zq7xK2"
 ALIBABA_ACCESS_KEY_SECRET = "podgate-test-secret"  # the Alibaba double's own test key pair
 CLOUD_SECRETS = (AWS_SECRET_ACCESS_KEY, ALIBABA_ACCESS_KEY_SECRET)
+#: The release the e2e sandboxes run (``1.NN`` or ``1.NN.P``, as ``podgate sandbox up
+#: --kubernetes`` takes it); unset, the sandbox's default.  ``make test`` runs the suite on the
+#: newest release and a compatibility subset on the oldest supported one.
+KUBERNETES = os.environ.get("PODGATE_KUBERNETES") or None
+
+
+def kubernetes_args() -> list[str]:
+    """``--kubernetes V`` for ``podgate sandbox up`` when ``PODGATE_KUBERNETES`` names one."""
+    return ["--kubernetes", KUBERNETES] if KUBERNETES else []
+
+
+def sandbox_kubectl(state: Path) -> Path:
+    """The kubectl of the release a sandbox runs (client and server of one release)."""
+    return Sandbox(state).binaries.path("kubectl")
 
 
 @dataclass
@@ -50,7 +65,12 @@ class SandboxHandle:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            # the sandbox's own discovery cache (a release on this port before had other APIs)
+            env={
+                **os.environ,
+                "KUBECONFIG": str(self.kubeconfig),
+                "KUBECACHEDIR": str(self.state_dir / "kubectl-cache"),
+            },
             check=False,
         )
         if check and proc.returncode != 0:
@@ -96,8 +116,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxHandle]
         "--lb-cidr",
         LB_CIDR,
         "--run-commands",
+        *kubernetes_args(),
     )
-    handle = SandboxHandle(state, state / "kubeconfig", default_binaries().path("kubectl"))
+    handle = SandboxHandle(state, state / "kubeconfig", sandbox_kubectl(state))
     try:
         assert up.returncode == 0, f"sandbox up failed:\n{up.stdout}\n{up.stderr}"
         wait_for(

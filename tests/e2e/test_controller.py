@@ -119,6 +119,7 @@ def events(sandbox: SandboxHandle, ns: str, name: str) -> list[dict[str, Any]]:
     return sorted(items, key=lambda e: (e.get("firstTimestamp") or "", e["metadata"]["name"]))
 
 
+@pytest.mark.compat
 def test_automatic_flow(sandbox: SandboxHandle, namespace: str) -> None:
     sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
     sandbox.apply(lb_service("web", "web"), namespace)

@@ -1,6 +1,6 @@
 """Which Services podgate serves, and namespaces set up for another controller, as a user sees
-them on the sandbox (Kubernetes 1.20: no spec.loadBalancerClass, so the class path is unit-tested;
-here the provider annotation and the sandbox's default provider)."""
+them on the sandbox (here the provider annotation and the sandbox's default provider; the
+``loadBalancerClass`` path is unit-tested)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ def seed_manifests() -> list[dict[str, Any]]:
     return [service, nginx]
 
 
+@pytest.mark.compat
 def test_alibaba_procedure_runs_verbatim(sandbox: SandboxHandle, namespace: str) -> None:
     """Namespace label, my-svc and my-nginx as written for Alibaba Cloud's controller: pods
     turn Ready only once HAProxy says healthy, and the app answers through the EXTERNAL-IP."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
 import urllib.request
@@ -14,7 +15,7 @@ from kubernetes_asyncio import client
 from podgate.kube.client import api_client
 from podgate_sandbox.processes import tcp_listeners
 
-from .conftest import SandboxHandle, condition, wait_for, wide_row
+from .conftest import POD_CIDR, SandboxHandle, condition, wait_for, wide_row
 
 pytestmark = pytest.mark.sandbox
 
@@ -80,7 +81,7 @@ def test_deployment_becomes_available_and_serves_http(sandbox: SandboxHandle, na
     assert len(ips) == 3, "every pod has its own IP"
     for p in pods:
         ip = p["status"]["podIP"]
-        assert ip.startswith("127.101."), "pod IPs come from the sandbox's loopback pod range"
+        assert ipaddress.ip_address(ip) in ipaddress.ip_network(POD_CIDR), "from the sandbox's pod range"
         status, body = http_get(ip, 80)
         assert status == 200
         assert p["metadata"]["name"] in body

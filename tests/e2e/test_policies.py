@@ -173,9 +173,9 @@ def test_a_continuous_gate_follows_haproxy_down_and_up_within_two_check_interval
 
 
 def _evict(sandbox: SandboxHandle, namespace: str, pod: str) -> tuple[bool, str]:
-    """POST an Eviction as ``kubectl drain`` does (kubectl 1.20 has no --subresource)."""
+    """POST an Eviction as ``kubectl drain`` does: policy/v1 (since 1.22; v1beta1 went in 1.25)."""
     body = {
-        "apiVersion": "policy/v1beta1",
+        "apiVersion": "policy/v1",
         "kind": "Eviction",
         "metadata": {"name": pod, "namespace": namespace},
     }
@@ -191,6 +191,7 @@ def _evict(sandbox: SandboxHandle, namespace: str, pod: str) -> tuple[bool, str]
     return "Error from server" not in out, out
 
 
+@pytest.mark.compat
 def test_the_eviction_guard_keeps_the_minimum_of_targets_haproxy_calls_healthy(
     sandbox: SandboxHandle, namespace: str
 ) -> None:

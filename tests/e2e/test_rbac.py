@@ -5,7 +5,6 @@ kube-system Lease, another webhook configuration or a Service's spec."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +28,11 @@ def can_i(sandbox: SandboxHandle, *args: str) -> str:
 
 
 def account_kubeconfig(sandbox: SandboxHandle) -> Path:
-    """The sandbox's controller kubeconfig with the ServiceAccount's token (from the token
-    controller's Secret) in place of the controller's own."""
-
-    def token() -> str | None:
-        sa = sandbox.get("serviceaccount", "podgate", "-n", CONTROLLER_NAMESPACE)
-        for ref in sa.get("secrets") or ():
-            data = sandbox.get("secret", ref["name"], "-n", CONTROLLER_NAMESPACE).get("data") or {}
-            if data.get("token"):
-                return base64.b64decode(data["token"]).decode()
-        return None
-
+    """The sandbox's controller kubeconfig with a token of the ServiceAccount in place of the
+    controller's own: ``kubectl create token`` (TokenRequest; 1.24+ makes no token Secrets)."""
+    token = sandbox.kubectl("create", "token", "podgate", "-n", CONTROLLER_NAMESPACE, "--duration=1h").strip()
     config: dict[str, Any] = yaml.safe_load((sandbox.state_dir / "controller.kubeconfig").read_text())
-    config["users"][0]["user"] = {"token": wait_for("the ServiceAccount's token", token, 30)}
+    config["users"][0]["user"] = {"token": token}
     path = sandbox.state_dir / "serviceaccount.kubeconfig"
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import socket
-import ssl
 import subprocess
 import sys
 import threading
@@ -26,15 +25,25 @@ from typing import Any
 import pytest
 
 from podgate.kube.client import api_client
+from podgate.model import gates
 from podgate_sandbox import processes
-from podgate_sandbox.binaries import default_binaries
 from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE, DEPLOYED_BACKEND, Sandbox
 from podgate_sandbox.image import build
 from podgate_sandbox.node import render
 from podgate_sandbox.node.host import UNIFIED, NodeHost, iptables_save, sysctls
 from podgate_sandbox.rollout import RolloutLab, summarise
 
-from .conftest import GRANTED_TO, SandboxHandle, condition, grant, podgate, wait_for, wide_row
+from .conftest import (
+    GRANTED_TO,
+    SandboxHandle,
+    condition,
+    grant,
+    kubernetes_args,
+    podgate,
+    sandbox_kubectl,
+    wait_for,
+    wide_row,
+)
 from .test_controller import INJECT, all_ready, external_ip, gate, pods, servers
 from .test_lb_selection import ALIBABA_GATE, ALIBABA_LABEL, SEED_IMAGE, seed_manifests
 from .test_webhook_replicas import front_door_up
@@ -127,9 +136,10 @@ def node(state: Path, before: dict[str, Any]) -> Iterator[SandboxHandle]:
         "--lb-cidr",
         LB_CIDR,
         "--without-controller",
+        *kubernetes_args(),
         timeout=300,
     )
-    handle = SandboxHandle(state, state / "kubeconfig", default_binaries().path("kubectl"))
+    handle = SandboxHandle(state, state / "kubeconfig", sandbox_kubectl(state))
     try:
         assert up.returncode == 0, f"sandbox up --node kubelet failed:\n{up.stdout}\n{up.stderr}"
         print(f"sandbox up --node kubelet: {time.monotonic() - t0:.1f}s", file=sys.stderr)
@@ -143,9 +153,10 @@ def node(state: Path, before: dict[str, Any]) -> Iterator[SandboxHandle]:
             ),
             timeout=60,
         )
+        # pods get projected tokens (1.24+ makes no token Secrets): the account is enough
         wait_for(
-            "the default ServiceAccount's token",
-            lambda: "default-token" in handle.kubectl("get", "secrets", "-n", "default", check=False),
+            "the default ServiceAccount",
+            lambda: "default" in handle.kubectl("get", "serviceaccount", "-n", "default", check=False),
         )
         yield handle
     finally:
@@ -157,31 +168,37 @@ def namespace(node: SandboxHandle) -> Iterator[str]:
     name = f"rn-{uuid.uuid4().hex[:8]}"
     node.kubectl("create", "namespace", name)
     wait_for(
-        "the namespace's service-account token",
-        lambda: "default-token" in node.kubectl("get", "secrets", "-n", name, check=False),
+        "the namespace's default ServiceAccount",
+        lambda: "default" in node.kubectl("get", "serviceaccount", "-n", name, check=False),
     )
     yield name
     node.kubectl("delete", "namespace", name, "--wait=false", check=False)
     node.kubectl("delete", "loadbalancergroupgrants", "-l", f"{GRANTED_TO}={name}", check=False)
 
 
-def patch_status(node: SandboxHandle, namespace: str, pod: str, body: dict[str, Any]) -> None:
-    """A strategic-merge patch of pods/status (kubectl 1.20 has no --subresource)."""
-    state = node.state_dir
-    token = json.loads((state / "pki" / "tokens.json").read_text())["admin"]
-    port = 6443 + OFFSET
-    req = urllib.request.Request(
-        f"https://127.0.0.1:{port}/api/v1/namespaces/{namespace}/pods/{pod}/status",
-        data=json.dumps(body).encode(),
-        method="PATCH",
-        headers={
-            "Authorization": f"Bearer {token}",
-            "Content-Type": "application/strategic-merge-patch+json",
-        },
+def has_token(pod: dict[str, Any]) -> bool:
+    """Whether the ServiceAccount admission plugin gave a pod its projected API token volume."""
+    return any(
+        "serviceAccountToken" in source
+        for v in pod["spec"].get("volumes") or ()
+        for source in (v.get("projected") or {}).get("sources") or ()
     )
-    ctx = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
-    with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-        assert r.status == 200
+
+
+def patch_status(node: SandboxHandle, namespace: str, pod: str, body: dict[str, Any]) -> None:
+    """A strategic-merge patch of pods/status, as a user sends it: ``kubectl patch
+    --subresource=status`` (kubectl 1.24+)."""
+    node.kubectl(
+        "patch",
+        "pod",
+        pod,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=strategic",
+        "-p",
+        json.dumps(body),
+    )
 
 
 def web_pod(name: str) -> dict[str, Any]:
@@ -229,8 +246,8 @@ def test_gated_pod_runs_on_the_real_node_and_turns_ready_with_its_gate(
     assert (condition(pod, "Ready") or {}).get("status") == "False"
     ip = pod["status"]["podIP"]
     assert ip.startswith("10.244.0."), ip
-    # the ServiceAccount admission plugin and the token controller are on: the pod has a token
-    assert any(v["name"].startswith("default-token-") for v in pod["spec"]["volumes"])
+    # the ServiceAccount admission plugin is on: the pod has a projected token
+    assert has_token(pod)
     assert http_get(f"http://{ip}/").strip() == "podgate-web web-0"
 
     t0 = time.monotonic()
@@ -540,9 +557,10 @@ def test_termination_real_sigterm_after_the_pod_left_the_load_balancer(
     controller: SandboxHandle, namespace: str
 ) -> None:
     """A gated nginx pod deleted: podgate drains it in HAProxy at once; the webhook's injected
-    preStop delay (busybox ``sleep`` in the pod) keeps nginx serving meanwhile; then the container
-    gets a real SIGTERM (nginx logs it and exits 0, well within the grace period) and HAProxy
-    forgets the pod."""
+    preStop delay keeps nginx serving meanwhile; then the container gets a real SIGTERM (nginx logs
+    it and exits 0, well within the grace period) and HAProxy forgets the pod.  The delay is the
+    kubelet's native ``sleep`` action (1.30+; chosen by discovery), which needs no sleep binary in
+    the image: the kubelet itself waits."""
     node = controller
     node.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
     service, nginx = seed_manifests()
@@ -555,7 +573,7 @@ def test_termination_real_sigterm_after_the_pod_left_the_load_balancer(
     node.apply(nginx, namespace)
     pod = wait_for("my-nginx Ready", lambda: all_ready(node, namespace, "nginx", 1), 90)[0]
     name, addr = pod["metadata"]["name"], f"{pod['status']['podIP']}:80"
-    assert pod["spec"]["containers"][0]["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "2"]}}
+    assert pod["spec"]["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": 2}}
     be = f"podgate.{namespace}.my-svc.80"
     # nginx's own log, streamed (API server -> kubelet), each line with the moment it arrived
     logs = subprocess.Popen(
@@ -659,7 +677,7 @@ def test_podgate_deployed_from_its_image_two_replicas_through_deploy(
     for p in replicas:
         assert p["spec"]["containers"][0]["image"] == podgate_image
         assert p["spec"]["nodeName"] == "podgate-node" and p["status"]["podIP"].startswith("10.244.0.")
-        assert any(v["name"].startswith("podgate-token-") for v in p["spec"]["volumes"])
+        assert has_token(p)
     names = {p["metadata"]["name"] for p in replicas}
     leader = wait_for("a leader among the replicas", lambda: (h := lease_holder(node)) in names and h, 60)
     hook = node.get("mutatingwebhookconfiguration", "podgate")["webhooks"][0]["clientConfig"]
@@ -729,14 +747,18 @@ def test_podgate_deployed_from_its_image_two_replicas_through_deploy(
     with urllib.request.urlopen(f"http://{sb.deployed_lb_address}/", timeout=5) as r:
         assert r.headers["Server"].startswith("nginx/") and r.headers["X-Pod-Name"].startswith("web-")
 
-    # the drain hook as a cluster wires it: the real kubelet (1.20: plain HTTP, the token in the
-    # path) calls the podgate Service's port drain (8081), which kube-proxy sends to a replica's
-    # drain port (8082); that replica drains the pod in HAProxy before SIGTERM
+    # the drain hook as a cluster wires it: the real kubelet (of the sandbox's release: 1.25+
+    # sends the hook's headers, so the token goes in one) calls the podgate Service's port drain
+    # (8081), which kube-proxy sends to a replica's drain port (8082); that replica drains the pod
+    # in HAProxy before SIGTERM
     leaving = ready[0]["metadata"]["name"]
     prestop = ready[0]["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"]
     svc = node.get("service", "podgate", "-n", CONTROLLER_NAMESPACE)
     assert (prestop["host"], prestop["port"]) == (svc["spec"]["clusterIP"], 8081), prestop
-    assert prestop["path"].startswith(f"/drain/{namespace}/"), prestop
+    # every supported kubelet sends a hook's headers: the token goes in one, out of the path (and
+    # so out of a FailedPreStopHook Event, which quotes the path)
+    assert prestop["path"] == f"{gates.DRAIN_PATH}/{namespace}", prestop
+    assert [h["name"] for h in prestop["httpHeaders"]] == [gates.DRAIN_TOKEN_HEADER], prestop
     node.kubectl("delete", "pod", leaving, "-n", namespace, "--wait=false")
     wait_for(
         "the deleted pod gone",

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.sandbox
 GATED = ("podgate", "podgate-prestop")
 
 
+@pytest.mark.compat
 async def test_rollout_under_load(sandbox: SandboxHandle) -> None:
     api = await api_client(str(sandbox.kubeconfig))
     lab = RolloutLab(
@@ -32,13 +33,14 @@ async def test_rollout_under_load(sandbox: SandboxHandle) -> None:
         "the plain rollout drops requests while HAProxy has no healthy target"
     )
     assert summary["plain"]["failed_by_kind"].get("http_5xx", 0) > 0
-    # The injected scenario really ran with the webhook's hook: every pod of its last round has it.
+    # The injected scenario really ran with the webhook's hook: every pod of its last round has it,
+    # the kubelet's native sleep action (1.30+, chosen by discovery: no sleep binary needed).
     hooks = [
         (c.get("lifecycle") or {}).get("preStop")
         for p in sandbox.get("pods", "-n", lab.namespace("podgate-prestop"))["items"]
         for c in p["spec"]["containers"]
     ]
-    assert hooks == [{"exec": {"command": ["sleep", "2"]}}] * 4, hooks
+    assert hooks == [{"sleep": {"seconds": 2}}] * 4, hooks
     for name in GATED:
         assert summary[name]["failed"] == 0, (name, summary[name])
         gate = summary[name]["gate_latency_s"]

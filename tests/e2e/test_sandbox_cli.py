@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -9,19 +10,28 @@ from pathlib import Path
 
 import pytest
 
+from podgate_sandbox import podnet
+from podgate_sandbox.gobuild import binaries_for
 from podgate_sandbox.processes import alive, cmdline, tcp_listeners
 
-from .conftest import podgate, wait_for
+from .conftest import KUBERNETES, kubernetes_args, podgate, wait_for
 
 pytestmark = pytest.mark.sandbox
 OFFSET = 20000
 
 
-def listeners_on(ports: set[int], prefix: str = "127.102.") -> list[str]:
+POD_CIDR = "198.19.16.0/20"
+
+
+def in_pod_range(address: str) -> bool:
+    return ipaddress.ip_address(address.rsplit(":", 1)[0]) in ipaddress.ip_network(POD_CIDR)
+
+
+def listeners_on(ports: set[int]) -> list[str]:
     return [
         a
         for a, _ in tcp_listeners()
-        if a.startswith(prefix) or (a.startswith("127.0.0.1:") and int(a.rsplit(":", 1)[1]) in ports)
+        if in_pod_range(a) or (a.startswith("127.0.0.1:") and int(a.rsplit(":", 1)[1]) in ports)
     ]
 
 
@@ -35,9 +45,10 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
         "--port-offset",
         str(OFFSET),
         "--pod-cidr",
-        "127.102.0.0/16",
+        POD_CIDR,
         "--lb-cidr",
         "127.202.0.0/16",
+        *kubernetes_args(),
     )
     try:
         assert first.returncode == 0, first.stderr
@@ -66,6 +77,12 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
             assert str(pid) in line and "healthy" in line and str(state / "logs") in line
 
         env = podgate("sandbox", "env", *args).stdout
+        assert f"export KUBECACHEDIR={state / 'kubectl-cache'}" in env
+        kube_env = {
+            **os.environ,
+            "KUBECONFIG": str(state / "kubeconfig"),
+            "KUBECACHEDIR": str(state / "kubectl-cache"),
+        }
         assert f"export KUBECONFIG={state / 'kubeconfig'}" in env
         kubectl_dir = (
             next(ln for ln in env.splitlines() if ln.startswith("export PATH="))
@@ -76,22 +93,50 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
             [f"{kubectl_dir}/kubectl", "version", "-o", "json"],
             capture_output=True,
             text=True,
-            env={**os.environ, "KUBECONFIG": str(state / "kubeconfig")},
+            env=kube_env,
             check=True,
         )
         v = json.loads(version.stdout)
-        assert v["clientVersion"]["gitVersion"] == v["serverVersion"]["gitVersion"] == "v1.20.2"
+        release = f"v{binaries_for(KUBERNETES).version}"
+        assert v["clientVersion"]["gitVersion"] == v["serverVersion"]["gitVersion"] == release
 
         ports = {p + OFFSET for p in (2379, 2380, 6443, 10257, 8404, 10248, 9443, 9444, 8081, 8082, 9447)}
         assert len(listeners_on(ports)) >= len(ports)
         # a pod, so that down also has pod listeners to remove
         subprocess.run(
-            [f"{kubectl_dir}/kubectl", "run", "p", "--image=nginx", "--port=80"],
+            [f"{kubectl_dir}/kubectl", "run", "p", "--image=nginx", "--port=80", "--expose"],
             check=True,
-            env={**os.environ, "KUBECONFIG": str(state / "kubeconfig")},
+            env=kube_env,
             capture_output=True,
         )
-        wait_for("the pod's listener", lambda: any(a.startswith("127.102.") for a, _ in tcp_listeners()))
+        wait_for("the pod's listener", lambda: any(in_pod_range(a) for a, _ in tcp_listeners()))
+        # the pod range is local by the sandbox's route, and the API server takes the pod's
+        # address into its Service's EndpointSlice (it refuses loopback ones)
+        assert podnet.has_route(podnet.pod_network(POD_CIDR))
+
+        def sliced() -> list[str]:
+            got = subprocess.run(
+                [
+                    f"{kubectl_dir}/kubectl",
+                    "get",
+                    "endpointslices",
+                    "-l",
+                    "kubernetes.io/service-name=p",
+                    "-o",
+                    "json",
+                ],
+                env=kube_env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert got.returncode == 0, got.stderr
+            slices = json.loads(got.stdout)["items"]
+            return [
+                a for s in slices for e in s.get("endpoints") or () for a in e["addresses"] if in_pod_range(a)
+            ]
+
+        wait_for("the pod's address in its Service's EndpointSlice", sliced)
     finally:
         down = podgate("sandbox", "down", *args)
     assert down.returncode == 0
@@ -99,6 +144,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
     for name, pid in pids.items():
         assert not alive(pid, commands[name]), f"{name} (pid {pid}) still running"
     assert listeners_on(ports) == []
+    assert not podnet.has_route(podnet.pod_network(POD_CIDR)), "down removes the pod range's route"
     status = podgate("sandbox", "status", *args)
     assert status.returncode == 1 and status.stdout.count("stopped") == 7
 
@@ -118,9 +164,10 @@ def test_up_reports_a_busy_port(tmp_path: Path) -> None:
             "--port-offset",
             "30000",
             "--pod-cidr",
-            "127.103.0.0/16",
+            "198.19.32.0/20",
             "--lb-cidr",
             "127.203.0.0/16",
+            *kubernetes_args(),
         )
     podgate("sandbox", "down", "--state-dir", str(tmp_path / "sb"))
     assert result.returncode == 2

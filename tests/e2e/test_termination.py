@@ -22,6 +22,7 @@ NONE, DRAIN = Scenario("none", "haproxy"), Scenario("drain", "haproxy")
 PREFIX = "t-term"
 
 
+@pytest.mark.compat
 async def test_scale_down_under_slow_posts(sandbox: SandboxHandle) -> None:
     api = await api_client(str(sandbox.kubeconfig))
     lab = TerminationLab(

@@ -7,23 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from podgate_sandbox.binaries import KUBE_VERSION
-from podgate_sandbox.controlplane import (
-    Sandbox,
-    SandboxConfig,
-    SandboxError,
-    apiserver_version_flags,
-    controller_manager_version_flags,
-    kube_minor,
-)
-
-
-def test_insecure_ports_are_turned_off_only_where_the_flags_exist() -> None:
-    assert apiserver_version_flags("1.20.2") == ["--insecure-port=0"]
-    assert controller_manager_version_flags("1.20.2") == ["--port=0"]
-    for version in ("1.24.0", "1.34.0", "1.37.2"):
-        assert "--insecure-port=0" not in apiserver_version_flags(version)
-        assert "--port=0" not in controller_manager_version_flags(version)
+from podgate_sandbox.controlplane import LEGACY_RELEASE, Sandbox, SandboxConfig, SandboxError, kube_minor
+from podgate_sandbox.gobuild import NEWEST_RELEASE
 
 
 def test_kube_minor() -> None:
@@ -36,25 +21,30 @@ def test_a_sandbox_keeps_its_release_and_finds_its_binaries(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     (tmp_path / "cache" / "podgate" / "kubernetes" / "1.37.2").mkdir(parents=True)
-    assert SandboxConfig().kubernetes == KUBE_VERSION
+    assert SandboxConfig().kubernetes == NEWEST_RELEASE
+    assert Sandbox(tmp_path / "fresh").binaries.version == "1.37.2"
     state = tmp_path / "state"
     state.mkdir()
     # a state directory from before releases were chosen: the Debian build
     (state / "sandbox.json").write_text(json.dumps({"port_offset": 20000}))
-    old = Sandbox(state)
-    assert (old.config.kubernetes, old.binaries.version) == (KUBE_VERSION, KUBE_VERSION)
+    assert Sandbox(state).config.kubernetes == LEGACY_RELEASE
     (state / "sandbox.json").write_text(json.dumps({"port_offset": 20000, "kubernetes": "1.37.2"}))
     sb = Sandbox(state)
     assert sb.binaries.root == tmp_path / "cache" / "podgate" / "kubernetes" / "1.37.2"
     assert sb.env().splitlines()[1] == f"export PATH={sb.binaries.bin_dir}:$PATH"
     argv = {c.name: c.argv for c in sb.components()}
-    assert "--insecure-port=0" not in argv["kube-apiserver"]
-    assert "--port=0" not in argv["kube-controller-manager"]
+    # the insecure ports went in 1.24 with their flags: an unknown flag would stop the process
+    assert not any(a.startswith("--insecure-port") for a in argv["kube-apiserver"])
+    assert not any(a.startswith("--port=") for a in argv["kube-controller-manager"])
 
 
 def test_a_state_directory_stays_on_the_release_that_wrote_its_etcd(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "etcd").mkdir(parents=True)
     (state / "sandbox.json").write_text(json.dumps({"port_offset": 20000}))
-    with pytest.raises(SandboxError, match=f"holds a Kubernetes {KUBE_VERSION} cluster"):
+    with pytest.raises(SandboxError, match=f"holds a Kubernetes {LEGACY_RELEASE} cluster"):
         Sandbox(state, SandboxConfig(port_offset=20000, kubernetes="1.37.2")).up()
+    # a patch release of the same minor runs on the same etcd
+    (state / "sandbox.json").write_text(json.dumps({"port_offset": 20000, "kubernetes": "1.37"}))
+    with pytest.raises(SandboxError, match="binaries missing or broken"):
+        Sandbox(state, SandboxConfig(port_offset=20000, kubernetes="1.37.9")).up()

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from podgate_sandbox import gobuild
-from podgate_sandbox.binaries import KUBE_VERSION
 from podgate_sandbox.gobuild import (
     GoBuildError,
     ReleaseModule,
@@ -181,11 +180,12 @@ def test_versions() -> None:
     assert go_version_tuple("go1.27rc1") == (1, 27)
 
 
-def test_debian_requests() -> None:
-    assert gobuild.is_debian_request(None)
-    assert gobuild.is_debian_request("1.20")
-    assert gobuild.is_debian_request(f"v{KUBE_VERSION}")
-    assert not gobuild.is_debian_request("1.37")
+def test_requests_older_than_the_oldest_supported_release_are_refused() -> None:
+    for ok in ("1.34", "1.34.4", "v1.37.2", "1.38", "latest"):
+        gobuild.check_supported(ok)
+    for old in ("1.20", "1.33.9", "v1.20.2"):
+        with pytest.raises(GoBuildError, match=r"older than the oldest release podgate supports \(1\.34\)"):
+            gobuild.check_supported(old)
 
 
 def test_binaries_for_a_request_take_the_newest_cached_release(
@@ -193,11 +193,11 @@ def test_binaries_for_a_request_take_the_newest_cached_release(
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     root = tmp_path / "podgate" / "kubernetes"
-    for version in (KUBE_VERSION, "1.37.1", "1.37.2", "1.34.0"):
+    for version in ("1.37.1", "1.37.2", "1.34.0"):
         (root / version).mkdir(parents=True)
     (root / "1.36.3-partial").mkdir()
-    assert gobuild.binaries_for(None).root == root / KUBE_VERSION
-    assert gobuild.binaries_for("1.20").version == KUBE_VERSION
+    # no request: the newest patch of the default minor
+    assert gobuild.binaries_for(None).root == root / "1.37.2"
     newest = gobuild.binaries_for("1.37")
     assert (newest.root, newest.version, newest.recipe) == (root / "1.37.2", "1.37.2", gobuild.RECIPE)
     assert gobuild.binaries_for("1.34").version == "1.34.0"

@@ -141,6 +141,21 @@ async def test_podgates_own_class_is_served_and_gets_its_address() -> None:
     assert published["status"]["loadBalancer"]["ingress"][0]["ip"].startswith("127.240.0.")
 
 
+async def test_a_cluster_ip_service_served_by_annotation_gets_gates_but_no_external_ip() -> None:
+    """The API server refuses status.loadBalancer on a Service that is not of type LoadBalancer
+    (422 on every pass, seen on 1.37): podgate writes none there."""
+    world = World(lb_cidr="127.240.0.0/24", default=None)
+    mine = service()
+    mine["spec"]["type"] = "ClusterIP"
+    mine["metadata"]["annotations"] = {gates.PROVIDER_ANNOTATION: "fake"}
+    world.add(SERVICES, mine)
+    world.add(PODS, pod("p1"))
+    await world.reconcile()
+    assert (world.condition("p1") or {}).get("reason") != "ServiceConfigInvalid"
+    assert world.resolutions.of(mine).provider == "fake"
+    assert [w for w in world.kube.writes if w.resource == "services/status"] == []
+
+
 @pytest.mark.parametrize(
     ("labels", "migration", "want"),
     [

@@ -4,6 +4,7 @@ and the bookkeeping ``down`` uses to put the machine back (iptables, mounts, sys
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -125,8 +126,30 @@ def test_kubelet_serves_on_the_bridge_and_loopback_with_a_loopback_resolver() ->
     assert conf["cgroupDriver"] == "cgroupfs" and conf["failSwapOn"] is False
     assert conf["resolvConf"] == "/state/node/resolv.conf" and conf["readOnlyPort"] == 0
     args = render.kubelet_args(LAYOUT, Path("/bin/kubelet"))
-    assert "--container-runtime=remote" in args and "--node-ip=10.244.0.1" in args
-    assert "--root-dir=/state/node/kubelet" in args
+    assert "--node-ip=10.244.0.1" in args and "--root-dir=/state/node/kubelet" in args
+
+
+@pytest.mark.parametrize(
+    ("release", "fail_cgroup_v1", "removed_flags"),
+    [
+        # 1.20: --container-runtime=remote picks CRI; no failCgroupV1 field yet
+        ("1.20.2", None, ()),
+        # 1.34: the pause image flag is still there; cgroup v1 is tolerated when told
+        ("1.34.4", False, ("--container-runtime",)),
+        # 1.37: both flags gone (an unknown flag stops the kubelet)
+        ("1.37.2", False, ("--container-runtime", "--pod-infra-container-image")),
+    ],
+)
+def test_kubelet_flags_and_fields_follow_its_release(
+    release: str, fail_cgroup_v1: bool | None, removed_flags: tuple[str, ...]
+) -> None:
+    layout = dataclasses.replace(LAYOUT, kubernetes=release)
+    conf = yaml.safe_load(render.kubelet_config(layout))
+    assert conf.get("failCgroupV1") is fail_cgroup_v1
+    names = {a.split("=", 1)[0] for a in render.kubelet_args(layout, Path("/bin/kubelet"))}
+    assert "--container-runtime-endpoint" in names
+    for flag in ("--container-runtime", "--pod-infra-container-image"):
+        assert (flag in names) is (flag not in removed_flags)
 
 
 def test_kube_proxy_leaves_conntrack_sysctls_alone() -> None:

@@ -1,4 +1,4 @@
-"""Pure pieces of the sandbox: apt source derivation, addresses, app settings, preStop sleeps."""
+"""Pure pieces of the sandbox: addresses, app settings, preStop sleeps."""
 
 from __future__ import annotations
 
@@ -9,34 +9,9 @@ from pathlib import Path
 import pytest
 
 from podgate.model import addresses
+from podgate_sandbox import podnet
 from podgate_sandbox.app import AppConfigError, AppSettings
-from podgate_sandbox.binaries import deb_src_sources
-from podgate_sandbox.nodeagent import sleep_seconds
-
-
-def test_deb_src_from_one_line_and_deb822() -> None:
-    one_line = (
-        "deb [signed-by=/k.gpg] http://mirror.invalid/debian bookworm main contrib\n# deb http://x y z\n"
-    )
-    deb822 = (
-        "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n"
-        "Components: main\n"
-        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
-        "Types: deb\nURIs: http://other.invalid/x\nSuites: s\nComponents: c\nEnabled: no\n"
-    )
-    out = deb_src_sources(one_line, [deb822])
-    stanzas = out.strip().split("\n\n")
-    assert len(stanzas) == 2  # the disabled entry is skipped, the comment ignored
-    assert stanzas[0].splitlines() == [
-        "Types: deb-src",
-        "URIs: http://mirror.invalid/debian",
-        "Suites: bookworm",
-        "Components: main contrib",
-        "Signed-By: /k.gpg",
-    ]
-    assert stanzas[1].startswith(
-        "Types: deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates"
-    )
+from podgate_sandbox.nodeagent import probe_user_agent, sleep_seconds
 
 
 def test_addresses_stay_in_loopback_and_do_not_collide() -> None:
@@ -132,3 +107,37 @@ def test_without_the_data_plane_controllers_talk_to_haproxy_directly(tmp_path: P
         assert ("lb-data-plane" in names) is data_plane
         assert socket == str(sb.data_plane_socket if data_plane else sb.haproxy_runtime_socket)
         assert ("lb-data-plane" in controller.needs) is data_plane
+
+
+def test_probes_name_the_release_the_agent_plays_the_kubelet_of() -> None:
+    assert probe_user_agent("v1.37.2") == "kube-probe/1.37"
+    assert probe_user_agent("v1.34.4") == "kube-probe/1.34"
+
+
+def test_pod_ranges_are_the_benchmarking_range_or_loopback() -> None:
+    assert podnet.needs_route(podnet.pod_network("198.18.0.0/16"))
+    assert not podnet.needs_route(podnet.pod_network("127.100.0.0/16"))
+    for bad, why in (
+        ("10.0.0.0/16", "must be inside 198.18.0.0/15"),
+        ("198.20.0.0/16", "must be inside 198.18.0.0/15"),
+        ("198.18.0.0/31", "too small"),
+        ("nope", "not an IPv4 CIDR"),
+    ):
+        with pytest.raises(addresses.AddressPoolError, match=why):
+            podnet.pod_network(bad)
+
+
+def test_a_pod_range_the_machine_routes_is_refused_but_its_own_route_is_not() -> None:
+    net = podnet.pod_network("198.18.0.0/16")
+    assert podnet.route_args(net) == ["local", "198.18.0.0/16", "dev", "lo", "table", "local"]
+    routes: list[dict[str, object]] = [
+        {"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"},
+        {"dst": "192.0.2.0/24", "dev": "eth0"},
+        {"type": "local", "dst": "127.0.0.0/8", "dev": "lo", "table": "local"},
+        {"type": "local", "dst": "198.18.0.0/16", "dev": "lo", "table": "local"},  # ours, from a previous up
+        {"dst": "fd00::/64", "dev": "eth0"},
+    ]
+    assert podnet.conflicts(net, routes) == []
+    routes.append({"dst": "198.18.7.0/24", "dev": "tun0"})
+    assert podnet.conflicts(net, routes) == ["198.18.7.0/24 dev tun0 table main"]
+    assert podnet.conflicts(podnet.pod_network("198.19.0.0/20"), routes) == []

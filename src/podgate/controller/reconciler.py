@@ -529,7 +529,10 @@ class ServiceReconciler:
         return cast(Service, updated)
 
     async def _publish_address(self, service: Service, address: str) -> None:
-        if _ingress_ip(service) == address:
+        """The load balancer's address as the Service's EXTERNAL-IP.  Only a LoadBalancer Service
+        has one: the API server refuses ``status.loadBalancer.ingress`` on other types (seen on
+        1.37: a ClusterIP Service podgate serves by annotation failed every pass with 422)."""
+        if _ingress_ip(service) == address or (service.get("spec") or {}).get("type") != "LoadBalancer":
             return
         status: Service = {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}}
         await self._patch_service(service, status, PatchType.MERGE, "status")

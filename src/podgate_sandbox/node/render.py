@@ -73,6 +73,13 @@ class NodeLayout:
     ca_file: Path
     #: the sandbox's load-balancer range (HAProxy's EXTERNAL-IPs on loopback)
     lb_cidr: str = "127.200.0.0/16"
+    #: the release of the node's kubelet and kube-proxy (flags and fields differ by release)
+    kubernetes: str = "1.37.2"
+
+    @property
+    def minor(self) -> tuple[int, int]:
+        major, minor = self.kubernetes.strip().lstrip("v").split(".")[:2]
+        return int(major), int(minor)
 
     @property
     def bridge(self) -> str:
@@ -332,19 +339,26 @@ def kubelet_config(n: NodeLayout) -> str:
         "staticPodPath": "",
         "syncFrequency": "10s",
     }
+    if n.minor >= (1, 31):
+        # This host has hybrid cgroups (v1 controllers plus a unified mount): the kubelet of
+        # 1.35+ refuses to start on cgroup v1 unless told not to (the field exists from 1.31).
+        conf["failCgroupV1"] = False
     return yaml.safe_dump(conf, sort_keys=True)
 
 
 def kubelet_args(n: NodeLayout, kubelet: Path) -> list[str]:
+    """The kubelet's flags for its release: ``--container-runtime`` went in 1.27 (remote is the
+    only runtime since dockershim's removal in 1.24), ``--pod-infra-container-image`` in 1.35
+    (containerd's ``sandbox_image`` names the pause image, and pins it, on its own)."""
     sock = f"unix://{n.containerd_socket}"
     return [
         str(kubelet),
         f"--config={n.kubelet_config}",
         f"--kubeconfig={n.kubeconfig}",
-        "--container-runtime=remote",
+        *(["--container-runtime=remote"] if n.minor < (1, 24) else []),
         f"--container-runtime-endpoint={sock}",
         f"--image-service-endpoint={sock}",
-        f"--pod-infra-container-image={PAUSE_IMAGE}",
+        *([f"--pod-infra-container-image={PAUSE_IMAGE}"] if n.minor < (1, 35) else []),
         f"--node-ip={n.node_ip}",
         f"--hostname-override={n.node_name}",
         f"--root-dir={n.kubelet_dir}",
