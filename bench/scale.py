@@ -900,7 +900,8 @@ def markdown(res: dict[str, Any]) -> str:
         f"{res['machine']}; {res['services']} Services × {res['pods_per_service']} pods = {total_pods} gated "
         f"pods on the node agent, one namespace; HAProxy TCP check every {res['interval_s']:g} s, "
         f"{res['rise']} passes to turn healthy (load balancer minimum {res['lb_minimum_s']:g} s); "
-        f"{res['date']}.",
+        + (f"Kubernetes {res['kubernetes']}; " if res.get("kubernetes") else "")
+        + f"{res['date']}.",
         "",
         "| measure | " + " | ".join(passes) + " | goal |",
         "|---|" + "---|" * len(passes) + "---|",
