@@ -529,6 +529,10 @@ async def test_a_throttled_elb_api_closes_no_gate(
                 double.script.throttle_next = 10**9
                 sandbox.kubectl("scale", "deployment/web", "-n", namespace, "--replicas=4")
                 await asyncio.sleep(THROTTLED_FOR)
+                # several failed reads, however slow the machine made the provider's retries
+                await asyncio.to_thread(
+                    wait_for, "20 throttled calls", lambda: double.script.throttled >= 20, 30
+                )
                 pods = sandbox.get("pods", "-n", namespace, "-l", "app=web")["items"]
                 new = [p for p in pods if p["metadata"]["name"] not in opened]
                 throttled = double.script.throttled
