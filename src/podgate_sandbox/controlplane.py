@@ -26,11 +26,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from podgate.kube import pki
 from podgate.model.addresses import AddressPoolError, loopback_network
+from podgate.webhook import eviction
+from podgate.webhook import server as webhook
 from podgate_sandbox import podnet, processes
 from podgate_sandbox.binaries import ALL_BINARIES, NODE_BINARIES, KubeBinaries, Progress
 from podgate_sandbox.gobuild import NEWEST_RELEASE, binaries_for
@@ -48,6 +51,9 @@ CONTROLLER_NAMESPACE = "podgate-system"
 #: HAProxy's ring of server state changes (notice and above: no traffic is logged), 32 MiB:
 #: about 150,000 events, enough for two passes of 5,000 pods (``bench/scale.py``)
 EVENTS_RING = "podgate-events"
+
+#: the sandbox's webhook configurations (by the front door's URL), beside a deploy/ install's "podgate"
+WEBHOOK_CONFIG = "podgate-sandbox"
 
 #: With a real node, HAProxy's runtime API also listens on the bridge's address, this port, for
 #: podgate running in pods (deploy/overlays/sandbox); one real node per machine, so it is fixed.
@@ -793,14 +799,34 @@ class Sandbox:
             self.drain_url,
         ]
         if replica == 0:
-            # registers the webhook (front door URL) under its own name, so a cluster's
-            # "podgate" (deploy/) can sit beside it
-            argv += ["--webhook-url", self.webhook_url, "--webhook-config-name", "podgate-sandbox"]
+            # keeps the caBundle of the sandbox's webhook configurations (written by
+            # _apply_controller_rbac, by front door URL) current; their own name, so a cluster's
+            # "podgate" (deploy/) can sit beside them
+            argv += ["--webhook-url", self.webhook_url, "--webhook-config-name", WEBHOOK_CONFIG]
         return argv + list(extra)
 
+    def webhook_configurations(self, name: str = WEBHOOK_CONFIG) -> list[dict[str, Any]]:
+        """The sandbox's static webhook configurations, as an installer writes them (deploy/base's
+        by Service, these by the front door's URL): podgate renders them, the sandbox applies them,
+        the controller only writes their caBundle."""
+        url = self.webhook_url
+        eviction_url = url.rsplit("/", 1)[0] + eviction.PATH
+        out = []
+        for body in (
+            webhook.webhook_configuration(WEBHOOK_CONFIG, b"", url=url, service=None, migration_labels=True),
+            eviction.webhook_configuration(
+                WEBHOOK_CONFIG, b"", url=eviction_url, service=None, migration_labels=True
+            ),
+        ):
+            for hook in body["webhooks"]:
+                hook["clientConfig"] = {k: v for k, v in hook["clientConfig"].items() if k != "caBundle"}
+            out.append(body)
+        return out
+
     def _apply_controller_rbac(self) -> None:
-        """The controller's RBAC rules and podgate's CRDs (ReadinessCheck, LoadBalancerGroupGrant),
-        before the controller starts."""
+        """The controller's RBAC rules, podgate's CRDs (ReadinessCheck, LoadBalancerGroupGrant) and
+        the webhook configurations, before the controller starts (``kubectl apply`` leaves the
+        caBundle the controller wrote: it is no field of the applied object)."""
         rbac = resources.files("podgate_sandbox").joinpath("rbac.yaml")
         crds = [
             resources.files("podgate").joinpath("crds", f)
@@ -821,6 +847,16 @@ class Sandbox:
         )
         if out.returncode != 0:
             raise SandboxError(f"could not grant the controller its RBAC rules: {out.stderr.strip()}")
+        out = subprocess.run(
+            [str(self.binaries.path("kubectl")), "apply", "-f", "-"],
+            input="\n---\n".join(json.dumps(c) for c in self.webhook_configurations()),
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise SandboxError(f"could not write the webhook configurations: {out.stderr.strip()}")
 
     # -- commands ----------------------------------------------------------------------------
     def up(

@@ -24,6 +24,7 @@ KUSTOMIZATIONS = [
     "deploy/overlays/alibaba",
     "deploy/overlays/sandbox",
     "deploy/overlays/network-policy",
+    "deploy/overlays/migration-labels",
 ]
 
 STUB_CRDS = [
@@ -94,31 +95,92 @@ def test_server_side_dry_run(sandbox: SandboxHandle, path: str) -> None:
     } <= kinds
 
 
-def test_rbac_is_what_the_controller_runs_with(sandbox: SandboxHandle) -> None:
-    def rules(path: Path) -> list[Any]:
-        return sorted(
-            (
-                role["kind"],
-                sorted(r["apiGroups"]),
-                sorted(r["resources"]),
-                sorted(r.get("resourceNames") or ()),
-                sorted(r["verbs"]),
-            )
-            for role in yaml.safe_load_all(path.read_text())
-            if role and role["kind"] in ("ClusterRole", "Role")
-            for r in role["rules"]
+def rules(docs: list[dict[str, Any]]) -> list[Any]:
+    """Every rule of every Role and ClusterRole, as comparable tuples."""
+    return sorted(
+        (
+            role["kind"],
+            sorted(r["apiGroups"]),
+            sorted(r["resources"]),
+            sorted(r.get("resourceNames") or ()),
+            sorted(r["verbs"]),
         )
+        for role in docs
+        if role["kind"] in ("ClusterRole", "Role")
+        for r in role["rules"] or ()
+    )
 
-    # The sandbox's controller passes every controller test with exactly these rules.
-    assert rules(ROOT / "deploy/base/rbac.yaml") == rules(ROOT / "src/podgate_sandbox/rbac.yaml")
-    for kind, _groups, resources, names, verbs in rules(ROOT / "deploy/base/rbac.yaml"):
+
+def files(*paths: str) -> list[dict[str, Any]]:
+    return [d for p in paths for d in yaml.safe_load_all((ROOT / p).read_text()) if d]
+
+
+def test_the_sandboxs_rbac_is_deploys_union(sandbox: SandboxHandle) -> None:
+    """The sandbox's controller passes every controller test with exactly deploy/base's rules plus
+    the two Service rights deploy/rbac adds (it provisions HAProxy and binds cloud groups), on
+    its own webhook configurations' name."""
+    deploy = files(
+        "deploy/base/rbac.yaml",
+        "deploy/rbac/service-finalizers/rbac.yaml",
+        "deploy/rbac/service-status/rbac.yaml",
+    )
+    renamed = [
+        (kind, groups, resources, ["podgate-sandbox"] if names == ["podgate"] else names, verbs)
+        for kind, groups, resources, names, verbs in rules(deploy)
+    ]
+    assert rules(files("src/podgate_sandbox/rbac.yaml")) == sorted(renamed)
+    for kind, _groups, resources, names, verbs in rules(deploy):
         assert "*" not in resources and "*" not in verbs
-        # grants are the administrator's: podgate reads them and can never grant itself a group
-        assert "loadbalancergroupgrants" not in resources or set(verbs) <= {"get", "list", "watch"}
-        # deleting only its own webhook configuration (--no-inject), by name
-        assert "delete" not in verbs or (names and resources == ["mutatingwebhookconfigurations"])
+        # its webhook configurations: read and patch its own, by name; never create, update, delete
+        if {"mutatingwebhookconfigurations", "validatingwebhookconfigurations"} & set(resources):
+            assert names == ["podgate"] and verbs == ["get", "patch"]
         # its Lease and certificate Secret: in its own namespace only
         assert kind == "Role" or not {"leases", "secrets"} & set(resources)
+        # grants are the administrator's: podgate reads them and can never grant itself a group
+        assert "loadbalancergroupgrants" not in resources or set(verbs) <= {"get", "list", "watch"}
+    # no Service write in the base: only the overlays whose providers need one add it
+    assert not [
+        r
+        for r in rules(files("deploy/base/rbac.yaml"))
+        if "services" in r[2] and r[4] != ["get", "list", "watch"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "migration_labels"),
+    [
+        ("deploy/base", False),
+        ("deploy/overlays/cert-manager", False),
+        ("deploy/overlays/aws", True),
+        ("deploy/overlays/alibaba", True),
+    ],
+)
+def test_each_installs_webhooks_are_what_its_controller_would_render(
+    sandbox: SandboxHandle, path: str, migration_labels: bool
+) -> None:
+    """Each overlay's static webhook configurations carry one webhook per label its controller
+    acts on (--migration-labels in the cloud overlays), exactly as podgate renders them."""
+    from podgate.webhook import eviction
+    from podgate.webhook import server as webhook
+
+    docs = render(sandbox, path)
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0].get("env") or ()
+    }
+    assert (env.get("PODGATE_MIGRATION_LABELS") == "true") is migration_labels
+    service = ("podgate-system", "podgate", 443)
+    for kind, wanted in (
+        ("MutatingWebhookConfiguration", webhook.webhook_configuration),
+        ("ValidatingWebhookConfiguration", eviction.webhook_configuration),
+    ):
+        (found,) = [d for d in docs if d["kind"] == kind]
+        body = wanted("podgate", b"", url=None, service=service, migration_labels=migration_labels)
+        hooks = [
+            {**h, "clientConfig": {k: v for k, v in h["clientConfig"].items() if k != "caBundle"}}
+            for h in body["webhooks"]
+        ]
+        assert found["webhooks"] == hooks, kind
 
 
 def test_network_policies_open_each_listener_to_its_callers_only(sandbox: SandboxHandle) -> None:

@@ -1,17 +1,19 @@
-"""deploy/base's RBAC is enough and no more: the controller runs as deploy/base's ServiceAccount,
-with a token of its own, through the whole flow (Lease, certificate Secret, webhook registration,
-injection, registration in the load balancer, gate, Events), and that account cannot touch a
-kube-system Lease, another webhook configuration or a Service's spec."""
+"""deploy/'s RBAC is enough and no more, per install: the controller runs as deploy/base's
+ServiceAccount (plus the services/status right HAProxy provisioning adds), with a token of its own,
+through the whole flow (Lease, certificate Secret, its webhook configurations' caBundle,
+injection, registration in the load balancer, gate, Events); what each install must not do,
+`kubectl auth can-i` says no to and the API server refuses."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE
+from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE, Sandbox
 
 from .conftest import SandboxHandle, condition, wait_for
 from .test_controller import INJECT, deployment, gate, lb_service
@@ -39,10 +41,80 @@ def account_kubeconfig(sandbox: SandboxHandle) -> Path:
     return path
 
 
+def apply_rbac(sandbox: SandboxHandle, path: str) -> None:
+    docs = [d for d in render(sandbox, path) if d["kind"] in RBAC_KINDS]
+    sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+def as_account(sandbox: SandboxHandle, *args: str) -> str:
+    """A write as podgate's ServiceAccount (impersonated): what the API server answers."""
+    return sandbox.kubectl(*args, "--as", ACCOUNT, check=False)
+
+
+def test_each_install_has_only_the_rights_it_needs(sandbox: SandboxHandle, namespace: str) -> None:
+    sandbox.apply(lb_service("web", "web"), namespace)
+    try:
+        apply_rbac(sandbox, "deploy/base")
+        # its webhook configurations: the caBundle by patch, by name, nothing else
+        assert can_i(sandbox, "patch", "mutatingwebhookconfigurations/podgate") == "yes"
+        assert can_i(sandbox, "patch", "validatingwebhookconfigurations/podgate") == "yes"
+        for verb in ("create", "update", "delete"):
+            assert can_i(sandbox, verb, "mutatingwebhookconfigurations/podgate") == "no", verb
+        assert can_i(sandbox, "create", "mutatingwebhookconfigurations") == "no"
+        assert can_i(sandbox, "patch", "mutatingwebhookconfigurations/podgate-sandbox") == "no"
+        # no Service write at all in the base (HAProxy attach mode needs none)
+        assert can_i(sandbox, "patch", "services", "-n", namespace) == "no"
+        assert can_i(sandbox, "patch", "services", "--subresource=status", "-n", namespace) == "no"
+        assert can_i(sandbox, "create", "secrets", "-n", CONTROLLER_NAMESPACE) == "yes"
+        # ... and the API server refuses what can-i says no to
+        refused = as_account(
+            sandbox,
+            "patch",
+            "mutatingwebhookconfiguration",
+            "podgate-sandbox",
+            "--type=merge",
+            "-p",
+            json.dumps({"metadata": {"labels": {"taken": "over"}}}),
+        )
+        assert "forbidden" in refused.lower(), refused
+        refused = as_account(
+            sandbox,
+            "patch",
+            "service",
+            "web",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"metadata": {"finalizers": ["podgate.dev/load-balancer-targets"]}}),
+        )
+        assert "forbidden" in refused.lower(), refused
+        assert not sandbox.get("service", "web", "-n", namespace)["metadata"].get("finalizers")
+
+        apply_rbac(sandbox, "deploy/overlays/aws")  # a cloud install: podgate's finalizer on Services
+        assert can_i(sandbox, "patch", "services", "-n", namespace) == "yes"
+        assert can_i(sandbox, "patch", "services", "--subresource=status", "-n", namespace) == "no"
+        assert can_i(sandbox, "update", "services", "-n", namespace) == "no"
+
+        apply_rbac(sandbox, "deploy/overlays/cert-manager")  # cert-manager owns certificates and CA
+        assert can_i(sandbox, "patch", "mutatingwebhookconfigurations/podgate") == "no"
+        assert can_i(sandbox, "get", "validatingwebhookconfigurations/podgate") == "no"
+        assert can_i(sandbox, "create", "secrets", "-n", CONTROLLER_NAMESPACE) == "no"
+        assert can_i(sandbox, "get", "secrets/podgate-webhook-certs", "-n", CONTROLLER_NAMESPACE) == "no"
+        assert can_i(sandbox, "update", "leases/podgate-controller", "-n", CONTROLLER_NAMESPACE) == "yes"
+    finally:
+        sandbox.kubectl("delete", "clusterrole,clusterrolebinding", "podgate-service-finalizers", check=False)
+        apply_rbac(sandbox, "deploy/base")
+
+
 def test_the_controller_runs_as_deploy_bases_service_account(sandbox: SandboxHandle, namespace: str) -> None:
     docs = [d for d in render(sandbox, "deploy/base") if d["kind"] in RBAC_KINDS]
+    docs += [d for d in render(sandbox, "deploy/rbac/service-status") if d["kind"] in RBAC_KINDS]
     assert {"Role", "RoleBinding"} <= {d["kind"] for d in docs}
     sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    # the installer's webhook configurations, named as deploy/base's, by the front door's URL
+    configs = Sandbox(sandbox.state_dir).webhook_configurations("podgate")
+    sandbox.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(c) for c in configs))
 
     # What it must not do
     assert can_i(sandbox, "update", "leases", "-n", "kube-system") == "no"
@@ -54,7 +126,7 @@ def test_the_controller_runs_as_deploy_bases_service_account(sandbox: SandboxHan
     assert can_i(sandbox, "get", "secrets/other", "-n", CONTROLLER_NAMESPACE) == "no"
     # ... and what it must (the flow below exercises each)
     assert can_i(sandbox, "update", "leases/podgate-controller", "-n", CONTROLLER_NAMESPACE) == "yes"
-    assert can_i(sandbox, "update", "mutatingwebhookconfigurations/podgate") == "yes"
+    assert can_i(sandbox, "patch", "mutatingwebhookconfigurations/podgate") == "yes"
     assert can_i(sandbox, "patch", "services", "--subresource=status", "-n", namespace) == "yes"
 
     kubeconfig = account_kubeconfig(sandbox)
@@ -62,20 +134,30 @@ def test_the_controller_runs_as_deploy_bases_service_account(sandbox: SandboxHan
     sandbox.apply(lb_service("web", "web"), namespace)
     log = sandbox.state_dir / "logs" / "replica-0.log"
     seen = log.stat().st_size if log.exists() else 0
-    with replicas(sandbox, 1, "--kubeconfig", str(kubeconfig)):
-        sandbox.apply(deployment("web", 1), namespace)
+    try:
+        with replicas(sandbox, 1, "--kubeconfig", str(kubeconfig), config="podgate"):
+            sandbox.apply(deployment("web", 1), namespace)
 
-        def ready_pod() -> dict[str, Any] | None:
-            items = sandbox.get("pods", "-n", namespace, "-l", "app=web")["items"]
-            ok = items and (condition(items[0], "Ready") or {}).get("status") == "True"
-            return items[0] if ok else None
+            def ready_pod() -> dict[str, Any] | None:
+                items = sandbox.get("pods", "-n", namespace, "-l", "app=web")["items"]
+                ok = items and (condition(items[0], "Ready") or {}).get("status") == "True"
+                return items[0] if ok else None
 
-        pod = wait_for("the pod Ready through its gate", ready_pod, 60)
-        assert (condition(pod, gate("web")) or {}).get("status") == "True"
-        events = sandbox.get("events", "-n", namespace)["items"]
-        assert any(e["source"].get("component") == "podgate" for e in events), "no Event from podgate"
-        lease = sandbox.get("lease", "podgate-controller", "-n", CONTROLLER_NAMESPACE)
-        assert lease["spec"]["holderIdentity"], lease
+            pod = wait_for("the pod Ready through its gate", ready_pod, 60)
+            assert (condition(pod, gate("web")) or {}).get("status") == "True"
+            events = sandbox.get("events", "-n", namespace)["items"]
+            assert any(e["source"].get("component") == "podgate" for e in events), "no Event from podgate"
+            lease = sandbox.get("lease", "podgate-controller", "-n", CONTROLLER_NAMESPACE)
+            assert lease["spec"]["holderIdentity"], lease
+            mutating = sandbox.get("mutatingwebhookconfiguration", "podgate")
+            assert all(h["clientConfig"].get("caBundle") for h in mutating["webhooks"]), (
+                "caBundle not written"
+            )
+    finally:
+        sandbox.kubectl(
+            "delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration", "podgate", check=False
+        )
+        sandbox.kubectl("delete", "clusterrole,clusterrolebinding", "podgate-service-status", check=False)
     with log.open(errors="replace") as f:
         f.seek(seen)
         refused = [ln for ln in f.read().splitlines() if "Forbidden" in ln or "forbidden" in ln]

@@ -1,6 +1,6 @@
-"""The cert-manager overlay's static webhook configurations say what the self-managed controller
-would register: the same webhooks, rules, selectors and policies, only the CA comes from
-cert-manager's injection.  Written by hand once, they must not drift from the code."""
+"""The static webhook configurations in deploy/base are what podgate renders: the same webhooks,
+rules, selectors and policies (podgate only writes their caBundle, or cert-manager's injector
+does in its overlay).  Written by hand once, they must not drift from the code."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import yaml
 from podgate.webhook import eviction
 from podgate.webhook import server as webhook
 
-OVERLAY = Path(__file__).parents[2] / "deploy" / "overlays" / "cert-manager" / "webhook.yaml"
-CERTIFICATES = OVERLAY.with_name("certificate.yaml")
-PATCH = OVERLAY.with_name("deployment-patch.yaml")
+DEPLOY = Path(__file__).parents[2] / "deploy"
+STATIC = DEPLOY / "base" / "webhooks.yaml"
+CERTIFICATES = DEPLOY / "overlays" / "cert-manager" / "certificate.yaml"
+PATCH = CERTIFICATES.with_name("deployment-patch.yaml")
+INJECTION = CERTIFICATES.with_name("ca-injection.yaml")
 SERVICE = ("podgate-system", "podgate", 443)
 
 
@@ -26,11 +28,9 @@ def _without_ca(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _static(kind: str) -> dict[str, Any]:
-    docs = [d for d in yaml.safe_load_all(OVERLAY.read_text()) if d]
+    docs = [d for d in yaml.safe_load_all(STATIC.read_text()) if d]
     (found,) = [d for d in docs if d["kind"] == kind]
-    injected = found["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
-    # from the CA, not the serving certificate: a leaf renewal leaves the trust anchor alone
-    assert injected == "podgate-system/podgate-ca"
+    assert "caBundle" not in str(found), "the CA is written at run time, never shipped"
     return found
 
 
@@ -42,6 +42,17 @@ def test_the_mutating_webhook_is_the_one_the_controller_registers() -> None:
 def test_the_eviction_guard_is_there_too() -> None:
     registered = eviction.webhook_configuration("podgate", b"", url=None, service=SERVICE)
     assert _static("ValidatingWebhookConfiguration")["webhooks"] == _without_ca(registered)
+
+
+def test_cert_manager_injects_the_ca_into_both_from_the_ca_certificate() -> None:
+    """From the CA, not the serving certificate: a leaf renewal leaves the trust anchor alone."""
+    docs = [d for d in yaml.safe_load_all(INJECTION.read_text()) if d]
+    assert {(d["kind"], d["metadata"]["name"]) for d in docs} == {
+        ("MutatingWebhookConfiguration", "podgate"),
+        ("ValidatingWebhookConfiguration", "podgate"),
+    }
+    for d in docs:
+        assert d["metadata"]["annotations"] == {"cert-manager.io/inject-ca-from": "podgate-system/podgate-ca"}
 
 
 def test_the_chain_is_root_then_ca_issuer_then_leaf() -> None:

@@ -1,90 +1,87 @@
-"""Registering the webhook configuration: created once, rewritten only when it differs (every
-replica registers), removed under ``--no-inject``; by Service reference exactly as by URL."""
+"""podgate's webhook configurations are the installer's; podgate only keeps their ``caBundle``
+current: a patch by name of the stale webhooks' CA bundle, nothing else, written only when it
+differs (every replica does it), and a clear error when the configuration is not there."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
-from typing import Any
+import copy
 
 import pytest
 
 from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS as MWC
-from podgate.kube.api import Conflict, Resource
+from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS as VWC
+from podgate.kube.api import PatchType, Resource
 from podgate.kube.fake import FakeKube
-from podgate.webhook.server import covers, register, unregister, webhook_configuration
+from podgate.webhook import eviction
+from podgate.webhook.server import ConfigurationMissing, patch_ca_bundle, webhook_configuration
 
-BY_URL = {"url": "https://127.0.0.1:9443/mutate-pods", "service": None}
-BY_SERVICE = {"url": None, "service": ("podgate-system", "podgate", 443)}
-
-
-def with_server_defaults(body: dict[str, Any]) -> dict[str, Any]:
-    """What the API server stores: podgate's body plus the fields it defaults."""
-    hook = dict(body["webhooks"][0])
-    hook["matchPolicy"] = "Equivalent"
-    hook["clientConfig"] = dict(hook["clientConfig"])
-    return {**body, "metadata": {**body["metadata"], "generation": 1}, "webhooks": [hook]}
+SERVICE = ("podgate-system", "podgate", 443)
 
 
-@pytest.mark.parametrize("how", [BY_URL, BY_SERVICE], ids=["url", "service"])
-async def test_registered_once_and_rewritten_only_when_the_ca_bundle_changes(how: dict[str, Any]) -> None:
+def installed(kube: FakeKube) -> None:
+    """What deploy/base/webhooks.yaml puts there: no CA bundle yet, three webhooks (the
+    migration labels), and a field the API server defaults."""
+    for resource, body in (
+        (MWC, webhook_configuration("podgate", b"", url=None, service=SERVICE, migration_labels=True)),
+        (
+            VWC,
+            eviction.webhook_configuration("podgate", b"", url=None, service=SERVICE, migration_labels=True),
+        ),
+    ):
+        body = copy.deepcopy(body)
+        for hook in body["webhooks"]:
+            hook["clientConfig"] = {k: v for k, v in hook["clientConfig"].items() if k != "caBundle"}
+            hook["matchPolicy"] = "Equivalent"
+        kube.add(resource, body)
+
+
+@pytest.mark.parametrize("resource", [MWC, VWC], ids=["mutating", "validating"])
+async def test_only_the_ca_bundle_is_written_and_only_when_it_differs(resource: Resource) -> None:
     kube = FakeKube()
-    body = webhook_configuration("podgate", b"CA-1", **how)
-    assert await register(kube, body) is True
-    assert await register(kube, webhook_configuration("podgate", b"CA-1", **how)) is False
-    assert [w.verb for w in kube.writes] == ["create"], "a second replica rewrote an equal configuration"
-
-    assert await register(kube, webhook_configuration("podgate", b"CA-1CA-2", **how)) is True
-    stored = kube.object(MWC, "podgate")
-    assert stored is not None
-    config = stored["webhooks"][0]["clientConfig"]
-    assert base64.b64decode(config["caBundle"]) == b"CA-1CA-2"
-    if how["service"]:
-        assert config["service"] == {
-            "namespace": "podgate-system",
-            "name": "podgate",
-            "port": 443,
-            "path": "/mutate-pods",
+    installed(kube)
+    before = copy.deepcopy(kube.object(resource, "podgate"))
+    assert before is not None
+    assert await patch_ca_bundle(kube, resource, "podgate", b"CA-1") is True
+    assert await patch_ca_bundle(kube, resource, "podgate", b"CA-1") is False
+    [write] = kube.writes
+    assert write.verb == "patch" and write.patch_type is PatchType.STRATEGIC
+    assert write.body == {
+        "webhooks": [
+            {"name": h["name"], "clientConfig": {"caBundle": base64.b64encode(b"CA-1").decode()}}
+            for h in before["webhooks"]
+        ]
+    }, "the patch names every webhook and holds nothing but its CA bundle"
+    after = kube.object(resource, "podgate")
+    assert after is not None
+    for old, new in zip(before["webhooks"], after["webhooks"], strict=True):
+        assert base64.b64decode(new["clientConfig"]["caBundle"]) == b"CA-1"
+        assert {k: v for k, v in new["clientConfig"].items() if k != "caBundle"} == old["clientConfig"]
+        assert {k: v for k, v in new.items() if k != "clientConfig"} == {
+            k: v for k, v in old.items() if k != "clientConfig"
         }
-        assert "url" not in config
-    else:
-        assert config["url"] == how["url"] and "service" not in config
-    assert [w.verb for w in kube.writes] == ["create", "replace"]
+
+    assert await patch_ca_bundle(kube, resource, "podgate", b"CA-1CA-2") is True
+    stored = kube.object(resource, "podgate")
+    assert stored is not None
+    assert {base64.b64decode(h["clientConfig"]["caBundle"]) for h in stored["webhooks"]} == {b"CA-1CA-2"}
 
 
-def test_server_defaults_do_not_count_as_a_difference() -> None:
-    body = webhook_configuration("podgate", b"CA", **BY_SERVICE)
-    assert covers(with_server_defaults(body), body)
-    assert not covers(with_server_defaults(body), webhook_configuration("podgate", b"CB", **BY_SERVICE))
-    assert not covers(with_server_defaults(body), webhook_configuration("podgate", b"CA", **BY_URL))
-    assert not covers({"webhooks": []}, body)
-
-
-async def test_no_inject_removes_its_own_configuration_and_tolerates_none() -> None:
+async def test_a_missing_configuration_is_named_with_what_to_apply() -> None:
     kube = FakeKube()
-    await register(kube, webhook_configuration("podgate-sandbox", b"CA", **BY_URL))
-    kube.add(MWC, webhook_configuration("someone-else", b"CA", **BY_URL))
-    assert await unregister(kube, "podgate-sandbox") is True
-    assert kube.object(MWC, "podgate-sandbox") is None
-    assert kube.object(MWC, "someone-else") is not None, "another configuration was touched"
-    assert await unregister(kube, "podgate-sandbox") is False
+    with pytest.raises(
+        ConfigurationMissing,
+        match=r"MutatingWebhookConfiguration podgate does not exist.*deploy/base/webhooks.yaml",
+    ):
+        await patch_ca_bundle(kube, MWC, "podgate", b"CA")
+    assert kube.writes == [], "podgate never creates one"
 
 
-async def test_a_replica_that_lost_the_race_reads_again_and_finds_nothing_to_write() -> None:
-    newer = webhook_configuration("podgate", b"CA-2", **BY_URL)
-
-    class Raced(FakeKube):
-        """Another replica writes CA-2 between this one's read and its write."""
-
-        async def replace(
-            self, resource: Resource, name: str, body: Mapping[str, Any], namespace: str | None = None
-        ) -> dict[str, Any]:
-            if not self.writes[1:]:
-                await super().replace(resource, name, newer, namespace)
-                raise Conflict("the object has been modified")
-            return await super().replace(resource, name, body, namespace)
-
-    kube = Raced()
-    await register(kube, webhook_configuration("podgate", b"CA-1", **BY_URL))
-    assert await register(kube, newer) is False
-    assert [w.verb for w in kube.writes] == ["create", "replace"], "the same configuration written twice"
+async def test_another_configuration_is_never_touched() -> None:
+    kube = FakeKube()
+    installed(kube)
+    other = webhook_configuration("someone-else", b"THEIRS", url="https://x/y", service=None)
+    stored = copy.deepcopy(kube.add(MWC, other))
+    await patch_ca_bundle(kube, MWC, "podgate", b"CA")
+    assert kube.object(MWC, "someone-else") == stored
+    assert {w.name for w in kube.writes} == {"podgate"}

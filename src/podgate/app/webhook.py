@@ -13,11 +13,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from podgate.controller.checks import parsed_checks
 from podgate.controller.settings import ControllerSettings
-from podgate.kube.api import Kube, Obj
+from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, VALIDATING_WEBHOOK_CONFIGURATIONS, Kube, Obj
 from podgate.kube.informer import Informer
 from podgate.kube.webhookcerts import CertificateSecret
 from podgate.model import gates
@@ -137,49 +136,37 @@ class WebhookServer:
         )
 
     async def _registration(self) -> Callable[[bytes], Any] | None:
-        """What registers the webhook configurations with each CA bundle (None: not registering);
-        with ``--no-inject`` the mutating one is removed, the eviction guard stays.
+        """What keeps the CA bundle of podgate's webhook configurations current (None: nothing
+        does).  The configurations themselves are the installer's (deploy/base/webhooks.yaml, or
+        the sandbox's): podgate patches their ``caBundle`` by name and nothing else
+        (:func:`podgate.webhook.server.patch_ca_bundle`).  The mutating one must exist while
+        injecting (the replica is not ready until it does: pods would start ungated); with
+        ``--no-inject`` podgate leaves it alone (remove it, or do not apply it).  The eviction
+        guard's may be left out: evictions then go unguarded, said once in the log.
 
         Certificate files (``--webhook-cert-file``, cert-manager's Secret) mean someone else owns
         the trust: a serving certificate is not a trust anchor (cert-manager issues it from a CA
         whose certificate its CA injector writes into the static configurations), so podgate
-        registers nothing then, even with ``--webhook-service`` (given there for the drain URL)."""
+        writes nothing then, even with ``--webhook-service`` (given there for the drain URL)."""
         s = self.settings
-        if s.webhook_cert_file is not None:
+        if s.webhook_cert_file is not None or not (s.webhook_url or s.webhook_service):
             return None
-        service_ref = None
-        if s.webhook_service:
-            ns, name = s.webhook_service.split("/", 1)
-            service_ref = (ns, name, 443)
-        if not (s.webhook_url or service_ref):
-            return None
-        if not s.inject:
-            await webhook.unregister(self.kube, s.webhook_config_name)
+        warned = False
 
         async def register(bundle: bytes) -> None:
+            nonlocal warned
             if s.inject:
-                body = webhook.webhook_configuration(
-                    s.webhook_config_name,
-                    bundle,
-                    url=s.webhook_url,
-                    service=service_ref,
-                    skip_label_value=s.skip_label_value,
-                    migration_labels=s.migration_labels,
+                await webhook.patch_ca_bundle(
+                    self.kube, MUTATING_WEBHOOK_CONFIGURATIONS, s.webhook_config_name, bundle
                 )
-                await webhook.register(self.kube, body)
-            eviction_url = (
-                urlunsplit(urlsplit(s.webhook_url)._replace(path=eviction.PATH)) if s.webhook_url else None
-            )
-            await eviction.register(
-                self.kube,
-                eviction.webhook_configuration(
-                    s.webhook_config_name,
-                    bundle,
-                    url=eviction_url,
-                    service=service_ref,
-                    migration_labels=s.migration_labels,
-                ),
-            )
+            try:
+                await webhook.patch_ca_bundle(
+                    self.kube, VALIDATING_WEBHOOK_CONFIGURATIONS, s.webhook_config_name, bundle
+                )
+            except webhook.ConfigurationMissing as e:
+                if not warned:
+                    log.warning("%s; evictions are not guarded", e)
+                    warned = True
 
         return register
 

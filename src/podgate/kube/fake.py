@@ -37,7 +37,7 @@ from podgate.model.types import labels, meta_of
 
 Verb = Literal["create", "replace", "patch", "delete"]
 #: lists a strategic merge merges by a key (the API's ``patchMergeKey``) in the bodies podgate uses
-MERGE_KEYS = {"conditions": "type", "containers": "name", "containerStatuses": "name"}
+MERGE_KEYS = {"conditions": "type", "containers": "name", "containerStatuses": "name", "webhooks": "name"}
 #: primitive lists a strategic merge treats as sets (``patchStrategy: merge``)
 SET_LISTS = frozenset({"finalizers"})
 _DELETE_PRIMITIVE = "$deleteFromPrimitiveList/"

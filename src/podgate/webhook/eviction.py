@@ -33,7 +33,6 @@ from typing import Any
 
 from aiohttp import web
 
-from podgate.kube.api import VALIDATING_WEBHOOK_CONFIGURATIONS, Kube
 from podgate.kube.events import EventRecorder
 from podgate.kube.informer import EventType, Informer, key_of
 from podgate.model import gates, lb
@@ -310,9 +309,3 @@ def webhook_configuration(
             for i, selector in enumerate(gates.namespace_selectors(migration_labels))
         ],
     }
-
-
-async def register(kube: Kube, body: dict[str, Any]) -> bool:
-    """Create or update the eviction guard's configuration, writing only when it differs (every
-    replica registers at start and after each certificate rotation); returns whether it wrote."""
-    return await server.register(kube, body, resource=VALIDATING_WEBHOOK_CONFIGURATIONS)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from podgate.kube import pki
-from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, Conflict, Kube, KubeError, NotFound, Resource
+from podgate.kube.api import Kube, KubeError, NotFound, PatchType, Resource
 from podgate.kube.informer import Informer
 from podgate.kube.webhookcerts import CertificateError, CertificateSecret
 from podgate.model import gates
@@ -283,67 +283,37 @@ def webhook_configuration(
     }
 
 
-async def register(
-    kube: Kube,
-    body: dict[str, Any],
-    attempts: int = 3,
-    resource: Resource = MUTATING_WEBHOOK_CONFIGURATIONS,
-) -> bool:
-    """Create the webhook configuration (mutating, or the eviction guard's validating one), or
-    replace it when it differs from ``body`` (a new CA bundle, say); returns whether it wrote.
-    Every replica registers at start and after each rotation: writing only on change, and
-    reading again when another replica wrote first (it most likely wrote the same), keeps them
-    from rewriting the same object in turn."""
-    name = body["metadata"]["name"]
-    for attempt in range(attempts):
-        try:
-            current = await kube.get(resource, name)
-        except NotFound:
-            try:
-                await kube.create(resource, body)
-            except Conflict:
-                continue
-            log.info("registered %s %s", resource.kind, name)
-            return True
-        if covers(current, body):
-            return False
-        rv = current["metadata"]["resourceVersion"]
-        try:
-            await kube.replace(
-                resource,
-                name,
-                {**body, "metadata": {**body["metadata"], "resourceVersion": rv}},
-            )
-        except Conflict:
-            if attempt == attempts - 1:
-                raise
-            continue
-        log.info("updated %s %s", resource.kind, name)
-        return True
-    raise Conflict(f"{resource.kind} {name} kept changing under {attempts} attempts")
+class ConfigurationMissing(KubeError):
+    """podgate's webhook configuration does not exist: an installer writes it (deploy/), podgate
+    only keeps its ``caBundle`` current."""
 
 
-async def unregister(kube: Kube, name: str) -> bool:
-    """Delete the webhook configuration podgate registers (``--no-inject``): a webhook that passes
-    every pod unchanged would only add a call, and its latency, to every pod creation.  Returns
-    whether there was one."""
+async def patch_ca_bundle(kube: Kube, resource: Resource, name: str, ca_bundle: bytes) -> bool:
+    """Write ``ca_bundle`` into every webhook of podgate's own configuration ``name``, and
+    nothing else; returns whether it wrote.
+
+    The configurations are static, applied by the installer (deploy/base/webhooks.yaml, or the
+    sandbox): podgate's rights on them are ``get`` and ``patch`` by name, so a compromised
+    controller cannot create a configuration, and the ValidatingAdmissionPolicy in deploy/policy
+    refuses any patch of it that changes more than a ``caBundle``.  Every replica patches at start
+    and after each rotation; only stale webhooks are written, so replicas agreeing write nothing.
+    A strategic merge by webhook name (the list's merge key) touches no other field."""
     try:
-        await kube.delete(MUTATING_WEBHOOK_CONFIGURATIONS, name)
+        current = await kube.get(resource, name)
     except NotFound:
+        raise ConfigurationMissing(
+            f"{resource.kind} {name} does not exist: podgate only keeps its caBundle current; "
+            "apply it with the rest of podgate (deploy/base/webhooks.yaml)"
+        ) from None
+    encoded = base64.b64encode(ca_bundle).decode()
+    stale = [
+        hook["name"]
+        for hook in current.get("webhooks") or ()
+        if (hook.get("clientConfig") or {}).get("caBundle") != encoded
+    ]
+    if not stale:
         return False
-    log.info("removed MutatingWebhookConfiguration %s: injection is off", name)
+    patch = {"webhooks": [{"name": n, "clientConfig": {"caBundle": encoded}} for n in stale]}
+    await kube.patch(resource, name, patch, patch_type=PatchType.STRATEGIC)
+    log.info("wrote the CA bundle into %s %s (%s)", resource.kind, name, ", ".join(stale))
     return True
-
-
-def covers(actual: Any, wanted: Any) -> bool:
-    """Whether ``actual`` holds everything ``wanted`` says (pure): the API server adds defaults
-    (matchPolicy, a Service port, ...) that a body podgate sends never mentions."""
-    if isinstance(wanted, Mapping):
-        return isinstance(actual, Mapping) and all(covers(actual.get(k), v) for k, v in wanted.items())
-    if isinstance(wanted, list):
-        return (
-            isinstance(actual, list)
-            and len(actual) == len(wanted)
-            and all(covers(a, w) for a, w in zip(actual, wanted, strict=True))
-        )
-    return bool(actual == wanted)
