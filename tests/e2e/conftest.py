@@ -172,6 +172,12 @@ def grant(sandbox: SandboxHandle, provider: str, namespace: str, *groups: str) -
     return name
 
 
+def server_minor(sandbox: SandboxHandle) -> int:
+    """The API server's minor version (what a test of a newer feature checks first)."""
+    version = json.loads(sandbox.kubectl("version", "-o", "json"))["serverVersion"]
+    return int(version["minor"].rstrip("+"))
+
+
 def condition(pod: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     for c in (pod.get("status") or {}).get("conditions") or ():
         if c["type"] == ctype:

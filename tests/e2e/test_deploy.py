@@ -235,6 +235,15 @@ def test_pods_are_hardened_and_never_gated(sandbox: SandboxHandle) -> None:
         and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     )
     assert "--leader-elect" in c["args"]
+    # podgate's own availability: scheduled before what it gates, spread over nodes, and memory
+    # above the 256 MiB peak measured at 5,000 pods (bench/results/scale-at-composition-root.md)
+    classes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityClass"}
+    assert classes[pod["spec"]["priorityClassName"]]["value"] > 0
+    (spread,) = pod["spec"]["topologySpreadConstraints"]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    limit = c["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi") and int(limit[:-2]) >= 256 + 64, limit
     hook = next(
         d
         for d in render(sandbox, "deploy/overlays/cert-manager")

@@ -15,7 +15,7 @@ import yaml
 
 from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE, Sandbox
 
-from .conftest import SandboxHandle, condition, wait_for
+from .conftest import SandboxHandle, condition, server_minor, wait_for
 from .test_controller import INJECT, deployment, gate, lb_service
 from .test_deploy import render
 from .test_webhook_replicas import replicas
@@ -110,6 +110,10 @@ def test_each_install_has_only_the_rights_it_needs(sandbox: SandboxHandle, names
 def test_the_controller_runs_as_deploy_bases_service_account(sandbox: SandboxHandle, namespace: str) -> None:
     docs = [d for d in render(sandbox, "deploy/base") if d["kind"] in RBAC_KINDS]
     docs += [d for d in render(sandbox, "deploy/rbac/service-status") if d["kind"] in RBAC_KINDS]
+    # with the policy that narrows its writes further, where the API server has it (1.30+)
+    policy = server_minor(sandbox) >= 30
+    if policy:
+        docs += render(sandbox, "deploy/policy")
     assert {"Role", "RoleBinding"} <= {d["kind"] for d in docs}
     sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     # the installer's webhook configurations, named as deploy/base's, by the front door's URL
@@ -158,6 +162,13 @@ def test_the_controller_runs_as_deploy_bases_service_account(sandbox: SandboxHan
             "delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration", "podgate", check=False
         )
         sandbox.kubectl("delete", "clusterrole,clusterrolebinding", "podgate-service-status", check=False)
+        if policy:
+            sandbox.kubectl(
+                "delete",
+                "validatingadmissionpolicy,validatingadmissionpolicybinding",
+                "podgate-controller-writes",
+                check=False,
+            )
     with log.open(errors="replace") as f:
         f.seek(seen)
         refused = [ln for ln in f.read().splitlines() if "Forbidden" in ln or "forbidden" in ln]

@@ -229,3 +229,65 @@ def test_no_inject_injects_nothing_and_leaves_the_configuration_to_the_installer
         assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"], (
             "the mutating configuration was written with injection off"
         )
+
+
+def test_a_replica_that_loses_the_lease_keeps_answering_admissions(
+    sandbox: SandboxHandle, namespace: str
+) -> None:
+    """The leader loses its Lease (taken over by another holder for 20 s): it stops only the
+    leader's work and keeps serving the webhook, so pods created meanwhile all get their gate
+    and the API server sees no failed call."""
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    sandbox.apply(lb_service("web", "web"), namespace)
+    apiserver_log = sandbox.state_dir / "logs" / "kube-apiserver.log"
+    with replicas(sandbox, 2) as procs:
+
+        def leader() -> int | None:
+            for r in range(2):
+                with contextlib.suppress(OSError):
+                    if samples(scrape(health_port(r))[1], "podgate_leader") == [1.0]:
+                        return r
+            return None
+
+        led = wait_for("a leader", leader, 30)
+        log_start = len(apiserver_log.read_text(errors="replace").splitlines())
+        sandbox.apply(deployment("web", 0), namespace)
+        now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+        sandbox.kubectl(
+            "patch",
+            "lease",
+            "podgate-controller",
+            "-n",
+            CONTROLLER_NAMESPACE,
+            "--type=merge",
+            "-p",
+            json.dumps(
+                {"spec": {"holderIdentity": "someone-else", "renewTime": now, "leaseDurationSeconds": 20}}
+            ),
+        )
+        wait_for(
+            "the leader to step down",
+            lambda: samples(scrape(health_port(led))[1], "podgate_leader") == [0.0],
+            20,
+        )
+        for count in range(10, 41, 10):  # 40 pods over about 6 s, while nobody leads
+            sandbox.kubectl("scale", "deployment/web", "-n", namespace, f"--replicas={count}")
+            time.sleep(1.5)
+        pods = wait_for(
+            "40 pods",
+            lambda: (
+                (p := sandbox.get("pods", "-n", namespace, "-l", "app=web")["items"]) and len(p) >= 40 and p
+            ),
+            60,
+        )
+        assert all(p.poll() is None for p in procs), "a replica exited on losing the lease"
+        assert ready(led), "the replica that lost the lease stopped serving"
+        texts = [scrape(health_port(r))[1] for r in range(2)]
+    ungated = [
+        p["metadata"]["name"]
+        for p in pods
+        if gate("web") not in [g["conditionType"] for g in p["spec"].get("readinessGates") or ()]
+    ]
+    assert not ungated, f"{len(ungated)} of {len(pods)} pods have no gate: {ungated[:5]}"
+    assert failed_webhook_calls(apiserver_log, log_start) == []
+    assert sum(sum(samples(t, "podgate_webhook_requests_total", result="patched")) for t in texts) >= 40

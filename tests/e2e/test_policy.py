@@ -1,0 +1,177 @@
+"""deploy/policy, the ValidatingAdmissionPolicy that narrows podgate's writes below what RBAC can
+say: as podgate's ServiceAccount, a write of its own gate condition, its finalizer and a
+caBundle passes; another condition, a pod's address, any other change of a Service and any
+change of a webhook's rules are refused by the API server.  Kubernetes 1.30+ (the policy's GA)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from podgate_sandbox.controlplane import Sandbox
+
+from .conftest import SandboxHandle, server_minor, wait_for
+from .test_controller import deployment, lb_service, pods
+from .test_deploy import render
+from .test_rbac import ACCOUNT, RBAC_KINDS
+
+pytestmark = pytest.mark.sandbox
+GATE = "service.readiness.podgate.dev/web"
+
+
+def as_account(sandbox: SandboxHandle, *args: str) -> str:
+    return sandbox.kubectl(*args, "--as", ACCOUNT, check=False)
+
+
+@pytest.fixture
+def policy(sandbox: SandboxHandle) -> Iterator[None]:
+    """deploy/policy and the roles of a cloud install (deploy/base + Service finalizers) for
+    podgate's ServiceAccount, and podgate's webhook configurations; all gone after."""
+    if server_minor(sandbox) < 30:
+        pytest.skip("ValidatingAdmissionPolicy is GA in Kubernetes 1.30; this API server is older")
+    docs = [
+        d
+        for path in ("deploy/base", "deploy/rbac/service-finalizers", "deploy/policy")
+        for d in render(sandbox, path)
+        if d["kind"] in RBAC_KINDS or d["kind"].startswith("ValidatingAdmissionPolicy")
+    ]
+    sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    configs = Sandbox(sandbox.state_dir).webhook_configurations("podgate")
+    for c in configs:  # not called: these only stand for podgate's, to be patched
+        for hook in c["webhooks"]:
+            hook["namespaceSelector"] = {"matchLabels": {"podgate.test/never": "true"}}
+    sandbox.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(c) for c in configs))
+    try:
+        yield
+    finally:
+        sandbox.kubectl(
+            "delete",
+            "validatingadmissionpolicy,validatingadmissionpolicybinding",
+            "podgate-controller-writes",
+            check=False,
+        )
+        sandbox.kubectl(
+            "delete", "mutatingwebhookconfiguration,validatingwebhookconfiguration", "podgate", check=False
+        )
+        sandbox.kubectl("delete", "clusterrole,clusterrolebinding", "podgate-service-finalizers", check=False)
+
+
+def patch(sandbox: SandboxHandle, *target: str, body: dict[str, Any], subresource: str | None = None) -> str:
+    """A strategic merge as podgate's account: conditions merge by type, so only what the body
+    names changes (the node agent may be writing the pod's other conditions meanwhile)."""
+    extra = [f"--subresource={subresource}"] if subresource else []
+    return as_account(sandbox, "patch", *target, *extra, "--type=strategic", "-p", json.dumps(body))
+
+
+def refused(answer: str, what: str) -> bool:
+    return "denied request" in answer and what in answer
+
+
+def test_podgates_own_writes_pass_and_everything_else_is_refused(
+    sandbox: SandboxHandle, namespace: str, policy: None
+) -> None:
+    sandbox.apply(lb_service("web", "web", **{"podgate.dev/load-balancer-provider": "none"}), namespace)
+    sandbox.apply(deployment("web", 1), namespace)
+    [pod] = wait_for(
+        "the pod's containers ready",
+        lambda: [p for p in pods(sandbox, namespace, "web") if p["status"].get("podIP")],
+        30,
+    )
+    name = pod["metadata"]["name"]
+
+    def conditions(*extra: dict[str, Any]) -> dict[str, Any]:
+        return {"status": {"conditions": list(extra)}}
+
+    # The policy is in force once the API server has loaded it: a refused write says so.
+    own = {"type": GATE, "status": "False", "reason": "Test", "message": "podgate's own"}
+    wait_for(
+        "the policy in force",
+        lambda: refused(
+            patch(
+                sandbox,
+                "pod",
+                name,
+                "-n",
+                namespace,
+                subresource="status",
+                body=conditions({"type": "Ready", "status": "True"}),
+            ),
+            "only its own condition types",
+        ),
+        30,
+    )
+    # pods/status: its own condition passes; Ready, another condition or the address does not
+    answer = patch(sandbox, "pod", name, "-n", namespace, subresource="status", body=conditions(own))
+    assert "patched" in answer, answer
+    assert any(c["type"] == GATE for c in sandbox.get("pod", name, "-n", namespace)["status"]["conditions"])
+    for body in (
+        conditions({"type": "Ready", "status": "True"}),
+        conditions({"type": "example.com/other", "status": "True"}),
+        {"status": {"podIP": "192.0.2.10", "podIPs": [{"ip": "192.0.2.10"}]}},
+    ):
+        answer = patch(sandbox, "pod", name, "-n", namespace, subresource="status", body=body)
+        assert refused(answer, "only its own condition types"), (body, answer)
+
+    # Services: its finalizer passes; a label, an annotation or the spec does not
+    finalizer = "podgate.dev/load-balancer-targets"
+    answer = as_account(
+        sandbox,
+        "patch",
+        "service",
+        "web",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        json.dumps({"metadata": {"finalizers": [finalizer]}}),
+    )
+    assert "patched" in answer, answer
+    for body in (
+        {"metadata": {"labels": {"taken": "over"}}},
+        {"metadata": {"annotations": {"podgate.dev/load-balancer-provider": "haproxy"}}},
+        {"spec": {"selector": {"app": "someone-else"}}},
+        {"metadata": {"finalizers": [finalizer, "example.com/keep-forever"]}},
+    ):
+        answer = as_account(
+            sandbox, "patch", "service", "web", "-n", namespace, "--type=merge", "-p", json.dumps(body)
+        )
+        assert refused(answer, "only its own finalizer"), (body, answer)
+    sandbox.kubectl(
+        "patch", "service", "web", "-n", namespace, "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+    )
+
+    # its webhook configurations: a caBundle passes; the rules or the destination do not
+    config = sandbox.get("mutatingwebhookconfiguration", "podgate")
+    hooks = config["webhooks"]
+    with_ca = [{**h, "clientConfig": {**h["clientConfig"], "caBundle": "Q0E="}} for h in hooks]
+    answer = as_account(
+        sandbox,
+        "patch",
+        "mutatingwebhookconfiguration",
+        "podgate",
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "replace", "path": "/webhooks", "value": with_ca}]),
+    )
+    assert "patched" in answer, answer
+    widened = [{**h, "rules": [{**h["rules"][0], "resources": ["pods", "secrets"]}]} for h in with_ca]
+    elsewhere = [
+        {**h, "clientConfig": {**h["clientConfig"], "url": "https://192.0.2.1/steal"}} for h in with_ca
+    ]
+    for body in (widened, elsewhere):
+        answer = as_account(
+            sandbox,
+            "patch",
+            "mutatingwebhookconfiguration",
+            "podgate",
+            "--type=json",
+            "-p",
+            json.dumps([{"op": "replace", "path": "/webhooks", "value": body}]),
+        )
+        assert refused(answer, "only the caBundle"), answer
+    after = sandbox.get("mutatingwebhookconfiguration", "podgate")["webhooks"]
+    assert [h["rules"] for h in after] == [h["rules"] for h in hooks]
