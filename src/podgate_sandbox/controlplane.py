@@ -849,7 +849,7 @@ class Sandbox:
             raise SandboxError(f"could not grant the controller its RBAC rules: {out.stderr.strip()}")
         out = subprocess.run(
             [str(self.binaries.path("kubectl")), "apply", "-f", "-"],
-            input="\n---\n".join(json.dumps(c) for c in self.webhook_configurations()),
+            input=yaml.safe_dump_all(self.webhook_configurations()),
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)},
             capture_output=True,
             text=True,

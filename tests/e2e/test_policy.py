@@ -44,7 +44,7 @@ def policy(sandbox: SandboxHandle) -> Iterator[None]:
     for c in configs:  # not called: these only stand for podgate's, to be patched
         for hook in c["webhooks"]:
             hook["namespaceSelector"] = {"matchLabels": {"podgate.test/never": "true"}}
-    sandbox.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(c) for c in configs))
+    sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(configs))
     try:
         yield
     finally:

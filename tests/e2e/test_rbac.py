@@ -118,7 +118,7 @@ def test_the_controller_runs_as_deploy_bases_service_account(sandbox: SandboxHan
     sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
     # the installer's webhook configurations, named as deploy/base's, by the front door's URL
     configs = Sandbox(sandbox.state_dir).webhook_configurations("podgate")
-    sandbox.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(c) for c in configs))
+    sandbox.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(configs))
 
     # What it must not do
     assert can_i(sandbox, "update", "leases", "-n", "kube-system") == "no"
