@@ -813,9 +813,9 @@ class Sandbox:
         eviction_url = url.rsplit("/", 1)[0] + eviction.PATH
         out = []
         for body in (
-            webhook.webhook_configuration(WEBHOOK_CONFIG, b"", url=url, service=None, migration_labels=True),
+            webhook.webhook_configuration(name, b"", url=url, service=None, migration_labels=True),
             eviction.webhook_configuration(
-                WEBHOOK_CONFIG, b"", url=eviction_url, service=None, migration_labels=True
+                name, b"", url=eviction_url, service=None, migration_labels=True
             ),
         ):
             for hook in body["webhooks"]:
