@@ -814,9 +814,7 @@ class Sandbox:
         out = []
         for body in (
             webhook.webhook_configuration(name, b"", url=url, service=None, migration_labels=True),
-            eviction.webhook_configuration(
-                name, b"", url=eviction_url, service=None, migration_labels=True
-            ),
+            eviction.webhook_configuration(name, b"", url=eviction_url, service=None, migration_labels=True),
         ):
             for hook in body["webhooks"]:
                 hook["clientConfig"] = {k: v for k, v in hook["clientConfig"].items() if k != "caBundle"}

@@ -25,6 +25,7 @@ KUSTOMIZATIONS = [
     "deploy/overlays/sandbox",
     "deploy/overlays/network-policy",
     "deploy/overlays/migration-labels",
+    "deploy/policy",
 ]
 
 STUB_CRDS = [
@@ -117,12 +118,13 @@ def files(*paths: str) -> list[dict[str, Any]]:
 
 def test_the_sandboxs_rbac_is_deploys_union(sandbox: SandboxHandle) -> None:
     """The sandbox's controller passes every controller test with exactly deploy/base's rules plus
-    the two Service rights deploy/rbac adds (it provisions HAProxy and binds cloud groups), on
-    its own webhook configurations' name."""
+    what deploy/rbac adds (Service rights: it provisions HAProxy and binds cloud groups; the AWS
+    target records), on its own webhook configurations' name."""
     deploy = files(
         "deploy/base/rbac.yaml",
         "deploy/rbac/service-finalizers/rbac.yaml",
         "deploy/rbac/service-status/rbac.yaml",
+        "deploy/rbac/target-records/rbac.yaml",
     )
     renamed = [
         (kind, groups, resources, ["podgate-sandbox"] if names == ["podgate"] else names, verbs)
@@ -237,6 +239,8 @@ def test_pods_are_hardened_and_never_gated(sandbox: SandboxHandle) -> None:
     assert "--leader-elect" in c["args"]
     # podgate's own availability: scheduled before what it gates, spread over nodes, and memory
     # above the 256 MiB peak measured at 5,000 pods (bench/results/scale-at-composition-root.md)
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["minAvailable"] == 1 and pdb["spec"]["selector"] == dep["spec"]["selector"]
     classes = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PriorityClass"}
     assert classes[pod["spec"]["priorityClassName"]]["value"] > 0
     (spread,) = pod["spec"]["topologySpreadConstraints"]

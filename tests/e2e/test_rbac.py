@@ -66,6 +66,7 @@ def test_each_install_has_only_the_rights_it_needs(sandbox: SandboxHandle, names
         assert can_i(sandbox, "patch", "services", "-n", namespace) == "no"
         assert can_i(sandbox, "patch", "services", "--subresource=status", "-n", namespace) == "no"
         assert can_i(sandbox, "create", "secrets", "-n", CONTROLLER_NAMESPACE) == "yes"
+        assert can_i(sandbox, "create", "configmaps", "-n", CONTROLLER_NAMESPACE) == "no"
         # ... and the API server refuses what can-i says no to
         refused = as_account(
             sandbox,
@@ -95,6 +96,8 @@ def test_each_install_has_only_the_rights_it_needs(sandbox: SandboxHandle, names
         assert can_i(sandbox, "patch", "services", "-n", namespace) == "yes"
         assert can_i(sandbox, "patch", "services", "--subresource=status", "-n", namespace) == "no"
         assert can_i(sandbox, "update", "services", "-n", namespace) == "no"
+        assert can_i(sandbox, "create", "configmaps", "-n", CONTROLLER_NAMESPACE) == "yes"  # target records
+        assert can_i(sandbox, "create", "configmaps", "-n", namespace) == "no"
 
         apply_rbac(sandbox, "deploy/overlays/cert-manager")  # cert-manager owns certificates and CA
         assert can_i(sandbox, "patch", "mutatingwebhookconfigurations/podgate") == "no"
@@ -104,6 +107,9 @@ def test_each_install_has_only_the_rights_it_needs(sandbox: SandboxHandle, names
         assert can_i(sandbox, "update", "leases/podgate-controller", "-n", CONTROLLER_NAMESPACE) == "yes"
     finally:
         sandbox.kubectl("delete", "clusterrole,clusterrolebinding", "podgate-service-finalizers", check=False)
+        sandbox.kubectl(
+            "delete", "role,rolebinding", "podgate-target-records", "-n", CONTROLLER_NAMESPACE, check=False
+        )
         apply_rbac(sandbox, "deploy/base")
 
 
