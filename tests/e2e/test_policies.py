@@ -283,7 +283,8 @@ def test_status_explains_every_pod_that_is_not_ready_and_pods_without_a_gate(
     early = pods(sandbox, namespace, "early")[0]["metadata"]["name"]
 
     def rows() -> dict[tuple[str, str], dict[str, Any]] | None:
-        out = run(sandbox, "status", "-n", namespace, "-o", "json")
+        # the sandbox's controller serves class-less LoadBalancer Services (--default-provider)
+        out = run(sandbox, "status", "-n", namespace, "-o", "json", "--default-provider", "haproxy")
         assert out.returncode == 0, out.stderr
         got = {(r["pod"], r["gate"]): r for r in json.loads(out.stdout)}
         want = {("sick", "container/app"), ("orphan", gate("ghost")), (early, gate("early"))}
@@ -297,6 +298,9 @@ def test_status_explains_every_pod_that_is_not_ready_and_pods_without_a_gate(
     assert got[("sick", "container/app")]["reason"] == "ReadinessProbeFailing"
     assert got[(early, gate("early"))]["reason"] == "NoReadinessGate"
     assert "restart" in got[(early, gate("early"))]["message"]
+    # told nothing of the controller's settings, status counts only Services that name podgate
+    plain = json.loads(run(sandbox, "status", "-n", namespace, "-o", "json").stdout)
+    assert (early, gate("early")) not in {(r["pod"], r["gate"]) for r in plain}
     table = run(sandbox, "status", "-n", namespace).stdout
     assert any(
         line.split()[:4] == ["sick", "container/app", "False", "ReadinessProbeFailing"]
