@@ -86,6 +86,9 @@ def test_server_side_dry_run(sandbox: SandboxHandle, path: str) -> None:
     out = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
     kinds = {d["kind"] for d in yaml.safe_load_all(rendered) if d}
     assert out.count("(server dry run)") == len([d for d in yaml.safe_load_all(rendered) if d])
+    if path == "deploy/policy":  # applied beside an install, not one
+        assert kinds == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+        return
     assert {
         "Deployment",
         "ServiceAccount",

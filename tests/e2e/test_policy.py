@@ -5,7 +5,11 @@ change of a webhook's rules are refused by the API server.  Kubernetes 1.30+ (th
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,11 +64,40 @@ def policy(sandbox: SandboxHandle) -> Iterator[None]:
         sandbox.kubectl("delete", "clusterrole,clusterrolebinding", "podgate-service-finalizers", check=False)
 
 
-def patch(sandbox: SandboxHandle, *target: str, body: dict[str, Any], subresource: str | None = None) -> str:
-    """A strategic merge as podgate's account: conditions merge by type, so only what the body
-    names changes (the node agent may be writing the pod's other conditions meanwhile)."""
-    extra = [f"--subresource={subresource}"] if subresource else []
-    return as_account(sandbox, "patch", *target, *extra, "--type=strategic", "-p", json.dumps(body))
+def patch(
+    sandbox: SandboxHandle,
+    *target: str,
+    body: dict[str, Any],
+    subresource: str | None = None,
+    content_type: str = "application/strategic-merge-patch+json",
+) -> str:
+    """A strategic merge as podgate's account, sent as the controller sends it: one PATCH with its
+    own token (``kubectl patch`` would first GET the subresource, a right podgate does not have).
+    Conditions merge by type, so only what the body names changes (the node agent may be writing
+    the pod's other conditions meanwhile).  What the API server answered, kubectl-style."""
+    kind, name, _, namespace = target
+    config = yaml.safe_load(sandbox.kubeconfig.read_text())
+    cluster = config["clusters"][0]["cluster"]
+    ctx = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    if not hasattr(patch, "token"):
+        patch.token = sandbox.kubectl(  # type: ignore[attr-defined]
+            "create", "token", "podgate", "-n", "podgate-system", "--duration=1h"
+        ).strip()
+    path = f"/api/v1/namespaces/{namespace}/{kind}s/{name}" + (f"/{subresource}" if subresource else "")
+    request = urllib.request.Request(
+        cluster["server"] + path,
+        data=json.dumps(body).encode(),
+        method="PATCH",
+        headers={
+            "Authorization": f"Bearer {patch.token}",  # type: ignore[attr-defined]
+            "Content-Type": content_type,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, context=ctx, timeout=10):
+            return f"{kind}/{name} patched"
+    except urllib.error.HTTPError as e:
+        return e.read().decode(errors="replace")
 
 
 def refused(answer: str, what: str) -> bool:
@@ -88,9 +121,10 @@ def test_podgates_own_writes_pass_and_everything_else_is_refused(
 
     # The policy is in force once the API server has loaded it: a refused write says so.
     own = {"type": GATE, "status": "False", "reason": "Test", "message": "podgate's own"}
-    wait_for(
-        "the policy in force",
-        lambda: refused(
+    answers: list[str] = []
+
+    def ready_refused() -> bool:
+        answers.append(
             patch(
                 sandbox,
                 "pod",
@@ -98,23 +132,38 @@ def test_podgates_own_writes_pass_and_everything_else_is_refused(
                 "-n",
                 namespace,
                 subresource="status",
-                body=conditions({"type": "Ready", "status": "True"}),
-            ),
-            "only its own condition types",
-        ),
-        30,
-    )
+                body=conditions({"type": "Ready", "status": "False", "reason": "TakenOver"}),
+            )
+        )
+        return refused(answers[-1], "only its own condition types")
+
+    try:
+        wait_for("the policy in force", ready_refused, 30)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; the API server's last answer: {answers[-1:]}") from None
     # pods/status: its own condition passes; Ready, another condition or the address does not
     answer = patch(sandbox, "pod", name, "-n", namespace, subresource="status", body=conditions(own))
     assert "patched" in answer, answer
     assert any(c["type"] == GATE for c in sandbox.get("pod", name, "-n", namespace)["status"]["conditions"])
     for body in (
-        conditions({"type": "Ready", "status": "True"}),
+        conditions({"type": "Ready", "status": "False", "reason": "TakenOver"}),
         conditions({"type": "example.com/other", "status": "True"}),
-        {"status": {"podIP": "192.0.2.10", "podIPs": [{"ip": "192.0.2.10"}]}},
     ):
         answer = patch(sandbox, "pod", name, "-n", namespace, subresource="status", body=body)
         assert refused(answer, "only its own condition types"), (body, answer)
+    # the pod's address (what Endpoints route to), replaced whole by a merge patch
+    moved = {"status": {"podIP": "198.18.255.254", "podIPs": [{"ip": "198.18.255.254"}]}}
+    answer = patch(
+        sandbox,
+        "pod",
+        name,
+        "-n",
+        namespace,
+        subresource="status",
+        body=moved,
+        content_type="application/merge-patch+json",
+    )
+    assert refused(answer, "only its own condition types"), answer
 
     # Services: its finalizer passes; a label, an annotation or the spec does not
     finalizer = "podgate.dev/load-balancer-targets"
