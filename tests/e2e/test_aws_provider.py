@@ -58,6 +58,42 @@ async def tag_for(arn: str, service_key: str) -> None:
         await elbv2.add_tags(ResourceArns=[arn], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
 
 
+def web_service(arn: str) -> dict[str, Any]:
+    """The Service ``web`` naming target group ``arn`` for the aws provider."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "web",
+            "annotations": {
+                "podgate.dev/load-balancer-provider": "aws",
+                "podgate.dev/aws-target-group-arn": arn,
+            },
+        },
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+
+
+def web_deployment(replicas: int = 1) -> dict[str, Any]:
+    """The Deployment ``web`` whose pods carry the Service's gate."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "readinessGates": [{"conditionType": GATE}],
+                    "containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}],
+                },
+            },
+        },
+    }
+
+
 async def registered(arn: str) -> list[str]:
     """The target group's targets as moto holds them (read past the scripted front)."""
     async with get_session().create_client("elbv2", **MOTO_KW) as elbv2:
@@ -121,37 +157,8 @@ async def test_gates_follow_elb_target_health(
         log=log.name,
     ):
         grant(sandbox, "aws", namespace, arn)
-        sandbox.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {
-                    "name": "web",
-                    "annotations": {
-                        "podgate.dev/load-balancer-provider": "aws",
-                        "podgate.dev/aws-target-group-arn": arn,
-                    },
-                },
-                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            },
-            namespace,
-        )
-        dep = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "web"},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}},
-                    "spec": {
-                        "readinessGates": [{"conditionType": GATE}],
-                        "containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}],
-                    },
-                },
-            },
-        }
+        sandbox.apply(web_service(arn), namespace)
+        dep = web_deployment()
 
         # Not tagged for this cluster and Service yet: refused, named in a Warning and in the
         # gate, and the target group untouched.
@@ -253,42 +260,8 @@ async def test_a_target_group_not_granted_to_the_namespace_is_left_as_it_is(
         sandbox, "--aws-provider", "aws", env=AWS_ENV, log=f"aws-refused-{namespace}.log"
     ):
         grant(sandbox, "aws", "another-namespace", arn)  # a grant, but not for this namespace
-        sandbox.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {
-                    "name": "web",
-                    "annotations": {
-                        "podgate.dev/load-balancer-provider": "aws",
-                        "podgate.dev/aws-target-group-arn": arn,
-                    },
-                },
-                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            },
-            namespace,
-        )
-        sandbox.apply(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": "web"},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": {"app": "web"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "web"}},
-                        "spec": {
-                            "readinessGates": [{"conditionType": GATE}],
-                            "containers": [
-                                {"name": "app", "image": "nginx", "ports": [{"containerPort": 8080}]}
-                            ],
-                        },
-                    },
-                },
-            },
-            namespace,
-        )
+        sandbox.apply(web_service(arn), namespace)
+        sandbox.apply(web_deployment(), namespace)
         refused = await watch.wait("refused", lambda g: g[1] == "GroupNotGranted")
         assert refused[0] == "False" and arn in refused[2] and "LoadBalancerGroupGrant" in refused[2]
         await asyncio.to_thread(reconciled_after, sandbox, f"{namespace}/web", port=STAND_IN_HEALTH_PORT)
