@@ -66,7 +66,7 @@ def test_pip_install_gives_the_product_then_the_sandbox_plugin(tmp_path: Path) -
     )
     assert rbac.returncode == 0, rbac.stderr
     assert "\nkind: ClusterRole\n" in rbac.stdout
-    assert "\n  name: podgate-controller\n" in rbac.stdout
+    assert "\n  name: podgate-sandbox-controller\n" in rbac.stdout
 
 
 def test_the_product_cli_loads_no_sandbox_module() -> None:

@@ -242,14 +242,15 @@ def test_a_replica_that_loses_the_lease_keeps_answering_admissions(
     apiserver_log = sandbox.state_dir / "logs" / "kube-apiserver.log"
     with replicas(sandbox, 2) as procs:
 
-        def leader() -> int | None:
+        def leader() -> list[int]:
+            """[the leading replica's index], or [] while none leads (a list: replica 0 is falsy)."""
             for r in range(2):
                 with contextlib.suppress(OSError):
                     if samples(scrape(health_port(r))[1], "podgate_leader") == [1.0]:
-                        return r
-            return None
+                        return [r]
+            return []
 
-        led = wait_for("a leader", leader, 30)
+        [led] = wait_for("a leader", leader, 30)
         log_start = len(apiserver_log.read_text(errors="replace").splitlines())
         sandbox.apply(deployment("web", 0), namespace)
         now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
