@@ -21,14 +21,10 @@ from podgate_sandbox.controlplane import Sandbox
 from .conftest import SandboxHandle, server_minor, wait_for
 from .test_controller import deployment, lb_service, pods
 from .test_deploy import render
-from .test_rbac import ACCOUNT, RBAC_KINDS
+from .test_rbac import RBAC_KINDS, as_account
 
 pytestmark = pytest.mark.sandbox
 GATE = "service.readiness.podgate.dev/web"
-
-
-def as_account(sandbox: SandboxHandle, *args: str) -> str:
-    return sandbox.kubectl(*args, "--as", ACCOUNT, check=False)
 
 
 @pytest.fixture
