@@ -278,7 +278,6 @@ class Sandbox:
             port_offset=c.port_offset,
             kubeconfig=self.state_dir / "node-agent.kubeconfig",
             ca_file=self.pki_dir / "ca.crt",
-            lb_cidr=c.lb_cidr,
             kubernetes=c.kubernetes,
         )
 

@@ -405,15 +405,6 @@ def test_with_a_real_node_pods_reach_the_api_server_and_haproxy_on_the_bridge(tm
     assert "--advertise-address=127.0.0.1" in apiserver and "--endpoint-reconciler-type=none" in apiserver
 
 
-def test_load_balancer_traffic_is_kept_from_kube_proxy() -> None:
-    """kube-proxy DNATs a node's own connections to a LoadBalancer ingress IP straight to the
-    endpoints; untracked, they reach HAProxy as an outside client's would."""
-    assert render.lb_bypass_rules(LAYOUT) == [
-        ["-d", "127.200.0.0/16", "-j", "NOTRACK"],
-        ["-s", "127.200.0.0/16", "-j", "NOTRACK"],
-    ]
-
-
 def _sandbox_cli(*argv: str) -> int:
     from podgate_sandbox import cli
 

@@ -103,6 +103,9 @@ class ServiceReconciler:
         #: other controllers' gate prefixes podgate manages as its own (migration)
         self.adopted_prefixes = tuple(adopted_prefixes)
         self._addresses: dict[str, str] | None = None
+        #: False once the API server dropped ``ipMode`` from a status podgate wrote (then only
+        #: the address is compared: no write on every pass)
+        self._ip_mode_kept = True
         self._missing_gate_counts: dict[str, int] = {}
         #: the MinHealthyTargetsUnreachable Warning last sent per Service (sent once per change)
         self._floor_reported: dict[str, str] = {}
@@ -529,14 +532,26 @@ class ServiceReconciler:
         return cast(Service, updated)
 
     async def _publish_address(self, service: Service, address: str) -> None:
-        """The load balancer's address as the Service's EXTERNAL-IP.  Only a LoadBalancer Service
-        has one: the API server refuses ``status.loadBalancer.ingress`` on other types (seen on
-        1.37: a ClusterIP Service podgate serves by annotation failed every pass with 422)."""
-        if _ingress_ip(service) == address or (service.get("spec") or {}).get("type") != "LoadBalancer":
+        """The load balancer's address as the Service's EXTERNAL-IP, ``ipMode: Proxy``
+        (:data:`lb.IP_MODE_PROXY`).  Only a LoadBalancer Service has one: the API server refuses
+        ``status.loadBalancer.ingress`` on other types (seen on 1.37: a ClusterIP Service podgate
+        serves by annotation failed every pass with 422)."""
+        if (service.get("spec") or {}).get("type") != "LoadBalancer":
             return
-        status: Service = {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}}
-        await self._patch_service(service, status, PatchType.MERGE, "status")
-        self.recorder_emit(service, "Service", "EnsuredLoadBalancer", f"Load balancer at {address}")
+        patch = lb.ingress_patch(service, address, ip_mode_kept=self._ip_mode_kept)
+        if patch is None:
+            return
+        moved = _ingress_ip(service) != address
+        updated = await self._patch_service(service, patch, PatchType.MERGE, "status")
+        if self._ip_mode_kept and (ingress(updated) or [{}])[0].get("ipMode") != lb.IP_MODE_PROXY:
+            self._ip_mode_kept = False
+            log.warning(
+                "the API server dropped status.loadBalancer.ingress[].ipMode (Kubernetes before 1.30, "
+                "or LoadBalancerIPMode off): kube-proxy may send in-cluster clients' traffic for "
+                "load-balancer addresses straight to the pods"
+            )
+        if moved:
+            self.recorder_emit(service, "Service", "EnsuredLoadBalancer", f"Load balancer at {address}")
 
     async def _release(self, key: str, service: Service | None = None, *, unbind: bool = True) -> None:
         try:

@@ -122,6 +122,26 @@ def finalizers_patch(service: Mapping[str, Any], present: bool) -> dict[str, Any
     return {"metadata": {"$deleteFromPrimitiveList/finalizers": [TARGETS_FINALIZER]}}
 
 
+#: ``status.loadBalancer.ingress[].ipMode`` of an address podgate provisions (KEP-1860, GA in
+#: 1.32): the load balancer terminates connections, so kube-proxy must leave traffic for the
+#: address to it rather than send in-cluster clients' packets straight to the endpoints
+IP_MODE_PROXY = "Proxy"
+
+
+def ingress_patch(
+    service: Mapping[str, Any], address: str, *, ip_mode_kept: bool = True
+) -> dict[str, Any] | None:
+    """The merge patch of ``services/status`` publishing ``address`` as the Service's EXTERNAL-IP
+    with ``ipMode: Proxy``, or None when the status already says so.  ``ip_mode_kept`` False (an
+    API server that dropped the field from an earlier write: before 1.30, or the feature off)
+    compares the address alone, so such a server is not written on every pass."""
+    current = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    first = current[0] if current and isinstance(current[0], Mapping) else {}
+    if first.get("ip") == address and (first.get("ipMode") == IP_MODE_PROXY or not ip_mode_kept):
+        return None
+    return {"status": {"loadBalancer": {"ingress": [{"ip": address, "ipMode": IP_MODE_PROXY}]}}}
+
+
 def health_check(annotations: Mapping[str, str] | None) -> HealthCheck:
     a = annotations or {}
 

@@ -193,6 +193,7 @@ class ServiceSpec(TypedDict, total=False):
 class LoadBalancerIngress(TypedDict, total=False):
     ip: str
     hostname: str
+    ipMode: str
 
 
 class LoadBalancerStatus(TypedDict, total=False):

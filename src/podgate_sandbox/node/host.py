@@ -127,7 +127,6 @@ class NodeHost:
         for name in (n.cgroup, "kubepods"):
             (UNIFIED / name).mkdir(exist_ok=True)
         self._guard()
-        self._lb_bypass()
         self._bridge()
 
     def _check_free(self) -> None:
@@ -152,12 +151,6 @@ class NodeHost:
                     raise HostError(
                         f"node pod CIDR {self.n.pod_cidr} overlaps the route {dst} on this machine"
                     )
-
-    def _lb_bypass(self) -> None:
-        """Clients on this machine reach HAProxy, not kube-proxy's NAT (idempotent)."""
-        for rule in render.lb_bypass_rules(self.n):
-            if run(["iptables", "-w", "-t", "raw", "-C", "OUTPUT", *rule], check=False).returncode != 0:
-                run(["iptables", "-w", "-t", "raw", "-I", "OUTPUT", "1", *rule])
 
     def _guard(self) -> None:
         """The egress guard, before any node process starts (idempotent)."""

@@ -71,8 +71,6 @@ class NodeLayout:
     port_offset: int
     kubeconfig: Path
     ca_file: Path
-    #: the sandbox's load-balancer range (HAProxy's EXTERNAL-IPs on loopback)
-    lb_cidr: str = "127.200.0.0/16"
     #: the release of the node's kubelet and kube-proxy (flags and fields differ by release)
     kubernetes: str = "1.37.2"
 
@@ -405,16 +403,6 @@ def egress_rules(n: NodeLayout, reject_also: Sequence[str] = ()) -> list[list[st
     # bridged, stay on it).
     rules.append(["-I", "FORWARD", "1", "-i", n.bridge, "!", "-o", n.bridge, "-j", chain])
     return rules
-
-
-def lb_bypass_rules(n: NodeLayout) -> list[list[str]]:
-    """Connections to the load-balancer range stay untracked, so kube-proxy's NAT never sees
-    them.  kube-proxy DNATs traffic a node sends to a LoadBalancer Service's ingress IP straight
-    to the Service's endpoints (in-cluster clients short-circuit the load balancer); on this one
-    machine every client is on the node, so without this no request would reach HAProxy.  The
-    sandbox's machine plays the outside world for the load balancer.  Rules for the raw table's
-    OUTPUT chain (it runs before any NAT)."""
-    return [["-d", n.lb_cidr, "-j", "NOTRACK"], ["-s", n.lb_cidr, "-j", "NOTRACK"]]
 
 
 def egress_rules6(n: NodeLayout) -> list[list[str]]:
