@@ -281,6 +281,40 @@ def test_a_pod_whose_containers_all_have_hooks_gets_no_token_either() -> None:
     assert patch_of(review_response(rev, SERVICES, handled, DRAIN_AT, new_token=token)) is None
 
 
+def with_sidecar(rev: dict[str, Any], sidecar_lifecycle: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pod given a native sidecar (a proxy in front of the main container) and a plain init
+    container before it."""
+    proxy: dict[str, Any] = {"name": "proxy", "restartPolicy": "Always", "ports": [{"containerPort": 8080}]}
+    if sidecar_lifecycle is not None:
+        proxy["lifecycle"] = sidecar_lifecycle
+    rev["request"]["object"]["spec"]["initContainers"] = [{"name": "migrate"}, proxy]
+    return rev
+
+
+@pytest.mark.parametrize("policy", [DRAIN_AT, SLEEP_3], ids=["drain", "sleep"])
+def test_a_native_sidecar_gets_no_hook_its_main_containers_do(policy: InjectionPolicy) -> None:
+    """The kubelet stops a restartable init container only after the main containers exited: it
+    keeps proxying through their drain and needs no hook; a plain init container may have none."""
+    rev = with_sidecar(review({"app": "web"}))
+    ops = patch_of(review_response(rev, SERVICES, handled, policy, new_token=token)) or []
+    hooked = [op["path"] for op in ops if "lifecycle" in op["path"]]
+    assert hooked == ["/spec/containers/0/lifecycle"], ops
+    assert not any(op["path"].startswith("/spec/initContainers") for op in ops), ops
+
+
+def test_a_native_sidecars_own_lifecycle_is_left_alone() -> None:
+    own = {"preStop": {"exec": {"command": ["/bin/flush"]}}, "postStart": {"sleep": {"seconds": 1}}}
+    rev = with_sidecar(review({"app": "web"}), own)
+    ops = patch_of(review_response(rev, SERVICES, handled, DRAIN_AT, new_token=token)) or []
+    assert not any(op["path"].startswith("/spec/initContainers") for op in ops), ops
+    assert rev["request"]["object"]["spec"]["initContainers"][1]["lifecycle"] == own
+    # a sidecar without a hook does not make a pod whose main containers have theirs hooked again
+    bare = with_sidecar(review({"app": "web"}))
+    bare["request"]["object"]["spec"]["containers"][0]["lifecycle"] = {"preStop": {"sleep": {"seconds": 5}}}
+    ops = patch_of(review_response(bare, SERVICES, handled, DRAIN_AT, new_token=token)) or []
+    assert [op["path"] for op in ops] == ["/spec/readinessGates"]
+
+
 def test_check_gates_injected_for_selected_pods() -> None:
     from podgate.model.checks import CheckSpec, TcpCheck
 

@@ -136,7 +136,37 @@ POD_VARIANTS = {
     ),
     "relabelled": raw_pod(**{"metadata.labels": {"app": "api"}}),
     "no gates": raw_pod(**{"spec.readinessGates": None}),
+    # the named port on a native sidecar (a proxy in front of the app), after a plain init container
+    "sidecar port": raw_pod(
+        **{
+            "spec.containers": [{"name": "app", "ports": [{"name": "app", "containerPort": 9000}]}],
+            "spec.initContainers": [
+                {"name": "migrate", "ports": [{"name": "http", "containerPort": 7000}]},
+                {
+                    "name": "proxy",
+                    "restartPolicy": "Always",
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                    "readinessProbe": {"tcpSocket": {"port": 8080}},
+                },
+            ],
+        }
+    ),
 }
+
+
+def test_a_named_target_port_of_a_native_sidecar_is_resolved_as_the_endpointslice_controller_does() -> None:
+    """The EndpointSlice controller resolves a named targetPort on main containers, then on
+    restartable init containers (never on run-to-completion ones): podgate registers the same."""
+    for pod in (POD_VARIANTS["sidecar port"], slim_pod(copy.deepcopy(POD_VARIANTS["sidecar port"]))):
+        assert lb.target_of(pod, "http") == lb.Target("127.101.0.7", 8080)
+        assert lb.target_of(pod, "app") == lb.Target("127.101.0.7", 9000)
+    plain = raw_pod(
+        **{
+            "spec.containers": [{"name": "app"}],
+            "spec.initContainers": [{"name": "migrate", "ports": [{"name": "http", "containerPort": 7000}]}],
+        }
+    )
+    assert lb.target_of(plain, "http") is None and lb.target_of(slim_pod(plain), "http") is None
 
 
 @pytest.mark.parametrize("raw", POD_VARIANTS.values(), ids=POD_VARIANTS.keys())
@@ -244,6 +274,15 @@ def _full_pod() -> dict[str, Any]:
     raw["metadata"]["annotations"][gates.DRAIN_TOKEN_ANNOTATION] = "tok"
     raw["metadata"]["finalizers"] = ["example.com/hold"]
     raw["metadata"]["generation"] = 1
+    raw["spec"]["initContainers"] = [
+        {"name": "migrate", "image": "podgate/app:1"},
+        {
+            "name": "proxy",
+            "image": "proxy:1",
+            "restartPolicy": "Always",
+            "ports": [{"name": "p", "containerPort": 1}],
+        },
+    ]
     return raw
 
 
@@ -325,6 +364,7 @@ def test_the_pod_view_type_declares_exactly_what_the_projection_keeps() -> None:
         (slim["spec"], types.PodViewSpec, types.PodSpec),
         (slim["status"], types.PodViewStatus, types.PodStatus),
         (slim["spec"]["containers"][0], types.ContainerView, types.Container),
+        (slim["spec"]["initContainers"][0], types.SidecarView, types.Container),
     ):
         assert set(kept) == set(view_type.__annotations__), view_type.__name__
         assert set(view_type.__annotations__) <= set(raw_type.__annotations__), view_type.__name__

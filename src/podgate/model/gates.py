@@ -280,7 +280,10 @@ def hook_headers_sent(version: Mapping[str, Any] | None) -> bool:
 
 def prestop_patch(pod: Pod, hook: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """JSONPatch giving each container without a preStop hook of its own ``hook``.  A
-    container's own hook wins; None gives none."""
+    container's own hook wins; None gives none.  Main containers (``spec.containers``) only: a
+    native sidecar (an init container with ``restartPolicy: Always``) is stopped by the kubelet
+    only after they have exited, so it keeps carrying their traffic through the drain on its own
+    lifecycle, and a run-to-completion init container may not have a lifecycle at all."""
     if hook is None:
         return []
     ops: list[dict[str, Any]] = []

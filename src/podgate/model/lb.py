@@ -21,6 +21,7 @@ from podgate.model.types import (
     meta_of,
     pod_conditions,
     pod_ip,
+    sidecars,
 )
 
 HC_PATH = f"{DOMAIN}/health-check-path"
@@ -344,13 +345,14 @@ def membership(pod: PodView, selector: Mapping[str, str] | None) -> Membership |
 
 
 def target_of(pod: PodView, target_port: int | str) -> Target | None:
-    """The pod's address for a Service targetPort (a number, or a named container port)."""
+    """The pod's address for a Service targetPort (a number, or a named port of a main container
+    or, as the EndpointSlice controller reads it, of a native sidecar)."""
     ip = pod_ip(pod)
     if not ip:
         return None
     if isinstance(target_port, int) or str(target_port).isdigit():
         return Target(ip, int(target_port))
-    for container in containers(pod):
+    for container in (*containers(pod), *sidecars(pod)):
         try:
             return Target(ip, resolve_port(target_port, container))
         except ProbeSpecError:

@@ -11,7 +11,8 @@ interned, so they are stored once.
 What a pod keeps: its key (name, namespace), uid, resourceVersion, creation time, labels,
 deletion time and grace period, podgate's annotations (``podgate.dev/``: the drain token), owner
 references (apiVersion, kind, name, uid, controller), its readiness gates, the containers'
-names and ports (for a Service's named targetPort), its termination grace period, its IP, and
+names and ports and those of its native sidecars (restartable init containers: a Service's
+named targetPort may name either), its termination grace period, its IP, and
 of its conditions ContainersReady, Ready and those of its readiness gates (or podgate's
 prefix), each with its status, reason, message and transition time.  Nothing else: no kind or
 apiVersion, phase, container statuses, probes, node name, finalizers, other annotations,
@@ -70,6 +71,9 @@ def slim_pod(raw: Mapping[str, Any]) -> PodView:
         _intern(g["conditionType"]) for g in spec.get("readinessGates") or () if g.get("conditionType")
     ]
     slim_spec: dict[str, Any] = {"containers": [_container(x) for x in spec.get("containers") or ()]}
+    sidecars = [x for x in spec.get("initContainers") or () if x.get("restartPolicy") == "Always"]
+    if sidecars:
+        slim_spec["initContainers"] = [_container(x) | {"restartPolicy": "Always"} for x in sidecars]
     if spec.get("terminationGracePeriodSeconds") is not None:
         slim_spec["terminationGracePeriodSeconds"] = spec["terminationGracePeriodSeconds"]
     if gate_types:

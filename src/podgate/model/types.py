@@ -76,6 +76,8 @@ class Container(TypedDict, total=False):
     ports: list[ContainerPort]
     readinessProbe: dict[str, Any]
     lifecycle: dict[str, Any]
+    #: ``Always`` on an init container: a native sidecar (1.29+), running beside the main ones
+    restartPolicy: str
 
 
 class PodReadinessGate(TypedDict):
@@ -85,6 +87,7 @@ class PodReadinessGate(TypedDict):
 class PodSpec(TypedDict, total=False):
     nodeName: str
     containers: list[Container]
+    initContainers: list[Container]
     readinessGates: list[PodReadinessGate]
     terminationGracePeriodSeconds: int
 
@@ -153,8 +156,14 @@ class ContainerView(TypedDict, total=False):
     ports: ReadOnly[Sequence[ContainerPort]]
 
 
+class SidecarView(ContainerView, total=False):
+    restartPolicy: ReadOnly[str]  # always ``Always``: the projection keeps native sidecars only
+
+
 class PodViewSpec(TypedDict, total=False):
     containers: ReadOnly[Sequence[ContainerView]]
+    #: native sidecars only (``restartPolicy: Always``): their ports can be a Service's
+    initContainers: ReadOnly[Sequence[SidecarView]]
     readinessGates: ReadOnly[Sequence[PodReadinessGate]]
     terminationGracePeriodSeconds: ReadOnly[int]
 
@@ -310,6 +319,18 @@ def containers(pod: Pod) -> Sequence[Container]: ...
 def containers(pod: PodView) -> Sequence[ContainerView]: ...
 def containers(pod: PodView) -> Sequence[Container] | Sequence[ContainerView]:
     return (pod.get("spec") or {}).get("containers") or ()
+
+
+@overload
+def sidecars(pod: Pod) -> Sequence[Container]: ...
+@overload
+def sidecars(pod: PodView) -> Sequence[SidecarView]: ...
+def sidecars(pod: PodView) -> Sequence[Container] | Sequence[SidecarView]:
+    """The pod's native sidecars: init containers with ``restartPolicy: Always``, which run
+    beside the main containers and, like them, may serve a Service's named targetPort."""
+    return [
+        x for x in (pod.get("spec") or {}).get("initContainers") or () if x.get("restartPolicy") == "Always"
+    ]
 
 
 def pod_conditions(pod: PodView) -> Sequence[PodCondition]:
