@@ -7,9 +7,13 @@ with ``-m real_node``.  Run them (like every e2e test) under the shared lock.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import datetime
+import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +30,11 @@ import pytest
 
 from podgate.kube.client import api_client
 from podgate.model import gates
+from podgate.providers.haproxy_runtime import Runtime
 from podgate_sandbox import processes
 from podgate_sandbox.controlplane import CONTROLLER_NAMESPACE, DEPLOYED_BACKEND, Sandbox
 from podgate_sandbox.image import build
+from podgate_sandbox.loadgen import LoadGenerator
 from podgate_sandbox.node import render
 from podgate_sandbox.node.host import UNIFIED, NodeHost, iptables_save, sysctls
 from podgate_sandbox.rollout import RolloutLab, summarise
@@ -221,8 +227,8 @@ def web_pod(name: str) -> dict[str, Any]:
     }
 
 
-def http_get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:
+def http_get(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return str(r.read().decode())
 
 
@@ -344,9 +350,9 @@ def test_cluster_ip_answers_through_kube_proxy_once_the_gate_is_true(
     assert node.kubectl("logs", "client", "-n", namespace).strip() == "podgate-web web-svc"
 
 
-def _get_or_none(url: str) -> str | None:
+def _get_or_none(url: str, timeout: float = 5) -> str | None:
     try:
-        return http_get(url)
+        return http_get(url, timeout)
     except OSError:
         return None
 
@@ -613,6 +619,371 @@ def test_termination_real_sigterm_after_the_pod_left_the_load_balancer(
     wait_for(
         "the pod gone", lambda: name not in node.kubectl("get", "pods", "-n", namespace, "-o", "name"), 30
     )
+
+
+# -- ipMode: Proxy, native sidecars ---------------------------------------------------------------
+
+
+def backend_sessions(node: SandboxHandle, backend: str) -> int:
+    """HAProxy's own count of sessions a backend took (``show stat``, column ``stot``)."""
+    rt = Runtime(str(node.state_dir / "haproxy" / "runtime.sock"))
+    lines = asyncio.run(rt.command("show stat")).splitlines()
+    header = lines[0].lstrip("# ").split(",")
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == backend and row.get("svname") == "BACKEND":
+            return int(row["stot"])
+    raise AssertionError(f"HAProxy has no backend {backend}")
+
+
+def iptables_rules(table: str) -> str:
+    return subprocess.run(
+        ["iptables", "-w", "-t", table, "-S"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def deployment(name: str, app: str, replicas: int, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": app}},
+            "template": {"metadata": {"labels": {"app": app}}, "spec": spec},
+        },
+    }
+
+
+def lb_service(name: str, app: str, target_port: int | str, **annotations: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": app},
+            "ports": [{"port": 80, "targetPort": target_port}],
+        },
+    }
+
+
+#: an address outside the sandbox's load-balancer range, for a Service podgate does not serve
+UNSERVED_IP = "127.78.0.1"
+
+
+def test_external_ip_is_proxy_mode_so_kube_proxy_leaves_it_to_haproxy(
+    controller: SandboxHandle, namespace: str
+) -> None:
+    """podgate publishes its HAProxy address with ``ipMode: Proxy``: kube-proxy writes no rule
+    for it, so the node's own clients (the host, a hostNetwork pod) reach HAProxy, whose
+    counters move, with no NOTRACK rule on the node.  The control, on the same node: kube-proxy
+    takes the host's connections to an ingress IP without the field away from a load balancer
+    listening there (seen: they time out, reaching neither), and leaves them once it is set."""
+    node = controller
+    node.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    node.apply(lb_service("web", "pm", 80), namespace)
+    nginx = {"containers": [{"name": "nginx", "image": SEED_IMAGE, "ports": [{"containerPort": 80}]}]}
+    node.apply(deployment("pm", "pm", 1, nginx), namespace)
+    pod = wait_for("the pod Ready behind HAProxy", lambda: all_ready(node, namespace, "pm", 1), 90)[0]
+    ip = wait_for("an EXTERNAL-IP", lambda: external_ip(node, namespace, "web"))
+    assert ip.startswith("127.212."), ip
+    mode = node.kubectl(
+        "get", "svc", "web", "-n", namespace, "-o", "jsonpath={.status.loadBalancer.ingress[0].ipMode}"
+    )
+    assert mode == "Proxy"
+    assert "NOTRACK" not in iptables_rules("raw")
+    cluster_ip = node.get("service", "web", "-n", namespace)["spec"]["clusterIP"]
+    wait_for("kube-proxy's rules for the Service", lambda: f"-d {cluster_ip}/32" in iptables_rules("nat"))
+    assert f"-d {ip}/32" not in iptables_rules("nat")
+
+    be = f"podgate.{namespace}.web.80"
+    before = backend_sessions(node, be)
+    for _ in range(20):
+        with urllib.request.urlopen(f"http://{ip}/", timeout=5) as r:
+            assert (
+                r.headers["X-Pod-Name"] == pod["metadata"]["name"]
+                and "Welcome to nginx!" in r.read().decode()
+            )
+    from_host = backend_sessions(node, be) - before
+    assert from_host >= 20, from_host
+    # an in-cluster client on the node: a hostNetwork pod (the kubepods cgroup, the node's network)
+    client = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "on-node"},
+        "spec": {
+            "hostNetwork": True,
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "wget",
+                    "image": render.WEB_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/wget", "-q", "-O", "-", f"http://{ip}/healthz"],
+                }
+            ],
+        },
+    }
+    node.apply(client, namespace)
+    phase = wait_for(
+        "the hostNetwork client to finish",
+        lambda: (
+            node.get("pod", "on-node", "-n", namespace)["status"].get("phase") in ("Succeeded", "Failed")
+            and node.get("pod", "on-node", "-n", namespace)["status"]["phase"]
+        ),
+        timeout=60,
+    )
+    assert phase == "Succeeded", node.kubectl("logs", "on-node", "-n", namespace, check=False)
+    assert node.kubectl("logs", "on-node", "-n", namespace).strip() == "ok"
+    assert backend_sessions(node, be) - before >= from_host + 1
+
+    # the control: a load balancer of its own at an ingress IP without ipMode (a Service podgate
+    # does not serve, its status written by hand) is bypassed, kube-proxy takes its traffic;
+    # once the field is there kube-proxy lets go and the load balancer gets it
+    with own_load_balancer(UNSERVED_IP) as reached:
+        node.apply(lb_service("unserved", "pm", 80, **{gates.PROVIDER_ANNOTATION: "none"}), namespace)
+        ingress = {"ip": UNSERVED_IP}
+        write_ingress(node, namespace, "unserved", ingress)
+        wait_for(
+            "kube-proxy's rule for an ingress IP without ipMode",
+            lambda: f"-d {UNSERVED_IP}/32" in iptables_rules("nat"),
+        )
+        answer = _get_or_none(f"http://{UNSERVED_IP}/", timeout=2)
+        assert reached == [] and answer != "own load balancer\n", answer
+        write_ingress(node, namespace, "unserved", ingress | {"ipMode": "Proxy"})
+        wait_for("kube-proxy to drop the rule", lambda: f"-d {UNSERVED_IP}/32" not in iptables_rules("nat"))
+        assert http_get(f"http://{UNSERVED_IP}/") == "own load balancer\n"
+        assert len(reached) == 1
+
+
+@contextlib.contextmanager
+def own_load_balancer(address: str) -> Iterator[list[str]]:
+    """An HTTP server on ``address``:80 playing a load balancer: the paths it was asked for."""
+    reached: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            reached.append(self.path)
+            body = b"own load balancer\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((address, 80), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield reached
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_ingress(node: SandboxHandle, namespace: str, service: str, ingress: dict[str, str]) -> None:
+    patch = {"status": {"loadBalancer": {"ingress": [ingress]}}}
+    node.kubectl(
+        "patch",
+        "svc",
+        service,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+    )
+
+
+#: the native sidecar: a TCP proxy (busybox nc, one process per connection) in front of the main
+#: container, logging its SIGTERM
+PROXY_SCRIPT = (
+    "trap 'echo proxy: SIGTERM; exit 0' TERM; echo proxy: up; "
+    "/bin/busybox nc -ll -p 8080 -e /bin/busybox nc 127.0.0.1 80 & wait"
+)
+#: the main container: the web image's httpd, logging its SIGTERM and, a second later, its exit
+WEB_LOGGED_SCRIPT = (
+    'mkdir -p /www && echo "podgate-web $HOSTNAME" > /www/index.html && '
+    "trap 'echo web: SIGTERM; sleep 1; echo web: exiting; exit 0' TERM; "
+    "httpd -f -p 80 -h /www & wait"
+)
+
+
+def sidecar_pod_spec() -> dict[str, Any]:
+    return {
+        "terminationGracePeriodSeconds": 30,
+        "initContainers": [
+            {
+                "name": "proxy",
+                "image": render.WEB_IMAGE,
+                "imagePullPolicy": "Never",
+                "restartPolicy": "Always",
+                "command": ["/bin/sh", "-c", PROXY_SCRIPT],
+                "ports": [{"name": "proxy", "containerPort": 8080}],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+            }
+        ],
+        "containers": [
+            {
+                "name": "web",
+                "image": render.WEB_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", WEB_LOGGED_SCRIPT],
+                "ports": [{"containerPort": 80}],
+                "readinessProbe": {"httpGet": {"path": "/", "port": 80}, "periodSeconds": 1},
+            }
+        ],
+    }
+
+
+LOG_LINE = re.compile(r"^\[pod/(?P<pod>[^/\]]+)/(?P<container>[^\]]+)\] (?P<at>\S+) (?P<text>.*)$")
+
+
+def log_time(stamp: str) -> float:
+    """A CRI log timestamp (RFC 3339, up to nanoseconds, trailing zeros trimmed) in seconds."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    t = datetime.datetime.fromisoformat(whole).replace(tzinfo=datetime.UTC).timestamp()
+    return t + float(f"0.{fraction or '0'}")
+
+
+@contextlib.contextmanager
+def following(node: SandboxHandle, *args: str) -> Iterator[list[str]]:
+    """A streaming kubectl command (``logs -f``, ``get -w``) in the background: its lines so far."""
+    proc = subprocess.Popen(
+        [str(node.kubectl_path), *args],
+        env={**os.environ, "KUBECONFIG": str(node.kubeconfig)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        yield lines
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        reader.join(5)
+
+
+def terminating(node: SandboxHandle, namespace: str, app: str) -> dict[str, str]:
+    """The pods of ``app`` being deleted: name → address."""
+    return {
+        p["metadata"]["name"]: p["status"]["podIP"]
+        for p in node.get("pods", "-n", namespace, "-l", f"app={app}")["items"]
+        if p["metadata"].get("deletionTimestamp")
+    }
+
+
+def sidecars_served(
+    node: SandboxHandle, namespace: str, leaving: dict[str, str], lines: list[str]
+) -> dict[str, int]:
+    """Until the leaving pods are gone: how often each one's sidecar answered on the pod's own
+    address (port 8080) for the main container, up to the main container's last log line."""
+    served = dict.fromkeys(leaving, 0)
+    deadline = time.monotonic() + 60
+    while set(leaving) & {p["metadata"]["name"] for p in node.get("pods", "-n", namespace)["items"]}:
+        assert time.monotonic() < deadline, f"{sorted(leaving)} still there after 60s"
+        for name, ip in leaving.items():
+            if not any(line.startswith(f"[pod/{name}/web] ") and "web: exiting" in line for line in lines):
+                served[name] += _get_or_none(f"http://{ip}:8080/") == f"podgate-web {name}\n"
+        time.sleep(0.1)
+    return served
+
+
+def container_finished(updates: list[str], names: Iterable[str]) -> dict[tuple[str, str], str]:
+    """Each container's ``finishedAt`` as the kubelet last reported it, from ``kubectl get -w -o
+    json``'s stream of pods (one JSON document per update)."""
+    decoder, text, out, i = json.JSONDecoder(), "".join(updates), {}, 0
+    while (i := len(text) - len(text[i:].lstrip())) < len(text):
+        pod, i = decoder.raw_decode(text, i)
+        status = pod.get("status") or {}
+        for c in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
+            if pod["metadata"]["name"] in names and (t := (c.get("state") or {}).get("terminated")):
+                out[(pod["metadata"]["name"], c["name"])] = t["finishedAt"]
+    return out
+
+
+async def test_native_sidecar_in_the_traffic_path_outlives_the_drain_scale_down_loses_nothing(
+    controller: SandboxHandle, namespace: str
+) -> None:
+    """Pods whose load-balanced port is a native sidecar (a restartable init container proxying
+    to the main container), scaled from 3 to 1 under load through the EXTERNAL-IP: podgate
+    registers the sidecar's named port and hooks its drain on the main container only; the real
+    kubelet runs it, SIGTERMs the main container, and stops the sidecar only once the main
+    container has exited, so the sidecar carries every request through the drain: none fails."""
+    node = controller
+    node.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    node.apply(lb_service("web", "sc", "proxy"), namespace)
+    node.apply(deployment("sc", "sc", 3, sidecar_pod_spec()), namespace)
+    ready = wait_for("3 pods Ready", lambda: all_ready(node, namespace, "sc", 3), 120)
+    for p in ready:
+        spec = p["spec"]
+        assert [g["conditionType"] for g in spec["readinessGates"]] == [gate("web")]
+        hook = spec["containers"][0]["lifecycle"]["preStop"]["httpGet"]
+        assert hook["path"] == f"{gates.DRAIN_PATH}/{namespace}", hook
+        assert spec["initContainers"][0]["restartPolicy"] == "Always"
+        assert "lifecycle" not in spec["initContainers"][0], spec["initContainers"][0]
+    ip = wait_for("an EXTERNAL-IP", lambda: external_ip(node, namespace, "web"))
+    be = f"podgate.{namespace}.web.80"
+    up = {s.address for s in await asyncio.to_thread(servers, node, be) if s.status.startswith("UP")}
+    assert up == {f"{p['status']['podIP']}:8080" for p in ready}, up
+    drain_log = node.state_dir / "logs" / "podgate-controller.log"
+
+    # what a user watches: every container's log with its runtime timestamp, and the pods' updates
+    logs = ("logs", "-f", "-n", namespace, "-l", "app=sc", "--all-containers", "--prefix", "--timestamps")
+    watch = ("get", "pods", "-n", namespace, "-l", "app=sc", "-w", "-o", "json")
+    with following(node, *logs, "--max-log-requests=10") as lines, following(node, *watch) as updates:
+        await asyncio.sleep(1.0)
+        load = LoadGenerator(f"http://{ip}/", rate=150, max_seconds=120)
+        running = asyncio.create_task(load.run())
+        try:
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(node.kubectl, "scale", "deployment/sc", "-n", namespace, "--replicas=1")
+            leaving = await asyncio.to_thread(
+                wait_for,
+                "two pods terminating",
+                lambda: t if len(t := terminating(node, namespace, "sc")) == 2 else None,
+                10,
+            )
+            served = await asyncio.to_thread(sidecars_served, node, namespace, leaving, lines)
+            await asyncio.sleep(1.0)
+        finally:
+            load.stop()
+            result = await running
+    print(f"sidecar scale-down: {result.total} requests, {dict(result.by_kind())}", file=sys.stderr)
+    assert result.total >= 500 and result.failed == 0, result.by_kind()
+
+    # the drain hook ran once per leaving pod: the main container's (the sidecar has none)
+    drains = drain_log.read_text()
+    for name in leaving:
+        assert drains.count(f"drained {namespace}/{name} in ") == 1, name
+        events = pod_events(node, namespace, name)
+        assert not [e for e in events if e.startswith("FailedPreStopHook")], events
+        assert {"Killing: Stopping container web", "Killing: Stopping container proxy"} <= set(events), events
+    # the order, from the containers' own lines as the runtime stamped them: the sidecar got its
+    # SIGTERM only after the main container had exited, and answered until then
+    stamped: dict[tuple[str, str], float] = {}
+    for line in lines:
+        m = LOG_LINE.match(line.rstrip("\n"))
+        if m and m["text"] in ("web: SIGTERM", "web: exiting", "proxy: SIGTERM"):
+            stamped[(m["pod"], m["text"])] = log_time(m["at"])
+    for name in leaving:
+        term, exiting, proxy = (
+            stamped.get((name, t)) for t in ("web: SIGTERM", "web: exiting", "proxy: SIGTERM")
+        )
+        assert term and exiting and proxy, (name, stamped)
+        assert term < exiting < proxy, (name, term, exiting, proxy)
+        assert served[name] > 0, f"{name}'s sidecar answered nothing while the pod terminated"
+    # and the containers' terminated states as the kubelet reported them (whole seconds)
+    finished = container_finished(updates, leaving)
+    for name in leaving:
+        assert finished.get((name, "web")) and finished.get((name, "proxy")), finished
+        assert finished[(name, "web")] <= finished[(name, "proxy")], finished
 
 
 @pytest.fixture(scope="module")
