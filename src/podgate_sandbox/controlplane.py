@@ -55,11 +55,36 @@ EVENTS_RING = "podgate-events"
 #: the sandbox's webhook configurations (by the front door's URL), beside a deploy/ install's "podgate"
 WEBHOOK_CONFIG = "podgate-sandbox"
 
+#: the loadBalancerClasses the sandbox's HAProxy serves besides podgate's own
+#: (``podgate.dev/<provider>``): Alibaba Cloud's, so Services written for its controller run as
+#: written, as its class-less (CLB) Services already do through ``--default-provider``.
+#: ``alibabacloud.com/nlb`` is the class its NLB Services must name; ``alibabacloud.com/clb`` is
+#: the value Alibaba's own charts give for a CLB (its controller's default when no class is set).
+#: Other controllers' classes (AWS's ``service.k8s.aws/nlb``, ...) are left alone.
+SANDBOX_CLASSES = ("alibabacloud.com/nlb", "alibabacloud.com/clb")
+#: the flags that add a provider, whose ``podgate.dev/<name>`` class stays served
+PROVIDER_FLAGS = ("--aws-provider", "--alibaba-provider")
+
 #: With a real node, HAProxy's runtime API also listens on the bridge's address, this port, for
 #: podgate running in pods (deploy/overlays/sandbox); one real node per machine, so it is fixed.
 NODE_RUNTIME_PORT = 9999
 #: ... and the backend those pods attach Services to (podgate.dev/haproxy-backend)
 DEPLOYED_BACKEND = "podgate-deployed"
+
+
+def _class_flags(extra: tuple[str, ...]) -> list[str]:
+    """``--load-balancer-class`` pairs for the sandbox's controller: the list replaces the
+    default ``podgate.dev/<provider>`` one, so it names podgate's own class for HAProxy and for
+    each provider a test adds in ``extra`` (``--alibaba-provider alibaba``), then Alibaba's."""
+    providers = ["haproxy"]
+    for i, arg in enumerate(extra):
+        flag, eq, value = arg.partition("=")
+        name = value if eq else (extra[i + 1] if i + 1 < len(extra) else "")
+        if flag in PROVIDER_FLAGS and name:
+            providers.append(name)
+    pairs = [f"podgate.dev/{name}={name}" for name in providers]
+    pairs += [f"{cls}=haproxy" for cls in SANDBOX_CLASSES]
+    return [a for pair in pairs for a in ("--load-balancer-class", pair)]
 
 
 def default_state_dir() -> Path:
@@ -794,6 +819,7 @@ class Sandbox:
             # no cloud controller manager here: podgate's HAProxy is the cluster's load balancer
             "--default-provider",
             "haproxy",
+            *_class_flags(extra),
             "--drain-url",
             self.drain_url,
         ]

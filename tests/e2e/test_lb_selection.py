@@ -1,6 +1,7 @@
 """Which Services podgate serves, and namespaces set up for another controller, as a user sees
-them on the sandbox (here the provider annotation and the sandbox's default provider; the
-``loadBalancerClass`` path is unit-tested)."""
+them on the sandbox: the provider annotation, the sandbox's default provider for class-less
+Services, ``spec.loadBalancerClass`` (Alibaba Cloud's NLB class, which the sandbox maps to its
+HAProxy, and another controller's class, which podgate leaves alone)."""
 
 from __future__ import annotations
 
@@ -62,9 +63,15 @@ def test_a_service_opted_out_gets_nothing_and_the_annotation_serves_a_cluster_ip
 SEED_IMAGE = "anolis-registry.cn-zhangjiakou.cr.aliyuncs.com/openanolis/nginx:1.14.1-8.6"
 
 
-def seed_manifests() -> list[dict[str, Any]]:
-    """Alibaba Cloud's readiness-gate procedure, as written for its controller."""
-    service = {
+#: the NLB template's own example (``${zone-A}:${vsw-A},${zone-B}:${vsw-B}`` in the doc)
+NLB_ZONE_MAPS = "cn-hangzhou-k:vsw-i123456,cn-hangzhou-j:vsw-j654321"
+
+
+def seed_manifests(nlb: bool = False) -> list[dict[str, Any]]:
+    """Alibaba Cloud's readiness-gate procedure, as written for its controller: Step 1's CLB
+    template for ``my-svc`` (class-less), or with ``nlb`` its NLB template (Alibaba's NLB class
+    and the zone-maps annotation an NLB requires)."""
+    service: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "my-svc"},
@@ -74,6 +81,11 @@ def seed_manifests() -> list[dict[str, Any]]:
             "ports": [{"port": 80, "targetPort": 80, "protocol": "TCP"}],
         },
     }
+    if nlb:
+        service["metadata"]["annotations"] = {
+            "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-zone-maps": NLB_ZONE_MAPS
+        }
+        service["spec"]["loadBalancerClass"] = "alibabacloud.com/nlb"
     nginx = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -94,12 +106,18 @@ def seed_manifests() -> list[dict[str, Any]]:
 
 
 @pytest.mark.compat
-def test_alibaba_procedure_runs_verbatim(sandbox: SandboxHandle, namespace: str) -> None:
-    """Namespace label, my-svc and my-nginx as written for Alibaba Cloud's controller: pods
-    turn Ready only once HAProxy says healthy, and the app answers through the EXTERNAL-IP."""
+@pytest.mark.parametrize("nlb", [False, True], ids=["clb", "nlb"])
+def test_alibaba_procedure_runs_verbatim(sandbox: SandboxHandle, namespace: str, nlb: bool) -> None:
+    """Namespace label, my-svc (the CLB or the NLB template) and my-nginx as written for
+    Alibaba Cloud's controller: pods turn Ready only once HAProxy says healthy, and the app
+    answers through the EXTERNAL-IP."""
     sandbox.kubectl("label", "namespace", namespace, f"{ALIBABA_LABEL}=enabled")
-    service, nginx = seed_manifests()
+    service, nginx = seed_manifests(nlb)
     sandbox.apply(service, namespace)
+    if nlb:  # the API server kept the class (1.20's dropped it)
+        assert sandbox.get("service", "my-svc", "-n", namespace)["spec"]["loadBalancerClass"] == (
+            "alibabacloud.com/nlb"
+        )
     sandbox.apply(nginx, namespace)
     be = f"podgate.{namespace}.my-svc.80"
     seen_pending = False
@@ -137,3 +155,28 @@ def test_alibaba_procedure_runs_verbatim(sandbox: SandboxHandle, namespace: str)
             assert r.status == 200
             answered.add(r.headers["X-Pod-Name"])
     assert answered == {p["metadata"]["name"] for p in ready}
+
+
+def test_a_service_of_another_controllers_class_is_left_alone(sandbox: SandboxHandle, namespace: str) -> None:
+    """AWS's NLB class in an opted-in namespace: the AWS controller's Service, not podgate's
+    (which serves only its own classes and the sandbox's mapped Alibaba ones). Its pods are not
+    gated and turn Ready on their containers; the Service gets no address, finalizer, Event or
+    HAProxy backend from podgate, after podgate has demonstrably looked at it."""
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    theirs = lb_service(
+        "theirs", "theirs", **{"service.beta.kubernetes.io/aws-load-balancer-type": "external"}
+    )
+    theirs["spec"]["loadBalancerClass"] = "service.k8s.aws/nlb"
+    sandbox.apply(theirs, namespace)
+    sandbox.apply(deployment("theirs", 1), namespace)
+    [pod] = wait_for("the pod Ready", lambda: all_ready(sandbox, namespace, "theirs", 1), 30)
+    assert "readinessGates" not in pod["spec"], "no gate for a Service podgate does not serve"
+    assert wide_row(sandbox, namespace, pod["metadata"]["name"])["READINESS GATES"] == "<none>"
+    reconciled_after(sandbox, f"{namespace}/theirs")
+    svc = sandbox.get("service", "theirs", "-n", namespace)
+    assert svc["spec"]["loadBalancerClass"] == "service.k8s.aws/nlb"
+    assert not (svc.get("status") or {}).get("loadBalancer"), "no status.loadBalancer write"
+    assert not svc["metadata"].get("finalizers")
+    assert [e for e in events(sandbox, namespace, "theirs") if e["involvedObject"]["kind"] == "Service"] == []
+    assert servers(sandbox, f"podgate.{namespace}.theirs.80") == []
+    assert external_ip(sandbox, namespace, "theirs") is None

@@ -207,7 +207,10 @@ def test_podgates_own_writes_pass_and_everything_else_is_refused(
     elsewhere = [
         {**h, "clientConfig": {**h["clientConfig"], "url": "https://192.0.2.1/steal"}} for h in with_ca
     ]
-    for body in (widened, elsewhere):
+    # the static configuration's matchConditions are the installer's too (deploy/policy compares them)
+    assert all(h.get("matchConditions") for h in with_ca)
+    unconditioned = [{k: v for k, v in h.items() if k != "matchConditions"} for h in with_ca]
+    for body in (widened, elsewhere, unconditioned):
         answer = as_account(
             sandbox,
             "patch",

@@ -58,7 +58,14 @@ def test_unusable_specs(spec: dict[str, Any], error: str) -> None:
         ({"matchLabels": {"app": "web"}}, {"app": "api"}, False),
         ({"matchExpressions": [{"key": "t", "operator": "In", "values": ["fe", "be"]}]}, {"t": "be"}, True),
         ({"matchExpressions": [{"key": "t", "operator": "NotIn", "values": ["fe"]}]}, {"t": "fe"}, False),
-        ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["fe"]}]}, {}, True),
+        (
+            {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["fe"]}]},
+            {"app": "web"},
+            True,
+        ),
+        # no selector matches a pod without labels, as no Service does (gates.MATCH_CONDITIONS)
+        ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["fe"]}]}, {}, False),
+        ({"matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}, {}, False),
         ({"matchExpressions": [{"key": "canary", "operator": "Exists"}]}, {"canary": ""}, True),
         ({"matchExpressions": [{"key": "canary", "operator": "DoesNotExist"}]}, {"canary": "1"}, False),
         ({}, {"app": "web"}, False),  # an empty selector selects nothing

@@ -198,6 +198,13 @@ def test_the_sandboxs_command_line(replica: int, tmp_path: Path) -> None:
     # each replica's drain listener on a port of its own, beside its health port
     assert (s.health_port, s.drain_port) == (8081 + 100 * replica, 8082 + 100 * replica)
     assert s.alibaba == (AlibabaSettings("alibaba", "cn-hangzhou", rate=50.0),)
+    # podgate's own classes for both providers, and Alibaba's classes on the sandbox's HAProxy
+    assert s.classes() == {
+        "podgate.dev/haproxy": "haproxy",
+        "podgate.dev/alibaba": "alibaba",
+        "alibabacloud.com/nlb": "haproxy",
+        "alibabacloud.com/clb": "haproxy",
+    }
     assert (s.webhook_config_name, s.webhook_url is not None) == (
         ("podgate-sandbox", True) if replica == 0 else ("podgate", False)
     )

@@ -254,3 +254,28 @@ async def test_a_wish_made_while_a_write_is_in_flight_is_kept_even_if_the_cache_
         ("False", "HealthCheckFailing"),
         ("True", "LoadBalancerHealthy"),
     ]
+
+
+async def test_the_condition_reports_the_pods_generation_when_the_pod_has_one() -> None:
+    """Kubernetes 1.34+ (KEP-5067): ``observedGeneration`` = the pod's ``metadata.generation`` as
+    podgate last saw it; a new generation alone is no write, the next change carries it."""
+    world = World()
+    world.add(PODS, {**pod("p1"), "metadata": {**pod("p1")["metadata"], "generation": 1}})
+    await world.sync()
+    assert await write(world, cond("False", "InitialHealthChecking"))
+    assert world.kube.writes[-1].body["status"]["conditions"][0]["observedGeneration"] == 1
+    cached = world.pods.cache[f"{NS}/p1"]
+    bumped: Any = {**cached, "metadata": {**cached["metadata"], "generation": 2}}  # a spec update
+    assert not await world.gates.write(bumped, cond("False", "InitialHealthChecking"), sticky=True)
+    assert await world.gates.write(bumped, cond("True", "TargetHealthy"), sticky=True)
+    assert world.kube.writes[-1].body["status"]["conditions"][0]["observedGeneration"] == 2
+    assert len(world.kube.writes) == 2
+
+
+async def test_no_observed_generation_for_a_pod_without_a_generation() -> None:
+    """Before 1.33 a pod has no ``metadata.generation``: the condition names none (an older API
+    server would only drop the field)."""
+    world, p = await writer()
+    assert "generation" not in p["metadata"]
+    assert await world.gates.write(p, cond("False", "InitialHealthChecking"), sticky=True)
+    assert "observedGeneration" not in world.kube.writes[-1].body["status"]["conditions"][0]

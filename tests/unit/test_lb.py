@@ -173,6 +173,19 @@ def test_next_condition_writes_only_changes_and_keeps_true_in_sticky_mode() -> N
     assert progressed is not None and progressed["lastTransitionTime"] == "T1"  # status unchanged
 
 
+def test_next_condition_reports_the_generation_it_was_decided_at() -> None:
+    """``observedGeneration`` (Kubernetes 1.34+) only when the pod has a generation; a newer
+    generation alone is no write (the verdict is the load balancer's), the next write has it."""
+    false = lb.gate_condition(GATE, [])
+    true = lb.gate_condition(GATE, [lb.TargetHealth(lb.Health.HEALTHY, "UP")])
+    assert "observedGeneration" not in (lb.next_condition(None, false, sticky=True, now="T1") or {})
+    first = lb.next_condition(None, false, sticky=True, now="T1", generation=1)
+    assert first is not None and first["observedGeneration"] == 1
+    assert lb.next_condition(first, false, sticky=True, now="T2", generation=2) is None
+    flipped = lb.next_condition(first, true, sticky=True, now="T3", generation=2)
+    assert flipped is not None and flipped["observedGeneration"] == 2
+
+
 def test_retries_are_the_load_balancers_unless_the_service_says_false() -> None:
     assert lb.pools_for(svc())[0].retries is True
     assert lb.pools_for(svc(**{lb.RETRIES: "false"}))[0].retries is False

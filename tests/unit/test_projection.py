@@ -314,7 +314,7 @@ KEEPS: list[tuple[tuple[str | int, ...], bool]] = [
     (("metadata", "ownerReferences", 0, "controller"), True),
     (("metadata", "ownerReferences", 0, "blockOwnerDeletion"), False),
     (("metadata", "generateName"), False),
-    (("metadata", "generation"), False),
+    (("metadata", "generation"), True),  # a gate's observedGeneration (1.34+)
     (("metadata", "finalizers"), False),
     (("metadata", "managedFields"), False),
     (("spec", "containers", 0, "name"), True),

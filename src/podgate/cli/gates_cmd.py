@@ -142,7 +142,14 @@ async def _gate_set(args: argparse.Namespace) -> str:
             "message": args.message or "set with podgate gate set",
         }
         current = c.find(pod_conditions(pod), args.condition_type)
-        write = lb.next_condition(current, desired, sticky=False, now=now_rfc3339(), words=True)
+        write = lb.next_condition(
+            current,
+            desired,
+            sticky=False,
+            now=now_rfc3339(),
+            words=True,
+            generation=meta_of(pod).get("generation"),
+        )
         if write is None:
             return f"pod/{args.pod} {args.condition_type} is already {args.status}: unchanged"
         patch: Pod = {"metadata": {"uid": meta_of(pod)["uid"]}, "status": {"conditions": [write]}}

@@ -263,7 +263,7 @@ class GateWriter:
         balancer's own floor (rise × interval) for the time-to-ready ratio metric."""
         meta = pod["metadata"]
         current = cond.find(pod_conditions(pod), desired["type"])
-        write = lb.next_condition(current, desired, sticky, now_rfc3339())
+        write = lb.next_condition(current, desired, sticky, now_rfc3339(), generation=meta.get("generation"))
         marker = (meta["uid"], desired["type"])
         if desired["status"] != cond.TRUE:
             self._mark(self.pending_since, pod, desired["type"])

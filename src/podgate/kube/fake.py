@@ -71,7 +71,7 @@ class FakeKube:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: what :meth:`version` answers (the API server's ``/version``)
     server_version: Obj = field(
-        default_factory=lambda: {"major": "1", "minor": "20", "gitVersion": "v1.20.2"}
+        default_factory=lambda: {"major": "1", "minor": "37", "gitVersion": "v1.37.2"}
     )
 
     # -- set-up and inspection for tests ------------------------------------------------------

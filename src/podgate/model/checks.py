@@ -120,8 +120,12 @@ def parse_check(obj: Mapping[str, Any]) -> CheckSpec:
 
 def label_selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str] | None) -> bool:
     """A metav1.LabelSelector (matchLabels and matchExpressions); an empty selector matches nothing
-    here, as a Service's does: a check must say which pods it is for."""
-    labels = labels or {}
+    here, as a Service's does: a check must say which pods it is for.  Nor does any selector
+    match a pod without labels (one of only ``NotIn``/``DoesNotExist`` would): as no Service
+    selects such a pod, the API server need not send it to the webhook at all
+    (``gates.MATCH_CONDITIONS``)."""
+    if not labels:
+        return False
     match_labels = selector.get("matchLabels") or {}
     expressions = selector.get("matchExpressions") or []
     if not match_labels and not expressions:

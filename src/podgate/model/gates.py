@@ -85,6 +85,45 @@ def namespace_selectors(migration: bool) -> list[dict[str, Any]]:
     ]
 
 
+#: the kubelet's mark on the API's copy of a static pod (a mirror pod)
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+#: The pod webhooks' ``matchConditions`` (CEL, GA in 1.30; every one must hold for the API server
+#: to call podgate): the pods a review could change.  :func:`may_need_review` says the same in
+#: Python; tests/unit/test_match_conditions.py holds the admission to it (a pod it rejects gets
+#: no patch) and an e2e test holds the API server's CEL to it.  Not among them, on purpose:
+#: pods already carrying podgate's gates and hooks (a later webhook that changed the pod since
+#: podgate's first review, the only reason it is called again, may have added a container without
+#: the hook or labels another Service selects) and dry-run requests (``--dry-run=server`` and
+#: ``kubectl diff`` must show the gates the real create gets).
+MATCH_CONDITIONS: tuple[dict[str, str], ...] = (
+    {
+        # the kubelet runs the static pod's own manifest: gates or hooks on its mirror do nothing
+        "name": "not-a-mirror-pod",
+        "expression": (
+            f"!has(object.metadata.annotations) || !('{MIRROR_ANNOTATION}' in object.metadata.annotations)"
+        ),
+    },
+    {
+        # a pod with no labels is selected by no Service or ReadinessCheck; one with readiness
+        # gates still goes (the webhook may drop gates of a --remove-gate-prefix)
+        "name": "labelled-or-gated",
+        "expression": (
+            "(has(object.metadata.labels) && size(object.metadata.labels) > 0)"
+            " || (has(object.spec.readinessGates) && size(object.spec.readinessGates) > 0)"
+        ),
+    },
+)
+
+
+def may_need_review(pod: Pod) -> bool:
+    """Whether the pod webhook's :data:`MATCH_CONDITIONS` send this pod to podgate."""
+    meta = meta_of(pod)
+    if MIRROR_ANNOTATION in (meta.get("annotations") or {}):
+        return False
+    return bool(meta.get("labels")) or bool(pod_spec(pod).get("readinessGates"))
+
+
 def condition_type_errors(value: str) -> list[str]:
     """Why ``value`` is not a valid condition type (a qualified name), or [] when it is."""
     errors = []

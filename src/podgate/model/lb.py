@@ -485,7 +485,13 @@ def failure_condition(gate: str, reason: str, message: str) -> Condition:
 
 
 def next_condition(
-    current: Mapping[str, Any] | None, desired: Condition, sticky: bool, now: str, *, words: bool = False
+    current: Mapping[str, Any] | None,
+    desired: Condition,
+    sticky: bool,
+    now: str,
+    *,
+    words: bool = False,
+    generation: int | None = None,
 ) -> Condition | None:
     """What to write, or None for no write.
 
@@ -499,6 +505,12 @@ def next_condition(
     status``.  So a pod costs about three writes from creation to Ready (registration, initial
     health checking, healthy), as the AWS controller's do.  ``words``: a new message is a
     change too (a condition set by hand says what the user wrote).
+
+    ``generation``: the pod's ``metadata.generation`` as last seen (Kubernetes 1.34+; None when
+    the pod has none), written as the condition's ``observedGeneration``.  A new generation
+    alone is no change: the gate's verdict is the load balancer's, which no pod spec change
+    that bumps the generation (image, activeDeadlineSeconds, tolerations, resources) decides;
+    the next write for a new status or reason carries the generation of then.
     """
     if current is not None and current.get("status") == c.TRUE and sticky and desired["status"] != c.TRUE:
         return None
@@ -507,4 +519,6 @@ def next_condition(
         return None
     cond = c.with_transition_times([desired], [current] if current else [], now)[0]
     cond.pop("lastProbeTime", None)
+    if generation is not None:
+        cond["observedGeneration"] = generation
     return cond

@@ -8,7 +8,8 @@ only the kept fields: reading a dropped one from a cached pod is a type error.  
 repeat across thousands of pods (label keys and values, condition types and statuses) are
 interned, so they are stored once.
 
-What a pod keeps: its key (name, namespace), uid, resourceVersion, creation time, labels,
+What a pod keeps: its key (name, namespace), uid, resourceVersion, generation (1.33+: what a
+gate's ``observedGeneration`` reports), creation time, labels,
 deletion time and grace period, podgate's annotations (``podgate.dev/``: the drain token), owner
 references (apiVersion, kind, name, uid, controller), its readiness gates, the containers'
 names and ports and those of its native sidecars (restartable init containers: a Service's
@@ -57,6 +58,8 @@ def slim_pod(raw: Mapping[str, Any]) -> PodView:
         "creationTimestamp": meta.get("creationTimestamp"),
         "labels": _labels(meta.get("labels")),
     }
+    if meta.get("generation") is not None:
+        slim_meta["generation"] = meta["generation"]
     if meta.get("deletionTimestamp"):
         slim_meta["deletionTimestamp"] = meta["deletionTimestamp"]
     if meta.get("deletionGracePeriodSeconds") is not None:

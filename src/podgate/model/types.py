@@ -35,6 +35,8 @@ class Condition(TypedDict):
     message: NotRequired[str | None]
     lastTransitionTime: NotRequired[str | None]
     lastProbeTime: NotRequired[str | None]
+    #: the pod's ``metadata.generation`` the condition was decided at (Kubernetes 1.34+)
+    observedGeneration: NotRequired[int]
 
 
 #: a pod's condition is the generic condition shape (the kubelet's and the readiness gates')
@@ -142,6 +144,8 @@ class PodViewMeta(TypedDict, total=False):
     namespace: ReadOnly[str]
     uid: ReadOnly[str]
     resourceVersion: ReadOnly[str]
+    #: absent before Kubernetes 1.33 (PodObservedGenerationTracking)
+    generation: ReadOnly[int]
     creationTimestamp: ReadOnly[str]
     deletionTimestamp: ReadOnly[str]
     deletionGracePeriodSeconds: ReadOnly[int]

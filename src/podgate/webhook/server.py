@@ -272,6 +272,8 @@ def webhook_configuration(
                         {"key": gates.INJECT_LABEL, "operator": "NotIn", "values": [skip_label_value]}
                     ]
                 },
+                # pods no review could change never reach podgate (gates.MATCH_CONDITIONS)
+                "matchConditions": [dict(c) for c in gates.MATCH_CONDITIONS],
                 # An outage of podgate must never block pod creation: pods then start ungated.
                 "failurePolicy": "Ignore",
                 "sideEffects": "None",
