@@ -23,6 +23,7 @@ from podgate.kube.client import (
     KEEPALIVE_IDLE,
     KEEPALIVE_INTERVAL,
     ApiKube,
+    audit_id_time,
     keepalive_socket,
     retry_after,
     with_keepalive,
@@ -75,8 +76,11 @@ async def test_a_request_the_server_never_answers_fails_after_the_request_timeou
 async def test_retry_after_is_honoured_then_the_answer_is_returned() -> None:
     calls: list[float] = []
 
-    async def busy_then_ok(_: web.Request) -> web.Response:
+    ids: list[str] = []
+
+    async def busy_then_ok(request: web.Request) -> web.Response:
         calls.append(time.monotonic())
+        ids.append(request.headers.get("Audit-ID", ""))
         if len(calls) == 1:
             status = {"kind": "Status", "code": 429, "reason": "TooManyRequests", "message": "slow down"}
             return web.json_response(status, status=429, headers={"Retry-After": "1"})
@@ -89,6 +93,11 @@ async def test_retry_after_is_honoured_then_the_answer_is_returned() -> None:
         assert (await kube.get(PODS, "p", "ns"))["metadata"]["name"] == "p"
         assert len(calls) == 2 and calls[1] - calls[0] >= 0.95
         await api.close()
+    # each send carries its own Audit-ID, stamped when it was sent (the retry a second later)
+    sent = [audit_id_time(i) for i in ids]
+    assert None not in sent and ids[0] != ids[1], ids
+    assert 0.9 <= sent[1] - sent[0] <= 2.0, sent  # type: ignore[operator]
+    assert abs(sent[1] - time.time()) < 5.0  # type: ignore[operator]
 
 
 async def test_a_429_without_retry_after_is_the_callers_error_at_once() -> None:

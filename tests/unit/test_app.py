@@ -5,6 +5,7 @@ handling of each outcome, its event filters, and the order it stops in."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -386,3 +387,26 @@ async def test_with_cert_manager_files_podgate_registers_nothing_and_still_injec
     assert policy.drain_url == "http://10.96.0.12:8081"
     written = {w.resource for w in kube.writes}
     assert not written & {"mutatingwebhookconfigurations", "validatingwebhookconfigurations", "secrets"}
+
+
+async def test_a_load_balancer_that_cannot_be_read_is_retried_within_its_poll_interval() -> None:
+    """After minutes of throttling the Service is not left waiting on the queue's half-minute
+    back-off: a retry of an unreadable load balancer waits at most the provider's poll interval
+    (at least the controller's poll period); other failures, and a permanent refusal, back off
+    as far as the queue's cap."""
+    world = World()
+    world.add(SERVICES, service())
+    await world.sync()
+    ctl, _ = controller(world, poll_period=0.05)
+    key = f"{NS}/web"
+    world.provider.poll_interval = 0.5
+    assert ctl.retry_cap(key, ProviderError("Throttling: Rate exceeded")) == 0.5
+    world.provider.poll_interval = 0.0
+    assert ctl.retry_cap(key, ProviderError("Throttling: Rate exceeded")) == 0.05  # the poll period
+    assert ctl.retry_cap(key, ProviderError("no such target group", permanent=True)) is None
+    assert ctl.retry_cap(key, RuntimeError("a bug")) is None
+    assert ctl.retry_cap(f"{NS}/gone", ProviderError("throttled")) == 0.05
+
+    for _ in range(20):  # an outage's worth of failures
+        ctl.queue.add_rate_limited(key, ctl.retry_cap(key, ProviderError("throttled")))
+    assert max(ctl.queue.delays()) - time.monotonic() <= 0.05 + 0.01

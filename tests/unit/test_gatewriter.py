@@ -11,6 +11,7 @@ import pytest
 from podgate.controller import gatewriter
 from podgate.kube.api import PODS, Conflict, Invalid, KubeError, NotFound, PatchType
 from podgate.kube.fake import Write
+from podgate.kube.leader import Fenced
 from podgate.model.types import Condition, PodView
 from tests.unit.world import NS, World, pod
 
@@ -279,3 +280,60 @@ async def test_no_observed_generation_for_a_pod_without_a_generation() -> None:
     assert "generation" not in p["metadata"]
     assert await world.gates.write(p, cond("False", "InitialHealthChecking"), sticky=True)
     assert "observedGeneration" not in world.kube.writes[-1].body["status"]["conditions"][0]
+
+
+async def test_a_write_not_answered_within_the_leases_budget_is_given_up() -> None:
+    """The fence says how long the lease still covers a write: a write the API server has not
+    answered by then is abandoned (a Fenced error, its Service queued again), so no write of
+    this replica's is still waiting for an answer once another replica could lead."""
+    world = World(fence=lambda: 0.05)
+    world.add(PODS, pod("p1"))
+    await world.sync()
+    p = world.pods.cache[f"{NS}/p1"]
+    answered = []
+
+    async def hung_patch(*args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(5)
+        answered.append(args)
+
+    world.kube.patch = hung_patch  # type: ignore[method-assign]
+    failed: list[BaseException] = []
+    world.gates.submit(p, cond("True", "LoadBalancerHealthy"), sticky=True, on_error=failed.append)
+    async with asyncio.timeout(2):
+        await world.gates.flush()
+    assert answered == []
+    assert [type(e) for e in failed] == [Fenced]
+    assert "given up" in str(failed[0])
+
+
+async def test_a_write_the_fence_refuses_is_not_sent() -> None:
+    def fence() -> float:
+        raise Fenced("the leader lease is not fresh")
+
+    world = World(fence=fence)
+    world.add(PODS, pod("p1"))
+    await world.sync()
+    failed: list[BaseException] = []
+    world.gates.submit(
+        world.pods.cache[f"{NS}/p1"], cond("True", "LoadBalancerHealthy"), sticky=True, on_error=failed.append
+    )
+    await world.gates.flush()
+    assert world.kube.writes == []
+    assert [type(e) for e in failed] == [Fenced]
+
+
+async def test_a_request_timing_out_on_its_own_is_no_lease_matter() -> None:
+    """The request's own timeout (the client's) is an ordinary failure, not the lease's."""
+    world = World(fence=lambda: 60.0)
+    world.add(PODS, pod("p1"))
+    await world.sync()
+
+    async def timed_out(*args: Any, **kw: Any) -> Any:
+        raise TimeoutError
+
+    world.kube.patch = timed_out  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError) as caught:
+        await world.gates.write(
+            world.pods.cache[f"{NS}/p1"], cond("True", "LoadBalancerHealthy"), sticky=True
+        )
+    assert not isinstance(caught.value, Fenced)

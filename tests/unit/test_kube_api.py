@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 
@@ -19,6 +20,7 @@ from podgate.kube.api import (
     NotFound,
     error_for,
 )
+from podgate.kube.client import audit_id, audit_id_time
 
 
 @pytest.mark.parametrize(
@@ -57,3 +59,15 @@ def test_an_error_body_that_is_not_a_status_is_kept_as_the_message() -> None:
     e = error_for(502, "Bad Gateway", b"<html>proxy error</html>")
     assert (e.status, e.message) == (502, "<html>proxy error</html>")
     assert str(error_for(503, "Service Unavailable")) == "503 Service Unavailable: Service Unavailable"
+
+
+def test_an_audit_id_is_a_uuid7_that_says_when_it_was_made() -> None:
+    at = 1_795_000_000.1234
+    made = audit_id(at)
+    u = uuid.UUID(made)
+    assert (u.version, u.variant) == (7, uuid.RFC_4122)
+    assert audit_id_time(made) == pytest.approx(at, abs=0.001)
+    assert audit_id(at) != made  # random after the time
+    assert audit_id(at + 0.002) > made  # ordered by time, as text too
+    assert audit_id_time(str(uuid.uuid4())) is None  # the API server's own IDs
+    assert audit_id_time("not-a-uuid") is None

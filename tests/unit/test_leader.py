@@ -86,19 +86,32 @@ async def test_a_lease_renewed_meanwhile_is_live_again_whatever_its_timestamps_s
 
 
 async def test_writes_are_fenced_once_the_last_renewal_is_older_than_the_renew_deadline() -> None:
+    """A write is sent only while the last renewal is younger than the renew deadline, and may
+    take until that renewal is renew deadline + retry period old (when the leader steps down),
+    which is still less than the lease duration: it ends before anyone else can lead."""
     kube, clock = FakeKube(), Clock()
     me = elector(kube, clock=clock, lease_duration=15.0, renew_deadline=10.0, retry_period=2.0)
     assert await me.try_acquire_or_renew()
     me.is_leader = True  # as run() sets it on winning
-    me.fence()  # fresh: no error
-    clock.now += 11.9  # renew deadline + retry period: still less than the lease of 15 s
+    assert me.fence() == pytest.approx(12.0)  # fresh: the whole budget
+    clock.now += 9.9
     assert me.fresh()
+    assert me.fence() == pytest.approx(2.1)  # the last moment to send: still a retry period to answer
+    assert 9.9 + me.fence() < 15.0
     clock.now += 0.2
     assert not me.fresh()
     with pytest.raises(Fenced):
         me.fence()
     assert await me.try_acquire_or_renew()
-    me.fence()
+    assert me.fence() == pytest.approx(12.0)
+
+
+async def test_a_follower_is_fenced_whatever_its_last_renewal() -> None:
+    kube, clock = FakeKube(), Clock()
+    me = elector(kube, clock=clock)
+    assert await me.try_acquire_or_renew()  # renewed, but run() has not made it leader (or it stepped down)
+    with pytest.raises(Fenced):
+        me.fence()
 
 
 async def test_losing_the_race_is_a_lost_round() -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from podgate.kube.queue import WorkQueue
+from podgate.kube.queue import WorkQueue, retry_delay
 from podgate.model.ratelimit import TokenBucket
 
 
@@ -94,3 +95,33 @@ async def test_adds_and_retries_are_prometheus_counters() -> None:
     assert 'workqueue_adds_total{name="unit-counters"} 3.0' in lines
     assert 'workqueue_retries_total{name="unit-counters"} 2.0' in lines
     assert len(q) == 2 and q.failures("c") == 2
+
+
+@pytest.mark.parametrize(
+    ("failures", "cap", "want"),
+    [
+        (0, None, 0.05),
+        (3, None, 0.4),
+        (9, None, 25.6),
+        (10, None, 30.0),  # the queue's own cap
+        (2000, None, 30.0),  # no overflow however long the outage
+        (0, 1.0, 0.05),  # a cap above the back-off changes nothing
+        (5, 1.0, 1.0),
+        (10, 0.5, 0.5),  # after minutes of failures: the cap, not 30 s
+    ],
+)
+def test_retry_delay_doubles_up_to_the_queues_cap_or_the_callers(
+    failures: int, cap: float | None, want: float
+) -> None:
+    assert retry_delay(failures, 0.05, 30.0, cap) == pytest.approx(want)
+
+
+async def test_a_capped_retry_is_due_within_the_cap_after_many_failures() -> None:
+    capped, uncapped = (WorkQueue(base_delay=0.05, max_delay=30.0, rate=1000, burst=1000) for _ in range(2))
+    now = time.monotonic()
+    for _ in range(12):
+        capped.add_rate_limited("a", cap=0.1)
+        uncapped.add_rate_limited("a")
+    assert capped.failures("a") == 12  # counted all the same: ``forget`` starts it over
+    assert max(capped.delays()) - now <= 0.1 + 0.05
+    assert max(uncapped.delays()) - now >= 29.9

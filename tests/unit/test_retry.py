@@ -133,3 +133,14 @@ async def test_unmetered_at_once_retries_without_a_bucket_or_a_sleep() -> None:
     with pytest.raises(Busy):
         await retry.call(attempt, is_busy)
     assert len(calls) == 2
+
+
+async def test_no_back_off_of_our_own_is_longer_than_max_delay_but_retry_after_is_honoured() -> None:
+    """A provider caps its back-off at its poll interval: a call throttled for minutes is tried
+    again within that interval of the API answering, whatever the jitter."""
+    clock = Clock()
+    retry = make(clock, jitter=1.0, base_delay=0.2, max_delay=1.0)
+    _, attempt = failing(6, Busy())
+    assert await retry.call(attempt, is_busy) == "answer"
+    assert clock.slept == pytest.approx([0.2, 0.4, 0.8, 1.0, 1.0, 1.0])
+    assert make(Clock(), base_delay=0.2, max_delay=1.0).backoff(9, retry_after=3.0) == pytest.approx(3.0)

@@ -95,7 +95,7 @@ class World:
         default: str | None = "fake",
         lb_cidr: str | None = None,
         adopted_prefixes: tuple[str, ...] = (),
-        fence: Callable[[], None] = lambda: None,
+        fence: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.kube = FakeKube()
         self.kube.add(NAMESPACES, {"metadata": {"name": NS}})

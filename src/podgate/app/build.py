@@ -329,8 +329,10 @@ def _reconciling(
     return gate_writer, queue, reconciler, controller
 
 
-def _unfenced() -> None:
-    """The only replica (no leader election) always writes."""
+def _unfenced() -> float | None:
+    """The only replica (no leader election) always writes, bounded only by the request's own
+    timeout."""
+    return None
 
 
 def _webhook(

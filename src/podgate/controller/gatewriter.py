@@ -28,6 +28,7 @@ from podgate.controller import metrics
 from podgate.kube.api import PODS, Conflict, Invalid, Kube, NotFound, PatchType
 from podgate.kube.events import EventRecorder, now_rfc3339
 from podgate.kube.informer import EventType, Informer
+from podgate.kube.leader import Fenced
 from podgate.model import conditions as cond
 from podgate.model import lb
 from podgate.model.policy import CLOSED, OPEN, TIMED_OUT
@@ -79,10 +80,12 @@ class GateWriter:
         kube: Kube,
         pods: Informer[PodView],
         recorder: EventRecorder,
-        fence: Callable[[], None] = lambda: None,
+        fence: Callable[[], float | None] = lambda: None,
     ) -> None:
-        """``fence()`` raises when this replica may not write (its leader lease is not fresh);
-        it is asked before every write."""
+        """``fence()`` raises when this replica may not write (its leader lease is not fresh),
+        else says how many seconds the write may take (None: no bound but the request's own);
+        it is asked before every write, and a write not answered in time is given up, so none
+        outlasts the lease it was sent under."""
         self.kube = kube
         self.fence = fence
         self.pods, self.recorder = pods, recorder
@@ -270,18 +273,27 @@ class GateWriter:
         if write is None:
             return False
         patch: Pod = {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [write]}}
-        self.fence()
+        budget = self.fence()
+        bound = asyncio.timeout(budget)
         try:
-            updated = await self.kube.patch(
-                PODS,
-                meta["name"],
-                patch,
-                meta["namespace"],
-                patch_type=PatchType.STRATEGIC,
-                subresource="status",
-            )
+            async with bound:
+                updated = await self.kube.patch(
+                    PODS,
+                    meta["name"],
+                    patch,
+                    meta["namespace"],
+                    patch_type=PatchType.STRATEGIC,
+                    subresource="status",
+                )
         except (NotFound, Conflict, Invalid):  # pod gone or replaced: the next event brings the truth
             return False
+        except TimeoutError as e:
+            if bound.expired():
+                raise Fenced(
+                    f"{desired['type']} of {meta['namespace']}/{meta['name']}: no answer within the "
+                    f"{budget:.1f}s the leader lease had left: given up"
+                ) from e
+            raise
         self.pods.update_if_newer(updated)
         metrics.GATE_TRANSITIONS.labels(write["status"], write.get("reason") or "").inc()
         if write.get("reason") == TIMED_OUT and (current is None or current.get("reason") != TIMED_OUT):

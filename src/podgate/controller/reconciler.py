@@ -83,7 +83,7 @@ class ServiceReconciler:
         adopted_prefixes: Sequence[str] = (),
         reads: PoolReads | None = None,
         on_write_failed: Callable[[str], None] = lambda key: None,
-        fence: Callable[[], None] = lambda: None,
+        fence: Callable[[], object] = lambda: None,
     ) -> None:
         """``reads``: the controller's shared pool reads (see :mod:`podgate.providers.reads`): a
         reconcile run by a pod's event within a poll interval of the last read reuses it, so a

@@ -172,7 +172,7 @@ class ServiceController:
                 expected = isinstance(e, ProviderError | Fenced)
                 level = logging.WARNING if expected else logging.ERROR
                 log.log(level, "reconcile %s failed: %s", key, e, exc_info=not expected)
-                self.queue.add_rate_limited(key)
+                self.queue.add_rate_limited(key, self.retry_cap(key, e))
             finally:
                 self.on_reconciled(key, result, time.monotonic() - t0, waited)
                 if self.services.get(key) is None:
@@ -188,6 +188,21 @@ class ServiceController:
             return "requeue_after"
         self.polling.discard(key)
         return "success"
+
+    def retry_cap(self, key: str, error: Exception) -> float | None:
+        """The longest a failed pass waits to be retried, below the queue's own cap: a load
+        balancer that could not be read (not a permanent refusal) is read again as often as a
+        pending Service's pool is (its provider's poll interval, at least ``poll_period_now``),
+        so the Service recovers within that interval of the load balancer answering again
+        however long the outage was.  Attempts stay bounded by the provider's own rate limit
+        (every call takes a token of its account's bucket)."""
+        if not isinstance(error, ProviderError) or error.permanent:
+            return None
+        svc = self.services.get(key)
+        name = self.resolutions.of(svc).provider if svc is not None else None
+        provider = self.providers.get(name) if name is not None else None
+        interval = provider.pool.poll_interval if provider is not None else 0.0
+        return max(self.poll_period_now(), interval)
 
     def poll_period_now(self) -> float:
         """How soon a Service with pending gates is read again: ``poll_period`` while at most

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -34,7 +37,17 @@ from podgate.kube.api import (
     error_for,
 )
 
-__all__ = ["ApiException", "ApiKube", "api_client", "call", "keepalive_socket", "status_of", "with_keepalive"]
+__all__ = [
+    "ApiException",
+    "ApiKube",
+    "api_client",
+    "audit_id",
+    "audit_id_time",
+    "call",
+    "keepalive_socket",
+    "status_of",
+    "with_keepalive",
+]
 
 STRATEGIC_MERGE = PatchType.STRATEGIC.value
 MERGE_PATCH = PatchType.MERGE.value
@@ -75,6 +88,32 @@ def with_keepalive(
         raise RuntimeError("aiohttp's TCPConnector has no socket factory: TCP keepalive cannot be set")
     connector._socket_factory = factory  # no public setter
     return api
+
+
+def audit_id(at: float | None = None) -> str:
+    """A UUIDv7 (RFC 9562) for the ``Audit-ID`` header of one request, its first 48 bits the
+    Unix time in milliseconds when podgate sent it (``at``, default now).
+
+    The API server records a client's ``Audit-ID`` as the audit event's ``auditID`` unchanged
+    (and makes a random UUID of its own for a request without one), so its audit log says when
+    podgate *sent* each request beside when the server *received* it.  The two differ when the
+    server stalled with the request in its socket: a write podgate sent while its leader lease
+    was fresh is told from a stale leader's write by this time, not by the receipt's.  An
+    operator can also find podgate's request in the audit log by the ID."""
+    ms = int((time.time() if at is None else at) * 1000) & (1 << 48) - 1
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ms << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & (1 << 62) - 1
+    return str(uuid.UUID(int=value))
+
+
+def audit_id_time(value: str) -> float | None:
+    """When a request with this ``Audit-ID`` was sent (Unix seconds, to the millisecond), or
+    None when it is not a UUIDv7 (the API server's own IDs are random UUIDs, version 4)."""
+    try:
+        u = uuid.UUID(value)
+    except ValueError:
+        return None
+    return (u.int >> 80) / 1000 if u.version == 7 else None
 
 
 async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -120,12 +159,17 @@ class ApiKube:
         content_type: str = "application/json",
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> Any:
-        """The raw aiohttp response, its status not checked yet (the caller releases it)."""
+        """The raw aiohttp response, its status not checked yet (the caller releases it).  Each
+        request (each retry too) carries a fresh :func:`audit_id` stamped now."""
         return await self.api.call_api(
             path,
             method,
             query_params=[(k, v) for k, v in query.items() if v is not None],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
+            header_params={
+                "Accept": "application/json",
+                "Content-Type": content_type,
+                "Audit-ID": audit_id(),
+            },
             body=body,
             auth_settings=["BearerToken"],
             _preload_content=False,

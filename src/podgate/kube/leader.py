@@ -5,9 +5,17 @@ seen the Lease's record unchanged for ``leaseDurationSeconds`` of its own clock 
 observed-time rule: the holder's ``renewTime`` is another machine's wall clock, never compared
 with ours).  Updates carry the Lease's resourceVersion, so two candidates can never both win the
 same round.  A leader that cannot renew within ``renew_deadline`` of a renewal's start steps
-down, and before every write it checks that its last renewal is younger than that plus a retry
-period, still less than a lease duration (:meth:`LeaderElector.fence`): a deposed leader, or
-one whose renewals hang, never keeps writing.
+down.
+
+Fencing (:meth:`LeaderElector.fence`), before every write: a write is sent only while the last
+renewal is younger than ``renew_deadline``, and it must end (answer or give up) before that
+renewal is ``renew_deadline + retry_period`` old, when this leader would step down anyway: less
+than a lease duration by the margin client-go's own step-down relies on, so no other replica can
+have taken the lease over (it waits a whole lease duration after it last saw the record
+change).  A deposed leader, or one whose renewals or writes hang, never keeps writing.  What no
+client can prevent: an API server that stalls with a request already in its socket (a frozen
+process, a stalled network) may still act on it after the client gave up; the request's
+``Audit-ID`` says when it was sent (:func:`podgate.kube.client.audit_id`).
 """
 
 from __future__ import annotations
@@ -99,17 +107,23 @@ class LeaderElector:
             return False
 
     def fresh(self) -> bool:
-        """Whether this replica holds the lease by a renewal younger than ``renew_deadline`` plus
-        ``retry_period`` (the longest a renewing leader goes between successes): no other
-        replica can have taken it over since, as it waits a whole lease duration after it last
-        saw the Lease change, and the two are less than that."""
-        return self.is_leader and self.clock() - self._renewed_at < self.renew_deadline + self.retry_period
+        """Whether this replica holds the lease by a renewal younger than ``renew_deadline``: a
+        write may be sent."""
+        return self.is_leader and self.clock() - self._renewed_at < self.renew_deadline
 
-    def fence(self) -> None:
-        """Raise :class:`Fenced` unless the lease is :meth:`fresh`: called before every write
-        to a load balancer or a gate."""
+    def write_budget(self) -> float:
+        """Seconds a write sent now may take: until the last renewal is ``renew_deadline +
+        retry_period`` old (when this leader steps down unless it renewed; still less than a
+        lease duration, so no other replica can lead before it)."""
+        return self._renewed_at + self.renew_deadline + self.retry_period - self.clock()
+
+    def fence(self) -> float:
+        """Raise :class:`Fenced` unless the lease is :meth:`fresh`; else the seconds the write
+        may take (:meth:`write_budget`), which the writer bounds it by.  Called before every
+        write to a load balancer or a gate."""
         if not self.fresh():
             raise Fenced(f"the leader lease {self.namespace}/{self.name} is not fresh: not writing")
+        return self.write_budget()
 
     async def try_acquire_or_renew(self) -> bool:
         """One round of the election: take the Lease if it is free or expired, renew it if it

@@ -4,7 +4,8 @@
 - a key being processed is never handed to a second worker; if it is added meanwhile it is
   processed once more after ``done``;
 - ``add_rate_limited``: per-key exponential back-off with a cap (failures), combined with a
-  global token bucket (so a burst of failing keys cannot hammer the API or a load balancer);
+  global token bucket (so a burst of failing keys cannot hammer the API or a load balancer); a
+  caller may cap one retry lower (:func:`retry_delay`);
 - ``add_after``: delayed adds (periodic re-checks) that bypass the rate limiter.
 
 Adds and retries are reported to a metrics provider, as client-go's queue reports to the one
@@ -50,6 +51,16 @@ class _NoMetrics:
 
 
 NO_METRICS: QueueMetrics = _NoMetrics()
+
+
+def retry_delay(failures: int, base: float, most: float, cap: float | None = None) -> float:
+    """The back-off before retrying a key that failed ``failures`` times before: ``base`` doubled
+    per earlier failure, at most ``most``, and at most ``cap`` when the caller gives one (a key
+    whose failure is a load balancer that cannot be read is asked again at its poll interval:
+    an outage of minutes must not leave it waiting half a minute after the load balancer
+    answers again)."""
+    delay = min(base * 2.0 ** min(failures, 64), most)
+    return delay if cap is None else min(delay, cap)
 
 
 class WorkQueue:
@@ -114,12 +125,13 @@ class WorkQueue:
         heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
         self._arm()
 
-    def add_rate_limited(self, key: str) -> None:
-        """Re-add after a failure: per-key exponential back-off, and the global rate limit."""
+    def add_rate_limited(self, key: str, cap: float | None = None) -> None:
+        """Re-add after a failure: per-key exponential back-off (:func:`retry_delay`, at most
+        ``cap`` if given), and the global rate limit."""
         n = self._failures.get(key, 0)
         self._failures[key] = n + 1
         self._metrics.retried(self.name)
-        delay = max(min(self._base * 2**n, self._max), self._bucket.reserve())
+        delay = max(retry_delay(n, self._base, self._max, cap), self._bucket.reserve())
         self.add_after(key, delay)
 
     def forget(self, key: str) -> None:

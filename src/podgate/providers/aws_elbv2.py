@@ -142,7 +142,8 @@ class AwsElbv2Provider:
             if buckets is not None
             else TokenBucket(rate, burst)
         )
-        self.retry = Retry(bucket, max_retries=max_retries, base_delay=base_delay)
+        # a throttled call is tried again within a poll interval (the bucket keeps the rate)
+        self.retry = Retry(bucket, max_retries=max_retries, base_delay=base_delay, max_delay=poll_interval)
         self._client: Any = None
         self.ownership = Ownership(cluster)
         self.records = records

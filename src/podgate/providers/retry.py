@@ -22,6 +22,7 @@ is not metered, and a change is never repeated because it may have been made.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ class Retry:
         max_retries: int = 6,
         base_delay: float = 0.2,
         max_retry_after: float = 30.0,
+        max_delay: float = math.inf,
         deadline: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -47,8 +49,12 @@ class Retry:
     ) -> None:
         """``bucket``: the account's rate every attempt draws on (None: not metered).
         ``deadline``: seconds one call may take with its back-offs; a back-off that would end
-        after it is not slept, the last error is raised instead."""
+        after it is not slept, the last error is raised instead.  ``max_delay``: the longest
+        back-off of our own (a provider gives its poll interval: a call that was throttled for
+        minutes is tried again within that interval of the API answering again; the bucket, not
+        the back-off, keeps the account's rate)."""
         self.bucket = bucket
+        self.max_delay = max_delay
         self.max_retries, self.base_delay = max_retries, base_delay
         self.max_retry_after, self.deadline = max_retry_after, deadline
         self._sleep, self._clock, self._jitter = sleep, clock, jitter
@@ -57,8 +63,9 @@ class Retry:
 
     def backoff(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the ``attempt``-th failed try (0-based): half the exponential
-        delay plus up to the other half at random, or the server's retry-after if longer."""
-        delay = self.base_delay * 2.0**attempt
+        delay (at most ``max_delay``) plus up to the other half at random, or the server's
+        retry-after if longer."""
+        delay = min(self.base_delay * 2.0**attempt, self.max_delay)
         delay = delay / 2 + self._jitter() * delay / 2
         if retry_after is not None and retry_after > 0:
             delay = max(delay, min(retry_after, self.max_retry_after))

@@ -10,6 +10,7 @@ and throttling errors in ELB's own XML error format.
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
@@ -30,6 +31,8 @@ class Script:
     throttle_next: int = 0
     throttled: int = 0
     polls: int = 0
+    #: when (monotonic) each request not throttled came in: how soon a client asked again
+    answered: list[float] = field(default_factory=list)
 
 
 class ElbDouble:
@@ -61,6 +64,7 @@ class ElbDouble:
                 "<Message>Rate exceeded</Message></Error><RequestId>double</RequestId></ErrorResponse>"
             )
             return web.Response(status=400, text=xml, content_type="text/xml")
+        self.script.answered.append(time.monotonic())
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
         async with (
             aiohttp.ClientSession() as s,

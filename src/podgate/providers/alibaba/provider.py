@@ -111,7 +111,8 @@ class AlibabaProvider:
             if buckets is not None
             else TokenBucket(rate, burst)
         )
-        self.retry = Retry(bucket, max_retries=max_retries, base_delay=base_delay)
+        # a throttled call is tried again within a poll interval (the bucket keeps the rate)
+        self.retry = Retry(bucket, max_retries=max_retries, base_delay=base_delay, max_delay=poll_interval)
         self.transport = Transport(
             region,
             {"clb": clb_endpoint, "nlb": nlb_endpoint, "ecs": ecs_endpoint},
