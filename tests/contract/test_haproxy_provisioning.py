@@ -6,6 +6,7 @@ podgate's reload and anyone else's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -135,3 +136,67 @@ async def test_the_in_memory_haproxy_reloads_as_the_real_one(
     assert await story(fake, set_up, master.reload, settle=0.0) == truth
     drained = ("drain", Health.DRAINING.value)
     assert [s[str(LEAVING)] for s in truth[1:]] == [drained] * 3  # the drain survived both reloads
+
+
+async def test_a_drain_waits_for_the_old_worker_a_reload_left_with_a_keep_alive_connection(
+    haproxy: Path,
+) -> None:
+    """HAProxy 2.6 after a reload: the old worker keeps serving the last request of each idle
+    keep-alive connection with its servers as they were (no checks, no changes: a drain made
+    through the runtime API reaches only the new worker).  The drained target is therefore not
+    drained while that worker lives, and is once its last connection closes and it exits."""
+
+    async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while await reader.readuntil(b"\r\n\r\n"):  # keep-alive: one answer per request
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+
+    async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(b"GET / HTTP/1.1\r\nHost: shop\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(2)
+        return head
+
+    servers = [await asyncio.start_server(http, t.ip, t.port) for t in (STAYING, LEAVING)]
+    provider = HAProxyProvider(
+        [str(haproxy / "runtime.sock")],
+        master_address=str(haproxy / "master.sock"),
+        config_path=haproxy / "haproxy.cfg",
+        base_config=BASE.format(dir=haproxy),
+    )
+    p, pool = provider.provisioning, provider.pool
+    try:
+        await p.sync_all({"shop/web": ServiceLB(ADDRESS, [WEB])})
+        await pool.register(WEB, [STAYING, LEAVING])
+        for _ in range(100):
+            if {h for _, h in (await states(pool)).values()} == {Health.HEALTHY.value}:
+                break
+            await asyncio.sleep(0.05)
+        client = await asyncio.open_connection(ADDRESS, WEB.port)
+        assert (await request(*client)).startswith(b"HTTP/1.1 200")
+        before = await p.generation()
+        await Master(str(haproxy / "master.sock")).reload()
+        while await p.generation() == before:
+            await asyncio.sleep(0.05)
+        (old,) = await Master(str(haproxy / "master.sock")).old_workers()
+        await pool.drain(WEB, [LEAVING])
+
+        state = (await pool.targets(WEB))[LEAVING]
+        assert state.admin == "drain" and not state.drained, state
+        assert f"in rotation in HAProxy worker {old}" in state.held, state
+        assert (await pool.targets(WEB))[STAYING].admin == "ready"
+
+        # the old worker answers the connection's last request, then closes it and exits
+        head = await request(*client)
+        assert head.startswith(b"HTTP/1.1 200") and b"connection: close" in head.lower(), head
+        client[1].close()
+        for _ in range(100):
+            if (state := (await pool.targets(WEB))[LEAVING]).drained:
+                break
+            await asyncio.sleep(0.05)
+        assert state.drained and state.held == "", state
+        assert await Master(str(haproxy / "master.sock")).old_workers() == []
+    finally:
+        for s in servers:
+            s.close()

@@ -5,21 +5,118 @@ pair policy and attach mode's slots on the in-memory HAProxy (``haproxy_fake``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from podgate.model.lb import HAPROXY_BACKEND, GroupRef, Health, HealthCheck, PoolSpec, Target, TargetHealth
-from podgate.providers.base import ProviderError, TargetState
+from podgate.providers.base import ProviderError, ServiceLB, TargetState
 from podgate.providers.haproxy import HAProxyProvider
-from podgate.providers.haproxy_fake import FakeRuntime, FakeServer
-from podgate.providers.haproxy_runtime import Unreachable
+from podgate.providers.haproxy_fake import FakeMaster, FakeRuntime, FakeServer
+from podgate.providers.haproxy_runtime import Unreachable, parse_old_workers
 from podgate.providers.haproxy_targets import HAPair, HAProxyTargets, combine
 from tests.unit.haproxy_cli import SERVERS_STATE_HEADER, STAT_HEADER, cli, one_server
 
 BACKEND = "podgate.shop.web.80"
 POOL = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck(None, 1.0, 3, 3))
 TARGET = Target("10.0.0.1", 8080)
+
+
+#: the master CLI's ``show proc`` on 2.6 after one reload (its worker left with connections)
+SHOW_PROC = """\
+#<PID>          <type>          <reloads>       <uptime>        <version>
+12216           master          1 [failed: 0]   0d00h00m02s     2.6.12-1+deb12u4
+# workers
+12312           worker          0               0d00h00m01s     2.6.12-1+deb12u4
+# old workers
+12218           worker          1               0d00h00m02s     2.6.12-1+deb12u4
+# programs
+
+"""
+
+
+def test_the_old_workers_are_read_from_show_proc() -> None:
+    assert parse_old_workers(SHOW_PROC) == [12218]
+    assert parse_old_workers(SHOW_PROC.replace("# old workers\n12218", "# old workers\n")) == []
+
+
+async def drained_after_a_reload(tmp_path: Path) -> tuple[HAProxyProvider, FakeMaster]:
+    """A provisioned target UP when HAProxy reloads, drained by podgate after the reload."""
+    rt = FakeRuntime()
+    config = tmp_path / "haproxy.cfg"
+    master = FakeMaster(config, [rt])
+    provider = HAProxyProvider([rt], master=master, config_path=config, validate=False)
+    await provider.provisioning.sync_all({"shop/web": ServiceLB("127.200.0.1", [POOL])})
+    await provider.pool.register(POOL, [TARGET])
+    rt.set_health(BACKEND, "podgate-10.0.0.1-8080", "UP")
+    assert provider.files is not None
+    await provider.files.persist(BACKEND, relist=True)
+    master.old.clear()  # the worker before the structure's reload has exited
+    await master.reload()
+    rt.set_health(BACKEND, "podgate-10.0.0.1-8080", "UP")
+    await provider.pool.drain(POOL, [TARGET])
+    return provider, master
+
+
+async def test_a_drain_waits_for_an_old_worker_that_still_routes_to_the_target(tmp_path: Path) -> None:
+    """The worker a reload left serving its idle connections' last requests keeps the target
+    UP (it runs no checks and takes no changes): the target is not drained until that worker
+    has exited, and the drain says why."""
+    provider, master = await drained_after_a_reload(tmp_path)
+    (old,) = master.old
+    state = (await provider.pool.targets(POOL))[TARGET]
+    assert state.admin == "drain" and not state.drained
+    assert f"HAProxy worker {old}" in state.held and "in rotation" in state.held
+    master.old.clear()  # its last connection closed: the worker exited
+    state = (await provider.pool.targets(POOL))[TARGET]
+    assert state.drained and state.held == ""
+
+
+async def test_an_old_worker_that_had_the_target_drained_already_holds_nothing(tmp_path: Path) -> None:
+    provider, master = await drained_after_a_reload(tmp_path)
+    assert provider.files is not None
+    await provider.files.persist(BACKEND, relist=True)  # the drain is saved
+    master.old.clear()  # the first old worker exited
+    await master.reload()  # this old worker has it in DRAIN, with no session
+    assert [row.status for rows in master.old.values() for row in rows] == ["DRAIN"]
+    assert (await provider.pool.targets(POOL))[TARGET].drained
+    # ... unless it still has a request in flight to it
+    (rows,) = master.old.values()
+    rows[0] = dataclasses.replace(rows[0], sessions=2)
+    state = (await provider.pool.targets(POOL))[TARGET]
+    assert not state.drained and "2 session(s) in HAProxy worker" in state.held
+
+
+async def test_old_workers_that_cannot_be_read_leave_the_target_not_drained(tmp_path: Path) -> None:
+    """Unknown is not drained: stopping the pod might drop an old worker's requests; the drain
+    budget bounds the wait."""
+    provider, master = await drained_after_a_reload(tmp_path)
+
+    async def refused() -> list[int]:
+        raise Unreachable("HAProxy at master.sock unreachable: connection refused")
+
+    master.old_workers = refused  # type: ignore[method-assign]
+    state = (await provider.pool.targets(POOL))[TARGET]
+    assert not state.drained and state.held.startswith("old HAProxy workers unknown: HAProxy at master.sock")
+
+
+async def test_a_pool_with_nothing_drained_costs_no_master_call(tmp_path: Path) -> None:
+    rt = FakeRuntime()
+    config = tmp_path / "haproxy.cfg"
+    master = FakeMaster(config, [rt])
+    provider = HAProxyProvider([rt], master=master, config_path=config, validate=False)
+    await provider.provisioning.sync_all({"shop/web": ServiceLB("127.200.0.1", [POOL])})
+    await provider.pool.register(POOL, [TARGET])
+    calls: list[str] = []
+
+    async def counted() -> list[int]:
+        calls.append("show proc")
+        return []
+
+    master.old_workers = counted  # type: ignore[method-assign]
+    assert not (await provider.pool.targets(POOL))[TARGET].drained
+    assert calls == []
 
 
 def test_an_haproxy_pair_is_drained_only_when_both_are() -> None:
@@ -45,16 +142,18 @@ async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_o
             state["status"] = "DRAIN"
         return ""
 
-    sock = tmp_path / "runtime.sock"
+    sock, master_sock = tmp_path / "runtime.sock", tmp_path / "master.sock"
     server = await asyncio.start_unix_server(cli(answer, commands), str(sock))
+    master = await asyncio.start_unix_server(cli(lambda line: SHOW_PROC, []), str(master_sock))
     config = tmp_path / "haproxy.cfg"
     config.write_text("# the leader's configuration\n")
-    pool = HAProxyProvider([str(sock)], master_address=str(tmp_path / "master.sock"), config_path=config).pool
+    pool = HAProxyProvider([str(sock)], master_address=str(master_sock), config_path=config).pool
     try:
         await pool.drain(POOL, [TARGET])
         states = await pool.targets(POOL)
     finally:
         server.close()
+        master.close()
     assert states[TARGET].admin == "drain" and states[TARGET].drained
     assert config.read_text() == "# the leader's configuration\n"
     assert not (tmp_path / "server-state").exists()

@@ -52,6 +52,9 @@ class TargetState:
     #: pool: podgate removes Alibaba's weight-0 backends after the drain delay) or set it by time
     #: (ELB: ``draining`` for its propagation allowance, when no new request reaches the target)
     drained: bool = False
+    #: why a target out of rotation here is not drained all the same (HAProxy: an old worker a
+    #: reload left serving its last requests still has it in rotation), for the drain's message
+    held: str = ""
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ class HAProxyProvider:
             name=name,
             files=self.files,
             on_read=SaveOnRead(self.files) if self.files is not None else None,
+            master=master if self.files is not None else None,
         )
         self.provisioning = HAProxyProvisioning(
             self.pair, master if self.files is not None else None, self.files, validate=validate

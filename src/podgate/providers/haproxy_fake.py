@@ -235,15 +235,27 @@ class FakeMaster:
     config_path: Path
     runtimes: Sequence[FakeRuntime]
     reloads: int = 0
+    #: the workers reloads left finishing their connections: pid → the first runtime's servers
+    #: as that worker last held them (frozen: an old worker runs no checks and takes no changes)
+    old: dict[int, list[ServerStat]] = field(default_factory=dict)
 
     async def reload(self) -> None:
         self.reloads += 1
+        if self.runtimes:
+            first = self.runtimes[0]
+            self.old[first.pid] = [row for backend in first.table for row in first._stats(backend)]
         config = self.config_path.read_text()
         base = next(
             (ln.split()[1] for ln in config.splitlines() if ln.split()[:1] == ["server-state-base"]), None
         )
         for rt in self.runtimes:
             rt.restart(config, Path(base) if base else None)
+
+    async def old_workers(self) -> list[int]:
+        return list(self.old)
+
+    async def worker_servers(self, pid: int, backend: str) -> list[ServerStat]:
+        return [row for row in self.old.get(pid, []) if row.backend == backend]
 
 
 if TYPE_CHECKING:  # the fakes stand where the protocols are asked for

@@ -289,6 +289,13 @@ class MasterAPI(Protocol):
     async def reload(self) -> None:
         """Start a new worker from the configuration file (the old one finishes its connections)."""
 
+    async def old_workers(self) -> list[int]:
+        """The PIDs of the workers earlier reloads left finishing their connections."""
+
+    async def worker_servers(self, pid: int, backend: str) -> list[ServerStat]:
+        """``backend``'s servers as the worker ``pid`` holds them; none when that worker has
+        exited or has no such backend."""
+
 
 class Runtime:
     """One HAProxy process's runtime API on its socket (:class:`RuntimeAPI`)."""
@@ -498,3 +505,26 @@ class Master:
 
     async def reload(self) -> None:
         await self.command("reload")
+
+    async def old_workers(self) -> list[int]:
+        return parse_old_workers(await self.command("show proc"))
+
+    async def worker_servers(self, pid: int, backend: str) -> list[ServerStat]:
+        """By the backend's name (``@!PID`` addresses one worker through the master): an old
+        worker answers reads, though it refuses every change ("Proxy is disabled")."""
+        answer = await self.command(f"@!{pid} show stat {check_name(backend)} 4 -1")
+        if not answer.startswith("#"):  # exited meanwhile ("Can't find the target PID"), or
+            return []  # "No such proxy." (a backend added after it stopped taking traffic)
+        return [row for row in parse_stat(answer) if row.backend == backend]
+
+
+def parse_old_workers(show_proc: str) -> list[int]:
+    """The PIDs under ``# old workers`` in the master's ``show proc``."""
+    pids: list[int] = []
+    section = ""
+    for line in show_proc.splitlines():
+        if line.startswith("#"):
+            section = line.strip("# ").strip()
+        elif section == "old workers" and line.split() and line.split()[0].isdigit():
+            pids.append(int(line.split()[0]))
+    return pids

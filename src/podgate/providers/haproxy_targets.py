@@ -9,14 +9,15 @@ provisioning mode each change is also kept for the next reload (``haproxy_state`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from podgate.model.lb import Health, PoolSpec, Target, TargetHealth
 from podgate.providers import haproxy_config as cfg
-from podgate.providers.base import AdminState, TargetState
-from podgate.providers.haproxy_runtime import ADMIN_DRAIN, RuntimeAPI, ServerStat, Unreachable
+from podgate.providers.base import AdminState, ProviderError, TargetState
+from podgate.providers.haproxy_runtime import ADMIN_DRAIN, MasterAPI, RuntimeAPI, ServerStat, Unreachable
 from podgate.providers.haproxy_state import SaveOnRead, StateFiles, view_of
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,18 @@ class HAPair:
         return self.reachable(results, require_all)
 
 
+def routes(row: ServerStat) -> bool:
+    """Whether a worker sends new requests to the server: in rotation (UP, going down, NOLB,
+    unchecked), not drained, in maintenance or down."""
+    return not row.status.startswith(("DRAIN", "MAINT", "DOWN"))
+
+
 class HAProxyTargets:
     """The :class:`~podgate.providers.base.TargetPool` of an HAProxy (or a pair).  ``files``
     (provisioning mode) keeps each change for the next reload, and ``on_read`` decides which
-    reads save their backend's state; attach mode has neither."""
+    reads save their backend's state; attach mode has neither.  ``master`` (provisioning mode):
+    the master CLI, through which a drain also waits for the old workers (see
+    :meth:`_held_by_old_workers`)."""
 
     def __init__(
         self,
@@ -124,11 +133,13 @@ class HAProxyTargets:
         name: str = "haproxy",
         files: StateFiles | None = None,
         on_read: SaveOnRead | None = None,
+        master: MasterAPI | None = None,
     ) -> None:
         self.name = name
         self.poll_interval = 0.0  # the runtime socket is local and cheap: the controller's period
         self.pair = pair
         self.files, self.on_read = files, on_read
+        self.master = master
 
     def _kept(self, pool: PoolSpec) -> StateFiles | None:
         """The files that keep ``pool`` for the next reload, if this process writes them."""
@@ -164,7 +175,43 @@ class HAProxyTargets:
                 )
                 states = [*states, missing]
             out[target] = combine(states)
+        if self.master is not None:  # every replica's drains, not only the leader's
+            await self._held_by_old_workers(be, out)
         return out
+
+    async def _held_by_old_workers(self, be: str, out: dict[Target, TargetState]) -> None:
+        """Drained targets that an old worker still routes to are not drained.
+
+        A reload leaves the old worker serving one last request on each idle keep-alive
+        connection (``option idle-close-on-response``), with its servers as they were at the
+        reload: it runs no more checks and refuses every change ("Proxy is disabled", seen on
+        2.6).  A target podgate drained after the reload is UP there, and a pod stopped on the
+        strength of the new worker's drain gets that last request: a 503.  So a drain also
+        waits, within its budget, until no old worker has the target in rotation or a session
+        on it; old workers exit once their connections close.  Asked only while some target
+        reads drained, so reads of pools with nothing leaving cost no master call."""
+        assert self.master is not None
+        drained = {t for t, st in out.items() if st.drained}
+        if not drained:
+            return
+        held: dict[Target, str] = {}
+        try:
+            for pid in await self.master.old_workers():
+                for row in await self.master.worker_servers(pid, be):
+                    target = cfg.target_of_server(row.name, row.address)
+                    if target in drained and target not in held and (routes(row) or row.sessions):
+                        held[target] = (
+                            f"in rotation in HAProxy worker {pid}, which a reload left serving its "
+                            "connections' last requests"
+                            if routes(row)
+                            else f"{row.sessions} session(s) in HAProxy worker {pid}, left by a reload"
+                        )
+        except ProviderError as e:
+            # unknown is not drained: a pod stopped while an old worker may route to it drops
+            # requests; the drain budget bounds the wait
+            held = dict.fromkeys(drained, f"old HAProxy workers unknown: {e}")
+        for target, why in held.items():
+            out[target] = dataclasses.replace(out[target], drained=False, held=why)
 
     async def register(self, pool: PoolSpec, targets: Sequence[Target]) -> None:
         be, options = cfg.backend_name(pool), cfg.server_options(pool.health)

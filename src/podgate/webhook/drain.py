@@ -340,4 +340,5 @@ def _grace_of(pod: PodView) -> float:
 def _state(st: TargetState) -> str:
     if st.admin == "ready":
         return "in rotation"
-    return f"{st.admin}, {st.connections} connection(s)" if st.connections else st.admin
+    state = f"{st.admin}, {st.connections} connection(s)" if st.connections else st.admin
+    return f"{state}; {st.held}" if st.held else state
