@@ -14,7 +14,7 @@ from podgate.model.lb import HAPROXY_BACKEND, GroupRef, Health, HealthCheck, Poo
 from podgate.providers.base import ProviderError, ServiceLB, TargetState
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.providers.haproxy_fake import FakeMaster, FakeRuntime, FakeServer
-from podgate.providers.haproxy_runtime import Unreachable, parse_old_workers
+from podgate.providers.haproxy_runtime import Unreachable, parse_frontend_sessions, parse_old_workers
 from podgate.providers.haproxy_targets import HAPair, HAProxyTargets, combine
 from tests.unit.haproxy_cli import SERVERS_STATE_HEADER, STAT_HEADER, cli, one_server
 
@@ -88,6 +88,22 @@ async def test_an_old_worker_that_had_the_target_drained_already_holds_nothing(t
     assert not state.drained and "2 session(s) in HAProxy worker" in state.held
 
 
+async def test_an_old_worker_without_a_client_on_the_pools_frontend_holds_nothing(tmp_path: Path) -> None:
+    """An old worker kept alive by other frontends' connections (the webhook's TCP ones, say)
+    has stopped listening: it cannot route another request to this pool's targets."""
+    provider, master = await drained_after_a_reload(tmp_path)
+    (old,) = master.old
+    master.connections[old] = 0
+    assert (await provider.pool.targets(POOL))[TARGET].drained
+
+
+def test_a_frontends_sessions_are_read_from_its_row() -> None:
+    text = "# pxname,svname,qcur,qmax,scur,smax\nfe.shop.web.80,FRONTEND,,,3,7\n"
+    assert parse_frontend_sessions(text, "fe.shop.web.80") == 3
+    assert parse_frontend_sessions(text, "fe.shop.api.80") == 0
+    assert parse_frontend_sessions("", "fe.shop.web.80") == 0
+
+
 async def test_old_workers_that_cannot_be_read_leave_the_target_not_drained(tmp_path: Path) -> None:
     """Unknown is not drained: stopping the pod might drop an old worker's requests; the drain
     budget bounds the wait."""
@@ -144,7 +160,15 @@ async def test_a_replica_that_did_not_provision_drains_through_the_runtime_api_o
 
     sock, master_sock = tmp_path / "runtime.sock", tmp_path / "master.sock"
     server = await asyncio.start_unix_server(cli(answer, commands), str(sock))
-    master = await asyncio.start_unix_server(cli(lambda line: SHOW_PROC, []), str(master_sock))
+
+    def master_answer(line: str) -> str:
+        """One old worker, with no client on the pool's frontend."""
+        if line == "show proc":
+            return SHOW_PROC
+        assert line == "@!12218 show stat fe.shop.web.80 1 -1", line
+        return "# pxname,svname,qcur,qmax,scur\nfe.shop.web.80,FRONTEND,,,0\n"
+
+    master = await asyncio.start_unix_server(cli(master_answer, []), str(master_sock))
     config = tmp_path / "haproxy.cfg"
     config.write_text("# the leader's configuration\n")
     pool = HAProxyProvider([str(sock)], master_address=str(master_sock), config_path=config).pool

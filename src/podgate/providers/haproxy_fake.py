@@ -238,12 +238,16 @@ class FakeMaster:
     #: the workers reloads left finishing their connections: pid → the first runtime's servers
     #: as that worker last held them (frozen: an old worker runs no checks and takes no changes)
     old: dict[int, list[ServerStat]] = field(default_factory=dict)
+    #: the client connections each old worker still holds (every frontend alike); one each
+    #: unless a test says otherwise
+    connections: dict[int, int] = field(default_factory=dict)
 
     async def reload(self) -> None:
         self.reloads += 1
         if self.runtimes:
             first = self.runtimes[0]
             self.old[first.pid] = [row for backend in first.table for row in first._stats(backend)]
+            self.connections[first.pid] = 1
         config = self.config_path.read_text()
         base = next(
             (ln.split()[1] for ln in config.splitlines() if ln.split()[:1] == ["server-state-base"]), None
@@ -253,6 +257,9 @@ class FakeMaster:
 
     async def old_workers(self) -> list[int]:
         return list(self.old)
+
+    async def worker_connections(self, pid: int, frontend: str) -> int:
+        return self.connections.get(pid, 0) if pid in self.old else 0
 
     async def worker_servers(self, pid: int, backend: str) -> list[ServerStat]:
         return [row for row in self.old.get(pid, []) if row.backend == backend]

@@ -292,6 +292,10 @@ class MasterAPI(Protocol):
     async def old_workers(self) -> list[int]:
         """The PIDs of the workers earlier reloads left finishing their connections."""
 
+    async def worker_connections(self, pid: int, frontend: str) -> int:
+        """The client connections (idle keep-alive ones included) the worker ``pid`` holds on
+        ``frontend``; 0 when that worker has exited or has no such frontend."""
+
     async def worker_servers(self, pid: int, backend: str) -> list[ServerStat]:
         """``backend``'s servers as the worker ``pid`` holds them; none when that worker has
         exited or has no such backend."""
@@ -509,6 +513,10 @@ class Master:
     async def old_workers(self) -> list[int]:
         return parse_old_workers(await self.command("show proc"))
 
+    async def worker_connections(self, pid: int, frontend: str) -> int:
+        answer = await self.command(f"@!{pid} show stat {check_name(frontend)} 1 -1")
+        return parse_frontend_sessions(answer, frontend) if answer.startswith("#") else 0
+
     async def worker_servers(self, pid: int, backend: str) -> list[ServerStat]:
         """By the backend's name (``@!PID`` addresses one worker through the master): an old
         worker answers reads, though it refuses every change ("Proxy is disabled")."""
@@ -516,6 +524,21 @@ class Master:
         if not answer.startswith("#"):  # exited meanwhile ("Can't find the target PID"), or
             return []  # "No such proxy." (a backend added after it stopped taking traffic)
         return [row for row in parse_stat(answer) if row.backend == backend]
+
+
+def parse_frontend_sessions(text: str, frontend: str) -> int:
+    """The current sessions (``scur``) of ``frontend``'s FRONTEND row in a ``show stat`` answer."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or not rows[0]:
+        return 0
+    header = [name.lstrip("# ") for name in rows[0]]
+    if not {"svname", "pxname", "scur"} <= set(header):
+        raise ProviderError(f"HAProxy: not a show stat answer: {text[:80]!r}")
+    at, name, scur = header.index("svname"), header.index("pxname"), header.index("scur")
+    for row in rows[1:]:
+        if len(row) > max(at, name, scur) and row[name] == frontend and row[at] == "FRONTEND":
+            return int(row[scur] or 0)
+    return 0
 
 
 def parse_old_workers(show_proc: str) -> list[int]:

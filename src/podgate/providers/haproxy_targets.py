@@ -175,11 +175,11 @@ class HAProxyTargets:
                 )
                 states = [*states, missing]
             out[target] = combine(states)
-        if self.master is not None:  # every replica's drains, not only the leader's
-            await self._held_by_old_workers(be, out)
+        if self.master is not None and pool.group is None:  # any replica's drain, a provisioned pool
+            await self._held_by_old_workers(cfg.frontend_name(pool), be, out)
         return out
 
-    async def _held_by_old_workers(self, be: str, out: dict[Target, TargetState]) -> None:
+    async def _held_by_old_workers(self, fe: str, be: str, out: dict[Target, TargetState]) -> None:
         """Drained targets that an old worker still routes to are not drained.
 
         A reload leaves the old worker serving one last request on each idle keep-alive
@@ -187,9 +187,11 @@ class HAProxyTargets:
         reload: it runs no more checks and refuses every change ("Proxy is disabled", seen on
         2.6).  A target podgate drained after the reload is UP there, and a pod stopped on the
         strength of the new worker's drain gets that last request: a 503.  So a drain also
-        waits, within its budget, until no old worker has the target in rotation or a session
-        on it; old workers exit once their connections close.  Asked only while some target
-        reads drained, so reads of pools with nothing leaving cost no master call."""
+        waits, within its budget, until no old worker with a client connection on the pool's
+        frontend has the target in rotation or a session on it; old workers exit once their
+        connections close (one held by other frontends only, the webhook's TCP connections
+        say, cannot route the pool's requests).  Asked only while some target reads drained,
+        so reads of pools with nothing leaving cost no master call."""
         assert self.master is not None
         drained = {t for t, st in out.items() if st.drained}
         if not drained:
@@ -197,6 +199,8 @@ class HAProxyTargets:
         held: dict[Target, str] = {}
         try:
             for pid in await self.master.old_workers():
+                if not await self.master.worker_connections(pid, fe):
+                    continue  # stopped listening, no client left: it routes nothing more
                 for row in await self.master.worker_servers(pid, be):
                     target = cfg.target_of_server(row.name, row.address)
                     if target in drained and target not in held and (routes(row) or row.sessions):
