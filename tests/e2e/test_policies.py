@@ -247,6 +247,62 @@ def test_the_eviction_guard_keeps_the_minimum_of_targets_haproxy_calls_healthy(
     assert metric(scrape(METRICS_PORT)[1], "podgate_eviction_reviews_total", result="refused") >= 2
 
 
+def test_a_pdb_that_always_allows_unhealthy_evictions_does_not_take_the_last_healthy_targets(
+    sandbox: SandboxHandle, namespace: str
+) -> None:
+    """A PodDisruptionBudget (policy/v1, ``unhealthyPodEvictionPolicy: AlwaysAllow``, minAvailable
+    1) allows one of two Ready pods to go; podgate's guard (min-healthy-targets 2) still refuses
+    it with 429, since both are the load balancer's last healthy targets. With the guard's
+    annotation removed the same eviction passes: the PDB alone would have let it go."""
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    service = lb_service("budget", "budget", **{"podgate.dev/min-healthy-targets": "2"})
+    sandbox.apply(service, namespace)
+    sandbox.apply(deployment("budget", 2), namespace)
+    sandbox.apply(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "budget"},
+            "spec": {
+                "minAvailable": 1,
+                "selector": {"matchLabels": {"app": "budget"}},
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        },
+        namespace,
+    )
+    backend = f"podgate.{namespace}.budget.80"
+
+    def up_in_haproxy() -> list[dict[str, Any]] | None:
+        ready = all_ready(sandbox, namespace, "budget", 2)
+        ups = [s for s in servers(sandbox, backend) if s.status == "UP"]
+        return ready if ready and len(ups) == 2 else None
+
+    two = wait_for("2 pods Ready and UP in HAProxy", up_in_haproxy, 40)
+    wait_for(
+        "the PDB allowing one disruption",
+        lambda: (
+            (sandbox.get("pdb", "budget", "-n", namespace).get("status") or {}).get("disruptionsAllowed") == 1
+        ),
+        30,
+    )
+    victim = two[0]["metadata"]["name"]
+    allowed, out = _evict(sandbox, namespace, victim)
+    assert not allowed, out
+    assert "TooManyRequests" in out or "429" in out, out
+    assert f"Service {namespace}/budget" in out and "podgate.dev/min-healthy-targets=2" in out, out
+    assert len(pods(sandbox, namespace, "budget")) == 2
+    assert [s.status for s in servers(sandbox, backend)] == ["UP", "UP"]
+
+    sandbox.kubectl("annotate", "service", "budget", "-n", namespace, "podgate.dev/min-healthy-targets-")
+
+    def evicted() -> str | None:
+        allowed, out = _evict(sandbox, namespace, victim)
+        return out if allowed else None
+
+    wait_for("the eviction allowed by the PDB once podgate's guard is off", evicted, 30)
+
+
 def test_status_explains_every_pod_that_is_not_ready_and_pods_without_a_gate(
     sandbox: SandboxHandle, namespace: str
 ) -> None:
