@@ -44,16 +44,7 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
             s.address: s.status for s in await runtime.servers(f"podgate.{lab.namespace('podgate')}.web.80")
         }
 
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    opened: list[str] = []
-    late: list[str] = []
-
     async def reload_twice() -> None:
-        # a client's spare keep-alive connections, idle across the reloads: the old worker
-        # answers their last requests with its servers as they were at the reload
-        for _ in range(8):
-            idle.append(await asyncio.open_connection(ip, 80))
-            opened.append(await _get(*idle[-1]))
         # while the first new targets are health-checked, then while old ones drain
         for delay in (1.0, 2.0):
             await asyncio.sleep(delay)
@@ -73,11 +64,6 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
                 and address in after
                 and not after[address].startswith(("UP", "DRAIN", "MAINT"))
             )
-        # once the old pods are drained in the new worker: each spare connection's last request
-        await asyncio.sleep(3.0)
-        late.extend([await _get(*connection) for connection in idle])
-        for _, writer in idle:
-            writer.close()
 
     try:
         ip = await lab.prepare("podgate")
@@ -89,9 +75,6 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
     assert len(set([first, *workers])) == 3, f"two reloads, each a new worker: {first}, {workers}"
     assert result.requests >= 200, "steady load through the EXTERNAL-IP"
     assert result.failed == 0, result.failures
-    # the old worker routed them to pods still serving: their drains waited for it
-    assert opened == ["200"] * 8, opened
-    assert late == ["200; close"] * 8, late
     assert went_down == [], f"UP servers not UP in the new worker: {went_down}"
     pods = sandbox.get("pods", "-n", lab.namespace("podgate"))["items"]
     assert len(pods) == 4
@@ -108,21 +91,6 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
     for p in pods:
         assert f"{p['status']['podIP']}:8080" in listed
     assert (sandbox.state_dir / "haproxy" / "server-state" / be).exists()
-
-
-async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
-    """One GET on a kept connection: the status line, and "; close" when the answer closes it."""
-    writer.write(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
-    try:
-        async with asyncio.timeout(10):
-            head = (await reader.readuntil(b"\r\n\r\n")).decode(errors="replace")
-            lines = head.split("\r\n")
-            fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
-            await reader.readexactly(int(fields.get("content-length", "0")))
-    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as e:
-        return f"no answer: {type(e).__name__}"
-    status = lines[0].split(" ", 2)[1]  # the pod's own version word is passed through
-    return status + ("; close" if fields.get("connection", "").lower() == "close" else "")
 
 
 #: the user's own HAProxy, set up as the README says so that its reloads lose nothing: a
