@@ -707,6 +707,11 @@ def test_external_ip_is_proxy_mode_so_kube_proxy_leaves_it_to_haproxy(
             )
     from_host = backend_sessions(node, be) - before
     assert from_host >= 20, from_host
+
+    def worker() -> str:
+        return asyncio.run(Runtime(str(node.state_dir / "haproxy" / "runtime.sock")).identity())
+
+    counted_by, mid = worker(), backend_sessions(node, be)
     # an in-cluster client on the node: a hostNetwork pod (the kubepods cgroup, the node's network)
     client = {
         "apiVersion": "v1",
@@ -736,7 +741,12 @@ def test_external_ip_is_proxy_mode_so_kube_proxy_leaves_it_to_haproxy(
     )
     assert phase == "Succeeded", node.kubectl("logs", "on-node", "-n", namespace, check=False)
     assert node.kubectl("logs", "on-node", "-n", namespace).strip() == "ok"
-    assert backend_sessions(node, be) - before >= from_host + 1
+    # a worker's count starts at 0: a reload meanwhile (another Service came or went) started
+    # a new one, which took the client's request if HAProxy did
+    if worker() == counted_by:
+        assert backend_sessions(node, be) - mid >= 1
+    else:
+        assert backend_sessions(node, be) >= 1
 
     # the control: a load balancer of its own at an ingress IP without ipMode (a Service podgate
     # does not serve, its status written by hand) is bypassed, kube-proxy takes its traffic;
