@@ -41,14 +41,20 @@ def test_the_old_workers_are_read_from_show_proc() -> None:
     assert parse_old_workers(SHOW_PROC.replace("# old workers\n12218", "# old workers\n")) == []
 
 
-async def drained_after_a_reload(tmp_path: Path) -> tuple[HAProxyProvider, FakeMaster]:
-    """A provisioned target UP when HAProxy reloads, drained by podgate after the reload."""
+async def provisioned(tmp_path: Path) -> tuple[HAProxyProvider, FakeMaster, FakeRuntime]:
+    """A provisioning provider with one Service and its target registered."""
     rt = FakeRuntime()
     config = tmp_path / "haproxy.cfg"
     master = FakeMaster(config, [rt])
     provider = HAProxyProvider([rt], master=master, config_path=config, validate=False)
     await provider.provisioning.sync_all({"shop/web": ServiceLB("127.200.0.1", [POOL])})
     await provider.pool.register(POOL, [TARGET])
+    return provider, master, rt
+
+
+async def drained_after_a_reload(tmp_path: Path) -> tuple[HAProxyProvider, FakeMaster]:
+    """A provisioned target UP when HAProxy reloads, drained by podgate after the reload."""
+    provider, master, rt = await provisioned(tmp_path)
     rt.set_health(BACKEND, "podgate-10.0.0.1-8080", "UP")
     assert provider.files is not None
     await provider.files.persist(BACKEND, relist=True)
@@ -118,12 +124,7 @@ async def test_old_workers_that_cannot_be_read_leave_the_target_not_drained(tmp_
 
 
 async def test_a_pool_with_nothing_drained_costs_no_master_call(tmp_path: Path) -> None:
-    rt = FakeRuntime()
-    config = tmp_path / "haproxy.cfg"
-    master = FakeMaster(config, [rt])
-    provider = HAProxyProvider([rt], master=master, config_path=config, validate=False)
-    await provider.provisioning.sync_all({"shop/web": ServiceLB("127.200.0.1", [POOL])})
-    await provider.pool.register(POOL, [TARGET])
+    provider, master, _ = await provisioned(tmp_path)
     calls: list[str] = []
 
     async def counted() -> list[int]:
