@@ -248,7 +248,13 @@ def test_gate_for_a_missing_service_stays_false(sandbox: SandboxHandle, namespac
     sandbox.apply(deployment("lost", 1, gates=[gate("nowhere")]), namespace)
     p = wait_for(
         "the gate condition",
-        lambda: (ps := pods(sandbox, namespace, "lost")) and condition(ps[0], gate("nowhere")) and ps[0],
+        # the node writes Ready on its own schedule: wait for both conditions, then read them
+        lambda: (
+            (ps := pods(sandbox, namespace, "lost"))
+            and condition(ps[0], gate("nowhere"))
+            and condition(ps[0], "Ready")
+            and ps[0]
+        ),
         20,
     )
     c = condition(p, gate("nowhere"))

@@ -250,13 +250,16 @@ def test_the_eviction_guard_keeps_the_minimum_of_targets_haproxy_calls_healthy(
 def test_a_pdb_that_always_allows_unhealthy_evictions_does_not_take_the_last_healthy_targets(
     sandbox: SandboxHandle, namespace: str
 ) -> None:
-    """A PodDisruptionBudget (policy/v1, ``unhealthyPodEvictionPolicy: AlwaysAllow``, minAvailable
-    1) allows one of two Ready pods to go; podgate's guard (min-healthy-targets 2) still refuses
-    it with 429, since both are the load balancer's last healthy targets. With the guard's
-    annotation removed the same eviction passes: the PDB alone would have let it go."""
+    """Two pods serve Service ``budget`` (healthy in HAProxy) but are not Ready to Kubernetes: a
+    second Service, ``cold``, selects them on a port nothing listens on, so its gate stays False.
+    Their PodDisruptionBudget (policy/v1, minAvailable 1) therefore has no budget left, yet with
+    ``unhealthyPodEvictionPolicy: AlwaysAllow`` it lets any of them go, since to Kubernetes they
+    are unhealthy. podgate's guard (min-healthy-targets 2 on ``budget``) still refuses with 429:
+    they are the load balancer's last healthy targets. With the guard's annotation removed the
+    same eviction passes: the PDB alone would have let it go."""
     sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
-    service = lb_service("budget", "budget", **{"podgate.dev/min-healthy-targets": "2"})
-    sandbox.apply(service, namespace)
+    sandbox.apply(lb_service("budget", "budget", **{"podgate.dev/min-healthy-targets": "2"}), namespace)
+    sandbox.apply(lb_service("cold", "budget", target=9999), namespace)
     sandbox.apply(deployment("budget", 2), namespace)
     sandbox.apply(
         {
@@ -273,16 +276,23 @@ def test_a_pdb_that_always_allows_unhealthy_evictions_does_not_take_the_last_hea
     )
     backend = f"podgate.{namespace}.budget.80"
 
-    def up_in_haproxy() -> list[dict[str, Any]] | None:
-        ready = all_ready(sandbox, namespace, "budget", 2)
+    def healthy_in_haproxy_not_ready() -> list[dict[str, Any]] | None:
+        ps = pods(sandbox, namespace, "budget")
         ups = [s for s in servers(sandbox, backend) if s.status == "UP"]
-        return ready if ready and len(ups) == 2 else None
+        kinds = (gate("budget"), gate("cold"), "Ready")
+        seen = [[(condition(p, kind) or {}).get("status") for p in ps] for kind in kinds]
+        wanted = len(ps) == 2 and len(ups) == 2 and seen == [["True"] * 2, ["False"] * 2, ["False"] * 2]
+        return ps if wanted else None
 
-    two = wait_for("2 pods Ready and UP in HAProxy", up_in_haproxy, 40)
+    two = wait_for(
+        "2 pods UP in HAProxy, gate budget True, gate cold False, not Ready", healthy_in_haproxy_not_ready, 40
+    )
     wait_for(
-        "the PDB allowing one disruption",
+        "the PDB seeing 2 pods, none healthy, no disruption allowed",
         lambda: (
-            (sandbox.get("pdb", "budget", "-n", namespace).get("status") or {}).get("disruptionsAllowed") == 1
+            (st := sandbox.get("pdb", "budget", "-n", namespace).get("status") or {}).get("expectedPods") == 2
+            and st.get("currentHealthy") == 0
+            and st.get("disruptionsAllowed") == 0
         ),
         30,
     )
@@ -300,7 +310,8 @@ def test_a_pdb_that_always_allows_unhealthy_evictions_does_not_take_the_last_hea
         allowed, out = _evict(sandbox, namespace, victim)
         return out if allowed else None
 
-    wait_for("the eviction allowed by the PDB once podgate's guard is off", evicted, 30)
+    # the PDB allows no disruption, so only AlwaysAllow (the pod is not Ready) lets this through
+    wait_for("the eviction of a not-Ready pod allowed by the PDB once podgate's guard is off", evicted, 30)
 
 
 def test_status_explains_every_pod_that_is_not_ready_and_pods_without_a_gate(
