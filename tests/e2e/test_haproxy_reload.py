@@ -6,6 +6,7 @@ worker has not checked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from podgate.kube.client import api_client
-from podgate.providers.haproxy_runtime import Runtime
+from podgate.providers.base import ProviderError
+from podgate.providers.haproxy_runtime import Master, Runtime
 from podgate_sandbox.controlplane import Sandbox
 from podgate_sandbox.loadgen import LoadGenerator
 from podgate_sandbox.rollout import RolloutLab
@@ -44,14 +46,24 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
             s.address: s.status for s in await runtime.servers(f"podgate.{lab.namespace('podgate')}.web.80")
         }
 
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened: list[str] = []
+    late: list[str] = []
+    seen: list[str] = []
+
     async def reload_twice() -> None:
+        # a client's spare keep-alive connections, idle across the reloads: the old worker
+        # answers their last requests with its servers as they were at the reload
+        for _ in range(8):
+            idle.append(await asyncio.open_connection(ip, 80))
+            opened.append(await _get(*idle[-1]))
         # while the first new targets are health-checked, then while old ones drain
         for delay in (1.0, 2.0):
             await asyncio.sleep(delay)
-            before, up = await runtime.identity(), await statuses()
+            before, up = await _identity(runtime), await statuses()
             os.kill(master, signal.SIGUSR2)
             deadline = time.monotonic() + 10
-            while (now := await runtime.identity()) == before and time.monotonic() < deadline:
+            while (now := await _identity(runtime)) == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             workers.append(now)
             # the new worker starts from the saved state: an UP server is UP at once, not after
@@ -64,10 +76,16 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
                 and address in after
                 and not after[address].startswith(("UP", "DRAIN", "MAINT"))
             )
+        # once the old pods are drained in the new worker: each spare connection's last request
+        await asyncio.sleep(3.0)
+        seen.append(await _routing(sandbox, lab))  # to explain a failed late request
+        late.extend([await _get(*connection) for connection in idle])
+        for _, writer in idle:
+            writer.close()
 
     try:
         ip = await lab.prepare("podgate")
-        first = await runtime.identity()
+        first = await _identity(runtime)
         result = await lab.round("podgate", ip, 0, during=reload_twice)
     finally:
         await lab.close()
@@ -75,6 +93,9 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
     assert len(set([first, *workers])) == 3, f"two reloads, each a new worker: {first}, {workers}"
     assert result.requests >= 200, "steady load through the EXTERNAL-IP"
     assert result.failed == 0, result.failures
+    # the old worker routed them to pods still serving: their drains waited for it
+    assert opened == ["200"] * 8, opened
+    assert late == ["200; close"] * 8, (late, "\n".join(seen))
     assert went_down == [], f"UP servers not UP in the new worker: {went_down}"
     pods = sandbox.get("pods", "-n", lab.namespace("podgate"))["items"]
     assert len(pods) == 4
@@ -91,6 +112,47 @@ async def test_sigusr2_in_the_middle_of_a_gated_rollout(sandbox: SandboxHandle) 
     for p in pods:
         assert f"{p['status']['podIP']}:8080" in listed
     assert (sandbox.state_dir / "haproxy" / "server-state" / be).exists()
+
+
+async def _routing(sandbox: SandboxHandle, lab: RolloutLab) -> str:
+    """Which pods each old worker routes ``web`` to, and which pods are alive: when a late
+    request fails, the dead pod an old worker still routed to."""
+    master = Master(str(sandbox.state_dir / "haproxy" / "master.sock"))
+    be = f"podgate.{lab.namespace('podgate')}.web.80"
+    lines = []
+    for pid in await master.old_workers():
+        rows = [f"{r.address} {r.status} ({r.sessions})" for r in await master.worker_servers(pid, be)]
+        lines.append(f"old worker {pid}: " + ", ".join(rows))
+    for p in sandbox.get("pods", "-n", lab.namespace("podgate"))["items"]:
+        gone = " terminating" if p["metadata"].get("deletionTimestamp") else ""
+        status = p["status"]
+        lines.append(f"pod {p['metadata']['name']} {status.get('podIP')} {status.get('phase')}{gone}")
+    return "\n".join(lines)
+
+
+async def _identity(runtime: Runtime) -> str:
+    """The worker answering; a read HAProxy drops mid-reload (an error, not an answer) is asked
+    again."""
+    for _ in range(20):
+        with contextlib.suppress(ProviderError):
+            return await runtime.identity()
+        await asyncio.sleep(0.05)
+    return await runtime.identity()
+
+
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    """One GET on a kept connection: the status line, and "; close" when the answer closes it."""
+    writer.write(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+    try:
+        async with asyncio.timeout(10):
+            head = (await reader.readuntil(b"\r\n\r\n")).decode(errors="replace")
+            lines = head.split("\r\n")
+            fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
+            await reader.readexactly(int(fields.get("content-length", "0")))
+    except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as e:
+        return f"no answer: {type(e).__name__}"
+    status = lines[0].split(" ", 2)[1]  # the pod's own version word is passed through
+    return status + ("; close" if fields.get("connection", "").lower() == "close" else "")
 
 
 #: the user's own HAProxy, set up as the README says so that its reloads lose nothing: a
@@ -132,10 +194,10 @@ async def test_the_users_reload_in_attach_mode_loses_nothing(
     async def users_reload() -> str:
         """``show servers state`` into the state file, then SIGUSR2: the user's reload command."""
         state.write_text(await runtime.command("show servers state"))
-        before = await runtime.identity()
+        before = await _identity(runtime)
         master.send_signal(signal.SIGUSR2)
         for _ in range(200):
-            now = await runtime.identity()
+            now = await _identity(runtime)
             if now != before:
                 return now
             await asyncio.sleep(0.05)

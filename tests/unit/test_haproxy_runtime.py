@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from podgate.providers.base import ProviderError
-from podgate.providers.haproxy_runtime import NoSuchBackend, Runtime, Unreachable
+from podgate.providers.haproxy_runtime import Master, NoSuchBackend, Runtime, Unreachable
 from tests.unit.haproxy_cli import cli, one_server
 
 BACKEND = "podgate.shop.web.80"
@@ -41,16 +41,20 @@ async def test_a_read_whose_connection_is_dropped_is_asked_again_once_a_change_n
 
 
 async def test_a_read_is_asked_twice_at_most(tmp_path: Path) -> None:
-    """Once again only: a read dropped twice reads as HAProxy's empty answer (no rows, for the
-    caller to read afresh later), and a failure of the second try goes to the caller."""
+    """Once again only: a read dropped twice is an error for the caller to read afresh later,
+    never an empty answer: "no rows" would say every target is gone, and a drain hook would
+    stop a pod an old worker still routes to.  A failure of the second try goes to the caller."""
     seen: list[str] = []
     sock = tmp_path / "runtime.sock"
     server = await asyncio.start_unix_server(cli(lambda line: None, seen), str(sock))
     try:
-        assert await Runtime(str(sock)).command("show backend") == ""
+        with pytest.raises(ProviderError, match="show answered nothing"):
+            await Runtime(str(sock)).command("show backend")
+        with pytest.raises(ProviderError, match="show answered nothing"):
+            await Runtime(str(sock)).servers(BACKEND)
     finally:
         server.close()
-    assert seen == ["show backend", "show backend"]
+    assert seen[:2] == ["show backend", "show backend"]
     with pytest.raises(Unreachable):
         await Runtime(str(tmp_path / "nobody.sock")).command("show info")
 
@@ -105,3 +109,28 @@ async def test_the_state_dump_is_a_server_state_file_or_an_error(tmp_path: Path)
         server.close()
     assert text.startswith("1\n") and "podgate-10.0.0.1-8080" in text
     assert not isinstance(error.value, NoSuchBackend)
+
+
+async def test_the_master_reads_no_old_worker_from_silence_only_from_its_words(tmp_path: Path) -> None:
+    """The master CLI, through which a drain waits for old workers: a read it drops (as it does
+    while it re-executes itself on a reload) is an error, never "no old worker" or "no
+    connection"; a worker that exited, or that has no such proxy, is HAProxy's own word for
+    none; any other answer is an error too."""
+    answers: dict[str, str | None] = {
+        "show proc": None,
+        "@!7 show stat fe.shop.web.80 1 -1": "Can't find the target PID matching the prefix '@!7'",
+        "@!8 show stat podgate.shop.web.80 4 -1": "No such proxy.",
+        "@!9 show stat fe.shop.web.80 1 -1": "Unknown command, but this is the master CLI",
+    }
+    sock = tmp_path / "master.sock"
+    server = await asyncio.start_unix_server(cli(answers.__getitem__), str(sock))
+    master = Master(str(sock))
+    try:
+        with pytest.raises(ProviderError, match="show proc answered nothing"):
+            await master.old_workers()
+        assert await master.worker_connections(7, "fe.shop.web.80") == 0
+        assert await master.worker_servers(8, BACKEND) == []
+        with pytest.raises(ProviderError, match="HAProxy worker 9: unexpected answer"):
+            await master.worker_connections(9, "fe.shop.web.80")
+    finally:
+        server.close()

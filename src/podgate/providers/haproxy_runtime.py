@@ -45,7 +45,9 @@ class NoSuchBackend(ProviderError):
 
 
 class _NoAnswer(ProviderError):
-    """A read answered nothing: every ``show`` says something, so HAProxy dropped it."""
+    """A read answered nothing: every ``show`` says something, so HAProxy dropped it.  Never
+    read as an empty answer: "no rows" would say a backend's targets are gone, and a drain
+    would take a target still in an old worker's rotation for drained."""
 
 
 async def _connect(address: str, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -323,10 +325,8 @@ class Runtime:
                 raise _NoAnswer(f"HAProxy at {self.address}: {line.split()[0]} answered nothing")
             return answer
 
-        try:
-            answer = await self._retry.call(attempt, lambda e: read and isinstance(e, ProviderError))
-        except _NoAnswer:
-            answer = ""  # nothing, twice: the caller reads it as HAProxy's (empty) answer
+        # nothing, twice: a _NoAnswer for the caller, who reads again later (unknown is not empty)
+        answer = await self._retry.call(attempt, lambda e: read and isinstance(e, ProviderError))
         refused = _refusal(answer)
         if refused is not None:
             raise ProviderError(
@@ -505,7 +505,13 @@ class Master:
         self.address, self.timeout = address, timeout
 
     async def command(self, line: str) -> str:
-        return await send(self.address, line, self.timeout, half_close=True)
+        """One command, its answer.  A read (every command but ``reload``) that answers nothing
+        was dropped (the master re-executing itself on a reload, say): an error, not "no old
+        worker" or "no connection", which would let a drain finish too early."""
+        answer = await send(self.address, line, self.timeout, half_close=True)
+        if line != "reload" and not answer.strip():
+            raise _NoAnswer(f"HAProxy master at {self.address}: {line} answered nothing")
+        return answer
 
     async def reload(self) -> None:
         await self.command("reload")
@@ -515,15 +521,26 @@ class Master:
 
     async def worker_connections(self, pid: int, frontend: str) -> int:
         answer = await self.command(f"@!{pid} show stat {check_name(frontend)} 1 -1")
-        return parse_frontend_sessions(answer, frontend) if answer.startswith("#") else 0
+        return parse_frontend_sessions(answer, frontend) if _worker_has(answer, pid) else 0
 
     async def worker_servers(self, pid: int, backend: str) -> list[ServerStat]:
         """By the backend's name (``@!PID`` addresses one worker through the master): an old
         worker answers reads, though it refuses every change ("Proxy is disabled")."""
         answer = await self.command(f"@!{pid} show stat {check_name(backend)} 4 -1")
-        if not answer.startswith("#"):  # exited meanwhile ("Can't find the target PID"), or
-            return []  # "No such proxy." (a backend added after it stopped taking traffic)
+        if not _worker_has(answer, pid):
+            return []
         return [row for row in parse_stat(answer) if row.backend == backend]
+
+
+def _worker_has(answer: str, pid: int) -> bool:
+    """Whether a worker's ``show stat PROXY`` answer holds that proxy's rows: False when the
+    worker exited meanwhile ("Can't find the target PID") or has no such proxy ("No such
+    proxy.", one added after it stopped taking traffic); anything else is an error."""
+    if answer.startswith("#"):
+        return True
+    if answer.startswith(("Can't find the target PID", "No such proxy")):
+        return False
+    raise ProviderError(f"HAProxy worker {pid}: unexpected answer to show stat: {answer.strip()[:120]!r}")
 
 
 def parse_frontend_sessions(text: str, frontend: str) -> int:
