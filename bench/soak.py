@@ -157,9 +157,14 @@ class Soak:
         """A new gated Service and Deployment in the churn namespace, Ready; then the previous
         one deleted."""
         i = self.services
+        # each Service that comes or goes makes podgate reload HAProxy, which starts an empty
+        # ring: read it first, or a pod's UP less than a second before (the new pods', Ready
+        # just now) is missed, and its gate reads as True without an UP (7 of 12 in one run)
+        await asyncio.to_thread(self.read_ring)
         await call(self.core.create_namespaced_service, CHURN_NS, service_body(i, self.args))
         await call(self.apps.create_namespaced_deployment, CHURN_NS, deployment_body(i, 2))
         await self.until(f"svc-{i} Ready", lambda: self.deployment_done(CHURN_NS, f"svc-{i}", 2))
+        await asyncio.to_thread(self.read_ring)
         if i > 0:
             await call(self.apps.delete_namespaced_deployment, f"svc-{i - 1}", CHURN_NS)
             await call(self.core.delete_namespaced_service, f"svc-{i - 1}", CHURN_NS)
