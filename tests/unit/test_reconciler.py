@@ -182,6 +182,27 @@ async def test_a_failed_registration_still_lets_leaving_pods_go_then_reports() -
     assert ("Service", "web", "LoadBalancerError", "Warning") in world.recorder.events
 
 
+async def test_a_target_an_old_worker_still_routes_to_stays_in_the_pool_until_it_lets_go() -> None:
+    """HAProxy after a reload: p2 is terminating, drained and idle in the new worker, but the
+    old worker still has it in rotation (``held``).  The reconciler keeps it in the pool: removed,
+    the pod's drain hook would read it gone, take it for drained and let the pod stop under that
+    worker's last requests (a 503 each).  Once the old worker lets go it is removed."""
+    provider = FakeProvider()
+    world = World(provider)
+    world.add(SERVICES, service(annotations={lb.DRAIN_DELAY: "0"}))
+    world.add(PODS, pod("p2", ip="10.0.0.2", terminating=True))
+    leaving = Target("10.0.0.2", 8080)
+    provider.pools[(KEY, 80)] = {leaving: TargetState("drain", lb.TargetHealth(Health.DRAINING, "DRAIN"))}
+    provider.holds[leaving] = "in rotation in HAProxy worker 42, which a reload left serving"
+    for _ in range(2):
+        await world.reconcile()
+    assert leaving in provider.pools[(KEY, 80)]
+    assert [call for call, _, _ in provider.calls if call == "deregister"] == []
+    del provider.holds[leaving]
+    await world.reconcile()
+    assert leaving not in provider.pools[(KEY, 80)]
+
+
 async def test_a_reconcile_plans_from_its_services_pods_and_those_behind_its_targets() -> None:
     """Read through the indexes, not a scan: p1 is selected; p2 left the selector (relabelled)
     but its target is present, so it drains; p3's target has no pod, so it goes at once; pods

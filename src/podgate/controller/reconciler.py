@@ -437,7 +437,10 @@ class ServiceReconciler:
             if st.admin != "drain":
                 continue
             since = draining.get(target, now)
-            if st.connections == 0 and now - since >= pool.drain_delay:
+            # ``held``: an old worker a reload left still routes to it; removed from the pool
+            # now, the pod's drain hook would read it gone, take it for drained and let the pod
+            # stop under that worker's last requests
+            if st.connections == 0 and not st.held and now - since >= pool.drain_delay:
                 done.append(target)
             else:
                 kept[target] = since

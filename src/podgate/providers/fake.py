@@ -43,6 +43,9 @@ class FakeProvider:
     #: count no connections, as ELB and Alibaba do: a draining target is drained only once it has
     #: left the pool
     drained_when_removed: bool = False
+    #: targets idle here that are still not drained, and why (HAProxy: an old worker a reload
+    #: left still has them in rotation), as a test sets them
+    holds: dict[Target, str] = field(default_factory=dict)
 
     def provider(self) -> Provider:
         """The record the controller is given: the seam plus this fake's one capability."""
@@ -102,7 +105,11 @@ class FakeProvider:
                 st.admin,
                 self.health.get(t, st.health) if st.admin == "ready" else st.health,
                 self.sessions.get(t, 0),
-                st.admin != "ready" and not self.drained_when_removed and not self.sessions.get(t, 0),
+                st.admin != "ready"
+                and not self.drained_when_removed
+                and not self.sessions.get(t, 0)
+                and t not in self.holds,
+                self.holds.get(t, ""),
             )
             for t, st in self._pool(pool).items()
         }
