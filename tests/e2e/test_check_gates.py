@@ -79,6 +79,10 @@ def test_http_check_passes_and_fails(sandbox: SandboxHandle, namespace: str) -> 
     )
     sandbox.apply(deployment("good"), namespace)
     sandbox.apply(deployment("bad"), namespace)
+    # first the pod: on 1.37 the ReplicaSet controller may retry its first sync ("read version
+    # ... is not as new as written version", logged in a clean-clone run in which the good pod
+    # had no gate condition 20 s after its Deployment); the check's clock starts with the pod
+    wait_for("the good pod", lambda: the_pod(sandbox, namespace, "good"), 30)
     good = wait_for(
         "the passing check",
         lambda: (
