@@ -54,7 +54,7 @@ async def test_a_read_is_asked_twice_at_most(tmp_path: Path) -> None:
             await Runtime(str(sock)).servers(BACKEND)
     finally:
         server.close()
-    assert seen[:2] == ["show backend", "show backend"]
+    assert seen == ["show backend"] * 2 + [f"show servers state {BACKEND}"] * 2  # each asked twice, no more
     with pytest.raises(Unreachable):
         await Runtime(str(tmp_path / "nobody.sock")).command("show info")
 
