@@ -112,10 +112,12 @@ async def test_attach_mode_checks_the_users_backends_and_provisions_nothing() ->
     attached = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck(), GroupRef(HAPROXY_BACKEND, "app"))
     assert await p.provision("shop/web", [attached], None) is None
     missing = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck(), GroupRef(HAPROXY_BACKEND, "nope"))
-    with pytest.raises(ProviderError, match="no backend 'nope' to attach to"):
+    with pytest.raises(ProviderError, match="no backend 'nope' to attach to") as no_backend:
         await p.provision("shop/web", [missing], None)
-    with pytest.raises(ProviderError, match="attach mode"):
+    with pytest.raises(ProviderError, match="attach mode") as not_named:
         await p.provision("shop/web", [WEB], "127.200.0.1")
+    # configuration errors: the controller backs off on them instead of polling every 0.1 s
+    assert no_backend.value.permanent and not_named.value.permanent
     await p.sync_all({"shop/web": ServiceLB("127.200.0.1", [WEB])})  # nothing of podgate's to render
     await p.release("shop/web")
     assert not p.owns_config and provider.files is None and list(rt.table) == ["app"]

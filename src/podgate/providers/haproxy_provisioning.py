@@ -85,12 +85,17 @@ class HAProxyProvisioning:
             backends = set((await self.pair.on_each(lambda rt: rt.backends()))[0][1])
             absent = [b for b in missing if b not in backends]
             if absent:
-                raise ProviderError(f"HAProxy has no backend {', '.join(map(repr, absent))} to attach to")
+                # the user's configuration, not an outage: retried with a growing back-off (a
+                # reload of their HAProxy that adds the backend is found within 30 s)
+                raise ProviderError(
+                    f"HAProxy has no backend {', '.join(map(repr, absent))} to attach to", permanent=True
+                )
             return None
         if self.files is None:
             raise ProviderError(
                 "this HAProxy provider is in attach mode: annotate the Service with "
-                "podgate.dev/haproxy-backend naming an existing backend"
+                "podgate.dev/haproxy-backend naming an existing backend",
+                permanent=True,  # only the Service's annotation changes the answer (its edit requeues it)
             )
         if address is None:
             raise ProviderError("no load-balancer address for the Service")
