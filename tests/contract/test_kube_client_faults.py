@@ -25,6 +25,7 @@ from podgate.kube.client import (
     ApiKube,
     audit_id_time,
     keepalive_socket,
+    proxy_resolved_once,
     retry_after,
     with_keepalive,
 )
@@ -180,5 +181,76 @@ async def test_api_connections_are_opened_with_tcp_keepalive() -> None:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE_COUNT
+        finally:
+            await api.close()
+
+
+@contextlib.asynccontextmanager
+async def http_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """A loopback HTTP proxy that answers every request itself with :data:`POD`, and the request
+    lines it got (a proxied request names its absolute URL: ``GET http://host/path HTTP/1.1``)."""
+    lines: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            lines.append(line.decode().strip())
+            while (await reader.readline()).strip():
+                pass  # the headers; these requests have no body
+            body = json.dumps(POD).encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", lines
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_environments_proxy_is_resolved_once_and_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HTTP(S)_PROXY`` is honoured as client-go honours it, but looked up when the client is
+    made, not on a thread for every request: the session no longer reads the environment (or
+    ~/.netrc) per request, and a request still goes through the proxy."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    async with http_proxy() as (proxy, seen):
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        api = proxy_resolved_once(
+            client.ApiClient(configuration=client.Configuration(host="http://127.0.0.9:1"))
+        )
+        monkeypatch.delenv("HTTP_PROXY")  # resolved already: what the environment says later is not read
+        try:
+            assert api.rest_client.pool_manager.trust_env is False
+            assert (await ApiKube(api).get(PODS, "p", "ns"))["metadata"]["name"] == "p"  # type: ignore[arg-type]
+            assert seen == ["GET http://127.0.0.9:1/api/v1/namespaces/ns/pods/p HTTP/1.1"]
+        finally:
+            await api.close()
+
+
+async def test_no_proxy_for_the_api_server_sends_it_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``NO_PROXY`` naming the API server's host keeps its requests off the proxy."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    async def pod(_: web.Request) -> web.Response:
+        return web.json_response(POD)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/namespaces/ns/pods/p", pod)
+    async with http_proxy() as (proxy, seen), serve(app) as host:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        api = proxy_resolved_once(client.ApiClient(configuration=client.Configuration(host=host)))
+        try:
+            assert api.rest_client.proxy is None
+            assert (await ApiKube(api).get(PODS, "p", "ns"))["metadata"]["name"] == "p"  # type: ignore[arg-type]
+            assert seen == []
         finally:
             await api.close()
