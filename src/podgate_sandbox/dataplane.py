@@ -178,7 +178,9 @@ class DataPlane:
         try:
             raw = await reader.readline()
             line = raw.decode(errors="replace").strip()
-            if line == "prompt" or not line:
+            if line == "prompt" or not line or line.startswith("show events"):
+                # interactive use, or a ring followed (an answer that does not end): HAProxy's
+                # own, passed through as it comes; a cloud's API says when health changes too
                 await self._pipe(raw, reader, writer)
                 return
             try:

@@ -204,3 +204,62 @@ async def test_a_drain_waits_for_the_old_worker_a_reload_left_with_a_keep_alive_
     finally:
         for s in servers:
             s.close()
+
+
+async def test_state_changes_are_heard_from_the_ring_across_reloads(haproxy: Path, listening: None) -> None:
+    """The provisioned backends log their servers' state changes to podgate's ring, and the
+    provider follows it: a target turning UP by its checks wakes its Service once (podgate's
+    own ``enable server`` and ``health down`` wake nothing); a reload, podgate's or anyone's,
+    neither strands the follower on the old worker's ring nor keeps that worker alive."""
+    provider = HAProxyProvider(
+        [str(haproxy / "runtime.sock")],
+        master_address=str(haproxy / "master.sock"),
+        config_path=haproxy / "haproxy.cfg",
+        base_config=BASE.format(dir=haproxy),
+    )
+    changes = provider.provider().changes
+    assert changes is not None and not changes.live
+    heard: list[str | None] = []
+    await provider.provisioning.sync_all({"shop/web": ServiceLB(ADDRESS, [WEB])})
+    watching = asyncio.create_task(changes.watch(heard.append))
+
+    async def until(what: Callable[[], bool], within: float = 5.0) -> None:
+        async with asyncio.timeout(within):
+            while not what():
+                await asyncio.sleep(0.02)
+
+    async def up_heard() -> None:
+        """STAYING registered: heard once, when its checks (3 × 0.1 s) turned it UP."""
+        heard.clear()
+        await provider.pool.register(WEB, [STAYING])
+        await until(lambda: "shop/web" in heard)
+        assert (await states(provider.pool))[str(STAYING)] == ("ready", Health.HEALTHY.value)
+        await asyncio.sleep(0.5)
+        assert heard.count("shop/web") == 1, heard
+
+    master = Master(str(haproxy / "master.sock"))
+    try:
+        await until(lambda: changes.live)
+        assert heard == [None], "listening begins with a look at every pending Service"
+        await up_heard()
+
+        before, told = await provider.provisioning.generation(), len(heard)
+        await master.reload()  # anyone's reload: the new worker starts with STAYING, UP
+        await until(lambda: None in heard[told:] and changes.live)
+        assert await provider.provisioning.generation() != before
+        # the old worker is gone: the follower let go of its connection
+        async with asyncio.timeout(5):
+            while _old_workers(await master.command("show proc")):
+                await asyncio.sleep(0.1)
+        await provider.pool.deregister(WEB, [STAYING])
+        await up_heard()  # from the new worker's ring
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    assert not changes.live
+
+
+def _old_workers(proc: str) -> list[str]:
+    """The PIDs the master lists under "old workers" (``show proc``)."""
+    section = proc.split("# old workers\n", 1)[1] if "# old workers\n" in proc else ""
+    return [line.split()[0] for line in section.split("# ", 1)[0].splitlines() if line.strip()]

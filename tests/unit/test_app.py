@@ -410,3 +410,17 @@ async def test_a_load_balancer_that_cannot_be_read_is_retried_within_its_poll_in
     for _ in range(20):  # an outage's worth of failures
         ctl.queue.add_rate_limited(key, ctl.retry_cap(key, ProviderError("throttled")))
     assert max(ctl.queue.delays()) - time.monotonic() <= 0.05 + 0.01
+
+
+async def test_a_heard_change_queues_its_service_at_once_and_a_gap_every_pending_one() -> None:
+    world = World()
+    world.add(SERVICES, service(), service("api"))
+    await world.sync()
+    ctl, _ = controller(world)
+    ctl.heard(f"{NS}/web")
+    ctl.heard(f"{NS}/gone")  # a backend whose Service is no more: nothing to do
+    assert len(ctl.queue) == 1 and (await ctl.queue.get())[0] == f"{NS}/web"
+    ctl.queue.done(f"{NS}/web")
+    ctl.polling.update({f"{NS}/api", f"{NS}/web"})
+    ctl.heard(None)  # listening (again): what changed meanwhile was heard by no one
+    assert {(await ctl.queue.get())[0] for _ in range(2)} == {f"{NS}/api", f"{NS}/web"}

@@ -10,6 +10,7 @@ import pytest
 from podgate.model import lb
 from podgate.model.lb import Health, HealthCheck, PoolSpec, Target
 from podgate.providers import haproxy_config as cfg
+from podgate.providers.haproxy_events import changed_service, stopping
 from podgate.providers.haproxy_runtime import ServerStat, parse_stat
 from podgate.providers.haproxy_targets import server_health
 
@@ -201,3 +202,54 @@ def test_one_servers_commands_stay_on_one_connection() -> None:
         assert [line for chunk in cut for line in chunk] == lines
         assert all(len(chunk) % 4 == 0 for chunk in cut)
         assert all(len("; ".join(chunk)) <= limit for chunk in cut)
+
+
+@pytest.mark.parametrize(
+    ("line", "service"),
+    [
+        # HAProxy 2.6's words in the ring (``format iso``), as the contract test sees them
+        (
+            "2026-12-05T14:13:18.909406+00:00 Server podgate.shop.web.80/podgate-10.0.0.1-8080 is UP, "
+            "reason: Layer4 check passed, check duration: 0ms. 1 active and 0 backup servers online.",
+            "shop/web",
+        ),
+        (
+            "2026-12-05T14:13:19.1+00:00 Server podgate.shop.web.80/podgate-10.0.0.1-8080 is DOWN, "
+            'reason: Layer4 connection problem, info: "Connection refused", check duration: 0ms.',
+            "shop/web",
+        ),
+        # podgate's own commands wake nothing: the pass that made them reads the pool after them
+        (
+            "2026-12-05T14:13:18.5+00:00 Server podgate.shop.web.80/podgate-10.0.0.1-8080 is "
+            "UP/READY (leaving forced maintenance).",
+            None,
+        ),
+        (
+            "2026-12-05T14:13:18.5+00:00 Server podgate.shop.web.80/podgate-10.0.0.1-8080 is DOWN, "
+            "changed from CLI. 0 active and 0 backup servers left.",
+            None,
+        ),
+        ("2026-12-05T14:13:18.5+00:00 backend podgate.shop.web.80 has no server available!", None),
+        # a user's backend (attach mode) is no Service podgate provisioned
+        ("2026-12-05T14:13:18.9+00:00 Server web/s1 is UP, reason: Layer4 check passed.", None),
+    ],
+)
+def test_ring_lines_name_the_service_whose_server_turned_up_or_down(line: str, service: str | None) -> None:
+    assert changed_service(line) == service
+
+
+def test_a_stopping_worker_is_told_by_its_proxies_stopping() -> None:
+    assert stopping(
+        "2026-12-05T14:15:22.9+00:00 Proxy podgate.shop.web.80 stopped (cumulated conns: FE: 0, BE: 0)."
+    )
+    assert not stopping("2026-12-05T14:13:18.9+00:00 Server podgate.shop.web.80/podgate-10.0.0.1-8080 is UP")
+
+
+def test_rendered_backends_log_their_state_changes_to_the_ring() -> None:
+    pool = PoolSpec("shop", "web", 80, "http", "http", "TCP", HealthCheck("/healthz", 1.0, 2, 3))
+    text = cfg.render("", {"shop/web": cfg.ServiceLB("127.200.0.1", [pool])})
+    backend = text.split("\nbackend podgate.shop.web.80")[1].split("\nring ")[0]
+    assert f"    log ring@{cfg.EVENTS_RING} local0 notice" in backend
+    assert f"\nring {cfg.EVENTS_RING}\n" in cfg.render("", {})  # there before any Service
+    assert cfg.service_of_backend("podgate.shop.web.80") == "shop/web"
+    assert cfg.service_of_backend("web") is None and cfg.service_of_backend("podgate.a.b.c") is None

@@ -34,17 +34,34 @@ async def test_key_in_progress_is_requeued_once_after_done() -> None:
 
 async def test_rate_limited_backoff_grows_and_caps() -> None:
     q = WorkQueue(base_delay=0.01, max_delay=0.04, rate=1000, burst=1000)
+    waits = []
     for _ in range(5):
+        asked = time.monotonic()
         q.add_rate_limited("a")
+        waits.append(q.delays()[0] - asked)
+        async with asyncio.timeout(1):
+            key, _ = await q.get()  # the failed pass runs again, and fails again
+        q.done(key)
     assert q.failures("a") == 5
-    delays = q.delays()
-    spread = max(delays) - min(delays)
-    assert 0.025 <= spread <= 0.045, "delays 0.01, 0.02, 0.04 (capped), 0.04, 0.04"
+    assert waits == pytest.approx([0.01, 0.02, 0.04, 0.04, 0.04], abs=0.005), "doubling, capped"
     q.forget("a")
     assert q.failures("a") == 0
+
+
+async def test_a_key_waits_for_its_earliest_delayed_add_only() -> None:
+    """client-go's AddAfter: every pass of a polled key asks for the next poll, and a pass that
+    an event ran in between must not start a second poll of the key beside the first."""
+    q = WorkQueue()
+    q.add_after("a", 0.2)
+    q.add_after("a", 0.5)  # later: the waiting one comes first and the pass decides again
+    q.add_after("a", 0.05)  # earlier: supersedes
+    assert len(q.delays()) == 1
     async with asyncio.timeout(1):
         key, _ = await q.get()
+    q.done(key)
     assert key == "a"
+    await asyncio.sleep(0.3)  # the superseded 0.2 s add is dropped, not delivered again
+    assert len(q) == 0 and q.delays() == []
 
 
 async def test_add_after_delivers_later() -> None:

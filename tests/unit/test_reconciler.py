@@ -4,10 +4,12 @@ the Service and the load balancer, pass by pass."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
 
+from podgate.controller.reconciler import HEARD_POLL
 from podgate.kube.api import PODS, SERVICES, PatchType
 from podgate.kube.fake import Write
 from podgate.kube.leader import Fenced
@@ -506,3 +508,48 @@ async def test_a_replica_whose_lease_is_not_fresh_writes_nothing() -> None:
     )  # type: ignore[arg-type]
     await world.gates.flush()  # a write submitted before the lease went stale is not sent either
     assert world.kube.writes == [] and gate(world, "p1") == ("False", "InitialHealthChecking")
+
+
+class _Told:
+    """A load balancer that tells its health changes (``Provider.changes``), listening or not."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+
+    async def watch(self, changed: Any) -> None:
+        await asyncio.Event().wait()
+
+
+class _TellingProvider(FakeProvider):
+    told: _Told | None = None
+
+    def provider(self) -> Any:
+        return dataclasses.replace(super().provider(), changes=self.told)
+
+
+@pytest.mark.parametrize(
+    ("live", "draining", "interval"),
+    [(True, False, HEARD_POLL), (False, False, 0.0), (True, True, 0.0)],
+)
+async def test_pending_gates_are_polled_rarely_only_while_the_lb_tells_its_changes(
+    live: bool, draining: bool, interval: float
+) -> None:
+    """Health changes heard as they happen wake the Service: its pending gates need only the
+    safety poll.  Not listening, or with targets draining (connections ending are not told),
+    the provider's own interval, as before."""
+    provider = _TellingProvider()
+    provider.told = _Told(live)
+    world = World(provider)
+    world.add(SERVICES, service())
+    world.add(PODS, pod("p1"))
+    if draining:  # p2 registered, then leaving with a connection open
+        world.add(PODS, pod("p2", "10.0.0.2"))
+        await world.reconcile()
+        world.kube.add(PODS, pod("p2", "10.0.0.2", terminating=True))
+        provider.sessions[Target("10.0.0.2", 8080)] = 1
+        await world.reconcile()
+    await world.sync()
+    outcome = await world.reconciler.reconcile(KEY)
+    await world.gates.flush()
+    assert gate(world, "p1")[0] == "False"
+    assert (outcome.poll, outcome.interval) == (True, interval)

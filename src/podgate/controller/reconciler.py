@@ -58,6 +58,12 @@ def _ip_keys(pod: PodView) -> list[str]:
     return [f"{meta_of(pod).get('namespace')}/{ip}"] if ip else []
 
 
+#: pending gates of a Service whose load balancer tells its health changes as they happen
+#: (``Provider.changes``) are still read this often: a safety net for a change missed while
+#: reconnecting, and what makes a readiness timeout fall due (at most this late)
+HEARD_POLL = 1.0
+
+
 @dataclass
 class Outcome:
     """What one reconcile leaves behind: whether to look again soon."""
@@ -65,6 +71,8 @@ class Outcome:
     poll: bool = False
     #: the provider's own least interval between health reads (a cloud API is metered)
     interval: float = 0.0
+    #: targets are draining (their connections are not told as they end: polled as before)
+    drains: bool = False
 
 
 class ServiceReconciler:
@@ -238,6 +246,10 @@ class ServiceReconciler:
             raise
         self.unreadable_since.pop(key, None)
         await self._report_pods_without_gate(key, service, gate)
+        heard = provider.changes is not None and provider.changes.live
+        if heard and out.poll and not out.drains and not policy.continuous:
+            # only health is awaited, and the load balancer says when it changes (a pass then)
+            out.interval = max(out.interval, HEARD_POLL)
         return out
 
     def _not_owned(
@@ -314,7 +326,7 @@ class ServiceReconciler:
         for pool in pools:
             plan, present = await self._sync_pool(key, provider, pool, selector, selected)
             if any(st.admin == "drain" for st in present.values()):
-                out.poll = True  # remove drained targets as soon as their connections end
+                out.poll = out.drains = True  # remove drained targets once their connections end
             for target, pod_key in plan.active.items():
                 st = present.get(target)
                 healths.setdefault(pod_key, []).append(

@@ -119,6 +119,11 @@ class ServiceController:
             for name, p in self.providers.items()
             if p.provisioning is not None
         ]
+        work += [
+            asyncio.create_task(p.changes.watch(self.heard), name=f"state changes {name}")
+            for name, p in self.providers.items()
+            if p.changes is not None
+        ]
         work.append(asyncio.create_task(self.resync(), name="resync"))
         try:
             await asyncio.gather(*work)
@@ -210,6 +215,16 @@ class ServiceController:
         Services: 0.5 s each), so reading pending pools costs about the same CPU at any scale
         instead of taking the core the API server and the nodes need during a large rollout."""
         return self.poll_period * max(1.0, len(self.polling) / POLLS_PER_PERIOD)
+
+    def heard(self, key: str | None) -> None:
+        """The load balancer told that a target of the Service turned healthy or unhealthy: its
+        pass now, not at its next poll (None: changes may have been missed, so every Service
+        with pending gates)."""
+        if key is None:
+            for pending in list(self.polling):
+                self.queue.add(pending)
+        elif self.services.get(key) is not None:
+            self.queue.add(key)
 
     async def watch_generation(self, name: str, provider: Provisioning, period: float = 0.5) -> None:
         """A reload or restart empties the load balancer's dynamic state: re-sync every Service.

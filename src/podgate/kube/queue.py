@@ -6,7 +6,9 @@
 - ``add_rate_limited``: per-key exponential back-off with a cap (failures), combined with a
   global token bucket (so a burst of failing keys cannot hammer the API or a load balancer); a
   caller may cap one retry lower (:func:`retry_delay`);
-- ``add_after``: delayed adds (periodic re-checks) that bypass the rate limiter.
+- ``add_after``: delayed adds (periodic re-checks) that bypass the rate limiter; a key waits
+  for one delayed add at a time, the earliest asked for (client-go's ``AddAfter``), so every
+  pass of a polled key asking for the next poll does not start a poll of its own.
 
 Adds and retries are reported to a metrics provider, as client-go's queue reports to the one
 controller-runtime installs: ``podgate.controller.metrics`` installs Prometheus counters on
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
 from collections import deque
 from typing import Protocol
@@ -85,6 +88,8 @@ class WorkQueue:
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
         self._delayed: list[tuple[float, int, str]] = []
+        #: when each key's delayed add is due (the heap may hold later ones, superseded)
+        self._due: dict[str, float] = {}
         self._seq = itertools.count()
         self._added_at: dict[str, float] = {}
         self._nonempty = asyncio.Event()
@@ -96,7 +101,7 @@ class WorkQueue:
 
     def delays(self) -> list[float]:
         """When each key waiting to be added again is due (monotonic seconds), earliest first."""
-        return sorted(due for due, _, _ in self._delayed)
+        return sorted(self._due.values())
 
     def add(self, key: str) -> None:
         """Queue ``key`` unless it already waits.  Counted as an add only when it changes
@@ -122,7 +127,11 @@ class WorkQueue:
         if delay <= 0:
             self.add(key)
             return
-        heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), key))
+        due = time.monotonic() + delay
+        if self._due.get(key, math.inf) <= due:
+            return  # an earlier one is waiting: the key is looked at then, and decides again
+        self._due[key] = due
+        heapq.heappush(self._delayed, (due, next(self._seq), key))
         self._arm()
 
     def add_rate_limited(self, key: str, cap: float | None = None) -> None:
@@ -175,7 +184,9 @@ class WorkQueue:
     def _fire(self) -> None:
         now = time.monotonic()
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, key = heapq.heappop(self._delayed)
-            self.add(key)
+            due, _, key = heapq.heappop(self._delayed)
+            if self._due.get(key) == due:  # else superseded by an earlier one, which was added
+                del self._due[key]
+                self.add(key)
         self._timer = None
         self._arm()

@@ -10,7 +10,7 @@ record has one: it never asks a provider's type.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -148,6 +148,22 @@ class Provisioning(Protocol):
         """Changes when the load balancer lost its dynamic state (reload, restart): re-sync all."""
 
 
+class StateChanges(Protocol):
+    """A load balancer that says when its targets' health changed, as it happens (HAProxy's ring
+    of server state changes), so a pending gate need not be polled for it.  Only a wake-up: a
+    pass still reads the pool itself, and while :attr:`live` is False (not listening, or the
+    load balancer keeps no such record) pending gates are polled as with any provider."""
+
+    @property
+    def live(self) -> bool:
+        """Every change is heard now: pending gates may be polled rarely."""
+
+    async def watch(self, changed: Callable[[str | None], None]) -> None:
+        """Until cancelled: ``changed(service_key)`` when a target of that Service turned
+        healthy or unhealthy, ``changed(None)`` when changes may have been missed (on every
+        start of listening: look at every pending Service).  Reconnects by itself."""
+
+
 class Throttling(Protocol):
     """Cloud API calls retried after "throttled" or "busy" answers, counted since start."""
 
@@ -166,6 +182,8 @@ class Provider:
     provisioning: Provisioning | None = None
     #: the cloud API's retry counter (``podgate_provider_throttled_total``)
     throttling: Throttling | None = None
+    #: health changes told as they happen (HAProxy provisioning mode)
+    changes: StateChanges | None = None
 
     @property
     def name(self) -> str:

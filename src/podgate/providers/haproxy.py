@@ -5,7 +5,8 @@ the :class:`~podgate.providers.base.TargetPool`), the structure by rendering and
 (``haproxy_provisioning``, the :class:`~podgate.providers.base.Provisioning` capability), and
 the files a reload starts from (``haproxy_state``).  :class:`HAProxyProvider` puts them together
 from the settings: provisioning mode with a master CLI and a configuration file, attach mode
-(the user's own HAProxy, an HA pair say) without.
+(the user's own HAProxy, an HA pair say) without; in provisioning mode the servers' state
+changes are followed as they happen (``haproxy_events``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from podgate.model import lb
 from podgate.providers.base import Provider
+from podgate.providers.haproxy_events import HAProxyStateChanges
 from podgate.providers.haproxy_provisioning import HAProxyProvisioning
 from podgate.providers.haproxy_runtime import Master, MasterAPI, Runtime, RuntimeAPI
 from podgate.providers.haproxy_state import SaveOnRead, StateFiles
@@ -60,8 +62,18 @@ class HAProxyProvider:
         self.provisioning = HAProxyProvisioning(
             self.pair, master if self.files is not None else None, self.files, validate=validate
         )
+        #: provisioning mode renders the ring of state changes (``haproxy_config.EVENTS_RING``),
+        #: followed on the real sockets; attach mode (the user's configuration) is polled
+        real = [rt for rt in self.pair.runtimes if isinstance(rt, Runtime)]
+        self.changes = (
+            HAProxyStateChanges(real)
+            if self.files is not None and real and len(real) == len(self.pair.runtimes)
+            else None
+        )
 
     def provider(self) -> Provider:
         """The controller's record: no group binding, hence no finalizer (provisioned backends
         are podgate's own and rendered again at start; attached ones keep the user's servers)."""
-        return Provider(self.pool, self.GROUP_ANNOTATIONS, provisioning=self.provisioning)
+        return Provider(
+            self.pool, self.GROUP_ANNOTATIONS, provisioning=self.provisioning, changes=self.changes
+        )

@@ -15,6 +15,10 @@ from podgate.model.lb import HealthCheck, PoolSpec, Target
 from podgate.providers.base import ServiceLB
 
 PREFIX = "podgate"
+#: the ring every provisioned backend logs its servers' state changes to (UP, DOWN after checks,
+#: drain, maintenance), which podgate reads as they happen (``haproxy_events``) instead of
+#: polling each pending backend
+EVENTS_RING = "podgate-state-changes"
 
 
 def backend_name(pool: PoolSpec) -> str:
@@ -23,6 +27,15 @@ def backend_name(pool: PoolSpec) -> str:
     if pool.group is not None:
         return pool.group.id  # attach mode: the user's own backend
     return f"{PREFIX}.{pool.namespace}.{pool.service}.{pool.port}"
+
+
+def service_of_backend(backend: str) -> str | None:
+    """``namespace/name`` of the Service a provisioned backend (``podgate.NS.NAME.PORT``)
+    serves; None for any other backend (a user's, in attach mode)."""
+    parts = backend.split(".")
+    if len(parts) == 4 and parts[0] == PREFIX and parts[1] and parts[2] and parts[3].isdigit():
+        return f"{parts[1]}/{parts[2]}"
+    return None
 
 
 def frontend_name(pool: PoolSpec) -> str:
@@ -119,6 +132,11 @@ def render(
                 out += [f"    option httpchk GET {pool.health.path}", "    http-check expect status 200-399"]
             if state_dir:
                 out.append("    load-server-state-from-file local")  # the file named as the backend
+            # its servers' state changes, as HAProxy words them, where podgate reads them at once
+            out.append(f"    log ring@{EVENTS_RING} local0 notice")
             for name, address in sorted((servers or {}).get(be, ())):
                 out.append(f"    server {name} {address} {server_options(pool.health)}")
+    # only new lines are read (``show events -n``): a small ring.  Rendered with no Service
+    # too, so podgate's reader finds it from the start
+    out += ["", f"ring {EVENTS_RING}", "    format iso", "    maxlen 1024", "    size 262144"]
     return "\n".join(out) + "\n"

@@ -12,12 +12,13 @@ half-read answer.  At most :data:`CONNECTIONS` of them are open to one HAProxy a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import math
 import re
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -108,6 +109,35 @@ async def _send(address: str, line: str, timeout: float, half_close: bool) -> st
         ) from None
     finally:
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def following(address: str, line: str, timeout: float = 5.0) -> AsyncIterator[AsyncIterator[str]]:
+    """A command whose answer does not end (``show events RING -w``) sent, for the block: the
+    lines of its answer as HAProxy writes them, until it closes the connection.  It holds one of
+    this process's :data:`CONNECTIONS` to that HAProxy for as long, so the others never exceed
+    what its socket takes."""
+    async with _slot(address):
+        try:
+            reader, writer = await _connect(address, timeout)
+        except (OSError, TimeoutError) as e:
+            raise Unreachable(f"HAProxy at {address} unreachable: {e or type(e).__name__}") from None
+
+        async def lines() -> AsyncIterator[str]:
+            try:
+                while raw := await reader.readline():
+                    yield raw.decode(errors="replace").rstrip("\n")
+            except (OSError, ValueError) as e:  # ValueError: a line over the reader's limit
+                raise ProviderError(f"HAProxy at {address}: {line.split()[0]} failed: {e}") from None
+
+        try:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            yield lines()
+        except OSError as e:
+            raise ProviderError(f"HAProxy at {address}: {line.split()[0]} failed: {e}") from None
+        finally:
+            writer.close()
 
 
 #: how HAProxy's CLI begins the answer to a command it did not carry out
