@@ -8,7 +8,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from podgate.providers.haproxy_runtime import Runtime
+from podgate.providers.haproxy_runtime import Runtime, following
 from podgate_sandbox.dataplane import (
     PROPAGATION,
     REGISTRATION,
@@ -119,3 +119,30 @@ async def test_a_batch_of_changes_is_held_or_passed_command_by_command(tmp_path:
         front.close()
         server.close()
     assert [line for _, line in seen][1:] == [f"set server {SLOW}/podgate-10.0.0.1-8080 state drain"]
+
+
+async def test_a_followed_ring_passes_through_line_by_line_as_haproxy_writes_it(tmp_path: Path) -> None:
+    """``show events RING -w`` never ends: the plane pipes it (a cloud's API tells health changes
+    too), so podgate hears each line when HAProxy writes it, not when the answer would end."""
+    written = asyncio.Event()
+
+    async def ring(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"Server podgate.shop.web.80/podgate-10.0.0.1-8080 is UP, reason: Layer4 check passed\n")
+        await writer.drain()
+        await written.wait()  # the connection stays open, as HAProxy's does
+
+    server = await asyncio.start_unix_server(ring, str(tmp_path / "haproxy.sock"))
+    plane = DataPlane(str(tmp_path / "haproxy.sock"), lambda b: Delays())
+    front = await asyncio.start_unix_server(plane.client, str(tmp_path / "plane.sock"))
+    try:
+        async with following(
+            str(tmp_path / "plane.sock"), "show events podgate-state-changes -w -n"
+        ) as lines:
+            async with asyncio.timeout(2):
+                first = await anext(aiter(lines))
+        assert first.endswith("is UP, reason: Layer4 check passed")
+    finally:
+        written.set()
+        front.close()
+        server.close()
