@@ -424,3 +424,28 @@ async def test_a_heard_change_queues_its_service_at_once_and_a_gap_every_pending
     ctl.polling.update({f"{NS}/api", f"{NS}/web"})
     ctl.heard(None)  # listening (again): what changed meanwhile was heard by no one
     assert {(await ctl.queue.get())[0] for _ in range(2)} == {f"{NS}/api", f"{NS}/web"}
+
+
+async def test_heard_changes_start_a_services_pass_at_most_once_a_poll_period() -> None:
+    """A burst of changes (a hundred targets turning UP one after another) costs a pass per
+    poll period, not a pass each: the first change after a quiet spell at once, the next ones
+    when a period has passed since the last pass started."""
+    world = World()
+    world.add(SERVICES, service())
+    await world.sync()
+    ctl, _ = controller(world, poll_period=0.2)
+    key = f"{NS}/web"
+    ctl.heard(key)  # no pass yet: at once
+    assert len(ctl.queue) == 1 and ctl.queue.delays() == []
+    now = time.monotonic()
+    ctl.started[key] = now  # as a worker marks the pass it starts
+    await ctl.queue.get()
+    ctl.queue.done(key)
+    for _ in range(50):
+        ctl.heard(key)
+    assert len(ctl.queue) == 0
+    (due,) = ctl.queue.delays()  # one delayed add for all fifty, a period after the pass began
+    assert now + 0.2 - 0.01 <= due <= now + 0.2 + 0.01
+    ctl.started[key] = now - 1.0  # the last pass long ago: the next change at once
+    ctl.heard(key)
+    assert len(ctl.queue) == 1

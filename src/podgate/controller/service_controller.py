@@ -74,6 +74,8 @@ class ServiceController:
         self.provider_ok: dict[str, bool] = {}
         #: Services whose last pass left gates pending (re-read every ``poll_period_now()``)
         self.polling: set[str] = set()
+        #: when each Service's last pass started (monotonic): :meth:`heard` spaces passes by it
+        self.started: dict[str, float] = {}
         pods.add_handler(self.on_pod)
         services.add_handler(self.on_service)
         namespaces.add_handler(self.on_namespace)
@@ -169,7 +171,7 @@ class ServiceController:
         """One worker: take a key, reconcile it, and queue it again as its outcome says."""
         while True:
             key, waited = await self.queue.get()
-            t0 = time.monotonic()
+            t0 = self.started[key] = time.monotonic()
             result = "error"
             try:
                 result = self.settle(key, await self.reconciler.reconcile(key))
@@ -181,6 +183,7 @@ class ServiceController:
             finally:
                 self.on_reconciled(key, result, time.monotonic() - t0, waited)
                 if self.services.get(key) is None:
+                    self.started.pop(key, None)
                     self.on_forgotten(key)  # the pass that found it gone: its series go
                 self.queue.done(key)
 
@@ -219,12 +222,20 @@ class ServiceController:
     def heard(self, key: str | None) -> None:
         """The load balancer told that a target of the Service turned healthy or unhealthy: its
         pass now, not at its next poll (None: changes may have been missed, so every Service
-        with pending gates)."""
+        with pending gates).
+
+        A Service's pass starts at most once per ``poll_period_now()``: at once when its last
+        pass started longer ago, else when that much time has passed.  A hundred targets
+        turning UP one after another then cost a pass or two per period, not a pass each, and
+        no more passes than polling would make; the first change after a quiet spell is acted
+        on at once, where a poll would have waited half a period on average."""
         if key is None:
             for pending in list(self.polling):
                 self.queue.add(pending)
         elif self.services.get(key) is not None:
-            self.queue.add(key)
+            last = self.started.get(key)
+            wait = 0.0 if last is None else last + self.poll_period_now() - time.monotonic()
+            self.queue.add_after(key, wait)
 
     async def watch_generation(self, name: str, provider: Provisioning, period: float = 0.5) -> None:
         """A reload or restart empties the load balancer's dynamic state: re-sync every Service.
