@@ -210,6 +210,49 @@ async def test_one_write_per_gate_in_flight_and_the_newer_wish_follows_it() -> N
     assert world.pods.cache[f"{NS}/p1"]["status"]["conditions"][-1]["status"] == "True"
 
 
+async def test_a_gate_opening_never_waits_for_progress_writes_in_flight() -> None:
+    """An API server slow to answer progress writes (a new reason on a gate that stays False)
+    holds at most the writers that may send progress: the others are left for gates opening or
+    closing, which are sent while every progress writer waits."""
+    world = World()
+    for i in range(11):
+        world.add(PODS, pod(f"p{i}"))
+    await world.sync()
+    release, opened = asyncio.Event(), asyncio.Event()
+    real_patch = world.kube.patch
+    progress_in_flight = 0
+
+    async def slow_progress(*args: Any, **kw: Any) -> Any:
+        nonlocal progress_in_flight
+        (status,) = {c["status"] for c in args[2]["status"]["conditions"]}
+        if status == "False":
+            progress_in_flight += 1
+            await release.wait()
+        answer = await real_patch(*args, **kw)
+        if status == "True":
+            opened.set()
+        return answer
+
+    world.kube.patch = slow_progress  # type: ignore[method-assign]
+    writers = asyncio.create_task(world.gates.run(concurrency=4, progress=2))
+    checking = cond("False", "InitialHealthChecking")
+    for i in range(10):
+        world.gates.submit(world.pods.cache[f"{NS}/p{i}"], checking, sticky=True)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert progress_in_flight == 2  # the progress writers, and no other
+    world.gates.submit(world.pods.cache[f"{NS}/p10"], cond("True", "LoadBalancerHealthy"), sticky=True)
+    async with asyncio.timeout(2):
+        await opened.wait()
+    assert ("p10", "True", "LoadBalancerHealthy") in patched_reasons(world)
+    assert progress_in_flight == 2
+    release.set()
+    await world.gates.idle()
+    writers.cancel()
+    await asyncio.gather(writers, return_exceptions=True)
+    assert len(patched_reasons(world)) == 11
+
+
 async def test_a_wish_for_a_pod_that_is_gone_is_not_sent() -> None:
     world, p = await writer()
     world.gates.submit(p, cond("False", "InitialHealthChecking"), sticky=True)
