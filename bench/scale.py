@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +353,38 @@ def gc_pauses(before: dict[tuple[str, Any], float], after: dict[tuple[str, Any],
     return {"count": n, "sum_s": delta("_sum"), "over_100ms": n - delta("_bucket", le="0.1")}
 
 
+QUEUE_WAIT, PASS_DURATION = "workqueue_queue_duration_seconds", "workqueue_work_duration_seconds"
+
+
+def histogram_delta(
+    before: dict[tuple[str, Any], float],
+    after: dict[tuple[str, Any], float],
+    name: str,
+    match: dict[str, str],
+) -> dict[str, Any]:
+    """A histogram's observations over a pass: count, mean, p50 and p99 interpolated in its
+    buckets (as Prometheus's ``histogram_quantile``)."""
+
+    sums: dict[str, float] = {"_count": 0.0, "_sum": 0.0}
+    buckets: dict[float, float] = {}
+    for (m, labels), v in after.items():
+        if not m.startswith(name) or not match.items() <= dict(labels).items():
+            continue
+        d = v - before.get((m, labels), 0.0)
+        if m == name + "_bucket":
+            le = float(dict(labels)["le"])
+            buckets[le] = buckets.get(le, 0.0) + d
+        elif m.removeprefix(name) in sums:
+            sums[m.removeprefix(name)] += d
+    n = sums["_count"]
+    return {
+        "count": n,
+        "mean_s": sums["_sum"] / n if n else None,
+        "p50_s": histogram_quantile(0.5, buckets),
+        "p99_s": histogram_quantile(0.99, buckets),
+    }
+
+
 def _le(bound: float) -> str:
     """A bucket bound as prometheus_client labels it (1.0, not 1)."""
     return str(float(bound))
@@ -573,7 +606,7 @@ class Bench:
 
     @property
     def minimum(self) -> float:
-        return self.args.interval * self.args.rise
+        return float(self.args.interval * self.args.rise)
 
     async def setup(self) -> None:
         await call(self.core.create_namespace, {"metadata": {"name": NS, "labels": {INJECT: "enabled"}}})
@@ -691,6 +724,10 @@ class Bench:
             "health_checking_ratio": ratio_histogram(before, after),
             "drains": drain_histogram(before, after),
             "gc_pauses": gc_pauses(before, after),
+            # the controller's work queue: how long a Service's key waited for a worker, and how
+            # long its pass took (what stands between a pod's event and podgate's answer to it)
+            "queue_wait": histogram_delta(before, after, QUEUE_WAIT, {"name": "services"}),
+            "pass_duration": histogram_delta(before, after, PASS_DURATION, {"name": "services"}),
             "reconcile_errors": total(after, "controller_runtime_reconcile_errors_total")
             - total(before, "controller_runtime_reconcile_errors_total"),
         }
@@ -891,6 +928,10 @@ GOALS = {
 }
 
 
+def _secs(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} s"
+
+
 def markdown(res: dict[str, Any]) -> str:
     passes = [p for p in ("create", "restart") if p in res]
     total_pods = res["services"] * res["pods_per_service"]
@@ -967,6 +1008,15 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{p['gc_pauses']['over_100ms']:.0f}"
             ),
         )
+    if all("queue_wait" in res[p] for p in passes):
+        row(
+            "controller passes: count; key's wait for a worker p50 / p99; pass p50 / p99",
+            lambda p: (
+                f"{p['pass_duration']['count']:.0f}; {_secs(p['queue_wait']['p50_s'])} / "
+                f"{_secs(p['queue_wait']['p99_s'])}; {_secs(p['pass_duration']['p50_s'])} / "
+                f"{_secs(p['pass_duration']['p99_s'])}"
+            ),
+        )
     row(
         "controller RSS, start → peak",
         lambda p: f"{p['controller_rss_mib']['start']:.0f} → {p['controller_rss_mib']['peak']:.0f} MiB",
@@ -1018,7 +1068,7 @@ def _s(v: float | None, unit: float = 1.0, digits: int = 2) -> str:
     return "-" if v is None else f"{v * unit:.{digits}f}"
 
 
-def decomposition_markdown(res: dict[str, Any], passes: list[str]) -> list[str]:
+def decomposition_markdown(res: dict[str, Any], passes: Sequence[str]) -> list[str]:
     """Where each gated pod's time went, part by part, per pass."""
     if not all(res[p].get("decomposition", {}).get("parts_s") for p in passes):
         return []
@@ -1064,7 +1114,7 @@ def decomposition_markdown(res: dict[str, Any], passes: list[str]) -> list[str]:
     return lines
 
 
-def baseline_markdown(res: dict[str, Any], passes: list[str]) -> list[str]:
+def baseline_markdown(res: dict[str, Any], passes: Sequence[str]) -> list[str]:
     """The same passes admitted by a no-op webhook and never gated, beside podgate's."""
     pairs = [(f"baseline_{p}", p) for p in passes if f"baseline_{p}" in res]
     if not pairs:

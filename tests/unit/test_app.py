@@ -216,6 +216,37 @@ async def test_a_failed_pass_is_retried_with_back_off_and_counted_as_an_error() 
     assert seen[:2] == [(f"{NS}/web", "error"), (f"{NS}/web", "requeue_after")]
 
 
+def with_conditions(p: Any, **statuses: str) -> Any:
+    """``p`` with its conditions' statuses set (a condition not there yet is added)."""
+    conds = {c["type"]: dict(c) for c in p["status"]["conditions"]}
+    for ctype, status in statuses.items():
+        conds.setdefault(ctype, {"type": ctype})["status"] = status
+    return {**p, "status": {**p["status"], "conditions": list(conds.values())}}
+
+
+def test_ready_and_podgates_own_gate_writes_start_no_pass_but_anothers_do() -> None:
+    gate = gates.service_gate("web")
+    p = with_conditions(pod("p1"), **{gate: "False"})
+    ready = with_conditions(p, Ready="True")
+    # the node's Ready after the gate opened: the pod was a target already (ContainersReady)
+    assert not pod_change_matters(ready, p)
+    # Ready where ContainersReady is not True makes the pod a target: that matters
+    unready = with_conditions(p, ContainersReady="False")
+    assert pod_change_matters(with_conditions(unready, Ready="True"), unready)
+    assert pod_change_matters(with_conditions(p, ContainersReady="False"), p)
+    opened = with_conditions(p, **{gate: "True"})
+    # podgate's own write, as the cache takes its answer: its pass decided it already
+    assert not pod_change_matters(opened, p, (f"{NS}/p1", gate, "True"))
+    # anyone else's (or a write podgate did not make: another pod, gate or status) does
+    assert pod_change_matters(opened, p)
+    assert pod_change_matters(opened, p, (f"{NS}/p2", gate, "True"))
+    assert pod_change_matters(opened, p, (f"{NS}/p1", gates.service_gate("api"), "True"))
+    assert pod_change_matters(opened, p, (f"{NS}/p1", gate, "False"))
+    # the answer to podgate's write carried someone else's change too: that one counts
+    both = with_conditions(opened, **{gates.service_gate("api"): "False"})
+    assert pod_change_matters(both, p, (f"{NS}/p1", gate, "True"))
+
+
 async def test_events_that_cannot_change_targets_or_gates_queue_nothing() -> None:
     world = World()
     world.add(SERVICES, service())

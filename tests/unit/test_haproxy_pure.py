@@ -123,6 +123,42 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path: Path) -> None:
     )
 
 
+def test_blocks_kept_between_renders_give_the_same_file_and_follow_every_change() -> None:
+    """The file is rendered again at every target added or removed: pools whose servers did
+    not change reuse their block, and the text is the same as a render from nothing."""
+    pools = {
+        f"shop/s{i}": cfg.ServiceLB(
+            f"127.200.0.{i}",
+            [PoolSpec("shop", f"s{i}", 80, "", 8080, "TCP", HealthCheck(), retries=i % 2 == 0)],
+        )
+        for i in range(3)
+    }
+    servers = {
+        f"podgate.shop.s{i}.80": [
+            (f"podgate-127.100.{i}.{n}-8080", f"127.100.{i}.{n}:8080") for n in range(3)
+        ]
+        for i in range(3)
+    }
+    blocks: cfg.Blocks = {}
+
+    def both() -> str:
+        kept = cfg.render("", pools, servers, "/state", blocks)
+        assert kept == cfg.render("", pools, servers, "/state")
+        return kept
+
+    first = both()
+    servers["podgate.shop.s1.80"] = servers["podgate.shop.s1.80"][1:]  # a target removed
+    assert "podgate-127.100.1.0-8080" not in both() and "podgate-127.100.1.0-8080" in first
+    servers["podgate.shop.s2.80"].append(("podgate-127.100.2.9-8080", "127.100.2.9:8080"))  # added
+    assert "    server podgate-127.100.2.9-8080 127.100.2.9:8080 check" in both()
+    pools["shop/s0"] = cfg.ServiceLB("127.200.0.7", pools["shop/s0"].pools)  # a new address
+    assert "bind 127.200.0.7:80" in both()
+    del pools["shop/s2"]  # released: its block goes from the file and from what is kept
+    assert "podgate.shop.s2.80" not in both()
+    assert set(blocks) == {"podgate.shop.s0.80", "podgate.shop.s1.80"}
+    assert "load-server-state-from-file" not in cfg.render("", pools, servers, None, blocks)
+
+
 @pytest.mark.parametrize(
     ("name", "address", "target", "free"),
     [

@@ -14,7 +14,7 @@ from podgate.providers.base import ProviderError, ServiceLB
 from podgate.providers.haproxy import HAProxyProvider
 from podgate.providers.haproxy_fake import FakeMaster, FakeRuntime, FakeServer
 from podgate.providers.haproxy_runtime import ServerStat, parse_admin_states
-from podgate.providers.haproxy_state import SaveOnRead, StateFiles, View, view_of
+from podgate.providers.haproxy_state import SaveOnRead, StateFiles, View, servers_in_state, view_of
 
 BACKEND = "podgate.shop.web.80"
 POOL = PoolSpec("shop", "web", 80, "", 8080, "TCP", HealthCheck(None, 1.0, 3, 3))
@@ -250,3 +250,24 @@ async def test_save_on_read_asks_again_after_a_failed_save() -> None:
     files.save = asyncio.get_running_loop().create_future()
     await policy.seen(BACKEND, view(row("DOWN")))
     assert files.scheduled == [BACKEND, BACKEND]
+
+
+#: ``show servers state be1`` as HAProxy 2.6 answers it (one server checked UP, one just added)
+STATE_2_6 = """1
+# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port
+2 be1 1 podgate-127.0.0.5-8080 127.0.0.5 2 0 1 1 0 8 2 0 6 0 0 0 - 8080 - 0 0 - - 0
+2 be1 2 podgate-127.0.0.6-9090 127.0.0.6 2 0 1 1 0 1 0 0 2 0 0 0 - 9090 - 0 0 - - 0
+"""  # noqa: E501
+
+
+def test_the_servers_to_list_are_read_from_the_state_saved() -> None:
+    """The configuration file lists the servers whose state was just saved, from that state:
+    no second read of the backend.  An address the state cannot give whole (IPv6) is None, and
+    the caller reads ``show stat`` instead."""
+    assert servers_in_state(STATE_2_6) == [
+        ("podgate-127.0.0.5-8080", "127.0.0.5:8080"),
+        ("podgate-127.0.0.6-9090", "127.0.0.6:9090"),
+    ]
+    assert servers_in_state(STATE_2_6.split("2 be1 1")[0]) == []  # no server
+    assert servers_in_state(STATE_2_6.replace("127.0.0.6 2", "fd00::6 2")) is None
+    assert servers_in_state("Can't find backend.\n") is None

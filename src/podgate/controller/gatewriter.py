@@ -112,6 +112,9 @@ class GateWriter:
         self._urgent_writers = 0
         self._writing: set[WriteKey] = set()
         self._seq = itertools.count()
+        #: while a write's answer is put in the pod cache (its handlers run then): the pod, the
+        #: gate and the status written, so a handler can tell podgate's own change from another's
+        self.echo: tuple[str, str, str] | None = None
         pods.add_handler(self._on_pod)
 
     def _on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
@@ -324,7 +327,12 @@ class GateWriter:
                     f"{budget:.1f}s the leader lease had left: given up"
                 ) from e
             raise
-        self.pods.update_if_newer(updated)
+        # the answer goes into the cache at once; its handlers are told which change is ours
+        self.echo = (f"{meta['namespace']}/{meta['name']}", write["type"], write["status"])
+        try:
+            self.pods.update_if_newer(updated)
+        finally:
+            self.echo = None
         metrics.GATE_TRANSITIONS.labels(write["status"], write.get("reason") or "").inc()
         if write.get("reason") == TIMED_OUT and (current is None or current.get("reason") != TIMED_OUT):
             metrics.GATE_TIMEOUTS.labels(OPEN if write["status"] == cond.TRUE else CLOSED).inc()

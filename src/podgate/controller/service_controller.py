@@ -84,7 +84,8 @@ class ServiceController:
 
     # -- event handlers: enqueue keys, nothing else --------------------------------------------
     def on_pod(self, kind: EventType, pod: PodView, old: PodView | None) -> None:
-        if old is not None and kind == "MODIFIED" and not pod_change_matters(pod, old):
+        echo = self.reconciler.gates.echo
+        if old is not None and kind == "MODIFIED" and not pod_change_matters(pod, old, echo):
             return
         namespace = meta_of(pod).get("namespace") or ""
         for key in services_for_event(pod, old, self.services.in_namespace(namespace), self.adopted_prefixes):
@@ -262,26 +263,45 @@ class ServiceController:
             self.enqueue_all()
 
 
-def pod_change_matters(pod: PodView, old: PodView) -> bool:
-    """Pod updates that can change targets or gates.  A gate status podgate wrote itself counts
-    too (its answer is emitted by the informer): one more pass, which writes nothing new."""
+def pod_change_matters(pod: PodView, old: PodView, echo: tuple[str, str, str] | None = None) -> bool:
+    """Pod updates that can change targets or gates.  Ready counts only where it changes whether
+    the pod may be a target (ContainersReady or Ready, :func:`podgate.model.lb.membership`): the
+    node's Ready after a gate opened changes nothing.  A gate's status counts (someone else may
+    close what podgate opened, or open what it holds), except ``echo``, the gate status podgate
+    is writing itself (:attr:`GateWriter.echo`): its pass decided it already, and a pass for
+    each of them made a rollout's Services pass again for nothing."""
 
-    def view(p: PodView) -> tuple[Any, ...]:
-        conds = {
+    def gate_statuses(p: PodView) -> dict[str, str | None]:
+        return {
             c["type"]: c.get("status")
             for c in pod_conditions(p)
-            if c["type"] in (cond.CONTAINERS_READY, cond.READY)
-            or c["type"].startswith(gates.SERVICE_GATE_PREFIX)
+            if c["type"].startswith(gates.SERVICE_GATE_PREFIX)
         }
+
+    def view(p: PodView) -> tuple[Any, ...]:
         return (
             meta_of(p).get("labels"),
             meta_of(p).get("deletionTimestamp"),
             pod_ip(p),
-            sorted(conds.items()),
+            any(
+                c["type"] in (cond.CONTAINERS_READY, cond.READY) and c.get("status") == cond.TRUE
+                for c in pod_conditions(p)
+            ),
             pod_spec(p).get("readinessGates"),
         )
 
-    return view(pod) != view(old)
+    if view(pod) != view(old):
+        return True
+    now, before = gate_statuses(pod), gate_statuses(old)
+    changed = {t for t in now.keys() | before.keys() if now.get(t) != before.get(t)}
+    if not changed:
+        return False
+    if echo is not None:
+        pod_key, gate_type, status = echo
+        mine = pod_key == f"{meta_of(pod).get('namespace')}/{meta_of(pod).get('name')}"
+        if mine and changed == {gate_type} and now.get(gate_type) == status:
+            return False
+    return True
 
 
 def service_change_matters(svc: Service, old: Service) -> bool:

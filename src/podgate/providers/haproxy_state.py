@@ -53,6 +53,29 @@ def newly_up(saved: View | None, view: View) -> bool:
     return any(row[3] == "UP" and row[:3] not in was_up for row in view)
 
 
+def servers_in_state(text: str) -> list[tuple[str, str]] | None:
+    """Each server's (name, ``IP:port``) in a ``show servers state BACKEND`` answer (its
+    ``srv_name``, ``srv_addr`` and ``srv_port``; verified on HAProxy 2.6); None when a server's
+    address is not IPv4 or the columns are not there (the caller reads ``show stat`` then)."""
+    header: list[str] = []
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            header = line.lstrip("# ").split()
+            continue
+        fields = line.split()
+        if not header or len(fields) < len(header):
+            continue  # the version line, an empty one
+        row = dict(zip(header, fields, strict=False))
+        name, addr, port = row.get("srv_name"), row.get("srv_addr"), row.get("srv_port")
+        if name is None or addr is None or port is None or ":" in addr or not port.isdigit():
+            return None
+        out.append((name, f"{addr}:{port}"))
+    if not header:
+        return None
+    return out
+
+
 def _retrieved(future: asyncio.Future[None]) -> None:
     """A save nobody waits for may fail unseen: log it (its backends stay dirty for the next)."""
     if not future.cancelled() and (e := future.exception()) is not None:
@@ -83,6 +106,8 @@ class StateFiles:
         self._dirty: dict[str, bool] = {}
         #: the save that will take the changes made now
         self._next_save: asyncio.Future[None] | None = None
+        #: each pool's block of the file as last rendered (``haproxy_config.render``)
+        self._blocks: cfg.Blocks = {}
 
     @property
     def state_dir(self) -> Path:
@@ -118,8 +143,7 @@ class StateFiles:
             for pool in service_lb.pools:
                 be = cfg.backend_name(pool)
                 with contextlib.suppress(ProviderError):  # a new backend has no servers yet
-                    await self.save(be)
-                    self.servers[be] = await self._listed(be)
+                    self.servers[be] = await self._listed(be, await self.save(be))
 
     def _mark(self) -> str:
         return cfg.STRUCTURE_MARK + cfg.structure_id(self.base_config, self.services)
@@ -128,7 +152,7 @@ class StateFiles:
         return (
             self._mark()
             + "\n"
-            + cfg.render(self.base_config, self.services, self.servers, str(self.state_dir))
+            + cfg.render(self.base_config, self.services, self.servers, str(self.state_dir), self._blocks)
         )
 
     def write(self, text: str | None = None) -> None:
@@ -146,20 +170,24 @@ class StateFiles:
             self.servers[backend] = [s for s in self.servers.get(backend, []) if s[0] not in names]
             self.write()
 
-    async def _listed(self, backend: str) -> list[tuple[str, str]]:
-        return [
-            (s.name, s.address)
-            for s in await self.runtime.servers(backend)
-            if cfg.target_of_server(s.name, s.address)
-        ]
+    async def _listed(self, backend: str, state: str) -> list[tuple[str, str]]:
+        """podgate's servers of the backend, (name, address), from the state just saved: the
+        servers the next worker loads are the ones to list.  Read from ``show stat`` only when
+        an address is not IPv4 (the state file gives address and port apart)."""
+        listed = servers_in_state(state)
+        if listed is None:
+            listed = [(s.name, s.address) for s in await self.runtime.servers(backend)]
+        return [(name, address) for name, address in listed if cfg.target_of_server(name, address)]
 
-    async def save(self, backend: str) -> None:
-        """HAProxy's own state of the backend's servers, where the next worker will load it."""
+    async def save(self, backend: str) -> str:
+        """HAProxy's own state of the backend's servers, where the next worker will load it;
+        the state saved."""
         text = await self.runtime.server_state(backend)
         self.state_dir.mkdir(exist_ok=True)
         tmp = self.state_dir / f".{backend}.new"
         tmp.write_text(text)
         os.replace(tmp, self.state_dir / backend)
+        return text
 
     async def persist(self, backend: str, relist: bool) -> None:
         """Save ``backend``'s state (and with ``relist``, list its servers in the configuration
@@ -180,8 +208,8 @@ class StateFiles:
             dirty, self._dirty = self._dirty, {}
 
             async def save(be: str, relist: bool) -> list[tuple[str, str]] | None:
-                await self.save(be)
-                return await self._listed(be) if relist else None
+                state = await self.save(be)
+                return await self._listed(be, state) if relist else None
 
             # side by side (the CLI slots bound them): one after the other, a rollout's dirty
             # backends were as many round trips in a row, and drain hooks waited for them
