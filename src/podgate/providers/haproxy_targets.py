@@ -252,7 +252,13 @@ class HAProxyTargets:
         be = cfg.backend_name(pool)
 
         async def on(rt: RuntimeAPI) -> None:
-            names = {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
+            # a provisioned backend's servers are podgate's, named by their target: no read to
+            # find them (the user's backend may hold a target in a server-template slot)
+            names = (
+                {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
+                if pool.group is not None
+                else {}
+            )
             # one batch; a server already gone on this HAProxy is no error
             await rt.drain_servers(be, [names.get(t, cfg.server_name(t)) for t in targets])
 
