@@ -354,6 +354,7 @@ def gc_pauses(before: dict[tuple[str, Any], float], after: dict[tuple[str, Any],
 
 
 QUEUE_WAIT, PASS_DURATION = "workqueue_queue_duration_seconds", "workqueue_work_duration_seconds"
+PROVIDER_CALLS = "podgate_provider_call_duration_seconds"
 
 
 def histogram_delta(
@@ -728,6 +729,12 @@ class Bench:
             # long its pass took (what stands between a pod's event and podgate's answer to it)
             "queue_wait": histogram_delta(before, after, QUEUE_WAIT, {"name": "services"}),
             "pass_duration": histogram_delta(before, after, PASS_DURATION, {"name": "services"}),
+            # podgate's calls to HAProxy, by operation (a read that saw a server newly UP
+            # includes the wait for its state to be saved: the gate may open only then)
+            "haproxy_calls": {
+                op: histogram_delta(before, after, PROVIDER_CALLS, {"provider": "haproxy", "operation": op})
+                for op in ("targets", "register", "drain", "deregister")
+            },
             "reconcile_errors": total(after, "controller_runtime_reconcile_errors_total")
             - total(before, "controller_runtime_reconcile_errors_total"),
         }
@@ -1015,6 +1022,14 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{p['pass_duration']['count']:.0f}; {_secs(p['queue_wait']['p50_s'])} / "
                 f"{_secs(p['queue_wait']['p99_s'])}; {_secs(p['pass_duration']['p50_s'])} / "
                 f"{_secs(p['pass_duration']['p99_s'])}"
+            ),
+        )
+    if all("haproxy_calls" in res[p] for p in passes):
+        row(
+            "HAProxy calls p50 / p99: read; register; drain; remove",
+            lambda p: "; ".join(
+                f"{_secs(c['p50_s'])} / {_secs(c['p99_s'])}" if c["count"] else "-"
+                for c in p["haproxy_calls"].values()
             ),
         )
     row(
