@@ -1068,7 +1068,8 @@ class Sandbox:
                 pid, comp.marker, grace=15.0 if comp.name == "node-agent" else 10.0
             ):
                 stopped.append(comp.name)
-            self._save_pid(comp.name, None)
+            if comp.name in pids:  # nothing recorded (a state directory gone): nothing to write
+                self._save_pid(comp.name, None)
         pod_net = podnet.pod_network(self.config.pod_cidr)
         if podnet.needs_route(pod_net) and podnet.has_route(pod_net):
             podnet.remove_route(pod_net)

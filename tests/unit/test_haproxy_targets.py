@@ -5,7 +5,6 @@ pair policy and attach mode's slots on the in-memory HAProxy (``haproxy_fake``).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -89,7 +88,7 @@ async def test_an_old_worker_that_had_the_target_drained_already_holds_nothing(t
     assert (await provider.pool.targets(POOL))[TARGET].drained
     # ... unless it still has a request in flight to it
     (rows,) = master.old.values()
-    rows[0] = dataclasses.replace(rows[0], sessions=2)
+    rows[0] = rows[0]._replace(sessions=2)
     state = (await provider.pool.targets(POOL))[TARGET]
     assert not state.drained and "2 session(s) in HAProxy worker" in state.held
 

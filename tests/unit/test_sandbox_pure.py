@@ -141,3 +141,17 @@ def test_a_pod_range_the_machine_routes_is_refused_but_its_own_route_is_not() ->
     routes.append({"dst": "198.18.7.0/24", "dev": "tun0"})
     assert podnet.conflicts(net, routes) == ["198.18.7.0/24 dev tun0 table main"]
     assert podnet.conflicts(podnet.pod_network("198.19.0.0/20"), routes) == []
+
+
+def test_down_with_nothing_recorded_stops_nothing_and_writes_nothing(tmp_path: Path) -> None:
+    """A state directory gone (pytest's, say, removed under a `sandbox up` that failed): `down`
+    has nothing to stop and writes nothing; never a traceback (it wrote pids.json there)."""
+    import shutil
+
+    from podgate_sandbox.controlplane import Sandbox, SandboxConfig
+
+    state = tmp_path / "state"
+    sb = Sandbox(state, SandboxConfig(port_offset=12000, data_plane=False))
+    shutil.rmtree(state, ignore_errors=True)
+    assert sb.down() == []
+    assert not state.exists()

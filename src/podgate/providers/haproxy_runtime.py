@@ -16,11 +16,11 @@ import contextlib
 import csv
 import io
 import math
+import operator
 import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from podgate.providers.base import ProviderError
 from podgate.providers.retry import Retry
@@ -196,9 +196,10 @@ def split_answers(text: str) -> list[str]:
     return answers
 
 
-@dataclass(frozen=True)
-class ServerStat:
-    """One row of ``show stat``: a server as HAProxy reports it."""
+class ServerStat(NamedTuple):
+    """One row of ``show stat``: a server as HAProxy reports it.  A named tuple, not a frozen
+    dataclass: every read of a pool makes one per server (200 in a rollout of a 100-pod
+    Service), and a tuple is made in half the time."""
 
     backend: str
     name: str
@@ -222,12 +223,13 @@ def parse_stat(text: str) -> list[ServerStat]:
     # every poll of a pending pool)
     where = {name: i for i, name in enumerate(header)}
     wanted = ("pxname", "svname", "addr", "status", "check_status", "check_desc", "last_chk", "scur")
-    at = [where.get(name, -1) for name in wanted]
+    at = [where.get(name, len(header)) for name in wanted]  # a column not there reads ""
+    pick, width = operator.itemgetter(*at), max(at) + 1
     out = []
     for row in csv.reader(io.StringIO("\n".join(lines[1:]))):
-        backend, name, address, status, check, desc, last, scur = (
-            row[i] if 0 <= i < len(row) else "" for i in at
-        )
+        if len(row) < width:
+            row += [""] * (width - len(row))
+        backend, name, address, status, check, desc, last, scur = pick(row)
         if name in ("FRONTEND", "BACKEND") or not name:
             continue
         out.append(
