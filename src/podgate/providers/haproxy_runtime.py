@@ -277,23 +277,30 @@ def parse_stat(text: str) -> list[ServerStat]:
 ADMIN_DRAIN = 0x08 | 0x10
 
 
+def state_columns(text: str, *names: str) -> list[tuple[str, ...]] | None:
+    """The named columns of each server row of a ``show servers state`` answer, by its header
+    (the version line and rows cut short are skipped); None when a column is not there."""
+    lines = text.splitlines()
+    header = next((ln.lstrip("# ").split() for ln in lines if ln.startswith("#")), [])
+    if not all(name in header for name in names):
+        return None
+    at = [header.index(name) for name in names]
+    out = []
+    for ln in lines:
+        fields = ln.split()
+        if ln.startswith("#") or len(fields) <= max(at):
+            continue
+        out.append(tuple(fields[i] for i in at))
+    return out
+
+
 def parse_admin_states(text: str) -> dict[str, int]:
     """Server name → ``srv_admin_state`` flags from a ``show servers state BACKEND`` answer.
     ``show stat`` cannot tell them: a server told to drain whose checks fail reads DOWN there."""
-    lines = text.splitlines()
-    header = next((ln.lstrip("# ").split() for ln in lines if ln.startswith("#")), [])
-    if "srv_name" not in header or "srv_admin_state" not in header:
-        return {}
-    name, state = header.index("srv_name"), header.index("srv_admin_state")
     out = {}
-    for ln in lines:
-        fields = ln.split()
-        if ln.startswith("#") or len(fields) <= max(name, state):
-            continue
-        try:
-            out[fields[name]] = int(fields[state])
-        except ValueError:
-            continue
+    for name, state in state_columns(text, "srv_name", "srv_admin_state") or ():
+        if state.isdigit():
+            out[name] = int(state)
     return out
 
 

@@ -27,7 +27,7 @@ from typing import Protocol
 from podgate.model.lb import PoolSpec
 from podgate.providers import haproxy_config as cfg
 from podgate.providers.base import ProviderError, ServiceLB
-from podgate.providers.haproxy_runtime import NoSuchBackend, RuntimeAPI, ServerStat
+from podgate.providers.haproxy_runtime import NoSuchBackend, RuntimeAPI, ServerStat, state_columns
 
 log = logging.getLogger(__name__)
 
@@ -57,23 +57,10 @@ def servers_in_state(text: str) -> list[tuple[str, str]] | None:
     """Each server's (name, ``IP:port``) in a ``show servers state BACKEND`` answer (its
     ``srv_name``, ``srv_addr`` and ``srv_port``; verified on HAProxy 2.6); None when a server's
     address is not IPv4 or the columns are not there (the caller reads ``show stat`` then)."""
-    header: list[str] = []
-    out = []
-    for line in text.splitlines():
-        if line.startswith("#"):
-            header = line.lstrip("# ").split()
-            continue
-        fields = line.split()
-        if not header or len(fields) < len(header):
-            continue  # the version line, an empty one
-        row = dict(zip(header, fields, strict=False))
-        name, addr, port = row.get("srv_name"), row.get("srv_addr"), row.get("srv_port")
-        if name is None or addr is None or port is None or ":" in addr or not port.isdigit():
-            return None
-        out.append((name, f"{addr}:{port}"))
-    if not header:
+    rows = state_columns(text, "srv_name", "srv_addr", "srv_port")
+    if rows is None or any(":" in addr or not port.isdigit() for _, addr, port in rows):
         return None
-    return out
+    return [(name, f"{addr}:{port}") for name, addr, port in rows]
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
