@@ -4,14 +4,17 @@ HAProxy of the unit tests against the real one."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from podgate.providers import haproxy_runtime
 from podgate.providers.haproxy_fake import FakeRuntime
 from podgate.providers.haproxy_runtime import (
     BATCH_CHARS,
@@ -32,14 +35,25 @@ defaults
     timeout connect 1s
     timeout client 10s
     timeout server 10s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend {backend}
 backend {backend}
     balance roundrobin
 """
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
-def runtime(tmp_path: Path) -> Iterator[Runtime]:
-    (tmp_path / "haproxy.cfg").write_text(CONFIG.format(dir=tmp_path, backend=BACKEND))
+def haproxy(tmp_path: Path) -> Iterator[tuple[Runtime, int]]:
+    """A real HAProxy: its runtime API, and the port of a frontend in front of the backend."""
+    port = free_port()
+    (tmp_path / "haproxy.cfg").write_text(CONFIG.format(dir=tmp_path, backend=BACKEND, port=port))
     # its log to a file: a pipe nobody reads fills with "server is DOWN" lines and stops HAProxy
     with open(tmp_path / "haproxy.log", "wb") as log:
         proc = subprocess.Popen([HAPROXY, "-db", "-f", str(tmp_path / "haproxy.cfg")], stderr=log)
@@ -49,10 +63,15 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
             break
         subprocess.run(["sleep", "0.05"], check=True)
     try:
-        yield Runtime(str(sock))
+        yield Runtime(str(sock)), port
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def runtime(haproxy: tuple[Runtime, int]) -> Runtime:
+    return haproxy[0]
 
 
 async def test_many_servers_added_in_batches_start_down_with_checks_on(runtime: Runtime) -> None:
@@ -87,6 +106,65 @@ async def test_a_batch_reports_servers_haproxy_does_not_have(runtime: Runtime) -
     assert answers[0].startswith("Already exists")
 
 
+async def test_servers_are_removed_in_batches_and_one_with_a_connection_is_cut_first(
+    haproxy: tuple[Runtime, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two connections for any number of deletes (a rollout's pass removes dozens); a server
+    still serving a connection is refused by HAProxy's ``del server``, its sessions are cut and
+    it is deleted; one already gone is no error."""
+    runtime, frontend = haproxy
+    upstream = await asyncio.start_server(hold_open, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    busy = f"podgate-127.0.0.1-{port}"
+    servers = [
+        (f"podgate-127.50.{i // 200}.{i % 200 + 1}-8080", f"127.50.{i // 200}.{i % 200 + 1}:8080")
+        for i in range(300)
+    ]
+    await runtime.add_servers(BACKEND, servers, "check inter 60s")
+    await runtime.changes(
+        [f"add server {BACKEND}/{busy} 127.0.0.1:{port}", f"set server {BACKEND}/{busy} state ready"]
+    )
+    await runtime.changes([f"set server {BACKEND}/{n} state maint" for n, _ in servers])  # only busy serves
+    reader, writer = await asyncio.open_connection("127.0.0.1", frontend)
+    writer.write(b"ping\n")
+    async with asyncio.timeout(5):
+        assert await reader.readline() == b"ping\n"  # through HAProxy to busy
+    assert (await runtime.command(f"del server {BACKEND}/{busy}")).startswith("Only servers in maint")
+    await runtime.changes([f"set server {BACKEND}/{busy} state maint"])
+    assert "still has connections" in await runtime.command(f"del server {BACKEND}/{busy}")
+    await runtime.changes([f"set server {BACKEND}/{busy} state ready"])
+    sent: list[str] = []
+    real_send = haproxy_runtime.send
+
+    async def counting(address: str, line: str, timeout: float = 5.0, **kw: object) -> str:
+        sent.append(line)
+        return await real_send(address, line, timeout)
+
+    monkeypatch.setattr(haproxy_runtime, "send", counting)
+    await runtime.remove_servers(BACKEND, [busy, *(n for n, _ in servers), "podgate-127.50.9.9-8080"])
+    monkeypatch.undo()
+    assert await runtime.servers(BACKEND) == []
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""  # its connection was cut
+    # maint, delete; the busy one's sessions cut, deleted again: each a connection per 8,000
+    # characters of commands, not two a server
+    assert len(sent) <= 2 * (1 + sum(len(n) + 60 for n, _ in servers) // BATCH_CHARS) + 2
+    assert [line.split(";")[0].split()[0:2] for line in sent[-2:]] == [
+        ["shutdown", "sessions"],
+        ["del", "server"],
+    ]
+    writer.close()
+    upstream.close()
+
+
+async def hold_open(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An upstream that echoes lines until its client goes."""
+    while line := await reader.readline():
+        writer.write(line)
+        await writer.drain()
+    writer.close()
+
+
 async def story(rt: RuntimeAPI) -> list[object]:
     """What the provider relies on, step by step: each server's name, address, status and
     admin flags after each kind of change, and the errors it tells apart."""
@@ -113,7 +191,7 @@ async def story(rt: RuntimeAPI) -> list[object]:
     await rt.fill_slot(BACKEND, b, "127.50.0.3", 8080)
     seen.append(await rows())
     await rt.recheck_servers(BACKEND, [b])
-    await rt.remove(BACKEND, a)
+    await rt.remove_servers(BACKEND, [a, "podgate-127.50.0.9-8080"])  # one gone already: no error
     seen.append(await rows())
     state = await rt.server_state(BACKEND)
     seen.append((state.startswith("1\n"), parse_admin_states(state)))

@@ -57,7 +57,7 @@ async def test_a_drain_is_held_for_the_propagation_delay_and_applied_once(tmp_pa
         )  # the leader asks again: held once
         assert await rt.drain_servers(FAST, ["podgate-10.0.0.2-8080"]) == []
         await rt.identity()
-        await rt.remove(SLOW, "podgate-10.0.0.1-8080")  # answered "deleted" at once
+        await rt.remove_servers(SLOW, ["podgate-10.0.0.1-8080"])  # answered "deleted" at once
         assert [line for _, line in seen] == [
             "set server podgate.shop.api.80/podgate-10.0.0.2-8080 state drain",
             "show info",

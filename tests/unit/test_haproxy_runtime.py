@@ -134,3 +134,43 @@ async def test_the_master_reads_no_old_worker_from_silence_only_from_its_words(t
             await master.worker_connections(9, "fe.shop.web.80")
     finally:
         server.close()
+
+
+async def test_a_delete_still_refused_after_its_sessions_are_cut_is_an_error_the_others_are_done(
+    tmp_path: Path,
+) -> None:
+    """``remove_servers``: maintenance and deletes each in one batch; the refused delete's
+    sessions cut and deleted again; a server that stays is named in the error, after the others
+    are gone; an answer that does not count one line a delete is an error, not a guess."""
+    seen: list[str] = []
+    stuck = {"be/a": "Server still has connections attached to it, cannot remove it."}
+
+    def answer(line: str) -> str | None:
+        if line.startswith("del server "):
+            return stuck.get(line.split()[2], "Server deleted.")
+        return "No such server." if line.endswith("be/gone state maint") else ""
+
+    sock = tmp_path / "runtime.sock"
+    server = await asyncio.start_unix_server(cli(answer, seen), str(sock))
+    rt = Runtime(str(sock))
+    try:
+        with pytest.raises(ProviderError, match=r"del server be/a: Server still has connections"):
+            await rt.remove_servers("be", ["a", "b", "gone"])
+        assert seen == [
+            "set server be/a state maint",
+            "set server be/b state maint",
+            "set server be/gone state maint",
+            "del server be/a",
+            "del server be/b",
+            "shutdown sessions server be/a",
+            "del server be/a",
+        ]
+        seen.clear()
+        stuck.clear()
+        await rt.remove_servers("be", ["a", "b"])
+        assert [s for s in seen if s.startswith("del")] == ["del server be/a", "del server be/b"]
+        stuck["be/a"] = "Server deleted.\nsomething else"
+        with pytest.raises(ProviderError, match="answered 3 of 2 del server"):
+            await rt.remove_servers("be", ["a", "b"])
+    finally:
+        server.close()

@@ -165,7 +165,7 @@ async def test_servers_enter_the_file_after_their_state_and_leave_it_before_hapr
     await provider.pool.register(POOL, [TARGET])
     assert server_line in files.config_path.read_text()
     assert NAME in (files.state_dir / BACKEND).read_text()
-    rt.held["remove"] = gate = asyncio.Event()
+    rt.held["remove_servers"] = gate = asyncio.Event()
     leaving = asyncio.ensure_future(provider.pool.deregister(POOL, [TARGET]))
     await asyncio.sleep(0.05)
     assert server_line not in files.config_path.read_text() and NAME in rt.table[BACKEND]

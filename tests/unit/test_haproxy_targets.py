@@ -294,7 +294,7 @@ async def test_a_pair_calls_a_target_healthy_only_when_both_do() -> None:
     b.set_health(BACKEND, "podgate-10.0.0.1-8080", "UP")
     (state,) = (await pool.targets(POOL)).values()
     assert state.health.health is Health.HEALTHY
-    await b.remove(BACKEND, "podgate-10.0.0.1-8080")  # gone from one of the pair
+    await b.remove_servers(BACKEND, ["podgate-10.0.0.1-8080"])  # gone from one of the pair
     (state,) = (await pool.targets(POOL)).values()
     assert state.health.health is Health.UNREGISTERED and "every HAProxy" in state.health.detail
 

@@ -220,10 +220,10 @@ class FakeRuntime:
                 present[name].admin |= _FORCED_DRAIN
         return [name for name in servers if name not in present]
 
-    async def remove(self, backend: str, server: str) -> None:
-        await self._call("remove", backend)
-        self._existing(backend, server, "set server")
-        del self.table[backend][server]
+    async def remove_servers(self, backend: str, servers: Sequence[str]) -> None:
+        await self._call("remove_servers", backend)
+        for name in servers:
+            self.table.get(backend, {}).pop(name, None)
 
 
 @dataclass

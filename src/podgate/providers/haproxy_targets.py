@@ -278,11 +278,11 @@ class HAProxyTargets:
 
         async def on(rt: RuntimeAPI) -> None:
             names = {cfg.target_of_server(s.name, s.address): s.name for s in await rt.servers(be)}
-            for t in targets:
-                name = names.get(t)
-                if name == cfg.server_name(t):
-                    await rt.remove(be, name)
-                elif name is not None:  # a slot of the user's server-template: emptied, kept
+            present = [(t, names[t]) for t in targets if t in names]
+            # podgate's own servers deleted in one batch
+            await rt.remove_servers(be, [name for t, name in present if name == cfg.server_name(t)])
+            for t, name in present:
+                if name != cfg.server_name(t):  # a slot of the user's server-template: emptied, kept
                     await rt.empty_slot(be, name)
 
         await self.pair.on_each(on, require_all=False)
