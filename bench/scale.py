@@ -152,6 +152,19 @@ class Process:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def admission_process(controller: int) -> Process | None:
+    """The controller's admission process (``--admission process``, the default); None with
+    ``--admission thread``."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == controller and b"podgate.app.admission" in (stat.parent / "cmdline").read_bytes():
+                return Process(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+    return None
+
+
 class PeakRss:
     """The highest RSS seen by sampling every 0.2 s (VmHWM would be the process's whole life)."""
 
@@ -659,10 +672,12 @@ class Bench:
 
         return told
 
-    def cpu(self) -> dict[str, float]:
+    def cpu(self, admission: Process | None = None) -> dict[str, float]:
         procs = {"controller": self.controller, "agent": self.agent, "apiserver": self.apiserver}
         if self.noop_proc is not None:
             procs["noop_webhook"] = self.noop_proc
+        if admission is not None:
+            procs["admission"] = admission
         return {k: p.cpu_s() for k, p in procs.items()}
 
     async def measured(self, name: str, w: Watched, act: Any, done: Any, pods_of: Any) -> dict[str, Any]:
@@ -670,7 +685,8 @@ class Bench:
         pods it made (after it is over)."""
         before = await asyncio.to_thread(scrape, self.metrics_url)
         api_before = await asyncio.to_thread(scrape, self.apiserver_metrics, self.token)
-        rss0, cpu0 = self.controller.rss_mib(), self.cpu()
+        child = admission_process(self.controller.pid)
+        rss0, cpu0 = self.controller.rss_mib(), self.cpu(child)
         agent_rss0 = self.agent.rss_mib()
         peak = PeakRss(self.controller)
         agent_peak = PeakRss(self.agent)
@@ -680,6 +696,9 @@ class Bench:
             asyncio.create_task(agent_peak.run()),
             asyncio.create_task(connections.run()),
         ]
+        child_rss0, child_peak = (child.rss_mib(), PeakRss(child)) if child is not None else (None, None)
+        if child_peak is not None:
+            sampler.append(asyncio.create_task(child_peak.run()))
         prober = Prober(self.webhook_url)
         await asyncio.sleep(1.0)  # the prober's first samples: the webhook at rest
         wall0, t0 = time.time(), time.monotonic()
@@ -687,7 +706,7 @@ class Bench:
         await act()
         await wait_until(done, self.args.timeout, f"{name} to finish", self.progress(w))
         took, wall1 = time.monotonic() - t0, time.time()
-        cpu1 = self.cpu()
+        cpu1 = self.cpu(child)
         for t in sampler:
             t.cancel()
         probes = prober.stop(wall0, wall1)
@@ -710,6 +729,10 @@ class Bench:
             "cpu_s": {k: cpu1[k] - cpu0[k] for k in cpu1},
             "controller_cpu_s": cpu1["controller"] - cpu0["controller"],
             "agent_rss_mib": {"start": agent_rss0, "peak": agent_peak.peak},
+            # the admission process (None: admission on the controller's thread)
+            "admission_rss_mib": (
+                {"start": child_rss0, "peak": child_peak.peak} if child_peak is not None else None
+            ),
             "agent_cpu_s": cpu1["agent"] - cpu0["agent"],
             "status_writes": writes,
             "status_writes_per_pod": writes / len(pods),
@@ -1038,6 +1061,14 @@ def markdown(res: dict[str, Any]) -> str:
         GOALS["rss"],
     )
     row("controller CPU", lambda p: f"{p['controller_cpu_s']:.0f} CPU-s")
+    if all(res[p].get("admission_rss_mib") for p in passes):
+        row(
+            "admission process RSS, start → peak; CPU",
+            lambda p: (
+                f"{p['admission_rss_mib']['start']:.0f} → {p['admission_rss_mib']['peak']:.0f} MiB; "
+                f"{p['cpu_s']['admission']:.0f} CPU-s"
+            ),
+        )
     row(
         "pods/status writes per pod (podgate's)",
         lambda p: f"{p['status_writes_per_pod']:.2f} ({p['status_writes']:.0f})",
@@ -1171,8 +1202,12 @@ def baseline_markdown(res: dict[str, Any], passes: Sequence[str]) -> list[str]:
         lambda v: "-" if v is None else f"{v * 100:.0f} %",
     )
     row(
-        "webhook process CPU-s (no-op webhook / podgate controller)",
-        lambda r, w: r["cpu_s"].get("noop_webhook" if w == "noop" else "controller"),
+        "webhook process CPU-s (no-op webhook / podgate's admission process, or its controller)",
+        lambda r, w: (
+            r["cpu_s"].get("noop_webhook")
+            if w == "noop"
+            else r["cpu_s"].get("admission", r["cpu_s"]["controller"])
+        ),
         lambda v: _s(v, 1, 1),
     )
     row("node agent CPU-s", lambda r, w: r["cpu_s"]["agent"], lambda v: _s(v, 1, 1))

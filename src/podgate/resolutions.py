@@ -44,12 +44,15 @@ class ServiceResolutions:
         classes: Mapping[str, str] | None = None,
         policy: GatePolicy = DEFAULT_POLICY,
         grants: Informer[Obj] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         """``grants``: the informer of LoadBalancerGroupGrants; None grants nothing (a Service
-        that names a group is refused)."""
+        that names a group is refused).  ``settings``: the controller-wide inputs as another
+        instance computed them (the admission process resolves Services without providers of its
+        own); by default from the providers and the arguments."""
         self.services = services
         self.providers = providers
-        self.settings = Settings(
+        self.settings = settings or Settings(
             group_annotations={n: p.group_annotations for n, p in providers.items()},
             default_provider=default_provider,
             classes=classes,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -327,6 +330,55 @@ def test_malformed_admission_review_gets_400_and_webhook_keeps_serving(sandbox: 
     status, text = post(json.dumps(good).encode())
     assert status == 200
     assert json.loads(text)["response"] == {"uid": "u2", "allowed": True}
+
+
+def admission_processes(controller: int) -> list[int]:
+    """The controller's children that answer admission (``python -m podgate.app.admission``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if ppid == controller and b"podgate.app.admission" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def listening_on(port: int) -> set[int]:
+    """The pids holding a TCP listener on ``port`` (``ss``)."""
+    out = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+
+def test_admission_is_answered_by_a_process_of_the_controllers_own(
+    sandbox: SandboxHandle, namespace: str
+) -> None:
+    """``--admission process`` (the default): the webhook's port is held by a child of the
+    controller, not by the controller; killed, the replica is not ready until another child
+    serves, and pods created after get their gates from it."""
+    controller = json.loads((sandbox.state_dir / "pids.json").read_text())["podgate-controller"]
+    port, health = 9444 + 10000, 8081 + 10000  # replica 0 behind the front door at 9443
+    (child,) = wait_for("one admission process", lambda: admission_processes(controller) or None)
+    assert listening_on(port) == {child}, "the child listens, the controller does not"
+    assert scrape(health, "/readyz")[0] == 200
+    os.kill(child, signal.SIGKILL)
+    wait_for("the replica not ready", lambda: scrape(health, "/readyz")[0] == 503, 10, 0.05)
+    (again,) = wait_for(
+        "another admission process, serving",
+        lambda: (kids := admission_processes(controller)) and scrape(health, "/readyz")[0] == 200 and kids,
+        30,
+    )
+    assert again != child and listening_on(port) == {again}
+    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+    sandbox.apply(lb_service("after", "after"), namespace)
+    sandbox.apply(deployment("after", 1), namespace)
+    (pod,) = wait_for("the pod", lambda: pods(sandbox, namespace, "after") or None)
+    assert pod["spec"]["readinessGates"] == [{"conditionType": gate("after")}]
+    wait_for("the pod Ready", lambda: all_ready(sandbox, namespace, "after", 1), 30)
 
 
 def test_haproxy_and_controller_restarts_resync_without_false_trues(

@@ -319,6 +319,7 @@ BAD_VALUES: dict[str, str] = {
     "--max-eviction-refusal": "forever",
     "--poll-period": "30",
     "--webhook-port": "70000",
+    "--admission": "fork",
     "--webhook-bind": "any where",
     "--webhook-url": "127.0.0.1:9443",
     "--webhook-service": "podgate",

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from podgate.app.admission import no_setup
 from podgate.app.drain_server import DrainServer
 from podgate.app.health import HealthServer
 from podgate.app.supervisor import Runnable, Supervisor
@@ -92,7 +93,10 @@ class App:
         out = [f"informer {i.name} not synced" for i in self.informers() if not i.synced.is_set()]
         out += [f"load balancer {n} unreachable" for n, ok in self.controller.provider_ok.items() if not ok]
         if not out and not self.webhook.up.is_set():
-            out.append("webhook not serving yet (no certificate, or its CA bundle not registered)")
+            out.append(
+                "webhook not serving yet (no certificate, its CA bundle not registered, or the admission "
+                "process not up)"
+            )
         return out
 
     def wedged(self) -> list[str]:
@@ -189,8 +193,15 @@ def build_providers(
     return providers
 
 
-def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Provider]) -> App:
-    """Every component once, each given what it needs; then the runnables, in start order."""
+def build(
+    settings: ControllerSettings,
+    kube: Kube,
+    providers: Mapping[str, Provider],
+    *,
+    child_setup: Callable[[], None] = no_setup,
+) -> App:
+    """Every component once, each given what it needs; then the runnables, in start order.
+    ``child_setup``: what the admission process calls first (the command's logging setup)."""
     pods: Informer[PodView] = Informer(kube, PODS, project=slim_pod)
     # snapshots: the webhook reads Services from its own thread (webhook.isolated)
     services: Informer[Service] = Informer(kube, SERVICES, project=slim_service, snapshots=True)
@@ -261,7 +272,7 @@ def build(settings: ControllerSettings, kube: Kube, providers: Mapping[str, Prov
         drain=drain_endpoint,
         guard=guard,
         pending=PendingGates(pods),
-        webhook=_webhook(settings, kube, services, checks, resolutions, guard),
+        webhook=_webhook(settings, kube, services, checks, resolutions, guard, child_setup),
         health=HealthServer(
             settings.health_bind,
             settings.health_port,
@@ -342,6 +353,7 @@ def _webhook(
     checks: Informer[Obj],
     resolutions: ServiceResolutions,
     guard: eviction.EvictionGuard,
+    child_setup: Callable[[], None],
 ) -> WebhookServer:
     return WebhookServer(
         settings,
@@ -351,8 +363,13 @@ def _webhook(
         resolutions,
         guard,
         observe=metrics.observe_webhook,
-        on_tls_failure=lambda reason: metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc(),
+        on_tls_failure=_count_tls_failure,
+        child_setup=child_setup,
     )
+
+
+def _count_tls_failure(reason: str) -> None:
+    metrics.WEBHOOK_TLS_FAILURES.labels(reason).inc()
 
 
 def _elector(settings: ControllerSettings, kube: Kube) -> LeaderElector | None:

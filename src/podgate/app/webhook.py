@@ -14,9 +14,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from podgate.app.admission import AdmissionProcess, ChildConfig, no_setup
 from podgate.controller.checks import parsed_checks
 from podgate.controller.settings import ControllerSettings
 from podgate.kube.api import MUTATING_WEBHOOK_CONFIGURATIONS, VALIDATING_WEBHOOK_CONFIGURATIONS, Kube, Obj
+from podgate.kube.client import user_agent
 from podgate.kube.informer import Informer
 from podgate.kube.webhookcerts import CertificateSecret
 from podgate.model import gates
@@ -42,30 +44,25 @@ class WebhookServer:
         *,
         observe: Callable[[str, float], None] = lambda result, seconds: None,
         on_tls_failure: Callable[[str], None] = lambda reason: None,
+        child_setup: Callable[[], None] = no_setup,
     ) -> None:
+        """``child_setup``: what the admission process calls first (its logging, as the
+        controller's); picklable, as the process is started with it."""
         self.settings, self.kube = settings, kube
         self.services, self.checks, self.resolutions = services, checks, resolutions
         self.guard = guard
         self.observe, self.on_tls_failure = observe, on_tls_failure
+        self.child_setup = child_setup
         #: set once the server listens with a certificate (and, when registering, its CA bundle
         #: is registered): /readyz waits for it
         self.up = asyncio.Event()
+        #: the admission process while it runs (``--admission process``)
+        self.process: AdmissionProcess | None = None
 
     async def run(self) -> None:
         """Serve until cancelled, once the first certificate is in place; then stop the server
         and, after it, the certificate keeper."""
         s = self.settings
-        app = webhook.make_app(
-            self.services,
-            lambda service: self.resolutions.of(service).handled,
-            await self.injection_policy(),
-            self.observe,
-            lambda: parsed_checks(self.checks),
-        )
-        loop = asyncio.get_running_loop()
-        app.router.add_post(
-            eviction.PATH, isolated.on_loop(loop, self.guard.answer, eviction.MAX_REVIEW_BYTES)
-        )
         tls = webhook.ServingTLS(s.webhook_cert_dir, self.on_tls_failure)
         registration = await self._registration()
         first = asyncio.Event()
@@ -73,22 +70,64 @@ class WebhookServer:
             webhook.keep_serving(tls, self._source(), registration, s.webhook_cert_check_period, first),
             name="webhook certificates",
         )
+        try:
+            await first.wait()
+            policy = await self.injection_policy()
+            if s.admission == "process":
+                self.process = AdmissionProcess(
+                    self._child_config(policy), self.guard.answer, self.observe, self.on_tls_failure, self.up
+                )
+                await self.process.run()
+            else:
+                await self._serve_on_thread(tls, policy)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _serve_on_thread(self, tls: webhook.ServingTLS, policy: InjectionPolicy) -> None:
+        s = self.settings
+        app = webhook.make_app(
+            self.services,
+            lambda service: self.resolutions.of(service).handled,
+            policy,
+            self.observe,
+            lambda: parsed_checks(self.checks),
+        )
+        loop = asyncio.get_running_loop()
+        app.router.add_post(
+            eviction.PATH, isolated.on_loop(loop, self.guard.answer, eviction.MAX_REVIEW_BYTES)
+        )
         # An admission call the API server has given up on (after its timeoutSeconds) need not
         # hold up a stop: aiohttp would otherwise wait 60 s for in-flight requests.
         server = isolated.ServerThread(
             app, s.webhook_bind, s.webhook_port, tls.context, shutdown_timeout=webhook.TIMEOUT_SECONDS
         )
+        await server.start()
         try:
-            await first.wait()
-            await server.start()
-            try:
-                self.up.set()
-                await asyncio.Event().wait()
-            finally:
-                await server.cleanup()
+            self.up.set()
+            await asyncio.Event().wait()
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            await server.cleanup()
+
+    def _child_config(self, policy: InjectionPolicy) -> ChildConfig:
+        """The admission process's start: what it serves and where, the certificate files this
+        replica keeps, and what it cannot compute alone (the providers' group annotations, the
+        API server's version, the drain URL from the webhook Service)."""
+        s = self.settings
+        cert_dir = s.webhook_cert_dir
+        return ChildConfig(
+            kubeconfig=s.kubeconfig,
+            user_agent=user_agent(f"{s.identity}; admission"),
+            bind=s.webhook_bind,
+            port=s.webhook_port,
+            cert_file=s.webhook_cert_file or cert_dir / "tls.crt",
+            key_file=s.webhook_key_file or cert_dir / "tls.key",
+            cert_check_period=s.webhook_cert_check_period,
+            resolution=self.resolutions.settings,
+            policy=policy,
+            shutdown_timeout=float(webhook.TIMEOUT_SECONDS),
+            setup=self.child_setup,
+        )
 
     async def injection_policy(self) -> InjectionPolicy:
         s = self.settings

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import re
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from podgate import __version__
+from podgate.app.admission import no_setup
 from podgate.app.build import build, build_providers, state_readings
 from podgate.cli import declared
 from podgate.cli.declared import (
@@ -44,7 +45,7 @@ from podgate.controller.settings import (
     HAProxySettings,
     SettingsError,
 )
-from podgate.kube.client import ApiKube, api_client
+from podgate.kube.client import ApiKube, api_client, user_agent
 from podgate.model import addresses, checks, gates, policy
 
 log = logging.getLogger("podgate")
@@ -262,6 +263,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("--webhook-port", integer(1, 65535), 9443, "port the admission webhook listens on"),
     Setting("--webhook-bind", BIND, "0.0.0.0", "address the admission webhook listens on"),
+    Setting(
+        "--admission",
+        choice("process", "thread"),
+        "process",
+        "answer admission reviews in a process of the controller's own (its own watches of "
+        "Services, ReadinessChecks and grants), or on a thread of the controller (less memory; "
+        "reviews then share the interpreter with the reconciler)",
+    ),
     Setting(
         "--webhook-url", checked("an http(s):// URL", _webhook_url), None, "register the webhook by this URL"
     ),
@@ -538,12 +547,7 @@ def controller_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Cont
 SWITCH_INTERVAL = 0.001
 
 
-def user_agent(identity: str) -> str:
-    """The User-Agent of the controller's API requests: ``podgate/VERSION (IDENTITY)``."""
-    return f"podgate/{__version__} ({identity})"
-
-
-async def run(settings: ControllerSettings) -> None:
+async def run(settings: ControllerSettings, child_setup: Callable[[], None] = no_setup) -> None:
     """The controller process until SIGTERM or SIGINT (then every part stops in order), or until
     a part fails (then the process exits and its replacement starts clean)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -554,7 +558,7 @@ async def run(settings: ControllerSettings) -> None:
     api.user_agent = user_agent(settings.identity)
     try:
         kube = ApiKube(api)
-        app = build(settings, kube, build_providers(settings, kube=kube))
+        app = build(settings, kube, build_providers(settings, kube=kube), child_setup=child_setup)
         metrics.REGISTRY.register(metrics.StateCollector(state_readings(app)))
         assert app.supervisor is not None
         main = asyncio.create_task(app.supervisor.run(), name="supervisor")
@@ -585,7 +589,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         return 2
     setup_logging(values["verbose"], values["log_format"])
     try:
-        asyncio.run(run(settings))
+        # the admission process logs as this one does
+        asyncio.run(run(settings, functools.partial(setup_logging, values["verbose"], values["log_format"])))
     except SettingsError as e:  # found while building the providers (e.g. two rates, one account)
         print(f"podgate controller: invalid configuration: {e}", file=sys.stderr)
         return 2

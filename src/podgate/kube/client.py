@@ -27,6 +27,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from podgate import __version__
 from podgate.kube.api import (
     REQUEST_TIMEOUT,
     WATCH_GRACE,
@@ -144,6 +145,11 @@ def audit_id_time(value: str) -> float | None:
     except ValueError:
         return None
     return (u.int >> 80) / 1000 if u.version == 7 else None
+
+
+def user_agent(identity: str) -> str:
+    """The User-Agent of podgate's API requests: ``podgate/VERSION (IDENTITY)``."""
+    return f"podgate/{__version__} ({identity})"
 
 
 async def api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
