@@ -357,22 +357,33 @@ def listening_on(port: int) -> set[int]:
 def test_admission_is_answered_by_a_process_of_the_controllers_own(
     sandbox: SandboxHandle, namespace: str
 ) -> None:
-    """``--admission process`` (the default): the webhook's port is held by a child of the
-    controller, not by the controller; killed, the replica is not ready until another child
-    serves, and pods created after get their gates from it."""
+    """``--admission process`` (the default): a child of the controller answers on the socket
+    the controller bound; killed, the replica is not ready until another child serves, a review
+    sent meanwhile waits for it (never refused: failurePolicy Ignore would admit the pod
+    ungated), and pods created after get their gates."""
     controller = json.loads((sandbox.state_dir / "pids.json").read_text())["podgate-controller"]
     port, health = 9444 + 10000, 8081 + 10000  # replica 0 behind the front door at 9443
     (child,) = wait_for("one admission process", lambda: admission_processes(controller) or None)
-    assert listening_on(port) == {child}, "the child listens, the controller does not"
+    assert listening_on(port) == {controller, child}, "bound by the controller, served by the child"
     assert scrape(health, "/readyz")[0] == 200
+    review = {
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {"uid": "gap", "operation": "CREATE", "namespace": "nowhere", "object": {}},
+    }
+    ctx = ssl.create_default_context(cafile=str(sandbox.state_dir / "webhook-certs" / "ca.crt"))
     os.kill(child, signal.SIGKILL)
-    wait_for("the replica not ready", lambda: scrape(health, "/readyz")[0] == 503, 10, 0.05)
-    (again,) = wait_for(
-        "another admission process, serving",
-        lambda: (kids := admission_processes(controller)) and scrape(health, "/readyz")[0] == 200 and kids,
-        30,
+    wait_for("the replica not ready", lambda: scrape(health, "/readyz")[0] == 503, 10, 0.02)
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{port}/mutate-pods",
+        data=json.dumps(review).encode(),
+        headers={"Content-Type": "application/json"},
     )
-    assert again != child and listening_on(port) == {again}
+    with urllib.request.urlopen(request, context=ctx, timeout=20) as r:  # sent between children
+        assert json.loads(r.read())["response"] == {"uid": "gap", "allowed": True}
+    (again,) = admission_processes(controller)
+    assert again != child and listening_on(port) == {controller, again}
+    wait_for("the replica ready again", lambda: scrape(health, "/readyz")[0] == 200, 30)
     sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
     sandbox.apply(lb_service("after", "after"), namespace)
     sandbox.apply(deployment("after", 1), namespace)

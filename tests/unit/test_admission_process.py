@@ -85,6 +85,8 @@ async def test_the_child_admits_from_its_own_caches_and_hands_evictions_to_the_c
         },
     )
     cfg, ca = config(tmp_path)
+    listener = socket.create_server(("127.0.0.1", cfg.port))  # the controller's, in a real child
+    cfg = dataclasses.replace(cfg, listen_fd=os.dup(listener.fileno()))
     asked: list[tuple[bytes, str | None]] = []
     observed: list[tuple[str, float]] = []
 
@@ -114,14 +116,16 @@ async def test_the_child_admits_from_its_own_caches_and_hands_evictions_to_the_c
         child.cancel()
         channel.cancel()
         await asyncio.gather(child, channel, return_exceptions=True)
+        listener.close()
 
 
 async def test_a_child_that_exits_is_started_again_and_stopped_with_the_controller(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real process: one that cannot reach the API server (no kubeconfig there) exits; the
-    controller starts another after a second, two after that, and leaves none behind when it
-    stops."""
+    controller starts another half a second later, then after a second, and leaves none behind
+    when it stops; the listening socket is the controller's throughout (a connection made
+    between two children waits in its backlog, never refused)."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     cfg, _ = config(tmp_path)
     cfg = dataclasses.replace(cfg, kubeconfig=str(tmp_path / "missing-kubeconfig"))
@@ -135,6 +139,8 @@ async def test_a_child_that_exits_is_started_again_and_stopped_with_the_controll
         await until(lambda: controller.starts >= 2, seconds=30)
         assert not controller.up.is_set()
         pid = controller.pid
+        _, writer = await asyncio.open_connection("127.0.0.1", cfg.port)  # accepted: the backlog
+        writer.close()
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)

@@ -16,10 +16,17 @@ period), the eviction guard (it needs the pod cache and the load balancers: the 
 eviction review over a socket pair to the controller's loop and answers with what comes back),
 and the metrics (the child sends its observations every half second).
 
+The listening socket is the controller's: bound once and handed to every child, so while a child
+is replaced the API server's connections wait in its backlog instead of being refused (with
+failurePolicy Ignore a refused admission is a pod started ungated).  A child answers once its
+three caches are synced (a review arriving before waits up to 3 s for them, as on the thread).
+
 The wire between them is a socket pair: frames of a 4-byte length and a JSON object.  When the
 controller goes, the child reads the end of its socket and stops; when the child goes, the
-controller's readiness says so and a new child starts (after 1 s, doubling to 30 s while they
-keep failing within a minute).
+controller's readiness says so and a new child starts (after 0.5 s, doubling to 30 s while they
+keep failing within a minute).  A stop is graceful both ways: the controller asks the child to
+stop (SIGTERM) and keeps answering its eviction reviews until it has; the child stops its server
+(requests in flight get the webhook's timeout) before it lets go of the controller.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import socket
 import struct
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,7 +72,9 @@ MAX_FRAME = 1024 * 1024
 #: seconds between the child's batches of observations
 FLUSH_PERIOD = 0.5
 #: seconds between restarts of a child that keeps failing: first, and at most
-RESTART_FIRST, RESTART_MAX = 1.0, 30.0
+RESTART_FIRST, RESTART_MAX = 0.5, 30.0
+#: most reviews observed in one frame (a burst of reviews, or of garbage, is several frames)
+MAX_OBSERVED = 5000
 
 
 def no_setup() -> None:
@@ -88,8 +98,10 @@ class ChildConfig:
     #: sets up the child's logging as the controller's (a module-level function, or a partial
     #: of one: pickled by name)
     setup: Callable[[], None] = no_setup
-    #: the child's end of the socket pair (set by the controller as it starts the child)
+    #: the child's end of the socket pair, and the listening socket the controller bound (set by
+    #: the controller as it starts the child: the descriptors' numbers in the child)
     channel_fd: int = -1
+    listen_fd: int = -1
 
 
 # -- the wire ------------------------------------------------------------------------------------
@@ -139,45 +151,65 @@ class AdmissionProcess:
     starts: int = 0
 
     async def run(self) -> None:
-        delay = RESTART_FIRST
-        while True:
-            started = time.monotonic()
-            code = await self._child()
-            delay = RESTART_FIRST if time.monotonic() - started > 60 else min(delay * 2, RESTART_MAX)
-            log.error("the admission process exited (%s); another starts in %gs", code, delay)
-            await asyncio.sleep(delay)
-
-    async def _child(self) -> int | None:
-        ours, theirs = socket.socketpair()
-        with theirs:  # the child's end: kept at its number in the child, closed here
-            config = replace(self.config, channel_fd=theirs.fileno())
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "podgate.app.admission",
-                stdin=asyncio.subprocess.PIPE,
-                pass_fds=(theirs.fileno(),),
-            )
-        self.pid, self.starts = proc.pid, self.starts + 1
-        assert proc.stdin is not None
-        proc.stdin.write(pickle.dumps(config))
-        proc.stdin.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME + 4)
-        serving = asyncio.create_task(self.channel(reader, writer), name="admission channel")
-        exited = asyncio.create_task(proc.wait(), name="admission process")
+        listener = _listen(self.config.bind, self.config.port)
+        delay: float | None = None
         try:
-            await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                started = time.monotonic()
+                code = await self._child(listener)
+                ran_long = time.monotonic() - started > 60
+                delay = RESTART_FIRST if delay is None or ran_long else min(delay * 2, RESTART_MAX)
+                log.error("the admission process exited (%s); another starts in %gs", code, delay)
+                await asyncio.sleep(delay)
+        finally:
+            listener.close()
+
+    async def _child(self, listener: socket.socket) -> int | str | None:
+        """One child from start to exit: its exit code, or why it could not start."""
+        ours, theirs = socket.socketpair()
+        payload = pickle.dumps(replace(self.config, channel_fd=theirs.fileno(), listen_fd=listener.fileno()))
+        try:
+            with theirs:  # the child's end: kept at its number in the child, closed here
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-P",  # not the working directory on the child's path
+                    "-m",
+                    "podgate.app.admission",
+                    stdin=asyncio.subprocess.PIPE,
+                    pass_fds=(theirs.fileno(), listener.fileno()),
+                )
+        except OSError as e:  # no process to be had (memory, descriptors): tried again later
+            ours.close()
+            return f"not started: {e}"
+        self.pid, self.starts = proc.pid, self.starts + 1
+        serving: asyncio.Task[None] | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(payload)  # a child gone already: seen below
+            proc.stdin.close()
+            reader, writer = await asyncio.open_unix_connection(sock=ours, limit=MAX_FRAME + 4)
+            serving = asyncio.create_task(self.channel(reader, writer), name="admission channel")
+            exited = asyncio.create_task(proc.wait(), name="admission process")
+            try:
+                await asyncio.wait({serving, exited}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                exited.cancel()
             if serving.done() and not serving.cancelled() and (error := serving.exception()) is not None:
                 log.error("admission process: %s", error)
-            return await self._stopped(proc)
         finally:
             self.up.clear()
+            # Asked to stop while its eviction reviews are still answered (the channel is closed
+            # only once it has exited), and stopped even if this is cancelled again meanwhile.
+            await asyncio.shield(asyncio.ensure_future(self._stopped(proc)))
             self.pid = None
-            serving.cancel()
-            exited.cancel()
-            writer.close()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._stopped(proc))
+            if serving is not None:
+                serving.cancel()
+            if writer is not None:
+                writer.close()
+            else:
+                ours.close()
+        return proc.returncode
 
     async def _stopped(self, proc: asyncio.subprocess.Process) -> int | None:
         """The child's exit code, once it has exited: asked to (SIGTERM) if it has not, killed
@@ -205,9 +237,10 @@ class AdmissionProcess:
                 elif kind == "observed":
                     for result, seconds in message.get("reviews", ()):
                         self.observe(str(result), float(seconds))
-                    for reason in message.get("tls_failures", ()):
-                        self.on_tls_failure(str(reason))
-                elif kind == "eviction":
+                    for reason, count in (message.get("tls_failures") or {}).items():
+                        for _ in range(min(int(count), 1000)):
+                            self.on_tls_failure(str(reason))
+                elif kind == "eviction" and isinstance(message.get("id"), int):
                     task = asyncio.create_task(self._evict(message, writer))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
@@ -216,8 +249,8 @@ class AdmissionProcess:
                 task.cancel()
 
     async def _evict(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        raw = base64.b64decode(message["body"])
         try:
+            raw = base64.b64decode(str(message.get("body", "")))
             answer = await self.answer_eviction(raw, message.get("remote"))
         except Exception as e:  # the guard answers every input; this is podgate's own fault
             log.exception("eviction review failed")
@@ -243,13 +276,13 @@ class Parent:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
         self._reviews: list[tuple[str, float]] = []
-        self._tls_failures: list[str] = []
+        self._tls_failures: Counter[str] = Counter()
 
     def observe(self, result: str, seconds: float) -> None:
         self._reviews.append((result, seconds))
 
     def tls_failure(self, reason: str) -> None:
-        self._tls_failures.append(reason)
+        self._tls_failures[reason] += 1
 
     def serving(self) -> None:
         self.writer.write(frame({"kind": "up"}))
@@ -261,7 +294,10 @@ class Parent:
         self._waiting[key] = future
         try:
             self.writer.write(frame({"kind": "eviction", "id": key, "body": _b64(raw), "remote": remote}))
-            return await future
+            async with asyncio.timeout(webhook.TIMEOUT_SECONDS):  # the API server waits no longer
+                return await future
+        except TimeoutError:
+            return Answer(500, b"the controller did not answer the eviction review in time\n", "text/plain")
         finally:
             self._waiting.pop(key, None)
 
@@ -277,21 +313,25 @@ class Parent:
         flusher = asyncio.create_task(self._flush())
         try:
             while (message := await read_frame(self.reader)) is not None:
-                if message.get("kind") == "answer" and (future := self._waiting.get(message["id"])):
-                    body = base64.b64decode(message["body"])
-                    future.set_result(Answer(int(message["status"]), body, str(message["type"])))
+                future = self._waiting.get(message.get("id", -1)) if message.get("kind") == "answer" else None
+                if future is not None and not future.done():  # not given up on meanwhile
+                    body = base64.b64decode(str(message.get("body", "")))
+                    future.set_result(Answer(int(message.get("status", 500)), body, str(message.get("type"))))
         finally:
             flusher.cancel()
+            gone = Answer(500, b"the controller went before it answered the eviction review\n", "text/plain")
             for future in self._waiting.values():
-                future.cancel()
+                if not future.done():
+                    future.set_result(gone)
 
     async def _flush(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_PERIOD)
-            if self._reviews or self._tls_failures:
-                message = {"kind": "observed", "reviews": self._reviews, "tls_failures": self._tls_failures}
-                self._reviews, self._tls_failures = [], []
-                self.writer.write(frame(message))
+            reviews, failures = self._reviews, self._tls_failures
+            self._reviews, self._tls_failures = [], Counter()
+            for i in range(0, len(reviews) or bool(failures), MAX_OBSERVED):
+                batch = {"reviews": reviews[i : i + MAX_OBSERVED], "tls_failures": failures if i == 0 else {}}
+                self.writer.write(frame({"kind": "observed", **batch}))
 
 
 async def serve(config: ChildConfig, kube: Kube, parent: Parent) -> None:
@@ -300,26 +340,31 @@ async def serve(config: ChildConfig, kube: Kube, parent: Parent) -> None:
     services: Informer[Service] = Informer(kube, SERVICES, project=slim_service, snapshots=True)
     checks, grants = checks_informer(kube), grants_informer(kube)
     resolutions = ServiceResolutions(services, {}, grants=grants, settings=config.resolution)
+    informers = (services, checks, grants)
     app = webhook.make_app(
         services,
         lambda service: resolutions.of(service).handled,
         config.policy,
         parent.observe,
         lambda: parsed_checks(checks),
+        synced=lambda: all(i.synced.is_set() for i in informers),
     )
     app.router.add_post(eviction.PATH, parent.handle_eviction)
     tls = webhook.ServingTLS(config.cert_file.parent, parent.tls_failure)
-    tasks = [asyncio.create_task(i.run(), name=f"informer {i.name}") for i in (services, checks, grants)]
-    tasks.append(asyncio.create_task(parent.run(), name="controller"))
-    tasks.append(asyncio.create_task(_serving(config, app, tls, (services, grants), parent), name="server"))
+    server = asyncio.create_task(_serving(config, app, tls, informers, parent), name="server")
+    others = [asyncio.create_task(i.run(), name=f"informer {i.name}") for i in informers]
+    others.append(asyncio.create_task(parent.run(), name="controller"))
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([server, *others], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()  # a failure is the process's: raised
     finally:
-        for task in tasks:
+        # the server first (its requests in flight may wait for the controller's answers)
+        server.cancel()
+        await asyncio.gather(server, return_exceptions=True)
+        for task in others:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 async def _serving(
@@ -329,13 +374,14 @@ async def _serving(
     synced: tuple[Informer[Any], ...],
     parent: Parent,
 ) -> None:
-    await asyncio.gather(*(i.synced.wait() for i in synced))
     while not _load(tls, config):  # noqa: ASYNC110 (files, nothing to wait on)
         await asyncio.sleep(config.cert_check_period)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
     try:
-        await web.TCPSite(runner, config.bind, config.port, ssl_context=tls.context).start()
+        # served at once (a review waits for the caches a moment), ready once they are synced
+        await web.SockSite(runner, socket.socket(fileno=config.listen_fd), ssl_context=tls.context).start()
+        await asyncio.gather(*(i.synced.wait() for i in synced))
         log.info("admission process %s serving on %s:%d", os.getpid(), config.bind, config.port)
         parent.serving()
         while True:
@@ -343,6 +389,12 @@ async def _serving(
             _load(tls, config)
     finally:
         await runner.cleanup()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The webhook's listening socket, bound once by the controller for every child."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return socket.create_server((host, port), family=family, backlog=1024)
 
 
 def _load(tls: webhook.ServingTLS, config: ChildConfig) -> bool:
@@ -366,15 +418,17 @@ async def _child_main(config: ChildConfig) -> None:
     reader, writer = await asyncio.open_unix_connection(
         sock=socket.socket(fileno=config.channel_fd), limit=MAX_FRAME + 4
     )
-    api = await api_client(config.kubeconfig)
-    api.user_agent = config.user_agent
     try:
-        await serve(config, ApiKube(api), Parent(reader, writer))
+        api = await api_client(config.kubeconfig)
+        try:
+            api.user_agent = config.user_agent
+            await serve(config, ApiKube(api), Parent(reader, writer))
+        finally:
+            await api.close()
     except asyncio.CancelledError:
         log.info("admission process stopped")
     finally:
         writer.close()
-        await api.close()
 
 
 def main() -> None:

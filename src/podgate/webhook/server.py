@@ -40,8 +40,11 @@ def make_app(
     policy: InjectionPolicy,
     observe: Callable[[str, float], None] = lambda result, seconds: None,
     checks: Callable[[], Iterable[CheckSpec]] = lambda: (),
+    synced: Callable[[], bool] | None = None,
 ) -> web.Application:
-    """The webhook app; ``observe(result, seconds)`` is told about every request (metrics)."""
+    """The webhook app; ``observe(result, seconds)`` is told about every request (metrics);
+    ``synced()`` says whether the caches a review reads are filled (by default: the Services')."""
+    is_synced = synced or services.synced.is_set
 
     async def mutate(request: web.Request) -> web.Response:
         t0 = time.monotonic()
@@ -55,7 +58,7 @@ def make_app(
         # Answering from an empty cache would admit pods ungated: wait a moment for it (by
         # looking, not awaiting its Event: this may be another thread's loop).
         deadline = t0 + 3.0
-        while not services.synced.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while not is_synced() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         # an immutable snapshot: the server may run on its own thread (webhook.isolated)
         answer = review_response(review, services.snapshot().values(), handled, policy, checks())
