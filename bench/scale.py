@@ -367,6 +367,7 @@ def gc_pauses(before: dict[tuple[str, Any], float], after: dict[tuple[str, Any],
 
 
 QUEUE_WAIT, PASS_DURATION = "workqueue_queue_duration_seconds", "workqueue_work_duration_seconds"
+WEBHOOK_HANDLER = "podgate_webhook_request_duration_seconds"
 PROVIDER_CALLS = "podgate_provider_call_duration_seconds"
 
 
@@ -752,6 +753,9 @@ class Bench:
             # long its pass took (what stands between a pod's event and podgate's answer to it)
             "queue_wait": histogram_delta(before, after, QUEUE_WAIT, {"name": "services"}),
             "pass_duration": histogram_delta(before, after, PASS_DURATION, {"name": "services"}),
+            # podgate's own time on a review, request read → answer (the prober's included):
+            # what of the API server's admission time is podgate's handler
+            "webhook_handler": histogram_delta(before, after, WEBHOOK_HANDLER, {}),
             # podgate's calls to HAProxy, by operation (a read that saw a server newly UP
             # includes the wait for its state to be saved: the gate may open only then)
             "haproxy_calls": {
@@ -1075,6 +1079,14 @@ def markdown(res: dict[str, Any]) -> str:
         GOALS["writes"],
     )
     row("webhook latency p50 / p99 (prober, every 50 ms)", webhook, GOALS["webhook"])
+    if all("webhook_handler" in res[p] for p in passes):
+        row(
+            "… podgate's handler per review p50 / p99 (its histogram, request read → answer)",
+            lambda p: " / ".join(
+                "-" if v is None else f"{v * 1000:.1f} ms"
+                for v in (p["webhook_handler"]["p50_s"], p["webhook_handler"]["p99_s"])
+            ),
+        )
     row(
         "API server's webhook calls within 100 ms",
         lambda p: (
