@@ -25,6 +25,7 @@ from .conftest import (
     SandboxHandle,
     assert_not_logged,
     condition,
+    controller_replaced,
     metric,
     podgate,
     reconciled_after,
@@ -357,39 +358,51 @@ def listening_on(port: int) -> set[int]:
 def test_admission_is_answered_by_a_process_of_the_controllers_own(
     sandbox: SandboxHandle, namespace: str
 ) -> None:
-    """``--admission process`` (the default): a child of the controller answers on the socket
-    the controller bound; killed, the replica is not ready until another child serves, a review
-    sent meanwhile waits for it (never refused: failurePolicy Ignore would admit the pod
-    ungated), and pods created after get their gates."""
-    controller = json.loads((sandbox.state_dir / "pids.json").read_text())["podgate-controller"]
-    port, health = 9444 + 10000, 8081 + 10000  # replica 0 behind the front door at 9443
-    (child,) = wait_for("one admission process", lambda: admission_processes(controller) or None)
-    assert listening_on(port) == {controller, child}, "bound by the controller, served by the child"
-    assert scrape(health, "/readyz")[0] == 200
-    review = {
-        "kind": "AdmissionReview",
-        "apiVersion": "admission.k8s.io/v1",
-        "request": {"uid": "gap", "operation": "CREATE", "namespace": "nowhere", "object": {}},
-    }
-    ctx = ssl.create_default_context(cafile=str(sandbox.state_dir / "webhook-certs" / "ca.crt"))
-    os.kill(child, signal.SIGKILL)
-    wait_for("the replica not ready", lambda: scrape(health, "/readyz")[0] == 503, 10, 0.02)
-    request = urllib.request.Request(
-        f"https://127.0.0.1:{port}/mutate-pods",
-        data=json.dumps(review).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, context=ctx, timeout=20) as r:  # sent between children
-        assert json.loads(r.read())["response"] == {"uid": "gap", "allowed": True}
-    (again,) = admission_processes(controller)
-    assert again != child and listening_on(port) == {controller, again}
-    wait_for("the replica ready again", lambda: scrape(health, "/readyz")[0] == 200, 30)
-    sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
-    sandbox.apply(lb_service("after", "after"), namespace)
-    sandbox.apply(deployment("after", 1), namespace)
-    (pod,) = wait_for("the pod", lambda: pods(sandbox, namespace, "after") or None)
-    assert pod["spec"]["readinessGates"] == [{"conditionType": gate("after")}]
-    wait_for("the pod Ready", lambda: all_ready(sandbox, namespace, "after", 1), 30)
+    """``--admission process``: a child of the controller answers on the socket the controller
+    bound; killed, the replica is not ready until another child serves, a review sent meanwhile
+    waits for it (never refused: failurePolicy Ignore would admit the pod ungated), and pods
+    created after get their gates from it.  The sandbox's controller swapped for replica 1 with
+    the flag (the default is the thread every other test runs)."""
+    log = f"admission-process-{namespace}.log"
+    with controller_replaced(sandbox, "--admission", "process", env={}, log=log) as swap:
+        assert swap.process is not None
+        controller = swap.process.pid
+        port, health = 9445 + 10000, 8181 + 10000  # replica 1, behind the front door at 9443
+        wait_for("the replica ready", lambda: ready_at(health), 60)
+        (child,) = wait_for("one admission process", lambda: admission_processes(controller) or None)
+        assert listening_on(port) == {controller, child}, "bound by the controller, served by the child"
+        review = {
+            "kind": "AdmissionReview",
+            "apiVersion": "admission.k8s.io/v1",
+            "request": {"uid": "gap", "operation": "CREATE", "namespace": "nowhere", "object": {}},
+        }
+        ctx = ssl.create_default_context(cafile=str(sandbox.state_dir / "webhook-certs-1" / "ca.crt"))
+        os.kill(child, signal.SIGKILL)
+        wait_for("the replica not ready", lambda: not ready_at(health), 10, 0.02)
+        request = urllib.request.Request(
+            f"https://127.0.0.1:{port}/mutate-pods",
+            data=json.dumps(review).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, context=ctx, timeout=20) as r:  # sent between children
+            assert json.loads(r.read())["response"] == {"uid": "gap", "allowed": True}
+        (again,) = admission_processes(controller)
+        assert again != child and listening_on(port) == {controller, again}
+        wait_for("the replica ready again", lambda: ready_at(health), 30)
+        sandbox.kubectl("label", "namespace", namespace, f"{INJECT}=enabled")
+        sandbox.apply(lb_service("after", "after"), namespace)
+        sandbox.apply(deployment("after", 1), namespace)
+        (pod,) = wait_for("the pod", lambda: pods(sandbox, namespace, "after") or None)
+        assert pod["spec"]["readinessGates"] == [{"conditionType": gate("after")}]
+        wait_for("the pod Ready", lambda: all_ready(sandbox, namespace, "after", 1), 60)
+    wait_for("the child gone with its controller", lambda: not Path(f"/proc/{again}").exists(), 15)
+
+
+def ready_at(port: int) -> bool:
+    try:
+        return scrape(port, "/readyz")[0] == 200
+    except OSError:  # not listening (yet)
+        return False
 
 
 def test_haproxy_and_controller_restarts_resync_without_false_trues(

@@ -282,8 +282,6 @@ def settings(tmp: Path, **kw: Any) -> ControllerSettings:
         webhook_port=0,
         webhook_cert_dir=tmp,
         poll_period=0.02,
-        # the in-memory API server is this process's: the admission process could not reach it
-        admission="thread",
         **kw,
     )
 

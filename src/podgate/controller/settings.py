@@ -80,11 +80,11 @@ class ControllerSettings:
     webhook_ca_validity: float = 10 * 365 * 86400.0
     webhook_cert_renew_at: float = 0.67
     webhook_cert_check_period: float = 10.0
-    #: where admission reviews are answered: "process" (one of the controller's own, with its
-    #: own watches of Services, ReadinessChecks and grants: the controller's loop and garbage
-    #: collector are never in an admission's path) or "thread" (in the controller's process:
-    #: less memory, the interpreter lock shared with the controller)
-    admission: str = "process"
+    #: where admission reviews are answered: "thread" (in the controller's process, sharing its
+    #: interpreter lock) or "process" (one of the controller's own, with its own watches of
+    #: Services, ReadinessChecks and grants: the webhook's own latency a quarter lower, about
+    #: 150 MiB more memory; bench/results/scale-process.md)
+    admission: str = "thread"
     inject: bool = True
     remove_gate_prefixes: tuple[str, ...] = ()
     adopt_gate_prefixes: tuple[str, ...] = ()
