@@ -2,11 +2,12 @@
 the certificate that keeps it trusted and the registration that points the API server at it
 (the drain hook has a port of its own: :mod:`podgate.app.drain_server`).
 
-By default (``--admission process``) a process of the controller's own serves it
-(:mod:`podgate.app.admission`), so admission never waits for the controller's loop or its
-garbage collections; with ``--admission thread`` a thread and event loop of the controller's own
-do (:mod:`podgate.webhook.isolated`).  Either way eviction reviews are answered on the
-controller's loop, where the caches and the load balancers are.
+By default (``--admission thread``) the server runs on a thread and event loop of its own
+(:mod:`podgate.webhook.isolated`), so admission never waits for a reconcile; with
+``--admission process`` a process of the controller's own serves it (:mod:`podgate.app.admission`),
+out of reach of the controller's interpreter lock and garbage collections too.  Either way
+eviction reviews are answered on the controller's loop, where the caches and the load balancers
+are.
 """
 
 from __future__ import annotations
