@@ -193,7 +193,7 @@ class Bench:
         started = time.monotonic()
         await asyncio.gather(*(create(b) for b in bodies))
         took = time.monotonic() - started
-        await asyncio.sleep(1.0)  # podgate's counters come from its admission process every 0.5 s
+        await asyncio.sleep(1.0)  # with --admission process they come every 0.5 s
         mine_after = await asyncio.to_thread(scrape, self.controller_metrics)
         api_after = await asyncio.to_thread(scrape, self.apiserver_metrics, self.token)
 

@@ -88,7 +88,7 @@ def test_pods_that_cannot_need_a_gate_never_reach_podgate(sandbox: SandboxHandle
         )
         created[name] = json.loads(out)
         after = _counts(sandbox)
-        for _ in range(30):  # podgate's counter comes from its admission process every 0.5 s
+        for _ in range(30):  # with --admission process the counter comes every 0.5 s
             if after[0] - before[0] >= after[1] - before[1]:
                 break
             time.sleep(0.1)

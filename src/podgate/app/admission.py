@@ -375,7 +375,7 @@ async def _serving(
     synced: tuple[Informer[Any], ...],
     parent: Parent,
 ) -> None:
-    while not _load(tls, config):  # noqa: ASYNC110 (files, nothing to wait on)
+    while not await _load(tls, config):  # noqa: ASYNC110 (files, nothing to wait on)
         await asyncio.sleep(config.cert_check_period)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_timeout)
     await runner.setup()
@@ -387,7 +387,7 @@ async def _serving(
         parent.serving()
         while True:
             await asyncio.sleep(config.cert_check_period)
-            _load(tls, config)
+            await _load(tls, config)
     finally:
         await runner.cleanup()
 
@@ -398,12 +398,12 @@ def _listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family, backlog=1024)
 
 
-def _load(tls: webhook.ServingTLS, config: ChildConfig) -> bool:
-    """The controller's certificate files into the server's context; False while there are none
-    (or a certificate and key caught mid-rotation do not match: the one served stays)."""
+async def _load(tls: webhook.ServingTLS, config: ChildConfig) -> bool:
+    """The controller's certificate files into the server's context (as mounted files are
+    served: ``webhook.FileSource``); False while there are none (or a certificate and key
+    caught mid-rotation do not match: the one served stays)."""
     try:
-        if tls.load_files(config.cert_file, config.key_file):
-            log.info("admission process: serving certificate %s", tls.fingerprint)
+        await webhook.FileSource(config.cert_file, config.key_file).refresh(tls)
         return True
     except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
         log.warning("admission process: certificate not loaded (%s); trying again", e)

@@ -59,8 +59,6 @@ class WebhookServer:
         #: set once the server listens with a certificate (and, when registering, its CA bundle
         #: is registered): /readyz waits for it
         self.up = asyncio.Event()
-        #: the admission process while it runs (``--admission process``)
-        self.process: AdmissionProcess | None = None
 
     async def run(self) -> None:
         """Serve until cancelled, once the first certificate is in place; then stop the server
@@ -77,10 +75,10 @@ class WebhookServer:
             await first.wait()
             policy = await self.injection_policy()
             if s.admission == "process":
-                self.process = AdmissionProcess(
+                child = AdmissionProcess(
                     self._child_config(policy), self.guard.answer, self.observe, self.on_tls_failure, self.up
                 )
-                await self.process.run()
+                await child.run()
             else:
                 await self._serve_on_thread(tls, policy)
         finally:
